@@ -1,0 +1,490 @@
+"""``elastic-ingest``: run the service, and do without Kibana what Kibana does.
+
+    elastic-ingest [-h] [--action ACTION] [-c CONFIG_FILE] [--debug] [options]
+
+Every action and option is described once, below (``ACTIONS`` and the click options);
+``--help`` prints them. User mistakes print ``TypeName: message`` and exit 1; tracebacks
+only with ``--debug``. Sensitive configuration values are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from launcher.config import Config, load_config
+from launcher.configuration import coerce_value, complete_configuration, redact
+from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
+from launcher.logs import setup_logging
+from launcher.protocol import (
+    FINAL_STATUSES, create_job, get_connector, get_job, new_connector, search_connectors, update_connector, update_job,
+    now_iso,
+)
+from launcher.scheduling import validate_cron
+from sources.errors import ConfigError, ConnectorError, ElasticsearchUnavailable, IngestError, format_error
+from sources.registry import display_name, load_source_class
+
+__all__ = ["main", "ACTIONS"]
+
+ACTIONS: dict[str, str] = {
+    "poll": "run the connector service daemon (default)",
+    "list": "list the sources registered in the config, without contacting Elasticsearch",
+    "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline)",
+    "update-connector": "change a connector (--connector-id and --set / --schedule / --index-name / --pipeline / --rules)",
+    "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
+    "connectors": "show connectors: status, last sync, documents",
+    "sync": "request a sync (--connector-id, --job-type); --wait follows it to the end",
+    "cancel": "cancel a job (--job-id)",
+    "jobs": "show sync jobs: status, counters, duration, error (--connector-id to filter)",
+    "dead-letters": "show the documents a job could not index, and why (--job-id)",
+}
+
+_LOGGER = logging.getLogger("launcher.cli")
+
+
+class _Context:
+    def __init__(self, config_file: str | None, debug: bool, as_json: bool):
+        self.config_file = config_file
+        self.debug = debug
+        self.as_json = as_json
+        self._config: Config | None = None
+        self._es = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_file)
+        return self._config
+
+    @property
+    def es(self):
+        if self._es is None:
+            from elasticsearch import ConnectionError as ESConnectionError
+
+            es = self.config.elasticsearch.connection().client()
+            try:
+                es.cluster.health()
+            except ESConnectionError as exc:
+                raise ElasticsearchUnavailable(
+                    f"cannot reach Elasticsearch at {self.config.elasticsearch.host}: {exc.message}"
+                ) from None
+            ensure_indices(es)
+            self._es = es
+        return self._es
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    result = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        result[key.strip()] = value
+    return result
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, sort_keys=True))
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(width=max(120, click.get_terminal_size()[0] if hasattr(click, "get_terminal_size") else 120)).print(table)
+
+
+# -- actions ---------------------------------------------------------------------------
+def action_list(ctx: _Context, **_: Any) -> int:
+    failed = False
+    rows = []
+    for service_type, fqn in sorted(ctx.config.sources.items()):
+        try:
+            name = display_name(load_source_class(fqn))
+            rows.append({"service_type": service_type, "fqn": fqn, "name": name, "error": None})
+        except IngestError as exc:
+            failed = True
+            rows.append({"service_type": service_type, "fqn": fqn, "name": None, "error": format_error(exc)})
+    if ctx.as_json:
+        _echo_json(rows)
+    else:
+        for row in rows:
+            status = row["name"] if row["error"] is None else f"ERROR {row['error']}"
+            click.echo(f"{row['service_type']:<24} {row['fqn']:<48} {status}")
+    return 1 if failed else 0
+
+
+def action_poll(ctx: _Context, **_: Any) -> int:
+    from launcher.daemon import Daemon
+
+    config = ctx.config
+    daemon = Daemon(config, ctx.es)
+    daemon.install_signal_handlers()
+    metrics = None
+    if config.service.metrics_address:
+        from launcher.metrics import serve_metrics
+
+        metrics = serve_metrics(config.service.metrics_address, daemon)
+    try:
+        daemon.run()
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+    return 0
+
+
+def _configuration_with(config: Config, service_type: str, current: Any, values: dict[str, str]) -> dict[str, Any]:
+    fqn = config.sources.get(service_type)
+    if fqn is None:
+        raise ConnectorError(f"unknown service type {service_type!r}; known: {', '.join(sorted(config.sources))}")
+    cls = load_source_class(fqn)
+    configuration, _ = complete_configuration(current or {}, cls.get_default_configuration())
+    problems = []
+    for key, raw in values.items():
+        if key not in configuration:
+            problems.append(f"{key}: not a field of {service_type}; fields are: {', '.join(sorted(configuration))}")
+            continue
+        kind = configuration[key].get("type", "str")
+        try:
+            value = coerce_value(json.loads(raw) if kind == "list" and raw.startswith("[") else raw, kind)
+        except (ValueError, json.JSONDecodeError) as exc:
+            problems.append(f"{key}: {exc}" if not configuration[key].get("sensitive") else f"{key}: expected a {kind}")
+            continue
+        configuration[key]["value"] = value
+    if problems:
+        raise ConfigError("invalid --set values:", problems)
+    return configuration
+
+
+def _scheduling(current: Any, schedules: dict[str, str]) -> dict[str, Any]:
+    scheduling = dict(current or {})
+    problems = []
+    for job_type, interval in schedules.items():
+        if job_type not in ("full", "incremental", "access_control"):
+            problems.append(f"{job_type}: expected full, incremental or access_control")
+            continue
+        if interval.lower() in ("off", "disabled", ""):
+            scheduling[job_type] = {**scheduling.get(job_type, {}), "enabled": False}
+            continue
+        problem = validate_cron(interval)
+        if problem:
+            problems.append(f"{job_type}: {problem}")
+            continue
+        scheduling[job_type] = {"enabled": True, "interval": interval}
+    if problems:
+        raise ConfigError("invalid --schedule values:", problems)
+    return scheduling
+
+
+def action_create_connector(ctx: _Context, *, service_type: str | None, index_name: str | None,
+                            connector_id: str | None, name: str | None, set_values: tuple[str, ...],
+                            schedule: tuple[str, ...], pipeline: str | None, **_: Any) -> int:
+    if not service_type or not index_name:
+        raise click.UsageError("create-connector needs --service-type and --index-name")
+    config = ctx.config
+    configuration = _configuration_with(config, service_type, {}, _pairs(set_values, "--set"))
+    doc = new_connector(service_type=service_type, index_name=index_name, name=name, configuration=configuration)
+    doc["status"] = "configured"
+    doc["scheduling"] = _scheduling(doc["scheduling"], _pairs(schedule, "--schedule"))
+    if pipeline is not None:
+        doc["pipeline"]["name"] = pipeline
+    result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh="wait_for")
+    if ctx.as_json:
+        _echo_json({"id": result["_id"], "result": result["result"]})
+    else:
+        click.echo(f"connector {result['_id']} {result['result']} ({service_type} -> {index_name})")
+    return 0
+
+
+def _require(value: str | None, option: str, action: str) -> str:
+    if not value:
+        raise click.UsageError(f"{action} needs {option}")
+    return value
+
+
+def action_update_connector(ctx: _Context, *, connector_id: str | None, set_values: tuple[str, ...],
+                            schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
+                            name: str | None, rules: str | None, **_: Any) -> int:
+    connector_id = _require(connector_id, "--connector-id", "update-connector")
+    connector = get_connector(ctx.es, connector_id)
+    if connector is None:
+        raise ConnectorError(f"no connector with id {connector_id!r}")
+    updates: dict[str, Any] = {}
+    if set_values:
+        updates["configuration"] = _configuration_with(ctx.config, connector.service_type,
+                                                       connector.get("configuration"), _pairs(set_values, "--set"))
+        if connector.get("status") in ("created", "needs_configuration"):
+            updates["status"] = "configured"
+    if schedule:
+        updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
+    if index_name:
+        updates["index_name"] = index_name
+    if name:
+        updates["name"] = name
+    if pipeline is not None:
+        updates["pipeline"] = {**(connector.get("pipeline") or {}), "name": pipeline}
+    if rules is not None:
+        updates["filtering"] = _draft_rules(connector, rules)
+    if not updates:
+        raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
+    update_connector(ctx.es, connector_id, updates, if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
+    click.echo(f"connector {connector_id} updated: {', '.join(sorted(updates))}")
+    return 0
+
+
+def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
+    """Write rules as an ``edited`` draft, as Kibana does; the daemon validates and activates."""
+    from launcher.protocol import default_filtering
+
+    try:
+        given = json.loads(rules_json)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--rules: expected JSON, {exc}") from None
+    if isinstance(given, list):
+        given = {"rules": given}
+    if not isinstance(given, dict):
+        raise ConfigError("--rules: expected a JSON list of rules or {\"rules\": [...], \"advanced_snippet\": {...}}")
+    filtering = connector.get("filtering") or default_filtering()
+    entry = next((f for f in filtering if isinstance(f, dict) and f.get("domain") == "DEFAULT"), None)
+    if entry is None:
+        entry = default_filtering()[0]
+        filtering.append(entry)
+    default_rule = default_filtering()[0]["draft"]["rules"][0]
+    stamp = now_iso()
+    rules = [r for r in given.get("rules", []) if isinstance(r, dict) and r.get("id") != "DEFAULT"]
+    for order, rule in enumerate(rules, start=1):
+        rule.setdefault("order", order)
+        rule.setdefault("created_at", stamp)
+        rule.setdefault("updated_at", stamp)
+    entry["draft"] = {
+        "rules": rules + [{**default_rule, "order": len(rules) + 1}],
+        "advanced_snippet": {"value": given.get("advanced_snippet", {}), "created_at": stamp, "updated_at": stamp},
+        "validation": {"state": "edited", "errors": []},
+    }
+    return filtering
+
+
+def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
+    connector_id = _require(connector_id, "--connector-id", "delete-connector")
+    from elasticsearch import NotFoundError
+
+    try:
+        ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh="wait_for")
+    except NotFoundError:
+        raise ConnectorError(f"no connector with id {connector_id!r}") from None
+    click.echo(f"connector {connector_id} deleted")
+    return 0
+
+
+def action_connectors(ctx: _Context, **_: Any) -> int:
+    connectors = search_connectors(ctx.es, include_deleted=False)
+    if ctx.as_json:
+        _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
+        return 0
+    rows = [[c.id, c.get("name"), c.service_type, c.index_name, c.get("status"), c.get("last_sync_status"),
+             c.get("last_synced"), c.get("last_indexed_document_count"), c.get("error")] for c in connectors]
+    _table("Connectors", ["id", "name", "service type", "index", "status", "last sync", "last synced", "docs", "error"],
+           rows)
+    return 0
+
+
+def _duration(job: dict[str, Any]) -> str:
+    from datetime import datetime, timezone
+
+    start = job.get("started_at")
+    if not start:
+        return ""
+    end = job.get("completed_at") or datetime.now(timezone.utc).isoformat()
+    try:
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return ""
+    return f"{seconds:.1f}s"
+
+
+def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
+    query = {"term": {"connector.id": connector_id}} if connector_id else {"match_all": {}}
+    hits = ctx.es.search(index=JOBS_INDEX, query=query, size=100,
+                         sort=[{"created_at": {"order": "desc", "unmapped_type": "date"}}])["hits"]["hits"]
+    jobs = []
+    for hit in hits:
+        doc = dict(hit["_source"])
+        connector = dict(doc.get("connector") or {})
+        connector["configuration"] = redact(connector.get("configuration"))
+        doc["connector"] = connector
+        jobs.append({"id": hit["_id"], **doc})
+    if ctx.as_json:
+        _echo_json(jobs)
+        return 0
+    rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
+             j.get("indexed_document_count"), j.get("deleted_document_count"), j.get("total_document_count"),
+             _duration(j), j.get("error")] for j in jobs]
+    _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "indexed", "deleted", "total", "duration",
+                         "error"], rows)
+    return 0
+
+
+def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float, **_: Any) -> int:
+    connector_id = _require(connector_id, "--connector-id", "sync")
+    connector = get_connector(ctx.es, connector_id)
+    if connector is None or connector.get("deleted"):
+        raise ConnectorError(f"no connector with id {connector_id!r}")
+    job_id = create_job(ctx.es, connector, job_type=job_type, trigger_method="on_demand")
+    if not wait:
+        if ctx.as_json:
+            _echo_json({"job_id": job_id})
+        else:
+            click.echo(f"job {job_id} pending ({job_type} sync of connector {connector_id})")
+        return 0
+    return _follow(ctx, job_id, timeout)
+
+
+def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
+    """Show live progress until the job ends; exit code 0 only if it completed."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    job = None
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while time.monotonic() - started < timeout:
+            job = get_job(ctx.es, job_id)
+            if job is None:
+                raise ConnectorError(f"job {job_id} was deleted")
+            doc = job.doc
+            elapsed = time.monotonic() - started
+            indexed = int(doc.get("indexed_document_count") or 0)
+            rate = indexed / elapsed if elapsed > 0 else 0.0
+            live.update(
+                f"job {job_id}  [bold]{doc.get('status')}[/bold]  indexed {indexed}  "
+                f"deleted {doc.get('deleted_document_count') or 0}  {rate:,.0f} docs/s  {elapsed:,.0f}s elapsed"
+            )
+            if doc.get("status") in FINAL_STATUSES:
+                break
+            time.sleep(1.0)
+    if job is None or job.doc.get("status") not in FINAL_STATUSES:
+        click.echo(f"job {job_id} still {job.doc.get('status') if job else 'unknown'} after {timeout:g}s", err=True)
+        return 1
+    doc = job.doc
+    if ctx.as_json:
+        _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
+    else:
+        click.echo(f"job {job_id} {doc.get('status')}: indexed {doc.get('indexed_document_count')}, deleted "
+                   f"{doc.get('deleted_document_count')}, total {doc.get('total_document_count')}"
+                   + (f"; error: {doc.get('error')}" if doc.get("error") else ""))
+    return 0 if doc.get("status") == "completed" else 1
+
+
+def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
+    job_id = _require(job_id, "--job-id", "cancel")
+    job = get_job(ctx.es, job_id)
+    if job is None:
+        raise ConnectorError(f"no job with id {job_id!r}")
+    if job.status in FINAL_STATUSES:
+        raise ConnectorError(f"job {job_id} already ended ({job.status})")
+    stamp = now_iso()
+    if job.status in ("pending", "suspended"):
+        fields = {"status": "canceled", "canceled_at": stamp, "completed_at": stamp, "cancelation_requested_at": stamp}
+    else:
+        fields = {"status": "canceling", "cancelation_requested_at": stamp}
+    update_job(ctx.es, job_id, fields, if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+    click.echo(f"job {job_id} {fields['status']}")
+    return 0
+
+
+def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
+    job_id = _require(job_id, "--job-id", "dead-letters")
+    from transforms.dead_letter import read_dead_letters
+
+    job = get_job(ctx.es, job_id)
+    location = ctx.config.pipeline.dead_letters
+    letters = list(read_dead_letters(location, job_id))
+    if ctx.as_json:
+        _echo_json(letters)
+        return 0
+    if job is not None:
+        info = (job.doc.get("metadata") or {}).get("dead_letters") or {}
+        click.echo(f"job {job_id}: {info.get('count', len(letters))} dead letter(s) in {info.get('location', location)}")
+    rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
+    _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
+    return 0
+
+
+_HANDLERS: dict[str, Callable[..., int]] = {
+    "poll": action_poll, "list": action_list, "create-connector": action_create_connector,
+    "update-connector": action_update_connector, "delete-connector": action_delete_connector,
+    "connectors": action_connectors, "sync": action_sync, "cancel": action_cancel, "jobs": action_jobs,
+    "dead-letters": action_dead_letters,
+}
+assert set(_HANDLERS) == set(ACTIONS)
+
+_ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text in ACTIONS.items())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--action", type=click.Choice(list(ACTIONS)), default="poll", show_default=True, help=_ACTION_HELP)
+@click.option("-c", "--config-file", type=click.Path(dir_okay=False), default=None,
+              help="config.yml to use (default: the one shipped with the package)")
+@click.option("--debug", is_flag=True, help="debug logging, and tracebacks on errors")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
+@click.option("--connector-id", help="the connector to act on (or to create with this id)")
+@click.option("--service-type", help="create-connector: a service type from config.yml sources")
+@click.option("--index-name", help="create/update-connector: the content index")
+@click.option("--name", help="create/update-connector: display name")
+@click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
+              help="create/update-connector: a configuration value (repeatable)")
+@click.option("--schedule", multiple=True, metavar="TYPE=CRON",
+              help="create/update-connector: e.g. full='0 0 * * * ?' (Quartz cron, UTC) or full=off")
+@click.option("--pipeline", help="create/update-connector: ingest pipeline name")
+@click.option("--rules", help="update-connector: basic sync rules as JSON (a draft; the service validates it)")
+@click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
+              show_default=True, help="sync: which kind of job")
+@click.option("--job-id", help="cancel/dead-letters: the job")
+@click.option("--wait", is_flag=True, help="sync: follow the job with a live progress display until it ends")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="sync --wait: give up after seconds")
+def _command(action: str, config_file: str | None, debug: bool, as_json: bool, **options: Any) -> None:
+    """elastic-ingest: sync data sources into Elasticsearch (BYOC connector service)."""
+    ctx = _Context(config_file, debug, as_json)
+    log_format = "text"
+    try:
+        log_format = ctx.config.service.log_format if action == "poll" else "text"
+    except ConfigError:
+        pass
+    setup_logging(debug=debug, log_format=log_format)
+    try:
+        code = _HANDLERS[action](ctx, **options)
+    except (click.UsageError, click.BadParameter):
+        raise
+    except IngestError as exc:
+        if debug:
+            _LOGGER.exception("failed")
+        click.echo(format_error(exc), err=True)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - e.g. Elasticsearch refusing a request
+        from elasticsearch import ApiError, TransportError
+
+        if debug or not isinstance(exc, (ApiError, TransportError, OSError)):
+            _LOGGER.exception("unexpected failure")
+        click.echo(format_error(exc), err=True)
+        code = 1
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _command.main(args=argv, prog_name="elastic-ingest")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""SyncRunner: run one claimed job in its own process and keep its job document current.
+
+The daemon never runs a pipeline in its own process. For each claimed job a SyncRunner
+thread:
+
+1. builds the :class:`~pipelines.job.SyncJob` from the job's connector snapshot and
+   config.yml (the source FQN comes from config.yml, never from the document), and
+   writes it to a private 0600 file;
+2. starts ``python -m pipelines.run JOB_FILE RESULT_FILE`` in a new process group;
+3. every ``job_progress_interval`` seconds writes the live counters (summed from the
+   workers' progress records) and ``last_seen`` to the job; every
+   ``cancel_check_interval`` seconds re-reads the job: ``canceling`` (or a deleted job
+   or connector) stops the process at once;
+4. writes the end state from the process's result, and releases the connector's lock.
+
+``suspend()`` (on SIGTERM/SIGINT) stops the process and marks the job ``suspended`` so
+any instance picks it up again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import Elasticsearch, NotFoundError
+
+from launcher.config import Config
+from launcher.configuration import values_of
+from launcher.protocol import Claim, finish_job, get_connector, get_job, now_iso, update_connector, update_job
+from pipelines.job import SyncJob
+from pipelines.run import write_job_file
+from sources.errors import JobGone, SyncRulesError, UnknownServiceType, format_error
+from transforms.dead_letter import dead_letter_folder
+from transforms.progress import read_progress
+from transforms.sync_rules import validate_rules
+
+__all__ = ["SyncRunner", "build_sync_job"]
+
+_LOGGER = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+def build_sync_job(config: Config, claim: Claim) -> SyncJob:
+    """The SyncJob for a claimed job; raises a ConnectorError subclass for a bad document."""
+    job = claim.job
+    snapshot = job.doc.get("connector") or {}
+    service_type = snapshot.get("service_type") or claim.connector.service_type
+    fqn = config.sources.get(service_type) if isinstance(service_type, str) else None
+    if fqn is None:
+        raise UnknownServiceType(
+            f"service_type {service_type!r} is not in config.yml sources (known: {', '.join(sorted(config.sources))})",
+            claim.connector.id,
+        )
+    filtering = (snapshot.get("filtering") or [{}])
+    active = filtering[0] if isinstance(filtering, list) and filtering and isinstance(filtering[0], dict) else {}
+    rules = active.get("rules") or []
+    errors = validate_rules(rules)
+    if errors:
+        raise SyncRulesError("sync rules are invalid: " + "; ".join(m for e in errors for m in e["messages"]),
+                             claim.connector.id)
+    advanced = (active.get("advanced_snippet") or {}).get("value") or None
+    pipeline = snapshot.get("pipeline") or {}
+    configuration = snapshot.get("configuration") or claim.connector.get("configuration") or {}
+    typed = values_of(configuration)
+    merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
+              for name, spec in configuration.items()}
+    return SyncJob(
+        job_id=job.id,
+        connector_id=claim.connector.id,
+        job_type=job.job_type,
+        index_name=snapshot.get("index_name") or claim.connector.index_name,
+        service_type=service_type,
+        source_fqn=fqn,
+        configuration=merged,
+        basic_rules=[r for r in rules if isinstance(r, dict)],
+        advanced_rules=advanced,
+        pipeline_flags={
+            "_extract_binary_content": bool(pipeline.get("extract_binary_content", True)),
+            "_reduce_whitespace": bool(pipeline.get("reduce_whitespace", True)),
+            "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
+        },
+        ingest_pipeline=pipeline.get("name") or None,
+        sync_cursor=snapshot.get("sync_cursor") if job.job_type == "incremental" else None,
+        language=snapshot.get("language"),
+    )
+
+
+class SyncRunner(threading.Thread):
+    """Supervises one sync process for one claimed job (see the module docstring)."""
+
+    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None):
+        super().__init__(name=f"sync-{claim.job.id}", daemon=True)
+        self.config = config
+        self.es = es
+        self.claim = claim
+        self.job_id = claim.job.id
+        self.connector_id = claim.connector.id
+        self.on_done = on_done
+        self._suspend = threading.Event()
+        self.process: subprocess.Popen | None = None
+        self.final_status: str | None = None
+
+    # -- control -------------------------------------------------------------------
+    def suspend(self) -> None:
+        """Stop the sync and leave the job ``suspended`` (graceful shutdown)."""
+        self._suspend.set()
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # -- the thread ----------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - never leave a job in_progress because of us
+            _LOGGER.error("job %s: supervisor failed: %s", self.job_id, format_error(exc))
+            _LOGGER.debug("supervisor failure", exc_info=True)
+            self._finish("error", error=format_error(exc))
+        finally:
+            if self.on_done:
+                self.on_done(self)
+
+    def _run(self) -> None:
+        service = self.config.service
+        pipeline_settings = self.config.pipeline_for(self.connector_id)
+        try:
+            sync_job = build_sync_job(self.config, self.claim)
+        except Exception as exc:  # noqa: BLE001 - a bad document or bad rules
+            _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
+            self._finish("error", error=format_error(exc))
+            return
+        if self.claim.problems:
+            self._finish("error", error=format_error(JobGone("; ".join(self.claim.problems))))
+            return
+        workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
+        job_file, result_file = workdir / "job.json", workdir / "result.json"
+        write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection(),
+                       progress_interval=min(service.job_progress_interval, 5.0))
+        metadata = {"runner": pipeline_settings.runner, "worker_pid": None,
+                    "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
+            start_new_session=True, env=env, cwd=os.getcwd(),
+        )
+        metadata["worker_pid"] = self.process.pid
+        _LOGGER.info("job %s: %s sync of connector %s started (pid %s)", self.job_id, sync_job.job_type,
+                     self.connector_id, self.process.pid)
+        last_progress = last_check = 0.0
+        canceled = gone = None
+        while self.process.poll() is None:
+            if self._suspend.is_set():
+                break
+            now = time.monotonic()
+            if now - last_check >= service.cancel_check_interval:
+                last_check = now
+                canceled, gone = self._check_job()
+                if canceled or gone:
+                    self._stop_process()
+                    break
+            if now - last_progress >= service.job_progress_interval:
+                last_progress = now
+                self._write_progress(metadata)
+            time.sleep(0.2)
+        try:
+            if self._suspend.is_set():
+                self._stop_process()
+                self._finish_suspended()
+                return
+            if gone:
+                self._finish("error", error=format_error(JobGone(gone)))
+                return
+            if canceled:
+                self._finish("canceled", counters=self._progress_counters())
+                return
+            self._finish_from_result(result_file, metadata)
+        finally:
+            for path in (job_file, result_file):
+                path.unlink(missing_ok=True)
+            try:
+                workdir.rmdir()
+            except OSError:
+                pass
+
+    # -- job document --------------------------------------------------------------
+    def _check_job(self) -> tuple[bool, str | None]:
+        job = get_job(self.es, self.job_id)
+        if job is None:
+            return False, "the job was deleted while it ran"
+        connector = get_connector(self.es, self.connector_id)
+        if connector is None or connector.get("deleted"):
+            return False, "the connector was deleted while the job ran"
+        return job.status == "canceling", None
+
+    def _progress_counters(self) -> dict[str, Any]:
+        progress = read_progress(self.es, self.job_id)
+        return {
+            "indexed_document_count": progress["indexed_document_count"],
+            "indexed_document_volume": round(progress["indexed_document_bytes"] / MIB),
+            "deleted_document_count": progress["deleted_document_count"],
+        }
+
+    def _write_progress(self, metadata: dict[str, Any]) -> None:
+        try:
+            fields = {**self._progress_counters(), "last_seen": now_iso(), "metadata": metadata}
+            update_job(self.es, self.job_id, fields)
+        except NotFoundError:
+            pass  # noticed by the next check
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
+            _LOGGER.warning("job %s: could not write progress: %s", self.job_id, format_error(exc))
+
+    def _finish_from_result(self, result_file: Path, metadata: dict[str, Any]) -> None:
+        try:
+            outcome = json.loads(result_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            code = self.process.returncode if self.process else None
+            self._finish("error", counters=self._progress_counters(),
+                         error=f"SyncProcessError: the sync process ended with exit code {code} and no result")
+            return
+        counters = {k: outcome.get(k, 0) for k in ("indexed_document_count", "indexed_document_volume",
+                                                   "deleted_document_count")}
+        if outcome.get("total_document_count") is not None:
+            counters["total_document_count"] = outcome["total_document_count"]
+        metadata = {**metadata, "dead_letters": outcome.get("dead_letters", metadata["dead_letters"]),
+                    "duration_seconds": outcome.get("duration_seconds"),
+                    "source_document_count": outcome.get("source_document_count"),
+                    "unchanged_document_count": outcome.get("unchanged_document_count"),
+                    "bulk_retries": outcome.get("bulk_retries")}
+        self._finish(outcome.get("status", "error"), counters=counters, error=outcome.get("error"),
+                     sync_cursor=outcome.get("sync_cursor"), metadata=metadata)
+
+    def _finish(self, status: str, *, counters: dict[str, Any] | None = None, error: str | None = None,
+                sync_cursor: Any = None, metadata: dict[str, Any] | None = None) -> None:
+        self.final_status = status
+        finish_job(self.es, self.job_id, self.connector_id or None, status, counters=counters, error=error,
+                   sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type)
+        log = _LOGGER.info if status == "completed" else _LOGGER.warning
+        log("job %s: %s%s %s", self.job_id, status, f" ({error})" if error else "",
+            json.dumps(counters or {}, sort_keys=True))
+
+    def _finish_suspended(self) -> None:
+        self.final_status = "suspended"
+        stamp = now_iso()
+        try:
+            update_job(self.es, self.job_id, {**self._progress_counters(), "status": "suspended", "last_seen": stamp})
+        except NotFoundError:
+            pass
+        try:
+            update_connector(self.es, self.connector_id, {"last_sync_status": "suspended", "last_seen": stamp})
+        except NotFoundError:
+            pass
+        _LOGGER.info("job %s: suspended", self.job_id)

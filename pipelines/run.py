@@ -1,0 +1,221 @@
+"""The sync process: ``python -m pipelines.run JOB_FILE RESULT_FILE``.
+
+The launcher starts one such process per sync, so a sync can be stopped at once (the
+process is killed) and its memory is returned when it ends. It:
+
+1. reads the job file (a :class:`~pipelines.job.SyncJob`, the pipeline settings and how
+   to reach Elasticsearch; mode 0600, it holds secrets);
+2. plans: builds the source, validates its configuration, pings it, asks for partitions
+   and, for a full sync, the cursor to keep;
+3. makes sure the content index exists and checks the ingest pipeline;
+4. builds the Beam pipeline, runs it on the configured runner and waits;
+5. writes the result (status, exact counters from Beam metrics, error, cursor, dead
+   letters) to RESULT_FILE as JSON, and exits 0 (completed) or 1 (error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipelines.job import SyncJob
+from pipelines.options import runner_and_options
+from pipelines.settings import PipelineConfig
+from pipelines.sync import build_sync_pipeline
+from sources.driver import SourceDriver
+from sources.errors import SourceConfigError, SourceUnavailable, TooManyErrors, format_error
+from sources.registry import load_source_class
+from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
+from transforms.dead_letter import dead_letter_folder
+from transforms.es_client import ElasticsearchConnection
+from transforms.progress import read_job_record
+
+__all__ = ["run_sync", "write_job_file", "main"]
+
+_LOGGER = logging.getLogger("pipelines.run")
+MIB = 1024 * 1024
+
+
+def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
+                   conn: ElasticsearchConnection, progress_interval: float = 5.0) -> None:
+    """Write what a sync process needs, readable by this user only (it holds secrets)."""
+    from dataclasses import asdict
+
+    payload = {
+        "job": asdict(job),
+        "pipeline": settings.model_dump(),
+        "elasticsearch": {**asdict(conn), "hosts": list(conn.hosts)},
+        "progress_interval": progress_interval,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(payload, out, default=str)
+
+
+def _plan(job: SyncJob) -> tuple[list[Any], Any]:
+    source = load_source_class(job.source_fqn)(configuration=dict(job.configuration))
+    driver = SourceDriver(source)
+    try:
+        if hasattr(source, "validate_config"):
+            try:
+                driver.call(source.validate_config)
+            except SourceConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the source's own error type
+                raise SourceConfigError(f"{type(exc).__name__}: {exc}") from exc
+        if hasattr(source, "ping"):
+            try:
+                driver.call(source.ping)
+            except (SourceConfigError, SourceUnavailable):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if job.job_type == "incremental":
+            if not getattr(source, "incremental_sync_enabled", False):
+                raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
+            return [], None
+        from sources.base import Partition
+
+        partitions = list(source.get_partitions()) if hasattr(source, "get_partitions") else [Partition()]
+        if not partitions:
+            partitions = [Partition()]
+        cursor = source.sync_cursor() if hasattr(source, "sync_cursor") else None
+        return partitions, cursor
+    finally:
+        driver.close()
+
+
+def _counters(result: Any) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace("elastic_ingest"))["counters"]
+    except Exception as exc:  # noqa: BLE001 - a runner without metrics
+        _LOGGER.warning("the runner reported no metrics: %s", exc)
+        return totals
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection,
+             progress_interval: float = 5.0) -> dict[str, Any]:
+    """Run one sync to its end; return the result document (never raises for a failed sync)."""
+    started = time.monotonic()
+    outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
+    es = conn.client()
+    try:
+        partitions, cursor = _plan(job)
+        ensure_content_index(es, job.index_name)
+        if job.ingest_pipeline and not ingest_pipeline_exists(es, job.ingest_pipeline):
+            _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
+            job.ingest_pipeline = None
+        runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
+        pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner, options=options,
+                                       progress_interval=progress_interval)
+        _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
+                     job.service_type, job.index_name, len(partitions), settings.runner)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counts = _counters(result)
+        if job.job_type == "incremental":
+            cursor = read_job_record(es, job.job_id, "sync_cursor")
+        dead = sum(v for k, v in counts.items() if k.startswith("dead_letters_")) + counts.get(
+            "dead_letters_read", 0)
+        dead = counts.get("dead_letters", dead)
+        outcome.update(_job_counters(counts))
+        outcome["dead_letters"] = {"count": dead, "location": dead_letter_folder(settings.dead_letters, job.job_id)}
+        outcome["sync_cursor"] = cursor
+        seen = counts.get("source_documents", 0)
+        if dead >= max(1, settings.min_errors_to_fail) and seen and dead / seen > settings.max_error_rate:
+            raise TooManyErrors(
+                f"{dead} of {seen} documents were dead-lettered ({dead / seen:.1%}, over pipeline.max_error_rate "
+                f"{settings.max_error_rate:.1%}); see {outcome['dead_letters']['location']}"
+            )
+        outcome["status"] = "completed"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
+        outcome["error"] = format_error(_root_cause(exc))
+        _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
+        _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
+    finally:
+        outcome["total_document_count"] = _safe_count(es, job.index_name)
+        outcome["duration_seconds"] = round(time.monotonic() - started, 3)
+        es.close()
+    return outcome
+
+
+def _job_counters(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        "indexed_document_count": counts.get("indexed_document_count", 0),
+        "indexed_document_volume": int(math.floor(counts.get("indexed_document_bytes", 0) / MIB + 0.5)),
+        "indexed_document_bytes": counts.get("indexed_document_bytes", 0),
+        "deleted_document_count": counts.get("deleted_document_count", 0),
+        "source_document_count": counts.get("source_documents", 0),
+        "unchanged_document_count": counts.get("unchanged_documents", 0),
+        "bulk_retries": counts.get("bulk_retries", 0) + counts.get("bulk_item_retries", 0),
+    }
+
+
+def _safe_count(es: Any, index: str) -> int | None:
+    try:
+        return count_documents(es, index)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """Beam wraps worker errors; find ours (or the original) in the chain or the message."""
+    from sources.errors import IngestError
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, IngestError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    for name in ("SourceError", "TooManyErrors", "ElasticsearchUnavailable", "SourceUnavailable", "SourceConfigError"):
+        marker = f"{name}: "
+        if marker in text:
+            import sources.errors as errors
+
+            message = text.split(marker, 1)[1].split("\n", 1)[0].strip().rstrip("'\"]")
+            return getattr(errors, name)(message)
+    return exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 2:
+        print("usage: python -m pipelines.run JOB_FILE RESULT_FILE", file=sys.stderr)
+        return 2
+    job_file, result_file = argv
+    payload = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    logging.basicConfig(
+        level=os.environ.get("ELASTIC_INGEST_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s [job " + payload["job"]["job_id"] + "] %(message)s",
+    )
+    for noisy in ("elastic_transport", "apache_beam", "urllib3", "botocore", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    job = SyncJob(**payload["job"])
+    settings = PipelineConfig.model_validate(payload["pipeline"])
+    es_args = payload["elasticsearch"]
+    conn = ElasticsearchConnection(**{**es_args, "hosts": tuple(es_args["hosts"])})
+    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 5.0)))
+    tmp = result_file + ".tmp"
+    Path(tmp).write_text(json.dumps(outcome, default=str), encoding="utf-8")
+    os.replace(tmp, result_file)
+    return 0 if outcome["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

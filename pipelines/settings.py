@@ -1,0 +1,67 @@
+"""The pipeline's settings (config.yml ``pipeline:``), as validated, frozen models.
+
+They live here, below the launcher, because the sync process needs them too; the
+launcher's :mod:`launcher.config` composes them into the whole configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["PipelineConfig", "BulkConfig", "FlinkConfig", "DataflowConfig"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BulkConfig(_Section):
+    """``_bulk`` batching and retries."""
+
+    max_docs: int = Field(1000, ge=1)
+    max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_in_flight: int = Field(2, ge=1)
+    max_retries: int = Field(8, ge=0)
+    initial_backoff: float = Field(0.5, gt=0)
+    max_backoff: float = Field(30.0, gt=0)
+
+
+class FlinkConfig(_Section):
+    master: str = "[local]"
+    job_server_jar: str | None = None
+    parallelism: int = Field(2, ge=1)
+    environment_type: Literal["LOOPBACK", "PROCESS", "DOCKER", "EXTERNAL"] = "LOOPBACK"
+
+
+class DataflowConfig(_Section):
+    project: str | None = None
+    region: str | None = None
+    temp_location: str | None = None
+    staging_location: str | None = None
+    setup_file: str | None = None
+    service_account_email: str | None = None
+    max_num_workers: int | None = Field(None, ge=1)
+    machine_type: str | None = None
+
+
+class PipelineConfig(_Section):
+    """How syncs run: the Beam runner and the pipeline's knobs."""
+
+    runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] = "FnApiRunner"
+    direct_num_workers: int = Field(2, ge=1)
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
+    bulk: BulkConfig = Field(default_factory=BulkConfig)
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="dead letters / documents above which a job fails")
+    min_errors_to_fail: int = Field(10, ge=0, description="below this many dead letters a job never fails")
+    max_document_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_download_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    download_concurrency: int = Field(8, ge=1)
+    read_batch_size: int = Field(500, ge=1, description="documents per skip-unchanged lookup")
+    scan_slices: int = Field(2, ge=1)
+    dead_letters: str = "./dead_letters"
+    extract_text: bool = True
+    flink: FlinkConfig = Field(default_factory=FlinkConfig)
+    dataflow: DataflowConfig = Field(default_factory=DataflowConfig)
+    extra_options: list[str] = Field(default_factory=list, description="passed to Beam as-is")

@@ -1,0 +1,96 @@
+"""build_sync_pipeline: one claimed job -> one Beam pipeline. The whole graph, in one screen.
+
+Full sync::
+
+    partitions -> ReadFromSource -> docs -> Normalize -> WriteToElasticsearch(index) --+
+                        |                                                              |
+                        +-> ids ----------+                                            +-> WriteDeadLetters
+    ScanIndex(content index) -> ids ------+-> FindDeletions -> WriteToElasticsearch(delete)
+
+Incremental sync::
+
+    cursor -> ReadChanges -> docs -> Normalize -> WriteToElasticsearch(index) --+-> WriteDeadLetters
+                         +-> deletes ---------> WriteToElasticsearch(delete) --+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.job import SyncJob
+from pipelines.settings import PipelineConfig
+from sources.base import Partition
+from transforms.dead_letter import WriteDeadLetters
+from transforms.es_client import ElasticsearchConnection
+from transforms.find_deletions import FindDeletions
+from transforms.normalize import Normalize
+from transforms.read_changes import ReadChanges
+from transforms.read_from_source import IndexedTimestamps, ReadFromSource, SourceSpec
+from transforms.scan_index import ScanIndex
+from transforms.write_to_elasticsearch import BulkSettings, WriteToElasticsearch
+
+__all__ = ["build_sync_pipeline", "bulk_settings"]
+
+
+def bulk_settings(settings: PipelineConfig) -> BulkSettings:
+    b = settings.bulk
+    return BulkSettings(
+        max_docs=b.max_docs, max_bytes=b.max_bytes, max_in_flight=b.max_in_flight, max_retries=b.max_retries,
+        initial_backoff=b.initial_backoff, max_backoff=b.max_backoff, max_error_rate=settings.max_error_rate,
+        min_errors_to_fail=settings.min_errors_to_fail,
+    )
+
+
+def build_sync_pipeline(
+    job: SyncJob,
+    settings: PipelineConfig,
+    conn: ElasticsearchConnection,
+    *,
+    partitions: Sequence[Partition] = (Partition(),),
+    runner: Any = None,
+    options: PipelineOptions | None = None,
+    progress_interval: float = 5.0,
+) -> beam.Pipeline:
+    """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning."""
+    p = beam.Pipeline(runner=runner, options=options)
+    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
+    write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
+                 progress_interval=progress_interval)
+    normalize = Normalize(job.pipeline_flags, max_document_bytes=settings.max_document_bytes,
+                          extract_text=settings.extract_text)
+
+    if job.job_type == "incremental":
+        changes = p | "Cursor" >> beam.Create([job.sync_cursor]) | "Read" >> ReadChanges(spec, conn, job_id=job.job_id)
+        docs, normalize_dead = changes.docs | "Normalize" >> normalize
+        index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
+        delete_dead = changes.deletes | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
+        read_dead = changes.dead_letters
+    else:
+        read = (
+            p
+            | "Partitions" >> beam.Create(list(partitions))
+            | "Read" >> ReadFromSource(
+                spec,
+                skip_unchanged=IndexedTimestamps(conn, job.index_name),
+                batch_size=settings.read_batch_size,
+                download_concurrency=settings.download_concurrency,
+                max_download_bytes=settings.max_download_bytes,
+            )
+        )
+        docs, normalize_dead = read.docs | "Normalize" >> normalize
+        index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
+        indexed_ids = p | "ScanIndex" >> ScanIndex(conn, job.index_name, slices=settings.scan_slices)
+        stale = (read.ids, indexed_ids) | "FindDeletions" >> FindDeletions()
+        delete_dead = stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
+        read_dead = read.dead_letters
+
+    (
+        (read_dead, normalize_dead, index_dead, delete_dead)
+        | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetters" >> WriteDeadLetters(settings.dead_letters, job_id=job.job_id)
+    )
+    return p

@@ -1,0 +1,594 @@
+"""What the object-store sources (S3, Google Cloud Storage) share.
+
+A bucket is a sorted list of keys, and both services list keys in lexicographic order,
+from any key onwards, one page at a time. Everything that follows from that lives here,
+once; a backend (:mod:`sources.s3`, :mod:`sources.gcs`) only says how to list, read and
+classify errors, by implementing the ``_backend_*`` methods of :class:`ObjectStoreSource`.
+
+Partitions are key ranges, cut at top-level prefixes::
+
+    bucket "b" with keys  a.txt  docs/1  docs/2  img/x  readme  video/y
+    top-level prefixes    docs/  img/  video/   (listing with delimiter "/")
+    partitions            (-inf, "docs/"]  ("docs/", "img/"]  ("img/", "video/"]  ("video/", +inf)
+                           a.txt            docs/1 docs/2      img/x readme        video/y
+
+Each partition is ``(after, until]``: it holds the keys ``k`` with ``after < k <= until``.
+Ranges cut at *any* boundaries cover every key exactly once, so the plan stays exact even
+when objects are added under a new prefix between planning and reading (a prefix-list
+plan would miss them). Root-level objects simply fall into the range around them. At most
+``max_partitions_per_bucket`` ranges are cut per bucket, at evenly spaced prefixes, and a
+partition descriptor is four small fields whatever the bucket's size.
+
+Reading a range is one listing from ``after`` (``StartAfter`` / ``startOffset``), stopped
+at the first key past ``until``; pages of ``page_size`` keys are fetched on demand, so
+memory stays bounded. Advanced sync rules (bucket + key prefix + extensions) are pushed
+down as listing prefixes.
+
+Documents (one per object)::
+
+    {"_id": "<bucket>/<key>", "_timestamp": "<last modified, ISO 8601 UTC>",
+     "bucket": ..., "key": ..., "filename": "<last path segment>", "extension": ".pdf",
+     "size_in_bytes": ..., "content_type": ..., "etag": ..., "url": "s3://bucket/key", ...}
+
+and the lazy download returns ``{"_id", "_timestamp", "_attachment": <base64>}``; objects
+over ``max_file_size`` are not downloaded (``None``). The pipeline turns ``_attachment``
+into ``body`` text.
+
+Incremental syncs list every object and keep those modified since the previous sync
+started (the cursor). Object stores keep no record of deletions, so an incremental sync
+cannot see them: deleted objects stay in the index until the next full sync.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import contextlib
+import functools
+import posixpath
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sources.base import OP_INDEX, BaseDataSource, DataSourceConfiguration, Filter, Partition
+from sources.errors import IngestError, SourceConfigError, SourceError, SourceUnavailable, SyncRulesError
+
+__all__ = [
+    "ObjectStoreSource",
+    "ObjectStoreSettings",
+    "StoredObject",
+    "Failure",
+    "common_fields",
+    "buckets_field",
+    "read_common_settings",
+    "to_utc",
+]
+
+DEFAULT_PAGE_SIZE = 1000
+DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
+DEFAULT_MAX_PARTITIONS_PER_BUCKET = 16
+ALL_BUCKETS = "*"
+_RULE_KEYS = frozenset({"bucket", "prefix", "extension"})
+_LISTED_BUCKETS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as listed: what a document is made of."""
+
+    bucket: str
+    key: str
+    size: int | None
+    last_modified: datetime  # timezone-aware
+    etag: str | None = None
+    content_type: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # backend-specific doc fields
+
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """The settings every object-store source has (backends extend this)."""
+
+    buckets: tuple[str, ...]
+    page_size: int = DEFAULT_PAGE_SIZE
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_partitions_per_bucket: int = DEFAULT_MAX_PARTITIONS_PER_BUCKET
+
+
+class Failure:
+    """What went wrong, as a backend classifies a client exception (see ``_backend_classify``)."""
+
+    UNREACHABLE = "unreachable"  # network, DNS, TLS, timeouts: retriable
+    CREDENTIALS = "credentials"  # unknown key, bad signature, bad service account
+    FORBIDDEN = "forbidden"  # valid credentials without the permission
+    NO_BUCKET = "no_bucket"
+    NO_OBJECT = "no_object"  # deleted between listing and download
+
+
+@dataclass(frozen=True)
+class _Rule:
+    bucket: str
+    prefix: str
+    extensions: tuple[str, ...]
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self.prefix) and (
+            not self.extensions or key.lower().endswith(self.extensions)
+        )
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+def buckets_field(tooltip: str) -> dict[str, Any]:
+    return {
+        "buckets": {
+            "label": "Buckets",
+            "order": 1,
+            "type": "list",
+            "display": "textarea",
+            "tooltip": tooltip + " Use * for every bucket the credentials can list.",
+        }
+    }
+
+
+def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
+    """Listing, size and partition fields, numbered from ``first_order``."""
+    fields = {
+        "page_size": {
+            "label": "Objects per listing page",
+            "type": "int",
+            "display": "numeric",
+            "default_value": DEFAULT_PAGE_SIZE,
+            "required": False,
+            "tooltip": "How many objects each listing request returns (1 to 1000).",
+        },
+        "max_file_size": {
+            "label": "Maximum file size (bytes)",
+            "type": "int",
+            "display": "numeric",
+            "default_value": DEFAULT_MAX_FILE_SIZE,
+            "required": False,
+            "tooltip": "Larger objects are indexed without their content.",
+        },
+        "max_partitions_per_bucket": {
+            "label": "Maximum partitions per bucket",
+            "type": "int",
+            "display": "numeric",
+            "default_value": DEFAULT_MAX_PARTITIONS_PER_BUCKET,
+            "required": False,
+            "tooltip": "A bucket is split at its top-level prefixes into at most this many key "
+            "ranges, read in parallel. 1 reads each bucket as a whole.",
+        },
+    }
+    for order, spec in enumerate(fields.values(), start=first_order):
+        spec["order"] = order
+    return fields
+
+
+def read_common_settings(config: DataSourceConfiguration, problems: list[str]) -> dict[str, Any]:
+    """The common settings as keyword arguments; appends ``"<field>: <problem>"`` to ``problems``."""
+    raw = config.get("buckets")
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    buckets = tuple(str(b).strip() for b in (raw or []) if str(b).strip())
+    if not buckets:
+        problems.append("buckets: name at least one bucket, or * for all")
+    return {
+        "buckets": buckets,
+        "page_size": read_int(config, "page_size", problems, minimum=1, maximum=1000),
+        "max_file_size": read_int(config, "max_file_size", problems, minimum=1),
+        "max_partitions_per_bucket": read_int(config, "max_partitions_per_bucket", problems, minimum=1),
+    }
+
+
+def read_int(
+    config: DataSourceConfiguration, name: str, problems: list[str], *, minimum: int, maximum: int | None = None
+) -> int:
+    value = config.get(name)
+    default = config.field(name).get("default_value") if name in config else None
+    try:
+        number = int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        problems.append(f"{name}: expected a whole number, got {value!r}")
+        return default if isinstance(default, int) else minimum
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        problems.append(f"{name}: must be {bounds}, got {number}")
+    return number
+
+
+def to_utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+class ObjectStoreSource(BaseDataSource):
+    """Objects of one or more buckets as documents; a backend implements ``_backend_*``.
+
+    Advanced sync rules: a list of ``{"bucket": str, "prefix": str, "extension": [str]}``
+    (``prefix`` and ``extension`` optional). With rules, only the objects of the named buckets
+    matching at least one rule are synced; without, every object of every configured bucket.
+    """
+
+    advanced_rules_enabled = True
+    incremental_sync_enabled = True
+
+    #: Name used in messages, e.g. "S3".
+    backend_name: ClassVar[str]
+    #: URL scheme of object URLs, e.g. "s3".
+    url_scheme: ClassVar[str]
+    #: The configuration fields to check when credentials are rejected, for messages.
+    credential_fields: ClassVar[str]
+    #: The configuration field naming the server, for messages.
+    endpoint_field: ClassVar[str]
+
+    def __init__(self, configuration: Any = None):
+        super().__init__(configuration)
+        self._clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+    # -- what a backend implements ---------------------------------------------------
+    @abc.abstractmethod
+    def _backend_settings(self, common: dict[str, Any], problems: list[str]) -> ObjectStoreSettings:
+        """Read the backend's own fields from ``self.configuration``; append problems."""
+
+    @abc.abstractmethod
+    def _backend_endpoint(self) -> str:
+        """Where requests go, for messages (never with credentials)."""
+
+    @abc.abstractmethod
+    def _backend_buckets(self) -> list[str]:
+        """Every bucket the credentials can list."""
+
+    @abc.abstractmethod
+    def _backend_check_bucket(self, bucket: str) -> bool:
+        """False when ``bucket`` does not exist; raise on any other problem. One cheap request."""
+
+    @abc.abstractmethod
+    def _backend_list(
+        self, bucket: str, *, prefix: str = "", start_after: str | None = None, delimiter: str | None = None
+    ) -> Iterator[StoredObject | str]:
+        """Objects of ``bucket`` under ``prefix`` in key order, ``page_size`` per request.
+
+        Start at the first key > ``start_after`` (a backend whose API includes the start key
+        may yield it: callers skip it). With a delimiter, also yield the common prefixes (str).
+        """
+
+    @abc.abstractmethod
+    def _backend_read(self, obj: StoredObject) -> tuple[Iterable[bytes], dict[str, Any]] | None:
+        """Open ``obj`` for reading: its content in chunks and doc fields the read revealed.
+
+        Return None when the object no longer exists. If the chunks are a generator, it is
+        closed when the caller stops early (over ``max_file_size``).
+        """
+
+    @abc.abstractmethod
+    def _backend_classify(self, exc: BaseException) -> tuple[str, str] | None:
+        """``(Failure.*, short detail without secrets)`` for a client exception, None if unknown."""
+
+    @abc.abstractmethod
+    def _backend_close(self) -> None:
+        """Close the client if one was opened."""
+
+    # -- settings --------------------------------------------------------------------
+    @functools.cached_property
+    def settings(self) -> ObjectStoreSettings:
+        """The parsed configuration; raises SourceConfigError listing every problem."""
+        problems: list[str] = []
+        settings = self._backend_settings(read_common_settings(self.configuration, problems), problems)
+        if problems:
+            raise SourceConfigError(
+                f"{self.name}: the configuration is invalid:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
+        return settings
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def validate_config(self) -> None:
+        self.settings  # noqa: B018 - parse, raising on invalid values
+        await self.ping()
+
+    async def ping(self) -> None:
+        """Reach the server, check the credentials and that every configured bucket exists."""
+        await asyncio.to_thread(self._check_buckets)
+
+    async def close(self) -> None:
+        self._backend_close()
+
+    def _check_buckets(self) -> None:
+        configured = self.settings.buckets
+        if ALL_BUCKETS in configured:
+            with self._translated("list buckets"):
+                self._backend_buckets()
+            return
+        missing = []
+        for bucket in configured:
+            with self._translated(f"read bucket `{bucket}`", bucket=bucket):
+                if not self._backend_check_bucket(bucket):
+                    missing.append(bucket)
+        if missing:
+            raise SourceConfigError(self._missing_buckets_message(missing))
+
+    # -- planning --------------------------------------------------------------------
+    def get_partitions(self) -> list[Partition]:
+        self._start_sync()
+        partitions = []
+        for bucket in self._buckets():
+            bounds = self._cut_points(bucket)
+            for after, until in zip([None, *bounds], [*bounds, None]):
+                key = f"{bucket}:({after or '-inf'}, {until or '+inf'}]"
+                partitions.append(Partition(key, {"bucket": bucket, "after": after, "until": until}))
+        return partitions
+
+    def _cut_points(self, bucket: str) -> list[str]:
+        wanted = self.settings.max_partitions_per_bucket
+        if wanted <= 1:
+            return []
+        with self._translated(f"list the prefixes of bucket `{bucket}`", bucket=bucket):
+            prefixes = sorted(p for p in self._backend_list(bucket, delimiter="/") if isinstance(p, str))
+        if len(prefixes) < wanted:
+            return prefixes
+        # wanted - 1 evenly spaced prefixes make wanted ranges.
+        return sorted({prefixes[len(prefixes) * i // wanted] for i in range(1, wanted)})
+
+    def _buckets(self) -> list[str]:
+        configured = self.settings.buckets
+        if ALL_BUCKETS not in configured:
+            return list(configured)
+        with self._translated("list buckets"):
+            return sorted(self._backend_buckets())
+
+    def _start_sync(self) -> None:
+        """Remember when this sync started: the next incremental sync reads changes since then."""
+        if self._sync_cursor is None:
+            self._sync_cursor = {"modified_since": self._clock().isoformat()}
+
+    # -- reading ---------------------------------------------------------------------
+    def get_docs(self, filtering: Filter | None = None, partition: Partition | None = None):
+        """Yield ``(doc, lazy_download)`` for every object of ``partition`` (default: all buckets)."""
+        self._start_sync()
+        rules = self._rules(filtering)
+        params = partition.params if partition is not None else {}
+        if "bucket" in params:
+            ranges = [(params["bucket"], params.get("after"), params.get("until"))]
+        else:
+            ranges = [(bucket, None, None) for bucket in self._buckets()]
+        for bucket, after, until in ranges:
+            for obj in self._objects(bucket, after, until, rules):
+                yield self._doc(obj), functools.partial(self._download, obj)
+
+    def get_docs_incrementally(self, sync_cursor: dict[str, Any] | None, filtering: Filter | None = None):
+        """Yield ``(doc, lazy_download, "index")`` for objects modified since the last sync started.
+
+        Deleted objects are not seen (object stores keep no tombstones): they are removed
+        from the index by the next full sync. Without a cursor, every object is yielded.
+        """
+        since = _read_cursor(sync_cursor)
+        self._sync_cursor = None
+        self._start_sync()
+        rules = self._rules(filtering)
+        for bucket in self._buckets():
+            for obj in self._objects(bucket, None, None, rules, since=since):
+                yield self._doc(obj), functools.partial(self._download, obj), OP_INDEX
+
+    def _objects(
+        self,
+        bucket: str,
+        after: str | None,
+        until: str | None,
+        rules: dict[str, list[_Rule]] | None,
+        since: datetime | None = None,
+    ) -> Iterator[StoredObject]:
+        if rules is None:
+            prefixes, wanted = [""], None
+        else:
+            bucket_rules = rules.get(bucket, [])
+            prefixes = _outermost([rule.prefix for rule in bucket_rules])
+            wanted = bucket_rules
+        for prefix in prefixes:
+            if until is not None and prefix > until:
+                continue  # every key under it sorts after the range
+            with self._translated(f"list bucket `{bucket}`", bucket=bucket):
+                for obj in self._backend_list(bucket, prefix=prefix, start_after=after):
+                    if isinstance(obj, str):
+                        continue
+                    if after is not None and obj.key <= after:
+                        continue
+                    if until is not None and obj.key > until:
+                        break  # keys come in order: the rest is another partition's
+                    if wanted is not None and not any(rule.matches(obj.key) for rule in wanted):
+                        continue
+                    # Listings have one-second precision on some servers (S3): compare by second
+                    # so a change made in the second the last sync started is not missed.
+                    if since is not None and obj.last_modified.replace(microsecond=0) < since.replace(microsecond=0):
+                        continue
+                    yield obj
+
+    def _doc(self, obj: StoredObject) -> dict[str, Any]:
+        filename = posixpath.basename(obj.key.rstrip("/")) or obj.key
+        return {
+            "_id": f"{obj.bucket}/{obj.key}",
+            "_timestamp": to_utc(obj.last_modified).isoformat(),
+            "bucket": obj.bucket,
+            "key": obj.key,
+            "filename": filename,
+            "extension": posixpath.splitext(filename)[1].lower(),
+            "size_in_bytes": obj.size,
+            "content_type": obj.content_type,
+            "etag": obj.etag,
+            "url": f"{self.url_scheme}://{obj.bucket}/{obj.key}",
+            **obj.extra,
+        }
+
+    def _download(self, obj: StoredObject, doit: bool = False, timestamp: str | None = None) -> dict[str, Any] | None:
+        """The lazy download: ``_attachment`` (base64), or None when not wanted or too big."""
+        if not doit:
+            return None
+        limit = self.settings.max_file_size
+        url = f"{self.url_scheme}://{obj.bucket}/{obj.key}"
+        if obj.size is not None and obj.size > limit:
+            self._logger.debug("not downloading %s: %s bytes is over max_file_size (%s)", url, obj.size, limit)
+            return None
+        content = bytearray()
+        with self._translated(f"download {url}", bucket=obj.bucket):
+            opened = self._backend_read(obj)
+            if opened is None:
+                self._logger.warning("not downloading %s: it was deleted after it was listed", url)
+                return None
+            chunks, fields = opened
+            try:
+                for chunk in chunks:
+                    content += chunk
+                    if len(content) > limit:  # grew since it was listed
+                        self._logger.debug("not downloading %s: over max_file_size (%s) bytes", url, limit)
+                        return None
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+        return {
+            "_id": f"{obj.bucket}/{obj.key}",
+            "_timestamp": to_utc(obj.last_modified).isoformat(),
+            "_attachment": base64.b64encode(content).decode("ascii"),
+            **fields,
+        }
+
+    # -- advanced sync rules ---------------------------------------------------------
+    def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
+        return _parse_rules(_snippet(advanced_rules), self.configuration.get("buckets"))[1]
+
+    def _rules(self, filtering: Filter | None) -> dict[str, list[_Rule]] | None:
+        """Rules by bucket, or None when every object is wanted."""
+        if filtering is None or not filtering.has_advanced_rules():
+            return None
+        snippet = _snippet(filtering.get_advanced_rules())
+        if not snippet:
+            return None
+        rules, problems = _parse_rules(snippet, self.settings.buckets)
+        if problems:
+            raise SyncRulesError(f"{self.name}: invalid advanced sync rules: " + "; ".join(problems))
+        by_bucket: dict[str, list[_Rule]] = {}
+        for rule in rules:
+            by_bucket.setdefault(rule.bucket, []).append(rule)
+        return by_bucket
+
+    # -- errors ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _translated(self, action: str, bucket: str | None = None) -> Iterator[None]:
+        """Turn client exceptions into our errors, with what to do and without secrets."""
+        try:
+            yield
+        except IngestError:
+            raise
+        except Exception as exc:
+            classified = self._backend_classify(exc)
+            if classified is None:
+                raise SourceError(f"{self.name}: could not {action}: {type(exc).__name__}: {exc}") from exc
+            failure, detail = classified
+            raise self._error(failure, detail, action, bucket) from exc
+
+    def _error(self, failure: str, detail: str, action: str, bucket: str | None) -> IngestError:
+        where = self._backend_endpoint()
+        if failure == Failure.UNREACHABLE:
+            return SourceUnavailable(
+                f"{self.name}: cannot reach {self.backend_name} at {where} to {action} ({detail}); "
+                f"check `{self.endpoint_field}` and that the server is running and reachable"
+            )
+        if failure == Failure.CREDENTIALS:
+            return SourceConfigError(
+                f"{self.name}: {self.backend_name} at {where} rejected the credentials ({detail}); "
+                f"check {self.credential_fields}"
+            )
+        if failure == Failure.NO_BUCKET and bucket is not None:
+            return SourceConfigError(self._missing_buckets_message([bucket]))
+        if failure == Failure.FORBIDDEN:
+            target = f"bucket `{bucket}`" if bucket else "the buckets"
+            return SourceConfigError(
+                f"{self.name}: the credentials may not {action} ({detail}); grant them list and "
+                f"read access to {target}"
+            )
+        return SourceError(f"{self.name}: could not {action} ({detail})")
+
+    def _missing_buckets_message(self, missing: list[str]) -> str:
+        names = ", ".join(f"`{bucket}`" for bucket in missing)
+        verb = "does not exist" if len(missing) == 1 else "do not exist"
+        try:
+            existing = sorted(self._backend_buckets())
+        except Exception as exc:  # the listing is a courtesy; the missing bucket is the news
+            self._logger.debug("cannot list buckets for the message: %s", type(exc).__name__)
+            return f"{self.name}: bucket {names} {verb} (and these credentials cannot list buckets)"
+        if not existing:
+            return f"{self.name}: bucket {names} {verb}; there are no buckets at {self._backend_endpoint()}"
+        shown = ", ".join(existing[:_LISTED_BUCKETS_SHOWN])
+        if len(existing) > _LISTED_BUCKETS_SHOWN:
+            shown += f" and {len(existing) - _LISTED_BUCKETS_SHOWN} more"
+        return f"{self.name}: bucket {names} {verb}; buckets are: {shown}"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _snippet(advanced_rules: Any) -> Any:
+    """The rules list, from the list itself or an ``advanced_snippet`` (``{"value": [...]}``)."""
+    if isinstance(advanced_rules, Mapping) and set(advanced_rules) == {"value"}:
+        return advanced_rules["value"]
+    return advanced_rules
+
+
+def _parse_rules(snippet: Any, configured_buckets: Any) -> tuple[list[_Rule], list[str]]:
+    if snippet in (None, {}, []):
+        return [], []
+    if not isinstance(snippet, list):
+        return [], [
+            'advanced rules must be a list like [{"bucket": "b", "prefix": "docs/", "extension": [".pdf"]}], '
+            f"got {type(snippet).__name__}"
+        ]
+    if isinstance(configured_buckets, str):
+        configured_buckets = configured_buckets.split(",")
+    configured = {str(b).strip() for b in configured_buckets or []}
+    rules, problems = [], []
+    for number, item in enumerate(snippet, start=1):
+        where = f"rule {number}"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: must be an object, got {type(item).__name__}")
+            continue
+        unknown = sorted(set(item) - _RULE_KEYS)
+        if unknown:
+            problems.append(f"{where}: unknown keys {', '.join(unknown)} (allowed: bucket, prefix, extension)")
+        bucket, prefix, extensions = item.get("bucket"), item.get("prefix", ""), item.get("extension", [])
+        if not isinstance(bucket, str) or not bucket.strip():
+            problems.append(f"{where}: `bucket` must be a bucket name")
+        elif configured and ALL_BUCKETS not in configured and bucket not in configured:
+            problems.append(f"{where}: bucket `{bucket}` is not one of the configured buckets")
+        if not isinstance(prefix, str):
+            problems.append(f"{where}: `prefix` must be a string")
+        if isinstance(extensions, str):
+            extensions = [extensions]
+        if not isinstance(extensions, list) or not all(isinstance(e, str) and e.strip(".") for e in extensions):
+            problems.append(f"{where}: `extension` must be a list of extensions like [\".pdf\", \".txt\"]")
+            continue
+        if isinstance(bucket, str) and isinstance(prefix, str):
+            normalized = tuple("." + e.strip().lstrip(".").lower() for e in extensions)
+            rules.append(_Rule(bucket.strip(), prefix, normalized))
+    return rules, problems
+
+
+def _outermost(prefixes: list[str]) -> list[str]:
+    """The prefixes not under another one: listing them finds each key once."""
+    kept: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if not kept or not prefix.startswith(kept[-1]):
+            kept.append(prefix)
+    return kept
+
+
+def _read_cursor(sync_cursor: Mapping[str, Any] | None) -> datetime | None:
+    if not sync_cursor or not sync_cursor.get("modified_since"):
+        return None
+    try:
+        return to_utc(datetime.fromisoformat(str(sync_cursor["modified_since"])))
+    except ValueError as exc:
+        raise SourceError(f"the sync cursor is unreadable ({sync_cursor!r}); run a full sync") from exc
+

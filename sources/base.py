@@ -1,0 +1,288 @@
+"""The source contract: the one thing a third party codes against.
+
+A source is any importable class that subclasses :class:`BaseDataSource` (or merely looks
+like one: sources written for Elastic's original connector framework run unchanged). It
+is named in ``config.yml`` by its fully qualified name::
+
+    sources:
+      dir: sources.directory:DirectoryDataSource
+      mysource: mycompany_source.module:MySource
+
+One instance is built per sync (or per parallel worker) from the connector's
+``configuration``. The service calls, in order:
+
+1. ``ping()`` - raise with an actionable message when the backend cannot be reached;
+2. ``get_partitions()`` - split the data into independent slices (default: one);
+3. ``get_docs(filtering=..., partition=...)`` for each partition, possibly in parallel
+   on other processes or machines (each with its own instance);
+4. ``close()``.
+
+``get_docs`` yields ``(doc, lazy_download)`` pairs (or bare ``doc`` dicts). A doc is a
+JSON-like dict with ``_id`` and, when the backend knows it, ``_timestamp`` (the
+last-modification time; a document whose ``_timestamp`` equals the indexed one is not
+downloaded or sent again). ``lazy_download`` is ``None`` or a callable that fetches the
+content only when the document is new or changed; it is called as
+``lazy_download(doit=True, timestamp=doc["_timestamp"])``, may be sync or async, and
+returns a dict merged into the doc (e.g. ``{"body": text}`` or ``{"_attachment": base64}``).
+
+``get_docs`` may be an ``async def`` generator (the original framework's style) or a plain
+generator; the service drives either.
+
+A complete small source::
+
+    import os
+    from sources.base import BaseDataSource, Partition
+
+    class NotesSource(BaseDataSource):
+        \"\"\"Each line of a text file is a document.\"\"\"
+
+        name = "Notes"
+        service_type = "notes"
+
+        @classmethod
+        def get_default_configuration(cls):
+            return {"path": {"label": "File", "type": "str", "order": 1}}
+
+        async def ping(self):
+            if not os.path.isfile(self.configuration["path"]):
+                raise FileNotFoundError(f"no file at {self.configuration['path']}")
+
+        def get_docs(self, filtering=None, partition=None):
+            with open(self.configuration["path"], encoding="utf-8") as lines:
+                for number, line in enumerate(lines):
+                    yield {"_id": str(number), "text": line.rstrip("\\n")}, None
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+__all__ = [
+    "BaseDataSource",
+    "DataSourceConfiguration",
+    "Filter",
+    "Partition",
+    "Doc",
+    "LazyDownload",
+    "OP_INDEX",
+    "OP_UPSERT",
+    "OP_DELETE",
+    "FIELD_DEFAULTS",
+]
+
+Doc = dict[str, Any]
+LazyDownload = Callable[..., Union[Awaitable[Union[Doc, None]], Doc, None]]
+
+OP_INDEX = "index"
+OP_UPSERT = "update"
+OP_DELETE = "delete"
+
+# Properties every configurable field has (PROTOCOL.md section 4). A source declares a
+# partial schema; the service fills the rest from here.
+FIELD_DEFAULTS: dict[str, Any] = {
+    "default_value": None,
+    "depends_on": [],
+    "display": "text",
+    "label": "",
+    "options": [],
+    "order": 1,
+    "required": True,
+    "sensitive": False,
+    "tooltip": None,
+    "type": "str",
+    "ui_restrictions": [],
+    "validations": [],
+    "value": "",
+}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A small, picklable descriptor of one independent slice of a source.
+
+    Partitions travel between workers (they are reshuffled to spread the reads); documents
+    never do. Keep ``params`` small: a key range, an object-name prefix, a table chunk.
+
+    Example::
+
+        Partition("users[0:10000]", {"table": "users", "low": 0, "high": 10000})
+    """
+
+    key: str = "all"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class DataSourceConfiguration(Mapping):
+    """The connector's ``configuration`` as a read-only mapping of field name -> value.
+
+    Built from the connector document's ``configuration`` object (field name -> field
+    object with ``value``), completed with the source's default schema, so a missing value
+    reads as its ``default_value``. ``config["host"]`` gives the value; ``config.field("host")``
+    the whole field object. Sensitive values are hidden from ``repr``.
+    """
+
+    def __init__(self, fields: Mapping[str, Any] | None = None, schema: Mapping[str, Any] | None = None):
+        merged: dict[str, dict[str, Any]] = {}
+        for name, spec in (schema or {}).items():
+            merged[name] = {**FIELD_DEFAULTS, **copy.deepcopy(spec)}
+        for name, given in (fields or {}).items():
+            if isinstance(given, Mapping):
+                merged[name] = {**merged.get(name, FIELD_DEFAULTS), **given}
+            else:  # a bare value, as written by hand or by a test
+                merged[name] = {**merged.get(name, FIELD_DEFAULTS), "value": given}
+        self._fields = merged
+
+    def __getitem__(self, name: str) -> Any:
+        spec = self._fields[name]
+        value = spec.get("value")
+        if value in (None, "") and spec.get("default_value") is not None:
+            return spec["default_value"]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def field(self, name: str) -> dict[str, Any]:
+        """The whole field object (label, type, sensitive, ...)."""
+        return self._fields[name]
+
+    def is_sensitive(self, name: str) -> bool:
+        return bool(self._fields.get(name, {}).get("sensitive"))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(self._fields)
+
+    def __repr__(self) -> str:
+        shown = {k: ("****" if self.is_sensitive(k) else self[k]) for k in self._fields}
+        return f"DataSourceConfiguration({shown!r})"
+
+
+class Filter(dict):
+    """The active sync rules handed to a source: ``{"basic_rules": [...], "advanced_rules": {...}}``.
+
+    Basic rules are applied by the service to every document; a source only needs to look
+    at the advanced rules, which it may push down into its query.
+    """
+
+    def get_advanced_rules(self) -> Any:
+        return self.get("advanced_rules") or {}
+
+    def has_advanced_rules(self) -> bool:
+        return bool(self.get("advanced_rules"))
+
+    def get_basic_rules(self) -> list[dict[str, Any]]:
+        return list(self.get("basic_rules") or [])
+
+
+class BaseDataSource(abc.ABC):
+    """One data source for one sync, built from the connector's configuration.
+
+    Subclasses set ``name`` (display name) and ``service_type`` and implement
+    :meth:`get_docs`. Everything else has a sensible default. See the module docstring for
+    the call order and a complete example.
+    """
+
+    name: ClassVar[str] = "Unnamed source"
+    service_type: ClassVar[str] = ""
+    #: True when :meth:`get_docs_incrementally` is implemented honestly.
+    incremental_sync_enabled: ClassVar[bool] = False
+    #: True when the source pushes advanced sync rules (``filtering.get_advanced_rules()``) down.
+    advanced_rules_enabled: ClassVar[bool] = False
+    #: Basic rules are applied by the service, so every source supports them.
+    basic_rules_enabled: ClassVar[bool] = True
+    dls_enabled: ClassVar[bool] = False
+
+    def __init__(self, configuration: Mapping[str, Any] | DataSourceConfiguration | None = None):
+        if isinstance(configuration, DataSourceConfiguration):
+            self.configuration = configuration
+        else:
+            self.configuration = DataSourceConfiguration(configuration, self.get_default_configuration())
+        self._logger = logging.getLogger(f"sources.{self.service_type or type(self).__name__}")
+        self._sync_cursor: dict[str, Any] | None = None
+
+    # -- description ---------------------------------------------------------------
+    @classmethod
+    def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
+        """The configuration schema: field name -> partial field object (PROTOCOL.md section 4)."""
+        return {}
+
+    @classmethod
+    def features(cls) -> dict[str, Any]:
+        """The connector's ``features`` object, derived from the class flags."""
+        return {
+            "sync_rules": {
+                "basic": {"enabled": cls.basic_rules_enabled},
+                "advanced": {"enabled": cls.advanced_rules_enabled},
+            },
+            "incremental_sync": {"enabled": cls.incremental_sync_enabled},
+            "document_level_security": {"enabled": cls.dls_enabled},
+        }
+
+    def set_logger(self, logger: logging.Logger | logging.LoggerAdapter) -> None:
+        """Replace the logger (the service passes one that carries job and connector ids)."""
+        self._logger = logger
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def validate_config(self) -> None:
+        """Check values beyond the schema (e.g. that a table exists); raise with what to fix."""
+
+    async def ping(self) -> None:
+        """Raise with an actionable message when the backend cannot be reached."""
+
+    async def changed(self) -> bool:
+        """Whether the source may have changed since the last sync (True when unknown)."""
+        return True
+
+    async def close(self) -> None:
+        """Release clients and connections. Called once per instance, even after errors."""
+
+    # -- reading -------------------------------------------------------------------
+    def get_partitions(self) -> Iterable[Partition]:
+        """Independent slices that together cover the whole source exactly once.
+
+        Called once, on one worker, before reading. Override to let big sources be read in
+        parallel. The default is a single partition.
+        """
+        return [Partition()]
+
+    @abc.abstractmethod
+    def get_docs(
+        self, filtering: Filter | None = None, partition: Partition | None = None
+    ) -> AsyncIterator[Any] | Iterator[Any]:
+        """Yield every document of ``partition`` as ``(doc, lazy_download)`` or ``doc``.
+
+        May be an async generator or a plain generator. Raise on any read failure: a sync
+        whose source could not be read completely fails and deletes nothing.
+        """
+
+    def get_docs_incrementally(
+        self, sync_cursor: dict[str, Any] | None, filtering: Filter | None = None
+    ) -> AsyncIterator[Any] | Iterator[Any]:
+        """Yield changes since ``sync_cursor`` as ``(doc, lazy_download, operation)``.
+
+        ``operation`` is ``OP_INDEX``, ``OP_UPSERT`` or ``OP_DELETE`` (a delete needs only
+        ``_id``). Set the new cursor with ``self._sync_cursor = ...``; it is stored only if
+        the job completes. Only called when ``incremental_sync_enabled`` is True.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental syncs")
+
+    def sync_cursor(self) -> dict[str, Any] | None:
+        """The cursor to store after this sync (None: keep none).
+
+        For a full sync it is read from the planning instance after ``get_partitions()``
+        and before any document is read, so changes made during the read are seen again by
+        the next incremental sync rather than lost.
+        """
+        return self._sync_cursor
+
+    def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
+        """Problems with an advanced sync rules snippet (empty list: valid)."""
+        return []

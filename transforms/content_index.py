@@ -1,0 +1,60 @@
+"""The content index (BYOEI): create it when missing, check its ingest pipeline, count it.
+
+Mappings that work on any cluster (no analyzers from optional modules): dynamic mapping
+for the source's fields, with the fields the service relies on declared.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from elasticsearch import ApiError, Elasticsearch, NotFoundError
+
+__all__ = ["ensure_content_index", "ingest_pipeline_exists", "count_documents", "CONTENT_MAPPINGS"]
+
+_LOGGER = logging.getLogger(__name__)
+
+CONTENT_MAPPINGS: dict[str, Any] = {
+    "dynamic": True,
+    "properties": {
+        "id": {"type": "keyword"},
+        "_timestamp": {"type": "date"},
+        "body": {"type": "text"},
+        "_extract_binary_content": {"type": "boolean"},
+        "_reduce_whitespace": {"type": "boolean"},
+        "_run_ml_inference": {"type": "boolean"},
+    },
+}
+
+
+def ensure_content_index(es: Elasticsearch, index: str) -> bool:
+    """Create ``index`` with our mappings if it does not exist. True if it was created."""
+    if es.indices.exists(index=index):
+        return False
+    try:
+        es.indices.create(index=index, mappings=CONTENT_MAPPINGS, settings={"index": {"number_of_replicas": 0}})
+    except ApiError as exc:
+        if exc.error == "resource_already_exists_exception":
+            return False
+        raise
+    _LOGGER.info("created content index %s", index)
+    return True
+
+
+def ingest_pipeline_exists(es: Elasticsearch, name: str | None) -> bool:
+    if not name:
+        return False
+    try:
+        es.ingest.get_pipeline(id=name)
+        return True
+    except NotFoundError:
+        return False
+
+
+def count_documents(es: Elasticsearch, index: str) -> int:
+    try:
+        es.indices.refresh(index=index)
+        return int(es.count(index=index)["count"])
+    except NotFoundError:
+        return 0

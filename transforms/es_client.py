@@ -1,0 +1,57 @@
+"""How to reach Elasticsearch, as a small picklable value shared by the daemon and workers.
+
+:class:`ElasticsearchConnection` travels inside Beam transforms to every worker, so it
+holds only plain values; secrets are excluded from ``repr`` and never logged.
+
+Example usage::
+
+    conn = ElasticsearchConnection(hosts=("http://127.0.0.1:9200",))
+    es = conn.client()
+    es.cluster.health()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+__all__ = ["ElasticsearchConnection"]
+
+
+@dataclass(frozen=True)
+class ElasticsearchConnection:
+    hosts: tuple[str, ...] = ("http://127.0.0.1:9200",)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 60.0
+    max_retries: int = 3
+
+    def client(self, **overrides: Any) -> Elasticsearch:
+        """A new client. Retries of whole requests on connection errors and timeouts."""
+        kwargs: dict[str, Any] = {
+            "hosts": list(self.hosts),
+            "request_timeout": self.request_timeout,
+            "max_retries": self.max_retries,
+            "retry_on_timeout": True,
+            "retry_on_status": (502, 503, 504),
+        }
+        if self.api_key:
+            kwargs["api_key"] = self.api_key
+        elif self.username:
+            kwargs["basic_auth"] = (self.username, self.password or "")
+        if self.ca_certs:
+            kwargs["ca_certs"] = self.ca_certs
+        if any(h.startswith("https") for h in self.hosts):
+            kwargs["verify_certs"] = self.verify_certs
+        kwargs.update(overrides)
+        return Elasticsearch(**kwargs)
+
+    @property
+    def display(self) -> str:
+        """Hosts without credentials, for logs and messages."""
+        return ", ".join(self.hosts)

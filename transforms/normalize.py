@@ -1,0 +1,215 @@
+"""Normalize: turn what a source yielded into a valid Elasticsearch document, or a dead letter.
+
+For each document:
+
+* ``_id`` becomes a string (ids over 512 bytes are replaced by their SHA-256) and is
+  copied into the ``id`` field;
+* ``_timestamp`` becomes ISO 8601 UTC;
+* ``_attachment`` (base64 content) becomes ``body`` text when text extraction is on
+  (PDF, DOCX, HTML, text; see :mod:`transforms.extract_text`);
+* the connector's pipeline flags are set (``_extract_binary_content``, ``_reduce_whitespace``,
+  ``_run_ml_inference``);
+* every value is made JSON-safe (datetimes, dates, decimals, bytes, ObjectIds, sets, UUIDs,
+  NaN, ...);
+* the document is serialized once, here; a document that cannot be serialized or is larger
+  than ``max_document_bytes`` goes to the dead letters with the reason.
+
+The output is ``(doc_id, source_json_bytes)``: writers never serialize again.
+
+Example usage::
+
+    docs, dead = raw_docs | Normalize(pipeline_flags={"_reduce_whitespace": True})
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from transforms.dead_letter import DeadLetter
+
+__all__ = ["Normalize", "document_id", "json_safe", "iso_timestamp", "MAX_ID_BYTES", "DEAD_LETTERS"]
+
+MAX_ID_BYTES = 512
+DEAD_LETTERS = "dead_letters"
+
+
+def document_id(value: Any) -> str:
+    """The Elasticsearch ``_id`` for a source id: a string, hashed when over 512 bytes."""
+    if value is None:
+        raise ValueError("the document has no _id")
+    if isinstance(value, bytes):
+        text = value.hex()
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    if not text:
+        raise ValueError("the document's _id is empty")
+    if len(text.encode("utf-8")) > MAX_ID_BYTES:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text
+
+
+def iso_timestamp(value: Any) -> str | None:
+    """``_timestamp`` as ISO 8601 UTC (datetimes, dates, epoch seconds or ISO strings)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).isoformat()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).isoformat()
+    text = str(value)
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    return iso_timestamp(parsed)
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """A JSON-serializable copy of ``value``; raises ValueError for what cannot be made so."""
+    if _depth > 100:
+        raise ValueError("document nested deeper than 100 levels")
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, _depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [json_safe(v, _depth + 1) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, dt.datetime):
+        return value.isoformat() if value.tzinfo else value.replace(tzinfo=dt.timezone.utc).isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value, _depth + 1)
+    type_name = type(value).__name__
+    if type_name in ("ObjectId", "Decimal128", "Int64", "Timestamp", "Regex", "DBRef", "Code"):
+        if type_name == "Decimal128":
+            return json_safe(value.to_decimal(), _depth + 1)
+        if type_name == "Int64":
+            return int(value)
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise ValueError(f"cannot represent a {type_name} value as JSON")
+
+
+def _reduce_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _NormalizeFn(beam.DoFn):
+    def __init__(self, pipeline_flags: Mapping[str, Any], max_document_bytes: int, extract_text: bool,
+                 operation: str = "index"):
+        self.pipeline_flags = dict(pipeline_flags)
+        self.max_document_bytes = max_document_bytes
+        self.extract_text = extract_text
+        self.operation = operation
+        self.dead = Metrics.counter("elastic_ingest", "dead_letters_normalize")
+
+    def process(self, raw: Any):
+        doc_id = None
+        try:
+            if not isinstance(raw, Mapping):
+                raise TypeError(f"a document must be a dict, got {type(raw).__name__}")
+            doc = dict(raw)
+            doc_id = document_id(doc.pop("_id", None))
+            attachment = doc.pop("_attachment", None)
+            if attachment is not None and self.extract_text and "body" not in doc:
+                doc["body"] = self._extract(attachment, doc)
+            elif attachment is not None:
+                doc["_attachment"] = attachment
+            if "_timestamp" in doc:
+                doc["_timestamp"] = iso_timestamp(doc["_timestamp"])
+            if self.pipeline_flags.get("_reduce_whitespace") and isinstance(doc.get("body"), str):
+                doc["body"] = _reduce_whitespace(doc["body"])
+            doc.update(self.pipeline_flags)
+            doc["id"] = doc_id
+            body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            data = body.encode("utf-8")
+            if len(data) > self.max_document_bytes:
+                raise ValueError(
+                    f"document is {len(data)} bytes, over the limit of {self.max_document_bytes} "
+                    "(pipeline.max_document_bytes)"
+                )
+        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+            self.dead.inc()
+            yield pvalue.TaggedOutput(
+                DEAD_LETTERS,
+                DeadLetter.of(raw, doc_id=doc_id, operation=self.operation, stage="normalize", error=exc),
+            )
+            return
+        yield doc_id, data
+
+    @staticmethod
+    def _extract(attachment: Any, doc: Mapping[str, Any]) -> str | None:
+        from transforms.extract_text import extract_text
+
+        try:
+            content = base64.b64decode(attachment) if isinstance(attachment, str) else bytes(attachment)
+        except (ValueError, TypeError):
+            return None
+        name = doc.get("file_name") or doc.get("filename") or doc.get("name") or doc.get("key") or doc.get("path")
+        return extract_text(content, file_name=str(name) if name else None, content_type=doc.get("content_type"))
+
+
+class Normalize(beam.PTransform):
+    """Documents -> ``(doc_id, json_bytes)``, with a ``dead_letters`` output.
+
+    Args:
+        pipeline_flags: ``{"_extract_binary_content": bool, "_reduce_whitespace": bool,
+            "_run_ml_inference": bool}`` from the connector's ``pipeline`` settings.
+        max_document_bytes: larger serialized documents are dead-lettered.
+        extract_text: turn ``_attachment`` content into ``body`` text in the workers.
+    """
+
+    def __init__(self, pipeline_flags: Mapping[str, Any] | None = None, *, max_document_bytes: int = 20 * 1024 * 1024,
+                 extract_text: bool = True, operation: str = "index"):
+        super().__init__()
+        if max_document_bytes <= 0:
+            raise ValueError("Normalize: max_document_bytes must be positive")
+        self.pipeline_flags = dict(pipeline_flags or {})
+        self.max_document_bytes = max_document_bytes
+        self.extract_text = extract_text
+        self.operation = operation
+
+    def expand(self, docs: beam.PCollection):
+        results = docs | "Normalize" >> beam.ParDo(
+            _NormalizeFn(self.pipeline_flags, self.max_document_bytes, self.extract_text, self.operation)
+        ).with_outputs(DEAD_LETTERS, main="docs")
+        return results.docs, results[DEAD_LETTERS]

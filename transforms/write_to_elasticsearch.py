@@ -1,0 +1,293 @@
+"""WriteToElasticsearch: batched, retried, idempotent ``_bulk`` writes with every item inspected.
+
+Elements are ``(doc_id, json_bytes)`` for ``index`` (from :class:`~transforms.normalize.Normalize`)
+or ``doc_id`` strings for ``delete``. Each DoFn instance buffers elements and sends a
+``_bulk`` request when ``max_docs`` or ``max_bytes`` is reached, and at the end of each
+bundle; up to ``max_in_flight`` requests run at once.
+
+Failures, in order of how they are handled:
+
+* the whole request fails with 429, 5xx, a timeout or a connection error: resent with
+  exponential backoff and full jitter, up to ``max_retries`` times, then the job fails;
+* single items answer 429 inside a successful response: only those items are resent,
+  with the same backoff;
+* other item failures (mapping conflicts, invalid field names, ...): the document goes to
+  the ``dead_letters`` output with Elasticsearch's error type and reason;
+* ``delete`` of a missing document is not an error.
+
+Ids are deterministic, so a retried request or bundle overwrites rather than duplicates.
+
+Example usage::
+
+    dead = docs | WriteToElasticsearch(conn, "search-docs", max_docs=1000, max_bytes=8 << 20)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
+
+from sources.errors import ElasticsearchUnavailable, TooManyErrors
+from transforms.dead_letter import DeadLetter
+from transforms.es_client import ElasticsearchConnection
+from transforms.progress import ProgressReporter
+
+__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "retry_with_backoff", "RETRIABLE_STATUS"]
+
+DEAD_LETTERS = "dead_letters"
+RETRIABLE_STATUS = {429, 500, 502, 503, 504}
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    """Batching and retry knobs (config.yml ``pipeline.bulk``)."""
+
+    max_docs: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
+    max_in_flight: int = 2
+    max_retries: int = 8
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_error_rate: float = 0.05
+    min_errors_to_fail: int = 10
+
+
+def _retriable(exc: BaseException) -> bool:
+    if isinstance(exc, (ESConnectionError, ConnectionTimeout)):
+        return True
+    if isinstance(exc, ApiError):
+        return exc.meta.status in RETRIABLE_STATUS
+    return isinstance(exc, TransportError)
+
+
+def retry_with_backoff(call: Callable[[], Any], settings: BulkSettings, *, on_retry: Callable[[], None] = lambda: None,
+                       sleep: Callable[[float], None] = time.sleep, what: str = "bulk request") -> Any:
+    """Run ``call``; retry retriable Elasticsearch failures with exponential backoff and full jitter."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not _retriable(exc):
+                raise
+            if attempt >= settings.max_retries:
+                raise ElasticsearchUnavailable(
+                    f"{what} failed after {attempt + 1} attempts: {_describe(exc)}"
+                ) from exc
+            delay = min(settings.max_backoff, settings.initial_backoff * 2**attempt)
+            attempt += 1
+            on_retry()
+            _LOGGER.warning("%s failed (%s); retry %d in up to %.1fs", what, _describe(exc), attempt, delay)
+            sleep(random.uniform(delay / 2, delay))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.meta.status} {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _BulkWriteFn(beam.DoFn):
+    def __init__(self, conn: ElasticsearchConnection, index: str, operation: str, settings: BulkSettings,
+                 pipeline: str | None, job_id: str | None, progress_interval: float):
+        self.conn = conn
+        self.index = index
+        self.operation = operation
+        self.settings = settings
+        self.pipeline = pipeline
+        self.job_id = job_id
+        self.progress_interval = progress_interval
+        self.indexed = Metrics.counter("elastic_ingest", "indexed_document_count")
+        self.indexed_bytes = Metrics.counter("elastic_ingest", "indexed_document_bytes")
+        self.deleted = Metrics.counter("elastic_ingest", "deleted_document_count")
+        self.retries = Metrics.counter("elastic_ingest", "bulk_retries")
+        self.item_retries = Metrics.counter("elastic_ingest", "bulk_item_retries")
+        self.failed = Metrics.counter("elastic_ingest", "dead_letters_write")
+
+    def setup(self) -> None:
+        self.es = self.conn.client(connections_per_node=max(10, self.settings.max_in_flight * 2))
+        self.pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="bulk")
+        self.progress = ProgressReporter(self.es, self.job_id, interval=self.progress_interval) if self.job_id else None
+        self.ok_total = 0
+        self.failed_total = 0
+
+    def start_bundle(self) -> None:
+        self.buffer: list[tuple[str, bytes | None]] = []
+        self.buffer_bytes = 0
+        self.in_flight: list[Future] = []
+
+    def process(self, element: Any) -> Iterator[Any]:
+        if self.operation == "delete":
+            doc_id, data = (element if isinstance(element, str) else element[0]), None
+            size = len(doc_id) + 64
+        else:
+            doc_id, data = element
+            size = len(data) + len(doc_id) + 64
+        if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
+            yield from self._send()
+        self.buffer.append((doc_id, data))
+        self.buffer_bytes += size
+        if len(self.buffer) >= self.settings.max_docs:
+            yield from self._send()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for output in self._send(wait_all=True):
+            yield pvalue.TaggedOutput(DEAD_LETTERS, GlobalWindows.windowed_value(output.value))
+        if self.progress:
+            self.progress.flush()
+
+    def teardown(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool:
+            pool.shutdown(wait=True)
+        if getattr(self, "progress", None):
+            self.progress.flush()
+        es = getattr(self, "es", None)
+        if es is not None:
+            es.close()
+
+    # -- sending -----------------------------------------------------------------------
+    def _send(self, wait_all: bool = False) -> Iterator[Any]:
+        if self.buffer:
+            batch, self.buffer, self.buffer_bytes = self.buffer, [], 0
+            self.in_flight.append(self.pool.submit(self._write_batch, batch))
+        while self.in_flight and (wait_all or len(self.in_flight) >= self.settings.max_in_flight):
+            letters, stats = self.in_flight.pop(0).result()
+            # Beam metrics must be updated on the DoFn's thread, not the pool's.
+            self.indexed.inc(stats["indexed"])
+            self.indexed_bytes.inc(stats["bytes"])
+            self.deleted.inc(stats["deleted"])
+            self.retries.inc(stats["retries"])
+            self.item_retries.inc(stats["item_retries"])
+            self.failed.inc(len(letters))
+            self.ok_total += stats["indexed"] + stats["deleted"]
+            self.failed_total += len(letters)
+            for letter in letters:
+                yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+        self._check_error_rate()
+
+    def _check_error_rate(self) -> None:
+        total = self.ok_total + self.failed_total
+        if (self.failed_total >= max(1, self.settings.min_errors_to_fail)
+                and total and self.failed_total / total > self.settings.max_error_rate):
+            raise TooManyErrors(
+                f"{self.failed_total} of {total} documents were rejected by Elasticsearch "
+                f"({self.failed_total / total:.1%}, over pipeline.max_error_rate {self.settings.max_error_rate:.1%}); "
+                "see the job's dead letters"
+            )
+
+    def _actions(self, batch: list[tuple[str, bytes | None]]) -> list[bytes]:
+        lines: list[bytes] = []
+        for doc_id, data in batch:
+            action = json.dumps({self.operation: {"_index": self.index, "_id": doc_id}}).encode()
+            lines.append(action)
+            if data is not None:
+                lines.append(data)
+        return lines
+
+    def _write_batch(self, batch: list[tuple[str, bytes | None]]) -> tuple[list[DeadLetter], dict[str, int]]:
+        """Send one batch until every item succeeded or failed for good. Runs in a pool thread."""
+        letters: list[DeadLetter] = []
+        stats = {"indexed": 0, "bytes": 0, "deleted": 0, "retries": 0, "item_retries": 0}
+        pending = batch
+        attempt = 0
+
+        def count_retry() -> None:
+            stats["retries"] += 1
+
+        while pending:
+            response = retry_with_backoff(
+                lambda: self.es.bulk(operations=self._actions(pending), pipeline=self.pipeline),
+                self.settings, on_retry=count_retry, what=f"_bulk {self.operation} to {self.index}",
+            )
+            retry: list[tuple[str, bytes | None]] = []
+            rejected: list[DeadLetter] = []
+            ok = deleted = volume = 0
+            for (doc_id, data), item in zip(pending, response["items"]):
+                result = item.get(self.operation) or next(iter(item.values()))
+                status = result.get("status", 500)
+                if status < 300:
+                    if self.operation == "delete":
+                        if result.get("result") == "deleted":
+                            deleted += 1
+                    else:
+                        ok += 1
+                        volume += len(data or b"")
+                elif self.operation == "delete" and status == 404:
+                    continue
+                elif status == 429 or status >= 500:
+                    retry.append((doc_id, data))
+                else:
+                    error = result.get("error") or {}
+                    rejected.append(DeadLetter.of(
+                        data, doc_id=doc_id, operation=self.operation, stage="write",
+                        error=f"{error.get('reason', error)}" + (
+                            f" (caused by: {error['caused_by'].get('reason')})" if isinstance(error.get("caused_by"), dict) else ""),
+                        error_type=str(error.get("type", f"http_{status}")),
+                    ))
+            stats["indexed"] += ok
+            stats["bytes"] += volume
+            stats["deleted"] += deleted
+            letters.extend(rejected)
+            if self.progress:
+                self.progress.add(indexed_document_count=ok, indexed_document_bytes=volume,
+                                  deleted_document_count=deleted, dead_letter_count=len(rejected))
+            if retry:
+                if attempt >= self.settings.max_retries:
+                    raise ElasticsearchUnavailable(
+                        f"{len(retry)} documents were still rejected with 429/5xx after "
+                        f"{attempt + 1} attempts to {self.index}"
+                    )
+                stats["item_retries"] += len(retry)
+                delay = min(self.settings.max_backoff, self.settings.initial_backoff * 2**attempt)
+                attempt += 1
+                time.sleep(random.uniform(delay / 2, delay))
+            pending = retry
+        return letters, stats
+
+
+class WriteToElasticsearch(beam.PTransform):
+    """Write documents (or deletions) to one index with ``_bulk``; returns the dead letters.
+
+    Args:
+        conn: how to reach Elasticsearch.
+        index: the content index.
+        operation: ``"index"`` for ``(doc_id, json_bytes)`` elements, ``"delete"`` for ids.
+        settings: batch sizes, requests in flight, retries, error-rate limit.
+        pipeline: an ingest pipeline to name in the requests (only if it exists).
+        job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
+    """
+
+    def __init__(self, conn: ElasticsearchConnection, index: str, *, operation: str = "index",
+                 settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
+                 job_id: str | None = None, progress_interval: float = 5.0):
+        super().__init__()
+        if operation not in ("index", "delete"):
+            raise ValueError(f"WriteToElasticsearch: operation must be 'index' or 'delete', got {operation!r}")
+        if not index:
+            raise ValueError("WriteToElasticsearch: index is required")
+        if settings.max_docs < 1 or settings.max_bytes < 1 or settings.max_in_flight < 1:
+            raise ValueError("WriteToElasticsearch: max_docs, max_bytes and max_in_flight must be positive")
+        self.conn, self.index, self.operation = conn, index, operation
+        self.settings, self.pipeline, self.job_id = settings, pipeline, job_id
+        self.progress_interval = progress_interval
+
+    def expand(self, elements: beam.PCollection) -> beam.PCollection:
+        results = elements | "Bulk" >> beam.ParDo(
+            _BulkWriteFn(self.conn, self.index, self.operation, self.settings, self.pipeline, self.job_id,
+                         self.progress_interval)
+        ).with_outputs(DEAD_LETTERS, main="written")
+        return results[DEAD_LETTERS]
