@@ -35,10 +35,10 @@ __all__ = ["main", "ACTIONS"]
 ACTIONS: dict[str, str] = {
     "poll": "run the connector service daemon (default)",
     "list": "list the sources registered in the config, without contacting Elasticsearch",
-    "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline)",
+    "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline, --rules)",
     "update-connector": "change a connector (--connector-id and --set / --schedule / --index-name / --pipeline / --rules)",
     "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
-    "connectors": "show connectors: status, last sync, documents",
+    "connectors": "show connectors: status, last sync, documents (--connector-id to show one)",
     "sync": "request a sync (--connector-id, --job-type); --wait follows it to the end",
     "cancel": "cancel a job (--job-id)",
     "jobs": "show sync jobs: status, counters, duration, error (--connector-id to filter)",
@@ -187,9 +187,31 @@ def _scheduling(current: Any, schedules: dict[str, str]) -> dict[str, Any]:
     return scheduling
 
 
+_PIPELINE_FLAGS = ("extract_binary_content", "reduce_whitespace", "run_ml_inference")
+
+
+def _pipeline(current: Any, name: str | None, flags: tuple[str, ...]) -> dict[str, Any]:
+    pipeline = dict(current or {})
+    if name is not None:
+        pipeline["name"] = name
+    problems = []
+    for key, raw in _pairs(flags, "--pipeline-flag").items():
+        if key not in _PIPELINE_FLAGS:
+            problems.append(f"{key}: expected one of {', '.join(_PIPELINE_FLAGS)}")
+            continue
+        try:
+            pipeline[key] = coerce_value(raw, "bool")
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise ConfigError("invalid --pipeline-flag values:", problems)
+    return pipeline
+
+
 def action_create_connector(ctx: _Context, *, service_type: str | None, index_name: str | None,
                             connector_id: str | None, name: str | None, set_values: tuple[str, ...],
-                            schedule: tuple[str, ...], pipeline: str | None, **_: Any) -> int:
+                            schedule: tuple[str, ...], pipeline: str | None, pipeline_flags: tuple[str, ...] = (),
+                            rules: str | None = None, **_: Any) -> int:
     if not service_type or not index_name:
         raise click.UsageError("create-connector needs --service-type and --index-name")
     config = ctx.config
@@ -197,8 +219,13 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
     doc = new_connector(service_type=service_type, index_name=index_name, name=name, configuration=configuration)
     doc["status"] = "configured"
     doc["scheduling"] = _scheduling(doc["scheduling"], _pairs(schedule, "--schedule"))
-    if pipeline is not None:
-        doc["pipeline"]["name"] = pipeline
+    doc["pipeline"] = _pipeline(doc["pipeline"], pipeline, pipeline_flags)
+    if rules is not None:
+        from launcher.protocol import Connector
+
+        doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
+    if connector_id and get_connector(ctx.es, connector_id) is not None:
+        raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
     result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh="wait_for")
     if ctx.as_json:
         _echo_json({"id": result["_id"], "result": result["result"]})
@@ -215,7 +242,8 @@ def _require(value: str | None, option: str, action: str) -> str:
 
 def action_update_connector(ctx: _Context, *, connector_id: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
-                            name: str | None, rules: str | None, **_: Any) -> int:
+                            name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
+                            **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "update-connector")
     connector = get_connector(ctx.es, connector_id)
     if connector is None:
@@ -232,14 +260,17 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
         updates["index_name"] = index_name
     if name:
         updates["name"] = name
-    if pipeline is not None:
-        updates["pipeline"] = {**(connector.get("pipeline") or {}), "name": pipeline}
+    if pipeline is not None or pipeline_flags:
+        updates["pipeline"] = _pipeline(connector.get("pipeline"), pipeline, pipeline_flags)
     if rules is not None:
         updates["filtering"] = _draft_rules(connector, rules)
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
     update_connector(ctx.es, connector_id, updates, if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
-    click.echo(f"connector {connector_id} updated: {', '.join(sorted(updates))}")
+    if ctx.as_json:
+        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(updates)})
+    else:
+        click.echo(f"connector {connector_id} updated: {', '.join(sorted(updates))}")
     return 0
 
 
@@ -283,12 +314,15 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
         ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh="wait_for")
     except NotFoundError:
         raise ConnectorError(f"no connector with id {connector_id!r}") from None
-    click.echo(f"connector {connector_id} deleted")
+    if ctx.as_json:
+        _echo_json({"id": connector_id, "result": "deleted"})
+    else:
+        click.echo(f"connector {connector_id} deleted")
     return 0
 
 
-def action_connectors(ctx: _Context, **_: Any) -> int:
-    connectors = search_connectors(ctx.es, include_deleted=False)
+def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:
+    connectors = search_connectors(ctx.es, connector_ids=[connector_id] if connector_id else None)
     if ctx.as_json:
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
         return 0
@@ -340,6 +374,12 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
     connector = get_connector(ctx.es, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
+    fqn = ctx.config.sources.get(connector.service_type) if isinstance(connector.service_type, str) else None
+    if fqn is not None and job_type != "full":
+        cls = load_source_class(fqn)
+        flag = "incremental_sync_enabled" if job_type == "incremental" else "dls_enabled"
+        if not getattr(cls, flag, False):
+            raise ConnectorError(f"{display_name(cls)} sources do not support {job_type} syncs", connector_id)
     job_id = create_job(ctx.es, connector, job_type=job_type, trigger_method="on_demand")
     if not wait:
         if ctx.as_json:
@@ -400,7 +440,10 @@ def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     else:
         fields = {"status": "canceling", "cancelation_requested_at": stamp}
     update_job(ctx.es, job_id, fields, if_seq_no=job.seq_no, if_primary_term=job.primary_term)
-    click.echo(f"job {job_id} {fields['status']}")
+    if ctx.as_json:
+        _echo_json({"id": job_id, "status": fields["status"]})
+    else:
+        click.echo(f"job {job_id} {fields['status']}")
     return 0
 
 
@@ -448,7 +491,11 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--schedule", multiple=True, metavar="TYPE=CRON",
               help="create/update-connector: e.g. full='0 0 * * * ?' (Quartz cron, UTC) or full=off")
 @click.option("--pipeline", help="create/update-connector: ingest pipeline name")
-@click.option("--rules", help="update-connector: basic sync rules as JSON (a draft; the service validates it)")
+@click.option("--pipeline-flag", "pipeline_flags", multiple=True, metavar="FLAG=BOOL",
+              help="create/update-connector: extract_binary_content, reduce_whitespace or run_ml_inference "
+                   "(repeatable)")
+@click.option("--rules", help="create/update-connector: sync rules as JSON, a list of basic rules or "
+                              "{\"rules\": [...], \"advanced_snippet\": {...}} (a draft; the service validates it)")
 @click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
               show_default=True, help="sync: which kind of job")
 @click.option("--job-id", help="cancel/dead-letters: the job")

@@ -28,14 +28,15 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from elasticsearch import ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import ConflictError, Elasticsearch, NotFoundError, TransportError
+from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
 from launcher.configuration import complete_configuration, validate_configuration, values_of
 from launcher.indices import JOBS_INDEX, ensure_indices
 from launcher.protocol import (
     Connector, claim_job, connector_problems, create_job, get_connector, job_problems,
-    jobs_to_claim, now_iso, search_connectors, update_connector, update_job, Job,
+    jobs_to_claim, now_iso, release_lock, search_connectors, update_connector, update_job, Job,
 )
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron
 from launcher.sync_runner import SyncRunner
@@ -53,8 +54,25 @@ class ErrorBudgetExceeded(IngestError):
     pass
 
 
+def _contains(current: Any, wanted: Any) -> bool:
+    """Whether ``current`` already holds ``wanted`` (extra keys, e.g. written by Kibana, allowed)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(current, Mapping) and all(_contains(current.get(k), v) for k, v in wanted.items())
+    return current == wanted
+
+
 def _fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 class Daemon:
@@ -70,6 +88,8 @@ class Daemon:
         self._errors: deque[float] = deque()
         self._last_heartbeat: dict[str, float] = {}
         self._pinged: dict[str, tuple[str, float]] = {}
+        self._orphans: dict[str, float] = {}
+        self._document_errors: dict[str, str] = {}
         self.polls = 0
         self.last_successful_poll: float | None = None
 
@@ -115,7 +135,14 @@ class Daemon:
                     self.maintain_connector(connector)
                 except (ConflictError, NotFoundError):
                     continue  # changed or deleted under us; seen again next poll
+                except (ESConnectionError, TransportError):
+                    raise  # the cluster, not this connector: a poll failure
+                except Exception as exc:  # noqa: BLE001 - one odd document must not stop the others
+                    _LOGGER.debug("connector %s failure", connector.id, exc_info=True)
+                    self._try_set_error(connector, f"the service could not process this connector: "
+                                                   f"{format_error(exc)}")
             self.reap()
+            self.release_orphan_locks(connectors)
             self.claim_jobs([c.id for c in connectors if not connector_problems(c.doc)])
             self.polls += 1
             self.last_successful_poll = time.time()
@@ -158,55 +185,98 @@ class Daemon:
             if last is not None and now - last < self.config.service.heartbeat:
                 continue
             try:
-                update_connector(self.es, connector.id, {"last_seen": now_iso()})
+                self._write(connector, {"last_seen": now_iso()})
                 self._last_heartbeat[connector.id] = now
             except NotFoundError:
                 pass
 
+    def _write(self, connector: Connector, fields: Mapping[str, Any], *, conditional: bool = False) -> None:
+        """Update the connector and keep our copy (fields, ``_seq_no``) current."""
+        kwargs = {"if_seq_no": connector.seq_no, "if_primary_term": connector.primary_term} if conditional else {}
+        result = update_connector(self.es, connector.id, fields, **kwargs)
+        connector.doc.update(json.loads(json.dumps(dict(fields), default=str)))
+        if result.get("_seq_no") is not None and result.get("result") != "noop":
+            connector.seq_no, connector.primary_term = result["_seq_no"], result["_primary_term"]
+
+    def _refresh(self, connector: Connector) -> bool:
+        fresh = get_connector(self.es, connector.id)
+        if fresh is None:
+            return False
+        connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
+        return True
+
     def _set_error(self, connector: Connector, message: str) -> None:
         if connector.get("status") != "error" or connector.get("error") != message:
             _LOGGER.warning("connector %s: %s", connector.id, message)
-            update_connector(self.es, connector.id, {"status": "error", "error": message})
-            connector.doc.update(status="error", error=message)
+            self._write(connector, {"status": "error", "error": message})
+
+    def _document_error(self, connector: Connector, message: str) -> None:
+        """An error in the document itself; once fixed, the connector is checked again at once."""
+        self._document_errors[connector.id] = message
+        self._set_error(connector, message)
+
+    def _try_set_error(self, connector: Connector, message: str) -> None:
+        try:
+            self._set_error(connector, message)
+        except Exception as exc:  # noqa: BLE001 - best effort; logged
+            _LOGGER.warning("connector %s: %s (and writing it failed: %s)", connector.id, message, format_error(exc))
 
     def maintain_connector(self, connector: Connector) -> None:
         """One poll's work on one connector (PROTOCOL.md section 2 life-cycle)."""
         problems = connector_problems(connector.doc)
         if problems:
-            self._set_error(connector, "; ".join(problems))
+            self._document_error(connector, "; ".join(problems))
             return
         fqn = self.config.sources.get(connector.service_type)
         if fqn is None:
-            self._set_error(connector, f"service_type {connector.service_type!r} is not served here; known: "
-                                       f"{', '.join(sorted(self.config.sources))}")
+            self._document_error(connector, f"service_type {connector.service_type!r} is not served here; known: "
+                                            f"{', '.join(sorted(self.config.sources))}")
             return
         try:
             source_class = load_source_class(fqn)
         except IngestError as exc:
-            self._set_error(connector, format_error(exc))
+            self._document_error(connector, format_error(exc))
             return
-        updates: dict[str, Any] = {}
         configuration = connector.get("configuration")
         schema = source_class.get_default_configuration() if hasattr(source_class, "get_default_configuration") else {}
         if not configuration:
             completed, _ = complete_configuration({}, schema)
-            updates.update(configuration=completed, status="needs_configuration")
-        else:
-            completed, changed = complete_configuration(configuration, schema)
-            if changed:
-                updates["configuration"] = completed
+            # Conditional: a client writing its values at the same moment must win.
+            self._write(connector, {"configuration": completed, "status": "needs_configuration"}, conditional=True)
+            return
+        completed, changed = complete_configuration(configuration, schema)
+        if changed:
+            self._write(connector, {"configuration": completed}, conditional=True)
         features = source_class.features() if hasattr(source_class, "features") else None
-        if features is not None and connector.get("features") != features:
-            updates["features"] = features
-        if updates:
-            update_connector(self.es, connector.id, updates)
-            connector.doc.update(updates)
+        if features is not None and not _contains(connector.get("features"), features):
+            self._write(connector, {"features": features})
         if connector.get("status") in ("created", "needs_configuration"):
             return
-        self._check_configuration(connector, source_class)
+        cron_problems = self._cron_problems(connector, source_class)
+        if cron_problems:
+            self._document_error(connector, "; ".join(cron_problems))
+        else:
+            if self._document_errors.get(connector.id) is not None:
+                del self._document_errors[connector.id]
+                self._pinged.pop(connector.id, None)  # the document was fixed: check it again now
+            self._check_configuration(connector, source_class)
         self._validate_drafts(connector, source_class)
         self._sync_now(connector)
-        self._schedule(connector, source_class)
+        if not cron_problems:
+            self._schedule(connector, source_class)
+
+    @staticmethod
+    def _cron_problems(connector: Connector, source_class: type) -> list[str]:
+        scheduling = connector.get("scheduling")
+        problems = []
+        for job_type in SCHEDULED_AT_FIELD:
+            entry = scheduling.get(job_type) if isinstance(scheduling, dict) else None
+            if not isinstance(entry, dict) or entry.get("enabled") is not True:
+                continue
+            problem = validate_cron(entry.get("interval"))
+            if problem:
+                problems.append(f"scheduling.{job_type}.interval: {problem}")
+        return problems
 
     def _check_configuration(self, connector: Connector, source_class: type) -> None:
         configuration = connector.get("configuration") or {}
@@ -235,9 +305,7 @@ class Daemon:
             self._set_error(connector, format_error(exc))
             return
         if connector.get("status") != "connected" or connector.get("error") is not None:
-            if connector.get("last_sync_status") != "in_progress" or connector.get("status") == "error":
-                update_connector(self.es, connector.id, {"status": "connected", "error": None})
-                connector.doc.update(status="connected", error=None)
+            self._write(connector, {"status": "connected", "error": None})
 
     @staticmethod
     def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,99 +344,138 @@ class Daemon:
                 entry["active"] = json.loads(json.dumps(draft))
             changed = True
         if changed:
-            update_connector(self.es, connector.id, {"filtering": filtering},
-                             if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
-            fresh = get_connector(self.es, connector.id)
-            if fresh:
-                connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
+            self._write(connector, {"filtering": filtering}, conditional=True)
 
     def _sync_now(self, connector: Connector) -> None:
         if connector.get("sync_now") is not True:
             return
         # Reset first, conditionally: only the instance that resets it creates the job.
-        update_connector(self.es, connector.id, {"sync_now": False},
-                         if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
+        self._write(connector, {"sync_now": False}, conditional=True)
         job_id = create_job(self.es, connector, job_type="full", trigger_method="on_demand")
         _LOGGER.info("connector %s: sync_now -> on-demand job %s", connector.id, job_id)
-        fresh = get_connector(self.es, connector.id)
-        if fresh:
-            connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
 
     def _schedule(self, connector: Connector, source_class: type) -> None:
-        scheduling = connector.get("scheduling")
-        if not isinstance(scheduling, dict):
-            return
-        now = datetime.now(timezone.utc)
+        """Create the scheduled jobs that are due; each fire time is taken by one instance only.
+
+        The fire time is taken by writing ``last_*_scheduled_at`` conditionally on the
+        ``_seq_no`` we read; whoever loses the race re-reads and finds it taken.
+        """
         for job_type, field in SCHEDULED_AT_FIELD.items():
-            entry = scheduling.get(job_type)
-            if not isinstance(entry, dict) or entry.get("enabled") is not True:
-                continue
             if job_type == "incremental" and not getattr(source_class, "incremental_sync_enabled", False):
                 continue
             if job_type == "access_control" and not getattr(source_class, "dls_enabled", False):
                 continue
-            problem = validate_cron(entry.get("interval"))
-            if problem:
-                self._set_error(connector, f"scheduling.{job_type}.interval: {problem}")
-                continue
-            fire = due_fire_time(entry["interval"], last_scheduled_at=connector.get(field), now=now,
-                                 created_grace=timedelta(seconds=max(60.0, 3 * self.config.service.idling)))
-            if fire is None:
-                continue
-            try:
-                update_connector(self.es, connector.id, {field: fire.isoformat()},
-                                 if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
-            except ConflictError:
-                return  # another instance took it (or the document changed): re-evaluated next poll
-            job_id = create_job(self.es, connector, job_type=job_type, trigger_method="scheduled")
-            _LOGGER.info("connector %s: scheduled %s job %s for %s", connector.id, job_type, job_id, fire.isoformat())
-            fresh = get_connector(self.es, connector.id)
-            if fresh is None:
-                return
-            connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
+            for _ in range(3):
+                scheduling = connector.get("scheduling")
+                entry = scheduling.get(job_type) if isinstance(scheduling, dict) else None
+                if not isinstance(entry, dict) or entry.get("enabled") is not True:
+                    break
+                fire = due_fire_time(entry["interval"], last_scheduled_at=connector.get(field),
+                                     now=datetime.now(timezone.utc),
+                                     created_grace=timedelta(seconds=max(60.0, 3 * self.config.service.idling)))
+                if fire is None:
+                    break
+                try:
+                    self._write(connector, {field: fire.isoformat()}, conditional=True)
+                except ConflictError:
+                    if not self._refresh(connector):
+                        return
+                    continue  # re-evaluate against what the winner wrote
+                job_id = create_job(self.es, connector, job_type=job_type, trigger_method="scheduled",
+                                    metadata={"scheduled_at": fire.isoformat()})
+                _LOGGER.info("connector %s: scheduled %s job %s for %s", connector.id, job_type, job_id,
+                             fire.isoformat())
+                break
 
     # -- jobs ----------------------------------------------------------------------
+    def _serves_job(self, job: Job) -> bool:
+        """Whether this instance is responsible for ``job`` (its connector is one we serve)."""
+        if self.config.service.connector_ids:
+            return job.connector_id in self.config.service.connector_ids
+        snapshot = job.doc.get("connector")
+        service_type = snapshot.get("service_type") if isinstance(snapshot, Mapping) else None
+        return service_type in self.served_types()
+
     def reap(self) -> None:
-        """End jobs nobody updates any more, or whose connector is gone; release the lock."""
+        """End jobs nobody updates any more, or whose connector is gone; release the lock.
+
+        * ``in_progress`` / ``canceling`` jobs whose ``last_seen`` is older than
+          ``service.job_stale_after``, or whose connector no longer exists: ``error``;
+        * ``pending`` / ``suspended`` jobs whose connector no longer exists: ``error``.
+
+        Each write is conditional on the ``_seq_no`` read, so a job that moved meanwhile
+        (its owner wrote a heartbeat) is left alone. Only jobs of served connectors.
+        """
         stale_before = datetime.now(timezone.utc) - timedelta(seconds=self.config.service.job_stale_after)
         result = self.es.search(
             index=JOBS_INDEX,
-            query={"bool": {"filter": [{"terms": {"status": ["in_progress", "canceling"]}}]}},
-            size=200, seq_no_primary_term=True,
+            query={"bool": {"filter": [{"terms": {"status": ["in_progress", "canceling", "pending", "suspended"]}}]}},
+            size=500, seq_no_primary_term=True, sort=[{"created_at": {"order": "asc", "unmapped_type": "date"}}],
         )
         with self._lock:
             mine = set(self.running)
+        connectors: dict[str, Connector | None] = {}
         for hit in result["hits"]["hits"]:
             job = Job.from_hit(hit)
-            if job.id in mine:
+            if job.id in mine or not job.connector_id or not self._serves_job(job):
                 continue
-            connector = get_connector(self.es, job.connector_id) if job.connector_id else None
-            last_seen = job.doc.get("last_seen") or job.doc.get("started_at")
+            if job.connector_id not in connectors:
+                connectors[job.connector_id] = get_connector(self.es, job.connector_id)
+            connector = connectors[job.connector_id]
+            gone = connector is None or bool(connector.get("deleted"))
+            if job.status in ("pending", "suspended"):
+                if not gone:
+                    continue
+                reason = "the job's connector no longer exists"
+            else:
+                seen = _parse_time(job.doc.get("last_seen") or job.doc.get("started_at"))
+                if not gone and seen is not None and seen > stale_before:
+                    continue
+                reason = ("the job's connector no longer exists" if gone
+                          else "the job has not seen any update for some time")
+            error = f"StaleJob: {reason}"
             try:
-                seen = datetime.fromisoformat(str(last_seen).replace("Z", "+00:00")) if last_seen else None
-            except ValueError:
-                seen = None
-            if seen is not None and seen.tzinfo is None:
-                seen = seen.replace(tzinfo=timezone.utc)
-            if connector is not None and not connector.get("deleted") and seen is not None and seen > stale_before:
-                continue
-            reason = ("the job's connector no longer exists" if connector is None or connector.get("deleted")
-                      else "the job has not seen any update for some time")
-            try:
-                update_job(self.es, job.id, {"status": "error", "error": f"StaleJob: {reason}",
-                                             "completed_at": now_iso()},
+                update_job(self.es, job.id, {"status": "error", "error": error, "completed_at": now_iso()},
                            if_seq_no=job.seq_no, if_primary_term=job.primary_term)
             except (ConflictError, NotFoundError):
                 continue  # it moved: not stale after all
-            _LOGGER.warning("reaped job %s: %s", job.id, reason)
-            if connector is not None and connector.get("last_sync_status") in ("in_progress", "canceling"):
-                try:
-                    update_connector(self.es, connector.id, {
-                        "last_sync_status": "error", "last_sync_error": f"StaleJob: {reason}",
-                        "status": "error", "error": f"StaleJob: {reason}"},
-                        if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
-                except (ConflictError, NotFoundError):
-                    pass
+            _LOGGER.warning("reaped job %s of connector %s: %s", job.id, job.connector_id, reason)
+            if not gone and job.status in ("in_progress", "canceling"):
+                release_lock(self.es, job.connector_id, {
+                    "last_sync_status": "error", "last_sync_error": error, "last_synced": now_iso(),
+                    "status": "error", "error": error}, only_if=("in_progress", "canceling"))
+
+    def release_orphan_locks(self, connectors: list[Connector]) -> None:
+        """Release locks held by no job (an instance died between taking the lock and the job).
+
+        A connector whose ``last_sync_status`` stays ``in_progress`` for ``job_stale_after``
+        seconds while none of its jobs is ``in_progress`` or ``canceling`` is unlocked.
+        """
+        locked = [c for c in connectors if c.get("last_sync_status") in ("in_progress", "canceling")]
+        now = time.monotonic()
+        for connector_id in list(self._orphans):
+            if connector_id not in {c.id for c in locked}:
+                del self._orphans[connector_id]
+        if not locked:
+            return
+        result = self.es.search(
+            index=JOBS_INDEX, size=0,
+            query={"bool": {"filter": [{"terms": {"connector.id": [c.id for c in locked]}},
+                                       {"terms": {"status": ["in_progress", "canceling"]}}]}},
+            aggs={"owners": {"terms": {"field": "connector.id", "size": len(locked)}}},
+        )
+        owned = {b["key"] for b in result["aggregations"]["owners"]["buckets"]}
+        for connector in locked:
+            if connector.id in owned:
+                self._orphans.pop(connector.id, None)
+                continue
+            first = self._orphans.setdefault(connector.id, now)
+            if now - first >= self.config.service.job_stale_after:
+                if release_lock(self.es, connector.id, {"last_sync_status": "error",
+                                                        "last_sync_error": "StaleLock: no job held this lock"},
+                                only_if=("in_progress", "canceling")):
+                    _LOGGER.warning("connector %s: released a lock no job held", connector.id)
+                self._orphans.pop(connector.id, None)
 
     def claim_jobs(self, connector_ids: list[str]) -> None:
         with self._lock:

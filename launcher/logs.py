@@ -45,4 +45,4 @@ def setup_logging(*, debug: bool = False, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("elastic_transport", "urllib3", "apache_beam", "botocore", "google"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug and noisy == "elastic_transport" else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug and noisy == "elastic_transport" else logging.ERROR)

@@ -28,7 +28,8 @@ from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
 __all__ = [
     "now_iso", "Connector", "Job", "Claim", "get_connector", "get_job", "search_connectors", "connector_problems", "job_problems",
     "create_job", "jobs_to_claim", "claim_job", "finish_job", "update_job", "update_connector",
-    "job_snapshot", "active_filtering", "JOB_STATUSES", "FINAL_STATUSES", "default_filtering", "new_connector",
+    "job_snapshot", "active_filtering", "snapshot_filtering", "JOB_STATUSES", "FINAL_STATUSES", "default_filtering",
+    "new_connector", "replace_connector_object", "release_lock",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -205,12 +206,31 @@ def active_filtering(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"rules": [], "advanced_snippet": {}, "validation": {"state": "valid", "errors": []}}
 
 
+def snapshot_filtering(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """The active rules in a job's ``connector`` snapshot, whatever shape the writer used.
+
+    Kibana and Elasticsearch's ``_connector`` API store the active filtering object itself
+    (``{rules, advanced_snippet, validation}``); older writers stored a list of domains
+    (``[{domain, active, draft}]`` or ``[{domain, rules, ...}]``). All are accepted.
+    """
+    filtering = snapshot.get("filtering") if isinstance(snapshot, Mapping) else None
+    if isinstance(filtering, list):
+        entry = next((f for f in filtering if isinstance(f, Mapping) and f.get("domain", "DEFAULT") == "DEFAULT"),
+                     None)
+        filtering = entry.get("active", entry) if isinstance(entry, Mapping) else None
+    if not isinstance(filtering, Mapping):
+        return {"rules": [], "advanced_snippet": {}, "validation": {"state": "valid", "errors": []}}
+    return {"rules": filtering.get("rules") or [], "advanced_snippet": filtering.get("advanced_snippet") or {},
+            "validation": filtering.get("validation") or {"state": "valid", "errors": []}}
+
+
 def job_snapshot(connector: Connector) -> dict[str, Any]:
+    """The ``connector`` object of a new job, shaped as Kibana and Elasticsearch write it."""
     doc = connector.doc
     return {
         "id": connector.id,
         "configuration": doc.get("configuration") or {},
-        "filtering": [active_filtering(doc) | {"domain": "DEFAULT"}],
+        "filtering": active_filtering(doc),
         "index_name": doc.get("index_name"),
         "language": doc.get("language"),
         "pipeline": doc.get("pipeline") or {},
@@ -220,7 +240,7 @@ def job_snapshot(connector: Connector) -> dict[str, Any]:
 
 
 def create_job(es: Elasticsearch, connector: Connector, *, job_type: str = "full",
-               trigger_method: str = "on_demand") -> str:
+               trigger_method: str = "on_demand", metadata: Mapping[str, Any] | None = None) -> str:
     """Write a ``pending`` job for ``connector`` and return its id."""
     stamp = now_iso()
     doc = {
@@ -240,7 +260,7 @@ def create_job(es: Elasticsearch, connector: Connector, *, job_type: str = "full
         "deleted_document_count": 0,
         "total_document_count": 0,
         "worker_hostname": None,
-        "metadata": {},
+        "metadata": dict(metadata or {}),
     }
     job_id = uuid.uuid4().hex
     es.index(index=JOBS_INDEX, id=job_id, document=doc, refresh="wait_for", op_type="create")
@@ -268,6 +288,40 @@ def update_connector(es: Elasticsearch, connector_id: str, fields: Mapping[str, 
     if if_seq_no is not None:
         kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
     return es.update(index=CONNECTORS_INDEX, id=connector_id, doc=dict(fields), refresh="wait_for", **kwargs)
+
+
+def replace_connector_object(es: Elasticsearch, connector_id: str, name: str, value: Any) -> None:
+    """Set an object field to exactly ``value``.
+
+    A partial update merges objects key by key, so keys the new value lacks would
+    survive (a stale ``sync_cursor`` key, say). Clearing the field first replaces it.
+    """
+    if isinstance(value, Mapping):
+        es.update(index=CONNECTORS_INDEX, id=connector_id, doc={name: None})
+    update_connector(es, connector_id, {name: value})
+
+
+def release_lock(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any], *,
+                 only_if: Iterable[Any] = ("in_progress",), attempts: int = _CLAIM_ATTEMPTS) -> bool:
+    """Write ``fields`` (a new ``last_sync_status`` ...) if the connector is still locked.
+
+    Conditional on ``_seq_no``, re-read and retried on conflict (a heartbeat may land in
+    between), so a lock is never left behind and a newer owner's lock is never released.
+    """
+    wanted = tuple(only_if)
+    for _ in range(attempts):
+        connector = get_connector(es, connector_id)
+        if connector is None or connector.get("last_sync_status") not in wanted:
+            return False
+        try:
+            update_connector(es, connector_id, fields, if_seq_no=connector.seq_no,
+                             if_primary_term=connector.primary_term)
+            return True
+        except ConflictError:
+            continue
+        except NotFoundError:
+            return False
+    return False
 
 
 def update_job(es: Elasticsearch, job_id: str, fields: Mapping[str, Any], *,
@@ -328,7 +382,11 @@ def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status:
                counters: Mapping[str, Any] | None = None, error: str | None = None,
                sync_cursor: Any = None, metadata: Mapping[str, Any] | None = None,
                job_type: str = "full") -> None:
-    """Write a job's end state, then the connector's ``last_*`` fields (releasing its lock)."""
+    """Write a job's end state, then the connector's ``last_*`` fields (releasing its lock).
+
+    ``sync_cursor`` is stored only for a ``completed`` full or incremental job, and
+    replaces the previous cursor as a whole.
+    """
     stamp = now_iso()
     counters = dict(counters or {})
     fields: dict[str, Any] = {"status": status, "error": error, "completed_at": stamp, "last_seen": stamp, **counters}
@@ -346,7 +404,6 @@ def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status:
         "last_sync_status": status,
         "last_sync_error": error,
         "last_synced": stamp,
-        "last_seen": stamp,
         "last_indexed_document_count": counters.get("indexed_document_count", 0),
         "last_deleted_document_count": counters.get("deleted_document_count", 0),
     }
@@ -354,9 +411,9 @@ def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status:
         connector_fields.update(status="error", error=error)
     elif status == "completed":
         connector_fields.update(status="connected", error=None)
-        if job_type in ("full", "incremental") and sync_cursor is not None:
-            connector_fields["sync_cursor"] = sync_cursor
     try:
         update_connector(es, connector_id, connector_fields)
+        if status == "completed" and job_type in ("full", "incremental") and sync_cursor is not None:
+            replace_connector_object(es, connector_id, "sync_cursor", sync_cursor)
     except NotFoundError:
         _LOGGER.warning("connector %s was deleted during job %s", connector_id, job_id)

@@ -31,12 +31,35 @@ SCHEDULED_AT_FIELD = {
 
 
 def _shift_dow(field: str) -> str:
+    """Quartz days 1-7 (SUN-SAT) as croniter days 0-6; steps (``/n``) and ``#n`` unchanged."""
     def shift(match: re.Match[str]) -> str:
         return str((int(match.group(0)) - 1) % 7)
 
-    # Only the numbers that are days (not the n in "#n").
-    parts = re.split(r"(#\d+)", field)
-    return "".join(part if part.startswith("#") else re.sub(r"\d+", shift, part) for part in parts)
+    def shift_item(item: str) -> str:
+        days, slash, step = item.partition("/")
+        days, hash_, nth = days.partition("#")
+        return re.sub(r"\d+", shift, days) + hash_ + nth + slash + step
+
+    return ",".join(shift_item(item) for item in field.split(","))
+
+
+def _year_matches(field: str, year: int) -> bool:
+    """Whether ``year`` is in a Quartz year field (``*``, ``2026``, ``2025-2030``, ``2026/2``, lists)."""
+    for item in field.split(","):
+        if item in ("*", "?"):
+            return True
+        span, _, step = item.partition("/")
+        low, _, high = span.partition("-")
+        first = int(low) if low not in ("*", "") else 1970
+        last = int(high) if high else (2099 if step or low == "*" else first)
+        if first <= year <= last and (year - first) % (int(step) if step else 1) == 0:
+            return True
+    return False
+
+
+def _year_field(expression: str) -> str:
+    fields = expression.split()
+    return fields[6] if len(fields) == 7 else "*"
 
 
 def to_croniter(expression: str) -> str:
@@ -45,8 +68,8 @@ def to_croniter(expression: str) -> str:
         raise ValueError(f"expected a Quartz cron expression (text), got {type(expression).__name__}")
     fields = expression.split()
     if len(fields) == 7:
-        if fields[6] not in ("*", "?"):
-            raise ValueError(f"{expression!r}: a year field other than * is not supported")
+        if not re.fullmatch(r"(\*|\?|\d{4}(-\d{4})?(/\d+)?)(,\d{4}(-\d{4})?(/\d+)?)*", fields[6]):
+            raise ValueError(f"{expression!r}: invalid year field {fields[6]!r} (e.g. *, 2026, 2026-2030)")
         fields = fields[:6]
     if len(fields) != 6:
         raise ValueError(
@@ -87,8 +110,16 @@ def due_fire_time(expression: str, *, last_scheduled_at: object, now: datetime,
     schedule never taken before fires only if its latest fire time is recent
     (``created_grace``), so enabling an hourly schedule does not start a sync at once.
     """
-    latest = croniter(to_croniter(expression), now, second_at_beginning=True).get_prev(datetime)
+    now = now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)  # cron is UTC
+    translated = to_croniter(expression)
+    # A fire time exactly at ``now`` counts: ask from just after it.
+    latest = croniter(translated, now + timedelta(microseconds=1), second_at_beginning=True).get_prev(datetime)
     latest = latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+    if latest > now:
+        latest = croniter(translated, now, second_at_beginning=True).get_prev(datetime)
+        latest = latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+    if not _year_matches(_year_field(expression), latest.year):
+        return None
     previous = _parse(last_scheduled_at)
     if previous is None:
         return latest if now - latest <= created_grace else None
@@ -96,4 +127,12 @@ def due_fire_time(expression: str, *, last_scheduled_at: object, now: datetime,
 
 
 def next_fire_time(expression: str, now: datetime) -> datetime:
-    return croniter(to_croniter(expression), now, second_at_beginning=True).get_next(datetime)
+    """The first fire time after ``now`` (in the expression's years), in UTC."""
+    now = now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    fire = croniter(to_croniter(expression), now, second_at_beginning=True).get_next(datetime)
+    fire = fire if fire.tzinfo else fire.replace(tzinfo=timezone.utc)
+    for _ in range(1000):
+        if _year_matches(_year_field(expression), fire.year):
+            break
+        fire = croniter(to_croniter(expression), fire, second_at_beginning=True).get_next(datetime)
+    return fire

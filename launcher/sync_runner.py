@@ -35,12 +35,15 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from launcher.config import Config
 from launcher.configuration import values_of
-from launcher.protocol import Claim, finish_job, get_connector, get_job, now_iso, update_connector, update_job
+from launcher.protocol import (
+    FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
+    update_job,
+)
 from pipelines.job import SyncJob
 from pipelines.run import write_job_file
 from sources.errors import JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.dead_letter import dead_letter_folder
-from transforms.progress import read_progress
+from transforms.progress import PROGRESS_INDEX, read_progress
 from transforms.sync_rules import validate_rules
 
 __all__ = ["SyncRunner", "build_sync_job"]
@@ -60,14 +63,21 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             f"service_type {service_type!r} is not in config.yml sources (known: {', '.join(sorted(config.sources))})",
             claim.connector.id,
         )
-    filtering = (snapshot.get("filtering") or [{}])
-    active = filtering[0] if isinstance(filtering, list) and filtering and isinstance(filtering[0], dict) else {}
-    rules = active.get("rules") or []
-    errors = validate_rules(rules)
-    if errors:
-        raise SyncRulesError("sync rules are invalid: " + "; ".join(m for e in errors for m in e["messages"]),
+    active = snapshot_filtering(snapshot)
+    rules = active["rules"]
+    if not isinstance(rules, list):
+        raise SyncRulesError(f"sync rules are invalid: rules must be a list, got {type(rules).__name__}",
                              claim.connector.id)
-    advanced = (active.get("advanced_snippet") or {}).get("value") or None
+    errors = validate_rules(rules)
+    validation = active["validation"] if isinstance(active["validation"], dict) else {}
+    if not errors and validation.get("state") == "invalid":
+        errors = [e for e in validation.get("errors") or [] if isinstance(e, dict)] or [
+            {"ids": [], "messages": ["the active rules are marked invalid"]}]
+    if errors:
+        raise SyncRulesError("sync rules are invalid: " + "; ".join(
+            str(m) for e in errors for m in (e.get("messages") or [])), claim.connector.id)
+    snippet = active["advanced_snippet"]
+    advanced = (snippet.get("value") if isinstance(snippet, dict) else None) or None
     pipeline = snapshot.get("pipeline") or {}
     configuration = snapshot.get("configuration") or claim.connector.get("configuration") or {}
     typed = values_of(configuration)
@@ -142,14 +152,14 @@ class SyncRunner(threading.Thread):
     def _run(self) -> None:
         service = self.config.service
         pipeline_settings = self.config.pipeline_for(self.connector_id)
+        if self.claim.problems:
+            self._finish("error", error=format_error(JobGone("; ".join(self.claim.problems))))
+            return
         try:
             sync_job = build_sync_job(self.config, self.claim)
         except Exception as exc:  # noqa: BLE001 - a bad document or bad rules
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
-            return
-        if self.claim.problems:
-            self._finish("error", error=format_error(JobGone("; ".join(self.claim.problems))))
             return
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
@@ -167,15 +177,15 @@ class SyncRunner(threading.Thread):
         _LOGGER.info("job %s: %s sync of connector %s started (pid %s)", self.job_id, sync_job.job_type,
                      self.connector_id, self.process.pid)
         last_progress = last_check = 0.0
-        canceled = gone = None
+        canceled, gone, lost = False, None, None
         while self.process.poll() is None:
             if self._suspend.is_set():
                 break
             now = time.monotonic()
             if now - last_check >= service.cancel_check_interval:
                 last_check = now
-                canceled, gone = self._check_job()
-                if canceled or gone:
+                canceled, gone, lost = self._check_job()
+                if canceled or gone or lost:
                     self._stop_process()
                     break
             if now - last_progress >= service.job_progress_interval:
@@ -187,11 +197,18 @@ class SyncRunner(threading.Thread):
                 self._stop_process()
                 self._finish_suspended()
                 return
+            if lost:
+                # Somebody else decided this job's fate (the reaper, a client): leave both
+                # documents alone, the connector's lock may belong to another job by now.
+                self.final_status = "lost"
+                _LOGGER.warning("job %s: %s; stopped without writing its end state", self.job_id, lost)
+                return
             if gone:
-                self._finish("error", error=format_error(JobGone(gone)))
+                self._finish("error", counters=self._final_counters(sync_job.index_name),
+                             error=format_error(JobGone(gone)))
                 return
             if canceled:
-                self._finish("canceled", counters=self._progress_counters())
+                self._finish("canceled", counters=self._final_counters(sync_job.index_name))
                 return
             self._finish_from_result(result_file, metadata)
         finally:
@@ -203,14 +220,34 @@ class SyncRunner(threading.Thread):
                 pass
 
     # -- job document --------------------------------------------------------------
-    def _check_job(self) -> tuple[bool, str | None]:
+    def _check_job(self) -> tuple[bool, str | None, str | None]:
+        """(canceling?, why the job is gone, why it is no longer ours)."""
         job = get_job(self.es, self.job_id)
         if job is None:
-            return False, "the job was deleted while it ran"
+            return False, "the job was deleted while it ran", None
+        if job.status in FINAL_STATUSES or job.status in ("pending", "suspended"):
+            return False, None, f"the job became {job.status} while it ran here"
+        if job.doc.get("worker_hostname") not in (None, self.claim.job.doc.get("worker_hostname")):
+            return False, None, f"the job was claimed by {job.doc.get('worker_hostname')}"
         connector = get_connector(self.es, self.connector_id)
         if connector is None or connector.get("deleted"):
-            return False, "the connector was deleted while the job ran"
-        return job.status == "canceling", None
+            return False, "the connector was deleted while the job ran", None
+        return job.status == "canceling", None, None
+
+    def _final_counters(self, index_name: str | None) -> dict[str, Any]:
+        """Counters of a job stopped early: the workers' last reports, and the index's size."""
+        try:
+            self.es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
+        except Exception:  # noqa: BLE001 - the counters are then at most one interval old
+            pass
+        counters: dict[str, Any] = self._progress_counters()
+        if index_name:
+            try:
+                self.es.indices.refresh(index=index_name, ignore_unavailable=True)
+                counters["total_document_count"] = self.es.count(index=index_name)["count"]
+            except Exception:  # noqa: BLE001 - no index yet
+                pass
+        return counters
 
     def _progress_counters(self) -> dict[str, Any]:
         progress = read_progress(self.es, self.job_id)
@@ -261,12 +298,14 @@ class SyncRunner(threading.Thread):
     def _finish_suspended(self) -> None:
         self.final_status = "suspended"
         stamp = now_iso()
+        counters = self._final_counters(self.claim.job.doc.get("connector", {}).get("index_name")
+                                        if isinstance(self.claim.job.doc.get("connector"), dict) else None)
         try:
-            update_job(self.es, self.job_id, {**self._progress_counters(), "status": "suspended", "last_seen": stamp})
+            update_job(self.es, self.job_id, {**counters, "status": "suspended", "last_seen": stamp})
         except NotFoundError:
             pass
         try:
-            update_connector(self.es, self.connector_id, {"last_sync_status": "suspended", "last_seen": stamp})
+            update_connector(self.es, self.connector_id, {"last_sync_status": "suspended"})
         except NotFoundError:
             pass
         _LOGGER.info("job %s: suspended", self.job_id)

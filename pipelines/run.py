@@ -30,7 +30,7 @@ from pipelines.job import SyncJob
 from pipelines.options import runner_and_options
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline
-from sources.driver import SourceDriver
+from sources.driver import SourceDriver, build_source
 from sources.errors import SourceConfigError, SourceUnavailable, TooManyErrors, format_error
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
@@ -61,7 +61,7 @@ def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: Pipelin
 
 
 def _plan(job: SyncJob) -> tuple[list[Any], Any]:
-    source = load_source_class(job.source_fqn)(configuration=dict(job.configuration))
+    source = build_source(load_source_class(job.source_fqn), job.configuration)
     driver = SourceDriver(source)
     try:
         if hasattr(source, "validate_config"):
@@ -127,10 +127,11 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         result.wait_until_finish()
         counts = _counters(result)
         if job.job_type == "incremental":
+            # The source set no new cursor: keep the one this sync started from.
             cursor = read_job_record(es, job.job_id, "sync_cursor")
-        dead = sum(v for k, v in counts.items() if k.startswith("dead_letters_")) + counts.get(
-            "dead_letters_read", 0)
-        dead = counts.get("dead_letters", dead)
+            if cursor is None:
+                cursor = job.sync_cursor
+        dead = counts.get("dead_letters", 0)  # counted where they are written, whatever the stage
         outcome.update(_job_counters(counts))
         outcome["dead_letters"] = {"count": dead, "location": dead_letter_folder(settings.dead_letters, job.job_id)}
         outcome["sync_cursor"] = cursor
@@ -142,7 +143,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             )
         outcome["status"] = "completed"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
-        outcome["error"] = format_error(_root_cause(exc))
+        outcome["error"] = format_error(_root_cause(exc)).split(" [while running '", 1)[0]
         _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
         _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
     finally:

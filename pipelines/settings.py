@@ -29,13 +29,21 @@ class BulkConfig(_Section):
 
 
 class FlinkConfig(_Section):
+    """FlinkRunner: ``[local]`` is an embedded Flink inside Beam's job server (see docs/runners.md)."""
+
     master: str = "[local]"
-    job_server_jar: str | None = None
+    version: Literal["1.19", "1.20", "2.0", "2.1", "2.2"] = Field(
+        "2.2", description="Flink minor version of the job server (Beam 2.77 publishes 1.19 to 2.2)")
+    job_server_jar: str | None = Field(None, description="default: the jar scripts/flink fetch cached")
+    java_home: str | None = Field(None, description="the JDK the job server runs on (Flink 2.x: 11, 17 or 21)")
     parallelism: int = Field(2, ge=1)
     environment_type: Literal["LOOPBACK", "PROCESS", "DOCKER", "EXTERNAL"] = "LOOPBACK"
+    environment_config: str | None = Field(None, description="e.g. the worker command for PROCESS")
 
 
 class DataflowConfig(_Section):
+    """DataflowRunner: where the job runs and how the project's code reaches the workers."""
+
     project: str | None = None
     region: str | None = None
     temp_location: str | None = None
@@ -44,6 +52,9 @@ class DataflowConfig(_Section):
     service_account_email: str | None = None
     max_num_workers: int | None = Field(None, ge=1)
     machine_type: str | None = None
+    network: str | None = None
+    subnetwork: str | None = None
+    sdk_container_image: str | None = None
 
 
 class PipelineConfig(_Section):

@@ -9,8 +9,9 @@ Full sync::
 
 Incremental sync::
 
-    cursor -> ReadChanges -> docs -> Normalize -> WriteToElasticsearch(index) --+-> WriteDeadLetters
-                         +-> deletes ---------> WriteToElasticsearch(delete) --+
+    cursor -> ReadChanges -> docs -> Normalize -> WriteToElasticsearch(index) ---+-> WriteDeadLetters
+                         +-> upserts -> Normalize -> WriteToElasticsearch(update) -+
+                         +-> deletes ---------> WriteToElasticsearch(delete) ------+
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def build_sync_pipeline(
     if job.job_type == "incremental":
         changes = p | "Cursor" >> beam.Create([job.sync_cursor]) | "Read" >> ReadChanges(spec, conn, job_id=job.job_id)
         docs, normalize_dead = changes.docs | "Normalize" >> normalize
+        upserts, upsert_normalize_dead = changes.upserts | "NormalizeUpserts" >> Normalize(
+            job.pipeline_flags, max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text,
+            operation="update")
         index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
+        upsert_dead = upserts | "Upsert" >> WriteToElasticsearch(conn, job.index_name, operation="update", **write)
         delete_dead = changes.deletes | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
-        read_dead = changes.dead_letters
+        read_dead = (changes.dead_letters, upsert_normalize_dead, upsert_dead) | "IncrementalDeadLetters" >> beam.Flatten()
     else:
         read = (
             p

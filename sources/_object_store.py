@@ -30,9 +30,10 @@ Documents (one per object)::
      "bucket": ..., "key": ..., "filename": "<last path segment>", "extension": ".pdf",
      "size_in_bytes": ..., "content_type": ..., "etag": ..., "url": "s3://bucket/key", ...}
 
-and the lazy download returns ``{"_id", "_timestamp", "_attachment": <base64>}``; objects
-over ``max_file_size`` are not downloaded (``None``). The pipeline turns ``_attachment``
-into ``body`` text.
+and the lazy download returns ``{"_id", "_timestamp", "_attachment": <base64>}``. It streams
+the object into a buffer that refuses more than ``max_file_size`` bytes: bigger objects
+(as listed, or grown since) are not downloaded and it returns ``None``. The pipeline
+turns ``_attachment`` into ``body`` text; sources never extract text themselves.
 
 Incremental syncs list every object and keep those modified since the previous sync
 started (the cursor). Object stores keep no record of deletions, so an incremental sync
@@ -47,10 +48,10 @@ import base64
 import contextlib
 import functools
 import posixpath
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from sources.base import OP_INDEX, BaseDataSource, DataSourceConfiguration, Filter, Partition
 from sources.errors import IngestError, SourceConfigError, SourceError, SourceUnavailable, SyncRulesError
@@ -63,6 +64,7 @@ __all__ = [
     "common_fields",
     "buckets_field",
     "read_common_settings",
+    "read_int",
     "to_utc",
 ]
 
@@ -104,7 +106,6 @@ class Failure:
     CREDENTIALS = "credentials"  # unknown key, bad signature, bad service account
     FORBIDDEN = "forbidden"  # valid credentials without the permission
     NO_BUCKET = "no_bucket"
-    NO_OBJECT = "no_object"  # deleted between listing and download
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,6 @@ class ObjectStoreSource(BaseDataSource):
     advanced_rules_enabled = True
     incremental_sync_enabled = True
 
-    #: Name used in messages, e.g. "S3".
-    backend_name: ClassVar[str]
     #: URL scheme of object URLs, e.g. "s3".
     url_scheme: ClassVar[str]
     #: The configuration fields to check when credentials are rejected, for messages.
@@ -229,7 +228,7 @@ class ObjectStoreSource(BaseDataSource):
 
     def __init__(self, configuration: Any = None):
         super().__init__(configuration)
-        self._clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+        self._clock: Callable[[], datetime] = _utcnow  # tests may replace it
 
     # -- what a backend implements ---------------------------------------------------
     @abc.abstractmethod
@@ -259,11 +258,11 @@ class ObjectStoreSource(BaseDataSource):
         """
 
     @abc.abstractmethod
-    def _backend_read(self, obj: StoredObject) -> tuple[Iterable[bytes], dict[str, Any]] | None:
-        """Open ``obj`` for reading: its content in chunks and doc fields the read revealed.
+    def _backend_read(self, obj: StoredObject, sink: BinaryIO) -> dict[str, Any] | None:
+        """Stream ``obj``'s content into ``sink.write`` and return doc fields the read revealed.
 
-        Return None when the object no longer exists. If the chunks are a generator, it is
-        closed when the caller stops early (over ``max_file_size``).
+        Return None when the object no longer exists. ``sink.write`` raises once the content
+        passes ``max_file_size``: let that exception through, it ends the download.
         """
 
     @abc.abstractmethod
@@ -432,26 +431,20 @@ class ObjectStoreSource(BaseDataSource):
         if obj.size is not None and obj.size > limit:
             self._logger.debug("not downloading %s: %s bytes is over max_file_size (%s)", url, obj.size, limit)
             return None
-        content = bytearray()
-        with self._translated(f"download {url}", bucket=obj.bucket):
-            opened = self._backend_read(obj)
-            if opened is None:
-                self._logger.warning("not downloading %s: it was deleted after it was listed", url)
-                return None
-            chunks, fields = opened
-            try:
-                for chunk in chunks:
-                    content += chunk
-                    if len(content) > limit:  # grew since it was listed
-                        self._logger.debug("not downloading %s: over max_file_size (%s) bytes", url, limit)
-                        return None
-            finally:
-                if hasattr(chunks, "close"):
-                    chunks.close()
+        sink = _LimitedBuffer(limit)
+        try:
+            with self._translated(f"download {url}", bucket=obj.bucket):
+                fields = self._backend_read(obj, sink)  # type: ignore[arg-type]
+        except _TooBig:  # grew since it was listed
+            self._logger.debug("not downloading %s: over max_file_size (%s bytes)", url, limit)
+            return None
+        if fields is None:
+            self._logger.warning("not downloading %s: it was deleted after it was listed", url)
+            return None
         return {
             "_id": f"{obj.bucket}/{obj.key}",
             "_timestamp": to_utc(obj.last_modified).isoformat(),
-            "_attachment": base64.b64encode(content).decode("ascii"),
+            "_attachment": base64.b64encode(sink.content).decode("ascii"),
             **fields,
         }
 
@@ -480,7 +473,7 @@ class ObjectStoreSource(BaseDataSource):
         """Turn client exceptions into our errors, with what to do and without secrets."""
         try:
             yield
-        except IngestError:
+        except (IngestError, _TooBig):
             raise
         except Exception as exc:
             classified = self._backend_classify(exc)
@@ -493,13 +486,12 @@ class ObjectStoreSource(BaseDataSource):
         where = self._backend_endpoint()
         if failure == Failure.UNREACHABLE:
             return SourceUnavailable(
-                f"{self.name}: cannot reach {self.backend_name} at {where} to {action} ({detail}); "
+                f"{self.name}: cannot reach {where} to {action} ({detail}); "
                 f"check `{self.endpoint_field}` and that the server is running and reachable"
             )
         if failure == Failure.CREDENTIALS:
             return SourceConfigError(
-                f"{self.name}: {self.backend_name} at {where} rejected the credentials ({detail}); "
-                f"check {self.credential_fields}"
+                f"{self.name}: the credentials were rejected ({detail}); check {self.credential_fields}"
             )
         if failure == Failure.NO_BUCKET and bucket is not None:
             return SourceConfigError(self._missing_buckets_message([bucket]))
@@ -528,6 +520,28 @@ class ObjectStoreSource(BaseDataSource):
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _TooBig(Exception):
+    """Raised by :class:`_LimitedBuffer` to stop a download; never leaves this module."""
+
+
+class _LimitedBuffer:
+    """A write-only file that holds at most ``limit`` bytes, then refuses (raises _TooBig)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.content = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.content += chunk
+        if len(self.content) > self.limit:
+            raise _TooBig()
+        return len(chunk)
 
 
 def _snippet(advanced_rules: Any) -> Any:

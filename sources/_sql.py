@@ -597,9 +597,10 @@ class SqlDataSource(BaseDataSource):
             for rule in rules:
                 yield from ((doc, None, OP_INDEX) for doc in self._read_rule(rule))
             return
+        column = self.settings.timestamp_column
         for table in self._selected_tables():
-            if since is not None and self.settings.timestamp_column not in table.columns:
-                self._logger.info("table %s has no column %s: reading it whole", table.name, self.settings.timestamp_column)
+            if since is not None and column not in table.columns:
+                self._logger.info("table %s has no column %s: reading it whole", table.name, column)
             yield from ((doc, None, OP_INDEX) for doc in self._read_table(table, since=since))
 
     def _meta(self, table: str | list[str]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, ClassVar, Union
 
 __all__ = [
@@ -153,6 +154,13 @@ class DataSourceConfiguration(Mapping):
     def field(self, name: str) -> dict[str, Any]:
         """The whole field object (label, type, sensitive, ...)."""
         return self._fields[name]
+
+    def get_field(self, name: str) -> SimpleNamespace:
+        """The field object with attribute access (``.value``, ``.label``), as the original framework has it."""
+        return SimpleNamespace(**{**self._fields[name], "value": self[name]})
+
+    def is_empty(self) -> bool:
+        return not self._fields
 
     def is_sensitive(self, name: str) -> bool:
         return bool(self._fields.get(name, {}).get("sensitive"))
@@ -282,6 +290,14 @@ class BaseDataSource(abc.ABC):
         the next incremental sync rather than lost.
         """
         return self._sync_cursor
+
+    def serialize(self, doc: Any) -> Any:
+        """Kept for sources of the original framework, which call ``self.serialize(doc=...)``.
+
+        The service makes every value JSON-safe after reading (``transforms.normalize``),
+        so this returns ``doc`` as it is.
+        """
+        return doc
 
     def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
         """Problems with an advanced sync rules snippet (empty list: valid)."""

@@ -104,7 +104,10 @@ class DirectoryDataSource(BaseDataSource):
         if not root.is_dir():
             raise SourceError(f"Directory: {root} is not a readable folder")
         params = partition.params if partition else {}
-        matches = root.glob(self.pattern)
+        if "subfolder" in params and self.pattern.startswith("**/"):
+            matches = (root / params["subfolder"]).glob(self.pattern)  # only this subtree is walked
+        else:
+            matches = root.glob(self.pattern)
         for path in sorted(matches):
             if not path.is_file():
                 continue

@@ -4,27 +4,72 @@ Beam calls ``DoFn.process`` synchronously; sources may be written with async gen
 (the original connector framework's style), plain generators, sync or async ``ping``/
 ``close``, and lazy downloads that are sync or async. :class:`SourceDriver` owns one
 event loop per instance (one per DoFn, opened in ``setup()``) and turns all of that into
-plain calls and plain iterators.
+plain calls and plain iterators. Every coroutine of one source instance runs on that one
+loop, so clients the source opened (an ``aiohttp`` session, an async driver) stay on the
+loop they were created on.
 
 Example usage::
 
+    source = build_source(MySource, {"host": {"value": "db.example.com"}})
     driver = SourceDriver(source)
     driver.call(source.ping)
-    for doc, lazy in driver.iterate(source.get_docs(partition=p)):
-        ...
+    for item in driver.iterate(call_get_docs(source, filtering=None, partition=None)):
+        doc, lazy_download, operation = as_pair(item)
+        extra = driver.download(lazy_download, doc)
     driver.close()
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from sources.base import Doc, Filter, Partition
+from sources.base import DataSourceConfiguration, Doc, Filter, Partition
 
-__all__ = ["SourceDriver", "as_pair", "call_get_docs"]
+__all__ = ["SourceDriver", "as_pair", "build_source", "call_get_docs", "call_lazy", "is_async_callable"]
+
+
+def build_source(cls: type[Any], configuration: Mapping[str, Any] | None) -> Any:
+    """An instance of source class ``cls`` for the connector's ``configuration``.
+
+    ``configuration`` is the connector document's ``configuration`` (field name -> field
+    object or bare value). Every source receives a :class:`DataSourceConfiguration`
+    completed with its own schema, so ``self.configuration["x"]`` reads the value whether
+    or not the class subclasses :class:`~sources.base.BaseDataSource`.
+    """
+    if isinstance(configuration, DataSourceConfiguration):
+        return cls(configuration=configuration)
+    schema_of = getattr(cls, "get_default_configuration", None)
+    schema = schema_of() if callable(schema_of) else {}
+    return cls(configuration=DataSourceConfiguration(dict(configuration or {}), schema))
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns a coroutine (async functions, partials of them, async ``__call__``)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def call_lazy(lazy: Any, doc: Doc) -> Any:
+    """Call a lazy download with the original framework's convention, ``(doit=True, timestamp=...)``.
+
+    Lazy downloads that take no such arguments are called bare. The result may be awaitable.
+    """
+    try:
+        params = inspect.signature(lazy).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return lazy()
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, Any] = {}
+    if "doit" in params or accepts_any:
+        kwargs["doit"] = True
+    if "timestamp" in params or accepts_any:
+        kwargs["timestamp"] = doc.get("_timestamp")
+    return lazy(**kwargs)
 
 
 class SourceDriver:
@@ -36,26 +81,61 @@ class SourceDriver:
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn``; if it returns an awaitable, run it to completion."""
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = self.loop.run_until_complete(result)
-        return result
+        return self.resolve(fn(*args, **kwargs))
 
     def resolve(self, value: Any) -> Any:
+        """``value``, awaited on this driver's loop when it is awaitable."""
         if inspect.isawaitable(value):
-            return self.loop.run_until_complete(value)
+            return self.loop.run_until_complete(_await(value))
         return value
 
+    def gather(self, awaitables: list[Any], *, limit: int) -> list[Any]:
+        """Await ``awaitables`` concurrently, at most ``limit`` at a time; results in order.
+
+        The first failure is raised (the others are cancelled).
+        """
+        if not awaitables:
+            return []
+
+        async def run_all() -> list[Any]:
+            gate = asyncio.Semaphore(max(1, limit))
+
+            async def one(awaitable: Any) -> Any:
+                async with gate:
+                    return await awaitable
+
+            tasks = [asyncio.ensure_future(one(a)) for a in awaitables]
+            try:
+                return await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+        return self.loop.run_until_complete(run_all())
+
     def iterate(self, iterable: Any) -> Iterator[Any]:
-        """Iterate a sync iterable or an async iterator, item by item."""
+        """Iterate a sync iterable or an async iterator, item by item.
+
+        An async generator left before its end (the consumer failed or stopped) is closed
+        on this loop, so its ``finally`` blocks run.
+        """
         if hasattr(iterable, "__anext__"):
             agen = iterable
-            while True:
-                try:
-                    item = self.loop.run_until_complete(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-                yield item
+            finished = False
+            try:
+                while True:
+                    try:
+                        item = self.loop.run_until_complete(agen.__anext__())
+                    except StopAsyncIteration:
+                        finished = True
+                        return
+                    yield item
+            finally:
+                if not finished and hasattr(agen, "aclose") and not self.loop.is_closed():
+                    try:
+                        self.loop.run_until_complete(agen.aclose())
+                    except Exception:  # noqa: BLE001 - already failing; keep the first error
+                        pass
         elif isinstance(iterable, Iterable):
             yield from iterable
         elif iterable is None:
@@ -67,24 +147,28 @@ class SourceDriver:
             )
 
     def download(self, lazy: Any, doc: Doc) -> Doc | None:
-        """Run a lazy download for ``doc`` (original-framework calling convention)."""
+        """Run a lazy download for ``doc`` to completion on this thread (and this loop)."""
         if lazy is None:
             return None
-        try:
-            result = lazy(doit=True, timestamp=doc.get("_timestamp"))
-        except TypeError:
-            result = lazy()
-        return self.resolve(result)
+        return self.resolve(call_lazy(lazy, doc))
 
     def close(self) -> None:
+        """Close the source (``close()``, sync or async), then the loop. Safe to call twice."""
+        if self.loop.is_closed():
+            return
         try:
             close = getattr(self.source, "close", None)
             if close is not None:
                 self.call(close)
         finally:
-            if not self.loop.is_closed():
+            try:
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
                 self.loop.close()
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def call_get_docs(source: Any, filtering: Filter | None, partition: Partition | None) -> Any:
@@ -104,8 +188,8 @@ def call_get_docs(source: Any, filtering: Filter | None, partition: Partition | 
 
 def as_pair(item: Any) -> tuple[Doc, Any, str | None]:
     """Normalise what a source yielded to ``(doc, lazy_download, operation)``."""
-    if isinstance(item, dict):
-        return item, None, None
+    if isinstance(item, Mapping):
+        return item, None, None  # type: ignore[return-value]
     if isinstance(item, tuple):
         if len(item) == 2:
             return item[0], item[1], None

@@ -1,15 +1,16 @@
 """ReadChanges: an incremental sync's reads, from the source's cursor.
 
 Drives ``source.get_docs_incrementally(sync_cursor)`` (one stream: changes are ordered)
-and splits its operations into documents to index (content downloaded) and ids to
-delete. The new cursor the source sets is stored with the job's progress records once
+and splits its operations into documents to index (``OP_INDEX``: replaced whole),
+documents to update (``OP_UPSERT``: merged into the indexed copy, created if missing),
+both with their content downloaded, and ids to delete (``OP_DELETE``). The new cursor the source sets is stored with the job's progress records once
 the stream is fully read, and becomes the connector's ``sync_cursor`` only if the job
 completes.
 
 Example usage::
 
     changes = p | beam.Create([cursor]) | ReadChanges(spec, conn, job_id="abc")
-    changes.docs, changes.deletes, changes.dead_letters
+    changes.docs, changes.upserts, changes.deletes, changes.dead_letters
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam import pvalue
 
-from sources.base import OP_DELETE
+from apache_beam.metrics import Metrics
+
+from sources.base import OP_DELETE, OP_INDEX, OP_UPSERT
 from sources.driver import SourceDriver, as_pair
 from sources.errors import SourceError
 from transforms.dead_letter import DeadLetter
@@ -30,14 +33,15 @@ from transforms.progress import write_job_record
 from transforms.read_from_source import SourceSpec
 from transforms.sync_rules import BasicRules
 
-__all__ = ["ReadChanges", "DOCS", "DELETES", "DEAD_LETTERS"]
+__all__ = ["ReadChanges", "DOCS", "UPSERTS", "DELETES", "DEAD_LETTERS"]
 
-DOCS, DELETES, DEAD_LETTERS = "docs", "deletes", "dead_letters"
+DOCS, UPSERTS, DELETES, DEAD_LETTERS = "docs", "upserts", "deletes", "dead_letters"
 
 
 class _ReadChangesFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, job_id: str):
         self.spec, self.conn, self.job_id = spec, conn, job_id
+        self.read_count = Metrics.counter("elastic_ingest", "source_documents")
 
     def setup(self) -> None:
         self.source = self.spec.build()
@@ -53,6 +57,10 @@ class _ReadChangesFn(beam.DoFn):
             stream = self.source.get_docs_incrementally(sync_cursor=cursor or None, filtering=self.spec.filtering())
             for item in self.driver.iterate(stream):
                 doc, lazy, operation = as_pair(item)
+                self.read_count.inc()
+                operation = operation or OP_INDEX
+                if operation not in (OP_INDEX, OP_UPSERT, OP_DELETE):
+                    raise ValueError(f"unknown operation {operation!r}; expected {OP_INDEX}, {OP_UPSERT} or {OP_DELETE}")
                 try:
                     doc_id = document_id(doc.get("_id"))
                 except ValueError as exc:
@@ -70,7 +78,7 @@ class _ReadChangesFn(beam.DoFn):
                 extra = self.driver.download(lazy, doc)
                 if extra:
                     out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
-                yield out
+                yield out if operation == OP_INDEX else pvalue.TaggedOutput(UPSERTS, out)
         except SourceError:
             raise
         except Exception as exc:
@@ -84,7 +92,7 @@ class _ReadChangesFn(beam.DoFn):
 
 
 class ReadChanges(beam.PTransform):
-    """A one-element PCollection (the cursor) in; ``docs``, ``deletes``, ``dead_letters`` out."""
+    """A one-element PCollection (the cursor) in; ``docs``, ``upserts``, ``deletes``, ``dead_letters`` out."""
 
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, *, job_id: str):
         super().__init__()
@@ -92,5 +100,5 @@ class ReadChanges(beam.PTransform):
 
     def expand(self, cursor: beam.PCollection):
         return cursor | "ReadChanges" >> beam.ParDo(_ReadChangesFn(self.spec, self.conn, self.job_id)).with_outputs(
-            DELETES, DEAD_LETTERS, main=DOCS
+            UPSERTS, DELETES, DEAD_LETTERS, main=DOCS
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,13 +39,14 @@ from apache_beam.metrics import Metrics
 from elasticsearch import NotFoundError
 
 from sources.base import Filter, Partition
-from sources.driver import SourceDriver, as_pair, call_get_docs
+from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, call_lazy, is_async_callable
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
 from transforms.es_client import ElasticsearchConnection
 from transforms.normalize import document_id, iso_timestamp
 from transforms.sync_rules import BasicRules
+from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
 
 __all__ = ["ReadFromSource", "SourceSpec", "IndexedTimestamps", "DOCS", "IDS", "DEAD_LETTERS"]
 
@@ -62,7 +64,7 @@ class SourceSpec:
     advanced_rules: Any = None
 
     def build(self) -> Any:
-        return load_source_class(self.fqn)(configuration=dict(self.configuration))
+        return build_source(load_source_class(self.fqn), self.configuration)
 
     def filtering(self) -> Filter:
         return Filter(basic_rules=list(self.basic_rules), advanced_rules=self.advanced_rules or {})
@@ -79,8 +81,12 @@ class IndexedTimestamps:
         return self.conn.client()
 
     def lookup(self, es: Any, ids: list[str]) -> dict[str, str | None]:
+        """``{id: indexed _timestamp}`` for the ids of ``ids`` found in the index (one ``mget``)."""
         try:
-            response = es.mget(index=self.index, ids=ids, source_includes=["_timestamp"], realtime=False)
+            response = retry_with_backoff(
+                lambda: es.mget(index=self.index, ids=ids, source_includes=["_timestamp"]),
+                BulkSettings(max_retries=5), what=f"mget of {len(ids)} ids from {self.index}",
+            )
         except NotFoundError:
             return {}
         found: dict[str, str | None] = {}
@@ -88,6 +94,15 @@ class IndexedTimestamps:
             if doc.get("found"):
                 found[doc["_id"]] = (doc.get("_source") or {}).get("_timestamp")
         return found
+
+
+def _content_size(extra: Mapping[str, Any]) -> int:
+    """Bytes of downloaded content (``_attachment`` is base64: 3 bytes per 4 characters)."""
+    size = 0
+    for key, value in extra.items():
+        if isinstance(value, (str, bytes, bytearray)):
+            size += len(value) * 3 // 4 if key == "_attachment" else len(value)
+    return size
 
 
 class _ReadPartitionFn(beam.DoFn):
@@ -101,6 +116,7 @@ class _ReadPartitionFn(beam.DoFn):
         self.read_count = Metrics.counter("elastic_ingest", "source_documents")
         self.skipped = Metrics.counter("elastic_ingest", "unchanged_documents")
         self.filtered = Metrics.counter("elastic_ingest", "filtered_documents")
+        self.too_large = Metrics.counter("elastic_ingest", "downloads_over_size_limit")
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
@@ -126,7 +142,7 @@ class _ReadPartitionFn(beam.DoFn):
                 doc, lazy, _ = as_pair(item)
                 self.read_count.inc()
                 try:
-                    doc_id = document_id(doc.get("_id") if isinstance(doc, Mapping) else None)
+                    doc_id = document_id(doc.get("_id"))
                 except ValueError as exc:
                     yield pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(
                         doc, doc_id=None, operation="index", stage="read", error=exc))
@@ -145,6 +161,8 @@ class _ReadPartitionFn(beam.DoFn):
             raise SourceError(
                 f"reading partition {partition.key!r} of {self.spec.fqn} failed: {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            iterator.close()
         self.partitions.inc()
 
     def _flush(self, batch: list[tuple[str, dict[str, Any], Any]]) -> Iterator[Any]:
@@ -161,30 +179,54 @@ class _ReadPartitionFn(beam.DoFn):
                 self.skipped.inc()
                 continue
             changed.append((doc_id, doc, lazy))
-        downloads = [
-            self.pool.submit(self._download, lazy, doc) if lazy is not None else None for _, doc, lazy in changed
-        ]
-        for (doc_id, doc, _), future in zip(changed, downloads):
+        for (doc_id, doc, _), extra in zip(changed, self._download_all(changed)):
             out = dict(doc)
             out["_id"] = doc_id
-            if future is not None:
-                extra, problem = future.result()
-                if problem is not None:
-                    out.setdefault("_download_error", problem)
-                elif extra:
-                    out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
+            if extra:
+                out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
             yield out
 
-    def _download(self, lazy: Any, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-        size = doc.get("size") or doc.get("size_in_bytes")
-        if isinstance(size, int) and self.max_download_bytes and size > self.max_download_bytes:
-            return None, f"content not downloaded: {size} bytes is over pipeline.max_download_bytes"
-        # Each download runs its coroutine on a loop of its own thread.
-        driver = SourceDriver(self.source)
-        try:
-            return driver.download(lazy, doc), None
-        finally:
-            driver.loop.close()
+    def _download_all(self, changed: list[tuple[str, dict[str, Any], Any]]) -> list[Mapping[str, Any] | None]:
+        """Run the batch's lazy downloads, at most ``download_concurrency`` at once.
+
+        Async downloads run on the source's own event loop (where its clients live); sync
+        ones on a thread pool. A failed download fails the read (and so the sync).
+        """
+        results: list[Any] = [None] * len(changed)
+        coroutines: dict[int, Any] = {}
+        futures: dict[int, Any] = {}
+        for position, (_, doc, lazy) in enumerate(changed):
+            if lazy is None or self._over_limit(doc.get("size", doc.get("size_in_bytes"))):
+                continue
+            if is_async_callable(lazy):
+                coroutines[position] = call_lazy(lazy, doc)
+            else:
+                futures[position] = self.pool.submit(call_lazy, lazy, doc)
+        for position, value in zip(coroutines, self.driver.gather(list(coroutines.values()),
+                                                                   limit=self.download_concurrency)):
+            results[position] = value
+        late: dict[int, Any] = {}
+        for position, future in futures.items():
+            value = future.result()
+            if inspect.isawaitable(value):  # a sync callable that returned a coroutine
+                late[position] = value
+            else:
+                results[position] = value
+        for position, value in zip(late, self.driver.gather(list(late.values()), limit=self.download_concurrency)):
+            results[position] = value
+        for position, value in enumerate(results):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"a lazy download must return a dict or None, got {type(value).__name__}")
+            if value and self._over_limit(_content_size(value)):
+                results[position] = None
+        return results
+
+    def _over_limit(self, size: Any) -> bool:
+        if isinstance(size, int) and not isinstance(size, bool) and self.max_download_bytes and \
+                size > self.max_download_bytes:
+            self.too_large.inc()
+            return True
+        return False
 
 
 class ReadFromSource(beam.PTransform):

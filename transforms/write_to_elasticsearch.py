@@ -195,7 +195,7 @@ class _BulkWriteFn(beam.DoFn):
             action = json.dumps({self.operation: {"_index": self.index, "_id": doc_id}}).encode()
             lines.append(action)
             if data is not None:
-                lines.append(data)
+                lines.append(b'{"doc":' + data + b',"doc_as_upsert":true}' if self.operation == "update" else data)
         return lines
 
     def _write_batch(self, batch: list[tuple[str, bytes | None]]) -> tuple[list[DeadLetter], dict[str, int]]:
@@ -265,7 +265,8 @@ class WriteToElasticsearch(beam.PTransform):
     Args:
         conn: how to reach Elasticsearch.
         index: the content index.
-        operation: ``"index"`` for ``(doc_id, json_bytes)`` elements, ``"delete"`` for ids.
+        operation: ``"index"`` (replace) or ``"update"`` (partial update, upsert) for
+            ``(doc_id, json_bytes)`` elements; ``"delete"`` for ids.
         settings: batch sizes, requests in flight, retries, error-rate limit.
         pipeline: an ingest pipeline to name in the requests (only if it exists).
         job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
@@ -275,8 +276,9 @@ class WriteToElasticsearch(beam.PTransform):
                  settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
                  job_id: str | None = None, progress_interval: float = 5.0):
         super().__init__()
-        if operation not in ("index", "delete"):
-            raise ValueError(f"WriteToElasticsearch: operation must be 'index' or 'delete', got {operation!r}")
+        if operation not in ("index", "update", "delete"):
+            raise ValueError(
+                f"WriteToElasticsearch: operation must be 'index', 'update' or 'delete', got {operation!r}")
         if not index:
             raise ValueError("WriteToElasticsearch: index is required")
         if settings.max_docs < 1 or settings.max_bytes < 1 or settings.max_in_flight < 1:

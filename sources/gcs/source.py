@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from sources._object_store import (
     Failure,
@@ -44,7 +44,6 @@ from sources._object_store import (
 
 __all__ = ["GoogleCloudStorageDataSource"]
 
-_CHUNK = 1024 * 1024
 _READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 _EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _SERVICE_ACCOUNT_KEYS = ("type", "client_email", "private_key", "token_uri")
@@ -64,7 +63,6 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
 
     name = "Google Cloud Storage"
     service_type = "google_cloud_storage"
-    backend_name = "Google Cloud Storage"
     url_scheme = "gs"
     credential_fields = "`service_account_credentials`"
     endpoint_field = "endpoint"
@@ -209,27 +207,17 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
                     extra={"md5_hash": blob.md5_hash, "storage_class": blob.storage_class},
                 )
 
-    def _backend_read(self, obj: StoredObject) -> tuple[Iterable[bytes], dict[str, Any]] | None:
+    def _backend_read(self, obj: StoredObject, sink: BinaryIO) -> dict[str, Any] | None:
         from google.api_core.exceptions import NotFound
 
         blob = self._gcs.bucket(obj.bucket).blob(obj.key)
-        reader = blob.open("rb", chunk_size=_CHUNK, **self._calls)
         try:
-            first = reader.read(_CHUNK)
+            # One streaming GET, written to the sink as it arrives (and checked against the
+            # object's MD5); a chunked reader would add a request per chunk.
+            blob.download_to_file(sink, **self._calls)
         except NotFound:
-            reader.close()
             return None
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                chunk = first
-                while chunk:
-                    yield chunk
-                    chunk = reader.read(_CHUNK)
-            finally:
-                reader.close()
-
-        return chunks(), {}
+        return {}
 
     def _backend_classify(self, exc: BaseException) -> tuple[str, str] | None:
         import requests

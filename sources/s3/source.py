@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import mimetypes
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from sources._object_store import (
     Failure,
@@ -72,7 +72,6 @@ class S3DataSource(ObjectStoreSource):
 
     name = "Amazon S3"
     service_type = "s3"
-    backend_name = "S3"
     url_scheme = "s3"
     credential_fields = "`aws_access_key_id` and `aws_secret_access_key`"
     endpoint_field = "endpoint_url"
@@ -219,7 +218,7 @@ class S3DataSource(ObjectStoreSource):
                     extra={"storage_class": item.get("StorageClass")},
                 )
 
-    def _backend_read(self, obj: StoredObject) -> tuple[Iterable[bytes], dict[str, Any]] | None:
+    def _backend_read(self, obj: StoredObject, sink: BinaryIO) -> dict[str, Any] | None:
         try:
             response = self._s3.get_object(Bucket=obj.bucket, Key=obj.key)
         except Exception as exc:
@@ -227,16 +226,13 @@ class S3DataSource(ObjectStoreSource):
                 return None
             raise
         body = response["Body"]
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from body.iter_chunks(_CHUNK)
-            finally:
-                body.close()
-
+        try:
+            for chunk in body.iter_chunks(_CHUNK):
+                sink.write(chunk)
+        finally:
+            body.close()
         content_type = response.get("ContentType")
-        fields = {"content_type": content_type} if content_type and content_type not in _GENERIC_TYPES else {}
-        return chunks(), fields
+        return {"content_type": content_type} if content_type and content_type not in _GENERIC_TYPES else {}
 
     def _backend_classify(self, exc: BaseException) -> tuple[str, str] | None:
         from botocore import exceptions as boto

@@ -27,6 +27,8 @@ import pytest
 from sources.base import Filter
 from sources.errors import SourceConfigError, SourceUnavailable, SyncRulesError
 from sources.testing import ping, read_all, read_partitions
+from tests.helpers import SOURCES, index_docs, run_sync
+from tests.test_extract_text import make_pdf
 
 __all__ = ["ObjectStoreContract", "S3Store", "GcsStore", "server_or_skip", "unused_port_url"]
 
@@ -74,8 +76,24 @@ def _bucket_name() -> str:
     return f"test-{uuid.uuid4().hex[:16]}"
 
 
-class S3Store:
+class _Store:
+    """Admin access to a test server, and sources (or their configuration) pointed at it."""
+
+    service_type: str
+
+    def config(self, buckets: list[str], **overrides: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def source(self, buckets: list[str], **overrides: Any) -> Any:
+        from sources.registry import load_source_class
+
+        return load_source_class(SOURCES[self.service_type])(self.config(buckets, **overrides))
+
+
+class S3Store(_Store):
     """Admin access to the S3 test server, and S3 sources pointed at it."""
+
+    service_type = "s3"
 
     def __init__(self, url: str):
         import boto3
@@ -110,26 +128,25 @@ class S3Store:
         ]
         return {key: self.client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
-    def source(self, buckets: list[str], **config: Any) -> Any:
-        from sources.s3 import S3DataSource
-
-        settings = {
+    def config(self, buckets: list[str], **overrides: Any) -> dict[str, Any]:
+        return {
             "buckets": buckets,
             "endpoint_url": self.url,
             "aws_access_key_id": "test",
             "aws_secret_access_key": SECRET,
             "max_attempts": 1,
             "read_timeout": 5,
-            **config,
+            **overrides,
         }
-        return S3DataSource(settings)
 
     def unreachable_config(self) -> dict[str, Any]:
         return {"endpoint_url": unused_port_url()}
 
 
-class GcsStore:
+class GcsStore(_Store):
     """Admin access to the GCS emulator, and GCS sources pointed at it."""
+
+    service_type = "google_cloud_storage"
 
     def __init__(self, url: str):
         from google.auth.credentials import AnonymousCredentials
@@ -157,11 +174,8 @@ class GcsStore:
     def contents(self, bucket: str) -> dict[str, bytes]:
         return {blob.name: blob.download_as_bytes() for blob in self.client.list_blobs(bucket)}
 
-    def source(self, buckets: list[str], **config: Any) -> Any:
-        from sources.gcs import GoogleCloudStorageDataSource
-
-        settings = {"buckets": buckets, "endpoint": self.url, "project_id": "test", "retry_timeout": 0, **config}
-        return GoogleCloudStorageDataSource(settings)
+    def config(self, buckets: list[str], **overrides: Any) -> dict[str, Any]:
+        return {"buckets": buckets, "endpoint": self.url, "project_id": "test", "retry_timeout": 0, **overrides}
 
     def unreachable_config(self) -> dict[str, Any]:
         return {"endpoint": unused_port_url()}
@@ -262,6 +276,13 @@ class ObjectStoreContract:
         assert _content(docs["small.txt"]) == b"x" * 10
         assert "_attachment" not in docs["big.txt"]
         assert docs["big.txt"]["size_in_bytes"] == 11
+
+    def test_read_when_object_grew_over_max_file_size_after_listing_then_no_content(self, store, bucket):
+        store.put(bucket, "grows.txt", b"x" * 10)
+        ((doc, lazy),) = list(store.source([bucket], max_file_size=10).get_docs())
+        store.put(bucket, "grows.txt", b"x" * (3 * 1024 * 1024))
+        assert doc["size_in_bytes"] == 10
+        assert lazy(doit=True, timestamp=doc["_timestamp"]) is None
 
     def test_read_when_object_deleted_after_listing_then_no_content(self, store, bucket):
         store.put(bucket, "gone.txt", b"soon gone")
@@ -439,3 +460,47 @@ class ObjectStoreContract:
         assert source._client is not None
         read_all(source)  # closes
         assert source._client is None
+
+    # -- end to end ------------------------------------------------------------------
+    @pytest.mark.slow  # two real syncs through the Beam pipeline into Elasticsearch
+    def test_sync_when_objects_change_and_are_deleted_then_index_matches_bucket(self, store, bucket, es, index_name):
+        objects = {
+            "docs/report.pdf": make_pdf("Quarterly numbers are up"),
+            "notes/a.txt": b"alpha",
+            "notes/b.txt": b"beta",
+            "c.txt": b"gamma",
+            "img/blob.bin": bytes(range(256)) * 4,
+        }
+        for key, data in objects.items():
+            store.put(bucket, key, data)
+        configuration = store.config([bucket], page_size=2, max_partitions_per_bucket=3)
+
+        def sync() -> None:
+            outcome = run_sync(index=index_name, configuration=configuration, service_type=store.service_type)
+            assert outcome["status"] == "completed", outcome.get("error")
+
+        def assert_index_matches_bucket() -> dict[str, Any]:
+            indexed = index_docs(es, index_name)
+            expected = store.contents(bucket)
+            assert {doc["key"]: doc["size_in_bytes"] for doc in indexed.values()} == {
+                key: len(data) for key, data in expected.items()
+            }
+            assert set(indexed) == {f"{bucket}/{key}" for key in expected}
+            for key, data in expected.items():
+                if key.endswith(".txt"):
+                    assert indexed[f"{bucket}/{key}"]["body"] == data.decode()
+            return indexed
+
+        sync()
+        indexed = assert_index_matches_bucket()
+        assert "Quarterly numbers are up" in indexed[f"{bucket}/docs/report.pdf"]["body"]
+        assert indexed[f"{bucket}/img/blob.bin"].get("body") is None
+
+        store.put(bucket, "notes/a.txt", b"alpha, second version")
+        store.delete(bucket, "notes/b.txt")
+        store.put(bucket, "new/d.txt", b"delta")
+        sync()
+
+        indexed = assert_index_matches_bucket()
+        assert indexed[f"{bucket}/notes/a.txt"]["body"] == "alpha, second version"
+        assert len(indexed) == 5

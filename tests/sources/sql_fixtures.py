@@ -5,7 +5,9 @@ how to connect; every test here then runs against both servers. Each test create
 tables (unique names) and drops them afterwards. When a server is not reachable its tests
 are skipped, or fail when ``CI=true``.
 
-The DDL and DML below is the SQL both servers accept: ``INTEGER``, ``VARCHAR``,
+The end-to-end test also needs the Elasticsearch of ``scripts/elasticsearch`` (fixtures
+``es`` and ``index_name`` of ``tests/conftest.py``). The DDL and DML below is the SQL both
+servers accept: ``INTEGER``, ``VARCHAR``,
 ``NUMERIC``, ``TIMESTAMP(6)`` and ``%s`` parameters.
 """
 
@@ -27,6 +29,7 @@ from sources.base import OP_INDEX
 from sources.driver import SourceDriver, as_pair
 from sources.errors import SourceConfigError, SourceUnavailable
 from sources.testing import ping, read_all, read_partitions
+from tests.helpers import index_docs, run_sync
 
 HOST = "127.0.0.1"
 USER = "ingest"
@@ -287,6 +290,44 @@ class SqlSourceSuite:
         changes = read_incrementally(self.source(tables=[table], timestamp_column="updated_at"), None)
 
         assert len(changes) == 5
+
+    # -- end to end ----------------------------------------------------------------
+    @pytest.mark.slow  # two real syncs through the Beam pipeline into Elasticsearch: ~10 s each
+    def test_sync_when_rows_changed_and_deleted_then_index_equals_table(self, db, new_table, es, index_name):
+        table = new_table(rows=self.simple_rows(range(1, 41)))
+        configuration = {
+            "host": HOST, "port": self.port, "username": USER, "password": PASSWORD, "database": DATABASE,
+            "tables": [table], "partition_size": 10, "fetch_size": 7,
+        }
+
+        def index_as_table() -> dict[str, tuple]:
+            docs = index_docs(es, index_name)
+            return {i: (d["name"], Decimal(str(d["amount"]))) for i, d in docs.items()}
+
+        def sync() -> None:
+            service_type = self.source_class.service_type
+            outcome = run_sync(index=index_name, configuration=configuration, service_type=service_type)
+            assert outcome["status"] == "completed", outcome.get("error")
+
+        def assert_index_equals_table() -> dict[str, tuple]:
+            indexed, expected = index_as_table(), self.table_as_docs(db, table)
+            assert indexed == expected, {
+                "missing": sorted(set(expected) - set(indexed)),
+                "extra": sorted(set(indexed) - set(expected)),
+                "different": sorted(k for k in set(indexed) & set(expected) if indexed[k] != expected[k]),
+            }
+            return indexed
+
+        sync()
+        assert_index_equals_table()
+
+        db.execute(f"UPDATE {table} SET name = 'changed', amount = amount + 1 WHERE id IN (1, 11, 21)")
+        db.execute(f"DELETE FROM {table} WHERE id IN (2, 12, 40)")
+        db.insert(table, self.simple_rows([41, 500]))
+        sync()
+
+        indexed = assert_index_equals_table()
+        assert indexed[f"{table}_11"][0] == "changed" and len(indexed) == 39
 
     # -- errors --------------------------------------------------------------------
     def test_ping_when_password_wrong_then_auth_error_without_password(self, db, caplog):

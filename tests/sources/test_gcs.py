@@ -42,21 +42,23 @@ class TestGoogleCloudStorageSource(ObjectStoreContract):
                 ping(store.source([bucket], service_account_credentials=raw))
             assert "SECRETKEY" not in str(caught.value) and "not json" not in str(caught.value)
 
-    def test_ping_when_token_endpoint_rejects_key_then_config_error_without_secret(self, store, bucket):
+    def test_ping_when_token_endpoint_rejects_key_then_config_error_without_secret(
+        self, store, bucket, rejecting_token_endpoint
+    ):
         """fake-gcs-server accepts any token, so the rejection comes from the token endpoint.
 
         A service account key names its token endpoint (``token_uri``); here it is a local
         one answering as Google's does for a revoked key. The storage calls still go to
         the emulator, which never sees a request: the client fails to get a token first.
         """
-        key = _service_account_key(_token_endpoint_rejecting())
+        key = _service_account_key(rejecting_token_endpoint)
         source = store.source([bucket], service_account_credentials=json.dumps(key))
 
         with pytest.raises(SourceConfigError) as caught:
             ping(source)
 
         message = str(caught.value)
-        assert "rejected the credentials (invalid_grant" in message
+        assert "the credentials were rejected (invalid_grant" in message
         assert "`service_account_credentials`" in message
         assert "PRIVATE KEY" not in message and key["private_key_id"] not in message
 
@@ -70,7 +72,10 @@ def test_schema_when_listed_then_gcs_fields():
     assert GoogleCloudStorageDataSource.service_type == "google_cloud_storage"
 
 
-def _token_endpoint_rejecting() -> str:
+@pytest.fixture
+def rejecting_token_endpoint():
+    """A local OAuth token endpoint that answers every request as Google does for a revoked key."""
+
     class Reject(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -85,8 +90,12 @@ def _token_endpoint_rejecting() -> str:
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Reject)
-    threading.Thread(target=server.handle_request, daemon=True).start()  # one token request
-    return f"http://127.0.0.1:{server.server_port}/token"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/token"
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
 
 def _service_account_key(token_uri: str) -> dict[str, str]:

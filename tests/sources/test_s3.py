@@ -99,7 +99,7 @@ def test_ping_when_credentials_wrong_then_config_error_without_secret(authentica
         ping(S3DataSource({**good, **wrong}))
 
     message = str(caught.value)
-    assert f"rejected the credentials ({code})" in message
+    assert f"the credentials were rejected ({code})" in message
     assert "aws_secret_access_key" in message
     assert secret not in message and wrong_secret not in message
 

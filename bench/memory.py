@@ -1,0 +1,85 @@
+"""Peak memory of a whole process tree (a daemon, its sync child and Beam's workers), sampled with psutil.
+
+RSS is summed over the tree, so pages shared between processes are counted once per
+process: an upper bound of what the tree really holds.
+
+Example usage::
+
+    sampler = TreeSampler(pid).start()
+    sampler.reset()            # a new phase
+    ...
+    sampler.phase_peak_mb, sampler.phase_max_processes
+    sampler.stop()
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+__all__ = ["TreeSampler", "tree_rss"]
+
+MB = 1024 * 1024
+
+
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0, 0
+    total = count = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+            count += 1
+        except psutil.Error:
+            continue
+    return total, count
+
+
+class TreeSampler:
+    """Samples the tree rooted at ``pid`` every ``interval`` seconds in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval = pid, interval
+        self.peak = self.phase_peak = 0
+        self.phase_max_processes = 0
+        self.samples = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def start(self) -> "TreeSampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> int:
+        rss, count = tree_rss(self.pid)
+        with self._lock:
+            self.samples += 1
+            self.peak = max(self.peak, rss)
+            self.phase_peak = max(self.phase_peak, rss)
+            self.phase_max_processes = max(self.phase_max_processes, count)
+        return rss
+
+    def reset(self) -> None:
+        with self._lock:
+            self.phase_peak = 0
+            self.phase_max_processes = 0
+        self.sample()
+
+    @property
+    def phase_peak_mb(self) -> float:
+        return round(self.phase_peak / MB, 1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

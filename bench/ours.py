@@ -1,0 +1,141 @@
+"""Ours: syncs through the real path, timed as a user sees them.
+
+One :class:`Service` is one ``elastic-ingest --action poll`` daemon process with a config
+written for the benchmark (the benchmark's node, the synthetic source, the pipeline
+settings under test, ``service.connector_ids`` so that it serves only our connectors).
+Connectors are created, changed and synced with the ``elastic-ingest`` CLI, exactly as a
+user would; a sync is timed from the job's ``started_at`` (the daemon claimed it) to its
+``completed_at``, both written by the daemon. Memory is the peak RSS of the daemon's
+whole process tree (daemon + sync process + Beam workers) during the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.memory import TreeSampler, tree_rss
+
+__all__ = ["Service", "REPO"]
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE_FQN = "sources.synthetic:SyntheticDataSource"
+
+
+class Service:
+    """A benchmark daemon and the CLI calls around it."""
+
+    def __init__(self, es_url: str, workdir: Path, *, pipeline: dict[str, Any], connector_ids: list[str],
+                 env: dict[str, str] | None = None):
+        self.es_url = es_url
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "config.yml"
+        self.log_path = self.workdir / "daemon.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_PROXY": "*", **(env or {})}
+        config = {
+            "elasticsearch": {"host": es_url, "request_timeout": 300},
+            "service": {"idling": 0.5, "heartbeat": 300, "job_progress_interval": 5, "cancel_check_interval": 2,
+                        "max_concurrent_syncs": 1, "connector_ids": list(connector_ids)},
+            "sources": {"synthetic": SOURCE_FQN},
+            "pipeline": {"dead_letters": str(self.workdir / "dead_letters"), **pipeline},
+        }
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self.process: subprocess.Popen | None = None
+        self.sampler: TreeSampler | None = None
+        self.baseline_rss_mb: float | None = None
+
+    # -- the CLI ---------------------------------------------------------------------
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        command = [sys.executable, "-m", "launcher.cli", "-c", str(self.config_path), *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.env)
+        if result.returncode != 0:
+            raise RuntimeError(f"elastic-ingest {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+        return result.stdout
+
+    def create_connector(self, connector_id: str, index: str, configuration: dict[str, Any]) -> None:
+        sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]
+        self.cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "synthetic",
+                 "--index-name", index, "--json", *sets)
+
+    def update_connector(self, connector_id: str, configuration: dict[str, Any]) -> None:
+        sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]
+        self.cli("--action", "update-connector", "--connector-id", connector_id, *sets)
+
+    # -- the daemon ------------------------------------------------------------------
+    def start(self) -> "Service":
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", "-c", str(self.config_path), "--action", "poll"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True,
+        )
+        time.sleep(3.0)  # let it import and poll once before we measure its baseline
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the daemon exited at once ({self.process.returncode}); see {self.log_path}")
+        self.baseline_rss_mb = round(tree_rss(self.process.pid)[0] / (1 << 20), 1)
+        self.sampler = TreeSampler(self.process.pid).start()
+        return self
+
+    def stop(self) -> None:
+        if self.sampler:
+            self.sampler.stop()
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- a sync ----------------------------------------------------------------------
+    def sync(self, es: Any, connector_id: str, *, job_type: str = "full", timeout: float = 7200) -> dict[str, Any]:
+        """Request a sync with the CLI, wait for the daemon to finish it; timings and counters."""
+        assert self.sampler is not None and self.process is not None
+        self.sampler.reset()
+        job_id = json.loads(self.cli("--action", "sync", "--connector-id", connector_id, "--job-type", job_type,
+                                     "--json"))["job_id"]
+        deadline = time.monotonic() + timeout
+        doc: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the daemon died ({self.process.returncode}); see {self.log_path}")
+            doc = es.get(index=".elastic-connectors-sync-jobs", id=job_id)["_source"]
+            if doc.get("status") in ("completed", "error", "canceled"):
+                break
+            time.sleep(0.25)
+        else:
+            raise RuntimeError(f"job {job_id} did not end within {timeout}s; see {self.log_path}")
+        started = datetime.fromisoformat(doc["started_at"])
+        completed = datetime.fromisoformat(doc["completed_at"])
+        created = datetime.fromisoformat(doc["created_at"])
+        meta = doc.get("metadata") or {}
+        seconds = (completed - started).total_seconds()
+        return {
+            "job_id": job_id, "status": doc.get("status"), "error": doc.get("error"),
+            "seconds": round(seconds, 3),
+            "claim_latency_seconds": round((started - created).total_seconds(), 3),
+            "sync_process_seconds": meta.get("duration_seconds"),
+            "indexed": doc.get("indexed_document_count"), "deleted": doc.get("deleted_document_count"),
+            "total": doc.get("total_document_count"), "source_documents": meta.get("source_document_count"),
+            "unchanged": meta.get("unchanged_document_count"), "bulk_retries": meta.get("bulk_retries"),
+            "dead_letters": (meta.get("dead_letters") or {}).get("count"),
+            "peak_rss_mb": self.sampler.phase_peak_mb, "max_processes": self.sampler.phase_max_processes,
+            "daemon_baseline_rss_mb": self.baseline_rss_mb,
+        }

@@ -1,0 +1,122 @@
+"""Results -> Markdown table and PNG chart (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "chart", "VARIANTS"]
+
+VARIANTS = (
+    ("ceiling", "ES ceiling (pre-serialized _bulk)"),
+    ("parallel_bulk", "helpers.parallel_bulk"),
+    ("streaming_bulk", "helpers.streaming_bulk"),
+    ("ours_full", "ours: full sync"),
+    ("ours_nochange", "ours: no-change resync"),
+    ("ours_changed", "ours: 1% changed + 1% removed"),
+)
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"# Benchmark results ({results['started_at']})",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model') or 'unknown CPU'}), {m['memory_gb']} GB RAM, "
+        f"load average at start {m.get('loadavg_start')}; Elasticsearch {m['es_version']} "
+        f"(heap {m['es_heap_gb']} GB, same machine); Python {m['python']}, Beam {m['beam']}, "
+        f"elasticsearch-py {m['elasticsearch_py']}.",
+        f"Pipeline settings: `{results['pipeline_settings']}`; source partitions: {results['options']['partitions']}.",
+        "",
+        "Throughput counts documents (and their serialized bytes, 1 MB = 10^6 bytes) from the first document "
+        "to the last acknowledged one; ours is timed from the job's `started_at` to its `completed_at` "
+        "(whole sync process, start-up included). Peak RSS: ours = daemon + sync process + Beam workers; "
+        "baselines = the benchmark process. Ratio = docs/s over the ceiling's docs/s in the same scenario.",
+        "",
+        "| scenario | method | seconds | docs/s | MB/s | peak RSS MB | x ceiling | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for scenario in results["scenarios"]:
+        for key, label in VARIANTS:
+            r = scenario["results"].get(key)
+            if r is None:
+                continue
+            notes = []
+            if key.startswith("ours"):
+                notes.append(f"indexed {_fmt(r.get('indexed'))}, deleted {_fmt(r.get('deleted'))}")
+                if key == "ours_nochange":
+                    notes.append(f"{_fmt(r.get('speedup_vs_full'), 1)}x faster than full")
+                    notes.append(f"index ops during: {r.get('index_ops_during')}")
+                if r.get("status") != "completed":
+                    notes.append(f"status {r.get('status')}: {r.get('error')}")
+            elif key == "ceiling":
+                notes.append(f"{r.get('clients')} clients")
+            if r.get("ok") is False:
+                notes.append("CHECK FAILED")
+            lines.append(
+                f"| {scenario['label']} | {label} | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('docs_per_s'))} | "
+                f"{_fmt(r.get('mb_per_s'), 1)} | {_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('ratio_to_ceiling'), 2)} | "
+                f"{'; '.join(notes)} |"
+            )
+    if results.get("partitions"):
+        p = results["partitions"]
+        lines += ["", f"Parallel reads ({p['label']}, full sync, ceiling {_fmt(p.get('ceiling_docs_per_s'))} docs/s):", "",
+                  "| partitions | seconds | docs/s | MB/s | peak RSS MB | x ceiling |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in p["runs"]:
+            lines.append(f"| {r['partitions']} | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('docs_per_s'))} | "
+                         f"{_fmt(r.get('mb_per_s'), 1)} | {_fmt(r.get('peak_rss_mb'))} | "
+                         f"{_fmt(r.get('ratio_to_ceiling'), 2)} |")
+    if results.get("tuning"):
+        t = results["tuning"]
+        lines += ["", f"Tuning ({t['label']}, full sync; ceiling {_fmt(t.get('ceiling_docs_per_s'))} docs/s):", "",
+                  "| settings | seconds | docs/s | peak RSS MB | x ceiling |", "|---|---:|---:|---:|---:|"]
+        for r in t["runs"]:
+            lines.append(f"| `{r['settings']}` | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('docs_per_s'))} | "
+                         f"{_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('ratio_to_ceiling'), 2)} |")
+    if results.get("targets"):
+        lines += ["", "Targets:", ""]
+        for target in results["targets"]:
+            lines.append(f"- **{target['status']}** {target['target']}: {target['evidence']}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = results["scenarios"]
+    labels = [s["label"] for s in scenarios]
+    shown = [(k, n) for k, n in VARIANTS if k != "ours_nochange"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    width = 0.8 / len(shown)
+    for panel, (metric, title) in enumerate((("docs_per_s", "documents / s"), ("mb_per_s", "MB / s"),
+                                             ("peak_rss_mb", "peak RSS (MB)"))):
+        ax = axes[panel]
+        for n, (key, name) in enumerate(shown):
+            values = [(s["results"].get(key) or {}).get(metric) or 0 for s in scenarios]
+            positions = [i + (n - (len(shown) - 1) / 2) * width for i in range(len(scenarios))]
+            ax.bar(positions, values, width=width, label=name)
+        ax.set_xticks(range(len(scenarios)), labels, rotation=15)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        if metric == "docs_per_s":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8, loc="lower left")
+    m = results["machine"]
+    fig.suptitle(f"elastic-ingest vs Elasticsearch's ceiling - {m['cpus']} CPUs, ES {m['es_version']} "
+                 f"heap {m['es_heap_gb']} GB ({results['started_at']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

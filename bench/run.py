@@ -1,0 +1,429 @@
+"""``python -m bench``: elastic-ingest measured against Elasticsearch's ceiling and the usual loaders.
+
+For each scenario (N documents of ~S bytes from the seeded synthetic source), on the same
+cluster, with the same documents, one after the other:
+
+1. ``ceiling``: pre-serialized NDJSON ``_bulk`` bodies posted by concurrent HTTP clients;
+2. ``parallel_bulk`` and ``streaming_bulk``: elasticsearch-py helpers, as written by hand;
+3. ``ours_full``: a full sync through the real path (connector and job made with the CLI,
+   run by an ``elastic-ingest --action poll`` daemon process, Beam on the local runner),
+   timed from the job's ``started_at`` to its ``completed_at``; then ``ours_nochange``
+   (the same sync again) and ``ours_changed`` (version 1 of the source: 1% of the
+   documents changed, 1% removed).
+
+Then the same source read as 1, 2 and 4 partitions, and optionally a settings sweep
+(``--tune``). Results: ``bench/results/run-<time>.json`` plus ``latest.json``,
+``latest.md`` (table) and ``latest.png`` (chart). See docs/benchmarks.md.
+
+Example usage::
+
+    python -m bench --es-url http://127.0.0.1:9210                 # 10k and 100k, a few minutes
+    python -m bench --sizes 10k,100k,1M --large 10k                # + 1M x 1KB and 10k x 100KB
+    python -m bench --sizes 100k --tune --no-partitions            # settings sweep
+    python -m bench --set bulk.max_docs=2000 --set direct_num_workers=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies
+from bench.ours import REPO, Service
+from bench.report import chart, markdown
+from sources.synthetic import variant_counts
+
+__all__ = ["main", "parse_count", "DEFAULT_PIPELINE", "TUNING"]
+
+MB = 1_000_000
+#: The shipped defaults (config.yml ``pipeline:``); --set overrides them.
+DEFAULT_PIPELINE: dict[str, Any] = {
+    "runner": "FnApiRunner", "direct_num_workers": 2, "direct_running_mode": "multi_processing",
+    "bulk": {"max_docs": 1000, "max_bytes": 8388608, "max_in_flight": 2}, "read_batch_size": 500,
+}
+#: The settings sweep of --tune: (name, overrides of the pipeline settings).
+TUNING: list[tuple[str, dict[str, Any]]] = [
+    ("defaults", {}),
+    ("direct_running_mode=in_memory, workers=1", {"direct_running_mode": "in_memory", "direct_num_workers": 1}),
+    ("direct_running_mode=multi_threading", {"direct_running_mode": "multi_threading"}),
+    ("direct_num_workers=1", {"direct_num_workers": 1}),
+    ("direct_num_workers=4", {"direct_num_workers": 4}),
+    ("bulk.max_docs=500", {"bulk": {"max_docs": 500}}),
+    ("bulk.max_docs=2000", {"bulk": {"max_docs": 2000}}),
+    ("bulk.max_docs=5000", {"bulk": {"max_docs": 5000}}),
+    ("bulk.max_in_flight=1", {"bulk": {"max_in_flight": 1}}),
+    ("bulk.max_in_flight=4", {"bulk": {"max_in_flight": 4}}),
+    ("read_batch_size=2000", {"read_batch_size": 2000}),
+]
+
+
+def parse_count(text: str) -> int:
+    text = text.strip().lower().replace("_", "")
+    factor = 1
+    if text.endswith("k"):
+        factor, text = 1_000, text[:-1]
+    elif text.endswith("m"):
+        factor, text = 1_000_000, text[:-1]
+    return int(float(text) * factor)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _dotted(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: expected KEY=VALUE, got {pair!r}")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> str:
+    items = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items.append(_flat(value, f"{prefix}{key}."))
+        else:
+            items.append(f"{prefix}{key}={value}")
+    return ", ".join(items)
+
+
+def machine_facts(es: Any) -> dict[str, Any]:
+    import apache_beam
+    import elasticsearch
+    import psutil
+
+    node = next(iter(es.nodes.info(metric="jvm,os")["nodes"].values()))
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "es_version": node.get("version"),
+        "es_heap_gb": round(node["jvm"]["mem"]["heap_max_in_bytes"] / (1 << 30), 2),
+        "es_available_processors": (node.get("os") or {}).get("available_processors"),
+        "python": platform.python_version(), "beam": apache_beam.__version__,
+        "elasticsearch_py": ".".join(map(str, elasticsearch.__versionstr__.split(".")[:3]))
+        if hasattr(elasticsearch, "__versionstr__") else str(elasticsearch.__version__),
+        "platform": platform.platform(),
+    }
+
+
+def _rates(result: dict[str, Any], docs: int, doc_bytes: int | None, ceiling_rate: float | None,
+           throughput: bool = True) -> dict[str, Any]:
+    seconds = result.get("seconds") or 0
+    if seconds > 0:
+        result["docs_per_s"] = round(docs / seconds, 1)
+        if throughput and doc_bytes:
+            result["mb_per_s"] = round(doc_bytes / seconds / MB, 2)
+        if throughput and ceiling_rate:
+            result["ratio_to_ceiling"] = round(result["docs_per_s"] / ceiling_rate, 3)
+    return result
+
+
+def _doc_bytes(dataset: Dataset, workdir: Path) -> int:
+    path = workdir / "sizing.ndjson"
+    _, size = prepare_bodies(dataset, "sizing", str(path), max_docs=1000, max_bytes=8 << 20)
+    path.unlink(missing_ok=True)
+    return size
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        from transforms.es_client import ElasticsearchConnection
+
+        self.args = args
+        self.es_url = args.es_url
+        self.es = ElasticsearchConnection(hosts=(args.es_url,), request_timeout=600).client()
+        self.run_id = uuid.uuid4().hex[:6]
+        self.workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-bench-"))
+        self.pipeline = _merge(DEFAULT_PIPELINE, _dotted(args.set or []))
+        self.log = args.log
+
+    def say(self, message: str) -> None:
+        print(f"[bench {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=self.log, flush=True)
+
+    # -- scenarios -------------------------------------------------------------------
+    def ours(self, dataset: Dataset, *, partitions: int, pipeline: dict[str, Any], tag: str,
+             resyncs: bool = True) -> dict[str, Any]:
+        connector_id = f"bench-{tag}-{self.run_id}"
+        index = f"bench-ours-{tag}-{self.run_id}"
+        self.es.indices.delete(index=index, ignore_unavailable=True)
+        service = Service(self.es_url, self.workdir / connector_id, pipeline=pipeline, connector_ids=[connector_id])
+        config = {"count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
+                  "partitions": partitions, "version": 0}
+        service.create_connector(connector_id, index, config)
+        out: dict[str, Any] = {}
+        try:
+            with service:
+                self.say(f"  ours: full sync of {dataset.label} ({partitions} partition(s))")
+                full = out["ours_full"] = service.sync(self.es, connector_id)
+                full["ok"] = (full["status"] == "completed" and full["total"] == dataset.count
+                              and full["indexed"] == dataset.count)
+                if not resyncs:
+                    return out
+                before = index_ops(self.es, index)
+                self.say("  ours: no-change resync")
+                same = out["ours_nochange"] = service.sync(self.es, connector_id)
+                after = index_ops(self.es, index)
+                same["index_ops_during"] = {k: after[k] - before[k] for k in after}
+                same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
+                same["ok"] = (same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
+                              and not any(same["index_ops_during"].values()))
+                expected = variant_counts(dataset.count, seed=dataset.seed, version=1)
+                service.update_connector(connector_id, {"version": 1})
+                self.say(f"  ours: resync with {expected['changed']} changed and {expected['removed']} removed")
+                changed = out["ours_changed"] = service.sync(self.es, connector_id)
+                changed["expected"] = expected
+                changed["ok"] = (changed["status"] == "completed" and changed["indexed"] == expected["changed"]
+                                 and changed["deleted"] == expected["removed"] and changed["total"] == expected["present"])
+        finally:
+            self.es.indices.delete(index=index, ignore_unavailable=True)
+        return out
+
+    def ceiling(self, dataset: Dataset, tag: str) -> dict[str, Any]:
+        best: dict[str, Any] | None = None
+        tries = []
+        for clients in self.args.clients:
+            self.say(f"  ceiling: {dataset.label}, {clients} clients")
+            result = ceiling(self.es, self.es_url, dataset, f"bench-ceiling-{tag}-{self.run_id}", clients=clients,
+                             max_docs=self.pipeline["bulk"]["max_docs"], max_bytes=self.pipeline["bulk"]["max_bytes"],
+                             workdir=str(self.workdir))
+            tries.append({"clients": clients, "seconds": result["seconds"]})
+            if best is None or result["seconds"] < best["seconds"]:
+                best = result
+        assert best is not None
+        best["tries"] = tries
+        return best
+
+    def scenario(self, dataset: Dataset) -> dict[str, Any]:
+        tag = f"{dataset.count}x{dataset.doc_size}"
+        self.say(f"scenario {dataset.label}")
+        results: dict[str, Any] = {}
+        doc_bytes = None
+        if not self.args.no_baselines:
+            results["ceiling"] = self.ceiling(dataset, tag)
+            doc_bytes = results["ceiling"]["doc_bytes"]
+            for kind in () if self.args.no_helpers else ("parallel_bulk", "streaming_bulk"):
+                self.say(f"  {kind}")
+                results[kind] = helpers_bulk(self.es_url, dataset, f"bench-{kind.replace('_', '')}-{tag}-{self.run_id}",
+                                             kind=kind, es_admin=self.es)
+        else:
+            doc_bytes = _doc_bytes(dataset, self.workdir)
+        results.update(self.ours(dataset, partitions=self.args.partitions, pipeline=self.pipeline, tag=tag))
+        ceiling_rate = None
+        if "ceiling" in results:
+            _rates(results["ceiling"], dataset.count, doc_bytes, None)
+            ceiling_rate = results["ceiling"]["docs_per_s"]
+            results["ceiling"]["ratio_to_ceiling"] = 1.0
+        for key in ("parallel_bulk", "streaming_bulk", "ours_full"):
+            if key in results:
+                _rates(results[key], dataset.count, doc_bytes, ceiling_rate)
+        if "ours_nochange" in results:
+            _rates(results["ours_nochange"], dataset.count, doc_bytes, ceiling_rate, throughput=False)
+        if "ours_changed" in results:
+            _rates(results["ours_changed"], results["ours_changed"]["expected"]["present"], doc_bytes, ceiling_rate,
+                   throughput=False)
+        for key, r in results.items():
+            self.say(f"  -> {key}: {r.get('seconds')} s, {r.get('docs_per_s')} docs/s, "
+                     f"x{r.get('ratio_to_ceiling')}, peak {r.get('peak_rss_mb')} MB, ok={r.get('ok')}")
+        return {"label": dataset.label, "count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
+                "doc_bytes": doc_bytes, "partitions": self.args.partitions, "results": results}
+
+    def partitions(self, dataset: Dataset, ceiling_rate: float | None, doc_bytes: int | None) -> dict[str, Any]:
+        self.say(f"parallel reads: {dataset.label} as {self.args.partition_counts} partitions")
+        if ceiling_rate is None and not self.args.no_baselines:
+            c = self.ceiling(dataset, f"p{dataset.count}")
+            doc_bytes = c["doc_bytes"]
+            ceiling_rate = round(dataset.count / c["seconds"], 1)
+        doc_bytes = doc_bytes or _doc_bytes(dataset, self.workdir)
+        runs = []
+        for parts in self.args.partition_counts:
+            r = self.ours(dataset, partitions=parts, pipeline=self.pipeline, tag=f"p{parts}-{dataset.count}",
+                          resyncs=False)["ours_full"]
+            r["partitions"] = parts
+            runs.append(_rates(r, dataset.count, doc_bytes, ceiling_rate))
+            self.say(f"  -> {parts} partition(s): {r['seconds']} s, {r.get('docs_per_s')} docs/s, "
+                     f"x{r.get('ratio_to_ceiling')}, peak {r['peak_rss_mb']} MB")
+        return {"label": dataset.label, "count": dataset.count, "ceiling_docs_per_s": ceiling_rate, "runs": runs}
+
+    def tuning(self, dataset: Dataset) -> dict[str, Any]:
+        self.say(f"tuning sweep on {dataset.label}")
+        before = self.ceiling(dataset, f"t{dataset.count}")
+        runs = []
+        for name, overrides in TUNING:
+            settings = _merge(self.pipeline, overrides)
+            r = self.ours(dataset, partitions=self.args.partitions, pipeline=settings,
+                          tag=f"t{len(runs)}-{dataset.count}", resyncs=False)["ours_full"]
+            r["settings"] = name
+            r["pipeline"] = settings
+            runs.append(r)
+            self.say(f"  -> {name}: {r['seconds']} s, peak {r['peak_rss_mb']} MB")
+        after = self.ceiling(dataset, f"t{dataset.count}")
+        rate = round(dataset.count / ((before["seconds"] + after["seconds"]) / 2), 1)
+        for r in runs:
+            _rates(r, dataset.count, before["doc_bytes"], rate)
+        return {"label": dataset.label, "count": dataset.count, "partitions": self.args.partitions,
+                "ceiling_docs_per_s": rate, "ceiling_seconds": [before["seconds"], after["seconds"]], "runs": runs}
+
+    def close(self) -> None:
+        self.es.close()
+        if self.args.keep_workdir:
+            self.say(f"daemon configs and logs kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, str]]:
+    small = sorted((s for s in results["scenarios"] if s["doc_size"] <= 4096), key=lambda s: s["count"])
+    targets = []
+    at_1m = next((s for s in small if s["count"] >= 1_000_000), None)
+    probe = at_1m or (small[-1] if small else None)
+    if probe is not None and probe["results"].get("ours_full", {}).get("ratio_to_ceiling") is not None:
+        ratio = probe["results"]["ours_full"]["ratio_to_ceiling"]
+        status = ("MET" if ratio >= 0.8 else "MISSED") if at_1m else "NOT MEASURED at 1M"
+        targets.append({"target": "full sync of 1M small docs >= 0.8x ceiling", "status": status,
+                        "evidence": f"{ratio:.2f}x ceiling at {probe['label']}"})
+    nochange = [(s["label"], s["results"]["ours_nochange"]) for s in results["scenarios"]
+                if "ours_nochange" in s["results"]]
+    if nochange:
+        good = all((r.get("speedup_vs_full") or 0) >= 10 and r.get("ok") for _, r in nochange)
+        evidence = "; ".join(f"{label}: {r.get('speedup_vs_full')}x faster, indexed {r.get('indexed')}, deleted "
+                             f"{r.get('deleted')}, index ops {r.get('index_ops_during')}" for label, r in nochange)
+        targets.append({"target": "no-change resync >= 10x faster than the first sync and writes nothing",
+                        "status": "MET" if good else "MISSED", "evidence": evidence})
+    peaks = {s["count"]: s["results"].get("ours_full", {}).get("peak_rss_mb") for s in small}
+    if 100_000 in peaks and 1_000_000 in peaks and peaks[100_000] and peaks[1_000_000]:
+        growth = peaks[1_000_000] / peaks[100_000]
+        targets.append({"target": "peak memory flat from 100k to 1M docs (growth <= 1.25x)",
+                        "status": "MET" if growth <= 1.25 else "MISSED",
+                        "evidence": f"{peaks[100_000]} MB at 100k, {peaks[1_000_000]} MB at 1M ({growth:.2f}x)"})
+    elif peaks:
+        targets.append({"target": "peak memory flat from 100k to 1M docs", "status": "NOT MEASURED at 1M",
+                        "evidence": ", ".join(f"{c:,} docs: {p} MB" for c, p in sorted(peaks.items()))})
+    return targets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--es-url", default=os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', '9210')}"),
+                        help="the benchmark's own Elasticsearch (default: $ES_URL or port $ES_PORT or 9210)")
+    parser.add_argument("--sizes", default="10k,100k",
+                        help="document counts of ~--doc-size documents, e.g. 10k,100k,1M (10M on request); 'none' to skip")
+    parser.add_argument("--doc-size", type=int, default=1024, help="bytes per small document (default 1024)")
+    parser.add_argument("--large", default="0", help="count of ~--large-doc-size documents, e.g. 10k (default 0: skip)")
+    parser.add_argument("--large-doc-size", type=int, default=100 * 1024)
+    parser.add_argument("--partitions", type=int, default=2, help="source partitions in the scenarios (default 2)")
+    parser.add_argument("--partitions-size", default="100k", help="documents for the parallel-reads runs (0: skip)")
+    parser.add_argument("--partition-counts", default="1,2,4")
+    parser.add_argument("--no-partitions", action="store_true", help="skip the parallel-reads runs")
+    parser.add_argument("--clients", default="4", help="concurrent HTTP clients for the ceiling; a list keeps the best")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="pipeline setting for our daemon, e.g. bulk.max_docs=2000 (repeatable)")
+    parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
+    parser.add_argument("--tune-size", default="100k")
+    parser.add_argument("--no-baselines", action="store_true", help="ours only (no ceiling, no helpers)")
+    parser.add_argument("--no-helpers", action="store_true", help="skip parallel_bulk and streaming_bulk")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the daemons' configs and logs")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="results folder")
+    parser.add_argument("--name", default=None, help="results file stem (default run-<UTC time>)")
+    parser.add_argument("--allow-10m", action="store_true", help="allow 10M-document scenarios")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.log = sys.stderr
+    sizes = [] if args.sizes.strip().lower() in ("", "none", "0") else [parse_count(s) for s in args.sizes.split(",")]
+    if any(n > 1_000_000 for n in sizes) and not args.allow_10m:
+        raise SystemExit("sizes over 1M need --allow-10m (they take hours and tens of GB of disk)")
+    args.clients = [int(c) for c in str(args.clients).split(",")]
+    args.partition_counts = [int(c) for c in args.partition_counts.split(",")]
+    large = parse_count(args.large)
+    partitions_size = 0 if args.no_partitions else parse_count(args.partitions_size)
+    bench = Bench(args)
+    started = datetime.now(timezone.utc)
+    results: dict[str, Any] = {
+        "schema": 1, "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "es_url": args.es_url,
+        "machine": machine_facts(bench.es), "pipeline_settings": _flat(bench.pipeline),
+        "pipeline": bench.pipeline,
+        "options": {"sizes": sizes, "doc_size": args.doc_size, "large": large, "large_doc_size": args.large_doc_size,
+                    "partitions": args.partitions, "partitions_size": partitions_size,
+                    "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
+                    "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers},
+        "scenarios": [],
+    }
+    t0 = time.monotonic()
+    try:
+        datasets = [Dataset(n, args.doc_size, args.seed) for n in sizes]
+        if large:
+            datasets.append(Dataset(large, args.large_doc_size, args.seed))
+        for dataset in datasets:
+            results["scenarios"].append(bench.scenario(dataset))
+        if partitions_size:
+            same = next((s for s in results["scenarios"]
+                         if s["count"] == partitions_size and s["doc_size"] == args.doc_size), None)
+            rate = (same["results"].get("ceiling") or {}).get("docs_per_s") if same else None
+            results["partitions"] = bench.partitions(Dataset(partitions_size, args.doc_size, args.seed), rate,
+                                                     same["doc_bytes"] if same else None)
+        if args.tune:
+            results["tuning"] = bench.tuning(Dataset(parse_count(args.tune_size), args.doc_size, args.seed))
+    finally:
+        bench.close()
+    results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    results["wall_seconds"] = round(time.monotonic() - t0, 1)
+    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = evaluate_targets(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
+    text = json.dumps(results, indent=2, default=str)
+    (out / f"{stem}.json").write_text(text, encoding="utf-8")
+    md = markdown(results)
+    (out / f"{stem}.md").write_text(md, encoding="utf-8")
+    if results["scenarios"]:
+        chart(results, out / f"{stem}.png")
+    if args.name is None and results["scenarios"]:
+        (out / "latest.json").write_text(text, encoding="utf-8")
+        (out / "latest.md").write_text(md, encoding="utf-8")
+        shutil.copyfile(out / f"{stem}.png", out / "latest.png")
+    print(md)
+    print(f"results: {out / (stem + '.json')}", file=sys.stderr)
+    failed = [s["label"] + ":" + k for s in results["scenarios"] for k, r in s["results"].items() if r.get("ok") is False]
+    if failed:
+        print(f"checks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real Elasticsearch (started by scripts/elasticsearch), clean env.
+
+Integration tests need the servers that ``.ci/run`` starts. Run locally without them and
+they are skipped; with ``CI=true`` a missing server is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.helpers import ES_URL, es_client, require_server
+
+_SCRUBBED = ("ES_USERNAME", "ES_PASSWORD", "ES_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+             "ALL_PROXY", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch):
+    """Scrub variables our code or its clients read, so a developer's shell cannot leak in."""
+    for name in _SCRUBBED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+    yield
+
+
+@pytest.fixture(scope="session")
+def es():
+    """A client for the test Elasticsearch."""
+    client = es_client()
+    require_server("Elasticsearch", ES_URL, lambda: client.cluster.health(wait_for_status="yellow", timeout="10s"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def index_name(es):
+    """A fresh content index name, deleted after the test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    es.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.fixture
+def byoc(es):
+    """The BYOC indices, emptied before the test (tests that use them share one cluster)."""
+    from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
+
+    ensure_indices(es)
+    for index in (CONNECTORS_INDEX, JOBS_INDEX):
+        ids = [h["_id"] for h in es.search(index=index, size=10000, source=False)["hits"]["hits"]]
+        if ids:
+            es.bulk(operations=[{"delete": {"_index": index, "_id": i}} for i in ids], refresh=True)
+    yield es
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "es" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)

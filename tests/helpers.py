@@ -1,0 +1,187 @@
+"""Helpers for tests: run real syncs, read indices, run real daemons.
+
+* :func:`run_sync` runs one sync in-process through the real pipeline (the same
+  ``pipelines.run.run_sync`` the sync process runs), on the local runner, against the
+  real Elasticsearch: the quickest end-to-end check of a source.
+* :class:`DaemonProcess` runs ``elastic-ingest --action poll`` as a real process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ES_URL = os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', '9200')}")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+__all__ = [
+    "ES_URL", "IN_CI", "REPO", "es_client", "require_server", "run_sync", "index_docs", "write_config",
+    "DaemonProcess", "wait_for", "SOURCES",
+]
+
+SOURCES = {
+    "dir": "sources.directory:DirectoryDataSource",
+    "mongodb": "sources.mongo:MongoDataSource",
+    "s3": "sources.s3:S3DataSource",
+    "google_cloud_storage": "sources.gcs:GoogleCloudStorageDataSource",
+    "mysql": "sources.mysql:MySqlDataSource",
+    "postgresql": "sources.postgresql:PostgreSQLDataSource",
+}
+
+
+def es_client(url: str = ES_URL):
+    from transforms.es_client import ElasticsearchConnection
+
+    return ElasticsearchConnection(hosts=(url,), request_timeout=30).client()
+
+
+def require_server(name: str, where: str, probe) -> None:
+    """Skip (locally) or fail (CI=true) when a server the test needs does not answer."""
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001
+        message = f"{name} is not reachable at {where} ({type(exc).__name__}: {exc}); start it with scripts/"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def run_sync(
+    *,
+    index: str,
+    configuration: dict[str, Any],
+    service_type: str = "dir",
+    fqn: str | None = None,
+    job_type: str = "full",
+    basic_rules: list[dict[str, Any]] | None = None,
+    advanced_rules: Any = None,
+    sync_cursor: Any = None,
+    pipeline_flags: dict[str, bool] | None = None,
+    ingest_pipeline: str | None = None,
+    es_url: str = ES_URL,
+    **pipeline_settings: Any,
+) -> dict[str, Any]:
+    """Run one sync through the real pipeline and return its outcome (status, counters, cursor).
+
+    ``configuration`` maps field -> value (or field objects). ``pipeline_settings`` override
+    config.yml ``pipeline:`` keys (e.g. ``direct_running_mode="multi_processing"``).
+    """
+    from pipelines.job import SyncJob
+    from pipelines.run import run_sync as _run
+    from pipelines.settings import PipelineConfig
+    from transforms.es_client import ElasticsearchConnection
+
+    fields = {k: (v if isinstance(v, dict) and "value" in v else {"value": v}) for k, v in configuration.items()}
+    job = SyncJob(
+        job_id=f"test-{uuid.uuid4().hex[:12]}", connector_id="test-connector", job_type=job_type, index_name=index,
+        service_type=service_type, source_fqn=fqn or SOURCES[service_type], configuration=fields,
+        basic_rules=basic_rules or [], advanced_rules=advanced_rules, pipeline_flags=pipeline_flags or {},
+        ingest_pipeline=ingest_pipeline, sync_cursor=sync_cursor,
+    )
+    defaults: dict[str, Any] = {"direct_num_workers": 1, "direct_running_mode": "in_memory",
+                                "dead_letters": str(Path(os.environ.get("TMPDIR", "/tmp")) / "elastic-ingest-tests-dl")}
+    settings = PipelineConfig.model_validate({**defaults, **pipeline_settings})
+    outcome = _run(job, settings, ElasticsearchConnection(hosts=(es_url,)), progress_interval=1.0)
+    outcome["job_id"] = job.job_id
+    return outcome
+
+
+def index_docs(es, index: str) -> dict[str, dict[str, Any]]:
+    """Every document of ``index`` as ``{_id: _source}`` (after a refresh)."""
+    es.indices.refresh(index=index)
+    docs: dict[str, dict[str, Any]] = {}
+    result = es.search(index=index, size=10000, query={"match_all": {}})
+    for hit in result["hits"]["hits"]:
+        docs[hit["_id"]] = hit["_source"]
+    assert len(docs) == es.count(index=index)["count"], "index_docs is limited to 10000 documents"
+    return docs
+
+
+def write_config(path: Path, *, es_url: str = ES_URL, service: dict | None = None, pipeline: dict | None = None,
+                 sources: dict | None = None, elasticsearch: dict | None = None) -> Path:
+    """A config.yml for a test daemon: fast polling, in-memory runner, given overrides."""
+    config = {
+        "elasticsearch": {"host": es_url, **(elasticsearch or {})},
+        "service": {"idling": 0.5, "heartbeat": 5, "job_progress_interval": 1, "cancel_check_interval": 0.5,
+                    **(service or {})},
+        "sources": sources or dict(SOURCES),
+        "pipeline": {"direct_num_workers": 1, "direct_running_mode": "in_memory",
+                     "dead_letters": str(path.parent / "dead_letters"), **(pipeline or {})},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def cli(*args: str, config: Path | None = None, check: bool = False, timeout: float = 120,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``elastic-ingest`` as a user would; returns the completed process."""
+    command = [sys.executable, "-m", "launcher.cli", *args]
+    if config is not None:
+        command[3:3] = ["-c", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"elastic-ingest {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+class DaemonProcess:
+    """``elastic-ingest --action poll`` as a real process (its log in ``log_path``)."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.config, self.log_path = config, log_path
+        self.log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", "-c", str(config), "--action", "poll"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the daemon and its sync processes, as a crash or OOM kill would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_tree()
+            return -9
+        finally:
+            self.log.close()
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def wait_for(predicate, *, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

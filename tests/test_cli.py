@@ -1,0 +1,90 @@
+"""The CLI as a user runs it: help, list, and user mistakes without tracebacks."""
+
+from __future__ import annotations
+
+from tests.helpers import cli, write_config
+
+
+def test_cli_when_help_then_every_action_described_once():
+    from launcher.cli import ACTIONS
+
+    result = cli("--help")
+    assert result.returncode == 0
+    for action, text in ACTIONS.items():
+        assert result.stdout.count(f"{action}: ") >= 1
+    assert "--config-file" in result.stdout and "--debug" in result.stdout
+
+
+def test_cli_when_list_then_sources_with_display_names(tmp_path):
+    config = write_config(tmp_path / "c.yml", sources={"dir": "sources.directory:DirectoryDataSource"})
+    result = cli("--action", "list", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "dir" in result.stdout and "sources.directory:DirectoryDataSource" in result.stdout
+    assert "Directory" in result.stdout
+
+
+def test_cli_when_list_with_broken_fqn_then_error_listed_and_exit_nonzero(tmp_path):
+    config = write_config(tmp_path / "c.yml", sources={
+        "dir": "sources.directory:DirectoryDataSource",
+        "nomodule": "no_such_package.mod:Source",
+        "noclass": "sources.directory:NoSuchClass",
+    })
+    result = cli("--action", "list", config=config)
+    assert result.returncode == 1
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "Directory" in lines["dir"]
+    assert "SourceLoadError" in lines["nomodule"] and "no_such_package.mod" in lines["nomodule"]
+    assert "has no class 'NoSuchClass'" in lines["noclass"]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_cli_when_list_then_elasticsearch_not_contacted(tmp_path):
+    config = write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:1",
+                          sources={"dir": "sources.directory:DirectoryDataSource"})
+    assert cli("--action", "list", config=config).returncode == 0
+
+
+def test_cli_when_config_invalid_then_problems_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("elasticsearch:\n  host: 42\nservice:\n  idling: soon\n", encoding="utf-8")
+    result = cli("--action", "list", config=bad)
+    assert result.returncode == 1
+    assert "ConfigError" in result.stderr
+    assert "elasticsearch.host: expected a URL like http://host:9200, got 42" in result.stderr
+    assert "service.idling" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_when_config_missing_then_path_named(tmp_path):
+    result = cli("--action", "list", config=tmp_path / "missing.yml")
+    assert result.returncode == 1
+    assert "config file not found" in result.stderr and "missing.yml" in result.stderr
+
+
+def test_cli_when_elasticsearch_unreachable_then_clear_error(tmp_path):
+    config = write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:1")
+    result = cli("--action", "connectors", config=config)
+    assert result.returncode == 1
+    assert "ElasticsearchUnavailable: cannot reach Elasticsearch at http://127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_when_debug_then_traceback_shown(tmp_path):
+    config = write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:1")
+    result = cli("--debug", "--action", "connectors", config=config)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_cli_when_create_connector_with_unknown_service_type_then_known_types_listed(es, tmp_path):
+    config = write_config(tmp_path / "c.yml")
+    result = cli("--action", "create-connector", "--service-type", "nope", "--index-name", "x", config=config)
+    assert result.returncode == 1
+    assert "unknown service type 'nope'" in result.stderr and "dir" in result.stderr
+
+
+def test_cli_when_create_connector_with_unknown_field_then_fields_listed(es, tmp_path):
+    config = write_config(tmp_path / "c.yml")
+    result = cli("--action", "create-connector", "--service-type", "dir", "--index-name", "x",
+                 "--set", "folder=/tmp", config=config)
+    assert result.returncode == 1
+    assert "folder: not a field of dir; fields are: directory, pattern" in result.stderr

@@ -1,0 +1,95 @@
+"""config.yml loading: every kind of mistake is reported with its path, all at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from launcher.config import default_config_path, load_config, parse_config
+from sources.errors import ConfigError
+
+
+def problems_of(raw):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, path="cfg.yml")
+    return info.value.problems
+
+
+def test_shipped_config_when_loaded_then_valid_with_defaults():
+    config = load_config(default_config_path())
+    assert config.sources["dir"] == "sources.directory:DirectoryDataSource"
+    assert config.pipeline.runner == "FnApiRunner"
+    assert config.service.max_concurrent_syncs >= 1
+
+
+def test_config_when_host_is_not_a_url_then_path_and_value_named():
+    assert problems_of({"elasticsearch": {"host": 42}}) == [
+        "elasticsearch.host: expected a URL like http://host:9200, got 42"
+    ]
+
+
+def test_config_when_unknown_keys_then_each_reported():
+    found = problems_of({"elasticsearch": {"hots": "x"}, "servce": {}, "pipeline": {"bulk": {"max_doc": 1}}})
+    assert "elasticsearch.hots: unknown key" in found
+    assert "servce: unknown key" in found
+    assert "pipeline.bulk.max_doc: unknown key" in found
+
+
+def test_config_when_several_mistakes_then_all_reported_at_once():
+    found = problems_of({"service": {"idling": "soon", "max_concurrent_syncs": 0},
+                         "pipeline": {"runner": "SparkRunner"}, "sources": {"x": "not a fqn"}})
+    assert any(p.startswith("service.idling:") and "'soon'" in p for p in found)
+    assert any(p.startswith("service.max_concurrent_syncs:") for p in found)
+    assert any(p.startswith("pipeline.runner:") and "SparkRunner" in p for p in found)
+    assert any(p.startswith("sources:") and "package.module:ClassName" in p for p in found)
+
+
+def test_config_when_password_has_wrong_type_then_value_not_echoed():
+    found = problems_of({"elasticsearch": {"username": "u", "password": {"nested": "hunter2"}}})
+    assert found and all("hunter2" not in p for p in found)
+
+
+def test_config_when_env_var_used_then_substituted(monkeypatch):
+    monkeypatch.setenv("TEST_ES_URL", "http://es.example:9200")
+    monkeypatch.setenv("TEST_IDLING", "7")
+    config = parse_config({"elasticsearch": {"host": "${TEST_ES_URL}"}, "service": {"idling": "${TEST_IDLING}"}})
+    assert config.elasticsearch.host == "http://es.example:9200"
+    assert config.service.idling == 7
+
+
+def test_config_when_env_var_missing_then_named_unless_default(monkeypatch):
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    assert problems_of({"elasticsearch": {"host": "${NOPE_NOT_SET}"}})[0] == (
+        "elasticsearch.host: environment variable NOPE_NOT_SET is not set"
+    )
+    config = parse_config({"elasticsearch": {"host": "${NOPE_NOT_SET:-http://fallback:9200}"}})
+    assert config.elasticsearch.host == "http://fallback:9200"
+
+
+def test_config_when_file_missing_then_path_named(tmp_path):
+    missing = tmp_path / "nope.yml"
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yml"):
+        load_config(missing)
+
+
+def test_config_when_yaml_broken_then_line_named(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("elasticsearch:\n  host: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_config(bad)
+
+
+def test_config_when_top_level_is_a_list_then_clear_error():
+    with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
+        parse_config([1, 2], path="cfg.yml")
+
+
+def test_config_when_both_auth_methods_then_error():
+    found = problems_of({"elasticsearch": {"username": "u", "password": "p", "api_key": "k"}})
+    assert any("either username/password or api_key" in p for p in found)
+    assert all("'p'" not in p and "'k'" not in p for p in found)
+
+
+def test_config_when_per_connector_runner_then_overrides_global():
+    config = parse_config({"connectors": {"big": {"runner": "FlinkRunner"}}})
+    assert config.pipeline_for("big").runner == "FlinkRunner"
+    assert config.pipeline_for("other").runner == "FnApiRunner"

@@ -1,0 +1,89 @@
+"""The directory source, read directly through the source contract."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from datetime import datetime, timezone
+
+import pytest
+
+from sources.directory import DirectoryDataSource
+from sources.errors import SourceConfigError
+from sources.testing import ping, read_all, read_partitions
+
+
+def make_tree(root):
+    (root / "a.txt").write_text("alpha", encoding="utf-8")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.md").write_text("# beta", encoding="utf-8")
+    (root / "sub" / "deep").mkdir()
+    (root / "sub" / "deep" / "c.bin").write_bytes(b"\x00\x01\x02binary")
+    (root / "other").mkdir()
+    (root / "other" / "d.txt").write_text("delta", encoding="utf-8")
+
+
+def test_directory_when_read_then_one_document_per_file_with_fields(tmp_path):
+    make_tree(tmp_path)
+    os.utime(tmp_path / "a.txt", (1_700_000_000, 1_700_000_000))
+    docs = {d["path"]: d for d in read_all(DirectoryDataSource({"directory": str(tmp_path)}))}
+    assert set(docs) == {"a.txt", "sub/b.md", "sub/deep/c.bin", "other/d.txt"}
+    a = docs["a.txt"]
+    assert a["_id"] == hashlib.sha1(b"a.txt").hexdigest()
+    assert a["file_name"] == "a.txt" and a["size"] == 5 and a["body"] == "alpha"
+    assert a["_timestamp"] == datetime.fromtimestamp(1_700_000_000, tz=timezone.utc).isoformat()
+    assert base64.b64decode(docs["sub/deep/c.bin"]["_attachment"]) == b"\x00\x01\x02binary"
+    assert "body" not in docs["sub/deep/c.bin"]
+
+
+def test_directory_when_pattern_given_then_only_matching_files(tmp_path):
+    make_tree(tmp_path)
+    docs = read_all(DirectoryDataSource({"directory": str(tmp_path), "pattern": "**/*.txt"}))
+    assert sorted(d["path"] for d in docs) == ["a.txt", "other/d.txt"]
+
+
+def test_directory_when_partitioned_then_same_documents_as_one_read(tmp_path):
+    make_tree(tmp_path)
+    source = DirectoryDataSource({"directory": str(tmp_path)})
+    assert len(list(source.get_partitions())) == 3  # top-level files, other/, sub/
+    whole = sorted(d["_id"] for d in read_all(DirectoryDataSource({"directory": str(tmp_path)})))
+    parts = sorted(d["_id"] for d in read_partitions(source))
+    assert parts == whole and len(parts) == 4
+
+
+def test_directory_when_ids_then_stable_across_reads(tmp_path):
+    make_tree(tmp_path)
+    first = {d["path"]: d["_id"] for d in read_all(DirectoryDataSource({"directory": str(tmp_path)}))}
+    (tmp_path / "a.txt").write_text("changed", encoding="utf-8")
+    second = {d["path"]: d["_id"] for d in read_all(DirectoryDataSource({"directory": str(tmp_path)}))}
+    assert first == second
+
+
+def test_directory_when_folder_missing_then_ping_names_it(tmp_path):
+    with pytest.raises(SourceConfigError, match="does-not-exist does not exist"):
+        ping(DirectoryDataSource({"directory": str(tmp_path / "does-not-exist")}))
+
+
+def test_directory_when_pattern_escapes_folder_then_refused(tmp_path):
+    with pytest.raises(SourceConfigError, match="must be relative"):
+        ping(DirectoryDataSource({"directory": str(tmp_path), "pattern": "../**/*"}))
+
+
+def test_directory_when_file_unreadable_then_error_names_file(tmp_path, monkeypatch):
+    """Root (CI) reads any file, so permission loss is simulated at the one call that reads."""
+    from pathlib import Path
+
+    from sources.errors import SourceError
+
+    make_tree(tmp_path)
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "a.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(SourceError, match="cannot read a.txt: Permission denied"):
+        read_all(DirectoryDataSource({"directory": str(tmp_path)}))

@@ -1,0 +1,440 @@
+"""The BYOC protocol against a real Elasticsearch: documents, claims, life-cycle, reaper.
+
+These tests call the launcher's functions (and a :class:`~launcher.daemon.Daemon` polled
+in-process, serving only the test's own connector ids) directly; the BYOC indices are
+shared with other tests, so every test creates its own connectors and filters by them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from launcher.config import load_config
+from launcher.daemon import Daemon, ErrorBudgetExceeded
+from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
+from launcher.protocol import (
+    Claim, Connector, claim_job, create_job, finish_job, get_connector, get_job, new_connector, update_connector,
+    update_job,
+)
+from launcher.sync_runner import build_sync_job
+from sources.errors import SyncRulesError
+from tests.helpers import SOURCES, write_config
+
+SLOW = "tests.fixtures_sources.slow:SlowSource"
+INCREMENTAL = "tests.fixtures_sources.slow:IncrementalSlowSource"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def byoc_indices(es):
+    ensure_indices(es)
+    return es
+
+
+@pytest.fixture
+def make_connector(byoc_indices):
+    """Index a connector document (Kibana's shape, then ``overrides``) with a unique id."""
+    created: list[str] = []
+
+    def make(service_type: str = "slow", configuration: dict | None = None, **overrides) -> Connector:
+        connector_id = f"proto-{uuid.uuid4().hex[:10]}"
+        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}",
+                            configuration=configuration)
+        doc.update(overrides)
+        byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh="wait_for")
+        created.append(connector_id)
+        return get_connector(byoc_indices, connector_id)
+
+    yield make
+    for connector_id in created:
+        byoc_indices.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh="wait_for")
+
+
+def _daemon(tmp_path: Path, es, connector_ids, **service) -> Daemon:
+    config = load_config(write_config(
+        tmp_path / f"config-{uuid.uuid4().hex[:6]}.yml",
+        service={"connector_ids": list(connector_ids), "heartbeat": 300, **service},
+        sources={**SOURCES, "slow": SLOW, "incremental_slow": INCREMENTAL},
+    ))
+    return Daemon(config, es)
+
+
+def _jobs(es, connector_id: str) -> list[dict]:
+    es.indices.refresh(index=JOBS_INDEX)
+    hits = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}}, size=1000)["hits"]["hits"]
+    return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+
+def _configured(**values) -> dict:
+    from launcher.configuration import complete_configuration
+    from tests.fixtures_sources.slow import SlowSource
+
+    configuration, _ = complete_configuration({}, SlowSource.get_default_configuration())
+    for key, value in values.items():
+        configuration[key]["value"] = value
+    return configuration
+
+
+# -- indices -----------------------------------------------------------------------------------
+def test_ensure_indices_when_called_twice_then_aliases_over_v1_indices(es):
+    ensure_indices(es)
+    ensure_indices(es)
+    for alias in (CONNECTORS_INDEX, JOBS_INDEX):
+        assert list(es.indices.get_alias(name=alias)) == [f"{alias}-v1"]
+
+
+# -- claiming ----------------------------------------------------------------------------------
+def test_claim_job_when_pending_then_connector_locked_and_job_in_progress(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    job_id = create_job(es, connector)
+    claim = claim_job(es, job_id, "host-a")
+    assert isinstance(claim, Claim)
+    job = get_job(es, job_id).doc
+    assert job["status"] == "in_progress" and job["worker_hostname"] == "host-a"
+    assert job["started_at"] and job["last_seen"]
+    doc = get_connector(es, connector.id).doc
+    assert doc["last_sync_status"] == "in_progress" and doc["status"] == "connected" and doc["error"] is None
+    # The lock holds: a second job of the same connector waits.
+    second = create_job(es, connector)
+    assert claim_job(es, second, "host-b") is None
+    assert get_job(es, second).status == "pending"
+
+
+def test_claim_job_when_many_instances_race_then_exactly_one_wins(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    job_ids = [create_job(es, connector) for _ in range(3)]
+    results: list[tuple[str, str, Claim | None]] = []
+    barrier = threading.Barrier(6)
+
+    def race(host: str, job_id: str) -> None:
+        client = Elasticsearch(es.transport.node_pool.get().base_url)
+        barrier.wait()
+        results.append((host, job_id, claim_job(client, job_id, host)))
+
+    threads = [threading.Thread(target=race, args=(f"host-{i}", job_ids[i % 3])) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    winners = [r for r in results if r[2] is not None]
+    assert len(results) == 6 and len(winners) == 1
+    in_progress = [j for j in _jobs(es, connector.id) if j["status"] == "in_progress"]
+    assert [j["id"] for j in in_progress] == [winners[0][1]]
+    assert in_progress[0]["worker_hostname"] == winners[0][0]
+
+
+def test_claim_job_when_job_canceled_meanwhile_then_lock_given_back(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected", last_sync_status="completed")
+    job_id = create_job(es, connector)
+    update_job(es, job_id, {"status": "canceled"})
+    assert claim_job(es, job_id, "host-a") is None
+    assert get_connector(es, connector.id).get("last_sync_status") == "completed"
+
+
+# -- finishing ---------------------------------------------------------------------------------
+def test_finish_job_when_completed_then_connector_last_fields_and_cursor_replaced(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected",
+                               sync_cursor={"old_key": 1, "shared": "old"})
+    job_id = create_job(es, connector, job_type="incremental")
+    claim_job(es, job_id, "host-a")
+    counters = {"indexed_document_count": 7, "indexed_document_volume": 1, "deleted_document_count": 2,
+                "total_document_count": 5}
+    finish_job(es, job_id, connector.id, "completed", counters=counters, sync_cursor={"shared": "new"},
+               job_type="incremental")
+    job = get_job(es, job_id).doc
+    assert job["status"] == "completed" and job["completed_at"] and job["error"] is None
+    assert {k: job[k] for k in counters} == counters
+    doc = get_connector(es, connector.id).doc
+    assert doc["last_sync_status"] == "completed" and doc["last_sync_error"] is None and doc["last_synced"]
+    assert doc["last_indexed_document_count"] == 7 and doc["last_deleted_document_count"] == 2
+    assert doc["status"] == "connected" and doc["error"] is None
+    assert doc["sync_cursor"] == {"shared": "new"}  # replaced, not merged
+
+
+def test_finish_job_when_error_or_canceled_then_cursor_kept_and_status_set(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected", sync_cursor={"keep": True})
+    job_id = create_job(es, connector)
+    claim_job(es, job_id, "host-a")
+    finish_job(es, job_id, connector.id, "error", error="SourceUnavailable: down", sync_cursor={"new": 1})
+    doc = get_connector(es, connector.id).doc
+    assert doc["status"] == "error" and doc["error"] == "SourceUnavailable: down"
+    assert doc["last_sync_status"] == "error" and doc["last_sync_error"] == "SourceUnavailable: down"
+    assert doc["sync_cursor"] == {"keep": True}
+    job_id = create_job(es, connector)
+    claim_job(es, job_id, "host-a")
+    finish_job(es, job_id, connector.id, "canceled", counters={"indexed_document_count": 3})
+    job = get_job(es, job_id).doc
+    assert job["status"] == "canceled" and job["canceled_at"] and job["completed_at"]
+    assert job["indexed_document_count"] == 3
+
+
+# -- job snapshot as Kibana writes it ----------------------------------------------------------
+def _claim_for(doc_connector: dict, filtering) -> Claim:
+    from launcher.protocol import Job
+
+    job = Job("job-x", {"job_type": "full", "connector": {"id": "c", "service_type": "slow", "index_name": "i",
+                                                          "configuration": {}, "pipeline": {}, "filtering": filtering}})
+    return Claim(job, Connector("c", doc_connector))
+
+
+def test_build_sync_job_when_kibana_filtering_object_then_rules_and_snippet_used(tmp_path):
+    config = load_config(write_config(tmp_path / "c.yml", sources={"slow": SLOW}))
+    rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "x", "order": 1}
+    default = {"id": "DEFAULT", "policy": "include", "field": "_", "rule": "regex", "value": ".*", "order": 2}
+    kibana = {"rules": [rule, default], "advanced_snippet": {"value": {"q": 1}},
+              "validation": {"state": "valid", "errors": []}}
+    for filtering in (kibana, [{"domain": "DEFAULT", **kibana}], [{"domain": "DEFAULT", "active": kibana}]):
+        job = build_sync_job(config, _claim_for({}, filtering))
+        assert job.basic_rules == [rule, default] and job.advanced_rules == {"q": 1}
+
+
+def test_build_sync_job_when_rules_invalid_then_sync_rules_error_with_reasons(tmp_path):
+    config = load_config(write_config(tmp_path / "c.yml", sources={"slow": SLOW}))
+    bad = {"rules": [{"id": "r1", "policy": "maybe", "field": "title", "rule": "equals", "value": "x", "order": 1}]}
+    with pytest.raises(SyncRulesError, match="policy must be one of"):
+        build_sync_job(config, _claim_for({}, bad))
+    marked = {"rules": [], "validation": {"state": "invalid", "errors": [{"ids": ["r9"], "messages": ["r9 is bad"]}]}}
+    with pytest.raises(SyncRulesError, match="r9 is bad"):
+        build_sync_job(config, _claim_for({}, marked))
+
+
+# -- the connector life-cycle (a Daemon polled in-process) -------------------------------------
+def test_poll_when_configuration_empty_then_schema_written_and_needs_configuration(es, make_connector, tmp_path):
+    connector = make_connector(configuration={}, status="created", features={"filtering_rules": True})
+    daemon = _daemon(tmp_path, es, [connector.id])
+    daemon.poll_once()
+    doc = get_connector(es, connector.id).doc
+    assert doc["status"] == "needs_configuration"
+    assert set(doc["configuration"]) == {"count", "delay_ms", "token", "fail_ping"}
+    assert doc["configuration"]["token"]["sensitive"] is True and doc["configuration"]["count"]["label"] == "Documents"
+    assert doc["last_seen"]  # heartbeat at start
+    daemon.poll_once()
+    assert get_connector(es, connector.id).get("status") == "needs_configuration"  # waits for the user
+    # The user fills a value and marks it configured (as Kibana does): connected, features written.
+    configuration = doc["configuration"]
+    configuration["count"]["value"] = 3
+    update_connector(es, connector.id, {"configuration": configuration, "status": "configured"})
+    daemon.poll_once()
+    doc = get_connector(es, connector.id).doc
+    assert doc["status"] == "connected" and doc["error"] is None
+    assert doc["features"]["incremental_sync"] == {"enabled": False}
+    assert doc["features"]["sync_rules"]["basic"] == {"enabled": True}
+    assert doc["features"]["filtering_rules"] is True  # Kibana's own keys are left alone
+
+
+def test_poll_when_fields_or_properties_missing_then_added(es, make_connector, tmp_path):
+    connector = make_connector(configuration={"count": {"value": 2}}, status="configured")
+    _daemon(tmp_path, es, [connector.id]).poll_once()
+    configuration = get_connector(es, connector.id).get("configuration")
+    assert set(configuration) == {"count", "delay_ms", "token", "fail_ping"}
+    assert configuration["count"]["value"] == 2 and configuration["count"]["label"] == "Documents"
+    assert configuration["count"]["type"] == "int" and configuration["count"]["required"] is True
+
+
+def test_poll_when_values_invalid_or_ping_fails_then_error_by_label(es, make_connector, tmp_path):
+    bad_values = make_connector(configuration=_configured(count="many", token="s3cr3t-value"), status="configured")
+    failing = make_connector(configuration=_configured(count=1, fail_ping=True), status="configured")
+    daemon = _daemon(tmp_path, es, [bad_values.id, failing.id])
+    daemon.poll_once()
+    doc = get_connector(es, bad_values.id).doc
+    assert doc["status"] == "error"
+    assert "Documents: expected an integer" in doc["error"] and "s3cr3t-value" not in doc["error"]
+    doc = get_connector(es, failing.id).doc
+    assert doc["status"] == "error" and "fail_ping is on" in doc["error"]
+    # Fixed by the user: connected at the next check.
+    update_connector(es, failing.id, {"configuration": _configured(count=1, fail_ping=False)})
+    daemon.poll_once()
+    assert get_connector(es, failing.id).get("status") == "connected"
+
+
+def test_poll_when_documents_are_wrong_then_error_on_each_and_others_served(es, make_connector, tmp_path):
+    good = make_connector(configuration=_configured(count=1), status="configured")
+    wrong_types = make_connector(configuration="not an object", status="configured", scheduling=[1, 2])
+    unknown = make_connector(service_type="no_such_type", configuration=_configured(count=1), status="configured")
+    bad_cron = make_connector(configuration=_configured(count=1), status="configured",
+                              scheduling={"full": {"enabled": True, "interval": "every hour please"}})
+    no_index = make_connector(configuration=_configured(count=1), status="configured", index_name=None)
+    ids = [good.id, wrong_types.id, unknown.id, bad_cron.id, no_index.id]
+    bad_job = create_job(es, good, job_type="full")
+    update_job(es, bad_job, {"job_type": "weekly"})
+    daemon = _daemon(tmp_path, es, ids, max_concurrent_syncs=1)
+    daemon.claim_jobs = lambda connector_ids: Daemon.claim_jobs(daemon, [])  # no syncs here
+    daemon.poll_once()
+    daemon.poll_once()
+    errors = {i: get_connector(es, i).doc for i in ids}
+    assert errors[good.id]["status"] == "connected"
+    assert "configuration: expected an object, got str" in errors[wrong_types.id]["error"]
+    assert "scheduling: expected an object, got list" in errors[wrong_types.id]["error"]
+    assert "'no_such_type' is not served here" in errors[unknown.id]["error"]
+    assert "scheduling.full.interval: invalid cron expression 'every hour please'" in errors[bad_cron.id]["error"]
+    assert "index_name: expected a non-empty string" in errors[no_index.id]["error"]
+    assert all(errors[i]["status"] == "error" for i in ids[1:])
+    # A job with a wrong job_type fails with a clear error, without being run.
+    Daemon.claim_jobs(daemon, [good.id])
+    job = get_job(es, bad_job).doc
+    assert job["status"] == "error" and "job_type: expected full, incremental or access_control" in job["error"]
+    # The cron fixed: the connector is checked again at once.
+    update_connector(es, bad_cron.id, {"scheduling": {"full": {"enabled": True, "interval": "0 0 0 * * ?"}}})
+    daemon.poll_once()
+    assert get_connector(es, bad_cron.id).get("status") == "connected"
+    assert daemon.polls == 3
+
+
+def test_poll_when_sync_now_seen_by_two_instances_then_one_on_demand_job(es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=1), status="connected", sync_now=True)
+    daemons = [_daemon(tmp_path, es, [connector.id]) for _ in range(2)]
+    for daemon in daemons:
+        daemon.claim_jobs = lambda ids: None
+    fresh = [get_connector(es, connector.id) for _ in daemons]  # both read sync_now: true
+    for daemon, copy in zip(daemons, fresh):
+        try:
+            daemon.maintain_connector(copy)
+        except Exception:  # noqa: BLE001 - the loser gets a conflict, as in poll_once
+            pass
+    jobs = _jobs(es, connector.id)
+    assert [(j["job_type"], j["trigger_method"], j["status"]) for j in jobs] == [("full", "on_demand", "pending")]
+    assert get_connector(es, connector.id).get("sync_now") is False
+
+
+def test_schedule_when_two_instances_race_then_each_fire_time_yields_one_job(es, make_connector, tmp_path):
+    every_second = {"enabled": True, "interval": "* * * * * ?"}
+    connector = make_connector(configuration=_configured(count=1), status="connected",
+                               scheduling={"full": every_second, "incremental": every_second,
+                                           "access_control": {"enabled": False, "interval": "* * * * * ?"}})
+    daemons = [_daemon(tmp_path, es, [connector.id], idling=0.1) for _ in range(3)]
+    stop = time.monotonic() + 4
+
+    def loop(daemon: Daemon) -> None:
+        while time.monotonic() < stop:
+            for copy in daemon.served_connectors():
+                try:
+                    daemon.maintain_connector(copy)
+                except Exception:  # noqa: BLE001 - conflicts, as in poll_once
+                    pass
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=loop, args=(d,)) for d in daemons]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    jobs = _jobs(es, connector.id)
+    fire_times = [j["metadata"]["scheduled_at"] for j in jobs]
+    assert len(jobs) >= 3, "a fire time every second for 4 s"
+    assert len(fire_times) == len(set(fire_times)), "a fire time produced two jobs"
+    assert {j["job_type"] for j in jobs} == {"full"}  # SlowSource has no incremental syncs
+    assert all(j["trigger_method"] == "scheduled" and j["status"] == "pending" for j in jobs)
+    assert get_connector(es, connector.id).get("last_sync_scheduled_at") == max(fire_times)
+
+
+def test_schedule_when_source_supports_incremental_and_dls_then_all_three_types(es, make_connector, tmp_path):
+    every_second = {"enabled": True, "interval": "* * * * * ?"}
+    connector = make_connector(service_type="incremental_slow", configuration=_configured(count=1),
+                               status="connected", last_sync_scheduled_at="2020-01-01T00:00:00Z",
+                               last_incremental_sync_scheduled_at="2020-01-01T00:00:00Z",
+                               last_access_control_sync_scheduled_at="2020-01-01T00:00:00Z",
+                               scheduling={"full": every_second, "incremental": every_second,
+                                           "access_control": every_second})
+    _daemon(tmp_path, es, [connector.id]).maintain_connector(get_connector(es, connector.id))
+    assert sorted(j["job_type"] for j in _jobs(es, connector.id)) == ["access_control", "full", "incremental"]
+
+
+def test_poll_when_draft_edited_then_validated_and_valid_one_activated(es, make_connector, tmp_path):
+    from launcher.cli import _draft_rules
+
+    good_rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "document 1"}
+    valid = make_connector(configuration=_configured(count=1), status="connected")
+    valid.doc["filtering"] = _draft_rules(valid, __import__("json").dumps([good_rule]))
+    update_connector(es, valid.id, {"filtering": valid.doc["filtering"]})
+    invalid = make_connector(configuration=_configured(count=1), status="connected")
+    broken = [good_rule, {**good_rule, "id": "r2"}, {"id": "r3", "policy": "include", "field": "x", "rule": "regex",
+                                                     "value": ".*"}]
+    invalid.doc["filtering"] = _draft_rules(invalid, __import__("json").dumps({"rules": broken,
+                                                                                "advanced_snippet": {"q": 1}}))
+    update_connector(es, invalid.id, {"filtering": invalid.doc["filtering"]})
+    _daemon(tmp_path, es, [valid.id, invalid.id]).poll_once()
+    entry = get_connector(es, valid.id).get("filtering")[0]
+    assert entry["draft"]["validation"] == {"state": "valid", "errors": []}
+    assert [r["id"] for r in entry["active"]["rules"]] == ["r1", "DEFAULT"]
+    entry = get_connector(es, invalid.id).get("filtering")[0]
+    assert entry["draft"]["validation"]["state"] == "invalid"
+    messages = " ".join(m for e in entry["draft"]["validation"]["errors"] for m in e["messages"])
+    assert "same field, rule and value" in messages and "match-all regex" in messages
+    assert "does not support advanced sync rules" in messages
+    assert [r["id"] for r in entry["active"]["rules"]] == ["DEFAULT"]  # active untouched
+    # The job snapshot carries the active rules (Kibana's shape: one object).
+    job = get_job(es, create_job(es, get_connector(es, valid.id))).doc
+    assert [r["id"] for r in job["connector"]["filtering"]["rules"]] == ["r1", "DEFAULT"]
+
+
+# -- reaper, lock, concurrency, budget ---------------------------------------------------------
+def test_reap_when_job_stale_or_connector_gone_then_error_and_lock_released(es, make_connector, tmp_path):
+    stale = make_connector(configuration=_configured(count=1), status="connected")
+    fresh = make_connector(configuration=_configured(count=1), status="connected")
+    orphan = make_connector(configuration=_configured(count=1), status="connected")
+    ids = {}
+    for name, connector in (("stale", stale), ("fresh", fresh), ("orphan", orphan)):
+        ids[name] = create_job(es, connector)
+        claim_job(es, ids[name], "dead-host")
+    old = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat()
+    update_job(es, ids["stale"], {"last_seen": old})
+    pending_orphan = create_job(es, orphan)
+    es.delete(index=CONNECTORS_INDEX, id=orphan.id, refresh="wait_for")
+    daemon = _daemon(tmp_path, es, [stale.id, fresh.id, orphan.id], job_stale_after=30)
+    daemon.claim_jobs = lambda connector_ids: None
+    daemon.poll_once()
+    job = get_job(es, ids["stale"]).doc
+    assert job["status"] == "error" and job["error"] == "StaleJob: the job has not seen any update for some time"
+    doc = get_connector(es, stale.id).doc
+    assert doc["last_sync_status"] == "error" and doc["status"] == "error"
+    assert get_job(es, ids["fresh"]).status == "in_progress"
+    assert get_connector(es, fresh.id).get("last_sync_status") == "in_progress"
+    for job_id in (ids["orphan"], pending_orphan):
+        job = get_job(es, job_id).doc
+        assert job["status"] == "error" and "connector no longer exists" in job["error"]
+
+
+def test_release_orphan_locks_when_lock_held_by_no_job_then_released_after_threshold(es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=1), status="connected", last_sync_status="in_progress")
+    daemon = _daemon(tmp_path, es, [connector.id], job_stale_after=1)
+    daemon.claim_jobs = lambda connector_ids: None
+    daemon.poll_once()
+    assert get_connector(es, connector.id).get("last_sync_status") == "in_progress"  # not yet
+    time.sleep(1.2)
+    daemon.poll_once()
+    assert get_connector(es, connector.id).get("last_sync_status") == "error"
+
+
+def test_claim_jobs_when_concurrency_limit_reached_then_jobs_left_pending(es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    job_id = create_job(es, connector)
+    daemon = _daemon(tmp_path, es, [connector.id], max_concurrent_syncs=1)
+    daemon.running["someone"] = object()  # one sync already running
+    daemon.claim_jobs([connector.id])
+    assert get_job(es, job_id).status == "pending"
+
+
+def test_poll_when_heartbeat_then_at_start_and_at_most_every_interval(es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    daemon = _daemon(tmp_path, es, [connector.id], heartbeat=300)
+    daemon.claim_jobs = lambda connector_ids: None
+    daemon.poll_once()
+    first = get_connector(es, connector.id).get("last_seen")
+    assert first
+    daemon.poll_once()
+    assert get_connector(es, connector.id).get("last_seen") == first
+
+
+def test_poll_when_elasticsearch_keeps_failing_then_error_budget_stops_daemon(tmp_path):
+    config = load_config(write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:9",
+                                      service={"max_errors": 2, "max_errors_span": 60, "idling": 0.05}))
+    daemon = Daemon(config, Elasticsearch("http://127.0.0.1:9", max_retries=0, request_timeout=2))
+    with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*Stopping"):
+        daemon.run()
