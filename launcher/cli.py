@@ -226,7 +226,7 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
         doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
     if connector_id and get_connector(ctx.es, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
-    result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh="wait_for")
+    result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
     if ctx.as_json:
         _echo_json({"id": result["_id"], "result": result["result"]})
     else:
@@ -311,7 +311,7 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
     from elasticsearch import NotFoundError
 
     try:
-        ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh="wait_for")
+        ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
     except NotFoundError:
         raise ConnectorError(f"no connector with id {connector_id!r}") from None
     if ctx.as_json:
@@ -327,10 +327,25 @@ def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: An
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
         return 0
     rows = [[c.id, c.get("name"), c.service_type, c.index_name, c.get("status"), c.get("last_sync_status"),
-             c.get("last_synced"), c.get("last_indexed_document_count"), c.get("error")] for c in connectors]
+             _when(c.get("last_synced")), c.get("last_indexed_document_count"), c.get("error")] for c in connectors]
     _table("Connectors", ["id", "name", "service type", "index", "status", "last sync", "last synced", "docs", "error"],
            rows)
     return 0
+
+
+def _when(stamp: Any) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC), for tables."""
+    from datetime import datetime, timezone
+
+    if not isinstance(stamp, str) or not stamp:
+        return ""
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    if parsed.tzinfo:
+        parsed = parsed.astimezone(timezone.utc)
+    return parsed.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(job: dict[str, Any]) -> str:
@@ -341,8 +356,9 @@ def _duration(job: dict[str, Any]) -> str:
         return ""
     end = job.get("completed_at") or datetime.now(timezone.utc).isoformat()
     try:
-        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-    except ValueError:
+        seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                   - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    except (ValueError, TypeError):
         return ""
     return f"{seconds:.1f}s"
 
@@ -354,7 +370,7 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     jobs = []
     for hit in hits:
         doc = dict(hit["_source"])
-        connector = dict(doc.get("connector") or {})
+        connector = dict(doc.get("connector") or {}) if isinstance(doc.get("connector"), dict) else {}
         connector["configuration"] = redact(connector.get("configuration"))
         doc["connector"] = connector
         jobs.append({"id": hit["_id"], **doc})
@@ -362,9 +378,10 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
         _echo_json(jobs)
         return 0
     rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
-             j.get("indexed_document_count"), j.get("deleted_document_count"), j.get("total_document_count"),
-             _duration(j), j.get("error")] for j in jobs]
-    _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "indexed", "deleted", "total", "duration",
+             _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
+             j.get("total_document_count"), _duration(j), j.get("error")] for j in jobs]
+    _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
+                         "duration",
                          "error"], rows)
     return 0
 

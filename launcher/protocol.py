@@ -263,7 +263,7 @@ def create_job(es: Elasticsearch, connector: Connector, *, job_type: str = "full
         "metadata": dict(metadata or {}),
     }
     job_id = uuid.uuid4().hex
-    es.index(index=JOBS_INDEX, id=job_id, document=doc, refresh="wait_for", op_type="create")
+    es.index(index=JOBS_INDEX, id=job_id, document=doc, refresh=True, op_type="create")
     return job_id
 
 
@@ -287,7 +287,7 @@ def update_connector(es: Elasticsearch, connector_id: str, fields: Mapping[str, 
     kwargs: dict[str, Any] = {}
     if if_seq_no is not None:
         kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-    return es.update(index=CONNECTORS_INDEX, id=connector_id, doc=dict(fields), refresh="wait_for", **kwargs)
+    return es.update(index=CONNECTORS_INDEX, id=connector_id, doc=dict(fields), refresh=True, **kwargs)
 
 
 def replace_connector_object(es: Elasticsearch, connector_id: str, name: str, value: Any) -> None:
@@ -329,7 +329,7 @@ def update_job(es: Elasticsearch, job_id: str, fields: Mapping[str, Any], *,
     kwargs: dict[str, Any] = {}
     if if_seq_no is not None:
         kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-    return es.update(index=JOBS_INDEX, id=job_id, doc=dict(fields), refresh="wait_for", **kwargs)
+    return es.update(index=JOBS_INDEX, id=job_id, doc=dict(fields), refresh=True, **kwargs)
 
 
 @dataclass

@@ -48,6 +48,7 @@ import base64
 import contextlib
 import functools
 import posixpath
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -65,6 +66,7 @@ __all__ = [
     "buckets_field",
     "read_common_settings",
     "read_int",
+    "read_url",
     "to_utc",
 ]
 
@@ -185,6 +187,18 @@ def read_common_settings(config: DataSourceConfiguration, problems: list[str]) -
     }
 
 
+def read_url(config: DataSourceConfiguration, name: str, problems: list[str], fallback: str = "") -> str | None:
+    """An optional http(s) URL; a bare ``host:port`` (as in emulator variables) means http."""
+    url = str(config.get(name) or "").strip() or fallback.strip()
+    if not url:
+        return None
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        problems.append(f"{name}: must be an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
 def read_int(
     config: DataSourceConfiguration, name: str, problems: list[str], *, minimum: int, maximum: int | None = None
 ) -> int:
@@ -229,11 +243,17 @@ class ObjectStoreSource(BaseDataSource):
     def __init__(self, configuration: Any = None):
         super().__init__(configuration)
         self._clock: Callable[[], datetime] = _utcnow  # tests may replace it
+        self._client: Any = None  # opened on first use, by any thread (lazy downloads may run in threads)
+        self._client_lock = threading.Lock()
 
     # -- what a backend implements ---------------------------------------------------
     @abc.abstractmethod
     def _backend_settings(self, common: dict[str, Any], problems: list[str]) -> ObjectStoreSettings:
         """Read the backend's own fields from ``self.configuration``; append problems."""
+
+    @abc.abstractmethod
+    def _backend_connect(self) -> Any:
+        """A new client (with a ``close()`` method) built from ``self.settings``."""
 
     @abc.abstractmethod
     def _backend_endpoint(self) -> str:
@@ -269,10 +289,6 @@ class ObjectStoreSource(BaseDataSource):
     def _backend_classify(self, exc: BaseException) -> tuple[str, str] | None:
         """``(Failure.*, short detail without secrets)`` for a client exception, None if unknown."""
 
-    @abc.abstractmethod
-    def _backend_close(self) -> None:
-        """Close the client if one was opened."""
-
     # -- settings --------------------------------------------------------------------
     @functools.cached_property
     def settings(self) -> ObjectStoreSettings:
@@ -295,7 +311,18 @@ class ObjectStoreSource(BaseDataSource):
         await asyncio.to_thread(self._check_buckets)
 
     async def close(self) -> None:
-        self._backend_close()
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    @property
+    def _api(self) -> Any:
+        """The client, opened on first use."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._backend_connect()
+            return self._client
 
     def _check_buckets(self) -> None:
         configured = self.settings.buckets

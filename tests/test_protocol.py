@@ -45,16 +45,16 @@ def make_connector(byoc_indices):
 
     def make(service_type: str = "slow", configuration: dict | None = None, **overrides) -> Connector:
         connector_id = f"proto-{uuid.uuid4().hex[:10]}"
-        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}",
-                            configuration=configuration)
+        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}")
+        doc["configuration"] = configuration if configuration is not None else {}
         doc.update(overrides)
-        byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh="wait_for")
+        byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
         created.append(connector_id)
         return get_connector(byoc_indices, connector_id)
 
     yield make
     for connector_id in created:
-        byoc_indices.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh="wait_for")
+        byoc_indices.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
 
 
 def _daemon(tmp_path: Path, es, connector_ids, **service) -> Daemon:
@@ -386,7 +386,7 @@ def test_reap_when_job_stale_or_connector_gone_then_error_and_lock_released(es, 
     old = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat()
     update_job(es, ids["stale"], {"last_seen": old})
     pending_orphan = create_job(es, orphan)
-    es.delete(index=CONNECTORS_INDEX, id=orphan.id, refresh="wait_for")
+    es.delete(index=CONNECTORS_INDEX, id=orphan.id, refresh=True)
     daemon = _daemon(tmp_path, es, [stale.id, fresh.id, orphan.id], job_stale_after=30)
     daemon.claim_jobs = lambda connector_ids: None
     daemon.poll_once()

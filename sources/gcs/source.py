@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -40,6 +39,7 @@ from sources._object_store import (
     buckets_field,
     common_fields,
     read_int,
+    read_url,
 )
 
 __all__ = ["GoogleCloudStorageDataSource"]
@@ -66,11 +66,6 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
     url_scheme = "gs"
     credential_fields = "`service_account_credentials`"
     endpoint_field = "endpoint"
-
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
-        self._client: Any = None
-        self._client_lock = threading.Lock()
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
@@ -122,41 +117,33 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
     def _backend_settings(self, common: dict[str, Any], problems: list[str]) -> _GcsSettings:
         config = self.configuration
         info = _service_account_info(config.get("service_account_credentials"), problems)
-        endpoint = str(config.get("endpoint") or "").strip() or os.environ.get(_EMULATOR_ENV, "").strip() or None
-        if endpoint and "://" not in endpoint:
-            endpoint = "http://" + endpoint  # STORAGE_EMULATOR_HOST is often host:port
-        if endpoint and not endpoint.startswith(("http://", "https://")):
-            problems.append(f"endpoint: must start with http:// or https://, got {endpoint!r}")
+        endpoint = read_url(config, "endpoint", problems, fallback=os.environ.get(_EMULATOR_ENV, ""))
         return _GcsSettings(
             **common,
             service_account_info=info,
             project_id=str(config.get("project_id") or "").strip() or (info or {}).get("project_id"),
-            endpoint=endpoint.rstrip("/") if endpoint else None,
+            endpoint=endpoint,
             timeout=read_int(config, "timeout", problems, minimum=1),
             retry_timeout=read_int(config, "retry_timeout", problems, minimum=0),
         )
 
-    @property
-    def _gcs(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                from google.auth.credentials import AnonymousCredentials
-                from google.cloud import storage
-                from google.oauth2 import service_account
+    def _backend_connect(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        from google.oauth2 import service_account
 
-                settings: _GcsSettings = self.settings  # type: ignore[assignment]
-                project = settings.project_id
-                if settings.service_account_info is not None:
-                    credentials = service_account.Credentials.from_service_account_info(
-                        settings.service_account_info, scopes=[_READ_ONLY_SCOPE]
-                    )
-                elif settings.endpoint:
-                    credentials, project = AnonymousCredentials(), project or "<none>"
-                else:
-                    credentials = None  # application default credentials
-                options = {"api_endpoint": settings.endpoint} if settings.endpoint else None
-                self._client = storage.Client(project=project, credentials=credentials, client_options=options)
-            return self._client
+        settings: _GcsSettings = self.settings  # type: ignore[assignment]
+        project = settings.project_id
+        if settings.service_account_info is not None:
+            credentials = service_account.Credentials.from_service_account_info(
+                settings.service_account_info, scopes=[_READ_ONLY_SCOPE]
+            )
+        elif settings.endpoint:
+            credentials, project = AnonymousCredentials(), project or "<none>"
+        else:
+            credentials = None  # application default credentials
+        options = {"api_endpoint": settings.endpoint} if settings.endpoint else None
+        return storage.Client(project=project, credentials=credentials, client_options=options)
 
     @property
     def _calls(self) -> dict[str, Any]:
@@ -171,14 +158,14 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
         return self.settings.endpoint or "storage.googleapis.com"  # type: ignore[attr-defined]
 
     def _backend_buckets(self) -> list[str]:
-        return [bucket.name for bucket in self._gcs.list_buckets(**self._calls)]
+        return [bucket.name for bucket in self._api.list_buckets(**self._calls)]
 
     def _backend_check_bucket(self, bucket: str) -> bool:
         # Listing one object needs only storage.objects.list, unlike reading the bucket's metadata.
         from google.api_core.exceptions import NotFound
 
         try:
-            next(iter(self._gcs.list_blobs(bucket, max_results=1, **self._calls)), None)
+            next(iter(self._api.list_blobs(bucket, max_results=1, **self._calls)), None)
         except NotFound:
             return False
         return True
@@ -186,7 +173,7 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
     def _backend_list(
         self, bucket: str, *, prefix: str = "", start_after: str | None = None, delimiter: str | None = None
     ) -> Iterator[StoredObject | str]:
-        listing = self._gcs.list_blobs(
+        listing = self._api.list_blobs(
             bucket,
             prefix=prefix or None,
             start_offset=start_after,  # inclusive: the caller skips the start key itself
@@ -210,7 +197,7 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
     def _backend_read(self, obj: StoredObject, sink: BinaryIO) -> dict[str, Any] | None:
         from google.api_core.exceptions import NotFound
 
-        blob = self._gcs.bucket(obj.bucket).blob(obj.key)
+        blob = self._api.bucket(obj.bucket).blob(obj.key)
         try:
             # One streaming GET, written to the sink as it arrives (and checked against the
             # object's MD5); a chunked reader would add a request per chunk.
@@ -243,15 +230,9 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
             return Failure.UNREACHABLE, f"{exc.code} {type(exc).__name__}"
         return None
 
-    def _backend_close(self) -> None:
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
 
 def _service_account_info(raw: Any, problems: list[str]) -> dict[str, Any] | None:
-    """The parsed key, checked for shape only; its content never appears in messages."""
+    """The parsed key, checked to load; its content never appears in messages."""
     if raw in (None, ""):
         return None
     if isinstance(raw, dict):
@@ -270,6 +251,15 @@ def _service_account_info(raw: Any, problems: list[str]) -> dict[str, Any] | Non
         problems.append(
             "service_account_credentials: not a service account key "
             f"(needs type=service_account and {', '.join(_SERVICE_ACCOUNT_KEYS[1:])})"
+        )
+        return None
+    from google.oauth2 import service_account
+
+    try:
+        service_account.Credentials.from_service_account_info(info)
+    except (ValueError, TypeError) as exc:
+        problems.append(
+            f"service_account_credentials: the key cannot be used ({type(exc).__name__}); paste the whole key file"
         )
         return None
     return info

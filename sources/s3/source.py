@@ -24,7 +24,6 @@ incremental sync sees new and changed objects, not deletions (see the shared mod
 from __future__ import annotations
 
 import mimetypes
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -37,6 +36,7 @@ from sources._object_store import (
     buckets_field,
     common_fields,
     read_int,
+    read_url,
 )
 
 __all__ = ["S3DataSource"]
@@ -75,11 +75,6 @@ class S3DataSource(ObjectStoreSource):
     url_scheme = "s3"
     credential_fields = "`aws_access_key_id` and `aws_secret_access_key`"
     endpoint_field = "endpoint_url"
-
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
-        self._client: Any = None
-        self._client_lock = threading.Lock()
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
@@ -137,9 +132,7 @@ class S3DataSource(ObjectStoreSource):
         secret = str(config.get("aws_secret_access_key") or "").strip() or None
         if bool(key_id) != bool(secret):
             problems.append("aws_access_key_id and aws_secret_access_key: give both, or neither to use the default chain")
-        endpoint = str(config.get("endpoint_url") or "").strip() or None
-        if endpoint and not endpoint.startswith(("http://", "https://")):
-            problems.append(f"endpoint_url: must start with http:// or https://, got {endpoint!r}")
+        endpoint = read_url(config, "endpoint_url", problems)
         return _S3Settings(
             **common,
             aws_access_key_id=key_id,
@@ -150,41 +143,37 @@ class S3DataSource(ObjectStoreSource):
             max_attempts=read_int(config, "max_attempts", problems, minimum=1),
         )
 
-    @property
-    def _s3(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                import boto3
-                from botocore.config import Config
+    def _backend_connect(self) -> Any:
+        import boto3
+        from botocore.config import Config
 
-                settings: _S3Settings = self.settings  # type: ignore[assignment]
-                session = boto3.session.Session(
-                    aws_access_key_id=settings.aws_access_key_id,
-                    aws_secret_access_key=settings.aws_secret_access_key,
-                    region_name=settings.region,
-                )
-                config = Config(
-                    read_timeout=settings.read_timeout,
-                    connect_timeout=min(settings.read_timeout, 30),
-                    retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-                    s3={"addressing_style": "path"} if settings.endpoint_url else None,
-                )
-                self._client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
-            return self._client
+        settings: _S3Settings = self.settings  # type: ignore[assignment]
+        session = boto3.session.Session(
+            aws_access_key_id=settings.aws_access_key_id,
+            aws_secret_access_key=settings.aws_secret_access_key,
+            region_name=settings.region,
+        )
+        config = Config(
+            read_timeout=settings.read_timeout,
+            connect_timeout=min(settings.read_timeout, 30),
+            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path"} if settings.endpoint_url else None,
+        )
+        return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
     def _backend_endpoint(self) -> str:
         settings: _S3Settings = self.settings  # type: ignore[assignment]
         return settings.endpoint_url or f"AWS ({settings.region})"
 
     def _backend_buckets(self) -> list[str]:
-        if self._s3.can_paginate("list_buckets"):
-            pages = self._s3.get_paginator("list_buckets").paginate()
+        if self._api.can_paginate("list_buckets"):
+            pages = self._api.get_paginator("list_buckets").paginate()
             return [bucket["Name"] for page in pages for bucket in page.get("Buckets", [])]
-        return [bucket["Name"] for bucket in self._s3.list_buckets().get("Buckets", [])]
+        return [bucket["Name"] for bucket in self._api.list_buckets().get("Buckets", [])]
 
     def _backend_check_bucket(self, bucket: str) -> bool:
         try:
-            self._s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            self._api.list_objects_v2(Bucket=bucket, MaxKeys=1)
         except Exception as exc:
             if _error_code(exc) == "NoSuchBucket":
                 return False
@@ -199,7 +188,7 @@ class S3DataSource(ObjectStoreSource):
             request["StartAfter"] = start_after
         if delimiter:
             request["Delimiter"] = delimiter
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
+        pages = self._api.get_paginator("list_objects_v2").paginate(
             **request, PaginationConfig={"PageSize": self.settings.page_size}
         )
         for page in pages:
@@ -220,7 +209,7 @@ class S3DataSource(ObjectStoreSource):
 
     def _backend_read(self, obj: StoredObject, sink: BinaryIO) -> dict[str, Any] | None:
         try:
-            response = self._s3.get_object(Bucket=obj.bucket, Key=obj.key)
+            response = self._api.get_object(Bucket=obj.bucket, Key=obj.key)
         except Exception as exc:
             if _error_code(exc) in ("NoSuchKey", "404"):
                 return None
@@ -253,12 +242,6 @@ class S3DataSource(ObjectStoreSource):
         if code in ("SlowDown", "ServiceUnavailable", "InternalError", "503", "500"):
             return Failure.UNREACHABLE, code
         return None
-
-    def _backend_close(self) -> None:
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
 
 def _error_code(exc: BaseException) -> str | None:

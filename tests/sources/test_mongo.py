@@ -314,7 +314,8 @@ def test_validate_config_when_collection_missing_then_collections_listed(db):
     with pytest.raises(SourceConfigError) as raised:
         call(source(db, "nope"), "validate_config")
 
-    assert str(raised.value) == f"collection `nope` does not exist in database `{db.name}`; collections are: alpha, beta"
+    expected = f"collection `nope` does not exist in database `{db.name}`; collections are: alpha, beta"
+    assert str(raised.value) == expected
 
 
 @pytest.mark.integration
@@ -354,7 +355,8 @@ def test_ping_when_server_unreachable_then_source_unavailable_without_password(c
                            "collection": "c", "timeout": 1})
     caplog.set_level(logging.DEBUG)
 
-    with pytest.raises(SourceUnavailable, match=rf"cannot reach MongoDB at mongodb://{USER}:\*\*\*\*@127.0.0.1:{port}/"):
+    masked = rf"mongodb://{USER}:\*\*\*\*@127.0.0.1:{port}/"
+    with pytest.raises(SourceUnavailable, match=f"cannot reach MongoDB at {masked}"):
         ping(src)
 
     assert secret not in caplog.text and secret not in repr(src.settings)
@@ -410,7 +412,8 @@ def test_document_id_when_various_types_then_stable_strings():
 
 
 def test_mask_uri_when_credentials_then_password_hidden():
-    assert mask_uri("mongodb://u:p%40ss@h1:1,h2:2/db?authSource=admin") == "mongodb://u:****@h1:1,h2:2/db?authSource=admin"
+    uri = "mongodb://u:p%40ss@h1:1,h2:2/db?authSource=admin"
+    assert mask_uri(uri) == "mongodb://u:****@h1:1,h2:2/db?authSource=admin"
     assert mask_uri("mongodb+srv://user@cluster.example.net") == "mongodb+srv://user@cluster.example.net"
     assert mask_uri("mongodb://127.0.0.1:27017") == "mongodb://127.0.0.1:27017"
 

@@ -1,0 +1,97 @@
+"""Profile one sync process with pyinstrument: where does a sync's time go?
+
+Runs ``python -m pipelines.run JOB_FILE RESULT_FILE`` (exactly what the daemon starts)
+under ``pyinstrument`` for a synthetic source. By default the pipeline runs in one
+process (``direct_running_mode=in_memory``, one worker) so that the profile sees every
+stage; ``--mode multi_processing`` profiles only the runner side.
+
+Example usage::
+
+    python -m bench.profile --count 100000                 # first sync into a fresh index
+    python -m bench.profile --count 100000 --resync        # profile the no-change resync
+    python -m bench.profile --count 100000 --set bulk.max_docs=2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.ours import REPO, SOURCE_FQN
+from bench.run import DEFAULT_PIPELINE, _dotted, _merge, parse_count
+
+__all__ = ["main"]
+
+
+def _sync(job_file: Path, result_file: Path, profile_to: Path | None) -> dict:
+    command = [sys.executable]
+    if profile_to is not None:
+        command += ["-m", "pyinstrument", "-r", "text", "-o", str(profile_to)]
+    command += ["-m", "pipelines.run", str(job_file), str(result_file)]
+    started = time.monotonic()
+    subprocess.run(command, cwd=REPO, check=False, env={**os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"})
+    outcome = json.loads(result_file.read_text())
+    outcome["wall_seconds"] = round(time.monotonic() - started, 2)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.job import SyncJob
+    from pipelines.run import write_job_file
+    from pipelines.settings import PipelineConfig
+    from transforms.es_client import ElasticsearchConnection
+
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--es-url", default=os.environ.get("ES_URL", "http://127.0.0.1:9210"))
+    parser.add_argument("--count", default="100k")
+    parser.add_argument("--doc-size", type=int, default=1024)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--mode", default="in_memory", choices=["in_memory", "multi_threading", "multi_processing"])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--resync", action="store_true", help="sync once unprofiled, then profile the resync")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+
+    count = parse_count(args.count)
+    settings = _merge(DEFAULT_PIPELINE, {"direct_running_mode": args.mode, "direct_num_workers": args.workers})
+    settings = _merge(settings, _dotted(args.set or []))
+    workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-profile-"))
+    settings["dead_letters"] = str(workdir / "dead_letters")
+    index = f"bench-profile-{uuid.uuid4().hex[:6]}"
+    conn = ElasticsearchConnection(hosts=(args.es_url,), request_timeout=600)
+    es = conn.client()
+    config = {"count": count, "doc_size": args.doc_size, "seed": 1, "partitions": args.partitions, "version": 0}
+    flags = {"_extract_binary_content": True, "_reduce_whitespace": True, "_run_ml_inference": False}
+    name = f"profile-{'resync' if args.resync else 'full'}-{count}-{args.mode}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        outcomes = []
+        for run in range(2 if args.resync else 1):
+            job = SyncJob(job_id=f"profile-{uuid.uuid4().hex[:8]}", connector_id="bench-profile", job_type="full",
+                          index_name=index, service_type="synthetic", source_fqn=SOURCE_FQN,
+                          configuration={k: {"value": v} for k, v in config.items()}, pipeline_flags=flags)
+            job_file, result_file = workdir / "job.json", workdir / "result.json"
+            write_job_file(job_file, job, PipelineConfig.model_validate(settings), conn, progress_interval=5.0)
+            last = run == (1 if args.resync else 0)
+            outcomes.append(_sync(job_file, result_file, out / f"{name}.txt" if last else None))
+        summary = {"count": count, "settings": settings, "outcomes": outcomes}
+        (out / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"profile: {out / (name + '.txt')}", file=sys.stderr)
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
+        es.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

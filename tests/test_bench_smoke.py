@@ -1,0 +1,77 @@
+"""The benchmark at a smoke size: it runs end to end and writes the results it promises.
+
+No timing is asserted (the numbers depend on the machine); only that every method ran,
+its checks passed, and the JSON, Markdown and PNG outputs carry the expected fields.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sources.base import Partition
+from sources.synthetic import SyntheticDataSource, synthetic_docs, variant_counts
+from sources.testing import read_partitions
+from tests.helpers import ES_URL, REPO
+
+
+def test_synthetic_source_is_deterministic_and_partitioned():
+    config = {"count": 1000, "doc_size": 512, "seed": 7, "partitions": 3}
+    first = read_partitions(SyntheticDataSource(config))
+    second = read_partitions(SyntheticDataSource(dict(config)))
+    assert first == second
+    assert sorted(d["_id"] for d in first) == [f"{i:010d}" for i in range(1000)]
+    assert len({d["_timestamp"] for d in first}) == 1  # a resync of version 0 changes nothing
+    sizes = [len(json.dumps(d, separators=(",", ":"))) for d in first]
+    assert 480 <= min(sizes) and max(sizes) <= 560
+    assert SyntheticDataSource(config).get_partitions()[0] == Partition("synthetic[0:333]", {"low": 0, "high": 333})
+
+
+def test_synthetic_variant_changes_and_removes_about_one_percent():
+    base = {d["_id"]: d for d in synthetic_docs(count=20000, seed=3)}
+    variant = {d["_id"]: d for d in synthetic_docs(count=20000, seed=3, version=1)}
+    expected = variant_counts(20000, seed=3, version=1)
+    removed = set(base) - set(variant)
+    changed = [i for i in variant if variant[i] != base[i]]
+    assert len(removed) == expected["removed"] and 150 <= len(removed) <= 250
+    assert len(changed) == expected["changed"] and 150 <= len(changed) <= 250
+    assert all(variant[i]["_timestamp"] > base[i]["_timestamp"] for i in changed)
+    assert not set(variant) - set(base)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
+    command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions",
+               "--clients", "2", "--out", str(tmp_path), "--name", "smoke"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    results = json.loads((tmp_path / "smoke.json").read_text())
+    for key in ("cpus", "memory_gb", "es_version", "es_heap_gb", "python", "beam"):
+        assert results["machine"][key], key
+    assert results["pipeline"]["runner"] == "FnApiRunner"
+    [scenario] = results["scenarios"]
+    assert scenario["count"] == 300 and scenario["doc_bytes"] > 0
+    methods = scenario["results"]
+    assert set(methods) == {"ceiling", "parallel_bulk", "streaming_bulk", "ours_full", "ours_nochange", "ours_changed"}
+    for name, r in methods.items():
+        assert r["ok"] is True, (name, r)
+        for field in ("seconds", "docs_per_s", "peak_rss_mb"):
+            assert isinstance(r[field], (int, float)) and r[field] > 0, (name, field)
+    for name in ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full"):
+        assert methods[name]["mb_per_s"] > 0 and methods[name]["ratio_to_ceiling"] > 0, name
+    full, same, changed = methods["ours_full"], methods["ours_nochange"], methods["ours_changed"]
+    assert full["indexed"] == 300 and full["total"] == 300
+    assert same["indexed"] == 0 and same["deleted"] == 0 and same["speedup_vs_full"] > 0
+    assert same["index_ops_during"] == {"index_total": 0, "delete_total": 0}
+    assert changed["indexed"] == changed["expected"]["changed"]
+    assert changed["deleted"] == changed["expected"]["removed"]
+    assert full["max_processes"] >= 2  # the daemon and its sync process were sampled
+    assert {t["target"] for t in results["targets"]}
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| scenario | method |" in table and "ES ceiling" in table
+    assert (tmp_path / "smoke.png").stat().st_size > 1000

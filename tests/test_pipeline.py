@@ -1,0 +1,234 @@
+"""The sync pipeline end to end against the real Elasticsearch, on the local runner.
+
+Each test runs real syncs (``tests.helpers.run_sync``: the same ``pipelines.run.run_sync``
+a sync process runs) of :class:`sources.testing.MemorySource` or a source written in the
+original connector framework's style, and compares the index with the source by id and
+content after every sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import pytest
+
+from sources.base import BaseDataSource
+from sources.testing import make_docs
+from tests.helpers import index_docs, run_sync
+from transforms.dead_letter import read_dead_letters
+from transforms.progress import PROGRESS_INDEX, read_progress
+
+pytestmark = pytest.mark.integration
+
+MEMORY = "sources.testing:MemorySource"
+
+
+def expected(docs: list[dict[str, Any]], **extra: Any) -> dict[str, dict[str, Any]]:
+    """What the index must hold for ``docs``: ``_id`` -> ``_source``."""
+    return {d["_id"]: {**{k: v for k, v in d.items() if k != "_id"}, "id": d["_id"], **extra} for d in docs}
+
+
+def versions(es, index: str) -> dict[str, int]:
+    es.indices.refresh(index=index)
+    hits = es.search(index=index, size=10000, version=True, source=False)["hits"]["hits"]
+    return {h["_id"]: h["_version"] for h in hits}
+
+
+def test_full_sync_when_source_changes_then_index_equals_source_after_each_sync(es, index_name):
+    first = make_docs(30)
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": first, "partitions": 3})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert index_docs(es, index_name) == expected(first)
+    assert outcome["indexed_document_count"] == 30 and outcome["deleted_document_count"] == 0
+    # Live counters (progress documents written by the workers) add up to the exact ones.
+    es.indices.refresh(index=PROGRESS_INDEX)
+    progress = read_progress(es, outcome["job_id"])
+    assert progress["indexed_document_count"] == 30
+
+    # 5 removed, 5 changed, 3 added, 20 untouched.
+    changed = [{**d, "title": d["title"] + " (edited)", "_timestamp": "2024-06-01T00:00:00+00:00"} for d in first[5:10]]
+    second = changed + first[10:] + make_docs(3, prefix="new")
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": second, "partitions": 2})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert index_docs(es, index_name) == expected(second)
+    assert outcome["indexed_document_count"] == 8
+    assert outcome["deleted_document_count"] == 5
+    assert outcome["unchanged_document_count"] == 20
+    assert outcome["source_document_count"] == 28 and outcome["total_document_count"] == 28
+
+
+def test_full_sync_when_nothing_changed_then_nothing_is_written(es, index_name):
+    docs = make_docs(25)
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+    before = versions(es, index_name)
+
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs, "partitions": 2})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert outcome["indexed_document_count"] == 0 and outcome["deleted_document_count"] == 0
+    assert outcome["unchanged_document_count"] == 25
+    assert versions(es, index_name) == before  # not one document rewritten
+    assert index_docs(es, index_name) == expected(docs)
+
+
+def test_full_sync_when_source_fails_midway_then_job_fails_and_nothing_is_deleted(es, index_name):
+    docs = make_docs(20)
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+
+    # The source now yields only half of the documents, and then fails: a sync that
+    # believed it had read everything would delete the other half.
+    outcome = run_sync(index=index_name, fqn=MEMORY,
+                       configuration={"docs": docs[:10], "partitions": 2, "fail_after": 3})
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith("SourceError: Memory: the backend went away after 3 documents")
+    assert index_docs(es, index_name) == expected(docs)
+
+
+def test_full_sync_when_elasticsearch_rejects_documents_then_they_are_dead_lettered_with_reasons(
+        es, index_name, tmp_path):
+    dead_letters = str(tmp_path / "dead")
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": [{"_id": "a", "x": 1}]},
+                    dead_letters=dead_letters)["status"] == "completed"
+
+    docs = [
+        {"_id": "a", "x": 1},
+        {"_id": "b", "x": "not a number"},     # mapping conflict: rejected by Elasticsearch
+        {"_id": "c", "x": "still text"},
+        {"_id": "d", "x": 4},
+        {"_id": "e", "big": "y" * 5000},       # over max_document_bytes: rejected by Normalize
+        {"title": "no id"},                    # no _id: rejected while reading
+    ]
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs}, dead_letters=dead_letters,
+                       max_document_bytes=4096)
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert outcome["dead_letters"] == {"count": 4, "location": f"{dead_letters}/{outcome['job_id']}"}
+    assert set(index_docs(es, index_name)) == {"a", "d"}
+
+    letters = {(r["doc_id"], r["stage"]): r for r in read_dead_letters(dead_letters, outcome["job_id"])}
+    assert set(letters) == {("b", "write"), ("c", "write"), ("e", "normalize"), (None, "read")}
+    for doc_id in ("b", "c"):
+        letter = letters[(doc_id, "write")]
+        assert letter["operation"] == "index"
+        assert letter["error_type"] == "document_parsing_exception"
+        assert "[x]" in letter["error_message"] and "long" in letter["error_message"]
+        assert '"x":' in letter["document"] and letter["job_id"] == outcome["job_id"]
+    assert "over the limit of 4096" in letters[("e", "normalize")]["error_message"]
+    assert letters[(None, "read")]["error_message"] == "the document has no _id"
+
+
+def test_full_sync_when_rejections_exceed_the_error_rate_then_job_fails(es, index_name, tmp_path):
+    docs = [{"_id": "seed", "x": 1}] + [{"_id": f"bad-{i}", "x": f"text {i}"} for i in range(5)]
+    run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs[:1]})
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs}, dead_letters=str(tmp_path),
+                       max_error_rate=0.5, min_errors_to_fail=2)
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith("TooManyErrors: ")
+
+
+class OriginalStyleSource(BaseDataSource):
+    """Written as for Elastic's original connector framework: async, filtering only, lazy content."""
+
+    name = "Original style"
+    service_type = "original"
+
+    def __init__(self, configuration):
+        super().__init__(configuration=configuration)
+        self.prefix = self.configuration["prefix"]
+
+    @classmethod
+    def get_default_configuration(cls):
+        return {
+            "prefix": {"label": "Prefix", "order": 1, "type": "str", "value": "item"},
+            "count": {"label": "Count", "order": 2, "type": "int", "value": 3},
+        }
+
+    async def ping(self):
+        await asyncio.sleep(0)
+
+    async def get_content(self, item, timestamp=None, doit=False):
+        if not doit:
+            return None
+        await asyncio.sleep(0)
+        return {"_id": item["_id"], "_timestamp": timestamp, "body": f"content of {item['_id']}"}
+
+    async def get_docs(self, filtering=None):
+        for i in range(int(self.configuration["count"])):
+            await asyncio.sleep(0)
+            doc = {"_id": f"{self.prefix}-{i}", "_timestamp": "2024-02-02T00:00:00+00:00", "n": i}
+            yield self.serialize(doc=doc), functools.partial(self.get_content, doc)
+
+
+class IteratorSource:
+    """The smallest source: not even a subclass, a plain generator of bare documents."""
+
+    def __init__(self, configuration):
+        self.configuration = configuration
+
+    def get_docs(self):
+        for i in range(int(self.configuration["count"] or 0)):
+            yield {"_id": i, "square": i * i}
+
+
+def test_sync_when_source_is_original_framework_style_then_documents_and_content_indexed(es, index_name):
+    outcome = run_sync(index=index_name, fqn=f"{__name__}:OriginalStyleSource", configuration={"count": 4})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert index_docs(es, index_name) == {
+        f"item-{i}": {"n": i, "_timestamp": "2024-02-02T00:00:00+00:00", "body": f"content of item-{i}",
+                      "id": f"item-{i}"}
+        for i in range(4)
+    }
+
+
+def test_sync_when_source_is_a_plain_iterator_then_documents_indexed(es, index_name):
+    outcome = run_sync(index=index_name, fqn=f"{__name__}:IteratorSource", configuration={"count": 5})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert index_docs(es, index_name) == {str(i): {"square": i * i, "id": str(i)} for i in range(5)}
+
+
+def test_sync_when_partitioned_on_parallel_worker_processes_then_same_index_as_one_partition(es, index_name):
+    docs = make_docs(120)
+    single = f"{index_name}-single"
+    try:
+        one = run_sync(index=single, fqn=MEMORY, configuration={"docs": docs, "lazy": True})
+        many = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs, "lazy": True, "partitions": 4},
+                        direct_running_mode="multi_processing", direct_num_workers=2,
+                        bulk={"max_docs": 25, "max_in_flight": 2}, read_batch_size=10)
+        assert one["status"] == "completed", one.get("error")
+        assert many["status"] == "completed", many.get("error")
+        assert index_docs(es, index_name) == index_docs(es, single) == expected(
+            docs, body=None) | {d["_id"]: {**expected([d])[d["_id"]], "body": f"body of {d['_id']}"} for d in docs}
+        assert many["indexed_document_count"] == one["indexed_document_count"] == 120
+        assert many["source_document_count"] == 120
+    finally:
+        es.indices.delete(index=single, ignore_unavailable=True)
+
+
+def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_kept(es, index_name):
+    docs = make_docs(5)
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+    changes = [
+        {"op": "update", "doc": {"_id": "doc-1", "rank": 100}},
+        {"op": "delete", "doc": {"_id": "doc-2"}},
+        {"op": "index", "doc": {"_id": "doc-3", "title": "replaced"}},
+        {"op": "index", "doc": {"_id": "doc-9", "title": "new"}},
+    ]
+    outcome = run_sync(index=index_name, fqn=MEMORY, job_type="incremental", configuration={"changes": changes})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert outcome["sync_cursor"] == {"position": 4}
+    want = expected(docs)
+    want["doc-1"]["rank"] = 100
+    del want["doc-2"]
+    want["doc-3"] = {"title": "replaced", "id": "doc-3"}
+    want["doc-9"] = {"title": "new", "id": "doc-9"}
+    assert index_docs(es, index_name) == want
+
+    # From the stored cursor only the new change is applied.
+    changes.append({"op": "delete", "doc": {"_id": "doc-9"}})
+    outcome = run_sync(index=index_name, fqn=MEMORY, job_type="incremental", configuration={"changes": changes},
+                       sync_cursor={"position": 4})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert outcome["deleted_document_count"] == 1 and outcome["indexed_document_count"] == 0
+    assert outcome["sync_cursor"] == {"position": 5}
+    del want["doc-9"]
+    assert index_docs(es, index_name) == want
