@@ -111,7 +111,9 @@ def extract_text(
     kind = _detect(content, file_name, content_type)
     if kind is None:
         if _LOGGER.isEnabledFor(logging.DEBUG):
-            _LOGGER.debug("no text extracted from %s: unrecognised binary format", file_name or content_type or "content")
+            _LOGGER.debug(
+                "no text extracted from %s: unrecognised binary format", file_name or content_type or "content"
+            )
         return None
     try:
         return _EXTRACTORS[kind](content)

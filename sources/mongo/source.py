@@ -73,6 +73,7 @@ from bson import json_util
 from bson.binary import UuidRepresentation
 from bson.datetime_ms import DatetimeMS
 from bson.dbref import DBRef
+from bson.errors import BSONError
 from bson.decimal128 import Decimal128
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
@@ -512,7 +513,9 @@ class MongoDataSource(BaseDataSource):
             if not first:
                 return
             options = dict(rules["aggregate"])
-            pipeline = options.pop("pipeline")
+            pipeline = options.pop("pipeline", None)
+            if not isinstance(pipeline, list) or not pipeline:
+                raise SourceConfigError("advanced rules: `aggregate.pipeline` must be a non-empty list of stages")
             options.setdefault("batchSize", s.batch_size)
             action = f"running the aggregation rule on {self._namespace}"
             with self._errors(action):
@@ -588,7 +591,7 @@ class MongoDataSource(BaseDataSource):
         if not problems:
             try:
                 _decode_rules(rules)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, BSONError) as exc:
                 problems.append(f"invalid MongoDB Extended JSON: {exc}")
         return problems
 
@@ -754,7 +757,10 @@ def _advanced_rules(filtering: Mapping[str, Any] | None) -> dict[str, Any]:
         raise SourceConfigError(
             f"advanced rules must have a single key, `find` or `aggregate`; got {', '.join(map(str, rules))}"
         )
-    return _decode_rules(rules)
+    try:
+        return _decode_rules(rules)
+    except (TypeError, ValueError, BSONError) as exc:
+        raise SourceConfigError(f"advanced rules: invalid MongoDB Extended JSON: {exc}") from exc
 
 
 def _parse_cursor(cursor: Mapping[str, Any] | None) -> datetime | None:

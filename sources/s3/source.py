@@ -131,7 +131,9 @@ class S3DataSource(ObjectStoreSource):
         key_id = str(config.get("aws_access_key_id") or "").strip() or None
         secret = str(config.get("aws_secret_access_key") or "").strip() or None
         if bool(key_id) != bool(secret):
-            problems.append("aws_access_key_id and aws_secret_access_key: give both, or neither to use the default chain")
+            problems.append(
+                "aws_access_key_id and aws_secret_access_key: give both, or neither to use the default chain"
+            )
         endpoint = read_url(config, "endpoint_url", problems)
         return _S3Settings(
             **common,

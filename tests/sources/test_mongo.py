@@ -269,6 +269,7 @@ def test_validate_advanced_rules_when_snippet_malformed_then_problems_named():
     assert "must not exclude `_id`" in src.validate_advanced_rules({"find": {"projection": {"_id": 0}}})[0]
     assert "non-empty list" in src.validate_advanced_rules({"aggregate": {"pipeline": []}})[0]
     assert "stage 2" in src.validate_advanced_rules({"aggregate": {"pipeline": [{"$match": {}}, {"match": {}}]}})[0]
+    assert "Extended JSON" in src.validate_advanced_rules({"find": {"filter": {"_id": {"$oid": "zz"}}}})[0]
 
 
 # -- incremental syncs ---------------------------------------------------------------------

@@ -63,7 +63,9 @@ def authenticating_s3():
         admin = S3Store(url)
         import boto3
 
-        iam = boto3.client("iam", endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
+        iam = boto3.client(
+            "iam", endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
+        )
         iam.create_user(UserName="reader")
         policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
         iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
