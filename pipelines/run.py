@@ -146,6 +146,8 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         outcome["error"] = format_error(_root_cause(exc)).split(" [while running '", 1)[0]
         _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
         _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
+        if "dead_letters" not in outcome:  # a failed pipeline reports no metrics: count what was written
+            outcome["dead_letters"] = _dead_letters_written(settings.dead_letters, job.job_id)
     finally:
         outcome["total_document_count"] = _safe_count(es, job.index_name)
         outcome["duration_seconds"] = round(time.monotonic() - started, 3)
@@ -165,6 +167,16 @@ def _job_counters(counts: dict[str, int]) -> dict[str, int]:
     }
 
 
+def _dead_letters_written(location: str, job_id: str) -> dict[str, Any]:
+    from transforms.dead_letter import read_dead_letters
+
+    try:
+        count: int | None = sum(1 for _ in read_dead_letters(location, job_id))
+    except Exception:  # noqa: BLE001 - unreadable: unknown, not zero
+        count = None
+    return {"count": count, "location": dead_letter_folder(location, job_id)}
+
+
 def _safe_count(es: Any, index: str) -> int | None:
     try:
         return count_documents(es, index)
@@ -174,17 +186,25 @@ def _safe_count(es: Any, index: str) -> int | None:
 
 def _root_cause(exc: BaseException) -> BaseException:
     """Beam wraps worker errors; find ours (or the original) in the chain or the message."""
-    from sources.errors import IngestError
+    from sources.errors import IndexingError, IngestError
 
     seen = set()
+    found: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, IngestError):
-            return current
+            found.append(current)
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+    # Elasticsearch failing under a read (e.g. the skip-unchanged lookup) is wrapped in a
+    # SourceError by the reader; the cause is Elasticsearch, not the source: say so.
+    indexing = [e for e in found if isinstance(e, IndexingError)]
+    if indexing:
+        return indexing[0]
+    if found:
+        return found[0]
     text = str(exc)
-    for name in ("SourceError", "TooManyErrors", "ElasticsearchUnavailable", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors

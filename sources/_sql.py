@@ -49,15 +49,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import ssl
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources._tls import CaFile
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
 __all__ = ["SqlDataSource", "SqlSettings", "TableInfo", "sql_configuration"]
@@ -270,8 +269,7 @@ class SqlDataSource(BaseDataSource):
         self._settings: SqlSettings | None = None
         self._conn: Any = None
         self._tables: dict[str, TableInfo] | None = None
-        self._ca_path: str | None = None
-        self._ca_is_temporary = False
+        self._ca = CaFile()
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
@@ -324,20 +322,7 @@ class SqlDataSource(BaseDataSource):
 
     def _ca_file(self) -> str | None:
         """Path of the configured CA (PEM text is written to a private temporary file)."""
-        ca = self.settings.ssl_ca
-        if not ca:
-            return None
-        if self._ca_path is None:
-            if "-----BEGIN" in ca:
-                fd, self._ca_path = tempfile.mkstemp(prefix="elastic-ingest-ca-", suffix=".pem")
-                self._ca_is_temporary = True
-                with os.fdopen(fd, "w", encoding="ascii") as out:
-                    out.write(ca)
-            elif os.path.isfile(ca):
-                self._ca_path = ca
-            else:
-                raise SourceConfigError(f"ssl_ca: neither PEM text nor a readable file: {ca!r}")
-        return self._ca_path
+        return self._ca.path(self.settings.ssl_ca)
 
     def _ssl_context(self) -> ssl.SSLContext:
         """Verify the server against ``ssl_ca`` when given; otherwise encrypt only."""
@@ -516,10 +501,7 @@ class SqlDataSource(BaseDataSource):
 
     async def close(self) -> None:
         self._discard_connection()
-        if self._ca_is_temporary and self._ca_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._ca_path)
-            self._ca_path, self._ca_is_temporary = None, False
+        self._ca.remove()
 
     # -- reading ---------------------------------------------------------------------
     def _start_cursor(self) -> dict[str, Any] | None:

@@ -123,10 +123,13 @@ def _cleanup(es, connector_id: str, index: str) -> None:
 
 
 # -- Elasticsearch stopped and restarted mid-sync ----------------------------------------
-def test_sync_when_elasticsearch_restarts_mid_sync_then_job_ends_clearly_and_next_sync_converges(own_es, tmp_path):
+@pytest.fixture(scope="module")
+def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
+    """A daemon syncs 150 documents; Elasticsearch stops under it and comes back; then a second sync."""
+    tmp = tmp_path_factory.mktemp("es-restart")
     cid, index, count = f"fault-es-{uuid.uuid4().hex[:8]}", f"test-fault-es-{uuid.uuid4().hex[:8]}", 150
-    _connector(own_es, cid, index, count=count, delay_ms=60)
-    daemon = DaemonProcess(_daemon_config(tmp_path, cid, job_stale_after=30), tmp_path / "daemon.log")
+    _connector(own_es, cid, index, count=count, delay_ms=50)
+    daemon = DaemonProcess(_daemon_config(tmp, cid, job_stale_after=10), tmp / "daemon.log")
     try:
         job_id = _start_job(own_es, cid)
         wait_for(lambda: (_job(own_es, job_id).get("indexed_document_count") or 0) >= 20, timeout=90,
@@ -137,19 +140,34 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_job_ends_clearly_and_nex
         started = _es_script("start")
         assert started.returncode == 0, started.stderr
         own_es.cluster.health(wait_for_status="yellow", timeout="60s")
-
         first = _wait_final(own_es, job_id, timeout=150)
-        if first["status"] == "error":  # failing is fine, if it says why
-            assert "Elasticsearch" in first["error"] or "Connection" in first["error"], first["error"]
-        second_id = _start_job(own_es, cid)
-        second = _wait_final(own_es, second_id, timeout=120)
-        assert second["status"] == "completed", (second.get("error"), daemon.log_path.read_text()[-3000:])
-        docs = index_docs(own_es, index)
-        assert set(docs) == _expected_ids(count)
-        assert second["total_document_count"] == count
+        second = _wait_final(own_es, _start_job(own_es, cid), timeout=120)
+        ids = set(index_docs(own_es, index))
     finally:
         daemon.stop()
+        log = daemon.log_path.read_text(encoding="utf-8", errors="replace")
         _cleanup(own_es, cid, index)
+    return {"first": first, "second": second, "ids": ids, "count": count, "log": log}
+
+
+def test_sync_when_elasticsearch_restarts_mid_sync_then_next_sync_converges(es_restart):
+    second = es_restart["second"]
+    assert second["status"] == "completed", (second.get("error"), es_restart["log"][-3000:])
+    assert es_restart["ids"] == _expected_ids(es_restart["count"])
+    assert second["total_document_count"] == es_restart["count"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "launcher/sync_runner.py SyncRunner._run: _check_job (get_job/get_connector) is not guarded, so the first "
+    "ConnectionError while Elasticsearch is down kills the supervisor thread; _finish then fails too, the sync "
+    "process is left running unsupervised (its result is never read, its 0600 job file with secrets is never "
+    "deleted) and the job stays in_progress until the reaper ends it as 'StaleJob' instead of with the "
+    "sync's own outcome"))
+def test_sync_when_elasticsearch_restarts_mid_sync_then_interrupted_job_ends_with_its_own_outcome(es_restart):
+    first = es_restart["first"]
+    assert first["status"] in ("completed", "error")
+    if first["status"] == "error":
+        assert "Elasticsearch" in first["error"] and not first["error"].startswith("StaleJob"), first["error"]
 
 
 # -- the daemon SIGKILLed mid-sync ----------------------------------------------------------
@@ -265,4 +283,21 @@ def test_sync_when_dead_letters_exceed_error_rate_then_job_fails_and_good_docume
     assert outcome["error"].startswith("TooManyErrors:"), outcome["error"]
     assert "max_error_rate" in outcome["error"]
     assert set(index_docs(es, index_name)) == _expected_ids(20)
+    assert outcome["dead_letters"]["location"].endswith(outcome["job_id"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "transforms/write_to_elasticsearch.py _BulkWriteFn._check_error_rate raises TooManyErrors inside the bundle, "
+    "before its dead letters reach WriteDeadLetters: the job fails saying 'see the job's dead letters' and none "
+    "were written. Fix: let the bundle finish (the job-level check in pipelines/run.py fails the job after the "
+    "dead letters are written), or write them before raising"))
+def test_sync_when_dead_letters_exceed_error_rate_then_they_are_all_written(es, index_name):
+    es.indices.create(index=index_name, mappings={"properties": {"n": {"type": "integer"}}})
+
+    outcome = run_sync(index=index_name, configuration={"count": 20, "malformed": ALL_MALFORMED,
+                                                        "malformed_repeat": 5},
+                       service_type=SERVICE_TYPE, fqn=SCRIPTED, max_document_bytes=4096)
+
+    assert outcome["status"] == "error"
     assert len(_dead_letters(outcome)) == 20
+    assert outcome["dead_letters"]["count"] == 20

@@ -57,9 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -82,6 +80,7 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources._tls import CaFile
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
 __all__ = ["MongoDataSource", "MongoSettings", "mask_uri", "plain_value", "document_id"]
@@ -282,8 +281,7 @@ class MongoDataSource(BaseDataSource):
         super().__init__(configuration)
         self._settings: MongoSettings | None = None
         self._client: pymongo.MongoClient | None = None
-        self._ca_path: str | None = None
-        self._ca_is_temporary = False
+        self._ca = CaFile()
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
@@ -298,20 +296,7 @@ class MongoDataSource(BaseDataSource):
 
     def _ca_file(self) -> str | None:
         """Path of the configured CA (PEM text is written to a private temporary file)."""
-        ca = self.settings.ssl_ca
-        if not ca:
-            return None
-        if self._ca_path is None:
-            if "-----BEGIN" in ca:
-                fd, self._ca_path = tempfile.mkstemp(prefix="elastic-ingest-ca-", suffix=".pem")
-                self._ca_is_temporary = True
-                with os.fdopen(fd, "w", encoding="ascii") as out:
-                    out.write(ca)
-            elif os.path.isfile(ca):
-                self._ca_path = ca
-            else:
-                raise SourceConfigError(f"ssl_ca: neither PEM text nor a readable file: {ca!r}")
-        return self._ca_path
+        return self._ca.path(self.settings.ssl_ca)
 
     @property
     def client(self) -> pymongo.MongoClient:
@@ -430,10 +415,7 @@ class MongoDataSource(BaseDataSource):
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        if self._ca_is_temporary and self._ca_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._ca_path)
-        self._ca_path, self._ca_is_temporary = None, False
+        self._ca.remove()
 
     # -- partitions ----------------------------------------------------------------------
     def get_partitions(self) -> list[Partition]:

@@ -1,0 +1,296 @@
+"""Real service processes sharing one cluster: exactly-once claims, cancel, SIGTERM, SIGKILL.
+
+Two daemons (``daemon-a``, ``daemon-b``) run for the whole module, serving service types
+unique to this run (so no other test's documents are touched, and no other service
+touches ours). A test that stops a daemon gets it back from the ``pool`` fixture.
+Syncs use ``tests.fixtures_sources.slow:SlowSource`` (slow enough to interrupt) and the
+directory source (to check that the index converges to the source).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from launcher.configuration import complete_configuration
+from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
+from launcher.protocol import create_job, get_connector, get_job, new_connector, update_connector, update_job
+from sources.directory import DirectoryDataSource
+from tests.fixtures_sources.slow import SlowSource
+from tests.helpers import REPO, DaemonProcess, index_docs, wait_for, write_config
+
+pytestmark = pytest.mark.integration
+
+RUN = uuid.uuid4().hex[:6]
+SLOW = f"slow_{RUN}"
+DIR = f"dir_{RUN}"
+STALE_AFTER = 8
+
+
+class Pool:
+    """The module's daemons, by name; ``ensure()`` restarts the ones a test stopped."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.daemons: dict[str, DaemonProcess] = {}
+        self.configs: dict[str, Path] = {}
+        for name in ("daemon-a", "daemon-b"):
+            self.configs[name] = write_config(
+                tmp / f"{name}.yml",
+                service={"hostname": name, "idling": 0.5, "heartbeat": 5, "job_progress_interval": 1,
+                         "cancel_check_interval": 0.5, "job_stale_after": STALE_AFTER, "max_concurrent_syncs": 2},
+                sources={SLOW: "tests.fixtures_sources.slow:SlowSource", DIR: "sources.directory:DirectoryDataSource"},
+                pipeline={"bulk": {"max_docs": 5}, "direct_num_workers": 1, "direct_running_mode": "in_memory"},
+            )
+        self.ensure()
+
+    def ensure(self) -> None:
+        for name, config in self.configs.items():
+            daemon = self.daemons.get(name)
+            if daemon is None or daemon.process.poll() is not None:
+                self.daemons[name] = DaemonProcess(config, self.tmp / f"{name}.log")
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(self.log(name) for name in self.configs)
+
+    def stop(self) -> None:
+        for daemon in self.daemons.values():
+            daemon.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def pool(es, tmp_path_factory):
+    ensure_indices(es)
+    pool = Pool(tmp_path_factory.mktemp("daemons"))
+    yield pool
+    pool.stop()
+    assert "Traceback" not in pool.logs(), pool.logs()[-5000:]
+
+
+@pytest.fixture
+def daemons(pool):
+    pool.ensure()
+    yield pool
+    pool.ensure()
+
+
+@pytest.fixture
+def connectors(es):
+    """Make connectors (Kibana's shape) with unique ids; delete them and their indices afterwards."""
+    made: list[tuple[str, str]] = []
+
+    def make(service_type: str = SLOW, *, values: dict | None = None, **overrides) -> str:
+        connector_id = f"dmn-{uuid.uuid4().hex[:10]}"
+        index = f"dmn-{connector_id}"
+        schema = (SlowSource if service_type == SLOW else DirectoryDataSource).get_default_configuration()
+        configuration, _ = complete_configuration({}, schema)
+        for key, value in (values or {}).items():
+            configuration[key]["value"] = value
+        doc = new_connector(service_type=service_type, index_name=index, configuration=configuration)
+        doc["status"] = "connected"
+        doc.update(overrides)
+        es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
+        made.append((connector_id, index))
+        return connector_id
+
+    yield make
+    for connector_id, index in made:
+        es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+        es.options(ignore_status=404).indices.delete(index=index)
+
+
+def _job(es, job_id: str) -> dict:
+    job = get_job(es, job_id)
+    return job.doc if job else {}
+
+
+def _connector(es, connector_id: str) -> dict:
+    return get_connector(es, connector_id).doc
+
+
+def _jobs(es, connector_id: str) -> list[dict]:
+    es.indices.refresh(index=JOBS_INDEX)
+    hits = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}}, size=500)["hits"]["hits"]
+    return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+
+def _ended(es, job_id: str, statuses=("completed", "error", "canceled")):
+    job = _job(es, job_id)
+    return job if job.get("status") in statuses else None
+
+
+def _kibana_job(es, connector_id: str) -> str:
+    """A pending on-demand job written exactly the way Kibana writes it."""
+    doc = _connector(es, connector_id)
+    filtering = doc["filtering"][0]["active"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    job = {
+        "cancelation_requested_at": None, "canceled_at": None, "completed_at": None,
+        "connector": {"configuration": doc["configuration"], "filtering": filtering, "id": connector_id,
+                      "index_name": doc["index_name"], "language": None, "pipeline": doc["pipeline"],
+                      "service_type": doc["service_type"]},
+        "created_at": stamp, "deleted_document_count": 0, "error": None, "indexed_document_count": 0,
+        "indexed_document_volume": 0, "job_type": "full", "last_seen": None, "metadata": {}, "started_at": None,
+        "status": "pending", "total_document_count": None, "trigger_method": "on_demand", "worker_hostname": None,
+    }
+    return es.index(index=JOBS_INDEX, document=job, refresh=True)["_id"]
+
+
+def _started_in_logs(pool: Pool, job_id: str) -> int:
+    return sum(line.count(f"job {job_id}: ") for line in pool.logs().splitlines() if " sync of connector " in line)
+
+
+def _cli(config: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "-c", str(config), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# -- many instances -------------------------------------------------------------------------------
+def test_daemons_when_two_share_the_work_then_each_job_runs_once_and_each_fire_time_yields_one_job(
+        es, daemons, connectors, tmp_path):
+    # A directory connector created the way Kibana does it: empty configuration, status created.
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for number in range(5):
+        (folder / f"note-{number}.txt").write_text(f"note {number}   with   spaces", encoding="utf-8")
+    pipeline = f"dmn-pipeline-{RUN}"
+    es.ingest.put_pipeline(id=pipeline, processors=[])
+    kibana = connectors(DIR, status="created", configuration={},
+                        pipeline={"name": pipeline, "extract_binary_content": True, "reduce_whitespace": True,
+                                  "run_ml_inference": False}, api_key_secret_id=None, custom_scheduling={})
+    configuration = wait_for(lambda: _connector(es, kibana).get("configuration"), timeout=60,
+                             what="the service writing the directory schema")
+    assert _connector(es, kibana)["status"] == "needs_configuration"
+    configuration["directory"]["value"] = str(folder)
+    update_connector(es, kibana, {"configuration": configuration, "status": "configured"})
+    wait_for(lambda: _connector(es, kibana).get("status") == "connected", timeout=30, what="connected")
+
+    slow = [connectors(values={"count": 3}) for _ in range(2)]
+    scheduled = connectors(values={"count": 1},
+                           scheduling={"full": {"enabled": True, "interval": "*/3 * * * * ?"}})
+    broken = connectors(configuration="oops", scheduling={"full": {"enabled": True, "interval": "bad cron"}})
+    jobs = [create_job(es, get_connector(es, c)) for c in slow for _ in range(2)]
+    invalid_rules = create_job(es, get_connector(es, slow[0]))
+    update_job(es, invalid_rules, {"connector": {"filtering": {
+        "rules": [{"id": "r1", "policy": "include", "field": "x", "rule": "sounds_like", "value": "y", "order": 1}]}}})
+    kibana_job = _kibana_job(es, kibana)
+    failing = connectors(values={"count": 1, "fail_ping": True})
+    wait_ok = _cli(daemons.configs["daemon-a"], "--action", "sync", "--connector-id", slow[1], "--wait",
+                   "--timeout", "150")
+    wait_failing = _cli(daemons.configs["daemon-b"], "--action", "sync", "--connector-id", failing, "--wait",
+                        "--timeout", "150")
+
+    time.sleep(7)  # a few fire times of the schedule, then it is turned off
+    update_connector(es, scheduled, {"scheduling": {"full": {"enabled": False, "interval": "*/3 * * * * ?"}}})
+    fire_jobs = [j for j in _jobs(es, scheduled) if j["trigger_method"] == "scheduled"]
+    fire_times = [j["metadata"]["scheduled_at"] for j in fire_jobs]
+    assert len(fire_times) >= 1 and len(fire_times) == len(set(fire_times)), fire_times
+
+    everything = jobs + [kibana_job] + [j["id"] for j in fire_jobs]
+    for job_id in everything:
+        wait_for(lambda: _ended(es, job_id), timeout=180, what=f"job {job_id} to end")
+    assert wait_ok.wait(60) == 0, wait_ok.stderr.read()
+    assert wait_failing.wait(60) == 1
+    out, err = wait_failing.communicate()
+    assert "error" in out and "fail_ping is on" in out
+
+    for job_id in everything:
+        job = _job(es, job_id)
+        assert job["status"] == "completed", job
+        assert job["worker_hostname"] in ("daemon-a", "daemon-b")
+        assert _started_in_logs(daemons, job_id) == 1, f"job {job_id} started {_started_in_logs(daemons, job_id)}x"
+    # The invalid rules fail that job with the reasons; the broken connector says what is wrong.
+    job = wait_for(lambda: _ended(es, invalid_rules), timeout=60, what="the invalid-rules job")
+    assert job["status"] == "error" and job["error"].startswith("SyncRulesError: sync rules are invalid")
+    assert "sounds_like" in job["error"]
+    doc = _connector(es, broken)
+    assert doc["status"] == "error" and "configuration: expected an object, got str" in doc["error"]
+    # The connector-level results, as Kibana reads them.
+    doc = _connector(es, kibana)
+    assert doc["last_sync_status"] == "completed" and doc["status"] == "connected" and doc["last_synced"]
+    assert doc["last_indexed_document_count"] == 5 and doc["features"]["incremental_sync"] == {"enabled": False}
+    job = _job(es, kibana_job)
+    assert job["indexed_document_count"] == 5 and job["total_document_count"] == 5 and job["completed_at"]
+    # Pipeline settings: the named (existing) pipeline was used, the flags are on every document.
+    docs = index_docs(es, doc["index_name"])
+    assert len(docs) == 5
+    assert all(d["_reduce_whitespace"] is True and d["_run_ml_inference"] is False for d in docs.values())
+    stats = es.nodes.stats(metric="ingest", filter_path=f"nodes.*.ingest.pipelines.{pipeline}")
+    assert sum(n["ingest"]["pipelines"][pipeline]["count"] for n in stats["nodes"].values()) >= 5
+    # A missing pipeline (the default name) does not stop a sync.
+    assert len(index_docs(es, _connector(es, slow[0])["index_name"])) == 3
+    es.ingest.delete_pipeline(id=pipeline)
+
+
+# -- cancel, SIGTERM, SIGKILL -----------------------------------------------------------------
+def _running(es, job_id: str):
+    job = _job(es, job_id)
+    return job if job.get("status") == "in_progress" else None
+
+
+def test_daemons_when_long_sync_canceled_then_canceled_within_seconds_with_counters(es, daemons, connectors):
+    connector = connectors(values={"count": 400, "delay_ms": 100})
+    job_id = create_job(es, get_connector(es, connector))
+    wait_for(lambda: _running(es, job_id), timeout=90, what="the job to start")
+    time.sleep(2)
+    requested = time.monotonic()
+    update_job(es, job_id, {"status": "canceling", "cancelation_requested_at": datetime.now(timezone.utc).isoformat()})
+    job = wait_for(lambda: _ended(es, job_id), timeout=30, what="the job to be canceled")
+    assert time.monotonic() - requested < 10
+    assert job["status"] == "canceled" and job["canceled_at"] and job["completed_at"] and job["error"] is None
+    index = _connector(es, connector)["index_name"]
+    in_index = len(index_docs(es, index)) if es.indices.exists(index=index) else 0
+    assert in_index < 400
+    assert job["indexed_document_count"] == in_index and job["total_document_count"] == in_index
+    doc = _connector(es, connector)
+    assert doc["last_sync_status"] == "canceled" and doc["last_indexed_document_count"] == in_index
+
+
+def test_daemons_when_sigterm_mid_sync_then_suspended_and_finished_by_the_other(es, daemons, connectors):
+    connector = connectors(values={"count": 40, "delay_ms": 100})
+    job_id = create_job(es, get_connector(es, connector))
+    owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
+    time.sleep(1)
+    stopped = time.monotonic()
+    daemons.daemons[owner].signal(signal.SIGTERM)
+    assert daemons.daemons[owner].process.wait(timeout=40) == 0
+    assert time.monotonic() - stopped < 30
+    assert f"job {job_id}: suspended" in daemons.log(owner)
+    assert "1 job(s) suspended" in daemons.log(owner)
+    job = wait_for(lambda: _ended(es, job_id), timeout=150, what="the other daemon to finish the job")
+    other = "daemon-b" if owner == "daemon-a" else "daemon-a"
+    assert job["status"] == "completed" and job["worker_hostname"] == other
+    docs = index_docs(es, _connector(es, connector)["index_name"])
+    assert sorted(docs) == sorted(f"doc-{n}" for n in range(40))
+    assert job["total_document_count"] == 40
+
+
+def test_daemons_when_sigkill_mid_sync_then_reaped_and_next_sync_converges(es, daemons, connectors):
+    connector = connectors(values={"count": 30, "delay_ms": 100})
+    job_id = create_job(es, get_connector(es, connector))
+    owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
+    time.sleep(1)
+    daemons.daemons[owner].kill_tree()
+    killed = time.monotonic()
+    job = wait_for(lambda: _ended(es, job_id), timeout=STALE_AFTER + 40, what="the reaper")
+    assert time.monotonic() - killed >= STALE_AFTER - 2
+    assert job["status"] == "error" and job["error"] == "StaleJob: the job has not seen any update for some time"
+    doc = _connector(es, connector)
+    assert doc["last_sync_status"] == "error" and doc["last_sync_error"].startswith("StaleJob")
+    # The lock is released: the next sync runs, and the index matches the source.
+    next_job = create_job(es, get_connector(es, connector))
+    job = wait_for(lambda: _ended(es, next_job), timeout=150, what="the next sync")
+    assert job["status"] == "completed"
+    assert sorted(index_docs(es, doc["index_name"])) == sorted(f"doc-{n}" for n in range(30))
+    assert _connector(es, connector)["status"] == "connected"

@@ -1,0 +1,77 @@
+"""Writes against an overloaded Elasticsearch: 429s are retried until every document lands.
+
+A second node is started for this module with one write thread and a write queue of one
+(``scripts/elasticsearch`` with ``ES_PORT=9201`` and ``ES_SETTINGS``), and stopped at the
+end. Several ``_bulk`` requests in flight make it reject work with 429 (whole requests or
+single items); the sync must retry exactly those and end with every document indexed and
+exact counters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from sources.testing import make_docs
+from tests.helpers import IN_CI, REPO, es_client, index_docs, run_sync
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PORT = "9201"
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def _script(action: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "scripts" / "elasticsearch"), action], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "ES_PORT": PORT, **env})
+
+
+@pytest.fixture(scope="module")
+def overloaded_es():
+    """An Elasticsearch node whose write pool has one thread and a queue of one."""
+    already = _script("status").returncode == 0
+    if not already:
+        started = _script("start", ES_HEAP="512m",
+                          ES_SETTINGS="thread_pool.write.queue_size=1 thread_pool.write.size=1")
+        if started.returncode != 0:
+            message = f"could not start the overloaded Elasticsearch on {PORT}: {started.stderr[-2000:]}"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+    client = es_client(URL)
+    settings = client.nodes.info(metric="thread_pool")["nodes"]
+    pool = next(iter(settings.values()))["thread_pool"]["write"]
+    if not already or (pool.get("queue_size"), pool.get("max")) == (1, 1):
+        assert (pool["queue_size"], pool["max"]) == (1, 1), pool
+    else:
+        client.close()
+        pytest.skip(f"port {PORT} runs an Elasticsearch without the tiny write queue; stop it first")
+    yield client
+    client.close()
+    if not already:
+        _script("stop")
+
+
+def test_sync_when_elasticsearch_answers_429_then_retried_until_every_document_lands(overloaded_es):
+    index = "test-overload"
+    overloaded_es.indices.delete(index=index, ignore_unavailable=True)
+    overloaded_es.indices.create(index=index, settings={"number_of_shards": 3, "number_of_replicas": 0})
+    docs = make_docs(600)
+    try:
+        outcome = run_sync(index=index, fqn="sources.testing:MemorySource",
+                           configuration={"docs": docs, "partitions": 3}, es_url=URL,
+                           direct_running_mode="multi_threading", direct_num_workers=3,
+                           bulk={"max_docs": 20, "max_in_flight": 6, "initial_backoff": 0.05, "max_backoff": 1.0,
+                                 "max_retries": 30})
+        assert outcome["status"] == "completed", outcome.get("error")
+        assert outcome["bulk_retries"] > 0, "the node never pushed back: the test proves nothing"
+        assert outcome["indexed_document_count"] == 600
+        assert outcome["dead_letters"]["count"] == 0
+        indexed = index_docs(overloaded_es, index)
+        assert len(indexed) == 600
+        assert indexed["doc-599"] == {"title": "document 599 v0", "rank": 599,
+                                      "_timestamp": "2024-01-01T00:00:00+00:00", "id": "doc-599"}
+    finally:
+        overloaded_es.indices.delete(index=index, ignore_unavailable=True)
