@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, ClassVar
 
 from sources.base import OP_INDEX, BaseDataSource, DataSourceConfiguration, Filter, Partition
+from sources.config_values import read_int, read_names
 from sources.errors import IngestError, SourceConfigError, SourceError, SourceUnavailable, SyncRulesError
 
 __all__ = [
@@ -65,8 +66,6 @@ __all__ = [
     "common_fields",
     "buckets_field",
     "read_common_settings",
-    "read_int",
-    "read_url",
     "to_utc",
 ]
 
@@ -173,10 +172,7 @@ def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
 
 def read_common_settings(config: DataSourceConfiguration, problems: list[str]) -> dict[str, Any]:
     """The common settings as keyword arguments; appends ``"<field>: <problem>"`` to ``problems``."""
-    raw = config.get("buckets")
-    if isinstance(raw, str):
-        raw = raw.split(",")
-    buckets = tuple(str(b).strip() for b in (raw or []) if str(b).strip())
+    buckets = read_names(config, "buckets")
     if not buckets:
         problems.append("buckets: name at least one bucket, or * for all")
     return {
@@ -185,34 +181,6 @@ def read_common_settings(config: DataSourceConfiguration, problems: list[str]) -
         "max_file_size": read_int(config, "max_file_size", problems, minimum=1),
         "max_partitions_per_bucket": read_int(config, "max_partitions_per_bucket", problems, minimum=1),
     }
-
-
-def read_url(config: DataSourceConfiguration, name: str, problems: list[str], fallback: str = "") -> str | None:
-    """An optional http(s) URL; a bare ``host:port`` (as in emulator variables) means http."""
-    url = str(config.get(name) or "").strip() or fallback.strip()
-    if not url:
-        return None
-    if "://" not in url:
-        url = "http://" + url
-    if not url.startswith(("http://", "https://")):
-        problems.append(f"{name}: must be an http:// or https:// URL, got {url!r}")
-    return url.rstrip("/")
-
-
-def read_int(
-    config: DataSourceConfiguration, name: str, problems: list[str], *, minimum: int, maximum: int | None = None
-) -> int:
-    value = config.get(name)
-    default = config.field(name).get("default_value") if name in config else None
-    try:
-        number = int(value if value not in (None, "") else default)
-    except (TypeError, ValueError):
-        problems.append(f"{name}: expected a whole number, got {value!r}")
-        return default if isinstance(default, int) else minimum
-    if number < minimum or (maximum is not None and number > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        problems.append(f"{name}: must be {bounds}, got {number}")
-    return number
 
 
 def to_utc(moment: datetime) -> datetime:

@@ -57,6 +57,7 @@ from typing import Any, ClassVar
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
 from sources._tls import CaFile
+from sources.config_values import read_flag, read_int, read_names, read_text
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
 __all__ = ["SqlDataSource", "SqlSettings", "TableInfo", "sql_configuration"]
@@ -180,33 +181,14 @@ class SqlSettings:
         problems: list[str] = []
 
         def text(name: str, *, required: bool = True) -> str:
-            value = config.get(name)
-            value = "" if value is None else str(value).strip()
-            if required and not value:
-                problems.append(f"{name}: required")
-            return value
+            return read_text(config, name, problems, required=required)
 
         def integer(name: str, default: int) -> int:
-            value = config.get(name)
-            if value in (None, ""):
-                return default
-            try:
-                number = int(str(value).strip())
-            except ValueError:
-                problems.append(f"{name}: expected a whole number, got {value!r}")
-                return default
-            if number <= 0:
-                problems.append(f"{name}: must be greater than 0, got {number}")
-            return number
+            return read_int(config, name, problems, default=default)
 
-        tables = config.get("tables")
-        if isinstance(tables, str):
-            tables = tables.split(",")
-        tables = tuple(t.strip() for t in (tables or ()) if str(t).strip()) or (_ALL_TABLES,)
+        tables = read_names(config, "tables") or (_ALL_TABLES,)
         password = config.get("password")
-        ssl_enabled = config.get("ssl_enabled")
-        if isinstance(ssl_enabled, str):
-            ssl_enabled = ssl_enabled.strip().lower() in ("1", "true", "yes", "on")
+        ssl_enabled = read_flag(config, "ssl_enabled")
         settings = cls(
             host=text("host"),
             port=integer("port", 0),

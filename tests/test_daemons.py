@@ -227,7 +227,9 @@ def test_daemons_when_two_share_the_work_then_each_job_runs_once_and_each_fire_t
     assert len(docs) == 5
     assert all(d["_reduce_whitespace"] is True and d["_run_ml_inference"] is False for d in docs.values())
     stats = es.nodes.stats(metric="ingest", filter_path=f"nodes.*.ingest.pipelines.{pipeline}")
-    assert sum(n["ingest"]["pipelines"][pipeline]["count"] for n in stats["nodes"].values()) >= 5
+    # (a pipeline without processors counts no documents, but the bytes that went through it)
+    assert sum(n["ingest"]["pipelines"][pipeline]["ingested_as_first_pipeline_in_bytes"]
+               for n in stats["nodes"].values()) > 0
     # A missing pipeline (the default name) does not stop a sync.
     assert len(index_docs(es, _connector(es, slow[0])["index_name"])) == 3
     es.ingest.delete_pipeline(id=pipeline)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from sources.config_values import read_int, read_url
 from sources._object_store import (
     Failure,
     ObjectStoreSettings,
@@ -38,8 +39,6 @@ from sources._object_store import (
     StoredObject,
     buckets_field,
     common_fields,
-    read_int,
-    read_url,
 )
 
 __all__ = ["GoogleCloudStorageDataSource"]

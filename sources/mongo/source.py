@@ -81,6 +81,7 @@ from bson.timestamp import Timestamp
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
 from sources._tls import CaFile
+from sources.config_values import read_flag, read_int, read_text
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
 __all__ = ["MongoDataSource", "MongoSettings", "mask_uri", "plain_value", "document_id"]
@@ -218,30 +219,13 @@ class MongoSettings:
         problems: list[str] = []
 
         def text(name: str, *, required: bool = True) -> str:
-            value = config.get(name)
-            value = "" if value is None else str(value).strip()
-            if required and not value:
-                problems.append(f"{name}: required")
-            return value
+            return read_text(config, name, problems, required=required)
 
         def flag(name: str) -> bool:
-            value = config.get(name)
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
+            return read_flag(config, name)
 
         def positive(name: str, default: int) -> int:
-            value = config.get(name)
-            if value in (None, ""):
-                return default
-            try:
-                number = int(str(value).strip())
-            except ValueError:
-                problems.append(f"{name}: expected a whole number, got {value!r}")
-                return default
-            if number <= 0:
-                problems.append(f"{name}: must be greater than 0, got {number}")
-            return number
+            return read_int(config, name, problems, default=default)
 
         host = text("host")
         scheme = host.partition("://")[0].lower() if "://" in host else None

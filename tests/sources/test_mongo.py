@@ -371,7 +371,7 @@ def test_configuration_when_invalid_then_every_problem_named():
 
     message = str(raised.value)
     assert "host: expected a mongodb:// or mongodb+srv:// URI" in message
-    assert "database: required" in message and "batch_size: must be greater than 0" in message
+    assert "database: required" in message and "batch_size: must be at least 1, got 0" in message
 
 
 def test_default_configuration_when_listed_then_fields_complete():
