@@ -407,9 +407,12 @@ class Daemon:
         (its owner wrote a heartbeat) is left alone. Only jobs of served connectors.
         """
         stale_before = datetime.now(timezone.utc) - timedelta(seconds=self.config.service.job_stale_after)
+        served = ({"terms": {"connector.id": list(self.config.service.connector_ids)}}
+                  if self.config.service.connector_ids else {"terms": {"connector.service_type": self.served_types()}})
         result = self.es.search(
             index=JOBS_INDEX,
-            query={"bool": {"filter": [{"terms": {"status": ["in_progress", "canceling", "pending", "suspended"]}}]}},
+            query={"bool": {"filter": [{"terms": {"status": ["in_progress", "canceling", "pending", "suspended"]}},
+                                       served]}},
             size=500, seq_no_primary_term=True, sort=[{"created_at": {"order": "asc", "unmapped_type": "date"}}],
         )
         with self._lock:

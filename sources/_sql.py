@@ -57,6 +57,7 @@ from typing import Any, ClassVar
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
 from sources._tls import CaFile
+from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_names, read_text
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
@@ -64,7 +65,6 @@ __all__ = ["SqlDataSource", "SqlSettings", "TableInfo", "sql_configuration"]
 
 CONNECT_TIMEOUT = 10  # seconds
 # Incremental reads start this long before the previous sync's start (see module docstring).
-CURSOR_OVERLAP = timedelta(seconds=5)
 _ALL_TABLES = "*"
 _META_FIELDS = ("table", "schema", "database")
 
@@ -488,7 +488,7 @@ class SqlDataSource(BaseDataSource):
     # -- reading ---------------------------------------------------------------------
     def _start_cursor(self) -> dict[str, Any] | None:
         """Where the next incremental sync starts: now, on the server's clock (None: no timestamps)."""
-        return {"timestamp": self._server_now().isoformat()} if self.settings.timestamp_column else None
+        return timestamp_cursor(self._server_now()) if self.settings.timestamp_column else None
 
     def get_partitions(self) -> list[Partition]:
         self._sync_cursor = self._start_cursor()
@@ -552,7 +552,7 @@ class SqlDataSource(BaseDataSource):
         Without ``timestamp_column`` (or a usable cursor), or for a table lacking the column,
         every row is sent again. Advanced-rule queries are always read whole.
         """
-        since = _parse_cursor(sync_cursor) if self.settings.timestamp_column else None
+        since = cursor_timestamp(sync_cursor) if self.settings.timestamp_column else None
         self._sync_cursor = self._start_cursor()
         if since is None:
             self._logger.warning("incremental sync without timestamp_column or cursor: reading every row again")
@@ -795,10 +795,3 @@ def _rule_query(rule: Mapping[str, Any]) -> str:
     """The rule's query without trailing semicolons (it is wrapped in DECLARE or EXPLAIN)."""
     return str(rule["query"]).strip().rstrip(";").strip()
 
-
-def _parse_cursor(cursor: Mapping[str, Any] | None) -> datetime | None:
-    try:
-        value = datetime.fromisoformat(str((cursor or {})["timestamp"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -60,7 +60,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote_plus
@@ -81,13 +81,13 @@ from bson.timestamp import Timestamp
 
 from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
 from sources._tls import CaFile
+from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_text
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 
 __all__ = ["MongoDataSource", "MongoSettings", "mask_uri", "plain_value", "document_id"]
 
 # Incremental reads start this long before the previous sync's start (see module docstring).
-CURSOR_OVERLAP = timedelta(seconds=5)
 _AUTH_FAILED, _UNAUTHORIZED = 18, 13
 _APP_NAME = "elastic-ingest"
 _JSON_OPTIONS = json_util.JSONOptions(
@@ -405,7 +405,7 @@ class MongoDataSource(BaseDataSource):
     def get_partitions(self) -> list[Partition]:
         s = self.settings
         if s.timestamp_field:
-            self._sync_cursor = {"timestamp": self._server_now().isoformat()}
+            self._sync_cursor = timestamp_cursor(self._server_now())
         whole = [Partition(s.collection, {})]
         collection = self._collection
         with self._errors(f"planning the partitions of {self._namespace}"):
@@ -445,7 +445,7 @@ class MongoDataSource(BaseDataSource):
     def get_docs(self, filtering: Filter | None = None, partition: Partition | None = None) -> Iterator[Any]:
         """Every document of the partition (default: the collection), sorted by ``_id``."""
         if partition is None and self.settings.timestamp_field and self._sync_cursor is None:
-            self._sync_cursor = {"timestamp": self._server_now().isoformat()}
+            self._sync_cursor = timestamp_cursor(self._server_now())
         first = partition is None or not partition.params or partition.params.get("index", 0) == 0
         yield from ((doc, None) for doc in self._read(_advanced_rules(filtering), _range(partition), first))
 
@@ -458,8 +458,8 @@ class MongoDataSource(BaseDataSource):
         aggregation rules are always read whole.
         """
         field = self.settings.timestamp_field
-        since = _parse_cursor(sync_cursor) if field else None
-        self._sync_cursor = {"timestamp": self._server_now().isoformat()} if field else None
+        since = cursor_timestamp(sync_cursor) if field else None
+        self._sync_cursor = timestamp_cursor(self._server_now()) if field else None
         if since is None:
             self._logger.warning("incremental sync without a usable cursor: reading every document again")
             changed: dict[str, Any] = {}
@@ -728,10 +728,3 @@ def _advanced_rules(filtering: Mapping[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError, BSONError) as exc:
         raise SourceConfigError(f"advanced rules: invalid MongoDB Extended JSON: {exc}") from exc
 
-
-def _parse_cursor(cursor: Mapping[str, Any] | None) -> datetime | None:
-    try:
-        value = datetime.fromisoformat(str((cursor or {})["timestamp"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)

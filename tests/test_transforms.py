@@ -1,0 +1,251 @@
+"""Unit tests of the transforms: no Elasticsearch, small fakes at our own module boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import json
+import uuid
+
+import apache_beam as beam
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import ApiError, ConnectionError as ESConnectionError
+
+from sources.driver import SourceDriver, call_lazy, is_async_callable
+from sources.errors import ElasticsearchUnavailable
+from transforms.dead_letter import DeadLetter, WriteDeadLetters, read_dead_letters
+from transforms.es_client import ElasticsearchConnection
+from transforms.find_deletions import FindDeletions
+from transforms.normalize import MAX_ID_BYTES, Normalize, document_id, iso_timestamp, json_safe
+from transforms.write_to_elasticsearch import BulkSettings, _BulkWriteFn, retry_with_backoff
+
+
+def api_error(status: int) -> ApiError:
+    meta = ApiResponseMeta(status=status, http_version="1.1", headers=HttpHeaders(), duration=0.0,
+                           node=NodeConfig("http", "localhost", 9200))
+    return ApiError(f"status {status}", meta=meta, body={})
+
+
+# -- retries -------------------------------------------------------------------------------
+def test_retry_with_backoff_when_429_then_5xx_then_ok_then_retried_with_growing_jittered_delays():
+    outcomes = [api_error(429), api_error(503), ESConnectionError("refused"), "ok"]
+    sleeps: list[float] = []
+
+    def call():
+        result = outcomes.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    retries = []
+    settings = BulkSettings(initial_backoff=1.0, max_backoff=3.0, max_retries=5)
+    assert retry_with_backoff(call, settings, sleep=sleeps.append, on_retry=lambda: retries.append(1)) == "ok"
+    assert len(retries) == 3
+    # Delay n is drawn from [cap/2, cap] with cap = min(max_backoff, initial * 2**n).
+    for delay, cap in zip(sleeps, (1.0, 2.0, 3.0)):
+        assert cap / 2 <= delay <= cap
+
+
+def test_retry_with_backoff_when_error_is_not_retriable_then_raised_at_once():
+    calls = []
+
+    def call():
+        calls.append(1)
+        raise api_error(400)
+
+    with pytest.raises(ApiError):
+        retry_with_backoff(call, BulkSettings(), sleep=lambda _: None)
+    assert len(calls) == 1
+
+
+def test_retry_with_backoff_when_retries_run_out_then_elasticsearch_unavailable():
+    def call():
+        raise api_error(429)
+
+    with pytest.raises(ElasticsearchUnavailable, match="after 3 attempts: HTTP 429"):
+        retry_with_backoff(call, BulkSettings(max_retries=2), sleep=lambda _: None)
+
+
+class _FakeBulkClient:
+    """Answers ``bulk`` from a script of per-item statuses, recording what was sent."""
+
+    def __init__(self, scripts):
+        self.scripts = list(scripts)
+        self.sent: list[list[str]] = []
+
+    def bulk(self, operations, pipeline=None):
+        actions = [json.loads(line) for line in operations[::2]]
+        ids = [next(iter(a.values()))["_id"] for a in actions]
+        self.sent.append(ids)
+        statuses = self.scripts.pop(0)
+        items = []
+        for doc_id in ids:
+            status = statuses.get(doc_id, 201)
+            item = {"_id": doc_id, "status": status}
+            if status >= 300:
+                item["error"] = {"type": "es_rejected_execution_exception" if status == 429 else
+                                 "document_parsing_exception", "reason": f"rejected {doc_id}"}
+            items.append({"index": item})
+        return {"errors": True, "items": items}
+
+
+def test_bulk_write_when_some_items_429_then_only_those_resent_and_others_dead_lettered():
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index", BulkSettings(initial_backoff=0.001), None, None, 1)
+    fn.es = _FakeBulkClient([{"b": 429, "c": 400, "d": 429}, {"d": 429}, {}])
+    fn.progress = None
+    batch = [(doc_id, json.dumps({"v": doc_id}).encode()) for doc_id in "abcde"]
+    letters, stats = fn._write_batch(batch)
+    assert fn.es.sent == [list("abcde"), ["b", "d"], ["d"]]
+    assert stats["indexed"] == 4 and stats["item_retries"] == 3
+    assert [(le.doc_id, le.stage, le.error_type, le.error_message) for le in letters] == [
+        ("c", "write", "document_parsing_exception", "rejected c")]
+    assert json.loads(letters[0].document) == {"v": "c"}
+
+
+def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index",
+                      BulkSettings(initial_backoff=0.001, max_retries=2), None, None, 1)
+    fn.es = _FakeBulkClient([{"a": 429}] * 3)
+    fn.progress = None
+    with pytest.raises(ElasticsearchUnavailable, match="still rejected with 429/5xx after 3 attempts"):
+        fn._write_batch([("a", b"{}")])
+
+
+def test_bulk_update_when_written_then_partial_doc_as_upsert():
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "update", BulkSettings(), None, None, 1)
+    lines = fn._actions([("a", b'{"x":1}')])
+    assert json.loads(lines[0]) == {"update": {"_index": "idx", "_id": "a"}}
+    assert json.loads(lines[1]) == {"doc": {"x": 1}, "doc_as_upsert": True}
+
+
+# -- normalize -----------------------------------------------------------------------------
+def test_document_id_when_long_or_odd_then_string_and_hashed_over_512_bytes():
+    assert document_id(7) == "7" and document_id(7.0) == "7" and document_id("é") == "é"
+    long_id = "x" * (MAX_ID_BYTES + 1)
+    assert len(document_id(long_id)) == 64 and document_id(long_id) == document_id(long_id)
+    assert document_id("x" * MAX_ID_BYTES) == "x" * MAX_ID_BYTES
+    with pytest.raises(ValueError):
+        document_id(None)
+
+
+def test_json_safe_when_values_are_not_json_then_converted():
+    value = {
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5),
+        "day": dt.date(2024, 1, 2),
+        "price": decimal.Decimal("1.50"),
+        "count": decimal.Decimal("3"),
+        "blob": b"\x00\x01",
+        "uid": uuid.UUID(int=1),
+        "nan": float("nan"),
+        "tags": {"b", "a"},
+        1: "int key",
+    }
+    assert json_safe(value) == {
+        "when": "2024-01-02T03:04:05+00:00", "day": "2024-01-02", "price": 1.5, "count": 3, "blob": "AAE=",
+        "uid": "00000000-0000-0000-0000-000000000001", "nan": None, "tags": ["a", "b"], "1": "int key",
+    }
+    with pytest.raises(ValueError, match="cannot represent a object value"):
+        json_safe(object())
+
+
+def test_iso_timestamp_when_given_various_forms_then_utc_iso():
+    assert iso_timestamp("2024-01-01T01:00:00+01:00") == "2024-01-01T00:00:00+00:00"
+    assert iso_timestamp("2024-01-01T00:00:00Z") == "2024-01-01T00:00:00+00:00"
+    assert iso_timestamp(0) == "1970-01-01T00:00:00+00:00"
+    assert iso_timestamp(None) is None
+
+
+def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters():
+    docs = [
+        {"_id": 1, "_timestamp": dt.datetime(2024, 1, 1), "body": "  a \n b ", "when": dt.date(2024, 5, 6)},
+        {"_id": "big", "text": "x" * 3000},
+        {"_id": "odd", "thing": object()},
+    ]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        good, dead = p | beam.Create(docs) | Normalize({"_reduce_whitespace": True}, max_document_bytes=2048)
+        assert_that(good | beam.MapTuple(lambda i, data: (i, json.loads(data))), equal_to([(
+            "1", {"_timestamp": "2024-01-01T00:00:00+00:00", "body": "a b", "when": "2024-05-06",
+                  "_reduce_whitespace": True, "id": "1"})]), label="good")
+        assert_that(dead | beam.Map(lambda le: (le.doc_id, le.stage, le.error_type)),
+                    equal_to([("big", "normalize", "ValueError"), ("odd", "normalize", "ValueError")]), label="dead")
+
+
+# -- deletions and dead letters ------------------------------------------------------------
+def test_find_deletions_when_ids_only_in_index_then_emitted():
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        source = p | "source" >> beam.Create(["a", "b", "c"])
+        index = p | "index" >> beam.Create(["b", "c", "d", "e"])
+        assert_that((source, index) | FindDeletions(), equal_to(["d", "e"]))
+
+
+def test_write_dead_letters_when_written_then_read_back_from_avro(tmp_path):
+    letters = [
+        DeadLetter.of({"_id": "a", "x": "text"}, doc_id="a", operation="index", stage="write",
+                      error="failed to parse field [x]", error_type="document_parsing_exception"),
+        DeadLetter.of(b'{"y":1}', doc_id=None, operation="index", stage="read", error=ValueError("no _id")),
+    ]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), job_id="job-1")
+    records = sorted(read_dead_letters(str(tmp_path), "job-1"), key=lambda r: r["stage"])
+    assert [(r["doc_id"], r["stage"], r["error_type"], r["error_message"], r["document"], r["job_id"])
+            for r in records] == [
+        (None, "read", "ValueError", "no _id", '{"y":1}', "job-1"),
+        ("a", "write", "document_parsing_exception", "failed to parse field [x]", '{"_id": "a", "x": "text"}', "job-1"),
+    ]
+    assert list(read_dead_letters(str(tmp_path), "no-such-job")) == []
+
+
+# -- the source driver ---------------------------------------------------------------------
+def test_source_driver_when_async_generator_left_early_then_closed_on_its_loop():
+    closed = []
+
+    async def gen():
+        try:
+            for i in range(10):
+                yield i
+        finally:
+            closed.append(True)
+
+    driver = SourceDriver(object())
+    iterator = driver.iterate(gen())
+    assert [next(iterator), next(iterator)] == [0, 1]
+    iterator.close()
+    assert closed == [True]
+    driver.close()
+
+
+def test_source_driver_when_gathering_then_bounded_and_ordered():
+    running = []
+    peak = []
+
+    async def job(i):
+        running.append(i)
+        peak.append(len(running))
+        await asyncio.sleep(0.01)
+        running.remove(i)
+        return i * 10
+
+    driver = SourceDriver(object())
+    assert driver.gather([job(i) for i in range(6)], limit=2) == [0, 10, 20, 30, 40, 50]
+    assert max(peak) == 2
+    driver.close()
+
+
+def test_call_lazy_when_signatures_differ_then_called_with_what_they_accept():
+    import functools
+
+    async def content(doc, timestamp=None, doit=False):
+        return {"body": doc["_id"], "doit": doit, "timestamp": timestamp}
+
+    lazy = functools.partial(content, {"_id": "a"})
+    assert is_async_callable(lazy)
+    driver = SourceDriver(object())
+    assert driver.download(lazy, {"_timestamp": "t"}) == {"body": "a", "doit": True, "timestamp": "t"}
+    assert driver.download(lambda: {"body": "bare"}, {}) == {"body": "bare"}
+    assert not is_async_callable(lambda: None)
+    assert call_lazy(lambda **kw: kw, {"_timestamp": "t"}) == {"doit": True, "timestamp": "t"}
+    driver.close()
