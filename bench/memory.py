@@ -23,20 +23,33 @@ __all__ = ["TreeSampler", "tree_rss"]
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int) -> tuple[int, int]:
-    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes)."""
+def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int]:
+    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes).
+
+    ``by_level`` (if given) receives the RSS per tree level: 0 the root (the daemon), 1 its
+    children (the sync process), 2 and deeper summed as 2 (Beam's worker processes).
+    """
     try:
         root = psutil.Process(pid)
-        processes = [root] + root.children(recursive=True)
+        children = root.children(recursive=False)
+        processes = [(root, 0)] + [(c, 1) for c in children]
+        for child in children:
+            try:
+                processes += [(g, 2) for g in child.children(recursive=True)]
+            except psutil.Error:
+                continue
     except psutil.Error:
         return 0, 0
     total = count = 0
-    for process in processes:
+    for process, level in processes:
         try:
-            total += process.memory_info().rss
-            count += 1
+            rss = process.memory_info().rss
         except psutil.Error:
             continue
+        total += rss
+        count += 1
+        if by_level is not None:
+            by_level[level] = by_level.get(level, 0) + rss
     return total, count
 
 
@@ -48,6 +61,7 @@ class TreeSampler:
         self.peak = self.phase_peak = 0
         self.phase_max_processes = 0
         self.samples = 0
+        self.phase_peak_by_level: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
@@ -62,8 +76,11 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> int:
-        rss, count = tree_rss(self.pid)
+        levels: dict[int, int] = {}
+        rss, count = tree_rss(self.pid, levels)
         with self._lock:
+            for level, value in levels.items():
+                self.phase_peak_by_level[level] = max(self.phase_peak_by_level.get(level, 0), value)
             self.samples += 1
             self.peak = max(self.peak, rss)
             self.phase_peak = max(self.phase_peak, rss)
@@ -74,11 +91,18 @@ class TreeSampler:
         with self._lock:
             self.phase_peak = 0
             self.phase_max_processes = 0
+            self.phase_peak_by_level = {}
         self.sample()
 
     @property
     def phase_peak_mb(self) -> float:
         return round(self.phase_peak / MB, 1)
+
+    @property
+    def phase_peak_by_role_mb(self) -> dict[str, float]:
+        """Peak RSS per role in this phase (each role's own peak; they need not coincide)."""
+        names = {0: "daemon", 1: "sync_process", 2: "beam_workers"}
+        return {names[level]: round(value / MB, 1) for level, value in sorted(self.phase_peak_by_level.items())}
 
     def stop(self) -> None:
         self._stop.set()

@@ -98,25 +98,38 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     scenarios = results["scenarios"]
     labels = [s["label"] for s in scenarios]
-    shown = [(k, n) for k, n in VARIANTS if k != "ours_nochange"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-    width = 0.8 / len(shown)
-    for panel, (metric, title) in enumerate((("docs_per_s", "documents / s"), ("mb_per_s", "MB / s"),
-                                             ("peak_rss_mb", "peak RSS (MB)"))):
-        ax = axes[panel]
-        for n, (key, name) in enumerate(shown):
+    names = dict(VARIANTS)
+    panels = (
+        ("docs_per_s", "throughput (documents / s, log)", ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full")),
+        ("ratio_to_ceiling", "throughput / ES ceiling", ("parallel_bulk", "streaming_bulk", "ours_full")),
+        ("peak_rss_mb", "peak RSS (MB)", ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full",
+                                          "ours_nochange", "ours_changed")),
+    )
+    colors = {key: f"C{n}" for n, (key, _) in enumerate(VARIANTS)}
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.6))
+    for ax, (metric, title, keys) in zip(axes, panels):
+        width = 0.8 / len(keys)
+        for n, key in enumerate(keys):
             values = [(s["results"].get(key) or {}).get(metric) or 0 for s in scenarios]
-            positions = [i + (n - (len(shown) - 1) / 2) * width for i in range(len(scenarios))]
-            ax.bar(positions, values, width=width, label=name)
+            positions = [i + (n - (len(keys) - 1) / 2) * width for i in range(len(scenarios))]
+            ax.bar(positions, values, width=width, label=names[key], color=colors[key])
         ax.set_xticks(range(len(scenarios)), labels, rotation=15)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         if metric == "docs_per_s":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8, loc="lower left")
+        if metric == "ratio_to_ceiling":
+            ax.axhline(0.8, color="grey", linestyle="--", linewidth=1, label="0.8x target")
+    handles, legend_labels = axes[2].get_legend_handles_labels()
+    h1, l1 = axes[1].get_legend_handles_labels()
+    for handle, label in zip(h1, l1):
+        if label == "0.8x target":
+            handles.append(handle)
+            legend_labels.append(label)
+    fig.legend(handles, legend_labels, loc="lower center", ncol=7, fontsize=8)
     m = results["machine"]
     fig.suptitle(f"elastic-ingest vs Elasticsearch's ceiling - {m['cpus']} CPUs, ES {m['es_version']} "
                  f"heap {m['es_heap_gb']} GB ({results['started_at']})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -171,13 +171,20 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-bench-"))
         self.pipeline = _merge(DEFAULT_PIPELINE, _dotted(args.set or []))
         self.log = args.log
+        self.on_progress = None
+        self.current: dict[str, Any] = {}
+
+    def progress(self) -> None:
+        """Write what the current scenario measured so far (see _checkpoint)."""
+        if self.on_progress is not None:
+            self.on_progress(self.current)
 
     def say(self, message: str) -> None:
         print(f"[bench {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=self.log, flush=True)
 
     # -- scenarios -------------------------------------------------------------------
     def ours(self, dataset: Dataset, *, partitions: int, pipeline: dict[str, Any], tag: str,
-             resyncs: bool = True) -> dict[str, Any]:
+             resyncs: bool = True, into: dict[str, Any] | None = None) -> dict[str, Any]:
         connector_id = f"bench-{tag}-{self.run_id}"
         index = f"bench-ours-{tag}-{self.run_id}"
         self.es.indices.delete(index=index, ignore_unavailable=True)
@@ -185,13 +192,14 @@ class Bench:
         config = {"count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
                   "partitions": partitions, "version": 0}
         service.create_connector(connector_id, index, config)
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {} if into is None else into
         try:
             with service:
                 self.say(f"  ours: full sync of {dataset.label} ({partitions} partition(s))")
                 full = out["ours_full"] = service.sync(self.es, connector_id)
                 full["ok"] = (full["status"] == "completed" and full["total"] == dataset.count
                               and full["indexed"] == dataset.count)
+                self.progress()
                 if not resyncs:
                     return out
                 before = index_ops(self.es, index)
@@ -202,6 +210,7 @@ class Bench:
                 same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
                 same["ok"] = (same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
                               and not any(same["index_ops_during"].values()))
+                self.progress()
                 expected = variant_counts(dataset.count, seed=dataset.seed, version=1)
                 service.update_connector(connector_id, {"version": 1})
                 self.say(f"  ours: resync with {expected['changed']} changed and {expected['removed']} removed")
@@ -232,17 +241,21 @@ class Bench:
         tag = f"{dataset.count}x{dataset.doc_size}"
         self.say(f"scenario {dataset.label}")
         results: dict[str, Any] = {}
+        self.current = {"label": dataset.label, "count": dataset.count, "doc_size": dataset.doc_size,
+                        "results": results}
         doc_bytes = None
         if not self.args.no_baselines:
             results["ceiling"] = self.ceiling(dataset, tag)
             doc_bytes = results["ceiling"]["doc_bytes"]
+            self.progress()
             for kind in () if self.args.no_helpers else ("parallel_bulk", "streaming_bulk"):
                 self.say(f"  {kind}")
                 results[kind] = helpers_bulk(self.es_url, dataset, f"bench-{kind.replace('_', '')}-{tag}-{self.run_id}",
                                              kind=kind, es_admin=self.es)
+                self.progress()
         else:
             doc_bytes = _doc_bytes(dataset, self.workdir)
-        results.update(self.ours(dataset, partitions=self.args.partitions, pipeline=self.pipeline, tag=tag))
+        self.ours(dataset, partitions=self.args.partitions, pipeline=self.pipeline, tag=tag, into=results)
         ceiling_rate = None
         if "ceiling" in results:
             _rates(results["ceiling"], dataset.count, doc_bytes, None)
@@ -283,7 +296,10 @@ class Bench:
         self.say(f"tuning sweep on {dataset.label}")
         before = self.ceiling(dataset, f"t{dataset.count}")
         runs = []
+        wanted = [w.strip() for w in (self.args.tune_variants or "").split(",") if w.strip()]
         for name, overrides in TUNING:
+            if wanted and name not in wanted and not any(w in name for w in wanted):
+                continue
             settings = _merge(self.pipeline, overrides)
             r = self.ours(dataset, partitions=self.args.partitions, pipeline=settings,
                           tag=f"t{len(runs)}-{dataset.count}", resyncs=False)["ours_full"]
@@ -336,6 +352,12 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, str]]:
     return targets
 
 
+def _checkpoint(results: dict[str, Any], out: Path, stem: str) -> None:
+    """Partial results after each scenario (a long run that is stopped keeps what it measured)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.partial.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--es-url", default=os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', '9210')}"),
@@ -354,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pipeline setting for our daemon, e.g. bulk.max_docs=2000 (repeatable)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
+    parser.add_argument("--tune-variants", default=None,
+                        help="comma-separated names (or parts of names) of the sweep's variants to run (default: all)")
     parser.add_argument("--no-baselines", action="store_true", help="ours only (no ceiling, no helpers)")
     parser.add_argument("--no-helpers", action="store_true", help="skip parallel_bulk and streaming_bulk")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the daemons' configs and logs")
@@ -387,12 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [],
     }
     t0 = time.monotonic()
+    stem_ = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
+    bench.on_progress = lambda current: _checkpoint({**results, "in_progress": current}, Path(args.out), stem_)
     try:
         datasets = [Dataset(n, args.doc_size, args.seed) for n in sizes]
         if large:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
         for dataset in datasets:
             results["scenarios"].append(bench.scenario(dataset))
+            _checkpoint(results, Path(args.out), args.name or f"run-{started:%Y%m%dT%H%M%SZ}")
         if partitions_size:
             same = next((s for s in results["scenarios"]
                          if s["count"] == partitions_size and s["doc_size"] == args.doc_size), None)
@@ -412,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
     text = json.dumps(results, indent=2, default=str)
     (out / f"{stem}.json").write_text(text, encoding="utf-8")
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
     md = markdown(results)
     (out / f"{stem}.md").write_text(md, encoding="utf-8")
     if results["scenarios"]:

@@ -48,6 +48,10 @@ ACTIONS: dict[str, str] = {
 _LOGGER = logging.getLogger("launcher.cli")
 
 
+class AuthenticationException(ElasticsearchUnavailable):
+    """Elasticsearch refused our credentials (HTTP 401): the message says which settings to check."""
+
+
 class _Context:
     def __init__(self, config_file: str | None, debug: bool, as_json: bool):
         self.config_file = config_file
@@ -65,18 +69,35 @@ class _Context:
     @property
     def es(self):
         if self._es is None:
+            from elasticsearch import AuthenticationException as ESAuthenticationException
             from elasticsearch import ConnectionError as ESConnectionError
 
-            es = self.config.elasticsearch.connection().client()
+            settings = self.config.elasticsearch
+            es = settings.connection().client()
             try:
                 es.cluster.health()
             except ESConnectionError as exc:
-                raise ElasticsearchUnavailable(
-                    f"cannot reach Elasticsearch at {self.config.elasticsearch.host}: {exc.message}"
+                raise ElasticsearchUnavailable(f"cannot reach Elasticsearch at {settings.host}: {exc.message}") from None
+            except ESAuthenticationException as exc:
+                used = ("elasticsearch.api_key" if settings.api_key is not None else
+                        "elasticsearch.username/password" if settings.username else "no credentials")
+                raise AuthenticationException(
+                    f"Elasticsearch at {settings.host} refused the request ({exc.meta.status}: {_reason(exc)}) with "
+                    f"{used}; check elasticsearch.username and elasticsearch.password, or elasticsearch.api_key, "
+                    f"in {self.config.path or 'config.yml'}"
                 ) from None
             ensure_indices(es)
             self._es = es
         return self._es
+
+
+def _reason(exc: Any) -> str:
+    """The server's own reason from an Elasticsearch error response, else its type."""
+    body = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("reason") or error.get("type") or exc)
+    return str(getattr(exc, "message", None) or exc)
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -99,10 +120,14 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
     table = Table(title=title, show_lines=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        keep_whole = column in ("id", "created", "last synced", "status", "duration")
+        table.add_column(column, overflow="fold", no_wrap=keep_whole, min_width=len(column))
     for row in rows:
         table.add_row(*["" if v is None else str(v) for v in row])
-    Console(width=max(120, click.get_terminal_size()[0] if hasattr(click, "get_terminal_size") else 120)).print(table)
+    import shutil
+
+    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
+    Console(width=max(120, width)).print(table)
 
 
 # -- actions ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any
 
 from sources.base import FIELD_DEFAULTS
 
-__all__ = ["complete_configuration", "validate_configuration", "redact", "coerce_value", "values_of"]
+__all__ = ["complete_configuration", "validate_configuration", "redact", "coerce_value", "values_of",
+           "without_secrets", "with_secrets"]
 
 _TYPES = {"str", "int", "bool", "list"}
 
@@ -110,7 +111,8 @@ def validate_configuration(configuration: Any) -> list[str]:
     if not isinstance(configuration, Mapping):
         return [f"configuration: expected an object, got {type(configuration).__name__}"]
     problems: list[str] = []
-    values = {name: spec.get("value") for name, spec in configuration.items() if isinstance(spec, Mapping)}
+    raw = {name: spec.get("value") for name, spec in configuration.items() if isinstance(spec, Mapping)}
+    typed = values_of(configuration)
     for name, spec in sorted(configuration.items(), key=lambda kv: (kv[1] or {}).get("order", 0)
                              if isinstance(kv[1], Mapping) else 0):
         if not isinstance(spec, Mapping):
@@ -119,9 +121,10 @@ def validate_configuration(configuration: Any) -> list[str]:
         label = _label(name, spec)
         depends = spec.get("depends_on") or []
         if isinstance(depends, list) and any(
-            isinstance(d, Mapping) and values.get(d.get("field")) != d.get("value") for d in depends
+            isinstance(d, Mapping) and d.get("value") not in (raw.get(d.get("field")), typed.get(d.get("field")))
+            for d in depends
         ):
-            continue
+            continue  # validated only when every field it depends on has the given value
         kind = spec.get("type", "str")
         if kind not in _TYPES:
             problems.append(f"{label}: unknown type {kind!r} (expected one of {', '.join(sorted(_TYPES))})")
@@ -136,7 +139,8 @@ def validate_configuration(configuration: Any) -> list[str]:
         try:
             value = coerce_value(value, kind)
         except ValueError as exc:
-            problems.append(f"{label}: {exc}" if not spec.get("sensitive") else f"{label}: expected a {kind}")
+            problems.append(f"{label}: {exc}" if not spec.get("sensitive")
+                            else f"{label}: expected a value of type {kind}")
             continue
         for rule in spec.get("validations") or []:
             problem = _check_validation(rule, value, label, spec)
@@ -169,4 +173,30 @@ def redact(configuration: Any) -> Any:
     for spec in result.values():
         if isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, ""):
             spec["value"] = "****"
+    return result
+
+
+def without_secrets(configuration: Any) -> Any:
+    """A copy with sensitive values removed (``None``): what a job document keeps of them.
+
+    The service reads them back from the connector document when it runs the job
+    (:func:`with_secrets`), so secrets live in one document only.
+    """
+    if not isinstance(configuration, Mapping):
+        return configuration
+    result = copy.deepcopy(dict(configuration))
+    for spec in result.values():
+        if isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, ""):
+            spec["value"] = None
+    return result
+
+
+def with_secrets(configuration: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """``configuration`` with its missing sensitive values taken from ``live`` (the connector's)."""
+    result = copy.deepcopy(dict(configuration))
+    for name, spec in result.items():
+        source = live.get(name)
+        if (isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") in (None, "")
+                and isinstance(source, Mapping)):
+            spec["value"] = copy.deepcopy(source.get("value"))
     return result

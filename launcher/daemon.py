@@ -5,8 +5,14 @@ One poll, every ``service.idling`` seconds::
     heartbeat (connector last_seen, at most every service.heartbeat s)
     for each served connector: complete its configuration, validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
-    reap jobs nobody updates any more (and release their connectors)
+        (a connector whose document is wrong gets the error; the others are served)
+    reap jobs nobody updates any more, or whose connector is gone (and release the lock)
+    release locks no job holds (an instance died between taking the lock and the job)
     claim pending/suspended jobs while fewer than max_concurrent_syncs run
+
+Every write that decides something (a fire time taken, sync_now reset, a configuration
+completed, a draft validated, a lock taken) is conditional on the ``_seq_no`` read, so
+any number of instances can serve the same connectors.
 
 Syncs run in child processes supervised by :class:`~launcher.sync_runner.SyncRunner`
 threads, so a poll never waits for a sync. SIGTERM/SIGINT stop the loop, suspend the
@@ -187,16 +193,21 @@ class Daemon:
             try:
                 self._write(connector, {"last_seen": now_iso()})
                 self._last_heartbeat[connector.id] = now
-            except NotFoundError:
-                pass
+            except (NotFoundError, ConflictError):
+                pass  # deleted, or too busy a document: next poll
 
     def _write(self, connector: Connector, fields: Mapping[str, Any], *, conditional: bool = False) -> None:
         """Update the connector and keep our copy (fields, ``_seq_no``) current."""
         kwargs = {"if_seq_no": connector.seq_no, "if_primary_term": connector.primary_term} if conditional else {}
         result = update_connector(self.es, connector.id, fields, **kwargs)
         connector.doc.update(json.loads(json.dumps(dict(fields), default=str)))
-        if result.get("_seq_no") is not None and result.get("result") != "noop":
-            connector.seq_no, connector.primary_term = result["_seq_no"], result["_primary_term"]
+        # Our copy is current only if nobody wrote in between (our write is the very next
+        # one). Otherwise keep the old _seq_no: the next conditional write fails, re-reads,
+        # and never acts on a stale copy (e.g. takes a fire time another instance took).
+        if (result.get("result") != "noop" and connector.seq_no is not None
+                and result.get("_seq_no") == connector.seq_no + 1
+                and result.get("_primary_term") == connector.primary_term):
+            connector.seq_no = result["_seq_no"]
 
     def _refresh(self, connector: Connector) -> bool:
         fresh = get_connector(self.es, connector.id)
@@ -331,12 +342,17 @@ class Daemon:
                     errors.append({"ids": ["advanced_snippet"],
                                    "messages": [f"{source_class.__name__} does not support advanced sync rules"]})
                 else:
+                    driver = None
                     try:
                         source = source_class(configuration=self._typed(connector.get("configuration") or {}))
-                        messages = source.validate_advanced_rules(snippet) if hasattr(
+                        driver = SourceDriver(source)
+                        messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
                             source, "validate_advanced_rules") else []
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:  # noqa: BLE001 - the source's own error: the draft's problem
                         messages = [format_error(exc)]
+                    finally:
+                        if driver is not None:
+                            driver.close()
                     if messages:
                         errors.append({"ids": ["advanced_snippet"], "messages": list(messages)})
             draft["validation"] = {"state": "invalid" if errors else "valid", "errors": errors}

@@ -32,6 +32,7 @@ CONNECTORS_MAPPINGS: dict[str, Any] = {
         "service_type": _KEYWORD, "index_name": _KEYWORD, "name": _KEYWORD, "status": _KEYWORD,
         "last_sync_status": _KEYWORD, "is_native": _BOOL, "deleted": _BOOL, "api_key_id": _KEYWORD,
         "language": _KEYWORD, "error": _KEYWORD, "last_sync_error": _KEYWORD, "sync_now": _BOOL,
+        "last_access_control_sync_status": _KEYWORD, "last_access_control_sync_error": _KEYWORD,
         "last_seen": _DATE, "last_synced": _DATE, "last_sync_scheduled_at": _DATE,
         "last_incremental_sync_scheduled_at": _DATE, "last_access_control_sync_scheduled_at": _DATE,
         "last_indexed_document_count": _LONG, "last_deleted_document_count": _LONG,

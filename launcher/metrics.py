@@ -1,25 +1,62 @@
 """The daemon's health endpoint and Prometheus metrics, on ``service.metrics_address``.
 
-``GET /healthz`` answers 200 while polls succeed (503 when the last successful poll is
-older than three polling intervals plus a minute); ``GET /metrics`` is the Prometheus
-exposition. Loopback by default: bind elsewhere only on purpose.
+``GET /healthz`` answers 200 ``ok`` while polls succeed, 503 when the last successful poll
+is older than three polling intervals plus a minute (or none succeeded yet);
+``GET /metrics`` is the Prometheus text exposition. Loopback by default: bind elsewhere
+only on purpose (the endpoint has no authentication; it exposes counts, never secrets).
+
+What is exported (``elastic_ingest_`` prefix):
+
+=====================================================  =======  ====================================
+name                                                   type     meaning
+=====================================================  =======  ====================================
+``up``                                                 gauge    1 while the metrics server runs
+``running_syncs``                                      gauge    syncs running in this instance
+``polls``                                              gauge    successful polls since start
+``poll_errors``                                        gauge    failed polls in the error-budget window
+``last_successful_poll_timestamp_seconds``             gauge    Unix time of the last good poll
+``jobs{status}``                                       gauge    sync jobs by status, whole cluster
+``indexed_documents``                                  gauge    documents indexed by all jobs, cluster
+``jobs_finished_total{status}``                        counter  jobs this instance ran, by end status
+``documents_indexed_total``                            counter  documents indexed by those jobs
+``bytes_indexed_total``                                counter  bytes of JSON indexed by those jobs
+``documents_deleted_total``                            counter  documents deleted by those jobs
+``dead_letters_total``                                 counter  documents dead-lettered by those jobs
+``bulk_retries_total``                                 counter  ``_bulk`` requests/items retried
+=====================================================  =======  ====================================
+
+The per-instance counters are taken when each job ends, from its job document (the exact
+Beam counters the sync process reported) and its progress records (the exact byte count).
+
+Example usage::
+
+    server = serve_metrics("127.0.0.1:9108", daemon)
+    ...
+    server.shutdown()
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-__all__ = ["serve_metrics", "MetricsServer"]
+__all__ = ["serve_metrics", "MetricsServer", "JobMetrics"]
+
+_LOGGER = logging.getLogger(__name__)
+_JOBS_INDEX = ".elastic-connectors-sync-jobs"
 
 
 class MetricsServer:
-    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread):
-        self.server, self.thread = server, thread
+    """The running HTTP server; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread, registry: CollectorRegistry,
+                 job_metrics: "JobMetrics"):
+        self.server, self.thread, self.registry, self.job_metrics = server, thread, registry, job_metrics
 
     @property
     def port(self) -> int:
@@ -30,51 +67,126 @@ class MetricsServer:
         self.server.server_close()
 
 
-def _registry(daemon: Any) -> CollectorRegistry:
+class JobMetrics:
+    """Counters of the jobs this instance ran, updated when each one ends."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.finished = Counter("elastic_ingest_jobs_finished", "sync jobs run by this instance, by end status",
+                                ["status"], registry=registry)
+        self.documents = Counter("elastic_ingest_documents_indexed", "documents indexed by this instance's jobs",
+                                 registry=registry)
+        self.bytes = Counter("elastic_ingest_bytes_indexed", "bytes of documents indexed by this instance's jobs",
+                             registry=registry)
+        self.deleted = Counter("elastic_ingest_documents_deleted", "documents deleted by this instance's jobs",
+                               registry=registry)
+        self.dead_letters = Counter("elastic_ingest_dead_letters", "documents dead-lettered by this instance's jobs",
+                                    registry=registry)
+        self.bulk_retries = Counter("elastic_ingest_bulk_retries", "_bulk requests and items retried",
+                                    registry=registry)
+
+    def record(self, es: Any, job_id: str, status: str | None) -> None:
+        """Count one ended job (never raises: metrics must not break the supervisor)."""
+        self.finished.labels(status=status or "unknown").inc()
+        try:
+            job = es.get(index=_JOBS_INDEX, id=job_id)["_source"]
+        except Exception as exc:  # noqa: BLE001 - deleted, or Elasticsearch away: counts are lost, not the job
+            _LOGGER.debug("metrics: cannot read job %s: %s", job_id, exc)
+            return
+        metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+        dead = metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
+        self.documents.inc(_non_negative(job.get("indexed_document_count")))
+        self.deleted.inc(_non_negative(job.get("deleted_document_count")))
+        self.dead_letters.inc(_non_negative(dead.get("count")))
+        self.bulk_retries.inc(_non_negative(metadata.get("bulk_retries")))
+        try:
+            from transforms.progress import read_progress
+
+            self.bytes.inc(_non_negative(read_progress(es, job_id).get("indexed_document_bytes")))
+        except Exception as exc:  # noqa: BLE001
+            _LOGGER.debug("metrics: cannot read progress of job %s: %s", job_id, exc)
+
+
+def _non_negative(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if number > 0 else 0.0
+
+
+def _watch_jobs(daemon: Any, job_metrics: JobMetrics) -> None:
+    """Count each job the daemon's supervisors end.
+
+    The daemon builds every SyncRunner with ``on_done=daemon._done``; wrapping that bound
+    method on the instance, before the first poll, sees every job end exactly once.
+    """
+    original = daemon._done
+
+    def done(runner: Any) -> None:
+        try:
+            job_metrics.record(daemon.es, runner.job_id, getattr(runner, "final_status", None))
+        finally:
+            original(runner)
+
+    daemon._done = done
+
+
+def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
     registry = CollectorRegistry()
+    Gauge("elastic_ingest_up", "1 while the metrics server runs", registry=registry).set(1)
     running = Gauge("elastic_ingest_running_syncs", "syncs running in this instance", registry=registry)
     running.set_function(lambda: len(daemon.running))
     polls = Gauge("elastic_ingest_polls", "successful polls since start", registry=registry)
     polls.set_function(lambda: daemon.polls)
+    errors = Gauge("elastic_ingest_poll_errors", "failed polls within service.max_errors_span", registry=registry)
+    errors.set_function(lambda: len(getattr(daemon, "_errors", ())))
     last = Gauge("elastic_ingest_last_successful_poll_timestamp_seconds", "time of the last successful poll",
                  registry=registry)
     last.set_function(lambda: daemon.last_successful_poll or 0)
     jobs = Gauge("elastic_ingest_jobs", "sync jobs by status (whole cluster)", ["status"], registry=registry)
     docs = Gauge("elastic_ingest_indexed_documents", "documents indexed by finished jobs (whole cluster)",
                  registry=registry)
+    job_metrics = JobMetrics(registry)
 
     def collect_jobs() -> None:
         try:
-            result = daemon.es.search(index=".elastic-connectors-sync-jobs", size=0, aggs={
+            result = daemon.es.search(index=_JOBS_INDEX, size=0, aggs={
                 "status": {"terms": {"field": "status", "size": 20}},
                 "indexed": {"sum": {"field": "indexed_document_count"}}})
         except Exception:  # noqa: BLE001 - scraped again later
             return
+        seen = set()
         for bucket in result["aggregations"]["status"]["buckets"]:
             jobs.labels(status=bucket["key"]).set(bucket["doc_count"])
+            seen.add(bucket["key"])
+        for status in ("pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error"):
+            if status not in seen:
+                jobs.labels(status=status).set(0)
         docs.set(result["aggregations"]["indexed"]["value"] or 0)
 
-    registry.collect_jobs = collect_jobs  # type: ignore[attr-defined]
-    return registry
+    return registry, job_metrics, collect_jobs
 
 
 def serve_metrics(address: str, daemon: Any) -> MetricsServer:
+    """Serve ``/healthz`` and ``/metrics`` for ``daemon`` on ``host:port`` (port 0: any free port)."""
     host, _, port = address.rpartition(":")
-    registry = _registry(daemon)
+    registry, job_metrics, collect_jobs = _registry(daemon)
+    _watch_jobs(daemon, job_metrics)
     stale_after = 3 * daemon.config.service.idling + 60
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path == "/healthz":
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
                 last = daemon.last_successful_poll
                 ok = last is not None and time.time() - last < stale_after
                 body = b"ok\n" if ok else b"no successful poll recently\n"
-                self._reply(200 if ok else 503, body, "text/plain")
-            elif self.path == "/metrics":
-                registry.collect_jobs()  # type: ignore[attr-defined]
+                self._reply(200 if ok else 503, body, "text/plain; charset=utf-8")
+            elif path == "/metrics":
+                collect_jobs()
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:
-                self._reply(404, b"not found\n", "text/plain")
+                self._reply(404, b"not found\n", "text/plain; charset=utf-8")
 
         def _reply(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)
@@ -86,7 +198,10 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
-    return MetricsServer(server, thread)
+    _LOGGER.info("health and metrics on http://%s:%d/healthz and /metrics", host or "127.0.0.1",
+                 server.server_address[1])
+    return MetricsServer(server, thread, registry, job_metrics)

@@ -37,6 +37,7 @@ _LOGGER = logging.getLogger(__name__)
 JOB_STATUSES = ("pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error")
 FINAL_STATUSES = ("canceled", "completed", "error")
 _CLAIM_ATTEMPTS = 5
+_UPDATE_RETRIES = 10
 
 
 def now_iso() -> str:
@@ -146,7 +147,9 @@ def connector_problems(doc: Mapping[str, Any]) -> list[str]:
     if not isinstance(doc.get("service_type"), str) or not doc.get("service_type"):
         problems.append(f"service_type: expected a non-empty string, got {doc.get('service_type')!r}")
     index = doc.get("index_name")
-    if not isinstance(index, str) or not index:
+    if index is None:
+        pass  # not chosen yet (Kibana allows that); a job then fails saying so
+    elif not isinstance(index, str) or not index:
         problems.append(f"index_name: expected a non-empty string, got {index!r}")
     elif index != index.lower() or index.startswith(("_", "-", "+", ".")) or any(c in index for c in ' "*\\<|,>/?#:'):
         problems.append(f"index_name: {index!r} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)")
@@ -165,6 +168,16 @@ def job_problems(doc: Mapping[str, Any]) -> list[str]:
         problems.append(f"job_type: expected full, incremental or access_control, got {doc.get('job_type')!r}")
     if doc.get("status") not in JOB_STATUSES:
         problems.append(f"status: expected one of {', '.join(JOB_STATUSES)}, got {doc.get('status')!r}")
+    if isinstance(connector, Mapping):
+        for key, kinds in (("configuration", (dict,)), ("pipeline", (dict,)), ("filtering", (dict, list)),
+                           ("sync_cursor", (dict,))):
+            value = connector.get(key)
+            if value is not None and not isinstance(value, kinds):
+                wanted = " or ".join("an object" if k is dict else "a list" for k in kinds)
+                problems.append(f"connector.{key}: expected {wanted}, got {type(value).__name__}")
+        index = connector.get("index_name")
+        if index is not None and not isinstance(index, str):
+            problems.append(f"connector.index_name: expected a string, got {type(index).__name__}")
     return problems
 
 
@@ -226,10 +239,13 @@ def snapshot_filtering(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 
 def job_snapshot(connector: Connector) -> dict[str, Any]:
     """The ``connector`` object of a new job, shaped as Kibana and Elasticsearch write it."""
+    from launcher.configuration import without_secrets
+
     doc = connector.doc
     return {
         "id": connector.id,
-        "configuration": doc.get("configuration") or {},
+        # Sensitive values stay in the connector document; the service reads them there.
+        "configuration": without_secrets(doc.get("configuration") or {}),
         "filtering": active_filtering(doc),
         "index_name": doc.get("index_name"),
         "language": doc.get("language"),
@@ -284,7 +300,9 @@ def jobs_to_claim(es: Elasticsearch, connector_ids: Iterable[str], limit: int = 
 
 def update_connector(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any], *,
                      if_seq_no: int | None = None, if_primary_term: int | None = None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
+    # Unconditional partial updates retry ES's internal get-then-write race; conditional
+    # ones must fail on a conflict (that is the point of them).
+    kwargs: dict[str, Any] = {"retry_on_conflict": _UPDATE_RETRIES}
     if if_seq_no is not None:
         kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
     return es.update(index=CONNECTORS_INDEX, id=connector_id, doc=dict(fields), refresh=True, **kwargs)
@@ -297,7 +315,7 @@ def replace_connector_object(es: Elasticsearch, connector_id: str, name: str, va
     survive (a stale ``sync_cursor`` key, say). Clearing the field first replaces it.
     """
     if isinstance(value, Mapping):
-        es.update(index=CONNECTORS_INDEX, id=connector_id, doc={name: None})
+        es.update(index=CONNECTORS_INDEX, id=connector_id, doc={name: None}, retry_on_conflict=_UPDATE_RETRIES)
     update_connector(es, connector_id, {name: value})
 
 
@@ -326,7 +344,9 @@ def release_lock(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any]
 
 def update_job(es: Elasticsearch, job_id: str, fields: Mapping[str, Any], *,
                if_seq_no: int | None = None, if_primary_term: int | None = None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
+    # Unconditional partial updates retry ES's internal get-then-write race; conditional
+    # ones must fail on a conflict (that is the point of them).
+    kwargs: dict[str, Any] = {"retry_on_conflict": _UPDATE_RETRIES}
     if if_seq_no is not None:
         kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
     return es.update(index=JOBS_INDEX, id=job_id, doc=dict(fields), refresh=True, **kwargs)
@@ -374,6 +394,7 @@ def claim_job(es: Elasticsearch, job_id: str, hostname: str) -> Claim | None:
             update_connector(es, connector.id, previous)
             continue
         job.doc.update(status="in_progress", started_at=stamp, worker_hostname=hostname)
+        # ``connector`` is the state before the lock: an access-control job gives it back.
         return Claim(job, connector)
     return None
 
@@ -381,11 +402,13 @@ def claim_job(es: Elasticsearch, job_id: str, hostname: str) -> Claim | None:
 def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status: str, *,
                counters: Mapping[str, Any] | None = None, error: str | None = None,
                sync_cursor: Any = None, metadata: Mapping[str, Any] | None = None,
-               job_type: str = "full") -> None:
+               job_type: str = "full", previous_sync_status: Any = None) -> None:
     """Write a job's end state, then the connector's ``last_*`` fields (releasing its lock).
 
     ``sync_cursor`` is stored only for a ``completed`` full or incremental job, and
-    replaces the previous cursor as a whole.
+    replaces the previous cursor as a whole. An ``access_control`` job reports in
+    ``last_access_control_sync_*`` and gives ``last_sync_status`` (which reports full and
+    incremental jobs, and is the lock) back its ``previous_sync_status``.
     """
     stamp = now_iso()
     counters = dict(counters or {})
@@ -407,6 +430,11 @@ def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status:
         "last_indexed_document_count": counters.get("indexed_document_count", 0),
         "last_deleted_document_count": counters.get("deleted_document_count", 0),
     }
+    if job_type == "access_control":
+        connector_fields.update(last_access_control_sync_status=status, last_access_control_sync_error=error,
+                                last_sync_status=previous_sync_status)
+        for key in ("last_sync_error", "last_synced", "last_indexed_document_count", "last_deleted_document_count"):
+            connector_fields.pop(key)
     if status == "error":
         connector_fields.update(status="error", error=error)
     elif status == "completed":

@@ -10,8 +10,13 @@ thread:
 3. every ``job_progress_interval`` seconds writes the live counters (summed from the
    workers' progress records) and ``last_seen`` to the job; every
    ``cancel_check_interval`` seconds re-reads the job: ``canceling`` (or a deleted job
-   or connector) stops the process at once;
-4. writes the end state from the process's result, and releases the connector's lock.
+   or connector) stops the process at once; a job somebody else ended (the reaper) is
+   left alone; an unreachable Elasticsearch does not stop the supervision;
+4. writes the end state from the process's result (retried while Elasticsearch is
+   unreachable), and releases the connector's lock.
+
+Sensitive configuration values are not in job documents (see
+:func:`launcher.protocol.job_snapshot`); they are read from the connector document here.
 
 ``suspend()`` (on SIGTERM/SIGINT) stops the process and marks the job ``suspended`` so
 any instance picks it up again.
@@ -31,18 +36,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
+from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
-from launcher.configuration import values_of
+from launcher.configuration import values_of, with_secrets
 from launcher.protocol import (
     FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
     update_job,
 )
 from pipelines.job import SyncJob
-from pipelines.run import write_job_file
-from sources.errors import JobGone, SyncRulesError, UnknownServiceType, format_error
-from transforms.dead_letter import dead_letter_folder
+from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.progress import PROGRESS_INDEX, read_progress
 from transforms.sync_rules import validate_rules
 
@@ -56,6 +60,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     """The SyncJob for a claimed job; raises a ConnectorError subclass for a bad document."""
     job = claim.job
     snapshot = job.doc.get("connector") or {}
+    if not isinstance(snapshot, dict):
+        raise ConnectorError(f"connector: expected an object, got {type(snapshot).__name__}", claim.connector.id)
+    for key in ("configuration", "pipeline"):
+        if snapshot.get(key) is not None and not isinstance(snapshot.get(key), dict):
+            raise ConnectorError(f"connector.{key}: expected an object, got {type(snapshot.get(key)).__name__}",
+                                 claim.connector.id)
     service_type = snapshot.get("service_type") or claim.connector.service_type
     fqn = config.sources.get(service_type) if isinstance(service_type, str) else None
     if fqn is None:
@@ -71,7 +81,8 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     errors = validate_rules(rules)
     validation = active["validation"] if isinstance(active["validation"], dict) else {}
     if not errors and validation.get("state") == "invalid":
-        errors = [e for e in validation.get("errors") or [] if isinstance(e, dict)] or [
+        listed = validation.get("errors") if isinstance(validation.get("errors"), list) else []
+        errors = [e for e in listed if isinstance(e, dict) and isinstance(e.get("messages"), list)] or [
             {"ids": [], "messages": ["the active rules are marked invalid"]}]
     if errors:
         raise SyncRulesError("sync rules are invalid: " + "; ".join(
@@ -79,7 +90,14 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     snippet = active["advanced_snippet"]
     advanced = (snippet.get("value") if isinstance(snippet, dict) else None) or None
     pipeline = snapshot.get("pipeline") or {}
-    configuration = snapshot.get("configuration") or claim.connector.get("configuration") or {}
+    index_name = snapshot.get("index_name") or claim.connector.index_name
+    if not isinstance(index_name, str) or not index_name:
+        raise ConnectorError(f"the connector has no index_name (got {index_name!r}); set one before syncing",
+                             claim.connector.id)
+    live = claim.connector.get("configuration")
+    live = live if isinstance(live, dict) else {}
+    configuration = snapshot.get("configuration") or live
+    configuration = with_secrets(configuration, live)
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
@@ -87,7 +105,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         job_id=job.id,
         connector_id=claim.connector.id,
         job_type=job.job_type,
-        index_name=snapshot.get("index_name") or claim.connector.index_name,
+        index_name=index_name,
         service_type=service_type,
         source_fqn=fqn,
         configuration=merged,
@@ -134,7 +152,8 @@ class SyncRunner(threading.Thread):
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    process.wait(timeout=5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
 
     # -- the thread ----------------------------------------------------------------
@@ -144,7 +163,14 @@ class SyncRunner(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - never leave a job in_progress because of us
             _LOGGER.error("job %s: supervisor failed: %s", self.job_id, format_error(exc))
             _LOGGER.debug("supervisor failure", exc_info=True)
-            self._finish("error", error=format_error(exc))
+            self._stop_process()
+            if isinstance(exc, (ESConnectionError, TransportError)):
+                _LOGGER.error("job %s: Elasticsearch stayed unreachable; the reaper will end the job", self.job_id)
+            elif self.final_status is None:  # an end state already written is not overwritten
+                try:
+                    self._finish("error", error=format_error(exc))
+                except Exception as again:  # noqa: BLE001 - the reaper will end it
+                    _LOGGER.error("job %s: could not write its end state: %s", self.job_id, format_error(again))
         finally:
             if self.on_done:
                 self.on_done(self)
@@ -161,6 +187,11 @@ class SyncRunner(threading.Thread):
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
             return
+        # Imported here, not at module level: they pull in Beam, which the daemon itself
+        # never needs (it starts, and stops, seconds faster without it).
+        from pipelines.run import write_job_file
+        from transforms.dead_letter import dead_letter_folder
+
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
         write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection(),
@@ -184,7 +215,11 @@ class SyncRunner(threading.Thread):
             now = time.monotonic()
             if now - last_check >= service.cancel_check_interval:
                 last_check = now
-                canceled, gone, lost = self._check_job()
+                try:
+                    canceled, gone, lost = self._check_job()
+                except (ESConnectionError, TransportError, ApiError) as exc:
+                    # Elasticsearch is away: the sync goes on (it retries its own writes); so do we.
+                    _LOGGER.warning("job %s: cannot check the job document: %s", self.job_id, format_error(exc))
                 if canceled or gone or lost:
                     self._stop_process()
                     break
@@ -288,9 +323,27 @@ class SyncRunner(threading.Thread):
 
     def _finish(self, status: str, *, counters: dict[str, Any] | None = None, error: str | None = None,
                 sync_cursor: Any = None, metadata: dict[str, Any] | None = None) -> None:
-        self.final_status = status
+        """Write the end state; while Elasticsearch is unreachable, retry (for up to ``job_stale_after``)."""
+        deadline = time.monotonic() + self.config.service.job_stale_after
+        delay = 0.5
+        while True:
+            try:
+                self._write_end(status, counters=counters, error=error, sync_cursor=sync_cursor, metadata=metadata)
+                return
+            except (ESConnectionError, TransportError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                _LOGGER.warning("job %s: cannot write its end state yet (%s); retrying", self.job_id,
+                                format_error(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _write_end(self, status: str, *, counters: dict[str, Any] | None, error: str | None, sync_cursor: Any,
+                   metadata: dict[str, Any] | None) -> None:
         finish_job(self.es, self.job_id, self.connector_id or None, status, counters=counters, error=error,
-                   sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type)
+                   sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type,
+                   previous_sync_status=self.claim.connector.get("last_sync_status"))
+        self.final_status = status
         log = _LOGGER.info if status == "completed" else _LOGGER.warning
         log("job %s: %s%s %s", self.job_id, status, f" ({error})" if error else "",
             json.dumps(counters or {}, sort_keys=True))
@@ -305,7 +358,9 @@ class SyncRunner(threading.Thread):
         except NotFoundError:
             pass
         try:
-            update_connector(self.es, self.connector_id, {"last_sync_status": "suspended"})
+            released = ("suspended" if self.claim.job.job_type != "access_control"
+                        else self.claim.connector.get("last_sync_status"))
+            update_connector(self.es, self.connector_id, {"last_sync_status": released})
         except NotFoundError:
             pass
         _LOGGER.info("job %s: suspended", self.job_id)

@@ -39,11 +39,9 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def default_flink_job_server_jar(flink_version: str) -> Path:
-    """Where ``scripts/flink fetch`` caches the job-server jar for this Beam version."""
-    import apache_beam
-
+    """Where ``scripts/flink fetch`` leaves the job-server jar (a link to the versioned file)."""
     home = Path(os.environ.get("FLINK_HOME_DIR", _REPO / ".servers" / "flink"))
-    return home / f"beam-runners-flink-{flink_version}-job-server-{apache_beam.__version__}.jar"
+    return home / f"beam-runners-flink-{flink_version}-job-server.jar"
 
 
 def _flink_jar(settings: PipelineConfig) -> str | None:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,20 @@ __all__ = ["run_sync", "write_job_file", "main"]
 
 _LOGGER = logging.getLogger("pipelines.run")
 MIB = 1024 * 1024
+# Pipelines running in this process: on SIGTERM (the daemon cancels or suspends the job)
+# remote jobs (Dataflow, a Flink cluster) are cancelled too, not left running.
+_RUNNING: dict[str, Any] = {}
+
+
+def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
+    for job_id, result in list(_RUNNING.items()):
+        try:
+            _LOGGER.warning("sync %s: stopping (signal %d); cancelling the pipeline", job_id, signum)
+            result.cancel()
+        except Exception as exc:  # noqa: BLE001 - a runner that cannot cancel: we exit anyway
+            _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))
+    signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
+    os.kill(os.getpid(), signum)
 
 
 def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
@@ -60,7 +75,8 @@ def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: Pipelin
         json.dump(payload, out, default=str)
 
 
-def _plan(job: SyncJob) -> tuple[list[Any], Any]:
+def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
+    """Validate, ping and partition the source; ``(None, cursor)`` when it reports no change."""
     source = build_source(load_source_class(job.source_fqn), job.configuration)
     driver = SourceDriver(source)
     try:
@@ -84,11 +100,11 @@ def _plan(job: SyncJob) -> tuple[list[Any], Any]:
             return [], None
         from sources.base import Partition
 
-        partitions = list(source.get_partitions()) if hasattr(source, "get_partitions") else [Partition()]
-        if not partitions:
-            partitions = [Partition()]
-        cursor = source.sync_cursor() if hasattr(source, "sync_cursor") else None
-        return partitions, cursor
+        cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
+        if hasattr(source, "changed") and driver.call(source.changed) is False:
+            return None, cursor_of()
+        partitions = list(driver.call(source.get_partitions)) if hasattr(source, "get_partitions") else []
+        return partitions or [Partition()], cursor_of()
     finally:
         driver.close()
 
@@ -101,7 +117,9 @@ def _counters(result: Any) -> dict[str, int]:
         _LOGGER.warning("the runner reported no metrics: %s", exc)
         return totals
     for counter in counters:
-        value = counter.committed if counter.committed is not None else counter.attempted
+        # Committed values are exact (retried bundles counted once); portable runners that
+        # report only attempted values (some Flink versions) fall back to those.
+        value = counter.committed if counter.committed else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
     return totals
 
@@ -114,6 +132,12 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     es = conn.client()
     try:
         partitions, cursor = _plan(job)
+        if partitions is None:
+            _LOGGER.info("sync %s: %s reports no change since the last sync; nothing to do", job.job_id,
+                         job.service_type)
+            outcome.update(_job_counters({}), status="completed", sync_cursor=cursor,
+                           dead_letters={"count": 0, "location": dead_letter_folder(settings.dead_letters, job.job_id)})
+            return outcome
         ensure_content_index(es, job.index_name)
         if job.ingest_pipeline and not ingest_pipeline_exists(es, job.ingest_pipeline):
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
@@ -124,7 +148,11 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                      job.service_type, job.index_name, len(partitions), settings.runner)
         result = pipeline.run()
-        result.wait_until_finish()
+        _RUNNING[job.job_id] = result
+        try:
+            result.wait_until_finish()
+        finally:
+            _RUNNING.pop(job.job_id, None)
         counts = _counters(result)
         if job.job_type == "incremental":
             # The source set no new cursor: keep the one this sync started from.
@@ -214,6 +242,32 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
+    """Stop this sync when the daemon that started it dies (SIGKILL, OOM kill).
+
+    Nobody would read its result, the reaper re-runs its job elsewhere, and its job file
+    (which holds secrets) would stay on disk: delete the files and stop as on SIGTERM.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        _LOGGER.error("the daemon (pid %d) that started this sync is gone; stopping", parent)
+        for path in (job_file, result_file):
+            path.unlink(missing_ok=True)
+        try:
+            job_file.parent.rmdir()
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent != 1:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2:
@@ -221,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job_file, result_file = argv
     payload = json.loads(Path(job_file).read_text(encoding="utf-8"))
-    logging.basicConfig(
-        level=os.environ.get("ELASTIC_INGEST_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s [job " + payload["job"]["job_id"] + "] %(message)s",
-    )
-    for noisy in ("elastic_transport", "apache_beam", "urllib3", "botocore", "google"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The daemon's format (ELASTIC_INGEST_LOG_FORMAT, inherited), every line tagged with the job and connector.
+    from launcher.logs import LOG_FORMAT_ENV, setup_logging
+
+    setup_logging(log_format=os.environ.get(LOG_FORMAT_ENV, "text"), job_id=payload["job"]["job_id"],
+                  connector_id=payload["job"].get("connector_id"),
+                  level=os.environ.get("ELASTIC_INGEST_LOG_LEVEL", "INFO").upper())
+    signal.signal(signal.SIGTERM, _cancel_running_and_exit)
+    _stop_when_orphaned(Path(job_file), Path(result_file))
     job = SyncJob(**payload["job"])
     settings = PipelineConfig.model_validate(payload["pipeline"])
     es_args = payload["elasticsearch"]

@@ -9,9 +9,10 @@ Full sync::
 
 Incremental sync::
 
-    cursor -> ReadChanges -> docs -> Normalize -> WriteToElasticsearch(index) ---+-> WriteDeadLetters
-                         +-> upserts -> Normalize -> WriteToElasticsearch(update) -+
-                         +-> deletes ---------> WriteToElasticsearch(delete) ------+
+    cursor -> ReadChanges -> (op, doc) in order -> Normalize(mixed) -> WriteToElasticsearch(mixed) -> WriteDeadLetters
+
+(index, update and delete operations stay one ordered stream: one id indexed then
+deleted in the same sync ends deleted.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from transforms.normalize import Normalize
 from transforms.read_changes import ReadChanges
 from transforms.read_from_source import IndexedTimestamps, ReadFromSource, SourceSpec
 from transforms.scan_index import ScanIndex
-from transforms.write_to_elasticsearch import BulkSettings, WriteToElasticsearch
+from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
 __all__ = ["build_sync_pipeline", "bulk_settings"]
 
@@ -66,14 +67,12 @@ def build_sync_pipeline(
 
     if job.job_type == "incremental":
         changes = p | "Cursor" >> beam.Create([job.sync_cursor]) | "Read" >> ReadChanges(spec, conn, job_id=job.job_id)
-        docs, normalize_dead = changes.docs | "Normalize" >> normalize
-        upserts, upsert_normalize_dead = changes.upserts | "NormalizeUpserts" >> Normalize(
+        # One ordered stream from the source to one writer: the changes' order is kept.
+        ops, normalize_dead = changes.changes | "Normalize" >> Normalize(
             job.pipeline_flags, max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text,
-            operation="update")
-        index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
-        upsert_dead = upserts | "Upsert" >> WriteToElasticsearch(conn, job.index_name, operation="update", **write)
-        delete_dead = changes.deletes | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
-        read_dead = (changes.dead_letters, upsert_normalize_dead, upsert_dead) | "IncrementalDeadLetters" >> beam.Flatten()
+            operation=MIXED)
+        write_dead = ops | "Apply" >> WriteToElasticsearch(conn, job.index_name, operation=MIXED, **write)
+        dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
         read = (
             p
@@ -91,10 +90,10 @@ def build_sync_pipeline(
         indexed_ids = p | "ScanIndex" >> ScanIndex(conn, job.index_name, slices=settings.scan_slices)
         stale = (read.ids, indexed_ids) | "FindDeletions" >> FindDeletions()
         delete_dead = stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
-        read_dead = read.dead_letters
+        dead_letters = [read.dead_letters, normalize_dead, index_dead, delete_dead]
 
     (
-        (read_dead, normalize_dead, index_dead, delete_dead)
+        tuple(dead_letters)
         | "AllDeadLetters" >> beam.Flatten()
         | "DeadLetters" >> WriteDeadLetters(settings.dead_letters, job_id=job.job_id)
     )

@@ -26,7 +26,17 @@ content only when the document is new or changed; it is called as
 returns a dict merged into the doc (e.g. ``{"body": text}`` or ``{"_attachment": base64}``).
 
 ``get_docs`` may be an ``async def`` generator (the original framework's style) or a plain
-generator; the service drives either.
+generator; the service drives either. Raise on any read failure: the sync then fails and
+deletes nothing.
+
+Incremental syncs (``incremental_sync_enabled = True``) call
+``get_docs_incrementally(sync_cursor)`` instead, which yields ``(doc, lazy_download,
+operation)`` with ``OP_INDEX``, ``OP_UPSERT`` or ``OP_DELETE`` and sets ``self._sync_cursor``;
+the cursor is stored only when the job completes.
+
+docs/source-contract.md has the whole contract, step by step, and a larger example (with
+partitions and an incremental sync); ``sources.testing.check_source_contract`` is the
+suite every source must pass.
 
 A complete small source::
 

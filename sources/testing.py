@@ -54,8 +54,6 @@ def read_all(
     finally:
         if close:
             driver.close()
-        else:
-            driver.loop.close()
 
 
 def read_partitions(source: Any, *, filtering: Filter | None = None, download: bool = True) -> list[Doc]:

@@ -43,19 +43,6 @@ def index_name(es):
     es.indices.delete(index=name, ignore_unavailable=True)
 
 
-@pytest.fixture
-def byoc(es):
-    """The BYOC indices, emptied before the test (tests that use them share one cluster)."""
-    from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
-
-    ensure_indices(es)
-    for index in (CONNECTORS_INDEX, JOBS_INDEX):
-        ids = [h["_id"] for h in es.search(index=index, size=10000, source=False)["hits"]["hits"]]
-        if ids:
-            es.bulk(operations=[{"delete": {"_index": index, "_id": i}} for i in ids], refresh=True)
-    yield es
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "es" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("integration"):

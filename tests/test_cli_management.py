@@ -48,6 +48,14 @@ class _Outputs:
     def json(self, *args: str):
         return json.loads(self(*args, "--json").stdout)
 
+    def parallel(self, *runs: tuple[tuple[str, ...], int]) -> list:
+        """Independent commands at once (each ``(args, expected exit code)``); their results in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(runs)) as pool:
+            futures = [pool.submit(self, *args, expect=expect) for args, expect in runs]
+            return [future.result() for future in futures]
+
     def assert_secret_never_shown(self):
         assert all(SECRET not in text for text in self.seen)
 
@@ -82,11 +90,13 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["index_name"] == f"search-{connector_id}-2"
     assert doc["pipeline"]["run_ml_inference"] is True and doc["pipeline"]["name"] == "my-pipeline"
 
-    listed = run.json("--action", "connectors", "--connector-id", connector_id)
+    as_json, as_table = run.parallel((("--action", "connectors", "--connector-id", connector_id, "--json"), 0),
+                                     (("--action", "connectors", "--connector-id", connector_id), 0))
+    listed = json.loads(as_json.stdout)
     assert [c["id"] for c in listed] == [connector_id]
     assert listed[0]["configuration"]["token"]["value"] == "****"
     assert listed[0]["configuration"]["count"]["value"] == 6
-    table = run("--action", "connectors", "--connector-id", connector_id).stdout
+    table = as_table.stdout
     assert connector_id in table and "slow" in table and "configured" in table
 
     assert run.json("--action", "delete-connector", "--connector-id", connector_id) == {
@@ -110,38 +120,82 @@ def test_cli_when_sync_requested_listed_and_canceled_then_jobs_written(es, confi
     job = get_job(es, full).doc
     assert job["status"] == "pending" and job["trigger_method"] == "on_demand" and job["job_type"] == "full"
     assert job["connector"]["id"] == connector_id and job["connector"]["service_type"] == "slow"
-    assert job["connector"]["configuration"]["token"]["value"] == SECRET  # the snapshot, for the service
+    assert SECRET not in json.dumps(job)  # secrets stay in the connector document
     assert job["indexed_document_count"] == 0 and job["created_at"]
 
     es.indices.refresh(index=JOBS_INDEX)
-    listed = run.json("--action", "jobs", "--connector-id", connector_id)
+    as_json, as_table, incremental = run.parallel(
+        (("--action", "jobs", "--connector-id", connector_id, "--json"), 0),
+        (("--action", "jobs", "--connector-id", connector_id), 0),
+        (("--action", "sync", "--connector-id", connector_id, "--job-type", "incremental"), 1))
+    listed = json.loads(as_json.stdout)
     assert {j["id"] for j in listed} == {full, access}
-    assert all(j["connector"]["configuration"]["token"]["value"] == "****" for j in listed)
-    table = run("--action", "jobs", "--connector-id", connector_id).stdout
+    assert all(j["connector"]["configuration"]["token"]["value"] in (None, "****") for j in listed)
+    table = as_table.stdout
     assert full[:8] in table and "pending" in table and "on_demand" in table
+    # A source without incremental syncs cannot run one.
+    error = incremental.stderr
+    assert error.startswith("ConnectorError:") and "do not support incremental syncs" in error
 
-    assert run.json("--action", "cancel", "--job-id", full) == {"id": full, "status": "canceled"}
+    # A pending job is canceled at once; a running one is asked to stop (the service writes canceled).
+    es.update(index=JOBS_INDEX, id=access, doc={"status": "in_progress"}, refresh=True)
+    pending, running = run.parallel((("--action", "cancel", "--job-id", full, "--json"), 0),
+                                    (("--action", "cancel", "--job-id", access, "--json"), 0))
+    assert json.loads(pending.stdout) == {"id": full, "status": "canceled"}
+    assert json.loads(running.stdout) == {"id": access, "status": "canceling"}
     job = get_job(es, full).doc
     assert job["status"] == "canceled" and job["canceled_at"] and job["cancelation_requested_at"]
-    # A running job is asked to stop: canceling (the service then writes canceled).
-    es.update(index=JOBS_INDEX, id=access, doc={"status": "in_progress"}, refresh=True)
-    assert run.json("--action", "cancel", "--job-id", access) == {"id": access, "status": "canceling"}
-    # An ended job cannot be canceled; a source without incremental syncs cannot run one.
+    assert get_job(es, access).doc["status"] == "canceling"
+    # An ended job cannot be canceled.
     assert "already ended (canceled)" in run("--action", "cancel", "--job-id", full, expect=1).stderr
-    error = run("--action", "sync", "--connector-id", connector_id, "--job-type", "incremental", expect=1).stderr
-    assert error.startswith("ConnectorError:") and "do not support incremental syncs" in error
     es.update(index=JOBS_INDEX, id=access, doc={"status": "canceled"}, refresh=True)
     run.assert_secret_never_shown()
 
 
 def test_cli_when_input_is_wrong_then_type_and_message_and_exit_1(es, config, connector_id):
     run = _Outputs(config)
-    error = run("--action", "update-connector", "--connector-id", connector_id, "--set", "count=1", expect=1).stderr
-    assert error.strip() == f"ConnectorError: no connector with id '{connector_id}'"
-    error = run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
-                "--index-name", "search-x", "--set", "count=many", "--set", f"token={SECRET}",
-                "--schedule", "full=every day", expect=1).stderr
+    missing, invalid = run.parallel(
+        (("--action", "update-connector", "--connector-id", connector_id, "--set", "count=1"), 1),
+        (("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+          "--index-name", "search-x", "--set", "count=many", "--set", f"token={SECRET}",
+          "--schedule", "full=every day"), 1))
+    assert missing.stderr.strip() == f"ConnectorError: no connector with id '{connector_id}'"
+    error = invalid.stderr
     assert error.startswith("ConfigError: invalid --set values:") and "count: expected an integer" in error
     assert get_connector(es, connector_id) is None
     assert "Traceback" not in "".join(run.seen)
     run.assert_secret_never_shown()
+
+
+def test_cli_when_elasticsearch_refuses_credentials_then_host_and_settings_named(tmp_path):
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = json.dumps({"error": {"type": "security_exception", "reason": "unable to authenticate user [me]"},
+                               "status": 401}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Elastic-Product", "Elasticsearch")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        config = write_config(tmp_path / "c.yml", es_url=url,
+                              elasticsearch={"username": "me", "password": SECRET, "max_retries": 0})
+        result = cli("--action", "connectors", config=config)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("AuthenticationException: ") and url in last and "401" in last
+    assert "unable to authenticate user [me]" in last and "elasticsearch.username" in last and "api_key" in last
+    assert SECRET not in result.stdout + result.stderr and "Traceback" not in result.stderr

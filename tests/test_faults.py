@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,36 +25,20 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IN_CI, REPO, DaemonProcess, index_docs, run_sync, wait_for, write_config
+from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of, es_script, fast_refresh, start_own_node
+from tests.helpers import DaemonProcess, index_docs, run_sync, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
 SCRIPTED = "tests.fixtures_security.scripted:ScriptedSource"
 SERVICE_TYPE = "scripted_fault"
-FAULT_ES_PORT = int(os.environ.get("FAULT_ES_PORT", "9220"))
-FAULT_ES_URL = f"http://127.0.0.1:{FAULT_ES_PORT}"
 ALL_MALFORMED = "unserializable,too_large,bad_field,mapping_conflict"
-
-
-def _es_script(action: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "scripts" / "elasticsearch"), action], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "ES_PORT": str(FAULT_ES_PORT),
-                                            "ES_HEAP": os.environ.get("FAULT_ES_HEAP", "512m")})
 
 
 @pytest.fixture(scope="module")
 def own_es():
     """A private Elasticsearch node (started if needed; left running for the next run)."""
-    from tests.helpers import es_client
-
-    result = _es_script("start")
-    if result.returncode != 0:
-        message = f"cannot start a private Elasticsearch on port {FAULT_ES_PORT}: {result.stderr[-2000:]}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    client = es_client(FAULT_ES_URL)
-    client.cluster.health(wait_for_status="yellow", timeout="60s")
+    client = start_own_node()
     yield client
     client.close()
 
@@ -111,12 +95,11 @@ def _expected_ids(count: int) -> set[str]:
 
 
 def _cleanup(es, connector_id: str, index: str) -> None:
-    from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
+    from launcher.indices import CONNECTORS_INDEX
 
     try:
         es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
-        es.delete_by_query(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}}, refresh=True,
-                           conflicts="proceed")
+        delete_jobs_of(es, [connector_id])
         es.indices.delete(index=index, ignore_unavailable=True)
     except Exception:  # noqa: BLE001 - best effort
         pass
@@ -134,12 +117,13 @@ def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
         job_id = _start_job(own_es, cid)
         wait_for(lambda: (_job(own_es, job_id).get("indexed_document_count") or 0) >= 20, timeout=90,
                  what="the sync to index its first documents")
-        stopped = _es_script("stop")
+        stopped = es_script("stop")
         assert stopped.returncode == 0, stopped.stderr
         time.sleep(2)
-        started = _es_script("start")
+        started = es_script("start")
         assert started.returncode == 0, started.stderr
         own_es.cluster.health(wait_for_status="yellow", timeout="60s")
+        fast_refresh(own_es)
         first = _wait_final(own_es, job_id, timeout=150)
         second = _wait_final(own_es, _start_job(own_es, cid), timeout=120)
         ids = set(index_docs(own_es, index))
@@ -184,40 +168,86 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_daemon_when_sigkilled_mid_sync_then_job_reaped_lock_released_and_next_sync_converges(own_es, tmp_path):
-    from launcher.indices import CONNECTORS_INDEX
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
-    cid, index, count = f"fault-kill-{uuid.uuid4().hex[:8]}", f"test-fault-kill-{uuid.uuid4().hex[:8]}", 80
+
+@pytest.fixture(scope="module")
+def daemon_killed(own_es, tmp_path_factory) -> dict[str, Any]:
+    """SIGKILL the daemon (its process group) mid-sync, restart it, sync again."""
+    from launcher.configuration import complete_configuration
+    from launcher.indices import CONNECTORS_INDEX
+    from tests.fixtures_security.scripted import ScriptedSource
+
+    tmp = tmp_path_factory.mktemp("daemon-killed")
+    cid, index, count = f"fault-kill-{uuid.uuid4().hex[:8]}", f"test-fault-kill-{uuid.uuid4().hex[:8]}", 200
     _connector(own_es, cid, index, count=count, delay_ms=60)
-    config = _daemon_config(tmp_path, cid, job_stale_after=3)
-    daemon = DaemonProcess(config, tmp_path / "daemon-1.log")
-    restarted = None
+    config = _daemon_config(tmp, cid, job_stale_after=3)
+    daemon = DaemonProcess(config, tmp / "daemon-1.log")
+    restarted, workers = None, []
     try:
         job_id = _start_job(own_es, cid)
         wait_for(lambda: (_job(own_es, job_id).get("indexed_document_count") or 0) >= 10, timeout=90,
                  what="the sync to index its first documents")
         workers = _children(daemon.process.pid)
-        assert workers, "the sync process was not found"
-        # A crash of the whole host: the daemon and its sync processes die at once.
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
         daemon.kill_tree()
-        assert _job(own_es, job_id)["status"] == "in_progress"
+        killed_at = time.monotonic()
+        status_after_kill = _job(own_es, job_id)["status"]
+        deadline = time.monotonic() + 8
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        orphans = [pid for pid in workers if _alive(pid)]
+        leftover_files = [str(p) for p in Path(tempfile.gettempdir()).glob(f"elastic-ingest-{job_id}-*")]
+        # The next sync reads the same 200 documents, without the delay.
+        configuration, _ = complete_configuration({"count": {"value": count}, "delay_ms": {"value": 0}},
+                                                  ScriptedSource.get_default_configuration())
+        own_es.update(index=CONNECTORS_INDEX, id=cid, doc={"configuration": configuration}, refresh=True)
 
-        restarted = DaemonProcess(config, tmp_path / "daemon-2.log")
+        restarted = DaemonProcess(config, tmp / "daemon-2.log")
         reaped = _wait_final(own_es, job_id, timeout=60)
-        assert reaped["status"] == "error" and reaped["error"].startswith("StaleJob:"), reaped
-        connector = own_es.get(index=CONNECTORS_INDEX, id=cid)["_source"]
-        assert connector["last_sync_status"] != "in_progress"
-
+        deadline = time.monotonic() + 15  # the reaper releases the connector just after ending the job
+        while True:
+            connector = own_es.get(index=CONNECTORS_INDEX, id=cid)["_source"]
+            if connector.get("last_sync_status") != "in_progress" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         second = _wait_final(own_es, _start_job(own_es, cid), timeout=90)
-        assert second["status"] == "completed", second.get("error")
-        assert set(index_docs(own_es, index)) == _expected_ids(count)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=max(5.0, 60 - (time.monotonic() - killed_at)),
+                 what="the old sync process to end")
+        ids = set(index_docs(own_es, index))
+        total = own_es.count(index=index)["count"]
     finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         daemon.stop()
         if restarted is not None:
             restarted.stop()
         _cleanup(own_es, cid, index)
+    return {"status_after_kill": status_after_kill, "orphans": orphans, "leftover_files": leftover_files,
+            "workers": workers, "reaped": reaped,
+            "connector": connector, "second": second, "ids": ids, "total": total, "count": count}
+
+
+def test_daemon_when_sigkilled_mid_sync_then_job_reaped_lock_released_and_next_sync_converges(daemon_killed):
+    assert daemon_killed["workers"], "the sync process was not found"
+    assert daemon_killed["status_after_kill"] == "in_progress"
+    reaped = daemon_killed["reaped"]
+    assert reaped["status"] == "error" and reaped["error"].startswith("StaleJob:"), reaped
+    assert daemon_killed["connector"]["last_sync_status"] != "in_progress"
+    assert daemon_killed["second"]["status"] == "completed", daemon_killed["second"].get("error")
+    assert daemon_killed["ids"] == _expected_ids(daemon_killed["count"])
+    assert daemon_killed["total"] == daemon_killed["count"]
+
+
+def test_daemon_when_sigkilled_then_its_sync_process_does_not_outlive_it(daemon_killed):
+    assert daemon_killed["workers"]
+    assert not daemon_killed["orphans"], f"sync process(es) {daemon_killed['orphans']} still ran 8 s after the daemon died"
+    assert not daemon_killed["leftover_files"], "the killed sync's job file (it holds secrets) was left behind"
 
 
 # -- the source fails -----------------------------------------------------------------------

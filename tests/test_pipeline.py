@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sources.base import BaseDataSource
-from sources.testing import make_docs
+from sources.testing import MemorySource, make_docs
 from tests.helpers import index_docs, run_sync
 from transforms.dead_letter import read_dead_letters
 from transforms.progress import PROGRESS_INDEX, read_progress
@@ -126,6 +126,23 @@ def test_full_sync_when_rejections_exceed_the_error_rate_then_job_fails(es, inde
     assert outcome["error"].startswith("TooManyErrors: ")
 
 
+class UnchangedSource(MemorySource):
+    """A source that knows nothing changed since the last sync."""
+
+    async def changed(self):
+        return False
+
+
+def test_full_sync_when_source_reports_no_change_then_nothing_read_or_deleted(es, index_name):
+    docs = make_docs(5)
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+    outcome = run_sync(index=index_name, fqn=f"{__name__}:UnchangedSource", configuration={"docs": []})
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert (outcome["source_document_count"], outcome["indexed_document_count"], outcome["deleted_document_count"]) \
+        == (0, 0, 0)
+    assert index_docs(es, index_name) == expected(docs)
+
+
 class OriginalStyleSource(BaseDataSource):
     """Written as for Elastic's original connector framework: async, filtering only, lazy content."""
 
@@ -186,18 +203,18 @@ def test_sync_when_source_is_a_plain_iterator_then_documents_indexed(es, index_n
     assert index_docs(es, index_name) == {str(i): {"square": i * i, "id": str(i)} for i in range(5)}
 
 
-def test_sync_when_partitioned_on_parallel_worker_processes_then_same_index_as_one_partition(es, index_name):
+def test_sync_when_source_is_partitioned_then_same_index_as_one_partition(es, index_name):
+    # (Partitions read by parallel worker processes: tests/test_pipeline_overload.py.)
     docs = make_docs(120)
     single = f"{index_name}-single"
     try:
         one = run_sync(index=single, fqn=MEMORY, configuration={"docs": docs, "lazy": True})
         many = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs, "lazy": True, "partitions": 4},
-                        direct_running_mode="multi_processing", direct_num_workers=2,
                         bulk={"max_docs": 25, "max_in_flight": 2}, read_batch_size=10)
         assert one["status"] == "completed", one.get("error")
         assert many["status"] == "completed", many.get("error")
-        assert index_docs(es, index_name) == index_docs(es, single) == expected(
-            docs, body=None) | {d["_id"]: {**expected([d])[d["_id"]], "body": f"body of {d['_id']}"} for d in docs}
+        want = {doc_id: {**doc, "body": f"body of {doc_id}"} for doc_id, doc in expected(docs).items()}
+        assert index_docs(es, index_name) == index_docs(es, single) == want
         assert many["indexed_document_count"] == one["indexed_document_count"] == 120
         assert many["source_document_count"] == 120
     finally:
@@ -223,12 +240,20 @@ def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_ke
     want["doc-9"] = {"title": "new", "id": "doc-9"}
     assert index_docs(es, index_name) == want
 
-    # From the stored cursor only the new change is applied.
-    changes.append({"op": "delete", "doc": {"_id": "doc-9"}})
+    # From the stored cursor only the new changes are applied, in their order: doc-7 is
+    # indexed then deleted (gone), doc-8 deleted then indexed (present).
+    changes += [
+        {"op": "delete", "doc": {"_id": "doc-9"}},
+        {"op": "index", "doc": {"_id": "doc-7", "title": "short-lived"}},
+        {"op": "delete", "doc": {"_id": "doc-7"}},
+        {"op": "delete", "doc": {"_id": "doc-8"}},
+        {"op": "index", "doc": {"_id": "doc-8", "title": "back"}},
+    ]
     outcome = run_sync(index=index_name, fqn=MEMORY, job_type="incremental", configuration={"changes": changes},
                        sync_cursor={"position": 4})
     assert outcome["status"] == "completed", outcome.get("error")
-    assert outcome["deleted_document_count"] == 1 and outcome["indexed_document_count"] == 0
-    assert outcome["sync_cursor"] == {"position": 5}
+    assert outcome["deleted_document_count"] == 2 and outcome["indexed_document_count"] == 2
+    assert outcome["sync_cursor"] == {"position": 9}
     del want["doc-9"]
+    want["doc-8"] = {"title": "back", "id": "doc-8"}
     assert index_docs(es, index_name) == want

@@ -4,7 +4,9 @@ A second node is started for this module with one write thread and a write queue
 (``scripts/elasticsearch`` with ``ES_PORT=9201`` and ``ES_SETTINGS``), and stopped at the
 end. Several ``_bulk`` requests in flight make it reject work with 429 (whole requests or
 single items); the sync must retry exactly those and end with every document indexed and
-exact counters.
+exact counters. The sync runs on the local runner's ``multi_processing`` mode (two SDK
+worker processes reading three partitions), so counters summed across processes are
+checked too.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def overloaded_es():
         _script("stop")
 
 
-def test_sync_when_elasticsearch_answers_429_then_retried_until_every_document_lands(overloaded_es):
+def test_sync_when_elasticsearch_answers_429_on_parallel_workers_then_retried_until_every_document_lands(overloaded_es):
     index = "test-overload"
     overloaded_es.indices.delete(index=index, ignore_unavailable=True)
     overloaded_es.indices.create(index=index, settings={"number_of_shards": 1, "number_of_replicas": 0})
@@ -63,7 +65,8 @@ def test_sync_when_elasticsearch_answers_429_then_retried_until_every_document_l
     try:
         outcome = run_sync(index=index, fqn="sources.testing:MemorySource",
                            configuration={"docs": docs, "partitions": 3}, es_url=URL,
-                           bulk={"max_docs": 25, "max_in_flight": 4, "initial_backoff": 0.05, "max_backoff": 0.5,
+                           direct_running_mode="multi_processing", direct_num_workers=2,
+                           bulk={"max_docs": 25, "max_in_flight": 3, "initial_backoff": 0.05, "max_backoff": 0.5,
                                  "max_retries": 30})
         assert outcome["status"] == "completed", outcome.get("error")
         assert outcome["bulk_retries"] > 0, "the node never pushed back: the test proves nothing"

@@ -260,10 +260,12 @@ def test_poll_when_documents_are_wrong_then_error_on_each_and_others_served(es, 
     unknown = make_connector(service_type="no_such_type", configuration=_configured(count=1), status="configured")
     bad_cron = make_connector(configuration=_configured(count=1), status="configured",
                               scheduling={"full": {"enabled": True, "interval": "every hour please"}})
-    no_index = make_connector(configuration=_configured(count=1), status="configured", index_name=None)
+    no_index = make_connector(configuration=_configured(count=1), status="configured", index_name="Bad Name")
     ids = [good.id, wrong_types.id, unknown.id, bad_cron.id, no_index.id]
     bad_job = create_job(es, good, job_type="full")
     update_job(es, bad_job, {"job_type": "weekly"})
+    bad_snapshot = create_job(es, good, job_type="full")
+    update_job(es, bad_snapshot, {"connector": {"configuration": "oops", "pipeline": [1]}})
     daemon = _daemon(tmp_path, es, ids, max_concurrent_syncs=1)
     daemon.claim_jobs = lambda connector_ids: Daemon.claim_jobs(daemon, [])  # no syncs here
     daemon.poll_once()
@@ -274,12 +276,16 @@ def test_poll_when_documents_are_wrong_then_error_on_each_and_others_served(es, 
     assert "scheduling: expected an object, got list" in errors[wrong_types.id]["error"]
     assert "'no_such_type' is not served here" in errors[unknown.id]["error"]
     assert "scheduling.full.interval: invalid cron expression 'every hour please'" in errors[bad_cron.id]["error"]
-    assert "index_name: expected a non-empty string" in errors[no_index.id]["error"]
+    assert "index_name: 'Bad Name' is not a valid index name" in errors[no_index.id]["error"]
     assert all(errors[i]["status"] == "error" for i in ids[1:])
     # A job with a wrong job_type fails with a clear error, without being run.
     Daemon.claim_jobs(daemon, [good.id])
     job = get_job(es, bad_job).doc
     assert job["status"] == "error" and "job_type: expected full, incremental or access_control" in job["error"]
+    job = get_job(es, bad_snapshot).doc
+    assert job["status"] == "error" and job["error"] == (
+        "InvalidJob: connector.configuration: expected an object, got str; "
+        "connector.pipeline: expected an object, got list")
     # The cron fixed: the connector is checked again at once.
     update_connector(es, bad_cron.id, {"scheduling": {"full": {"enabled": True, "interval": "0 0 0 * * ?"}}})
     daemon.poll_once()
@@ -308,12 +314,16 @@ def test_schedule_when_two_instances_race_then_each_fire_time_yields_one_job(es,
     connector = make_connector(configuration=_configured(count=1), status="connected",
                                scheduling={"full": every_second, "incremental": every_second,
                                            "access_control": {"enabled": False, "interval": "* * * * * ?"}})
-    daemons = [_daemon(tmp_path, es, [connector.id], idling=0.1) for _ in range(3)]
+    # Heartbeats on every round: unconditional writes interleaved with the conditional ones
+    # (an instance must never act on a stale copy whose _seq_no a heartbeat moved on).
+    daemons = [_daemon(tmp_path, es, [connector.id], idling=0.1, heartbeat=0.01) for _ in range(3)]
     stop = time.monotonic() + 4
 
     def loop(daemon: Daemon) -> None:
         while time.monotonic() < stop:
-            for copy in daemon.served_connectors():
+            copies = daemon.served_connectors()
+            daemon.heartbeat(copies)
+            for copy in copies:
                 try:
                     daemon.maintain_connector(copy)
                 except Exception:  # noqa: BLE001 - conflicts, as in poll_once
@@ -438,3 +448,93 @@ def test_poll_when_elasticsearch_keeps_failing_then_error_budget_stops_daemon(tm
     daemon = Daemon(config, Elasticsearch("http://127.0.0.1:9", max_retries=0, request_timeout=2))
     with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*Stopping"):
         daemon.run()
+
+
+def test_poll_when_advanced_snippet_edited_then_source_validates_it(es, make_connector, tmp_path):
+    from launcher.cli import _draft_rules
+
+    bad = make_connector(service_type="incremental_slow", configuration=_configured(count=1), status="connected")
+    good = make_connector(service_type="incremental_slow", configuration=_configured(count=1), status="connected")
+    for connector, snippet in ((bad, {"bad": 1}), (good, {"query": {"title": "x"}})):
+        filtering = _draft_rules(connector, __import__("json").dumps({"rules": [], "advanced_snippet": snippet}))
+        update_connector(es, connector.id, {"filtering": filtering})
+    _daemon(tmp_path, es, [bad.id, good.id]).poll_once()
+    entry = get_connector(es, bad.id).get("filtering")[0]
+    assert entry["draft"]["validation"] == {
+        "state": "invalid",
+        "errors": [{"ids": ["advanced_snippet"], "messages": ["'bad' is not a known advanced rule"]}]}
+    entry = get_connector(es, good.id).get("filtering")[0]
+    assert entry["draft"]["validation"]["state"] == "valid"
+    assert entry["active"]["advanced_snippet"]["value"] == {"query": {"title": "x"}}
+    job = get_job(es, create_job(es, get_connector(es, good.id))).doc
+    assert job["connector"]["filtering"]["advanced_snippet"]["value"] == {"query": {"title": "x"}}
+
+
+def test_finish_job_when_access_control_then_own_fields_and_lock_given_back(es, make_connector):
+    connector = make_connector(configuration=_configured(count=1), status="connected", last_sync_status="completed",
+                               last_indexed_document_count=42)
+    job_id = create_job(es, connector, job_type="access_control")
+    claim = claim_job(es, job_id, "host-a")
+    assert get_connector(es, connector.id).get("last_sync_status") == "in_progress"  # the lock
+    finish_job(es, job_id, connector.id, "error", error="SourceError: no groups", job_type="access_control",
+               previous_sync_status=claim.connector.get("last_sync_status"))
+    doc = get_connector(es, connector.id).doc
+    assert doc["last_access_control_sync_status"] == "error"
+    assert doc["last_access_control_sync_error"] == "SourceError: no groups"
+    assert doc["last_sync_status"] == "completed" and doc["last_indexed_document_count"] == 42
+    assert doc["status"] == "error"
+
+
+# -- configuration values (no server needed) ---------------------------------------------------
+def test_validate_configuration_when_values_wrong_then_every_problem_by_label_and_no_secret():
+    from launcher.configuration import redact, validate_configuration
+
+    configuration = {
+        "use_ssl": {"type": "bool", "value": "true", "label": "SSL"},
+        "ca": {"type": "str", "value": "", "label": "CA", "depends_on": [{"field": "use_ssl", "value": True}]},
+        "proxy": {"type": "str", "value": "", "label": "Proxy", "depends_on": [{"field": "use_ssl", "value": False}]},
+        "port": {"type": "int", "value": "99999", "label": "Port",
+                 "validations": [{"type": "less_than", "constraint": 65536}]},
+        "mode": {"type": "str", "value": "x", "label": "Mode",
+                 "validations": [{"type": "included_in", "constraint": ["a", "b"]}]},
+        "tags": {"type": "list", "value": "a,b", "label": "Tags",
+                 "validations": [{"type": "list_type", "constraint": "int"}]},
+        "name": {"type": "str", "value": "abc", "label": "Name",
+                 "validations": [{"type": "regex", "constraint": r"\d+"}]},
+        "secret": {"type": "int", "value": "hunter2", "sensitive": True, "label": "Secret"},
+        "optional": {"type": "str", "value": None, "required": False, "label": "Optional"},
+        "kind": {"type": "float", "value": 1, "label": "Kind"},
+    }
+    problems = validate_configuration(configuration)
+    assert problems == [
+        "CA: a value is required", "Port: must be less than 65536, got 99999", "Mode: x not one of a, b",
+        "Tags: every item must be int", r"Name: does not match \d+", "Secret: expected a value of type int",
+        "Kind: unknown type 'float' (expected one of bool, int, list, str)",
+    ]
+    assert "hunter2" not in " ".join(problems)
+    assert redact(configuration)["secret"]["value"] == "****" and redact(configuration)["port"]["value"] == "99999"
+
+
+def test_job_snapshot_when_sensitive_values_then_left_out_and_read_back_from_the_connector(es, make_connector,
+                                                                                           tmp_path):
+    import json
+
+    connector = make_connector(configuration=_configured(count=2, token="very-secret"), status="connected")
+    job_id = create_job(es, connector)
+    job = get_job(es, job_id)
+    assert "very-secret" not in json.dumps(job.doc)
+    assert job.doc["connector"]["configuration"]["count"]["value"] == 2
+    config = load_config(write_config(tmp_path / "c.yml", sources={"slow": SLOW}))
+    sync_job = build_sync_job(config, claim_job(es, job_id, "host-a"))
+    assert sync_job.configuration["token"]["value"] == "very-secret"
+    assert sync_job.configuration["count"]["value"] == 2
+
+
+def test_build_sync_job_when_snapshot_configuration_not_an_object_then_connector_error(tmp_path):
+    from sources.errors import ConnectorError
+
+    config = load_config(write_config(tmp_path / "c.yml", sources={"slow": SLOW}))
+    claim = _claim_for({}, None)
+    claim.job.doc["connector"]["pipeline"] = True
+    with pytest.raises(ConnectorError, match="connector.pipeline: expected an object, got bool"):
+        build_sync_job(config, claim)

@@ -97,7 +97,7 @@ def test_bulk_write_when_some_items_429_then_only_those_resent_and_others_dead_l
     fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index", BulkSettings(initial_backoff=0.001), None, None, 1)
     fn.es = _FakeBulkClient([{"b": 429, "c": 400, "d": 429}, {"d": 429}, {}])
     fn.progress = None
-    batch = [(doc_id, json.dumps({"v": doc_id}).encode()) for doc_id in "abcde"]
+    batch = [("index", doc_id, json.dumps({"v": doc_id}).encode()) for doc_id in "abcde"]
     letters, stats = fn._write_batch(batch)
     assert fn.es.sent == [list("abcde"), ["b", "d"], ["d"]]
     assert stats["indexed"] == 4 and stats["item_retries"] == 3
@@ -112,14 +112,18 @@ def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
     fn.es = _FakeBulkClient([{"a": 429}] * 3)
     fn.progress = None
     with pytest.raises(ElasticsearchUnavailable, match="still rejected with 429/5xx after 3 attempts"):
-        fn._write_batch([("a", b"{}")])
+        fn._write_batch([("index", "a", b"{}")])
 
 
-def test_bulk_update_when_written_then_partial_doc_as_upsert():
-    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "update", BulkSettings(), None, None, 1)
-    lines = fn._actions([("a", b'{"x":1}')])
-    assert json.loads(lines[0]) == {"update": {"_index": "idx", "_id": "a"}}
-    assert json.loads(lines[1]) == {"doc": {"x": 1}, "doc_as_upsert": True}
+def test_bulk_actions_when_mixed_operations_then_in_order_with_update_as_upsert():
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "mixed", BulkSettings(), None, None, 1)
+    lines = [json.loads(line) for line in fn._actions([("index", "a", b'{"x":1}'), ("update", "b", b'{"y":2}'),
+                                                       ("delete", "a", None)])]
+    assert lines == [
+        {"index": {"_index": "idx", "_id": "a"}}, {"x": 1},
+        {"update": {"_index": "idx", "_id": "b"}}, {"doc": {"y": 2}, "doc_as_upsert": True},
+        {"delete": {"_index": "idx", "_id": "a"}},
+    ]
 
 
 # -- normalize -----------------------------------------------------------------------------
@@ -249,3 +253,33 @@ def test_call_lazy_when_signatures_differ_then_called_with_what_they_accept():
     assert not is_async_callable(lambda: None)
     assert call_lazy(lambda **kw: kw, {"_timestamp": "t"}) == {"doit": True, "timestamp": "t"}
     driver.close()
+
+
+# -- reading -------------------------------------------------------------------------------
+def test_read_from_source_when_content_over_size_limit_then_document_kept_without_content():
+    from sources.base import Partition
+    from transforms.read_from_source import ReadFromSource, SourceSpec
+
+    docs = [{"_id": "small"}, {"_id": "declared-big", "size": 1000}, {"_id": "long-name-makes-a-long-body"}]
+    spec = SourceSpec("sources.testing:MemorySource", {"docs": {"value": docs}, "lazy": {"value": True},
+                                                       "lazy_async": {"value": True}})
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        read = p | beam.Create([Partition()]) | ReadFromSource(spec, max_download_bytes=20, batch_size=2)
+        assert_that(read.docs | beam.Map(lambda d: (d["_id"], d.get("body"))), equal_to([
+            ("small", "body of small"), ("declared-big", None), ("long-name-makes-a-long-body", None)]), label="docs")
+        assert_that(read.ids, equal_to(["small", "declared-big", "long-name-makes-a-long-body"]), label="ids")
+
+
+def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not_to():
+    import base64
+
+    html = base64.b64encode(b"<html><body><p>Hello <b>there</b></p></body></html>").decode()
+    doc = {"_id": "h", "file_name": "page.html", "_attachment": html}
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        docs = p | beam.Create([doc])
+        extracted, _ = docs | "on" >> Normalize({})
+        kept, _ = docs | "off" >> Normalize({"_extract_binary_content": False})
+        assert_that(extracted | "b1" >> beam.MapTuple(lambda i, data: json.loads(data).get("body", "").split()),
+                    equal_to([["Hello", "there"]]), label="extracted")
+        assert_that(kept | "b2" >> beam.MapTuple(lambda i, data: json.loads(data)["_attachment"] == html),
+                    equal_to([True]), label="kept")

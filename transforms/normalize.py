@@ -142,39 +142,46 @@ class _NormalizeFn(beam.DoFn):
         self.operation = operation
         self.dead = Metrics.counter("elastic_ingest", "dead_letters_normalize")
 
-    def process(self, raw: Any):
+    def process(self, element: Any):
+        op, raw = element if self.operation == "mixed" else (self.operation, element)
+        if op == "delete":  # an incremental sync's deletion: only the id, already normalized
+            yield op, document_id(raw.get("_id") if isinstance(raw, Mapping) else raw), None
+            return
         doc_id = None
         try:
             if not isinstance(raw, Mapping):
                 raise TypeError(f"a document must be a dict, got {type(raw).__name__}")
             doc = dict(raw)
             doc_id = document_id(doc.pop("_id", None))
-            attachment = doc.pop("_attachment", None)
-            if attachment is not None and self.extract_text and "body" not in doc:
-                doc["body"] = self._extract(attachment, doc)
-            elif attachment is not None:
-                doc["_attachment"] = attachment
-            if "_timestamp" in doc:
-                doc["_timestamp"] = iso_timestamp(doc["_timestamp"])
-            if self.pipeline_flags.get("_reduce_whitespace") and isinstance(doc.get("body"), str):
-                doc["body"] = _reduce_whitespace(doc["body"])
-            doc.update(self.pipeline_flags)
-            doc["id"] = doc_id
-            body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            data = body.encode("utf-8")
-            if len(data) > self.max_document_bytes:
-                raise ValueError(
-                    f"document is {len(data)} bytes, over the limit of {self.max_document_bytes} "
-                    "(pipeline.max_document_bytes)"
-                )
+            data = self._serialize(doc, doc_id)
         except (ValueError, TypeError, RecursionError, OverflowError) as exc:
             self.dead.inc()
             yield pvalue.TaggedOutput(
-                DEAD_LETTERS,
-                DeadLetter.of(raw, doc_id=doc_id, operation=self.operation, stage="normalize", error=exc),
-            )
+                DEAD_LETTERS, DeadLetter.of(raw, doc_id=doc_id, operation=op, stage="normalize", error=exc))
             return
-        yield doc_id, data
+        yield (op, doc_id, data) if self.operation == "mixed" else (doc_id, data)
+
+    def _serialize(self, doc: dict[str, Any], doc_id: str) -> bytes:
+        attachment = doc.pop("_attachment", None)
+        if attachment is not None and self.extract_text and "body" not in doc and \
+                self.pipeline_flags.get("_extract_binary_content", True) is not False:
+            doc["body"] = self._extract(attachment, doc)
+        elif attachment is not None:
+            doc["_attachment"] = attachment
+        if "_timestamp" in doc:
+            doc["_timestamp"] = iso_timestamp(doc["_timestamp"])
+        if self.pipeline_flags.get("_reduce_whitespace") and isinstance(doc.get("body"), str):
+            doc["body"] = _reduce_whitespace(doc["body"])
+        doc.update(self.pipeline_flags)
+        doc["id"] = doc_id
+        body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        data = body.encode("utf-8")
+        if len(data) > self.max_document_bytes:
+            raise ValueError(
+                f"document is {len(data)} bytes, over the limit of {self.max_document_bytes} "
+                "(pipeline.max_document_bytes)"
+            )
+        return data
 
     @staticmethod
     def _extract(attachment: Any, doc: Mapping[str, Any]) -> str | None:
@@ -191,11 +198,16 @@ class _NormalizeFn(beam.DoFn):
 class Normalize(beam.PTransform):
     """Documents -> ``(doc_id, json_bytes)``, with a ``dead_letters`` output.
 
+    With ``operation="mixed"`` elements are an incremental sync's ``(op, doc)`` changes and
+    the output is ``(op, doc_id, json_bytes)`` (``json_bytes`` is None for ``delete``), in
+    the same order, for ``WriteToElasticsearch(operation="mixed")``.
+
     Args:
         pipeline_flags: ``{"_extract_binary_content": bool, "_reduce_whitespace": bool,
             "_run_ml_inference": bool}`` from the connector's ``pipeline`` settings.
         max_document_bytes: larger serialized documents are dead-lettered.
-        extract_text: turn ``_attachment`` content into ``body`` text in the workers.
+        extract_text: turn ``_attachment`` content into ``body`` text in the workers (unless the
+            connector's ``_extract_binary_content`` flag is false: ``_attachment`` is then kept).
     """
 
     def __init__(self, pipeline_flags: Mapping[str, Any] | None = None, *, max_document_bytes: int = 20 * 1024 * 1024,

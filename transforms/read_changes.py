@@ -1,16 +1,20 @@
 """ReadChanges: an incremental sync's reads, from the source's cursor.
 
 Drives ``source.get_docs_incrementally(sync_cursor)`` (one stream: changes are ordered)
-and splits its operations into documents to index (``OP_INDEX``: replaced whole),
-documents to update (``OP_UPSERT``: merged into the indexed copy, created if missing),
-both with their content downloaded, and ids to delete (``OP_DELETE``). The new cursor the source sets is stored with the job's progress records once
+and emits its operations, in the source's order, as ``(op, doc)`` pairs: documents to
+index (``OP_INDEX``: replaced whole) and to update (``OP_UPSERT``: merged into the
+indexed copy, created if missing), both with their content downloaded, and deletions
+(``OP_DELETE``, the doc holding only ``_id``; documents the sync rules now exclude are
+deleted too). Order matters (an index then a delete of one id must end deleted), so the
+changes stay one stream down to one writer (``Normalize``/``WriteToElasticsearch`` with
+``operation="mixed"``). The new cursor the source sets is stored with the job's progress records once
 the stream is fully read, and becomes the connector's ``sync_cursor`` only if the job
 completes.
 
 Example usage::
 
     changes = p | beam.Create([cursor]) | ReadChanges(spec, conn, job_id="abc")
-    changes.docs, changes.upserts, changes.deletes, changes.dead_letters
+    changes.changes, changes.dead_letters
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from transforms.progress import write_job_record
 from transforms.read_from_source import SourceSpec
 from transforms.sync_rules import BasicRules
 
-__all__ = ["ReadChanges", "DOCS", "UPSERTS", "DELETES", "DEAD_LETTERS"]
+__all__ = ["ReadChanges", "CHANGES", "DEAD_LETTERS"]
 
-DOCS, UPSERTS, DELETES, DEAD_LETTERS = "docs", "upserts", "deletes", "dead_letters"
+CHANGES, DEAD_LETTERS = "changes", "dead_letters"
 
 
 class _ReadChangesFn(beam.DoFn):
@@ -67,18 +71,15 @@ class _ReadChangesFn(beam.DoFn):
                     yield pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(
                         doc, doc_id=None, operation=operation or "index", stage="read", error=exc))
                     continue
-                if operation == OP_DELETE:
-                    yield pvalue.TaggedOutput(DELETES, doc_id)
-                    continue
-                if self.rules and not self.rules.should_index(doc):
-                    yield pvalue.TaggedOutput(DELETES, doc_id)  # now excluded: remove any indexed copy
+                if operation == OP_DELETE or (self.rules and not self.rules.should_index(doc)):
+                    yield OP_DELETE, {"_id": doc_id}
                     continue
                 out = dict(doc)
                 out["_id"] = doc_id
                 extra = self.driver.download(lazy, doc)
                 if extra:
                     out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
-                yield out if operation == OP_INDEX else pvalue.TaggedOutput(UPSERTS, out)
+                yield operation, out
         except SourceError:
             raise
         except Exception as exc:
@@ -92,7 +93,7 @@ class _ReadChangesFn(beam.DoFn):
 
 
 class ReadChanges(beam.PTransform):
-    """A one-element PCollection (the cursor) in; ``docs``, ``upserts``, ``deletes``, ``dead_letters`` out."""
+    """A one-element PCollection (the cursor) in; ``changes`` (``(op, doc)``, ordered) and ``dead_letters`` out."""
 
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, *, job_id: str):
         super().__init__()
@@ -100,5 +101,5 @@ class ReadChanges(beam.PTransform):
 
     def expand(self, cursor: beam.PCollection):
         return cursor | "ReadChanges" >> beam.ParDo(_ReadChangesFn(self.spec, self.conn, self.job_id)).with_outputs(
-            UPSERTS, DELETES, DEAD_LETTERS, main=DOCS
+            DEAD_LETTERS, main=CHANGES
         )

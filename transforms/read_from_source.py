@@ -4,12 +4,15 @@
 
     partitions --Reshuffle--> read partition (source.get_docs) --> basic sync rules
         --> batch of read_batch_size --> look up indexed _timestamps (one mget) --> unchanged? only its id
-        --> changed: lazy download (bounded threads, size limit) --> document
+        --> changed: lazy download (at most download_concurrency at once, size limit) --> document
 
 Only partition descriptors are reshuffled; documents flow on without a shuffle. The
 source class is imported by FQN and instantiated in ``DoFn.setup()`` on each worker, and
 closed in ``teardown()``. Skipping unchanged documents needs no id set in memory: each
-batch asks the index for its own ids' timestamps.
+batch asks the index for its own ids' timestamps. Async lazy downloads run on the
+source's own event loop (where its clients were opened), sync ones on a thread pool.
+Content over ``max_download_bytes`` (declared as ``size`` before, or measured after the
+download) is left out: the document is indexed with its metadata only.
 
 Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content downloaded,
 ``_id`` normalized), ``ids`` (the id of every document the source yielded and the sync
@@ -179,12 +182,17 @@ class _ReadPartitionFn(beam.DoFn):
                 self.skipped.inc()
                 continue
             changed.append((doc_id, doc, lazy))
-        for (doc_id, doc, _), extra in zip(changed, self._download_all(changed)):
-            out = dict(doc)
-            out["_id"] = doc_id
-            if extra:
-                out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
-            yield out
+        # Downloads run a window at a time, so a worker never holds more than about
+        # 2 * download_concurrency documents' content (not a whole lookup batch's).
+        window = 2 * self.download_concurrency
+        for start in range(0, len(changed), window):
+            chunk = changed[start:start + window]
+            for (doc_id, doc, _), extra in zip(chunk, self._download_all(chunk)):
+                out = dict(doc)
+                out["_id"] = doc_id
+                if extra:
+                    out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
+                yield out
 
     def _download_all(self, changed: list[tuple[str, dict[str, Any], Any]]) -> list[Mapping[str, Any] | None]:
         """Run the batch's lazy downloads, at most ``download_concurrency`` at once.

@@ -1,16 +1,21 @@
 """WriteToElasticsearch: batched, retried, idempotent ``_bulk`` writes with every item inspected.
 
-Elements are ``(doc_id, json_bytes)`` for ``index`` (from :class:`~transforms.normalize.Normalize`)
-or ``doc_id`` strings for ``delete``. Each DoFn instance buffers elements and sends a
-``_bulk`` request when ``max_docs`` or ``max_bytes`` is reached, and at the end of each
-bundle; up to ``max_in_flight`` requests run at once.
+Elements are ``(doc_id, json_bytes)`` for ``index`` and ``update`` (from
+:class:`~transforms.normalize.Normalize`; ``update`` merges the fields into the indexed
+document, creating it if missing) or ``doc_id`` strings for ``delete``, or ``(op, doc_id, json_bytes_or_None)`` for
+``mixed`` (an incremental sync's ordered changes). Each DoFn
+instance buffers elements and sends a ``_bulk`` request when ``max_docs`` or
+``max_bytes`` is reached, and at the end of each bundle; up to ``max_in_flight`` requests
+run at once (on a small thread pool; metrics are counted back on the DoFn's thread).
 
 Failures, in order of how they are handled:
 
 * the whole request fails with 429, 5xx, a timeout or a connection error: resent with
-  exponential backoff and full jitter, up to ``max_retries`` times, then the job fails;
-* single items answer 429 inside a successful response: only those items are resent,
-  with the same backoff;
+  exponential backoff (``initial_backoff * 2**attempt``, capped at ``max_backoff``) and
+  jitter (a random wait between half and all of it), up to ``max_retries`` times, then
+  the job fails;
+* single items answer 429 (or 5xx) inside a successful response: only those items are
+  resent, with the same backoff;
 * other item failures (mapping conflicts, invalid field names, ...): the document goes to
   the ``dead_letters`` output with Elasticsearch's error type and reason;
 * ``delete`` of a missing document is not an error.
@@ -19,7 +24,8 @@ Ids are deterministic, so a retried request or bundle overwrites rather than dup
 
 Example usage::
 
-    dead = docs | WriteToElasticsearch(conn, "search-docs", max_docs=1000, max_bytes=8 << 20)
+    dead = docs | WriteToElasticsearch(conn, "search-docs",
+                                       settings=BulkSettings(max_docs=1000, max_bytes=8 << 20))
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ from transforms.dead_letter import DeadLetter
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import ProgressReporter
 
-__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "retry_with_backoff", "RETRIABLE_STATUS"]
+__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "MIXED", "retry_with_backoff", "RETRIABLE_STATUS"]
 
 DEAD_LETTERS = "dead_letters"
+#: ``operation`` for a stream of ``(op, doc_id, json_bytes_or_None)`` applied in order.
+MIXED = "mixed"
 RETRIABLE_STATUS = {429, 500, 502, 503, 504}
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,27 +126,30 @@ class _BulkWriteFn(beam.DoFn):
         self.failed = Metrics.counter("elastic_ingest", "dead_letters_write")
 
     def setup(self) -> None:
-        self.es = self.conn.client(connections_per_node=max(10, self.settings.max_in_flight * 2))
-        self.pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="bulk")
+        # Mixed operations keep the source's order: one request at a time.
+        self.max_in_flight = 1 if self.operation == MIXED else self.settings.max_in_flight
+        self.es = self.conn.client(connections_per_node=max(10, self.max_in_flight * 2))
+        self.pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="bulk")
         self.progress = ProgressReporter(self.es, self.job_id, interval=self.progress_interval) if self.job_id else None
         self.ok_total = 0
         self.failed_total = 0
 
     def start_bundle(self) -> None:
-        self.buffer: list[tuple[str, bytes | None]] = []
+        self.buffer: list[tuple[str, str, bytes | None]] = []
         self.buffer_bytes = 0
         self.in_flight: list[Future] = []
 
     def process(self, element: Any) -> Iterator[Any]:
         if self.operation == "delete":
-            doc_id, data = (element if isinstance(element, str) else element[0]), None
-            size = len(doc_id) + 64
+            op, doc_id, data = "delete", (element if isinstance(element, str) else element[0]), None
+        elif self.operation == MIXED:
+            op, doc_id, data = element
         else:
-            doc_id, data = element
-            size = len(data) + len(doc_id) + 64
+            op, (doc_id, data) = self.operation, element
+        size = len(data or b"") + len(doc_id) + 64
         if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
             yield from self._send()
-        self.buffer.append((doc_id, data))
+        self.buffer.append((op, doc_id, data))
         self.buffer_bytes += size
         if len(self.buffer) >= self.settings.max_docs:
             yield from self._send()
@@ -164,7 +175,7 @@ class _BulkWriteFn(beam.DoFn):
         if self.buffer:
             batch, self.buffer, self.buffer_bytes = self.buffer, [], 0
             self.in_flight.append(self.pool.submit(self._write_batch, batch))
-        while self.in_flight and (wait_all or len(self.in_flight) >= self.settings.max_in_flight):
+        while self.in_flight and (wait_all or len(self.in_flight) >= self.max_in_flight):
             letters, stats = self.in_flight.pop(0).result()
             # Beam metrics must be updated on the DoFn's thread, not the pool's.
             self.indexed.inc(stats["indexed"])
@@ -189,16 +200,17 @@ class _BulkWriteFn(beam.DoFn):
                 "see the job's dead letters"
             )
 
-    def _actions(self, batch: list[tuple[str, bytes | None]]) -> list[bytes]:
+    def _actions(self, batch: list[tuple[str, str, bytes | None]]) -> list[bytes]:
         lines: list[bytes] = []
-        for doc_id, data in batch:
-            action = json.dumps({self.operation: {"_index": self.index, "_id": doc_id}}).encode()
-            lines.append(action)
-            if data is not None:
-                lines.append(b'{"doc":' + data + b',"doc_as_upsert":true}' if self.operation == "update" else data)
+        for op, doc_id, data in batch:
+            lines.append(json.dumps({op: {"_index": self.index, "_id": doc_id}}).encode())
+            if op == "update":
+                lines.append(b'{"doc":' + (data or b"{}") + b',"doc_as_upsert":true}')
+            elif op != "delete":
+                lines.append(data or b"{}")
         return lines
 
-    def _write_batch(self, batch: list[tuple[str, bytes | None]]) -> tuple[list[DeadLetter], dict[str, int]]:
+    def _write_batch(self, batch: list[tuple[str, str, bytes | None]]) -> tuple[list[DeadLetter], dict[str, int]]:
         """Send one batch until every item succeeded or failed for good. Runs in a pool thread."""
         letters: list[DeadLetter] = []
         stats = {"indexed": 0, "bytes": 0, "deleted": 0, "retries": 0, "item_retries": 0}
@@ -213,27 +225,27 @@ class _BulkWriteFn(beam.DoFn):
                 lambda: self.es.bulk(operations=self._actions(pending), pipeline=self.pipeline),
                 self.settings, on_retry=count_retry, what=f"_bulk {self.operation} to {self.index}",
             )
-            retry: list[tuple[str, bytes | None]] = []
+            retry: list[tuple[str, str, bytes | None]] = []
             rejected: list[DeadLetter] = []
             ok = deleted = volume = 0
-            for (doc_id, data), item in zip(pending, response["items"]):
-                result = item.get(self.operation) or next(iter(item.values()))
+            for (op, doc_id, data), item in zip(pending, response["items"]):
+                result = item.get(op) or next(iter(item.values()))
                 status = result.get("status", 500)
                 if status < 300:
-                    if self.operation == "delete":
+                    if op == "delete":
                         if result.get("result") == "deleted":
                             deleted += 1
                     else:
                         ok += 1
                         volume += len(data or b"")
-                elif self.operation == "delete" and status == 404:
+                elif op == "delete" and status == 404:
                     continue
                 elif status == 429 or status >= 500:
-                    retry.append((doc_id, data))
+                    retry.append((op, doc_id, data))
                 else:
                     error = result.get("error") or {}
                     rejected.append(DeadLetter.of(
-                        data, doc_id=doc_id, operation=self.operation, stage="write",
+                        data, doc_id=doc_id, operation=op, stage="write",
                         error=f"{error.get('reason', error)}" + (
                             f" (caused by: {error['caused_by'].get('reason')})" if isinstance(error.get("caused_by"), dict) else ""),
                         error_type=str(error.get("type", f"http_{status}")),
@@ -266,7 +278,9 @@ class WriteToElasticsearch(beam.PTransform):
         conn: how to reach Elasticsearch.
         index: the content index.
         operation: ``"index"`` (replace) or ``"update"`` (partial update, upsert) for
-            ``(doc_id, json_bytes)`` elements; ``"delete"`` for ids.
+            ``(doc_id, json_bytes)`` elements; ``"delete"`` for ids; ``"mixed"`` for
+            ``(op, doc_id, json_bytes or None)`` elements applied in their order (one request
+            in flight), as an incremental sync's changes need.
         settings: batch sizes, requests in flight, retries, error-rate limit.
         pipeline: an ingest pipeline to name in the requests (only if it exists).
         job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
@@ -276,9 +290,9 @@ class WriteToElasticsearch(beam.PTransform):
                  settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
                  job_id: str | None = None, progress_interval: float = 5.0):
         super().__init__()
-        if operation not in ("index", "update", "delete"):
+        if operation not in ("index", "update", "delete", MIXED):
             raise ValueError(
-                f"WriteToElasticsearch: operation must be 'index', 'update' or 'delete', got {operation!r}")
+                f"WriteToElasticsearch: operation must be 'index', 'update', 'delete' or 'mixed', got {operation!r}")
         if not index:
             raise ValueError("WriteToElasticsearch: index is required")
         if settings.max_docs < 1 or settings.max_bytes < 1 or settings.max_in_flight < 1:

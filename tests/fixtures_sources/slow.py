@@ -12,7 +12,7 @@ from typing import Any
 from sources.base import BaseDataSource
 from sources.errors import SourceUnavailable
 
-__all__ = ["SlowSource", "BrokenSource"]
+__all__ = ["SlowSource", "IncrementalSlowSource"]
 
 
 class SlowSource(BaseDataSource):
