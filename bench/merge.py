@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.report import chart, markdown
+from bench.report import annotate, chart, markdown
 from bench.run import REPO, evaluate_targets
 
 __all__ = ["merge", "main"]
@@ -35,6 +35,7 @@ def merge(runs: list[dict]) -> dict:
             if run.get(key):
                 merged[key] = run[key]
     merged["scenarios"] = [seen[k] for k in sorted(seen)]
+    annotate(merged)
     merged["targets"] = evaluate_targets(merged)
     return merged
 

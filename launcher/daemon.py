@@ -201,19 +201,20 @@ class Daemon:
         kwargs = {"if_seq_no": connector.seq_no, "if_primary_term": connector.primary_term} if conditional else {}
         result = update_connector(self.es, connector.id, fields, **kwargs)
         connector.doc.update(json.loads(json.dumps(dict(fields), default=str)))
-        # Our copy is current only if nobody wrote in between (our write is the very next
-        # one). Otherwise keep the old _seq_no: the next conditional write fails, re-reads,
+        # Our copy is current only if nobody wrote in between: our write made the very next
+        # version. Otherwise keep the old _seq_no: the next conditional write fails, re-reads,
         # and never acts on a stale copy (e.g. takes a fire time another instance took).
-        if (result.get("result") != "noop" and connector.seq_no is not None
-                and result.get("_seq_no") == connector.seq_no + 1
-                and result.get("_primary_term") == connector.primary_term):
-            connector.seq_no = result["_seq_no"]
+        if (result.get("result") != "noop" and connector.version is not None
+                and result.get("_version") == connector.version + 1):
+            connector.seq_no, connector.primary_term = result["_seq_no"], result["_primary_term"]
+            connector.version = result["_version"]
 
     def _refresh(self, connector: Connector) -> bool:
         fresh = get_connector(self.es, connector.id)
         if fresh is None:
             return False
         connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
+        connector.version = fresh.version
         return True
 
     def _set_error(self, connector: Connector, message: str) -> None:

@@ -50,6 +50,7 @@ class Connector:
     doc: dict[str, Any]
     seq_no: int | None = None
     primary_term: int | None = None
+    version: int | None = None  # per document: +1 on each write, unlike the shard-wide _seq_no
 
     @property
     def service_type(self) -> Any:
@@ -64,7 +65,8 @@ class Connector:
 
     @classmethod
     def from_hit(cls, hit: Mapping[str, Any]) -> "Connector":
-        return cls(hit["_id"], dict(hit.get("_source") or {}), hit.get("_seq_no"), hit.get("_primary_term"))
+        return cls(hit["_id"], dict(hit.get("_source") or {}), hit.get("_seq_no"), hit.get("_primary_term"),
+                   hit.get("_version"))
 
 
 @dataclass
@@ -205,7 +207,7 @@ def search_connectors(es: Elasticsearch, *, service_types: Iterable[str] | None 
         filters.append({"ids": {"values": list(connector_ids)}})
     must_not = [] if include_deleted else [{"term": {"deleted": True}}]
     result = es.search(index=CONNECTORS_INDEX, query={"bool": {"filter": filters, "must_not": must_not}},
-                       size=1000, seq_no_primary_term=True, sort=[{"_doc": "asc"}])
+                       size=1000, seq_no_primary_term=True, version=True, sort=[{"_doc": "asc"}])
     return [Connector.from_hit(hit) for hit in result["hits"]["hits"]]
 
 

@@ -171,7 +171,8 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             )
         outcome["status"] = "completed"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
-        outcome["error"] = format_error(_root_cause(exc)).split(" [while running '", 1)[0]
+        outcome["error"] = (_refused(exc, conn, job.index_name)
+                            or format_error(_root_cause(exc)).split(" [while running '", 1)[0])
         _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
         _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
         if "dead_letters" not in outcome:  # a failed pipeline reports no metrics: count what was written
@@ -193,6 +194,32 @@ def _job_counters(counts: dict[str, int]) -> dict[str, int]:
         "unchanged_document_count": counts.get("unchanged_documents", 0),
         "bulk_retries": counts.get("bulk_retries", 0) + counts.get("bulk_item_retries", 0),
     }
+
+
+def _refused(exc: BaseException, conn: ElasticsearchConnection, index: str) -> str | None:
+    """A clear message when Elasticsearch refused our credentials (401) or their privileges (403)."""
+    from elasticsearch import AuthenticationException, AuthorizationException
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = ""
+        if isinstance(current, (AuthenticationException, AuthorizationException)):
+            body = current.body if isinstance(current.body, dict) else {}
+            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            reason = f": {error['reason']}" if error.get("reason") else ""
+        used = ("elasticsearch.api_key" if conn.api_key else
+                "elasticsearch.username/password" if conn.username else "no credentials")
+        if isinstance(current, AuthenticationException):
+            return (f"AuthenticationException: Elasticsearch at {conn.display} refused the sync's credentials "
+                    f"(HTTP 401{reason}) with {used}; check elasticsearch.username and elasticsearch.password, "
+                    "or elasticsearch.api_key")
+        if isinstance(current, AuthorizationException):
+            return (f"AuthorizationException: Elasticsearch at {conn.display} denied the sync (HTTP 403{reason}); "
+                    f"the {used} lack the privileges to write to {index!r}")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _dead_letters_written(location: str, job_id: str) -> dict[str, Any]:

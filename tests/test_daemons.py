@@ -269,13 +269,15 @@ def test_daemons_when_long_sync_canceled_or_its_connector_deleted_then_job_ends_
     es.delete(index=CONNECTORS_INDEX, id=doomed, refresh=True)
     job = wait_for(lambda: _ended(es, job_id), timeout=30, what="the job to be canceled")
     assert time.monotonic() - requested < 10
-    assert job["status"] == "canceled" and job["canceled_at"] and job["completed_at"] and job["error"] is None
+    assert job["status"] == "canceled" and job["canceled_at"] and job["completed_at"] and job["error"] is None, job
     index = _connector(es, connector)["index_name"]
     in_index = len(index_docs(es, index)) if es.indices.exists(index=index) else 0
     assert in_index < 400
-    assert job["indexed_document_count"] == in_index and job["total_document_count"] == in_index
-    doc = _connector(es, connector)
-    assert doc["last_sync_status"] == "canceled" and doc["last_indexed_document_count"] == in_index
+    counters = (job["indexed_document_count"], job["total_document_count"])
+    assert counters == (in_index, in_index), (counters, in_index)
+    doc = wait_for(lambda: _connector(es, connector)["last_sync_status"] == "canceled" and _connector(es, connector),
+                   timeout=10, what="the connector's last_sync_status")
+    assert doc["last_indexed_document_count"] == in_index
     job = wait_for(lambda: _ended(es, doomed_job), timeout=30, what="the orphaned job to end")
     # Its owner notices (JobGone), or another instance's reaper is first (StaleJob): both end it.
     assert job["status"] == "error"

@@ -316,11 +316,6 @@ def test_sync_when_dead_letters_exceed_error_rate_then_job_fails_and_good_docume
     assert outcome["dead_letters"]["location"].endswith(outcome["job_id"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transforms/write_to_elasticsearch.py _BulkWriteFn._check_error_rate raises TooManyErrors inside the bundle, "
-    "before its dead letters reach WriteDeadLetters: the job fails saying 'see the job's dead letters' and none "
-    "were written. Fix: let the bundle finish (the job-level check in pipelines/run.py fails the job after the "
-    "dead letters are written), or write them before raising"))
 def test_sync_when_dead_letters_exceed_error_rate_then_they_are_all_written(es, index_name):
     es.indices.create(index=index_name, mappings={"properties": {"n": {"type": "integer"}}})
 

@@ -205,13 +205,9 @@ _objects = st.dictionaries(st.text(max_size=8), _json, max_size=3)
 
 
 def _snapshot_values(name: str) -> st.SearchStrategy:
-    # configuration and pipeline stay objects here: any other type is a known bug, pinned by
-    # test_build_sync_job_when_snapshot_configuration_or_pipeline_not_object_then_connector_error.
-    if name == "configuration":
-        return _field_values(name).filter(lambda v: isinstance(v, dict))
     if name == "pipeline":
-        return _objects
-    if name in ("filtering", "service_type"):
+        return st.one_of(_objects, _json)
+    if name in ("configuration", "filtering", "service_type"):
         return _field_values(name)
     return _json
 
@@ -238,11 +234,6 @@ def test_build_sync_job_when_snapshot_fields_random_then_only_connector_errors(c
         assert str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "launcher/sync_runner.py build_sync_job calls values_of(configuration) and pipeline.get(...) on whatever the "
-    "job snapshot holds: a non-object configuration or pipeline raises AttributeError, so the job's error reads "
-    "\"AttributeError: 'bool' object has no attribute 'get'\" instead of a ConnectorError naming the field. "
-    "Fix: check isinstance(..., Mapping) and raise ConnectorError('connector.pipeline: expected an object, ...')"))
 @pytest.mark.parametrize("field", ["configuration", "pipeline"])
 def test_build_sync_job_when_snapshot_configuration_or_pipeline_not_object_then_connector_error(field):
     from launcher.config import parse_config

@@ -316,7 +316,7 @@ def test_schedule_when_two_instances_race_then_each_fire_time_yields_one_job(es,
                                            "access_control": {"enabled": False, "interval": "* * * * * ?"}})
     # Heartbeats on every round: unconditional writes interleaved with the conditional ones
     # (an instance must never act on a stale copy whose _seq_no a heartbeat moved on).
-    daemons = [_daemon(tmp_path, es, [connector.id], idling=0.1, heartbeat=0.01) for _ in range(3)]
+    daemons = [_daemon(tmp_path, es, [connector.id], idling=0.1, heartbeat=0.01) for _ in range(4)]
     stop = time.monotonic() + 4
 
     def loop(daemon: Daemon) -> None:

@@ -27,6 +27,7 @@ from tests.helpers import IN_CI, REPO, DaemonProcess, cli, wait_for, write_confi
 pytestmark = pytest.mark.integration
 
 PROXY_PORT = int(os.environ.get("TLS_PROXY_PORT", "9443"))
+OWN_PROXY_PORT = int(os.environ.get("OWN_TLS_PROXY_PORT", "9444"))
 PROXY_STATE = REPO / ".servers" / "nginx-tls"
 SERVICE_TYPE = "scripted_sec"
 SCRIPTED = "tests.fixtures_security.scripted:ScriptedSource"
@@ -43,13 +44,10 @@ class Proxy:
     api_key: str
 
 
-@pytest.fixture(scope="module")
-def proxy(es) -> Proxy:
-    """The nginx TLS proxy in front of the test Elasticsearch (started once, left running)."""
-    upstream = es.transport.node_pool.get().base_url
+def _start_proxy(port: int, upstream: str) -> Proxy:
     result = subprocess.run(
         [str(REPO / "scripts" / "servers" / "nginx-tls"), "start"], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TLS_PROXY_PORT": str(PROXY_PORT), "TLS_PROXY_UPSTREAM": upstream},
+        env={**os.environ, "TLS_PROXY_PORT": str(port), "TLS_PROXY_UPSTREAM": upstream},
     )
     if result.returncode != 0:
         message = f"scripts/servers/nginx-tls start failed: {result.stderr[-2000:]}"
@@ -57,10 +55,35 @@ def proxy(es) -> Proxy:
             pytest.fail(message)
         pytest.skip(message)
     return Proxy(
-        url=f"https://127.0.0.1:{PROXY_PORT}", ca=str(PROXY_STATE / "ca.crt"),
+        url=f"https://127.0.0.1:{port}", ca=str(PROXY_STATE / "ca.crt"),
         rogue_ca=str(PROXY_STATE / "rogue-ca.crt"), username=(PROXY_STATE / "username").read_text().strip(),
         password=(PROXY_STATE / "password").read_text().strip(), api_key=(PROXY_STATE / "api_key").read_text().strip(),
     )
+
+
+@pytest.fixture(scope="module")
+def proxy(es) -> Proxy:
+    """The nginx TLS proxy in front of the shared test Elasticsearch (started once, left running)."""
+    return _start_proxy(PROXY_PORT, es.transport.node_pool.get().base_url)
+
+
+@pytest.fixture(scope="module")
+def own_es():
+    """The private node (tests.fixtures_security.own_node): the daemon scenario's connectors and
+    jobs there cannot be wiped by other tests' fixtures on the shared node."""
+    from tests.fixtures_security.own_node import start_own_node
+
+    client = start_own_node()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def own_proxy(own_es) -> Proxy:
+    """A second proxy (same CA and credentials) in front of the private node."""
+    from tests.fixtures_security.own_node import FAULT_ES_URL
+
+    return _start_proxy(OWN_PROXY_PORT, FAULT_ES_URL)
 
 
 def cli_in_process(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -185,6 +208,7 @@ class Scenario:
     jobs: list[dict]
     connectors: dict[str, dict]
     sync_returncode: int
+    indexed: int
 
 
 def _children(pid: int) -> list[int]:
@@ -209,7 +233,7 @@ def _cmdline(pid: int) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def scenario(proxy, es, tmp_path_factory) -> Scenario:
+def scenario(own_proxy, own_es, tmp_path_factory) -> Scenario:
     """One daemon, through the proxy with a password, syncing a connector with a sensitive token.
 
     Also served: a connector whose sensitive value has the wrong type (its validation error
@@ -219,6 +243,7 @@ def scenario(proxy, es, tmp_path_factory) -> Scenario:
     from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
     from launcher.protocol import new_connector
 
+    proxy, es = own_proxy, own_es
     tmp = tmp_path_factory.mktemp("security")
     suffix = uuid.uuid4().hex[:10]
     token, bad_token = f"tok-{uuid.uuid4().hex}", f"tok-{uuid.uuid4().hex}"
@@ -300,8 +325,10 @@ def scenario(proxy, es, tmp_path_factory) -> Scenario:
     jobs = [hit["_source"] | {"_id": hit["_id"]} for hit in es.search(
         index=JOBS_INDEX, query={"terms": {"connector.id": [cid, bad_cid, evil_cid]}}, size=100)["hits"]["hits"]]
     connectors = {c: es.get(index=CONNECTORS_INDEX, id=c)["_source"] for c in (cid, bad_cid, evil_cid)}
+    es.indices.refresh(index=index)
+    indexed = es.count(index=index)["count"]
     scenario = Scenario(token, bad_token, proxy, cid, bad_cid, evil_cid, evil_job_id, index, marker, texts,
-                        cmdlines, jobs, connectors, sync.returncode)
+                        cmdlines, jobs, connectors, sync.returncode, indexed)
     yield scenario
     for job in jobs:
         es.options(ignore_status=404).delete(index=JOBS_INDEX, id=job["_id"])
@@ -310,9 +337,9 @@ def scenario(proxy, es, tmp_path_factory) -> Scenario:
     es.indices.delete(index=index, ignore_unavailable=True)
 
 
-def test_daemon_sync_through_tls_proxy_with_password_then_completes(scenario, es):
+def test_daemon_sync_through_tls_proxy_with_password_then_completes(scenario):
     assert scenario.sync_returncode == 0, scenario.texts["cli sync --wait"]
-    assert es.count(index=scenario.index)["count"] == 40
+    assert scenario.indexed == 40
     assert scenario.connectors[scenario.connector_id]["status"] == "connected"
 
 
@@ -353,7 +380,7 @@ def test_secrets_when_job_created_then_job_document_has_no_sensitive_value(scena
         assert scenario.token not in json.dumps(job)
 
 
-def test_registry_when_service_type_names_a_module_then_it_is_never_imported(scenario, es):
+def test_registry_when_service_type_names_a_module_then_it_is_never_imported(scenario):
     assert not scenario.marker.exists(), scenario.marker.read_text()
     evil = scenario.connectors[scenario.evil_connector_id]
     assert evil["status"] == "error" and "not served here" in evil["error"]
@@ -372,3 +399,54 @@ def test_registry_when_cli_given_module_path_then_refused_without_import(proxy, 
     assert "unknown service type" in err and SERVICE_TYPE in err
     assert not marker.exists()
     assert "tests.fixtures_security.evil" not in __import__("sys").modules
+
+
+# -- the sync process's own client --------------------------------------------------------
+def _sync_through(proxy: Proxy, index: str, **credentials) -> dict:
+    """One sync as the sync process runs it (pipelines.run.run_sync), to the proxy."""
+    from pipelines.job import SyncJob
+    from pipelines.run import run_sync
+    from pipelines.settings import PipelineConfig
+    from transforms.es_client import ElasticsearchConnection
+
+    job = SyncJob(job_id=f"sec-{uuid.uuid4().hex[:12]}", connector_id="sec-connector", job_type="full",
+                  index_name=index, service_type=SERVICE_TYPE, source_fqn=SCRIPTED,
+                  configuration={"count": {"value": 12}, "token": {"value": "t", "sensitive": True}})
+    settings = PipelineConfig.model_validate({"direct_num_workers": 1, "direct_running_mode": "in_memory",
+                                              "dead_letters": str(Path(os.environ.get("TMPDIR", "/tmp")) / "dl"),
+                                              "bulk": {"max_retries": 0}})
+    conn = ElasticsearchConnection(hosts=(proxy.url,), ca_certs=proxy.ca, max_retries=0, **credentials)
+    return run_sync(job, settings, conn, progress_interval=1.0)
+
+
+def test_sync_when_api_key_through_tls_proxy_then_completes(proxy, es, index_name):
+    outcome = _sync_through(proxy, index_name, api_key=proxy.api_key)
+
+    assert outcome["status"] == "completed", outcome.get("error")
+    es.indices.refresh(index=index_name)
+    assert es.count(index=index_name)["count"] == 12
+
+
+def test_sync_when_api_key_wrong_then_fails_clearly_without_the_key(proxy, index_name):
+    wrong = f"wrong-{uuid.uuid4().hex}"
+
+    outcome = _sync_through(proxy, index_name, api_key=wrong)
+
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith("AuthenticationException: "), outcome["error"]
+    assert proxy.url in outcome["error"] and "elasticsearch.api_key" in outcome["error"], outcome["error"]
+    assert wrong not in json.dumps(outcome) and proxy.api_key not in json.dumps(outcome)
+
+
+def test_config_and_connection_when_printed_then_secrets_hidden():
+    from launcher.config import parse_config
+
+    password, api_key = f"pw-{uuid.uuid4().hex}", f"key-{uuid.uuid4().hex}"
+    with_password = parse_config({"elasticsearch": {"host": "https://es:9200", "username": "u", "password": password}})
+    with_key = parse_config({"elasticsearch": {"host": "https://es:9200", "api_key": api_key}})
+
+    for config, secret in ((with_password, password), (with_key, api_key)):
+        for text in (repr(config), str(config), config.model_dump_json(), repr(config.elasticsearch.connection()),
+                     config.elasticsearch.connection().display):
+            assert secret not in text
+    assert with_password.elasticsearch.connection().password == password  # still usable

@@ -45,7 +45,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
 
-from sources.errors import ElasticsearchUnavailable, TooManyErrors
+from sources.errors import ElasticsearchUnavailable
 from transforms.dead_letter import DeadLetter
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import ProgressReporter
@@ -131,8 +131,6 @@ class _BulkWriteFn(beam.DoFn):
         self.es = self.conn.client(connections_per_node=max(10, self.max_in_flight * 2))
         self.pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="bulk")
         self.progress = ProgressReporter(self.es, self.job_id, interval=self.progress_interval) if self.job_id else None
-        self.ok_total = 0
-        self.failed_total = 0
 
     def start_bundle(self) -> None:
         self.buffer: list[tuple[str, str, bytes | None]] = []
@@ -184,21 +182,8 @@ class _BulkWriteFn(beam.DoFn):
             self.retries.inc(stats["retries"])
             self.item_retries.inc(stats["item_retries"])
             self.failed.inc(len(letters))
-            self.ok_total += stats["indexed"] + stats["deleted"]
-            self.failed_total += len(letters)
             for letter in letters:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
-        self._check_error_rate()
-
-    def _check_error_rate(self) -> None:
-        total = self.ok_total + self.failed_total
-        if (self.failed_total >= max(1, self.settings.min_errors_to_fail)
-                and total and self.failed_total / total > self.settings.max_error_rate):
-            raise TooManyErrors(
-                f"{self.failed_total} of {total} documents were rejected by Elasticsearch "
-                f"({self.failed_total / total:.1%}, over pipeline.max_error_rate {self.settings.max_error_rate:.1%}); "
-                "see the job's dead letters"
-            )
 
     def _actions(self, batch: list[tuple[str, str, bytes | None]]) -> list[bytes]:
         lines: list[bytes] = []
@@ -281,7 +266,7 @@ class WriteToElasticsearch(beam.PTransform):
             ``(doc_id, json_bytes)`` elements; ``"delete"`` for ids; ``"mixed"`` for
             ``(op, doc_id, json_bytes or None)`` elements applied in their order (one request
             in flight), as an incremental sync's changes need.
-        settings: batch sizes, requests in flight, retries, error-rate limit.
+        settings: batch sizes, requests in flight, retries (the error-rate limit is checked per job).
         pipeline: an ingest pipeline to name in the requests (only if it exists).
         job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
     """
