@@ -42,6 +42,7 @@ def bulk_settings(settings: PipelineConfig) -> BulkSettings:
     b = settings.bulk
     return BulkSettings(
         max_docs=b.max_docs, max_bytes=b.max_bytes, max_in_flight=b.max_in_flight, max_retries=b.max_retries,
+        max_batch_seconds=b.max_batch_seconds,
         initial_backoff=b.initial_backoff, max_backoff=b.max_backoff, max_error_rate=settings.max_error_rate,
         min_errors_to_fail=settings.min_errors_to_fail,
     )

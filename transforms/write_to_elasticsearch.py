@@ -66,6 +66,7 @@ class BulkSettings:
     max_docs: int = 1000
     max_bytes: int = 8 * 1024 * 1024
     max_in_flight: int = 2
+    max_batch_seconds: float = 2.0
     max_retries: int = 8
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
@@ -135,6 +136,7 @@ class _BulkWriteFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.buffer: list[tuple[str, str, bytes | None]] = []
         self.buffer_bytes = 0
+        self.buffer_since = 0.0
         self.in_flight: list[Future] = []
 
     def process(self, element: Any) -> Iterator[Any]:
@@ -147,9 +149,13 @@ class _BulkWriteFn(beam.DoFn):
         size = len(data or b"") + len(doc_id) + 64
         if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
             yield from self._send()
+        if not self.buffer:
+            self.buffer_since = time.monotonic()
         self.buffer.append((op, doc_id, data))
         self.buffer_bytes += size
-        if len(self.buffer) >= self.settings.max_docs:
+        # A slow source still shows progress: a batch waits at most max_batch_seconds.
+        if (len(self.buffer) >= self.settings.max_docs
+                or time.monotonic() - self.buffer_since >= self.settings.max_batch_seconds):
             yield from self._send()
 
     def finish_bundle(self) -> Iterator[Any]:
