@@ -85,8 +85,17 @@ class JobMetrics:
                                     registry=registry)
 
     def record(self, es: Any, job_id: str, status: str | None) -> None:
-        """Count one ended job (never raises: metrics must not break the supervisor)."""
-        self.finished.labels(status=status or "unknown").inc()
+        """Count one ended job (never raises: metrics must not break the supervisor).
+
+        The job is counted as finished last, so a scrape that sees it finished also sees
+        its documents.
+        """
+        try:
+            self._record_counts(es, job_id)
+        finally:
+            self.finished.labels(status=status or "unknown").inc()
+
+    def _record_counts(self, es: Any, job_id: str) -> None:
         try:
             job = es.get(index=_JOBS_INDEX, id=job_id)["_source"]
         except Exception as exc:  # noqa: BLE001 - deleted, or Elasticsearch away: counts are lost, not the job
