@@ -110,6 +110,18 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return result
 
 
+def _values(set_values: tuple[str, ...], set_env: tuple[str, ...]) -> dict[str, str]:
+    """``--set FIELD=VALUE`` and ``--set-env FIELD=ENV_VAR`` (secrets stay out of process arguments)."""
+    import os
+
+    values = _pairs(set_values, "--set")
+    for field, variable in _pairs(set_env, "--set-env").items():
+        if variable not in os.environ:
+            raise ConfigError(f"--set-env {field}: environment variable {variable} is not set")
+        values[field] = os.environ[variable]
+    return values
+
+
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str, sort_keys=True))
 
@@ -236,11 +248,11 @@ def _pipeline(current: Any, name: str | None, flags: tuple[str, ...]) -> dict[st
 def action_create_connector(ctx: _Context, *, service_type: str | None, index_name: str | None,
                             connector_id: str | None, name: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], pipeline: str | None, pipeline_flags: tuple[str, ...] = (),
-                            rules: str | None = None, **_: Any) -> int:
+                            rules: str | None = None, set_env: tuple[str, ...] = (), **_: Any) -> int:
     if not service_type or not index_name:
         raise click.UsageError("create-connector needs --service-type and --index-name")
     config = ctx.config
-    configuration = _configuration_with(config, service_type, {}, _pairs(set_values, "--set"))
+    configuration = _configuration_with(config, service_type, {}, _values(set_values, set_env))
     doc = new_connector(service_type=service_type, index_name=index_name, name=name, configuration=configuration)
     doc["status"] = "configured"
     doc["scheduling"] = _scheduling(doc["scheduling"], _pairs(schedule, "--schedule"))
@@ -268,15 +280,15 @@ def _require(value: str | None, option: str, action: str) -> str:
 def action_update_connector(ctx: _Context, *, connector_id: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
                             name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
-                            **_: Any) -> int:
+                            set_env: tuple[str, ...] = (), **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "update-connector")
     connector = get_connector(ctx.es, connector_id)
     if connector is None:
         raise ConnectorError(f"no connector with id {connector_id!r}")
     updates: dict[str, Any] = {}
-    if set_values:
+    if set_values or set_env:
         updates["configuration"] = _configuration_with(ctx.config, connector.service_type,
-                                                       connector.get("configuration"), _pairs(set_values, "--set"))
+                                                       connector.get("configuration"), _values(set_values, set_env))
         if connector.get("status") in ("created", "needs_configuration"):
             updates["status"] = "configured"
     if schedule:
@@ -530,6 +542,9 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--name", help="create/update-connector: display name")
 @click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
               help="create/update-connector: a configuration value (repeatable)")
+@click.option("--set-env", "set_env", multiple=True, metavar="FIELD=ENV_VAR",
+              help="create/update-connector: a configuration value read from an environment variable, "
+                   "so secrets never appear in process arguments (repeatable)")
 @click.option("--schedule", multiple=True, metavar="TYPE=CRON",
               help="create/update-connector: e.g. full='0 0 * * * ?' (Quartz cron, UTC) or full=off")
 @click.option("--pipeline", help="create/update-connector: ingest pipeline name")

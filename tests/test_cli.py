@@ -88,3 +88,24 @@ def test_cli_when_create_connector_with_unknown_field_then_fields_listed(es, tmp
                  "--set", "folder=/tmp", config=config)
     assert result.returncode == 1
     assert "folder: not a field of dir; fields are: directory, pattern" in result.stderr
+
+
+def test_cli_when_set_env_then_value_read_from_environment_not_arguments(es, tmp_path):
+    import uuid
+
+    config = write_config(tmp_path / "c.yml")
+    connector_id = f"env-{uuid.uuid4().hex[:8]}"
+    folder = str(tmp_path)
+    result = cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "dir",
+                 "--index-name", "x-env", "--set-env", "directory=TEST_DIR_FROM_ENV", config=config,
+                 env={"TEST_DIR_FROM_ENV": folder})
+    assert result.returncode == 0, result.stderr
+    try:
+        doc = es.get(index=".elastic-connectors", id=connector_id)["_source"]
+        assert doc["configuration"]["directory"]["value"] == folder
+        missing = cli("--action", "update-connector", "--connector-id", connector_id, "--set-env",
+                      "directory=NOT_SET_ANYWHERE", config=config)
+        assert missing.returncode == 1
+        assert "--set-env directory: environment variable NOT_SET_ANYWHERE is not set" in missing.stderr
+    finally:
+        es.delete(index=".elastic-connectors", id=connector_id, refresh=True)
