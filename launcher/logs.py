@@ -92,5 +92,5 @@ def setup_logging(*, debug: bool = False, log_format: str = "text", job_id: str 
     root.handlers[:] = [handler]
     root.setLevel(level or (logging.DEBUG if debug else logging.INFO))
     for noisy in _NOISY:
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug and noisy == "elastic_transport" else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug and noisy == "elastic_transport" else logging.ERROR)
     os.environ[LOG_FORMAT_ENV] = "json" if log_format == "json" else "text"
