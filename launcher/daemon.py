@@ -44,7 +44,7 @@ from launcher.protocol import (
     Connector, claim_job, connector_problems, create_job, get_connector, job_problems,
     jobs_to_claim, now_iso, release_lock, search_connectors, update_connector, update_job, Job,
 )
-from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron
+from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver
 from sources.errors import IngestError, format_error
@@ -69,16 +69,6 @@ def _contains(current: Any, wanted: Any) -> bool:
 
 def _fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 class Daemon:
@@ -448,7 +438,7 @@ class Daemon:
                     continue
                 reason = "the job's connector no longer exists"
             else:
-                seen = _parse_time(job.doc.get("last_seen") or job.doc.get("started_at"))
+                seen = parse_time(job.doc.get("last_seen") or job.doc.get("started_at"))
                 if not gone and seen is not None and seen > stale_before:
                     continue
                 reason = ("the job's connector no longer exists" if gone

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from croniter import croniter
 
-__all__ = ["to_croniter", "validate_cron", "due_fire_time", "SCHEDULED_AT_FIELD", "next_fire_time"]
+__all__ = ["parse_time", "to_croniter", "validate_cron", "due_fire_time", "SCHEDULED_AT_FIELD", "next_fire_time"]
 
 SCHEDULED_AT_FIELD = {
     "full": "last_sync_scheduled_at",
@@ -92,7 +92,8 @@ def validate_cron(expression: str) -> str | None:
     return None
 
 
-def _parse(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time from a document as an aware datetime (naive means UTC); None if unreadable."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -120,7 +121,7 @@ def due_fire_time(expression: str, *, last_scheduled_at: object, now: datetime,
         latest = latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
     if not _year_matches(_year_field(expression), latest.year):
         return None
-    previous = _parse(last_scheduled_at)
+    previous = parse_time(last_scheduled_at)
     if previous is None:
         return latest if now - latest <= created_grace else None
     return latest if latest > previous else None
