@@ -143,8 +143,9 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
+        index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner, options=options,
-                                       progress_interval=progress_interval)
+                                       progress_interval=progress_interval, index_empty=index_empty)
         _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                      job.service_type, job.index_name, len(partitions), settings.runner)
         result = pipeline.run()

@@ -57,8 +57,14 @@ def build_sync_pipeline(
     runner: Any = None,
     options: PipelineOptions | None = None,
     progress_interval: float = 5.0,
+    index_empty: bool = False,
 ) -> beam.Pipeline:
-    """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning."""
+    """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
+
+    ``index_empty``: the content index held no document when the sync started, so a full
+    sync has nothing to compare timestamps with and nothing to delete: both steps are left
+    out (a first sync then costs what indexing costs).
+    """
     p = beam.Pipeline(runner=runner, options=options)
     spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
@@ -80,7 +86,7 @@ def build_sync_pipeline(
             | "Partitions" >> beam.Create(list(partitions))
             | "Read" >> ReadFromSource(
                 spec,
-                skip_unchanged=IndexedTimestamps(conn, job.index_name),
+                skip_unchanged=None if index_empty else IndexedTimestamps(conn, job.index_name),
                 batch_size=settings.read_batch_size,
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
@@ -88,10 +94,12 @@ def build_sync_pipeline(
         )
         docs, normalize_dead = read.docs | "Normalize" >> normalize
         index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
-        indexed_ids = p | "ScanIndex" >> ScanIndex(conn, job.index_name, slices=settings.scan_slices)
-        stale = (read.ids, indexed_ids) | "FindDeletions" >> FindDeletions()
-        delete_dead = stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write)
-        dead_letters = [read.dead_letters, normalize_dead, index_dead, delete_dead]
+        dead_letters = [read.dead_letters, normalize_dead, index_dead]
+        if not index_empty:
+            indexed_ids = p | "ScanIndex" >> ScanIndex(conn, job.index_name, slices=settings.scan_slices)
+            stale = (read.ids, indexed_ids) | "FindDeletions" >> FindDeletions()
+            dead_letters.append(
+                stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write))
 
     (
         tuple(dead_letters)
