@@ -62,8 +62,10 @@ class PipelineConfig(_Section):
     """How syncs run: the Beam runner and the pipeline's knobs."""
 
     runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] = "FnApiRunner"
-    direct_num_workers: int = Field(2, ge=1)
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
+    # One in-process worker: measured fastest and half the memory on a 2-core host that also
+    # runs Elasticsearch (docs/benchmarks.md); use multi_processing with more workers on bigger hosts.
+    direct_num_workers: int = Field(1, ge=1)
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     bulk: BulkConfig = Field(default_factory=BulkConfig)
     max_error_rate: float = Field(0.05, ge=0, le=1, description="dead letters / documents above which a job fails")
     min_errors_to_fail: int = Field(10, ge=0, description="below this many dead letters a job never fails")

@@ -69,7 +69,7 @@ def test_setup_file_when_built_then_describes_this_project():
 
 
 def test_local_and_flink_options_when_configured_then_runner_named_explicitly(tmp_path):
-    local = option_args(PipelineConfig.model_validate({"direct_num_workers": 3}), job_name="j")
+    local = option_args(PipelineConfig.model_validate({"direct_num_workers": 3, "direct_running_mode": "multi_processing"}), job_name="j")
     assert local == ["--job_name=j", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]
     jar = tmp_path / "job-server.jar"
     jar.write_bytes(b"")

@@ -174,7 +174,12 @@ class _NormalizeFn(beam.DoFn):
             doc["body"] = _reduce_whitespace(doc["body"])
         doc.update(self.pipeline_flags)
         doc["id"] = doc_id
-        body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            # Fast path: only values json cannot encode go through json_safe.
+            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_safe)
+        except (TypeError, ValueError):
+            # Non-string keys, NaN/Infinity, ...: a JSON-safe copy first (raises when impossible).
+            body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         data = body.encode("utf-8")
         if len(data) > self.max_document_bytes:
             raise ValueError(
