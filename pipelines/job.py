@@ -7,10 +7,7 @@ Nothing here talks to Elasticsearch.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["SyncJob", "JOB_TYPES"]
@@ -39,12 +36,3 @@ class SyncJob:
             raise ValueError(f"job_type: expected one of {', '.join(JOB_TYPES)}, got {self.job_type!r}")
         if not self.index_name:
             raise ValueError("index_name: required")
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(self), out, default=str)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "SyncJob":
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))

@@ -6,7 +6,6 @@ they are skipped; with ``CI=true`` a missing server is a failure, never a silent
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest

@@ -25,7 +25,7 @@ ES_URL = os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 __all__ = [
-    "ES_URL", "IN_CI", "REPO", "es_client", "require_server", "run_sync", "index_docs", "write_config",
+    "ES_URL", "IN_CI", "REPO", "es_client", "require_server", "skip_or_fail", "run_sync", "index_docs", "write_config",
     "DaemonProcess", "wait_for", "SOURCES",
 ]
 
@@ -45,15 +45,19 @@ def es_client(url: str = ES_URL):
     return ElasticsearchConnection(hosts=(url,), request_timeout=30).client()
 
 
+def skip_or_fail(message: str) -> None:
+    """A missing server: skip locally, fail under CI=true (CI starts every server)."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_server(name: str, where: str, probe) -> None:
     """Skip (locally) or fail (CI=true) when a server the test needs does not answer."""
     try:
         probe()
     except Exception as exc:  # noqa: BLE001
-        message = f"{name} is not reachable at {where} ({type(exc).__name__}: {exc}); start it with scripts/"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{name} is not reachable at {where} ({type(exc).__name__}: {exc}); start it with scripts/")
 
 
 def run_sync(

@@ -9,7 +9,6 @@ directory source (to check that the index converges to the source).
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys

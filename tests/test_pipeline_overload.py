@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from sources.testing import make_docs
-from tests.helpers import IN_CI, REPO, es_client, index_docs, run_sync
+from tests.helpers import skip_or_fail, REPO, es_client, index_docs, run_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,18 +39,14 @@ def overloaded_es():
                           ES_SETTINGS="thread_pool.write.queue_size=1 thread_pool.write.size=1")
         if started.returncode != 0:
             message = f"could not start the overloaded Elasticsearch on {PORT}: {started.stderr[-2000:]}"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
+            skip_or_fail(message)
     client = es_client(URL)
     nodes = client.nodes.info(metric="thread_pool")["nodes"]
     pool = next(iter(nodes.values()))["thread_pool"]["write"]
     if (pool.get("size"), pool.get("queue_size")) != (1, 1):
         client.close()
         message = f"the Elasticsearch on port {PORT} has write pool {pool}, not a tiny one; stop it first"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     yield client
     client.close()
     if not already:

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import IN_CI, REPO, DaemonProcess, cli, wait_for, write_config
+from tests.helpers import skip_or_fail, REPO, DaemonProcess, cli, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,7 @@ def _start_proxy(port: int, upstream: str) -> Proxy:
     )
     if result.returncode != 0:
         message = f"scripts/servers/nginx-tls start failed: {result.stderr[-2000:]}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     return Proxy(
         url=f"https://127.0.0.1:{port}", ca=str(PROXY_STATE / "ca.crt"),
         rogue_ca=str(PROXY_STATE / "rogue-ca.crt"), username=(PROXY_STATE / "username").read_text().strip(),

@@ -108,6 +108,11 @@ def _content_size(extra: Mapping[str, Any]) -> int:
     return size
 
 
+def _same_time(ours: Any, indexed: Any) -> bool:
+    stamp = iso_timestamp(ours)
+    return stamp is not None and iso_timestamp(indexed) == stamp
+
+
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, skip_unchanged: IndexedTimestamps | None, batch_size: int,
                  download_concurrency: int, max_download_bytes: int):
@@ -177,8 +182,8 @@ class _ReadPartitionFn(beam.DoFn):
         changed: list[tuple[str, dict[str, Any], Any]] = []
         for doc_id, doc, lazy in batch:
             yield pvalue.TaggedOutput(IDS, doc_id)
-            stamp = iso_timestamp(doc.get("_timestamp"))
-            if stamp is not None and doc_id in indexed and iso_timestamp(indexed[doc_id]) == stamp:
+            # Timestamps are compared only for ids already indexed (none on a first sync).
+            if doc_id in indexed and _same_time(doc.get("_timestamp"), indexed[doc_id]):
                 self.skipped.inc()
                 continue
             changed.append((doc_id, doc, lazy))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
 
-from tests.helpers import IN_CI, REPO, es_client
+from tests.helpers import skip_or_fail, REPO, es_client
 
 FAULT_ES_PORT = int(os.environ.get("FAULT_ES_PORT", "9220"))
 FAULT_ES_URL = f"http://127.0.0.1:{FAULT_ES_PORT}"
@@ -38,9 +37,7 @@ def start_own_node():
     result = es_script("start")
     if result.returncode != 0:
         message = f"cannot start a private Elasticsearch on port {FAULT_ES_PORT}: {result.stderr[-2000:]}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     client = es_client(FAULT_ES_URL)
     client.cluster.health(wait_for_status="yellow", timeout="60s")
     fast_refresh(client)
