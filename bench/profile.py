@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,10 +36,13 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None) -> dict:
     if profile_to is not None:
         command += ["-m", "pyinstrument", "-r", "text", "-o", str(profile_to)]
     command += ["-m", "pipelines.run", str(job_file), str(result_file)]
-    started = time.monotonic()
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, cwd=REPO, check=False, env={**os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     outcome = json.loads(result_file.read_text())
     outcome["wall_seconds"] = round(time.monotonic() - started, 2)
+    outcome["cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
+    outcome["max_rss_mb_so_far"] = round(after.ru_maxrss / 1024, 1)  # the largest child yet (Linux: KiB)
     return outcome
 
 
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--resync", action="store_true", help="sync once unprofiled, then profile the resync")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    parser.add_argument("--no-profile", action="store_true", help="time only (CPU seconds, peak RSS), no pyinstrument")
+    parser.add_argument("--index", help="sync into this index and keep it (default: a fresh one, deleted after)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
 
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _merge(settings, _dotted(args.set or []))
     workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-profile-"))
     settings["dead_letters"] = str(workdir / "dead_letters")
-    index = f"bench-profile-{uuid.uuid4().hex[:6]}"
+    index = args.index or f"bench-profile-{uuid.uuid4().hex[:6]}"
     conn = ElasticsearchConnection(hosts=(args.es_url,), request_timeout=600)
     es = conn.client()
     config = {"count": count, "doc_size": args.doc_size, "seed": 1, "partitions": args.partitions, "version": 0}
@@ -82,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             job_file, result_file = workdir / "job.json", workdir / "result.json"
             write_job_file(job_file, job, PipelineConfig.model_validate(settings), conn, progress_interval=5.0)
             last = run == (1 if args.resync else 0)
-            outcomes.append(_sync(job_file, result_file, out / f"{name}.txt" if last else None))
+            profile_to = out / f"{name}.txt" if last and not args.no_profile else None
+            outcomes.append(_sync(job_file, result_file, profile_to))
         summary = {"count": count, "settings": settings, "outcomes": outcomes}
         (out / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
         print(json.dumps(summary, indent=2, default=str))
         print(f"profile: {out / (name + '.txt')}", file=sys.stderr)
     finally:
-        es.indices.delete(index=index, ignore_unavailable=True)
+        if not args.index:
+            es.indices.delete(index=index, ignore_unavailable=True)
         es.close()
     return 0
 

@@ -72,8 +72,8 @@ class PipelineConfig(_Section):
     max_document_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_download_bytes: int = Field(10 * 1024 * 1024, ge=0)
     download_concurrency: int = Field(8, ge=1)
-    read_batch_size: int = Field(500, ge=1, description="documents per skip-unchanged lookup")
-    scan_slices: int = Field(2, ge=1)
+    read_batch_size: int = Field(500, ge=1, description="documents digested and compared with the index at once")
+    scan_slices: int = Field(2, ge=1, description="concurrent point-in-time slices when the index is scanned")
     dead_letters: str = "./dead_letters"
     extract_text: bool = True
     flink: FlinkConfig = Field(default_factory=FlinkConfig)

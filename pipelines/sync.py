@@ -2,10 +2,12 @@
 
 Full sync::
 
-    partitions -> ReadFromSource -> docs -> Normalize -> WriteToElasticsearch(index) --+
-                        |                                                              |
-                        +-> ids ----------+                                            +-> WriteDeadLetters
-    ScanIndex(content index) -> ids ------+-> FindDeletions -> WriteToElasticsearch(delete)
+    ScanIndex(content index) -> indexed digests ---+-----------------------+ (side inputs)
+                                                   v                       v
+    partitions -> ReadFromSource(skip unchanged) -> docs -> Normalize -> WriteToElasticsearch(index) --+
+                        |                                                                            |
+                        +-> seen digests -> UnionDigests --> FindDeletions -> WriteToElasticsearch(delete)
+                                                                                                     +-> WriteDeadLetters
 
 Incremental sync::
 
@@ -31,7 +33,8 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.find_deletions import FindDeletions
 from transforms.normalize import Normalize
 from transforms.read_changes import ReadChanges
-from transforms.read_from_source import IndexedTimestamps, ReadFromSource, SourceSpec
+from transforms.digests import UnionDigests
+from transforms.read_from_source import ReadFromSource, SourceSpec
 from transforms.scan_index import ScanIndex
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
@@ -81,12 +84,15 @@ def build_sync_pipeline(
         write_dead = ops | "Apply" >> WriteToElasticsearch(conn, job.index_name, operation=MIXED, **write)
         dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
+        indexed = None if index_empty else p | "ScanIndex" >> ScanIndex(conn, job.index_name,
+                                                                         slices=settings.scan_slices)
         read = (
             p
             | "Partitions" >> beam.Create(list(partitions))
             | "Read" >> ReadFromSource(
                 spec,
-                skip_unchanged=None if index_empty else IndexedTimestamps(conn, job.index_name),
+                skip_unchanged=indexed,
+                track_seen=indexed is not None,
                 batch_size=settings.read_batch_size,
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
@@ -95,9 +101,10 @@ def build_sync_pipeline(
         docs, normalize_dead = read.docs | "Normalize" >> normalize
         index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
         dead_letters = [read.dead_letters, normalize_dead, index_dead]
-        if not index_empty:
-            indexed_ids = p | "ScanIndex" >> ScanIndex(conn, job.index_name, slices=settings.scan_slices)
-            stale = (read.ids, indexed_ids) | "FindDeletions" >> FindDeletions()
+        if indexed is not None:
+            seen = read.seen | "UnionSeen" >> beam.CombineGlobally(UnionDigests())
+            stale = p | "FindDeletions" >> FindDeletions(conn, job.index_name, seen=seen, indexed=indexed,
+                                                         slices=settings.scan_slices)
             dead_letters.append(
                 stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write))
 

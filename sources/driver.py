@@ -188,7 +188,12 @@ def call_get_docs(source: Any, filtering: Filter | None, partition: Partition | 
 
 def as_pair(item: Any) -> tuple[Doc, Any, str | None]:
     """Normalise what a source yielded to ``(doc, lazy_download, operation)``."""
-    if isinstance(item, Mapping):
+    if type(item) is tuple:  # the common cases first: no ABC check per document
+        if len(item) == 2:
+            return item[0], item[1], None
+        if len(item) == 3:
+            return item[0], item[1], item[2]
+    if type(item) is dict or isinstance(item, Mapping):
         return item, None, None  # type: ignore[return-value]
     if isinstance(item, tuple):
         if len(item) == 2:

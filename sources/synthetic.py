@@ -96,7 +96,8 @@ def synthetic_docs(*, count: int, doc_size: int = 1024, seed: int = 1, version: 
     base_stamp, new_stamp = _stamp(0), _stamp(version)
     tag_count = len(_CATEGORIES)
     for i in range(low, high):
-        state = doc_state(i, seed=seed, version=version, change_ratio=change_ratio, remove_ratio=remove_ratio)
+        state = _UNCHANGED if version <= 0 else doc_state(
+            i, seed=seed, version=version, change_ratio=change_ratio, remove_ratio=remove_ratio)
         if state == _REMOVED:
             continue
         v = version if state == _CHANGED else 0

@@ -257,3 +257,40 @@ def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_ke
     del want["doc-9"]
     want["doc-8"] = {"title": "back", "id": "doc-8"}
     assert index_docs(es, index_name) == want
+
+
+def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_the_unseen_ids(es, index_name):
+    """The digests scan and the deletion rescan over several pages and concurrent slices."""
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+    from elasticsearch import helpers as es_helpers
+
+    from tests.helpers import ES_URL
+    from transforms.digests import id_digests, stamp_digest
+    from transforms.es_client import ElasticsearchConnection
+    from transforms.find_deletions import FindDeletions
+    from transforms.scan_index import ScanIndex, scan_pages
+
+    total = 25_000  # 3 pages of 10,000 over 2 slices
+    es_helpers.bulk(es, ({"_index": index_name, "_id": f"d{i}", "_source": {"_timestamp": "2024-01-01T00:00:00Z"}}
+                         for i in range(total)), refresh=True)
+    conn = ElasticsearchConnection(hosts=(ES_URL,))
+    assert sum(len(page) for page in scan_pages(conn, index_name, slices=3)) == total
+    assert list(scan_pages(conn, f"{index_name}-missing")) == []
+
+    seen_ids = [f"d{i}" for i in range(total) if i % 1000] + ["only-in-source"]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        indexed = p | ScanIndex(conn, index_name, slices=2)
+        assert_that(indexed | beam.Map(lambda d: (len(d), set(d.stamps.tolist()))),
+                    equal_to([(total, {stamp_digest("2024-01-01T00:00:00+00:00")})]), label="indexed")
+        seen = p | "seen" >> beam.Create([np.unique(id_digests(seen_ids))])
+        stale = p | FindDeletions(conn, index_name, seen=seen, indexed=indexed, slices=2)
+        assert_that(stale, equal_to([f"d{i}" for i in range(0, total, 1000)]), label="stale")
+
+    # every indexed id seen: no second scan, nothing to delete
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        indexed = p | ScanIndex(conn, index_name)
+        everything = p | "seen" >> beam.Create([np.unique(id_digests([f"d{i}" for i in range(total)]))])
+        assert_that(p | FindDeletions(conn, index_name, seen=everything, indexed=indexed), equal_to([]))

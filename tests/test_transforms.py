@@ -9,6 +9,7 @@ import json
 import uuid
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
@@ -19,7 +20,7 @@ from sources.driver import SourceDriver, call_lazy, is_async_callable
 from sources.errors import ElasticsearchUnavailable
 from transforms.dead_letter import DeadLetter, WriteDeadLetters, read_dead_letters
 from transforms.es_client import ElasticsearchConnection
-from transforms.find_deletions import FindDeletions
+from transforms.digests import IndexDigests, UnionDigests, contains, id_digests, stamp_digest
 from transforms.normalize import MAX_ID_BYTES, Normalize, document_id, iso_timestamp, json_safe
 from transforms.write_to_elasticsearch import BulkSettings, _BulkWriteFn, retry_with_backoff
 
@@ -179,11 +180,42 @@ def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters():
 
 
 # -- deletions and dead letters ------------------------------------------------------------
-def test_find_deletions_when_ids_only_in_index_then_emitted():
+def test_digests_when_same_id_and_timestamp_then_unchanged_and_otherwise_not():
+    t1, t2 = "2024-01-01T00:00:00+00:00", "2024-01-02T00:00:00+00:00"
+    indexed = IndexDigests.build([id_digests(["b", "a", "c"])],
+                                 [np.array([stamp_digest(t1), stamp_digest(t1), 0], dtype=np.uint64)])
+    assert indexed.ids.tolist() == sorted(indexed.ids.tolist()) and len(indexed) == 3
+    ids = id_digests(["a", "b", "c", "new"])
+    # the same instant written differently is the same timestamp; no timestamp is never unchanged
+    stamps = np.array([stamp_digest(dt.datetime(2024, 1, 1)), stamp_digest(t2), 0, stamp_digest(t1)],
+                      dtype=np.uint64)
+    assert indexed.unchanged(ids, stamps).tolist() == [True, False, False, False]
+    assert stamp_digest("2024-01-01T01:00:00+01:00") == stamp_digest(t1) != stamp_digest(t2)
+    assert stamp_digest(None) == stamp_digest("") == 0
+    assert indexed.missing_from(np.unique(id_digests(["a", "b", "c", "x"]))) == 0
+    assert indexed.missing_from(np.unique(id_digests(["a", "x"]))) == 2
+    assert IndexDigests.build([], []).unchanged(ids, stamps).tolist() == [False] * 4
+
+
+def test_id_digests_when_ids_differ_then_distinct_and_stable_across_processes():
+    import subprocess
+    import sys
+
+    ids = [f"{i:010d}" for i in range(100_000)] + ["é", "a" * 512]
+    digests = id_digests(ids)
+    assert len(np.unique(digests)) == len(ids)
+    assert contains(np.sort(digests), id_digests(["0000000042", "nope"])).tolist() == [True, False]
+    # workers on other machines must agree: no per-process hash seed
+    other = subprocess.run([sys.executable, "-c", "from transforms.digests import id_digests; "
+                            "print(int(id_digests(['0000000042'])[0]))"], capture_output=True, text=True, check=True)
+    assert int(other.stdout) == int(digests[42])
+
+
+def test_union_digests_when_combined_in_parts_then_sorted_distinct():
+    parts = [id_digests([str(i) for i in range(n, n + 300)]) for n in range(0, 3000, 200)]  # overlapping
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        source = p | "source" >> beam.Create(["a", "b", "c"])
-        index = p | "index" >> beam.Create(["b", "c", "d", "e"])
-        assert_that((source, index) | FindDeletions(), equal_to(["d", "e"]))
+        union = p | beam.Create(parts) | beam.CombineGlobally(UnionDigests())
+        assert_that(union | beam.Map(lambda a: (len(a), bool(np.all(a[:-1] < a[1:])))), equal_to([(3100, True)]))
 
 
 def test_write_dead_letters_when_written_then_read_back_from_avro(tmp_path):
@@ -264,10 +296,12 @@ def test_read_from_source_when_content_over_size_limit_then_document_kept_withou
     spec = SourceSpec("sources.testing:MemorySource", {"docs": {"value": docs}, "lazy": {"value": True},
                                                        "lazy_async": {"value": True}})
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        read = p | beam.Create([Partition()]) | ReadFromSource(spec, max_download_bytes=20, batch_size=2)
+        read = p | beam.Create([Partition()]) | ReadFromSource(spec, max_download_bytes=20, batch_size=2,
+                                                               track_seen=True)
         assert_that(read.docs | beam.Map(lambda d: (d["_id"], d.get("body"))), equal_to([
             ("small", "body of small"), ("declared-big", None), ("long-name-makes-a-long-body", None)]), label="docs")
-        assert_that(read.ids, equal_to(["small", "declared-big", "long-name-makes-a-long-body"]), label="ids")
+        assert_that(read.seen | beam.FlatMap(lambda digests: digests.tolist()), equal_to(
+            id_digests(["small", "declared-big", "long-name-makes-a-long-body"]).tolist()), label="seen")
 
 
 def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not_to():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elasticsearch import Elasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
 __all__ = ["ElasticsearchConnection"]
 
@@ -39,6 +40,7 @@ class ElasticsearchConnection:
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "retry_on_status": (502, 503, 504),
+            "serializer": OrjsonSerializer(),  # bulk responses and scan pages parse ~3x faster
         }
         if self.api_key:
             kwargs["api_key"] = self.api_key

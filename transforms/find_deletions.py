@@ -1,40 +1,75 @@
 """FindDeletions: ids in the index that the source no longer yields.
 
-A ``CoGroupByKey`` of the source's ids with the index's ids: on a distributed runner the
-join is spread by key over the workers, so no worker holds an id set. The join emits
-only after both inputs are complete, i.e. after the whole source was read; a failed read
-fails the pipeline before any deletion.
+Inputs are two side inputs: ``seen``, the sorted digests of every id the source yielded
+(:class:`~transforms.digests.UnionDigests` of the read's ``seen`` output), and
+``indexed``, the :class:`~transforms.digests.IndexDigests` scanned before the read. A side
+input is ready only when all of its input is complete, so this step runs after the whole
+source was read; a failed read fails the pipeline before any deletion.
+
+When every indexed digest is among ``seen`` (the usual resync), nothing is deleted and
+the index is not read again. Otherwise the index is scanned once more, ids only, and
+every id whose digest the source did not yield is emitted (documents indexed since the
+first scan included). Memory: the two digest arrays, and a page of hits.
 
 Example usage::
 
-    stale = (source_ids, index_ids) | FindDeletions()
+    stale = p | FindDeletions(conn, "search-docs", seen=seen_digests, indexed=index_digests)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from transforms.digests import IndexDigests, contains, id_digests
+from transforms.es_client import ElasticsearchConnection
+from transforms.scan_index import scan_pages
 
 __all__ = ["FindDeletions"]
 
 
-def _only_in_index(element: tuple[str, dict[str, Any]]) -> Iterator[str]:
-    doc_id, groups = element
-    if groups["index"] and not groups["source"]:
-        yield doc_id
+class _FindStaleFn(beam.DoFn):
+    def __init__(self, conn: ElasticsearchConnection, index: str, slices: int):
+        self.conn, self.index, self.slices = conn, index, slices
+        self.rescans = Metrics.counter("elastic_ingest", "deletion_scans")
+
+    def process(self, _: object, seen: np.ndarray, indexed: IndexDigests) -> Iterator[str]:
+        if indexed.missing_from(seen) == 0:
+            return
+        self.rescans.inc()
+        for hits in scan_pages(self.conn, self.index, slices=self.slices):
+            ids = [hit["_id"] for hit in hits]
+            known = contains(seen, id_digests(ids))
+            for doc_id, yielded in zip(ids, known.tolist()):
+                if not yielded:
+                    yield doc_id
 
 
 class FindDeletions(beam.PTransform):
-    """``(source_ids, index_ids)`` -> ids present only in the index."""
+    """Root transform: the ids to delete from ``index`` once the source was read.
 
-    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
-        source_ids, index_ids = pcolls
-        keyed_source = source_ids | "KeySource" >> beam.Map(lambda i: (i, None))
-        keyed_index = index_ids | "KeyIndex" >> beam.Map(lambda i: (i, None))
+    Args:
+        conn: how to reach Elasticsearch.
+        index: the content index.
+        seen: a PCollection of one sorted ``uint64`` array, the source's id digests.
+        indexed: a PCollection of one :class:`~transforms.digests.IndexDigests`.
+        slices: concurrent readers of the second scan, when one is needed.
+    """
+
+    def __init__(self, conn: ElasticsearchConnection, index: str, *, seen: beam.PCollection,
+                 indexed: beam.PCollection, slices: int = 2):
+        super().__init__()
+        self.conn, self.index, self.slices = conn, index, slices
+        self.seen, self.indexed = seen, indexed
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
-            {"source": keyed_source, "index": keyed_index}
-            | "Join" >> beam.CoGroupByKey()
-            | "OnlyInIndex" >> beam.FlatMap(_only_in_index)
+            pbegin
+            | "Start" >> beam.Create([None])
+            | "FindStale" >> beam.ParDo(_FindStaleFn(self.conn, self.index, self.slices),
+                                        seen=beam.pvalue.AsSingleton(self.seen),
+                                        indexed=beam.pvalue.AsSingleton(self.indexed))
         )

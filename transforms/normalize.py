@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -43,11 +44,15 @@ from transforms.dead_letter import DeadLetter
 __all__ = ["Normalize", "document_id", "json_safe", "iso_timestamp", "MAX_ID_BYTES", "DEAD_LETTERS"]
 
 MAX_ID_BYTES = 512
+#: Naive datetimes are UTC (as json_safe says); keys that are not strings become strings.
+_ORJSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 DEAD_LETTERS = "dead_letters"
 
 
 def document_id(value: Any) -> str:
     """The Elasticsearch ``_id`` for a source id: a string, hashed when over 512 bytes."""
+    if type(value) is str and 0 < len(value) <= MAX_ID_BYTES // 4:  # short text: no UTF-8 length check needed
+        return value
     if value is None:
         raise ValueError("the document has no _id")
     if isinstance(value, bytes):
@@ -175,12 +180,13 @@ class _NormalizeFn(beam.DoFn):
         doc.update(self.pipeline_flags)
         doc["id"] = doc_id
         try:
-            # Fast path: only values json cannot encode go through json_safe.
-            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_safe)
+            # Fast path (orjson: datetimes, UUIDs, enums, NaN as null, non-string keys natively);
+            # only values it cannot encode go through json_safe.
+            data = orjson.dumps(doc, default=json_safe, option=_ORJSON_OPTIONS)
         except (TypeError, ValueError):
-            # Non-string keys, NaN/Infinity, ...: a JSON-safe copy first (raises when impossible).
-            body = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        data = body.encode("utf-8")
+            # Integers over 64 bits, nesting over orjson's limit, ...: a JSON-safe copy first
+            # (raises when impossible).
+            data = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
         if len(data) > self.max_document_bytes:
             raise ValueError(
                 f"document is {len(data)} bytes, over the limit of {self.max_document_bytes} "

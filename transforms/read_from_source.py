@@ -3,28 +3,31 @@
 ::
 
     partitions --Reshuffle--> read partition (source.get_docs) --> basic sync rules
-        --> batch of read_batch_size --> look up indexed _timestamps (one mget) --> unchanged? only its id
+        --> batch of read_batch_size --> id and _timestamp digests --> indexed unchanged? skipped
         --> changed: lazy download (at most download_concurrency at once, size limit) --> document
 
 Only partition descriptors are reshuffled; documents flow on without a shuffle. The
 source class is imported by FQN and instantiated in ``DoFn.setup()`` on each worker, and
-closed in ``teardown()``. Skipping unchanged documents needs no id set in memory: each
-batch asks the index for its own ids' timestamps. Async lazy downloads run on the
-source's own event loop (where its clients were opened), sync ones on a thread pool.
-Content over ``max_download_bytes`` (declared as ``size`` before, or measured after the
-download) is left out: the document is indexed with its metadata only.
+closed in ``teardown()``. Skipping unchanged documents compares each batch with the
+index's digests (:class:`~transforms.digests.IndexDigests`, a side input scanned before
+the read): no request per batch, 16 bytes per indexed document. Async lazy downloads run
+on the source's own event loop (where its clients were opened), sync ones on a thread
+pool. Content over ``max_download_bytes`` (declared as ``size`` before, or measured after
+the download) is left out: the document is indexed with its metadata only.
 
 Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content downloaded,
-``_id`` normalized), ``ids`` (the id of every document the source yielded and the sync
-rules kept, for the deletion join) and ``dead_letters``. Any read failure fails the
-pipeline, and so no deletion is made.
+``_id`` normalized), ``seen`` (one ``uint64`` array of id digests per batch: every
+document the source yielded and the sync rules kept, for
+:class:`~transforms.find_deletions.FindDeletions`; only with ``track_seen``) and
+``dead_letters``. Any read failure fails the pipeline, and so no deletion is made.
 
 Example usage::
 
+    indexed = p | ScanIndex(conn, "search-docs")
     outputs = (p | beam.Create(partitions)
                  | ReadFromSource(SourceSpec("sources.directory:DirectoryDataSource", config),
-                                  skip_unchanged=IndexedTimestamps(conn, "search-docs")))
-    outputs.docs, outputs.ids, outputs.dead_letters
+                                  skip_unchanged=indexed, track_seen=True))
+    outputs.docs, outputs.seen, outputs.dead_letters
 """
 
 from __future__ import annotations
@@ -37,23 +40,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from elasticsearch import NotFoundError
 
 from sources.base import Filter, Partition
 from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, call_lazy, is_async_callable
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
-from transforms.es_client import ElasticsearchConnection
-from transforms.normalize import document_id, iso_timestamp
+from transforms.digests import IndexDigests, id_digests, stamp_digest
+from transforms.normalize import document_id
 from transforms.sync_rules import BasicRules
-from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
 
-__all__ = ["ReadFromSource", "SourceSpec", "IndexedTimestamps", "DOCS", "IDS", "DEAD_LETTERS"]
+__all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
-DOCS, IDS, DEAD_LETTERS = "docs", "ids", "dead_letters"
+DOCS, SEEN, DEAD_LETTERS = "docs", "seen", "dead_letters"
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -73,32 +75,6 @@ class SourceSpec:
         return Filter(basic_rules=list(self.basic_rules), advanced_rules=self.advanced_rules or {})
 
 
-@dataclass(frozen=True)
-class IndexedTimestamps:
-    """Where to look up the ``_timestamp`` already indexed for a batch of ids."""
-
-    conn: ElasticsearchConnection
-    index: str
-
-    def open(self) -> Any:
-        return self.conn.client()
-
-    def lookup(self, es: Any, ids: list[str]) -> dict[str, str | None]:
-        """``{id: indexed _timestamp}`` for the ids of ``ids`` found in the index (one ``mget``)."""
-        try:
-            response = retry_with_backoff(
-                lambda: es.mget(index=self.index, ids=ids, source_includes=["_timestamp"]),
-                BulkSettings(max_retries=5), what=f"mget of {len(ids)} ids from {self.index}",
-            )
-        except NotFoundError:
-            return {}
-        found: dict[str, str | None] = {}
-        for doc in response["docs"]:
-            if doc.get("found"):
-                found[doc["_id"]] = (doc.get("_source") or {}).get("_timestamp")
-        return found
-
-
 def _content_size(extra: Mapping[str, Any]) -> int:
     """Bytes of downloaded content (``_attachment`` is base64: 3 bytes per 4 characters)."""
     size = 0
@@ -108,16 +84,11 @@ def _content_size(extra: Mapping[str, Any]) -> int:
     return size
 
 
-def _same_time(ours: Any, indexed: Any) -> bool:
-    stamp = iso_timestamp(ours)
-    return stamp is not None and iso_timestamp(indexed) == stamp
-
-
 class _ReadPartitionFn(beam.DoFn):
-    def __init__(self, spec: SourceSpec, skip_unchanged: IndexedTimestamps | None, batch_size: int,
-                 download_concurrency: int, max_download_bytes: int):
+    def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
+                 max_download_bytes: int):
         self.spec = spec
-        self.skip_unchanged = skip_unchanged
+        self.track_seen = track_seen
         self.batch_size = batch_size
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
@@ -131,7 +102,6 @@ class _ReadPartitionFn(beam.DoFn):
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)
-        self.es = self.skip_unchanged.open() if self.skip_unchanged else None
         self.pool = ThreadPoolExecutor(max_workers=self.download_concurrency, thread_name_prefix="download")
 
     def teardown(self) -> None:
@@ -139,10 +109,8 @@ class _ReadPartitionFn(beam.DoFn):
             self.pool.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "driver", None):
             self.driver.close()
-        if getattr(self, "es", None) is not None:
-            self.es.close()
 
-    def process(self, partition: Partition) -> Iterator[Any]:
+    def process(self, partition: Partition, indexed: IndexDigests | None = None) -> Iterator[Any]:
         batch: list[tuple[str, dict[str, Any], Any]] = []
         iterator = self.driver.iterate(call_get_docs(self.source, self.spec.filtering(), partition))
         try:
@@ -160,9 +128,9 @@ class _ReadPartitionFn(beam.DoFn):
                     continue
                 batch.append((doc_id, doc, lazy))
                 if len(batch) >= self.batch_size:
-                    yield from self._flush(batch)
+                    yield from self._flush(batch, indexed)
                     batch = []
-            yield from self._flush(batch)
+            yield from self._flush(batch, indexed)
         except SourceError:
             raise
         except Exception as exc:
@@ -173,20 +141,22 @@ class _ReadPartitionFn(beam.DoFn):
             iterator.close()
         self.partitions.inc()
 
-    def _flush(self, batch: list[tuple[str, dict[str, Any], Any]]) -> Iterator[Any]:
+    def _flush(self, batch: list[tuple[str, dict[str, Any], Any]], indexed: IndexDigests | None) -> Iterator[Any]:
         if not batch:
             return
-        indexed: dict[str, str | None] = {}
-        if self.skip_unchanged is not None:
-            indexed = self.skip_unchanged.lookup(self.es, [doc_id for doc_id, _, _ in batch])
-        changed: list[tuple[str, dict[str, Any], Any]] = []
-        for doc_id, doc, lazy in batch:
-            yield pvalue.TaggedOutput(IDS, doc_id)
-            # Timestamps are compared only for ids already indexed (none on a first sync).
-            if doc_id in indexed and _same_time(doc.get("_timestamp"), indexed[doc_id]):
-                self.skipped.inc()
-                continue
-            changed.append((doc_id, doc, lazy))
+        changed = batch
+        if self.track_seen or indexed:
+            ids = id_digests([doc_id for doc_id, _, _ in batch])
+            if self.track_seen:
+                yield pvalue.TaggedOutput(SEEN, ids)
+            if indexed:
+                stamps = np.fromiter((stamp_digest(doc.get("_timestamp")) for _, doc, _ in batch),
+                                     dtype=np.uint64, count=len(batch))
+                unchanged = indexed.unchanged(ids, stamps)
+                skipped = int(np.count_nonzero(unchanged))
+                if skipped:
+                    self.skipped.inc(skipped)
+                    changed = [item for item, same in zip(batch, unchanged.tolist()) if not same]
         # Downloads run a window at a time, so a worker never holds more than about
         # 2 * download_concurrency documents' content (not a whole lookup batch's).
         window = 2 * self.download_concurrency
@@ -247,29 +217,33 @@ class ReadFromSource(beam.PTransform):
 
     Args:
         spec: the source's FQN, configuration and sync rules.
-        skip_unchanged: look up indexed timestamps to skip unchanged documents (None: send all).
-        batch_size: documents per timestamp lookup.
+        skip_unchanged: a PCollection of one :class:`~transforms.digests.IndexDigests`
+            (from :class:`~transforms.scan_index.ScanIndex`): documents indexed with the same
+            ``_timestamp`` are skipped (None: send all).
+        track_seen: emit the ``seen`` id digests (for deletions).
+        batch_size: documents compared (and digested) at once.
         download_concurrency: lazy downloads in flight per worker.
         max_download_bytes: documents declaring a larger ``size`` are not downloaded.
     """
 
-    def __init__(self, spec: SourceSpec, *, skip_unchanged: IndexedTimestamps | None = None, batch_size: int = 500,
-                 download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024):
+    def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
+                 batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
         self.spec = spec
         self.skip_unchanged = skip_unchanged
+        self.track_seen = track_seen
         self.batch_size = batch_size
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
 
     def expand(self, partitions: beam.PCollection):
+        read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
+                                self.max_download_bytes)
+        side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         return (
             partitions
             | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartition" >> beam.ParDo(
-                _ReadPartitionFn(self.spec, self.skip_unchanged, self.batch_size, self.download_concurrency,
-                                 self.max_download_bytes)
-            ).with_outputs(IDS, DEAD_LETTERS, main=DOCS)
+            | "ReadPartition" >> beam.ParDo(read, **side).with_outputs(SEEN, DEAD_LETTERS, main=DOCS)
         )

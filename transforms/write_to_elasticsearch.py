@@ -30,7 +30,6 @@ Example usage::
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
@@ -194,7 +194,7 @@ class _BulkWriteFn(beam.DoFn):
     def _actions(self, batch: list[tuple[str, str, bytes | None]]) -> list[bytes]:
         lines: list[bytes] = []
         for op, doc_id, data in batch:
-            lines.append(json.dumps({op: {"_index": self.index, "_id": doc_id}}).encode())
+            lines.append(orjson.dumps({op: {"_index": self.index, "_id": doc_id}}))
             if op == "update":
                 lines.append(b'{"doc":' + (data or b"{}") + b',"doc_as_upsert":true}')
             elif op != "delete":
