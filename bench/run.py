@@ -43,23 +43,23 @@ import yaml
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies
 from bench.ours import REPO, Service
 from bench.report import annotate, chart, markdown
+from pipelines.settings import PipelineConfig
 from sources.synthetic import variant_counts
 
 __all__ = ["main", "parse_count", "DEFAULT_PIPELINE", "TUNING"]
 
 MB = 1_000_000
-#: The shipped defaults (config.yml ``pipeline:``); --set overrides them.
-DEFAULT_PIPELINE: dict[str, Any] = {
-    "runner": "FnApiRunner", "direct_num_workers": 2, "direct_running_mode": "multi_processing",
-    "bulk": {"max_docs": 1000, "max_bytes": 8388608, "max_in_flight": 2}, "read_batch_size": 500,
-}
+#: The shipped defaults (pipelines.settings.PipelineConfig, as config.yml ``pipeline:``
+#: writes them out); --set overrides them.
+DEFAULT_PIPELINE: dict[str, Any] = PipelineConfig().model_dump(include={
+    "runner", "direct_num_workers", "direct_running_mode", "bulk", "read_batch_size", "scan_slices"})
 #: The settings sweep of --tune: (name, overrides of the pipeline settings).
 TUNING: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
-    ("direct_running_mode=in_memory, workers=1", {"direct_running_mode": "in_memory", "direct_num_workers": 1}),
-    ("direct_running_mode=multi_threading", {"direct_running_mode": "multi_threading"}),
-    ("direct_num_workers=1", {"direct_num_workers": 1}),
-    ("direct_num_workers=4", {"direct_num_workers": 4}),
+    ("direct_running_mode=multi_processing, workers=2",
+     {"direct_running_mode": "multi_processing", "direct_num_workers": 2}),
+    ("direct_running_mode=multi_threading, workers=2",
+     {"direct_running_mode": "multi_threading", "direct_num_workers": 2}),
     ("bulk.max_docs=500", {"bulk": {"max_docs": 500}}),
     ("bulk.max_docs=2000", {"bulk": {"max_docs": 2000}}),
     ("bulk.max_docs=5000", {"bulk": {"max_docs": 5000}}),
