@@ -37,7 +37,8 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None) -> dict:
         command += ["-m", "pyinstrument", "-r", "text", "-o", str(profile_to)]
     command += ["-m", "pipelines.run", str(job_file), str(result_file)]
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, cwd=REPO, check=False, env={**os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"})
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"}  # as the daemon starts it
+    subprocess.run(command, cwd=REPO, check=False, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     outcome = json.loads(result_file.read_text())
     outcome["wall_seconds"] = round(time.monotonic() - started, 2)

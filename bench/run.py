@@ -342,12 +342,18 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, str]]:
                              f"{r.get('deleted')}, index ops {r.get('index_ops_during')}" for label, r in nochange)
         targets.append({"target": "no-change resync >= 10x faster than the first sync and writes nothing",
                         "status": "MET" if good else "MISSED", "evidence": evidence})
-    peaks = {s["count"]: s["results"].get("ours_full", {}).get("peak_rss_mb") for s in small}
+    # The largest peak of any of our syncs of the scenario (first sync and resyncs alike).
+    peaks = {s["count"]: max((r.get("peak_rss_mb") or 0 for key, r in s["results"].items() if key.startswith("ours_")),
+                             default=0) for s in small}
     if 100_000 in peaks and 1_000_000 in peaks and peaks[100_000] and peaks[1_000_000]:
         growth = peaks[1_000_000] / peaks[100_000]
-        targets.append({"target": "peak memory flat from 100k to 1M docs (growth <= 1.25x)",
+        by_sync = "; ".join(
+            f"{s['label']}: " + ", ".join(f"{key[5:]} {r.get('peak_rss_mb')} MB" for key, r in s["results"].items()
+                                          if key.startswith("ours_"))
+            for s in small if s["count"] in (100_000, 1_000_000))
+        targets.append({"target": "peak memory flat from 100k to 1M docs, every sync (growth <= 1.25x)",
                         "status": "MET" if growth <= 1.25 else "MISSED",
-                        "evidence": f"{peaks[100_000]} MB at 100k, {peaks[1_000_000]} MB at 1M ({growth:.2f}x)"})
+                        "evidence": f"{peaks[100_000]} MB at 100k, {peaks[1_000_000]} MB at 1M ({growth:.2f}x; {by_sync})"})
     elif peaks:
         targets.append({"target": "peak memory flat from 100k to 1M docs", "status": "NOT MEASURED at 1M",
                         "evidence": ", ".join(f"{c:,} docs: {p} MB" for c, p in sorted(peaks.items()))})

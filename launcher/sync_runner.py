@@ -200,6 +200,9 @@ class SyncRunner(threading.Thread):
                     "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
+        # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),

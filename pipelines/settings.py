@@ -22,7 +22,7 @@ class BulkConfig(_Section):
 
     max_docs: int = Field(1000, ge=1)
     max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    max_in_flight: int = Field(2, ge=1)
+    max_in_flight: int = Field(4, ge=1)
     max_batch_seconds: float = Field(2.0, gt=0, description="send a batch at least this often (slow sources)")
     max_retries: int = Field(8, ge=0)
     initial_backoff: float = Field(0.5, gt=0)

@@ -317,3 +317,26 @@ def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not
                     equal_to([["Hello", "there"]]), label="extracted")
         assert_that(kept | "b2" >> beam.MapTuple(lambda i, data: json.loads(data)["_attachment"] == html),
                     equal_to([True]), label="kept")
+
+
+# -- fast paths agree with the slow ones ---------------------------------------------------
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2003é")), max_size=30))
+def test_reduce_whitespace_when_any_text_then_same_as_split_and_join(text):
+    from transforms.normalize import _reduce_whitespace
+
+    assert _reduce_whitespace(text) == " ".join(text.split())
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30))])),
+       st.sampled_from(["auto", "seconds", "minutes", "microseconds"]))
+def test_iso_timestamp_when_text_already_or_not_canonical_then_same_instant_in_canonical_form(when, spec):
+    canonical = when.astimezone(dt.timezone.utc).isoformat()
+    text = when.isoformat(timespec=spec)
+    expected = dt.datetime.fromisoformat(text).astimezone(dt.timezone.utc).isoformat()
+    assert iso_timestamp(text) == expected
+    assert iso_timestamp(canonical) == canonical == iso_timestamp(when)

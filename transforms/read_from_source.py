@@ -112,11 +112,12 @@ class _ReadPartitionFn(beam.DoFn):
 
     def process(self, partition: Partition, indexed: IndexDigests | None = None) -> Iterator[Any]:
         batch: list[tuple[str, dict[str, Any], Any]] = []
+        read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(call_get_docs(self.source, self.spec.filtering(), partition))
         try:
             for item in iterator:
                 doc, lazy, _ = as_pair(item)
-                self.read_count.inc()
+                read += 1
                 try:
                     doc_id = document_id(doc.get("_id"))
                 except ValueError as exc:
@@ -128,6 +129,8 @@ class _ReadPartitionFn(beam.DoFn):
                     continue
                 batch.append((doc_id, doc, lazy))
                 if len(batch) >= self.batch_size:
+                    self.read_count.inc(read)
+                    read = 0
                     yield from self._flush(batch, indexed)
                     batch = []
             yield from self._flush(batch, indexed)
@@ -138,6 +141,8 @@ class _ReadPartitionFn(beam.DoFn):
                 f"reading partition {partition.key!r} of {self.spec.fqn} failed: {type(exc).__name__}: {exc}"
             ) from exc
         finally:
+            if read:
+                self.read_count.inc(read)
             iterator.close()
         self.partitions.inc()
 

@@ -36,6 +36,8 @@ __all__ = ["ScanIndex", "scan_pages", "PAGE_SIZE"]
 #: Hits per page: Elasticsearch's default ``index.max_result_window``.
 PAGE_SIZE = 10_000
 _DONE = object()
+#: Only what the readers use travels and is parsed (no _index, _score, shard counts).
+_PAGE_FIELDS = "pit_id,hits.hits._id,hits.hits._source,hits.hits.sort"
 
 
 def _scan_slice(es: Any, index: str, slice_id: int, slices: int, source: Sequence[str] | bool, page_size: int,
@@ -57,8 +59,9 @@ def _scan_slice(es: Any, index: str, slice_id: int, slices: int, source: Sequenc
                 body["slice"] = {"id": slice_id, "max": slices}
             if search_after is not None:
                 body["search_after"] = search_after
-            page = retry_with_backoff(lambda: es.search(**body), retry, what=f"scan of {index}")
-            hits = page["hits"]["hits"]
+            page = retry_with_backoff(lambda: es.search(**body, filter_path=_PAGE_FIELDS), retry,
+                                      what=f"scan of {index}")
+            hits = page.get("hits", {}).get("hits")  # an empty page has no "hits" once filtered
             if not hits:
                 break
             pit = page.get("pit_id", pit)
@@ -79,7 +82,7 @@ def scan_pages(conn: ElasticsearchConnection, index: str, *, slices: int = 2, so
     them is raised here after the retries, and leaving the iterator early stops them all.
     """
     es = conn.client(connections_per_node=max(10, slices * 2))
-    out: queue.Queue = queue.Queue(maxsize=2 * slices)
+    out: queue.Queue = queue.Queue(maxsize=slices)
     stop = threading.Event()
     errors: list[BaseException] = []
 

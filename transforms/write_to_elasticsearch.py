@@ -65,7 +65,7 @@ class BulkSettings:
 
     max_docs: int = 1000
     max_bytes: int = 8 * 1024 * 1024
-    max_in_flight: int = 2
+    max_in_flight: int = 4
     max_batch_seconds: float = 2.0
     max_retries: int = 8
     initial_backoff: float = 0.5
