@@ -63,6 +63,25 @@ def _short_bytes(n: int) -> str:
     return f"{n / 1024:g}KB" if n >= 1024 else f"{n}B"
 
 
+def settle(es: Any, *, timeout: float = 180.0, quiet: float = 3.0) -> float:
+    """Wait until the cluster has finished the previous method's work (merges, queued writes).
+
+    Every method starts on a cluster at rest: otherwise whichever runs after a 1M-document
+    load pays for its segment merges (measured: our 1M sync took 144 s right after the
+    helpers, 100 s on a settled node). Returns the seconds waited.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        nodes = es.nodes.stats(metric="indices,thread_pool", index_metric="merge")["nodes"].values()
+        busy = sum(n["indices"]["merges"]["current"] + n["thread_pool"]["write"]["active"]
+                   + n["thread_pool"]["write"]["queue"] for n in nodes)
+        if busy == 0:
+            break
+        time.sleep(1.0)
+    time.sleep(quiet)
+    return round(time.monotonic() - started, 1)
+
+
 def fresh_index(es: Any, index: str) -> None:
     es.indices.delete(index=index, ignore_unavailable=True)
     ensure_content_index(es, index)
@@ -120,6 +139,7 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
     """Post pre-serialized bodies with ``clients`` concurrent connections; docs/s of the cluster."""
     fresh_index(es, index)
     fd, path = tempfile.mkstemp(prefix="bench-ndjson-", suffix=".ndjson", dir=workdir)
+    settle_seconds = None
     os.close(fd)
     try:
         chunks, doc_bytes = prepare_bodies(dataset, index, path, max_docs=max_docs, max_bytes=max_bytes)
@@ -163,6 +183,7 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
                 os.close(file)
                 conn.close()
 
+        settle_seconds = settle(es)
         sampler = TreeSampler(os.getpid()).start()
         sampler.reset()
         started = time.perf_counter()
@@ -198,6 +219,7 @@ def helpers_bulk(es_url: str, dataset: Dataset, index: str, *, kind: str, es_adm
             doc_id = doc.pop("_id")
             yield {"_index": index, "_id": doc_id, "_source": doc}
 
+    settle(es_admin)
     sampler = TreeSampler(os.getpid()).start()
     sampler.reset()
     ok = failed = 0

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies
+from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
 from bench.ours import REPO, Service
 from bench.report import annotate, chart, markdown
 from pipelines.settings import PipelineConfig
@@ -195,6 +195,7 @@ class Bench:
         out: dict[str, Any] = {} if into is None else into
         try:
             with service:
+                settle(self.es)
                 self.say(f"  ours: full sync of {dataset.label} ({partitions} partition(s))")
                 full = out["ours_full"] = service.sync(self.es, connector_id)
                 full["ok"] = (full["status"] == "completed" and full["total"] == dataset.count
@@ -202,6 +203,7 @@ class Bench:
                 self.progress()
                 if not resyncs:
                     return out
+                settle(self.es)
                 before = index_ops(self.es, index)
                 self.say("  ours: no-change resync")
                 same = out["ours_nochange"] = service.sync(self.es, connector_id)
@@ -213,6 +215,7 @@ class Bench:
                 self.progress()
                 expected = variant_counts(dataset.count, seed=dataset.seed, version=1)
                 service.update_connector(connector_id, {"version": 1})
+                settle(self.es)
                 self.say(f"  ours: resync with {expected['changed']} changed and {expected['removed']} removed")
                 changed = out["ours_changed"] = service.sync(self.es, connector_id)
                 changed["expected"] = expected
