@@ -200,7 +200,8 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
     es.indices.delete(index=index, ignore_unavailable=True)
     return {
         "seconds": round(seconds, 3), "docs": dataset.count, "indexed": indexed, "doc_bytes": doc_bytes,
-        "clients": clients, "requests": len(chunks), "request_retries_429": retries[0], "errors": errors[:5],
+        "clients": clients, "settled_after_seconds": settle_seconds, "requests": len(chunks),
+        "request_retries_429": retries[0], "errors": errors[:5],
         "error_count": len(errors), "peak_rss_mb": sampler.phase_peak_mb, "ok": indexed == dataset.count and not errors,
     }
 
