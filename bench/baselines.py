@@ -139,7 +139,6 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
     """Post pre-serialized bodies with ``clients`` concurrent connections; docs/s of the cluster."""
     fresh_index(es, index)
     fd, path = tempfile.mkstemp(prefix="bench-ndjson-", suffix=".ndjson", dir=workdir)
-    settle_seconds = None
     os.close(fd)
     try:
         chunks, doc_bytes = prepare_bodies(dataset, index, path, max_docs=max_docs, max_bytes=max_bytes)

@@ -20,7 +20,7 @@ __all__ = ["merge", "main"]
 
 def merge(runs: list[dict]) -> dict:
     first = runs[0]
-    merged = {**first, "merged_from": [r["started_at"] for r in runs], "scenarios": []}
+    merged = {**first, "merged_from": [r["started_at"] for r in runs]}
     merged["started_at"] = " + ".join(r["started_at"] for r in runs)
     merged["machine"] = {**first["machine"],
                          "loadavg_start": "; ".join(str(r["machine"].get("loadavg_start")) for r in runs)}
@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     merged = merge([json.loads(Path(p).read_text()) for p in args.runs])
     out = Path(args.out)
     (out / f"{args.name}.json").write_text(json.dumps(merged, indent=2, default=str))
-    (out / f"{args.name}.md").write_text(markdown(merged))
+    md = markdown(merged)
+    (out / f"{args.name}.md").write_text(md)
     chart(merged, out / f"{args.name}.png")
-    print(markdown(merged))
+    print(md)
     return 0
 
 

@@ -422,15 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [],
     }
     t0 = time.monotonic()
-    stem_ = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
-    bench.on_progress = lambda current: _checkpoint({**results, "in_progress": current}, Path(args.out), stem_)
+    stem = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
+    bench.on_progress = lambda current: _checkpoint({**results, "in_progress": current}, Path(args.out), stem)
     try:
         datasets = [Dataset(n, args.doc_size, args.seed) for n in sizes]
         if large:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
         for dataset in datasets:
             results["scenarios"].append(bench.scenario(dataset))
-            _checkpoint(results, Path(args.out), args.name or f"run-{started:%Y%m%dT%H%M%SZ}")
+            _checkpoint(results, Path(args.out), stem)
         if partitions_size:
             same = next((s for s in results["scenarios"]
                          if s["count"] == partitions_size and s["doc_size"] == args.doc_size), None)
@@ -448,7 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = evaluate_targets(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
     text = json.dumps(results, indent=2, default=str)
     (out / f"{stem}.json").write_text(text, encoding="utf-8")
     (out / f"{stem}.partial.json").unlink(missing_ok=True)

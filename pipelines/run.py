@@ -201,6 +201,8 @@ def _refused(exc: BaseException, conn: ElasticsearchConnection, index: str) -> s
     """A clear message when Elasticsearch refused our credentials (401) or their privileges (403)."""
     from elasticsearch import AuthenticationException, AuthorizationException
 
+    used = ("elasticsearch.api_key" if conn.api_key else
+            "elasticsearch.username/password" if conn.username else "no credentials")
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -210,8 +212,6 @@ def _refused(exc: BaseException, conn: ElasticsearchConnection, index: str) -> s
             body = current.body if isinstance(current.body, dict) else {}
             error = body.get("error") if isinstance(body.get("error"), dict) else {}
             reason = f": {error['reason']}" if error.get("reason") else ""
-        used = ("elasticsearch.api_key" if conn.api_key else
-                "elasticsearch.username/password" if conn.username else "no credentials")
         if isinstance(current, AuthenticationException):
             return (f"AuthenticationException: Elasticsearch at {conn.display} refused the sync's credentials "
                     f"(HTTP 401{reason}) with {used}; check elasticsearch.username and elasticsearch.password, "

@@ -6,7 +6,7 @@ Full sync::
                                                    v                       v
     partitions -> ReadFromSource(skip unchanged) -> docs -> Normalize -> WriteToElasticsearch(index) --+
                         |                                                                            |
-                        +-> seen digests -> UnionDigests --> FindDeletions -> WriteToElasticsearch(delete)
+                        +-> seen digests --> FindDeletions (union, then set difference) -> WriteToElasticsearch(delete)
                                                                                                      +-> WriteDeadLetters
 
 Incremental sync::
@@ -33,7 +33,6 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.find_deletions import FindDeletions
 from transforms.normalize import Normalize
 from transforms.read_changes import ReadChanges
-from transforms.digests import UnionDigests
 from transforms.read_from_source import ReadFromSource, SourceSpec
 from transforms.scan_index import ScanIndex
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
@@ -72,15 +71,13 @@ def build_sync_pipeline(
     spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
-    normalize = Normalize(job.pipeline_flags, max_document_bytes=settings.max_document_bytes,
-                          extract_text=settings.extract_text)
+    normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)
 
     if job.job_type == "incremental":
         changes = p | "Cursor" >> beam.Create([job.sync_cursor]) | "Read" >> ReadChanges(spec, conn, job_id=job.job_id)
         # One ordered stream from the source to one writer: the changes' order is kept.
-        ops, normalize_dead = changes.changes | "Normalize" >> Normalize(
-            job.pipeline_flags, max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text,
-            operation=MIXED)
+        ops, normalize_dead = changes.changes | "Normalize" >> Normalize(job.pipeline_flags, operation=MIXED,
+                                                                         **normalize)
         write_dead = ops | "Apply" >> WriteToElasticsearch(conn, job.index_name, operation=MIXED, **write)
         dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
@@ -98,12 +95,11 @@ def build_sync_pipeline(
                 max_download_bytes=settings.max_download_bytes,
             )
         )
-        docs, normalize_dead = read.docs | "Normalize" >> normalize
+        docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)
         index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
         dead_letters = [read.dead_letters, normalize_dead, index_dead]
         if indexed is not None:
-            seen = read.seen | "UnionSeen" >> beam.CombineGlobally(UnionDigests())
-            stale = p | "FindDeletions" >> FindDeletions(conn, job.index_name, seen=seen, indexed=indexed,
+            stale = p | "FindDeletions" >> FindDeletions(conn, job.index_name, seen=read.seen, indexed=indexed,
                                                          slices=settings.scan_slices)
             dead_letters.append(
                 stale | "Delete" >> WriteToElasticsearch(conn, job.index_name, operation="delete", **write))

@@ -188,18 +188,11 @@ def call_get_docs(source: Any, filtering: Filter | None, partition: Partition | 
 
 def as_pair(item: Any) -> tuple[Doc, Any, str | None]:
     """Normalise what a source yielded to ``(doc, lazy_download, operation)``."""
-    if type(item) is tuple:  # the common cases first: no ABC check per document
-        if len(item) == 2:
-            return item[0], item[1], None
-        if len(item) == 3:
-            return item[0], item[1], item[2]
-    if type(item) is dict or isinstance(item, Mapping):
+    if isinstance(item, tuple):  # first: a concrete type check, no ABC check per document
+        if len(item) in (2, 3):
+            return item[0], item[1], item[2] if len(item) == 3 else None
+    elif isinstance(item, Mapping):
         return item, None, None  # type: ignore[return-value]
-    if isinstance(item, tuple):
-        if len(item) == 2:
-            return item[0], item[1], None
-        if len(item) == 3:
-            return item[0], item[1], item[2]
     raise TypeError(
         "a source must yield a doc dict, (doc, lazy_download) or (doc, lazy_download, operation); "
         f"got {type(item).__name__}"

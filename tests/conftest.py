@@ -34,6 +34,17 @@ def es():
     client.close()
 
 
+@pytest.fixture(scope="module")
+def own_es():
+    """A client for the private node of ``tests.fixtures_security.own_node`` (started if needed,
+    left running for the next run): for tests that stop Elasticsearch or need fast refreshes."""
+    from tests.fixtures_security.own_node import start_own_node
+
+    client = start_own_node()
+    yield client
+    client.close()
+
+
 @pytest.fixture
 def index_name(es):
     """A fresh content index name, deleted after the test."""

@@ -179,6 +179,16 @@ class DaemonProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids of ``pid``'s direct children (a daemon's sync processes)."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def wait_for(predicate, *, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout

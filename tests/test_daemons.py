@@ -118,6 +118,12 @@ def _connector(es, connector_id: str) -> dict:
     return get_connector(es, connector_id).doc
 
 
+def _connector_once(es, connector_id: str, last_sync_status: str) -> dict | None:
+    """The connector document once its ``last_sync_status`` is the given one (one read)."""
+    doc = _connector(es, connector_id)
+    return doc if doc["last_sync_status"] == last_sync_status else None
+
+
 def _jobs(es, connector_id: str) -> list[dict]:
     es.indices.refresh(index=JOBS_INDEX)
     hits = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}}, size=500)["hits"]["hits"]
@@ -274,8 +280,7 @@ def test_daemons_when_long_sync_canceled_or_its_connector_deleted_then_job_ends_
     assert in_index < 400
     counters = (job["indexed_document_count"], job["total_document_count"])
     assert counters == (in_index, in_index), (counters, in_index)
-    doc = wait_for(lambda: _connector(es, connector)["last_sync_status"] == "canceled" and _connector(es, connector),
-                   timeout=10, what="the connector's last_sync_status")
+    doc = wait_for(lambda: _connector_once(es, connector, "canceled"), timeout=10, what="the connector's last_sync_status")
     assert doc["last_indexed_document_count"] == in_index
     job = wait_for(lambda: _ended(es, doomed_job), timeout=30, what="the orphaned job to end")
     # Its owner notices (JobGone), or another instance's reaper is first (StaleJob): both end it.
@@ -313,8 +318,7 @@ def test_daemons_when_sigkill_mid_sync_then_reaped_and_next_sync_converges(es, d
     job = wait_for(lambda: _ended(es, job_id), timeout=STALE_AFTER + 40, what="the reaper")
     assert time.monotonic() - killed >= STALE_AFTER - 2
     assert job["status"] == "error" and job["error"] == "StaleJob: the job has not seen any update for some time"
-    doc = wait_for(lambda: _connector(es, connector)["last_sync_status"] == "error" and _connector(es, connector),
-                   timeout=10, what="the lock to be released")
+    doc = wait_for(lambda: _connector_once(es, connector, "error"), timeout=10, what="the lock to be released")
     assert doc["last_sync_error"].startswith("StaleJob")
     # The lock is released: the next sync runs, and the index matches the source.
     next_job = create_job(es, get_connector(es, connector))

@@ -23,25 +23,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of, es_script, fast_refresh, start_own_node
-from tests.helpers import DaemonProcess, index_docs, run_sync, wait_for, write_config
+from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of, es_script, fast_refresh
+from tests.helpers import DaemonProcess, child_pids, index_docs, run_sync, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
 SCRIPTED = "tests.fixtures_security.scripted:ScriptedSource"
 SERVICE_TYPE = "scripted_fault"
 ALL_MALFORMED = "unserializable,too_large,bad_field,mapping_conflict"
-
-
-@pytest.fixture(scope="module")
-def own_es():
-    """A private Elasticsearch node (started if needed; left running for the next run)."""
-    client = start_own_node()
-    yield client
-    client.close()
 
 
 def _connector(es, connector_id: str, index: str, **values: Any) -> None:
@@ -155,14 +146,6 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_interrupted_job_ends_wit
 
 
 # -- the daemon SIGKILLed mid-sync ----------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    """The pids of ``pid``'s direct children (the daemon's sync processes)."""
-    try:
-        return [child.pid for child in psutil.Process(pid).children()]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -188,7 +171,7 @@ def daemon_killed(own_es, tmp_path_factory) -> dict[str, Any]:
         job_id = _start_job(own_es, cid)
         wait_for(lambda: (_job(own_es, job_id).get("indexed_document_count") or 0) >= 10, timeout=90,
                  what="the sync to index its first documents")
-        workers = _children(daemon.process.pid)
+        workers = child_pids(daemon.process.pid)
         daemon.kill_tree()
         killed_at = time.monotonic()
         status_after_kill = _job(own_es, job_id)["status"]

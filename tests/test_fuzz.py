@@ -137,16 +137,6 @@ _connector_changes = st.lists(st.sampled_from(_CONNECTOR_FIELDS), min_size=1, ma
     lambda names: st.fixed_dictionaries({n: _field_values(n) for n in names}))
 
 
-@pytest.fixture(scope="module")
-def fuzz_env():
-    """The private node: its BYOC indices refresh fast, so a poll takes a fraction of a second."""
-    from tests.fixtures_security.own_node import start_own_node
-
-    client = start_own_node()
-    yield client
-    client.close()
-
-
 def _index_connector(es, connector_id: str, doc: dict[str, Any]) -> bool:
     """Write the document; False when Elasticsearch itself refuses it (a mapped field of the wrong type)."""
     from elasticsearch import BadRequestError
@@ -162,7 +152,7 @@ def _index_connector(es, connector_id: str, doc: dict[str, Any]) -> bool:
 
 @_SLOW
 @given(changes=_connector_changes)
-def test_daemon_poll_when_connector_fields_random_then_error_recorded_and_poll_survives(fuzz_env, changes, tmp_path):
+def test_daemon_poll_when_connector_fields_random_then_error_recorded_and_poll_survives(own_es, changes, tmp_path):
     """The real :class:`Daemon` polls the real cluster; only starting syncs is left out (below)."""
     from hypothesis import assume
 
@@ -171,7 +161,7 @@ def test_daemon_poll_when_connector_fields_random_then_error_recorded_and_poll_s
     from launcher.indices import CONNECTORS_INDEX
     from launcher.protocol import new_connector
 
-    es = fuzz_env
+    es = own_es
     connector_id = f"fuzz-{uuid.uuid4().hex[:10]}"
     doc = new_connector(service_type=SERVICE_TYPE, index_name=f"test-{connector_id}", configuration={})
     doc.update(changes)
@@ -250,14 +240,14 @@ def test_build_sync_job_when_snapshot_configuration_or_pipeline_not_object_then_
 
 
 # -- a real daemon, bad documents next to a good one ----------------------------------------
-def test_daemon_when_bad_connector_and_job_documents_then_errors_recorded_and_good_connector_syncs(fuzz_env, tmp_path):
+def test_daemon_when_bad_connector_and_job_documents_then_errors_recorded_and_good_connector_syncs(own_es, tmp_path):
     from launcher.configuration import complete_configuration
     from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
     from launcher.protocol import create_job, get_connector, new_connector
     from tests.fixtures_security.scripted import ScriptedSource
     from tests.helpers import DaemonProcess, index_docs, wait_for, write_config
 
-    es = fuzz_env
+    es = own_es
     ensure_indices(es)
     suffix = uuid.uuid4().hex[:8]
     good, index = f"fuzz-good-{suffix}", f"test-fuzz-good-{suffix}"

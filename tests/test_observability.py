@@ -129,15 +129,6 @@ def test_json_logs_when_logged_from_a_supervisor_thread_then_lines_carry_job_and
 
 
 # -- a real daemon --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def own_es():
-    from tests.fixtures_security.own_node import start_own_node
-
-    client = start_own_node()
-    yield client
-    client.close()
-
-
 @pytest.mark.integration
 def test_daemon_when_metrics_and_json_logs_on_then_health_metrics_and_labelled_lines(own_es, tmp_path):
     from launcher.configuration import complete_configuration

@@ -20,10 +20,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import skip_or_fail, REPO, DaemonProcess, cli, wait_for, write_config
+from tests.helpers import skip_or_fail, REPO, DaemonProcess, child_pids, cli, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -65,16 +64,6 @@ def proxy(es) -> Proxy:
     """The nginx TLS proxy in front of the shared test Elasticsearch (started once, left running)."""
     return _start_proxy(PROXY_PORT, es.transport.node_pool.get().base_url)
 
-
-@pytest.fixture(scope="module")
-def own_es():
-    """The private node (tests.fixtures_security.own_node): the daemon scenario's connectors and
-    jobs there cannot be wiped by other tests' fixtures on the shared node."""
-    from tests.fixtures_security.own_node import start_own_node
-
-    client = start_own_node()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -210,14 +199,6 @@ class Scenario:
     indexed: int
 
 
-def _children(pid: int) -> list[int]:
-    """The pids of ``pid``'s direct children (the daemon's sync processes)."""
-    try:
-        return [child.pid for child in psutil.Process(pid).children()]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _cmdline(pid: int) -> str | None:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -293,7 +274,7 @@ def scenario(own_proxy, own_es, tmp_path_factory) -> Scenario:
         )
         cmdlines[sync.pid] = _cmdline(sync.pid) or ""
         while sync.poll() is None:
-            for child in _children(daemon.process.pid):
+            for child in child_pids(daemon.process.pid):
                 if child not in cmdlines:
                     line = _cmdline(child)
                     if line:

@@ -15,6 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 from elasticsearch import ApiError, ConnectionError as ESConnectionError
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from sources.driver import SourceDriver, call_lazy, is_async_callable
 from sources.errors import ElasticsearchUnavailable
@@ -320,9 +321,6 @@ def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not
 
 
 # -- fast paths agree with the slow ones ---------------------------------------------------
-from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
-
-
 @hypothesis_settings(max_examples=400, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2003é")), max_size=30))
 def test_reduce_whitespace_when_any_text_then_same_as_split_and_join(text):

@@ -1,8 +1,8 @@
 """FindDeletions: ids in the index that the source no longer yields.
 
-Inputs are two side inputs: ``seen``, the sorted digests of every id the source yielded
-(:class:`~transforms.digests.UnionDigests` of the read's ``seen`` output), and
-``indexed``, the :class:`~transforms.digests.IndexDigests` scanned before the read. A side
+Inputs are two side inputs: ``seen``, the digests of every id the source yielded (the
+read's ``seen`` output, unioned here into one sorted array by
+:class:`~transforms.digests.UnionDigests`), and ``indexed``, the :class:`~transforms.digests.IndexDigests` scanned before the read. A side
 input is ready only when all of its input is complete, so this step runs after the whole
 source was read; a failed read fails the pipeline before any deletion.
 
@@ -13,7 +13,7 @@ first scan included). Memory: the two digest arrays, and a page of hits.
 
 Example usage::
 
-    stale = p | FindDeletions(conn, "search-docs", seen=seen_digests, indexed=index_digests)
+    stale = p | FindDeletions(conn, "search-docs", seen=read.seen, indexed=index_digests)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.digests import IndexDigests, contains, id_digests
+from transforms.digests import IndexDigests, UnionDigests, contains, id_digests
 from transforms.es_client import ElasticsearchConnection
 from transforms.scan_index import scan_pages
 
@@ -54,7 +54,7 @@ class FindDeletions(beam.PTransform):
     Args:
         conn: how to reach Elasticsearch.
         index: the content index.
-        seen: a PCollection of one sorted ``uint64`` array, the source's id digests.
+        seen: ``uint64`` arrays of the source's id digests (any number, duplicates allowed).
         indexed: a PCollection of one :class:`~transforms.digests.IndexDigests`.
         slices: concurrent readers of the second scan, when one is needed.
     """
@@ -66,10 +66,11 @@ class FindDeletions(beam.PTransform):
         self.seen, self.indexed = seen, indexed
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        seen = self.seen | "UnionSeen" >> beam.CombineGlobally(UnionDigests())
         return (
             pbegin
             | "Start" >> beam.Create([None])
             | "FindStale" >> beam.ParDo(_FindStaleFn(self.conn, self.index, self.slices),
-                                        seen=beam.pvalue.AsSingleton(self.seen),
+                                        seen=beam.pvalue.AsSingleton(seen),
                                         indexed=beam.pvalue.AsSingleton(self.indexed))
         )

@@ -153,11 +153,10 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
 
 def _reduce_whitespace(text: str) -> str:
     """Runs of whitespace -> one space, no leading or trailing space (as ``" ".join(text.split())``)."""
-    if text.isascii() and not (
-            text.startswith(" ") or text.endswith(" ") or "  " in text or "\n" in text or "\t" in text
-            or "\r" in text or "\x0b" in text or "\x0c" in text or "\x1c" in text or "\x1d" in text
-            or "\x1e" in text or "\x1f" in text):
-        return text  # nothing to reduce: substring scans at C speed instead of a split and a join
+    # ASCII whitespace other than the space is unprintable: C-speed scans instead of a split and a join.
+    if text.isascii() and text.isprintable() and "  " not in text and not text.startswith(" ") \
+            and not text.endswith(" "):
+        return text  # nothing to reduce
     return " ".join(text.split())
 
 
@@ -209,7 +208,8 @@ class _NormalizeFn(beam.DoFn):
         except (TypeError, ValueError):
             # Integers over 64 bits, nesting over orjson's limit, ...: a JSON-safe copy first
             # (raises when impossible).
-            data = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            data = json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False).encode("utf-8")
         if len(data) > self.max_document_bytes:
             raise ValueError(
                 f"document is {len(data)} bytes, over the limit of {self.max_document_bytes} "
