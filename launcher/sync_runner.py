@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,12 +251,8 @@ class SyncRunner(threading.Thread):
                 return
             self._finish_from_result(result_file, metadata)
         finally:
-            for path in (job_file, result_file):
-                path.unlink(missing_ok=True)
-            try:
-                workdir.rmdir()
-            except OSError:
-                pass
+            # The job file (it holds secrets), the result and whatever a killed sync left.
+            shutil.rmtree(workdir, ignore_errors=True)
 
     # -- job document --------------------------------------------------------------
     def _check_job(self) -> tuple[bool, str | None, str | None]:

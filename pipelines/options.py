@@ -32,7 +32,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.settings import PipelineConfig
 from sources.errors import ConfigError
 
-__all__ = ["runner_and_options", "option_args", "validate_runner_settings", "default_flink_job_server_jar"]
+__all__ = ["runner_and_options", "option_args", "validate_runner_settings", "default_flink_job_server_jar",
+           "workers_share_this_disk"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _LOGGER = logging.getLogger(__name__)
@@ -49,6 +50,15 @@ def _flink_jar(settings: PipelineConfig) -> str | None:
         return settings.flink.job_server_jar
     cached = default_flink_job_server_jar(settings.flink.version)
     return str(cached) if cached.is_file() else None
+
+
+def workers_share_this_disk(settings: PipelineConfig) -> bool:
+    """Whether every worker of a sync runs on this machine (and so can read its files)."""
+    if settings.runner == "FnApiRunner":
+        return True
+    if settings.runner == "FlinkRunner":
+        return settings.flink.master == "[local]" and settings.flink.environment_type in ("LOOPBACK", "PROCESS")
+    return False
 
 
 def validate_runner_settings(settings: PipelineConfig, *, job_name: str = "elastic-ingest-sync") -> None:

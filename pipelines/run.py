@@ -15,20 +15,24 @@ process is killed) and its memory is returned when it ends. It:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.job import SyncJob
-from pipelines.options import runner_and_options
+from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline
 from sources.driver import SourceDriver, build_source
@@ -36,6 +40,7 @@ from sources.errors import SourceConfigError, SourceUnavailable, TooManyErrors, 
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
 from transforms.dead_letter import dead_letter_folder
+from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import read_job_record
 
@@ -46,6 +51,8 @@ MIB = 1024 * 1024
 # Pipelines running in this process: on SIGTERM (the daemon cancels or suspends the job)
 # remote jobs (Dataflow, a Flink cluster) are cancelled too, not left running.
 _RUNNING: dict[str, Any] = {}
+# Work directories of the syncs in this process, removed on SIGTERM too.
+_WORK_DIRS: set[str] = set()
 
 
 def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
@@ -55,6 +62,8 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
             result.cancel()
         except Exception as exc:  # noqa: BLE001 - a runner that cannot cancel: we exit anyway
             _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))
+    for path in list(_WORK_DIRS):  # dying of the signal skips the `finally` blocks
+        _remove_work_dir(path)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
     os.kill(os.getpid(), signum)
 
@@ -124,9 +133,38 @@ def _counters(result: Any) -> dict[str, int]:
     return totals
 
 
+@contextlib.contextmanager
+def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterator[str | None]:
+    """A private directory for the sync's files (index digests) in ``pipeline.work_dir``, else
+    ``root``, else $TMPDIR; removed at the end. None when the workers may run on other
+    machines (the digests then travel in the pipeline)."""
+    if not workers_share_this_disk(settings):
+        yield None
+        return
+    parent = settings.work_dir or root
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f"elastic-ingest-{job_id}-", dir=parent)
+    _WORK_DIRS.add(path)
+    try:
+        yield path
+    finally:
+        _remove_work_dir(path)
+
+
+def _remove_work_dir(path: str) -> None:
+    _WORK_DIRS.discard(path)
+    IndexDigests.release(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection,
-             progress_interval: float = 5.0) -> dict[str, Any]:
-    """Run one sync to its end; return the result document (never raises for a failed sync)."""
+             progress_interval: float = 5.0, work_root: str | None = None) -> dict[str, Any]:
+    """Run one sync to its end; return the result document (never raises for a failed sync).
+
+    ``work_root``: where its working files go unless ``pipeline.work_dir`` says (the daemon
+    gives the job file's directory, which it removes when the sync process ends).
+    """
     started = time.monotonic()
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
@@ -144,16 +182,18 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
-        pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner, options=options,
-                                       progress_interval=progress_interval, index_empty=index_empty)
-        _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
-                     job.service_type, job.index_name, len(partitions), settings.runner)
-        result = pipeline.run()
-        _RUNNING[job.job_id] = result
-        try:
-            result.wait_until_finish()
-        finally:
-            _RUNNING.pop(job.job_id, None)
+        with _work_dir(settings, job.job_id, work_root) as work_dir:
+            pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
+                                           options=options, progress_interval=progress_interval,
+                                           index_empty=index_empty, work_dir=work_dir)
+            _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
+                         job.service_type, job.index_name, len(partitions), settings.runner)
+            result = pipeline.run()
+            _RUNNING[job.job_id] = result
+            try:
+                result.wait_until_finish()
+            finally:
+                _RUNNING.pop(job.job_id, None)
         counts = _counters(result)
         if job.job_type == "incremental":
             # The source set no new cursor: keep the one this sync started from.
@@ -284,6 +324,8 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
         while os.getppid() == parent:
             time.sleep(interval)
         _LOGGER.error("the daemon (pid %d) that started this sync is gone; stopping", parent)
+        for work_dir in list(_WORK_DIRS):
+            _remove_work_dir(work_dir)
         for path in (job_file, result_file):
             path.unlink(missing_ok=True)
         try:
@@ -315,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = PipelineConfig.model_validate(payload["pipeline"])
     es_args = payload["elasticsearch"]
     conn = ElasticsearchConnection(**{**es_args, "hosts": tuple(es_args["hosts"])})
-    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 5.0)))
+    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 5.0)),
+                       work_root=str(Path(job_file).parent))
     tmp = result_file + ".tmp"
     Path(tmp).write_text(json.dumps(outcome, default=str), encoding="utf-8")
     os.replace(tmp, result_file)

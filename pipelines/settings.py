@@ -75,6 +75,8 @@ class PipelineConfig(_Section):
     read_batch_size: int = Field(500, ge=1, description="documents digested and compared with the index at once")
     scan_slices: int = Field(2, ge=1, description="concurrent point-in-time slices when the index is scanned")
     dead_letters: str = "./dead_letters"
+    work_dir: str | None = Field(None, description="where a sync keeps its index digests while it runs "
+                                                   "(default: the system's temporary directory)")
     extract_text: bool = True
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     dataflow: DataflowConfig = Field(default_factory=DataflowConfig)

@@ -6,7 +6,7 @@ Full sync::
                                                    v                       v
     partitions -> ReadFromSource(skip unchanged) -> docs -> Normalize -> WriteToElasticsearch(index) --+
                         |                                                                            |
-                        +-> seen digests --> FindDeletions (union, then set difference) -> WriteToElasticsearch(delete)
+                        +-> seen bitmaps --> FindDeletions (OR, then the unseen) -> WriteToElasticsearch(delete)
                                                                                                      +-> WriteDeadLetters
 
 Incremental sync::
@@ -60,12 +60,16 @@ def build_sync_pipeline(
     options: PipelineOptions | None = None,
     progress_interval: float = 5.0,
     index_empty: bool = False,
+    work_dir: str | None = None,
 ) -> beam.Pipeline:
     """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
 
     ``index_empty``: the content index held no document when the sync started, so a full
     sync has nothing to compare timestamps with and nothing to delete: both steps are left
     out (a first sync then costs what indexing costs).
+
+    ``work_dir``: a directory all workers can read, where the index's digests are kept as
+    files while the sync runs (None: they travel inside the side input).
     """
     p = beam.Pipeline(runner=runner, options=options)
     spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
@@ -81,8 +85,8 @@ def build_sync_pipeline(
         write_dead = ops | "Apply" >> WriteToElasticsearch(conn, job.index_name, operation=MIXED, **write)
         dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
-        indexed = None if index_empty else p | "ScanIndex" >> ScanIndex(conn, job.index_name,
-                                                                         slices=settings.scan_slices)
+        indexed = None if index_empty else p | "ScanIndex" >> ScanIndex(
+            conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir)
         read = (
             p
             | "Partitions" >> beam.Create(list(partitions))

@@ -26,7 +26,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 __all__ = [
     "ES_URL", "IN_CI", "REPO", "es_client", "require_server", "skip_or_fail", "run_sync", "index_docs", "write_config",
-    "DaemonProcess", "wait_for", "SOURCES",
+    "DaemonProcess", "wait_for", "wait_job_final", "SOURCES",
 ]
 
 SOURCES = {
@@ -199,3 +199,17 @@ def wait_for(predicate, *, timeout: float = 60, interval: float = 0.25, what: st
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def wait_job_final(es, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Wait until the sync job ``job_id`` (in ``JOBS_INDEX``) is completed, error or canceled; return its source."""
+    from launcher.indices import JOBS_INDEX
+
+    def final():
+        try:
+            job = es.get(index=JOBS_INDEX, id=job_id)["_source"]
+        except Exception:  # noqa: BLE001 - Elasticsearch may still be coming back
+            return None
+        return job if job["status"] in ("completed", "error", "canceled") else None
+
+    return wait_for(final, timeout=timeout, interval=0.5, what=f"job {job_id} to end")

@@ -23,10 +23,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of, es_script, fast_refresh
-from tests.helpers import DaemonProcess, child_pids, index_docs, run_sync, wait_for, write_config
+from tests.helpers import DaemonProcess, child_pids, index_docs, run_sync, wait_for, wait_job_final, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -59,17 +60,6 @@ def _job(es, job_id: str) -> dict[str, Any]:
     from launcher.indices import JOBS_INDEX
 
     return es.get(index=JOBS_INDEX, id=job_id)["_source"]
-
-
-def _wait_final(es, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    def final():
-        try:
-            job = _job(es, job_id)
-        except Exception:  # noqa: BLE001 - Elasticsearch may still be coming back
-            return None
-        return job if job["status"] in ("completed", "error", "canceled") else None
-
-    return wait_for(final, timeout=timeout, interval=0.5, what=f"job {job_id} to end")
 
 
 def _daemon_config(tmp_path: Path, connector_id: str, **service: Any) -> Path:
@@ -116,8 +106,8 @@ def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
         assert started.returncode == 0, started.stderr
         own_es.cluster.health(wait_for_status="yellow", timeout="60s")
         fast_refresh(own_es)
-        first = _wait_final(own_es, job_id, timeout=150)
-        second = _wait_final(own_es, _start_job(own_es, cid), timeout=120)
+        first = wait_job_final(own_es, job_id, timeout=150)
+        second = wait_job_final(own_es, _start_job(own_es, cid), timeout=120)
         ids = set(index_docs(own_es, index))
     finally:
         daemon.stop()
@@ -147,11 +137,12 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_interrupted_job_ends_wit
 
 # -- the daemon SIGKILLed mid-sync ----------------------------------------------------------
 def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    if not psutil.pid_exists(pid):
         return False
-    return state != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +177,14 @@ def daemon_killed(own_es, tmp_path_factory) -> dict[str, Any]:
         own_es.update(index=CONNECTORS_INDEX, id=cid, doc={"configuration": configuration}, refresh=True)
 
         restarted = DaemonProcess(config, tmp / "daemon-2.log")
-        reaped = _wait_final(own_es, job_id, timeout=60)
+        reaped = wait_job_final(own_es, job_id, timeout=60)
         deadline = time.monotonic() + 15  # the reaper releases the connector just after ending the job
         while True:
             connector = own_es.get(index=CONNECTORS_INDEX, id=cid)["_source"]
             if connector.get("last_sync_status") != "in_progress" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        second = _wait_final(own_es, _start_job(own_es, cid), timeout=90)
+        second = wait_job_final(own_es, _start_job(own_es, cid), timeout=90)
         wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=max(5.0, 60 - (time.monotonic() - killed_at)),
                  what="the old sync process to end")
         ids = set(index_docs(own_es, index))

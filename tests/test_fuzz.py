@@ -245,7 +245,7 @@ def test_daemon_when_bad_connector_and_job_documents_then_errors_recorded_and_go
     from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
     from launcher.protocol import create_job, get_connector, new_connector
     from tests.fixtures_security.scripted import ScriptedSource
-    from tests.helpers import DaemonProcess, index_docs, wait_for, write_config
+    from tests.helpers import DaemonProcess, index_docs, wait_for, wait_job_final, write_config
 
     es = own_es
     ensure_indices(es)
@@ -297,8 +297,7 @@ def test_daemon_when_bad_connector_and_job_documents_then_errors_recorded_and_go
         wait_for(lambda: es.get(index=CONNECTORS_INDEX, id=good)["_source"].get("last_sync_status") != "in_progress",
                  timeout=60, what="the good connector's lock to be released")
         job_id = create_job(es, get_connector(es, good))
-        done = wait_for(lambda: (lambda j: j if j["status"] in ("completed", "error") else None)(
-            es.get(index=JOBS_INDEX, id=job_id)["_source"]), timeout=120, what="the good sync to end")
+        done = wait_job_final(es, job_id, timeout=120)
         assert done["status"] == "completed", done.get("error")
         assert len(index_docs(es, index)) == 15
         assert daemon.process.poll() is None, "the daemon died"

@@ -132,11 +132,11 @@ def test_json_logs_when_logged_from_a_supervisor_thread_then_lines_carry_job_and
 @pytest.mark.integration
 def test_daemon_when_metrics_and_json_logs_on_then_health_metrics_and_labelled_lines(own_es, tmp_path):
     from launcher.configuration import complete_configuration
-    from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
+    from launcher.indices import CONNECTORS_INDEX
     from launcher.protocol import create_job, get_connector, new_connector
     from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of
     from tests.fixtures_security.scripted import ScriptedSource
-    from tests.helpers import DaemonProcess, wait_for, write_config
+    from tests.helpers import DaemonProcess, wait_for, wait_job_final, write_config
 
     es = own_es
     cid, index = f"obs-{uuid.uuid4().hex[:8]}", f"test-obs-{uuid.uuid4().hex[:8]}"
@@ -159,8 +159,7 @@ def test_daemon_when_metrics_and_json_logs_on_then_health_metrics_and_labelled_l
         assert time.time() - before[("elastic_ingest_last_successful_poll_timestamp_seconds", ())] < 30
 
         job_id = create_job(es, get_connector(es, cid))
-        job = wait_for(lambda: (lambda j: j if j["status"] in ("completed", "error") else None)(
-            es.get(index=JOBS_INDEX, id=job_id)["_source"]), timeout=120, what="the sync to end")
+        job = wait_job_final(es, job_id, timeout=120)
         assert job["status"] == "completed", job.get("error")
 
         def finished():

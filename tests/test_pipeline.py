@@ -259,7 +259,8 @@ def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_ke
     assert index_docs(es, index_name) == want
 
 
-def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_the_unseen_ids(es, index_name):
+def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_the_unseen_ids(es, index_name,
+                                                                                                tmp_path):
     """The digests scan and the deletion rescan over several pages and concurrent slices."""
     import apache_beam as beam
     import numpy as np
@@ -268,7 +269,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     from elasticsearch import helpers as es_helpers
 
     from tests.helpers import ES_URL
-    from transforms.digests import id_digests, stamp_digest
+    from transforms.digests import IndexDigests, id_digests, mark_seen, stamp_digest
     from transforms.es_client import ElasticsearchConnection
     from transforms.find_deletions import FindDeletions
     from transforms.scan_index import ScanIndex, scan_pages
@@ -281,16 +282,26 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     assert list(scan_pages(conn, f"{index_name}-missing")) == []
 
     seen_ids = [f"d{i}" for i in range(total) if i % 1000] + ["only-in-source"]
+
+    def seen_bitmaps(indexed, ids):  # what ReadFromSource emits for a source that yielded ``ids``
+        seen = np.zeros(len(indexed), dtype=bool)
+        mark_seen(seen, indexed.positions(id_digests(ids)))
+        return np.packbits(seen)
+
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        indexed = p | ScanIndex(conn, index_name, slices=2)
+        indexed = p | ScanIndex(conn, index_name, slices=2, work_dir=str(tmp_path))
         assert_that(indexed | beam.Map(lambda d: (len(d), set(d.stamps.tolist()))),
                     equal_to([(total, {stamp_digest("2024-01-01T00:00:00+00:00")})]), label="indexed")
-        seen = p | "seen" >> beam.Create([np.unique(id_digests(seen_ids))])
+        halves = [seen_ids[: len(seen_ids) // 2], seen_ids[len(seen_ids) // 2:]]  # two bundles' bitmaps
+        seen = (p | "seen" >> beam.Create(halves)
+                | beam.Map(lambda ids, d: seen_bitmaps(d, ids), d=beam.pvalue.AsSingleton(indexed)))
         stale = p | FindDeletions(conn, index_name, seen=seen, indexed=indexed, slices=2)
         assert_that(stale, equal_to([f"d{i}" for i in range(0, total, 1000)]), label="stale")
 
-    # every indexed id seen: no second scan, nothing to delete
+    # every indexed id seen: no second scan, nothing to delete (digests in memory this time)
     with beam.Pipeline(runner=FnApiRunner()) as p:
         indexed = p | ScanIndex(conn, index_name)
-        everything = p | "seen" >> beam.Create([np.unique(id_digests([f"d{i}" for i in range(total)]))])
+        everything = (p | "seen" >> beam.Create([[f"d{i}" for i in range(total)]])
+                      | beam.Map(lambda ids, d: seen_bitmaps(d, ids), d=beam.pvalue.AsSingleton(indexed)))
         assert_that(p | FindDeletions(conn, index_name, seen=everything, indexed=indexed), equal_to([]))
+    IndexDigests.release(str(tmp_path))

@@ -530,7 +530,7 @@ def test_job_snapshot_when_sensitive_values_then_left_out_and_read_back_from_the
     assert sync_job.configuration["count"]["value"] == 2
 
 
-def test_build_sync_job_when_snapshot_configuration_not_an_object_then_connector_error(tmp_path):
+def test_build_sync_job_when_snapshot_pipeline_not_an_object_then_connector_error(tmp_path):
     from sources.errors import ConnectorError
 
     config = load_config(write_config(tmp_path / "c.yml", sources={"slow": SLOW}))

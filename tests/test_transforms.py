@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import decimal
 import json
+import pickle
 import uuid
 
 import apache_beam as beam
@@ -19,9 +20,11 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from sources.driver import SourceDriver, call_lazy, is_async_callable
 from sources.errors import ElasticsearchUnavailable
+import transforms.digests as transforms_digests
 from transforms.dead_letter import DeadLetter, WriteDeadLetters, read_dead_letters
 from transforms.es_client import ElasticsearchConnection
-from transforms.digests import IndexDigests, UnionDigests, contains, id_digests, stamp_digest
+from transforms.digests import (IndexDigests, IndexDigestsWriter, UnionSeen, contains, id_digests, mark_seen,
+                                stamp_digest)
 from transforms.normalize import MAX_ID_BYTES, Normalize, document_id, iso_timestamp, json_safe
 from transforms.write_to_elasticsearch import BulkSettings, _BulkWriteFn, retry_with_backoff
 
@@ -181,21 +184,52 @@ def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters():
 
 
 # -- deletions and dead letters ------------------------------------------------------------
-def test_digests_when_same_id_and_timestamp_then_unchanged_and_otherwise_not():
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in_memory", "on_disk"])
+def test_digests_when_same_id_and_timestamp_then_unchanged_and_otherwise_not(tmp_path, on_disk):
     t1, t2 = "2024-01-01T00:00:00+00:00", "2024-01-02T00:00:00+00:00"
-    indexed = IndexDigests.build([id_digests(["b", "a", "c"])],
-                                 [np.array([stamp_digest(t1), stamp_digest(t1), 0], dtype=np.uint64)])
+    writer = IndexDigestsWriter(tmp_path / "digests" if on_disk else None)
+    writer.add(id_digests(["b", "a"]), np.array([stamp_digest(t1), stamp_digest(t1)], dtype=np.uint64))
+    writer.add(id_digests(["c"]), np.array([0], dtype=np.uint64))
+    indexed = writer.finish()
     assert indexed.ids.tolist() == sorted(indexed.ids.tolist()) and len(indexed) == 3
-    ids = id_digests(["a", "b", "c", "new"])
+    positions = indexed.positions(id_digests(["a", "b", "c", "new"]))
+    assert positions[3] == -1 and sorted(positions[:3].tolist()) == [0, 1, 2]
     # the same instant written differently is the same timestamp; no timestamp is never unchanged
     stamps = np.array([stamp_digest(dt.datetime(2024, 1, 1)), stamp_digest(t2), 0, stamp_digest(t1)],
                       dtype=np.uint64)
-    assert indexed.unchanged(ids, stamps).tolist() == [True, False, False, False]
+    assert indexed.unchanged(positions, stamps).tolist() == [True, False, False, False]
     assert stamp_digest("2024-01-01T01:00:00+01:00") == stamp_digest(t1) != stamp_digest(t2)
     assert stamp_digest(None) == stamp_digest("") == 0
-    assert indexed.missing_from(np.unique(id_digests(["a", "b", "c", "x"]))) == 0
-    assert indexed.missing_from(np.unique(id_digests(["a", "x"]))) == 2
-    assert IndexDigests.build([], []).unchanged(ids, stamps).tolist() == [False] * 4
+    empty = IndexDigestsWriter(tmp_path / "empty" if on_disk else None).finish()
+    assert len(empty) == 0 and empty.positions(id_digests(["a"])).tolist() == [-1]
+    if on_disk:  # only the two sorted files are left; the side input is a small handle
+        assert sorted(p.name for p in (tmp_path / "digests").iterdir()) == ["ids.u64", "stamps.u64"]
+        assert len(pickle.dumps(indexed)) < 300
+
+
+def test_index_digests_when_written_on_disk_in_pages_then_the_same_as_in_memory_and_readable_elsewhere(tmp_path):
+    import subprocess
+    import sys
+
+    ids = [f"doc-{i}" for i in range(50_000)]
+    stamps = np.arange(1, len(ids) + 1, dtype=np.uint64)
+    writers = [IndexDigestsWriter(tmp_path / "d"), IndexDigestsWriter(None)]
+    for start in range(0, len(ids), 7_000):  # pages of uneven size, as a scan delivers them
+        for writer in writers:
+            writer.add(id_digests(ids[start:start + 7_000]), stamps[start:start + 7_000])
+    on_disk, in_memory = (writer.finish() for writer in writers)
+    assert np.array_equal(on_disk.ids, in_memory.ids) and np.array_equal(on_disk.stamps, in_memory.stamps)
+    assert len(np.unique(on_disk.ids)) == len(ids)
+    probe = id_digests(["doc-0", "doc-49999", "absent"])
+    assert on_disk.stamps[on_disk.positions(probe)[:2]].tolist() == [1, 50_000]
+    # another process (a worker) opens the same files from the pickled handle
+    code = ("import pickle, sys; from transforms.digests import id_digests; "
+            "d = pickle.loads(sys.stdin.buffer.read()); print(d.positions(id_digests(['doc-42', 'x'])).tolist())")
+    other = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(on_disk), capture_output=True,
+                           check=True)
+    assert other.stdout.decode().strip() == str([int(on_disk.positions(id_digests(["doc-42"]))[0]), -1])
+    IndexDigests.release(str(tmp_path))
+    assert on_disk.directory not in transforms_digests._MAPPED
 
 
 def test_id_digests_when_ids_differ_then_distinct_and_stable_across_processes():
@@ -212,11 +246,20 @@ def test_id_digests_when_ids_differ_then_distinct_and_stable_across_processes():
     assert int(other.stdout) == int(digests[42])
 
 
-def test_union_digests_when_combined_in_parts_then_sorted_distinct():
-    parts = [id_digests([str(i) for i in range(n, n + 300)]) for n in range(0, 3000, 200)]  # overlapping
+def test_union_seen_when_bitmaps_of_bundles_combined_then_their_or():
+    size = 1_003  # not a multiple of 8: the padding bits stay clear
+    parts = []
+    for start in range(0, size, 300):
+        seen = np.zeros(size, dtype=bool)
+        mark_seen(seen, np.array([-1, *range(start, min(start + 400, size), 2)]))  # -1: not indexed
+        parts.append(np.packbits(seen))
+    expected = np.zeros(size, dtype=bool)
+    expected[::2] = True  # the parts overlap and every start is even: the even positions, once each
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        union = p | beam.Create(parts) | beam.CombineGlobally(UnionDigests())
-        assert_that(union | beam.Map(lambda a: (len(a), bool(np.all(a[:-1] < a[1:])))), equal_to([(3100, True)]))
+        union = p | beam.Create(parts) | beam.CombineGlobally(UnionSeen())
+        assert_that(union | beam.Map(lambda bits: np.unpackbits(bits, count=size).astype(bool).tolist()),
+                    equal_to([expected.tolist()]))
+    assert UnionSeen().extract_output(UnionSeen().create_accumulator()).tolist() == []
 
 
 def test_write_dead_letters_when_written_then_read_back_from_avro(tmp_path):
@@ -296,13 +339,18 @@ def test_read_from_source_when_content_over_size_limit_then_document_kept_withou
     docs = [{"_id": "small"}, {"_id": "declared-big", "size": 1000}, {"_id": "long-name-makes-a-long-body"}]
     spec = SourceSpec("sources.testing:MemorySource", {"docs": {"value": docs}, "lazy": {"value": True},
                                                        "lazy_async": {"value": True}})
+    writer = IndexDigestsWriter(None)  # indexed without timestamps: nothing is skipped
+    writer.add(id_digests(["small", "gone", "declared-big"]), np.zeros(3, dtype=np.uint64))
+    indexed = writer.finish()
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        read = p | beam.Create([Partition()]) | ReadFromSource(spec, max_download_bytes=20, batch_size=2,
-                                                               track_seen=True)
+        read = p | beam.Create([Partition()]) | ReadFromSource(
+            spec, max_download_bytes=20, batch_size=2, skip_unchanged=p | "indexed" >> beam.Create([indexed]),
+            track_seen=True)
         assert_that(read.docs | beam.Map(lambda d: (d["_id"], d.get("body"))), equal_to([
             ("small", "body of small"), ("declared-big", None), ("long-name-makes-a-long-body", None)]), label="docs")
-        assert_that(read.seen | beam.FlatMap(lambda digests: digests.tolist()), equal_to(
-            id_digests(["small", "declared-big", "long-name-makes-a-long-body"]).tolist()), label="seen")
+        # one bitmap for the bundle: the indexed ids the source yielded ("gone" was not)
+        assert_that(read.seen | beam.Map(lambda bits: np.unpackbits(bits, count=3).tolist()), equal_to(
+            [[int(i in indexed.positions(id_digests(["small", "declared-big"]))) for i in range(3)]]), label="seen")
 
 
 def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not_to():

@@ -1,33 +1,47 @@
-"""Digests: what the index holds and what the source yielded, 8 bytes per document.
+"""Digests: what the index holds and what the source yielded, in a few bytes per document.
 
 A full sync compares the source with the index twice: to skip documents whose
 ``_timestamp`` did not change, and to delete documents the source no longer yields.
 Holding ids and timestamps as Python strings costs ~150 bytes per document (1.5 GB at
-10 M); here each id and each timestamp becomes a 64-bit XXH3 digest in a NumPy array:
+10 M); here each id and each timestamp becomes a 64-bit XXH3 digest:
 
 * :class:`IndexDigests`: the index's ``(id digest, timestamp digest)`` pairs, sorted by
-  id digest (16 bytes per indexed document), built by
-  :class:`~transforms.scan_index.ScanIndex`;
-* the source's id digests (8 bytes per document read), unioned by :class:`UnionDigests`.
+  id digest (16 bytes per indexed document), written by :class:`IndexDigestsWriter`
+  for :class:`~transforms.scan_index.ScanIndex`;
+* the seen marks: one bit per indexed document, set when the source yielded its id
+  (:func:`mark_seen`, ORed across workers by :class:`UnionSeen`).
 
-Both travel as Beam side inputs. Lookups are vectorized per batch (``searchsorted``).
-Two different ids share a digest with probability about ``n**2 / 2**65`` (3e-6 at 10 M
-documents); a collision can only keep a stale document or skip one changed document
-whose timestamp digest also collides, never delete a document the source yielded.
+Where all workers share this machine's disk (the local runner; Flink ``[local]``), the
+digests are two files in the sync's work directory, sorted on disk in hash buckets
+(memory: one bucket, ~1/64 of them) and memory-mapped by every reader: the side input is
+then a small handle, and the pages the lookups touch are given back to the kernel every
+few thousand lookups, so a sync's own memory does not grow with the index (the files
+stay in the kernel's page cache, which it can reclaim). Elsewhere (Dataflow) the arrays
+travel inside the side input.
+
+Lookups are vectorized per batch (``searchsorted``). Two different ids share a digest
+with probability about ``n**2 / 2**65`` (3e-6 at 10 M documents); a collision can only
+keep a stale document or skip one changed document whose timestamp digest also
+collides, never delete a document the source yielded.
 
 Example usage::
 
-    stamp = stamp_digest("2024-01-01T00:00:00Z")
-    index = IndexDigests.build([id_digests(["a", "b"])], [np.array([stamp, 0], np.uint64)])
-    index.unchanged(id_digests(["a", "b", "c"]), np.array([stamp] * 3, np.uint64))
-    # -> array([ True, False, False]): "b" is indexed without a timestamp, "c" is not indexed
+    writer = IndexDigestsWriter("/tmp/sync-1")                 # or IndexDigestsWriter(None): in memory
+    writer.add(id_digests(["b", "a"]), np.array([stamp_digest("2024-01-01T00:00:00Z"), 0], np.uint64))
+    index = writer.finish()
+    positions = index.positions(id_digests(["a", "b", "c"]))     # -> [0 or 1, 1 or 0, -1]
+    index.unchanged(positions, np.array([stamp_digest("2024-01-01T00:00:00Z")] * 3, np.uint64))
+    # -> [False, True, False]: "a" is indexed without a timestamp, "c" is not indexed
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
+import os
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -36,10 +50,16 @@ import xxhash
 
 from transforms.normalize import iso_timestamp
 
-__all__ = ["id_digests", "stamp_digest", "IndexDigests", "UnionDigests", "contains"]
+__all__ = ["id_digests", "stamp_digest", "contains", "IndexDigests", "IndexDigestsWriter", "mark_seen",
+           "UnionSeen"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _xxh3 = xxhash.xxh3_64_intdigest  # str is hashed as UTF-8; the same on every machine
+_RECORD = np.dtype([("id", "<u8"), ("stamp", "<u8")])
+#: Hash buckets of the on-disk sort: the writer holds one bucket (1/64 of the digests) at a time.
+_BUCKET_BITS = 6
+#: Lookups between two hand-backs of the mapped pages (bounds the mapped pages a reader holds).
+_RELEASE_EVERY = 8192
 
 
 def id_digests(ids: Sequence[str]) -> np.ndarray:
@@ -78,60 +98,206 @@ def contains(sorted_digests: np.ndarray, digests: np.ndarray) -> np.ndarray:
     return sorted_digests[positions] == digests
 
 
-@dataclass(frozen=True)
+# -- the index's digests ------------------------------------------------------------------
+class _Mapped:
+    """The two files of one IndexDigests, memory-mapped once per process."""
+
+    def __init__(self, directory: str, count: int):
+        self.maps: list[mmap.mmap] = []
+        self.ids, self.stamps = (self._map(Path(directory) / name, count) for name in ("ids.u64", "stamps.u64"))
+        self.lookups = 0
+        self.lock = threading.Lock()
+
+    def _map(self, path: Path, count: int) -> np.ndarray:
+        if count == 0:
+            return _EMPTY
+        with open(path, "rb") as file:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped.madvise(mmap.MADV_RANDOM)  # binary searches: no read-ahead
+        self.maps.append(mapped)
+        array = np.frombuffer(mapped, dtype="<u8")
+        if len(array) != count:
+            raise ValueError(f"IndexDigests: {path} holds {len(array)} digests, expected {count}")
+        return array
+
+    def looked_up(self, n: int) -> None:
+        """Count lookups; every ``_RELEASE_EVERY`` give the touched pages back (re-read from the page cache)."""
+        with self.lock:
+            self.lookups += n
+            if self.lookups < _RELEASE_EVERY:
+                return
+            self.lookups = 0
+            for mapped in self.maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+
+_MAPPED: dict[str, _Mapped] = {}
+_MAPPED_LOCK = threading.Lock()
+
+
 class IndexDigests:
-    """The index's documents: id digests (sorted) and their timestamp digests, aligned."""
+    """The index's documents: id digests (sorted) and their timestamp digests, aligned.
 
-    ids: np.ndarray
-    stamps: np.ndarray
+    Either in memory (``arrays``) or in two files of ``directory`` (mapped lazily, once per
+    process); pickles as the arrays or as the directory's name.
+    """
 
-    @classmethod
-    def build(cls, ids: list[np.ndarray], stamps: list[np.ndarray]) -> IndexDigests:
-        """From pages of aligned arrays (the lists are emptied: pages are freed as they are joined)."""
-        all_ids = np.concatenate([_EMPTY, *ids])
-        ids.clear()
-        all_stamps = np.concatenate([_EMPTY, *stamps])
-        stamps.clear()
-        if len(all_ids) != len(all_stamps):
-            raise ValueError(f"IndexDigests: {len(all_ids)} ids but {len(all_stamps)} timestamps")
-        order = np.argsort(all_ids)
-        all_ids = all_ids[order]
-        all_stamps = all_stamps[order]
-        return cls(all_ids, all_stamps)
+    def __init__(self, *, count: int, directory: str | None = None,
+                 arrays: tuple[np.ndarray, np.ndarray] | None = None):
+        if (directory is None) == (arrays is None):
+            raise ValueError("IndexDigests: give a directory or the arrays")
+        self.count, self.directory, self._arrays = count, directory, arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"count": self.count, "directory": self.directory, "_arrays": self._arrays}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
 
-    def unchanged(self, ids: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-        """A bool mask: documents indexed with the same (non-empty) timestamp."""
-        if len(self.ids) == 0 or len(ids) == 0:
-            return np.zeros(len(ids), dtype=bool)
-        positions = np.searchsorted(self.ids, ids)
-        np.minimum(positions, len(self.ids) - 1, out=positions)
-        return (self.ids[positions] == ids) & (self.stamps[positions] == stamps) & (stamps != 0)
+    def _mapped(self) -> _Mapped | None:
+        if self.directory is None:
+            return None
+        with _MAPPED_LOCK:
+            mapped = _MAPPED.get(self.directory)
+            if mapped is None:
+                mapped = _MAPPED[self.directory] = _Mapped(self.directory, self.count)
+        return mapped
 
-    def missing_from(self, seen: np.ndarray) -> int:
-        """How many indexed documents are not among ``seen`` (sorted source id digests)."""
-        return int(len(self.ids) - np.count_nonzero(contains(seen, self.ids)))
+    @property
+    def ids(self) -> np.ndarray:
+        mapped = self._mapped()
+        return self._arrays[0] if mapped is None else mapped.ids
+
+    @property
+    def stamps(self) -> np.ndarray:
+        mapped = self._mapped()
+        return self._arrays[1] if mapped is None else mapped.stamps
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Where each id digest is in the index (``int64``), -1 for ids not indexed."""
+        indexed = self.ids
+        if len(indexed) == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        positions = np.searchsorted(indexed, ids).astype(np.int64)
+        np.minimum(positions, len(indexed) - 1, out=positions)
+        positions[indexed[positions] != ids] = -1
+        mapped = self._mapped()
+        if mapped is not None:
+            mapped.looked_up(len(ids))
+        return positions
+
+    def unchanged(self, positions: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """A bool mask: documents (at ``positions``) indexed with the same non-empty timestamp."""
+        found = positions >= 0
+        same = np.zeros(len(positions), dtype=bool)
+        if found.any():
+            same[found] = self.stamps[positions[found]] == stamps[found]
+        return same & (stamps != 0)
+
+    @classmethod
+    def release(cls, directory: str) -> None:
+        """Unmap, in this process, the digests kept under ``directory`` (before it is deleted)."""
+        prefix = os.path.join(directory, "")
+        with _MAPPED_LOCK:
+            released = [_MAPPED.pop(key) for key in list(_MAPPED) if key == directory or key.startswith(prefix)]
+        for mapped in released:
+            mapped.ids = mapped.stamps = _EMPTY
+            for one in mapped.maps:
+                try:
+                    one.close()
+                except BufferError:  # an array still points into it: unmapped when that is collected
+                    pass
 
 
-class UnionDigests(beam.CombineFn):
-    """Arrays of id digests -> one sorted array of the distinct digests."""
+class IndexDigestsWriter:
+    """Builds :class:`IndexDigests` page by page, sorted on disk (``directory``) or in memory (None).
 
-    def create_accumulator(self) -> list[np.ndarray]:
-        return []
+    On disk, each page's pairs are appended to one of 64 bucket files by the top bits of
+    the id digest (digests are uniform, so buckets are even); :meth:`finish` sorts one
+    bucket at a time and appends it to the two result files, which are then sorted.
+    """
 
-    def add_input(self, accumulator: list[np.ndarray], element: np.ndarray) -> list[np.ndarray]:
-        accumulator.append(element)
-        if len(accumulator) >= 256:  # keep the list short (deduplicated once, at the end)
-            accumulator[:] = [np.concatenate(accumulator)]
+    def __init__(self, directory: str | os.PathLike[str] | None):
+        self.directory = None if directory is None else Path(directory)
+        self.count = 0
+        self._pages: list[np.ndarray] = []
+        self._buckets: dict[int, Any] = {}
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def add(self, ids: np.ndarray, stamps: np.ndarray) -> None:
+        if len(ids) != len(stamps):
+            raise ValueError(f"IndexDigestsWriter: {len(ids)} ids but {len(stamps)} timestamps")
+        records = np.empty(len(ids), dtype=_RECORD)
+        records["id"], records["stamp"] = ids, stamps
+        self.count += len(records)
+        if self.directory is None:
+            self._pages.append(records)
+            return
+        buckets = (records["id"] >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
+        order = np.argsort(buckets, kind="stable")
+        records, buckets = records[order], buckets[order]
+        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(records)]):
+            bucket = int(buckets[start])
+            file = self._buckets.get(bucket)
+            if file is None:
+                file = self._buckets[bucket] = open(self.directory / f"bucket-{bucket:03d}", "wb")
+            records[start:end].tofile(file)
+
+    def finish(self) -> IndexDigests:
+        if self.directory is None:
+            records = np.concatenate([np.zeros(0, dtype=_RECORD), *self._pages])
+            self._pages.clear()
+            records.sort(order="id")
+            return IndexDigests(count=len(records), arrays=(records["id"].copy(), records["stamp"].copy()))
+        with open(self.directory / "ids.u64", "wb") as ids, open(self.directory / "stamps.u64", "wb") as stamps:
+            for bucket in sorted(self._buckets):
+                self._buckets[bucket].close()
+                path = self.directory / f"bucket-{bucket:03d}"
+                records = np.fromfile(path, dtype=_RECORD)
+                records = records[np.argsort(records["id"])]
+                np.ascontiguousarray(records["id"]).tofile(ids)
+                np.ascontiguousarray(records["stamp"]).tofile(stamps)
+                path.unlink()
+        self._buckets.clear()
+        return IndexDigests(count=self.count, directory=str(self.directory))
+
+    def abort(self) -> None:
+        """Close and remove the bucket files (a failed scan)."""
+        for bucket, file in self._buckets.items():
+            file.close()
+            (self.directory / f"bucket-{bucket:03d}").unlink(missing_ok=True)  # type: ignore[operator]
+        self._buckets.clear()
+        self._pages.clear()
+
+
+# -- what the source yielded --------------------------------------------------------------
+def mark_seen(seen: np.ndarray, positions: np.ndarray) -> None:
+    """Set ``seen[p]`` (a bool array as long as the index) for every found position."""
+    seen[positions[positions >= 0]] = True
+
+
+class UnionSeen(beam.CombineFn):
+    """Packed seen bitmaps (``np.packbits``, all as long) -> their OR (empty when there was none)."""
+
+    def create_accumulator(self) -> np.ndarray | None:
+        return None
+
+    def add_input(self, accumulator: np.ndarray | None, element: np.ndarray) -> np.ndarray:
+        if accumulator is None:
+            return np.array(element, dtype=np.uint8)  # a copy: inputs are not modified
+        if len(element) != len(accumulator):
+            raise ValueError(f"UnionSeen: bitmaps of {len(accumulator)} and {len(element)} bytes")
+        np.bitwise_or(accumulator, element, out=accumulator)
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
-        return [array for accumulator in accumulators for array in accumulator]
+    def merge_accumulators(self, accumulators: Iterable[np.ndarray | None]) -> np.ndarray | None:
+        merged = None
+        for accumulator in accumulators:
+            if accumulator is not None:
+                merged = self.add_input(merged, accumulator)
+        return merged
 
-    def compact(self, accumulator: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.concatenate([_EMPTY, *accumulator])] if len(accumulator) > 1 else accumulator
-
-    def extract_output(self, accumulator: list[np.ndarray]) -> np.ndarray:
-        return np.unique(np.concatenate([_EMPTY, *accumulator]))
+    def extract_output(self, accumulator: np.ndarray | None) -> np.ndarray:
+        return np.zeros(0, dtype=np.uint8) if accumulator is None else accumulator

@@ -1,15 +1,18 @@
 """FindDeletions: ids in the index that the source no longer yields.
 
-Inputs are two side inputs: ``seen``, the digests of every id the source yielded (the
-read's ``seen`` output, unioned here into one sorted array by
-:class:`~transforms.digests.UnionDigests`), and ``indexed``, the :class:`~transforms.digests.IndexDigests` scanned before the read. A side
-input is ready only when all of its input is complete, so this step runs after the whole
-source was read; a failed read fails the pipeline before any deletion.
+Inputs are two side inputs: ``seen``, the read's bitmaps of the indexed documents the
+source yielded (ORed here by :class:`~transforms.digests.UnionSeen`: one bit per indexed
+document), and ``indexed``, the :class:`~transforms.digests.IndexDigests` scanned before
+the read. A side input is ready only when all of its input is complete, so this step
+runs after the whole source was read; a failed read fails the pipeline before any
+deletion.
 
-When every indexed digest is among ``seen`` (the usual resync), nothing is deleted and
-the index is not read again. Otherwise the index is scanned once more, ids only, and
-every id whose digest the source did not yield is emitted (documents indexed since the
-first scan included). Memory: the two digest arrays, and a page of hits.
+When every bit is set (the usual resync), nothing is deleted and the index is not read
+again. Otherwise the index is scanned once more, ids only, and every id that was indexed
+at the first scan and not yielded by the source is emitted. A document indexed by
+someone else during the sync is left for the next sync. Memory: the bitmap (a byte per
+indexed document while rescanning) and a page of hits; the digests are mapped files on
+the local runner.
 
 Example usage::
 
@@ -24,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.digests import IndexDigests, UnionDigests, contains, id_digests
+from transforms.digests import IndexDigests, UnionSeen, id_digests
 from transforms.es_client import ElasticsearchConnection
 from transforms.scan_index import scan_pages
 
@@ -37,14 +40,18 @@ class _FindStaleFn(beam.DoFn):
         self.rescans = Metrics.counter("elastic_ingest", "deletion_scans")
 
     def process(self, _: object, seen: np.ndarray, indexed: IndexDigests) -> Iterator[str]:
-        if indexed.missing_from(seen) == 0:
-            return
+        if len(seen) == 0:
+            seen = np.zeros((len(indexed) + 7) // 8, dtype=np.uint8)  # nothing read: all unseen
+        if int(np.bitwise_count(seen).sum()) == len(indexed):
+            return  # the source yielded every indexed id
         self.rescans.inc()
+        unseen = np.unpackbits(seen, count=len(indexed)) == 0
         for hits in scan_pages(self.conn, self.index, slices=self.slices):
             ids = [hit["_id"] for hit in hits]
-            known = contains(seen, id_digests(ids))
-            for doc_id, yielded in zip(ids, known.tolist()):
-                if not yielded:
+            positions = indexed.positions(id_digests(ids))
+            stale = (positions >= 0) & unseen[np.maximum(positions, 0)]
+            for doc_id, gone in zip(ids, stale.tolist()):
+                if gone:
                     yield doc_id
 
 
@@ -54,7 +61,7 @@ class FindDeletions(beam.PTransform):
     Args:
         conn: how to reach Elasticsearch.
         index: the content index.
-        seen: ``uint64`` arrays of the source's id digests (any number, duplicates allowed).
+        seen: packed bitmaps of the indexed documents the source yielded (the read's ``seen``).
         indexed: a PCollection of one :class:`~transforms.digests.IndexDigests`.
         slices: concurrent readers of the second scan, when one is needed.
     """
@@ -66,7 +73,7 @@ class FindDeletions(beam.PTransform):
         self.seen, self.indexed = seen, indexed
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        seen = self.seen | "UnionSeen" >> beam.CombineGlobally(UnionDigests())
+        seen = self.seen | "UnionSeen" >> beam.CombineGlobally(UnionSeen())
         return (
             pbegin
             | "Start" >> beam.Create([None])

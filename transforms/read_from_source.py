@@ -16,8 +16,8 @@ pool. Content over ``max_download_bytes`` (declared as ``size`` before, or measu
 the download) is left out: the document is indexed with its metadata only.
 
 Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content downloaded,
-``_id`` normalized), ``seen`` (one ``uint64`` array of id digests per batch: every
-document the source yielded and the sync rules kept, for
+``_id`` normalized), ``seen`` (one packed bitmap per bundle, a bit per indexed document,
+set when the source yielded it and the sync rules kept it, for
 :class:`~transforms.find_deletions.FindDeletions`; only with ``track_seen``) and
 ``dead_letters``. Any read failure fails the pipeline, and so no deletion is made.
 
@@ -43,13 +43,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from sources.base import Filter, Partition
 from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, call_lazy, is_async_callable
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
-from transforms.digests import IndexDigests, id_digests, stamp_digest
+from transforms.digests import IndexDigests, id_digests, mark_seen, stamp_digest
 from transforms.normalize import document_id
 from transforms.sync_rules import BasicRules
 
@@ -110,7 +111,17 @@ class _ReadPartitionFn(beam.DoFn):
         if getattr(self, "driver", None):
             self.driver.close()
 
+    def start_bundle(self) -> None:
+        self.seen: np.ndarray | None = None
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.seen is not None:  # one bitmap per bundle, whatever the partitions it read
+            yield pvalue.TaggedOutput(SEEN, GlobalWindows.windowed_value(np.packbits(self.seen)))
+            self.seen = None
+
     def process(self, partition: Partition, indexed: IndexDigests | None = None) -> Iterator[Any]:
+        if self.track_seen and indexed is not None and self.seen is None:
+            self.seen = np.zeros(len(indexed), dtype=bool)
         batch: list[tuple[str, dict[str, Any], Any]] = []
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(call_get_docs(self.source, self.spec.filtering(), partition))
@@ -150,18 +161,17 @@ class _ReadPartitionFn(beam.DoFn):
         if not batch:
             return
         changed = batch
-        if self.track_seen or indexed:
-            ids = id_digests([doc_id for doc_id, _, _ in batch])
-            if self.track_seen:
-                yield pvalue.TaggedOutput(SEEN, ids)
-            if indexed:
-                stamps = np.fromiter((stamp_digest(doc.get("_timestamp")) for _, doc, _ in batch),
-                                     dtype=np.uint64, count=len(batch))
-                unchanged = indexed.unchanged(ids, stamps)
-                skipped = int(np.count_nonzero(unchanged))
-                if skipped:
-                    self.skipped.inc(skipped)
-                    changed = [item for item, same in zip(batch, unchanged.tolist()) if not same]
+        if indexed:
+            positions = indexed.positions(id_digests([doc_id for doc_id, _, _ in batch]))
+            if self.seen is not None:
+                mark_seen(self.seen, positions)
+            stamps = np.fromiter((stamp_digest(doc.get("_timestamp")) for _, doc, _ in batch),
+                                 dtype=np.uint64, count=len(batch))
+            unchanged = indexed.unchanged(positions, stamps)
+            skipped = int(np.count_nonzero(unchanged))
+            if skipped:
+                self.skipped.inc(skipped)
+                changed = [item for item, same in zip(batch, unchanged.tolist()) if not same]
         # Downloads run a window at a time, so a worker never holds more than about
         # 2 * download_concurrency documents' content (not a whole lookup batch's).
         window = 2 * self.download_concurrency
@@ -225,7 +235,8 @@ class ReadFromSource(beam.PTransform):
         skip_unchanged: a PCollection of one :class:`~transforms.digests.IndexDigests`
             (from :class:`~transforms.scan_index.ScanIndex`): documents indexed with the same
             ``_timestamp`` are skipped (None: send all).
-        track_seen: emit the ``seen`` id digests (for deletions).
+        track_seen: emit the ``seen`` bitmaps of the indexed documents (for deletions;
+            needs ``skip_unchanged``).
         batch_size: documents compared (and digested) at once.
         download_concurrency: lazy downloads in flight per worker.
         max_download_bytes: documents declaring a larger ``size`` are not downloaded.
@@ -236,6 +247,8 @@ class ReadFromSource(beam.PTransform):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
+        if track_seen and skip_unchanged is None:
+            raise ValueError("ReadFromSource: track_seen needs skip_unchanged (the index's digests)")
         self.spec = spec
         self.skip_unchanged = skip_unchanged
         self.track_seen = track_seen

@@ -6,20 +6,22 @@ requested ``_source`` fields travel). Pages are handed over through a small queu
 memory holds a few pages, whatever the index's size.
 
 ``ScanIndex`` turns the pages into one :class:`~transforms.digests.IndexDigests` (id and
-``_timestamp`` digests, 16 bytes per document), the side input that lets
+``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given), the side input that lets
 :class:`~transforms.read_from_source.ReadFromSource` skip unchanged documents and
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
 
 Example usage::
 
-    indexed = p | ScanIndex(conn, "search-docs", slices=2)   # a PCollection of one IndexDigests
+    indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1")  # one IndexDigests
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 from elasticsearch import NotFoundError
 
-from transforms.digests import IndexDigests, id_digests, stamp_digest
+from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
 from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
 
@@ -118,36 +120,41 @@ def scan_pages(conn: ElasticsearchConnection, index: str, *, slices: int = 2, so
 
 
 class _DigestIndexFn(beam.DoFn):
-    def __init__(self, conn: ElasticsearchConnection, index: str, slices: int):
-        self.conn, self.index, self.slices = conn, index, slices
+    def __init__(self, conn: ElasticsearchConnection, index: str, slices: int, work_dir: str | None):
+        self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
 
     def process(self, _: Any) -> Iterator[IndexDigests]:
-        ids: list[np.ndarray] = []
-        stamps: list[np.ndarray] = []
-        for hits in scan_pages(self.conn, self.index, slices=self.slices, source=["_timestamp"]):
-            ids.append(id_digests([hit["_id"] for hit in hits]))
-            stamps.append(np.fromiter((stamp_digest((hit.get("_source") or {}).get("_timestamp")) for hit in hits),
-                                      dtype=np.uint64, count=len(hits)))
-        yield IndexDigests.build(ids, stamps)
+        directory = None if self.work_dir is None else os.path.join(self.work_dir, f"index-digests-{uuid.uuid4().hex}")
+        writer = IndexDigestsWriter(directory)
+        try:
+            for hits in scan_pages(self.conn, self.index, slices=self.slices, source=["_timestamp"]):
+                writer.add(id_digests([hit["_id"] for hit in hits]),
+                           np.fromiter((stamp_digest((hit.get("_source") or {}).get("_timestamp")) for hit in hits),
+                                       dtype=np.uint64, count=len(hits)))
+        except BaseException:
+            writer.abort()
+            raise
+        yield writer.finish()
 
 
 class ScanIndex(beam.PTransform):
     """Root transform: one :class:`~transforms.digests.IndexDigests` of ``index`` (empty when missing).
 
-    The slices run as threads of one worker, which builds the digests in one piece: a scan
-    reads ~100 k hits/s here, a small part of a sync, and the result is a single side input
-    anyway (built without a combine, the local runner holds fewer copies of it).
+    The slices run as threads of one worker, which writes the digests: a scan reads
+    ~100 k hits/s here, a small part of a sync. With ``work_dir`` (a directory every
+    worker can read: the local runner) the digests are files there and the side input is
+    a small handle; without, they travel as arrays.
     """
 
-    def __init__(self, conn: ElasticsearchConnection, index: str, *, slices: int = 2):
+    def __init__(self, conn: ElasticsearchConnection, index: str, *, slices: int = 2, work_dir: str | None = None):
         super().__init__()
         if slices < 1:
             raise ValueError("ScanIndex: slices must be positive")
-        self.conn, self.index, self.slices = conn, index, slices
+        self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
             | "Start" >> beam.Create([None])
-            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices))
+            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices, self.work_dir))
         )

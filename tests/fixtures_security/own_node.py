@@ -25,10 +25,10 @@ def es_script(action: str) -> subprocess.CompletedProcess:
 
 
 def fast_refresh(es) -> None:
-    from launcher.indices import ensure_indices
+    from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 
     ensure_indices(es)
-    es.indices.put_settings(index=".elastic-connectors-v1,.elastic-connectors-sync-jobs-v1",
+    es.indices.put_settings(index=f"{CONNECTORS_INDEX}-v1,{JOBS_INDEX}-v1",
                             settings={"index": {"refresh_interval": "100ms"}})
 
 
