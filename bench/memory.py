@@ -1,14 +1,17 @@
 """Peak memory of a whole process tree (a daemon, its sync child and Beam's workers), sampled with psutil.
 
 RSS is summed over the tree, so pages shared between processes are counted once per
-process: an upper bound of what the tree really holds.
+process: an upper bound of what the tree really holds. The anonymous part (RSS minus
+file-backed and shared pages: the processes' own heap) is tracked too: a resync maps
+the index's digests from files, and those pages are the kernel's page cache, which it can
+drop and re-read, not memory the sync holds.
 
 Example usage::
 
     sampler = TreeSampler(pid).start()
     sampler.reset()            # a new phase
     ...
-    sampler.phase_peak_mb, sampler.phase_max_processes
+    sampler.phase_peak_mb, sampler.phase_peak_anon_mb, sampler.phase_max_processes
     sampler.stop()
 """
 
@@ -23,11 +26,12 @@ __all__ = ["TreeSampler", "tree_rss"]
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int]:
+def tree_rss(pid: int, by_level: dict[int, int] | None = None, anon: list[int] | None = None) -> tuple[int, int]:
     """(bytes of RSS summed over ``pid`` and all its descendants, number of processes).
 
     ``by_level`` (if given) receives the RSS per tree level: 0 the root (the daemon), 1 its
     children (the sync process), 2 and deeper summed as 2 (Beam's worker processes).
+    ``anon`` (if given) receives one number: the anonymous RSS summed over the tree.
     """
     try:
         root = psutil.Process(pid)
@@ -40,16 +44,20 @@ def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int
                 continue
     except psutil.Error:
         return 0, 0
-    total = count = 0
+    total = count = own = 0
     for process, level in processes:
         try:
-            rss = process.memory_info().rss
+            info = process.memory_info()
         except psutil.Error:
             continue
+        rss = info.rss
+        own += rss - getattr(info, "shared", 0)  # Linux: RssFile + RssShmem
         total += rss
         count += 1
         if by_level is not None:
             by_level[level] = by_level.get(level, 0) + rss
+    if anon is not None:
+        anon.append(own)
     return total, count
 
 
@@ -58,7 +66,7 @@ class TreeSampler:
 
     def __init__(self, pid: int, interval: float = 0.2):
         self.pid, self.interval = pid, interval
-        self.peak = self.phase_peak = 0
+        self.peak = self.phase_peak = self.phase_peak_anon = 0
         self.phase_max_processes = 0
         self.samples = 0
         self.phase_peak_by_level: dict[int, int] = {}
@@ -77,8 +85,10 @@ class TreeSampler:
 
     def sample(self) -> int:
         levels: dict[int, int] = {}
-        rss, count = tree_rss(self.pid, levels)
+        anon: list[int] = []
+        rss, count = tree_rss(self.pid, levels, anon)
         with self._lock:
+            self.phase_peak_anon = max(self.phase_peak_anon, anon[0] if anon else 0)
             for level, value in levels.items():
                 self.phase_peak_by_level[level] = max(self.phase_peak_by_level.get(level, 0), value)
             self.samples += 1
@@ -89,7 +99,7 @@ class TreeSampler:
 
     def reset(self) -> None:
         with self._lock:
-            self.phase_peak = 0
+            self.phase_peak = self.phase_peak_anon = 0
             self.phase_max_processes = 0
             self.phase_peak_by_level = {}
         self.sample()
@@ -97,6 +107,11 @@ class TreeSampler:
     @property
     def phase_peak_mb(self) -> float:
         return round(self.phase_peak / MB, 1)
+
+    @property
+    def phase_peak_anon_mb(self) -> float:
+        """Peak anonymous RSS of the tree in this phase (without mapped files and shared memory)."""
+        return round(self.phase_peak_anon / MB, 1)
 
     @property
     def phase_peak_by_role_mb(self) -> dict[str, float]:

@@ -136,7 +136,8 @@ class Service:
             "total": doc.get("total_document_count"), "source_documents": meta.get("source_document_count"),
             "unchanged": meta.get("unchanged_document_count"), "bulk_retries": meta.get("bulk_retries"),
             "dead_letters": (meta.get("dead_letters") or {}).get("count"),
-            "peak_rss_mb": self.sampler.phase_peak_mb, "max_processes": self.sampler.phase_max_processes,
+            "peak_rss_mb": self.sampler.phase_peak_mb, "peak_anon_mb": self.sampler.phase_peak_anon_mb,
+            "max_processes": self.sampler.phase_max_processes,
             "peak_rss_by_role_mb": self.sampler.phase_peak_by_role_mb,
             "daemon_baseline_rss_mb": self.baseline_rss_mb,
         }

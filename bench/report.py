@@ -79,6 +79,8 @@ def markdown(results: dict[str, Any]) -> str:
                                  f"({scenario['best_baseline']['method']})")
                 if r.get("peak_rss_by_role_mb"):
                     notes.append("peak MB by role " + ", ".join(f"{k} {v:g}" for k, v in r["peak_rss_by_role_mb"].items()))
+                if r.get("peak_anon_mb") is not None:
+                    notes.append(f"anonymous (without mapped files) {_fmt(r['peak_anon_mb'])} MB")
                 if key == "ours_nochange":
                     notes.append(f"{_fmt(r.get('speedup_vs_full'), 1)}x faster than full")
                     notes.append(f"index ops during: {r.get('index_ops_during')}")

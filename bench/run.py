@@ -64,7 +64,7 @@ TUNING: list[tuple[str, dict[str, Any]]] = [
     ("bulk.max_docs=2000", {"bulk": {"max_docs": 2000}}),
     ("bulk.max_docs=5000", {"bulk": {"max_docs": 5000}}),
     ("bulk.max_in_flight=1", {"bulk": {"max_in_flight": 1}}),
-    ("bulk.max_in_flight=4", {"bulk": {"max_in_flight": 4}}),
+    ("bulk.max_in_flight=8", {"bulk": {"max_in_flight": 8}}),
     ("read_batch_size=2000", {"read_batch_size": 2000}),
 ]
 

@@ -269,7 +269,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     from elasticsearch import helpers as es_helpers
 
     from tests.helpers import ES_URL
-    from transforms.digests import IndexDigests, id_digests, mark_seen, stamp_digest
+    from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest
     from transforms.es_client import ElasticsearchConnection
     from transforms.find_deletions import FindDeletions
     from transforms.scan_index import ScanIndex, scan_pages
@@ -284,9 +284,9 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     seen_ids = [f"d{i}" for i in range(total) if i % 1000] + ["only-in-source"]
 
     def seen_bitmaps(indexed, ids):  # what ReadFromSource emits for a source that yielded ``ids``
-        seen = np.zeros(len(indexed), dtype=bool)
+        seen = new_seen(len(indexed))
         mark_seen(seen, indexed.positions(id_digests(ids)))
-        return np.packbits(seen)
+        return seen
 
     with beam.Pipeline(runner=FnApiRunner()) as p:
         indexed = p | ScanIndex(conn, index_name, slices=2, work_dir=str(tmp_path))

@@ -8,16 +8,16 @@ Holding ids and timestamps as Python strings costs ~150 bytes per document (1.5 
 * :class:`IndexDigests`: the index's ``(id digest, timestamp digest)`` pairs, sorted by
   id digest (16 bytes per indexed document), written by :class:`IndexDigestsWriter`
   for :class:`~transforms.scan_index.ScanIndex`;
-* the seen marks: one bit per indexed document, set when the source yielded its id
+* the seen bitmap: one bit per indexed document, set when the source yielded its id
   (:func:`mark_seen`, ORed across workers by :class:`UnionSeen`).
 
 Where all workers share this machine's disk (the local runner; Flink ``[local]``), the
 digests are two files in the sync's work directory, sorted on disk in hash buckets
 (memory: one bucket, ~1/64 of them) and memory-mapped by every reader: the side input is
-then a small handle, and the pages the lookups touch are given back to the kernel every
-few thousand lookups, so a sync's own memory does not grow with the index (the files
-stay in the kernel's page cache, which it can reclaim). Elsewhere (Dataflow) the arrays
-travel inside the side input.
+then a small handle, every worker process of the machine shares one copy, and that copy
+is the kernel's page cache (clean file pages it can drop and re-read under memory
+pressure), not the sync's own memory, which does not grow with the index. Elsewhere
+(Dataflow) the arrays travel inside the side input.
 
 Lookups are vectorized per batch (``searchsorted``). Two different ids share a digest
 with probability about ``n**2 / 2**65`` (3e-6 at 10 M documents); a collision can only
@@ -50,16 +50,14 @@ import xxhash
 
 from transforms.normalize import iso_timestamp
 
-__all__ = ["id_digests", "stamp_digest", "contains", "IndexDigests", "IndexDigestsWriter", "mark_seen",
-           "UnionSeen"]
+__all__ = ["id_digests", "stamp_digest", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
+           "unseen_mask", "UnionSeen"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _xxh3 = xxhash.xxh3_64_intdigest  # str is hashed as UTF-8; the same on every machine
 _RECORD = np.dtype([("id", "<u8"), ("stamp", "<u8")])
 #: Hash buckets of the on-disk sort: the writer holds one bucket (1/64 of the digests) at a time.
 _BUCKET_BITS = 6
-#: Lookups between two hand-backs of the mapped pages (bounds the mapped pages a reader holds).
-_RELEASE_EVERY = 8192
 
 
 def id_digests(ids: Sequence[str]) -> np.ndarray:
@@ -89,15 +87,6 @@ def stamp_digest(value: Any) -> int:
     return _text_stamp_digest(iso_timestamp(value) or "")
 
 
-def contains(sorted_digests: np.ndarray, digests: np.ndarray) -> np.ndarray:
-    """A bool mask: which of ``digests`` are in ``sorted_digests`` (sorted, any length)."""
-    if len(sorted_digests) == 0 or len(digests) == 0:
-        return np.zeros(len(digests), dtype=bool)
-    positions = np.searchsorted(sorted_digests, digests)
-    np.minimum(positions, len(sorted_digests) - 1, out=positions)
-    return sorted_digests[positions] == digests
-
-
 # -- the index's digests ------------------------------------------------------------------
 class _Mapped:
     """The two files of one IndexDigests, memory-mapped once per process."""
@@ -105,8 +94,6 @@ class _Mapped:
     def __init__(self, directory: str, count: int):
         self.maps: list[mmap.mmap] = []
         self.ids, self.stamps = (self._map(Path(directory) / name, count) for name in ("ids.u64", "stamps.u64"))
-        self.lookups = 0
-        self.lock = threading.Lock()
 
     def _map(self, path: Path, count: int) -> np.ndarray:
         if count == 0:
@@ -119,16 +106,6 @@ class _Mapped:
         if len(array) != count:
             raise ValueError(f"IndexDigests: {path} holds {len(array)} digests, expected {count}")
         return array
-
-    def looked_up(self, n: int) -> None:
-        """Count lookups; every ``_RELEASE_EVERY`` give the touched pages back (re-read from the page cache)."""
-        with self.lock:
-            self.lookups += n
-            if self.lookups < _RELEASE_EVERY:
-                return
-            self.lookups = 0
-            for mapped in self.maps:
-                mapped.madvise(mmap.MADV_DONTNEED)
 
 
 _MAPPED: dict[str, _Mapped] = {}
@@ -181,9 +158,6 @@ class IndexDigests:
         positions = np.searchsorted(indexed, ids).astype(np.int64)
         np.minimum(positions, len(indexed) - 1, out=positions)
         positions[indexed[positions] != ids] = -1
-        mapped = self._mapped()
-        if mapped is not None:
-            mapped.looked_up(len(ids))
         return positions
 
     def unchanged(self, positions: np.ndarray, stamps: np.ndarray) -> np.ndarray:
@@ -273,13 +247,31 @@ class IndexDigestsWriter:
 
 
 # -- what the source yielded --------------------------------------------------------------
+def new_seen(count: int) -> np.ndarray:
+    """An empty seen bitmap for an index of ``count`` documents (packed, little bit order)."""
+    return np.zeros((count + 7) // 8, dtype=np.uint8)
+
+
 def mark_seen(seen: np.ndarray, positions: np.ndarray) -> None:
-    """Set ``seen[p]`` (a bool array as long as the index) for every found position."""
-    seen[positions[positions >= 0]] = True
+    """Set the bit of every found position (``-1``: not indexed, ignored)."""
+    found = positions[positions >= 0]
+    np.bitwise_or.at(seen, found >> 3, np.left_shift(1, found & 7).astype(np.uint8))
+
+
+def seen_count(seen: np.ndarray) -> int:
+    """How many bits are set."""
+    return int(np.bitwise_count(seen).sum())
+
+
+def unseen_mask(seen: np.ndarray, count: int) -> np.ndarray:
+    """A bool per indexed document: True where its bit is clear (an empty bitmap: all)."""
+    if len(seen) == 0:
+        return np.ones(count, dtype=bool)
+    return np.unpackbits(seen, count=count, bitorder="little") == 0
 
 
 class UnionSeen(beam.CombineFn):
-    """Packed seen bitmaps (``np.packbits``, all as long) -> their OR (empty when there was none)."""
+    """Seen bitmaps (:func:`new_seen`, all as long) -> their OR (empty when there was none)."""
 
     def create_accumulator(self) -> np.ndarray | None:
         return None

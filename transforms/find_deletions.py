@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.digests import IndexDigests, UnionSeen, id_digests
+from transforms.digests import IndexDigests, UnionSeen, id_digests, seen_count, unseen_mask
 from transforms.es_client import ElasticsearchConnection
 from transforms.scan_index import scan_pages
 
@@ -40,12 +40,10 @@ class _FindStaleFn(beam.DoFn):
         self.rescans = Metrics.counter("elastic_ingest", "deletion_scans")
 
     def process(self, _: object, seen: np.ndarray, indexed: IndexDigests) -> Iterator[str]:
-        if len(seen) == 0:
-            seen = np.zeros((len(indexed) + 7) // 8, dtype=np.uint8)  # nothing read: all unseen
-        if int(np.bitwise_count(seen).sum()) == len(indexed):
+        if seen_count(seen) == len(indexed):
             return  # the source yielded every indexed id
         self.rescans.inc()
-        unseen = np.unpackbits(seen, count=len(indexed)) == 0
+        unseen = unseen_mask(seen, len(indexed))
         for hits in scan_pages(self.conn, self.index, slices=self.slices):
             ids = [hit["_id"] for hit in hits]
             positions = indexed.positions(id_digests(ids))

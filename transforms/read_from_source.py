@@ -50,7 +50,7 @@ from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, c
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
-from transforms.digests import IndexDigests, id_digests, mark_seen, stamp_digest
+from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest
 from transforms.normalize import document_id
 from transforms.sync_rules import BasicRules
 
@@ -116,12 +116,12 @@ class _ReadPartitionFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[Any]:
         if self.seen is not None:  # one bitmap per bundle, whatever the partitions it read
-            yield pvalue.TaggedOutput(SEEN, GlobalWindows.windowed_value(np.packbits(self.seen)))
+            yield pvalue.TaggedOutput(SEEN, GlobalWindows.windowed_value(self.seen))
             self.seen = None
 
     def process(self, partition: Partition, indexed: IndexDigests | None = None) -> Iterator[Any]:
         if self.track_seen and indexed is not None and self.seen is None:
-            self.seen = np.zeros(len(indexed), dtype=bool)
+            self.seen = new_seen(len(indexed))
         batch: list[tuple[str, dict[str, Any], Any]] = []
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(call_get_docs(self.source, self.spec.filtering(), partition))
