@@ -36,7 +36,7 @@ from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline
 from sources.driver import SourceDriver, build_source
-from sources.errors import SourceConfigError, SourceUnavailable, TooManyErrors, format_error
+from sources.errors import ConfigError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
 from transforms.dead_letter import dead_letter_folder
@@ -142,9 +142,14 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
         yield None
         return
     parent = settings.work_dir or root
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    path = tempfile.mkdtemp(prefix=f"elastic-ingest-{job_id}-", dir=parent)
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=f"elastic-ingest-{job_id}-", dir=parent)
+    except OSError as exc:
+        where = "pipeline.work_dir" if settings.work_dir else "the sync's working directory"
+        raise ConfigError(f"{where} {parent or tempfile.gettempdir()!r}: cannot create a directory there "
+                          f"({exc.strerror or exc})") from exc
     _WORK_DIRS.add(path)
     try:
         yield path

@@ -59,6 +59,29 @@ def test_full_sync_when_source_changes_then_index_equals_source_after_each_sync(
     assert outcome["source_document_count"] == 28 and outcome["total_document_count"] == 28
 
 
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_full_sync_when_digests_kept_as_files_then_exact_and_work_dir_removed(es, index_name, tmp_path, mode):
+    work = tmp_path / "work"
+    settings = {"work_dir": str(work), "direct_running_mode": mode, "direct_num_workers": 2 if mode != "in_memory" else 1}
+    first = make_docs(40)
+    assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": first}, **settings)["status"] == "completed"
+    # 10 removed, 5 changed; read as 3 partitions (in 2 worker processes: their seen bitmaps are ORed)
+    changed = [{**d, "title": "edited", "_timestamp": "2024-06-01T00:00:00+00:00"} for d in first[:5]]
+    second = changed + first[5:30]
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": second, "partitions": 3}, **settings)
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert (outcome["indexed_document_count"], outcome["deleted_document_count"],
+            outcome["unchanged_document_count"]) == (5, 10, 25)
+    assert index_docs(es, index_name) == expected(second)
+    assert list(work.iterdir()) == []  # each sync's directory (digest files) is removed
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": []}, work_dir=str(blocked / "work"))
+    assert outcome["status"] == "error" and "pipeline.work_dir" in outcome["error"], outcome.get("error")
+    assert index_docs(es, index_name) == expected(second)  # nothing deleted
+
+
 def test_full_sync_when_nothing_changed_then_nothing_is_written(es, index_name):
     docs = make_docs(25)
     assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"

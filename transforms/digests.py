@@ -208,7 +208,7 @@ class IndexDigestsWriter:
         if self.directory is None:
             self._pages.append(records)
             return
-        buckets = (records["id"] >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
+        buckets = (records["id"] >> np.uint64(64 - _BUCKET_BITS)).astype(np.uint8)  # radix-sortable
         order = np.argsort(buckets, kind="stable")
         records, buckets = records[order], buckets[order]
         starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
