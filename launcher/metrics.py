@@ -107,9 +107,13 @@ class JobMetrics:
         self.deleted.inc(_non_negative(job.get("deleted_document_count")))
         self.dead_letters.inc(_non_negative(dead.get("count")))
         self.bulk_retries.inc(_non_negative(metadata.get("bulk_retries")))
-        try:
-            from transforms.progress import read_progress
+        if metadata.get("indexed_document_bytes") is not None:  # exact, from the sync's result
+            self.bytes.inc(_non_negative(metadata["indexed_document_bytes"]))
+            return
+        try:  # a job stopped early: the workers' last progress reports
+            from transforms.progress import PROGRESS_INDEX, read_progress
 
+            es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
             self.bytes.inc(_non_negative(read_progress(es, job_id).get("indexed_document_bytes")))
         except Exception as exc:  # noqa: BLE001
             _LOGGER.debug("metrics: cannot read progress of job %s: %s", job_id, exc)
