@@ -26,12 +26,12 @@ __all__ = ["TreeSampler", "tree_rss"]
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int, by_level: dict[int, int] | None = None, anon: list[int] | None = None) -> tuple[int, int]:
-    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes).
+def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int, int]:
+    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes, bytes
+    of anonymous RSS: without file-backed and shared pages).
 
     ``by_level`` (if given) receives the RSS per tree level: 0 the root (the daemon), 1 its
     children (the sync process), 2 and deeper summed as 2 (Beam's worker processes).
-    ``anon`` (if given) receives one number: the anonymous RSS summed over the tree.
     """
     try:
         root = psutil.Process(pid)
@@ -43,7 +43,7 @@ def tree_rss(pid: int, by_level: dict[int, int] | None = None, anon: list[int] |
             except psutil.Error:
                 continue
     except psutil.Error:
-        return 0, 0
+        return 0, 0, 0
     total = count = own = 0
     for process, level in processes:
         try:
@@ -56,9 +56,7 @@ def tree_rss(pid: int, by_level: dict[int, int] | None = None, anon: list[int] |
         count += 1
         if by_level is not None:
             by_level[level] = by_level.get(level, 0) + rss
-    if anon is not None:
-        anon.append(own)
-    return total, count
+    return total, count, own
 
 
 class TreeSampler:
@@ -85,10 +83,9 @@ class TreeSampler:
 
     def sample(self) -> int:
         levels: dict[int, int] = {}
-        anon: list[int] = []
-        rss, count = tree_rss(self.pid, levels, anon)
+        rss, count, anon = tree_rss(self.pid, levels)
         with self._lock:
-            self.phase_peak_anon = max(self.phase_peak_anon, anon[0] if anon else 0)
+            self.phase_peak_anon = max(self.phase_peak_anon, anon)
             for level, value in levels.items():
                 self.phase_peak_by_level[level] = max(self.phase_peak_by_level.get(level, 0), value)
             self.samples += 1

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from bench.baselines import Dataset, _short, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
+from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
 from bench.ours import REPO, Service
 from bench.report import annotate, chart, markdown
 from pipelines.settings import PipelineConfig
@@ -351,14 +351,15 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, str]]:
     def peak(r: dict[str, Any]) -> float:
         return r.get("peak_anon_mb") or r.get("peak_rss_mb") or 0
 
-    ours = {s["count"]: [(key[5:], r) for key, r in s["results"].items() if key.startswith("ours_")] for s in small}
-    peaks = {count: max((peak(r) for _, r in syncs), default=0) for count, syncs in ours.items()}
+    ours = {s["count"]: (s["label"], [(key[5:], r) for key, r in s["results"].items() if key.startswith("ours_")])
+            for s in small}
+    peaks = {count: max((peak(r) for _, r in syncs), default=0) for count, (_, syncs) in ours.items()}
     if peaks.get(100_000) and peaks.get(1_000_000):
         growth = peaks[1_000_000] / peaks[100_000]
         by_sync = "; ".join(
-            f"{_short(count)}: " + ", ".join(f"{name} {r.get('peak_anon_mb', '-')} MB anonymous / {r.get('peak_rss_mb')} MB "
-                                             f"RSS" for name, r in ours[count])
-            for count in (100_000, 1_000_000))
+            f"{label}: " + ", ".join(f"{name} {r.get('peak_anon_mb', '-')} MB anonymous / {r.get('peak_rss_mb')} MB RSS"
+                                     for name, r in syncs)
+            for label, syncs in (ours[100_000], ours[1_000_000]))
         targets.append({"target": "peak memory flat from 100k to 1M docs, every sync (growth <= 1.25x)",
                         "status": "MET" if growth <= 1.25 else "MISSED",
                         "evidence": f"{peaks[100_000]} MB at 100k, {peaks[1_000_000]} MB at 1M ({growth:.2f}x; {by_sync})"})

@@ -116,7 +116,8 @@ class IndexDigests:
     """The index's documents: id digests (sorted) and their timestamp digests, aligned.
 
     Either in memory (``arrays``) or in two files of ``directory`` (mapped lazily, once per
-    process); pickles as the arrays or as the directory's name.
+    process; the mapping is kept per process, not on the object, so it pickles as the arrays
+    or as the directory's name).
     """
 
     def __init__(self, *, count: int, directory: str | None = None,
@@ -124,9 +125,6 @@ class IndexDigests:
         if (directory is None) == (arrays is None):
             raise ValueError("IndexDigests: give a directory or the arrays")
         self.count, self.directory, self._arrays = count, directory, arrays
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"count": self.count, "directory": self.directory, "_arrays": self._arrays}
 
     def __len__(self) -> int:
         return self.count
