@@ -174,7 +174,8 @@ def daemon_killed(own_es, tmp_path_factory) -> dict[str, Any]:
         # The next sync reads the same 200 documents, without the delay.
         configuration, _ = complete_configuration({"count": {"value": count}, "delay_ms": {"value": 0}},
                                                   ScriptedSource.get_default_configuration())
-        own_es.update(index=CONNECTORS_INDEX, id=cid, doc={"configuration": configuration}, refresh=True)
+        own_es.update(index=CONNECTORS_INDEX, id=cid, doc={"configuration": configuration}, refresh=True,
+                      retry_on_conflict=5)  # the killed sync's workers may still be writing
 
         restarted = DaemonProcess(config, tmp / "daemon-2.log")
         reaped = wait_job_final(own_es, job_id, timeout=60)

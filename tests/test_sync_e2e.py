@@ -116,7 +116,9 @@ def test_sync_when_sync_now_set_then_job_created_and_run(es, tmp_path, daemon, i
     connector_id = f"dir-{uuid.uuid4().hex[:8]}"
     cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "dir",
         "--index-name", index_name, "--set", f"directory={folder}", config=config, check=True)
-    es.update(index=".elastic-connectors", id=connector_id, doc={"sync_now": True}, refresh=True)
+    # The daemon writes the connector too (heartbeat, status): like Kibana, retry a conflicting update.
+    es.update(index=".elastic-connectors", id=connector_id, doc={"sync_now": True}, refresh=True,
+              retry_on_conflict=5)
 
     def completed_job():
         hits = es.search(index=".elastic-connectors-sync-jobs", query={"term": {"connector.id": connector_id}},
