@@ -47,7 +47,8 @@ class Service:
             "service": {"idling": 0.5, "heartbeat": 300, "job_progress_interval": 5, "cancel_check_interval": 2,
                         "max_concurrent_syncs": 1, "connector_ids": list(connector_ids)},
             "sources": {"synthetic": SOURCE_FQN},
-            "pipeline": {"dead_letters": str(self.workdir / "dead_letters"), **pipeline},
+            "pipeline": {"dead_letters": str(self.workdir / "dead_letters"),
+                         "digest_cache_dir": str(self.workdir / "index-digests"), **pipeline},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self.process: subprocess.Popen | None = None
@@ -135,6 +136,7 @@ class Service:
             "indexed": doc.get("indexed_document_count"), "deleted": doc.get("deleted_document_count"),
             "total": doc.get("total_document_count"), "source_documents": meta.get("source_document_count"),
             "unchanged": meta.get("unchanged_document_count"), "bulk_retries": meta.get("bulk_retries"),
+            "index_digests_from_cache": meta.get("index_digests_from_cache"),
             "dead_letters": (meta.get("dead_letters") or {}).get("count"),
             "peak_rss_mb": self.sampler.phase_peak_mb, "peak_anon_mb": self.sampler.phase_peak_anon_mb,
             "max_processes": self.sampler.phase_max_processes,

@@ -13,6 +13,7 @@ VARIANTS = (
     ("streaming_bulk", "helpers.streaming_bulk"),
     ("ours_full", "ours: full sync"),
     ("ours_nochange", "ours: no-change resync"),
+    ("ours_nochange_cached", "ours: no-change resync again (digests cached)"),
     ("ours_changed", "ours: 1% changed + 1% removed"),
 )
 
@@ -81,8 +82,9 @@ def markdown(results: dict[str, Any]) -> str:
                     notes.append("peak MB by role " + ", ".join(f"{k} {v:g}" for k, v in r["peak_rss_by_role_mb"].items()))
                 if r.get("peak_anon_mb") is not None:
                     notes.append(f"anonymous (without mapped files) {_fmt(r['peak_anon_mb'])} MB")
-                if key == "ours_nochange":
+                if key.startswith("ours_nochange"):
                     notes.append(f"{_fmt(r.get('speedup_vs_full'), 1)}x faster than full")
+                if "index_ops_during" in r:
                     notes.append(f"index ops during: {r.get('index_ops_during')}")
                 if r.get("status") != "completed":
                     notes.append(f"status {r.get('status')}: {r.get('error')}")
@@ -130,7 +132,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ("docs_per_s", "throughput (documents / s, log)", ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full")),
         ("ratio_to_ceiling", "throughput / ES ceiling", ("parallel_bulk", "streaming_bulk", "ours_full")),
         ("peak_rss_mb", "peak RSS (MB)", ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full",
-                                          "ours_nochange", "ours_changed")),
+                                          "ours_nochange", "ours_nochange_cached", "ours_changed")),
     )
     colors = {key: f"C{n}" for n, (key, _) in enumerate(VARIANTS)}
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.6))

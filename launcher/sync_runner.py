@@ -317,6 +317,7 @@ class SyncRunner(threading.Thread):
                     "duration_seconds": outcome.get("duration_seconds"),
                     "source_document_count": outcome.get("source_document_count"),
                     "unchanged_document_count": outcome.get("unchanged_document_count"),
+                    "index_digests_from_cache": outcome.get("index_digests_from_cache"),
                     "indexed_document_bytes": outcome.get("indexed_document_bytes"),
                     "bulk_retries": outcome.get("bulk_retries")}
         self._finish(outcome.get("status", "error"), counters=counters, error=outcome.get("error"),

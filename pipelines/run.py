@@ -34,12 +34,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.job import SyncJob
 from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
-from pipelines.sync import build_sync_pipeline
+from pipelines.sync import build_sync_pipeline, read_digests_dir
 from sources.driver import SourceDriver, build_source
 from sources.errors import ConfigError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
 from transforms.dead_letter import dead_letter_folder
+from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, read_state, store_synced
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import read_job_record
@@ -157,6 +158,40 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
         _remove_work_dir(path)
 
 
+def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, counts: dict[str, int],
+                        empty_at: IndexState | None) -> bool:
+    """After a clean full sync: keep what it read as the index's digests, for the next sync.
+
+    The sync started from an empty index (``empty_at``), or from digests of the index at a
+    known state (the scan's or the cache's ``state.json``). Never raises: the cache is an
+    optimization, and the sync is complete already.
+    """
+    try:
+        if empty_at is not None:
+            before = empty_at
+        else:
+            states = {read_state(path) for path in Path(work_dir).glob("index-digests-*")}
+            if len(states) != 1 or None in states:  # no scan at a known state (or two different ones)
+                return False
+            before = next(iter(states))[1]  # type: ignore[index]
+        records = sorted(Path(read_digests_dir(work_dir)).glob("*.rec"))
+        writes = counts.get("indexed_document_count", 0) + counts.get("deleted_document_count", 0)
+        kept = store_synced(DigestCache(cache_dir), es, index, before=before, records=records, work_dir=work_dir,
+                            writes=writes)
+    except Exception as exc:  # noqa: BLE001
+        _LOGGER.warning("index %s: its digests could not be kept for the next sync: %s", index, format_error(exc))
+        return False
+    if kept:
+        _LOGGER.info("index %s: digests kept; the next sync does not scan it unless someone writes to it", index)
+    return kept
+
+
+def _cache_dir(settings: PipelineConfig) -> str | None:
+    if not settings.digest_cache:
+        return None
+    return os.path.expanduser(settings.digest_cache_dir or default_cache_dir())
+
+
 def _remove_work_dir(path: str) -> None:
     _WORK_DIRS.discard(path)
     IndexDigests.release(path)
@@ -186,11 +221,16 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
+        cache_dir = _cache_dir(settings) if job.job_type == "full" else None
+        state = index_state(es, job.index_name) if cache_dir else None
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
+        # An empty index at a known state: what the sync writes will be all it holds.
+        empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
         with _work_dir(settings, job.job_id, work_root) as work_dir:
+            cache_dir = cache_dir if work_dir else None
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
-                                           index_empty=index_empty, work_dir=work_dir)
+                                           index_empty=index_empty, work_dir=work_dir, cache_dir=cache_dir)
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -199,7 +239,11 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                 result.wait_until_finish()
             finally:
                 _RUNNING.pop(job.job_id, None)
-        counts = _counters(result)
+            counts = _counters(result)
+            if cache_dir and work_dir and not counts.get("dead_letters") and not job.ingest_pipeline:
+                # A clean sync (nothing dead-lettered: it cannot fail from here on).
+                outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache_dir, work_dir, counts,
+                                                                    empty_at)
         if job.job_type == "incremental":
             # The source set no new cursor: keep the one this sync started from.
             cursor = read_job_record(es, job.job_id, "sync_cursor")
@@ -238,6 +282,7 @@ def _job_counters(counts: dict[str, int]) -> dict[str, int]:
         "deleted_document_count": counts.get("deleted_document_count", 0),
         "source_document_count": counts.get("source_documents", 0),
         "unchanged_document_count": counts.get("unchanged_documents", 0),
+        "index_digests_from_cache": counts.get("index_digests_from_cache", 0),
         "bulk_retries": counts.get("bulk_retries", 0) + counts.get("bulk_item_retries", 0),
     }
 

@@ -77,6 +77,9 @@ class PipelineConfig(_Section):
     dead_letters: str = "./dead_letters"
     work_dir: str | None = Field(None, description="where a sync keeps its index digests while it runs "
                                                    "(default: the system's temporary directory)")
+    digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
+                                                 "of an index nobody wrote to since (local runners)")
+    digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")
     extract_text: bool = True
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     dataflow: DataflowConfig = Field(default_factory=DataflowConfig)

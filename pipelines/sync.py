@@ -19,6 +19,7 @@ deleted in the same sync ends deleted.)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,12 @@ from transforms.read_from_source import ReadFromSource, SourceSpec
 from transforms.scan_index import ScanIndex
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
-__all__ = ["build_sync_pipeline", "bulk_settings"]
+__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir"]
+
+
+def read_digests_dir(work_dir: str) -> str:
+    """Where a full sync's read records the digests of what it read."""
+    return os.path.join(work_dir, "read-digests")
 
 
 def bulk_settings(settings: PipelineConfig) -> BulkSettings:
@@ -61,6 +67,7 @@ def build_sync_pipeline(
     progress_interval: float = 5.0,
     index_empty: bool = False,
     work_dir: str | None = None,
+    cache_dir: str | None = None,
 ) -> beam.Pipeline:
     """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
 
@@ -70,6 +77,10 @@ def build_sync_pipeline(
 
     ``work_dir``: a directory all workers can read, where the index's digests are kept as
     files while the sync runs (None: they travel inside the side input).
+
+    ``cache_dir``: where the index's digests are kept between syncs (with ``work_dir``;
+    None: no cache, the index is scanned by every full sync). The read then records the
+    digests of what it read in ``read_digests_dir(work_dir)``, for after the sync.
     """
     p = beam.Pipeline(runner=runner, options=options)
     spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
@@ -86,7 +97,7 @@ def build_sync_pipeline(
         dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
         indexed = None if index_empty else p | "ScanIndex" >> ScanIndex(
-            conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir)
+            conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir, cache_dir=cache_dir)
         read = (
             p
             | "Partitions" >> beam.Create(list(partitions))
@@ -97,6 +108,7 @@ def build_sync_pipeline(
                 batch_size=settings.read_batch_size,
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
+                record_digests=read_digests_dir(work_dir) if cache_dir and work_dir else None,
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

@@ -57,7 +57,8 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     [scenario] = results["scenarios"]
     assert scenario["count"] == 300 and scenario["doc_bytes"] > 0
     methods = scenario["results"]
-    assert set(methods) == {"ceiling", "parallel_bulk", "streaming_bulk", "ours_full", "ours_nochange", "ours_changed"}
+    assert set(methods) == {"ceiling", "parallel_bulk", "streaming_bulk", "ours_full", "ours_nochange",
+                            "ours_nochange_cached", "ours_changed"}
     for name, r in methods.items():
         assert r["ok"] is True, (name, r)
         for field in ("seconds", "docs_per_s", "peak_rss_mb"):
@@ -68,6 +69,8 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert full["indexed"] == 300 and full["total"] == 300
     assert same["indexed"] == 0 and same["deleted"] == 0 and same["speedup_vs_full"] > 0
     assert same["index_ops_during"] == {"index_total": 0, "delete_total": 0}
+    again = methods["ours_nochange_cached"]
+    assert again["index_digests_from_cache"] == 1 and again["indexed"] == 0 and again["deleted"] == 0
     assert changed["indexed"] == changed["expected"]["changed"]
     assert changed["deleted"] == changed["expected"]["removed"]
     assert full["max_processes"] >= 2  # the daemon and its sync process were sampled

@@ -51,13 +51,15 @@ import xxhash
 from transforms.normalize import iso_timestamp
 
 __all__ = ["id_digests", "stamp_digest", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
-           "unseen_mask", "UnionSeen"]
+           "unseen_mask", "UnionSeen", "DIGEST_FILES", "write_records", "read_records"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _xxh3 = xxhash.xxh3_64_intdigest  # str is hashed as UTF-8; the same on every machine
 _RECORD = np.dtype([("id", "<u8"), ("stamp", "<u8")])
 #: Hash buckets of the on-disk sort: the writer holds one bucket (1/64 of the digests) at a time.
 _BUCKET_BITS = 6
+#: The files of IndexDigests kept in a directory: sorted id digests, and the aligned timestamp digests.
+DIGEST_FILES = ("ids.u64", "stamps.u64")
 
 
 def id_digests(ids: Sequence[str]) -> np.ndarray:
@@ -93,7 +95,7 @@ class _Mapped:
 
     def __init__(self, directory: str, count: int):
         self.maps: list[mmap.mmap] = []
-        self.ids, self.stamps = (self._map(Path(directory) / name, count) for name in ("ids.u64", "stamps.u64"))
+        self.ids, self.stamps = (self._map(Path(directory) / name, count) for name in DIGEST_FILES)
 
     def _map(self, path: Path, count: int) -> np.ndarray:
         if count == 0:
@@ -223,7 +225,8 @@ class IndexDigestsWriter:
             self._pages.clear()
             records.sort(order="id")
             return IndexDigests(count=len(records), arrays=(records["id"].copy(), records["stamp"].copy()))
-        with open(self.directory / "ids.u64", "wb") as ids, open(self.directory / "stamps.u64", "wb") as stamps:
+        ids_path, stamps_path = (self.directory / name for name in DIGEST_FILES)
+        with open(ids_path, "wb") as ids, open(stamps_path, "wb") as stamps:
             for bucket in sorted(self._buckets):
                 self._buckets[bucket].close()
                 path = self.directory / f"bucket-{bucket:03d}"
@@ -245,6 +248,28 @@ class IndexDigestsWriter:
 
 
 # -- what the source yielded --------------------------------------------------------------
+def write_records(file: Any, ids: np.ndarray, stamps: np.ndarray) -> None:
+    """Append ``(id digest, timestamp digest)`` pairs to an open binary file (16 bytes each)."""
+    records = np.empty(len(ids), dtype=_RECORD)
+    records["id"], records["stamp"] = ids, stamps
+    records.tofile(file)
+
+
+def read_records(path: str | os.PathLike[str], chunk: int) -> Iterable[np.ndarray]:
+    """The pairs of a file of :func:`write_records`, ``chunk`` at a time (fields ``id`` and ``stamp``).
+
+    A torn last record (a writer that died mid-write) is left out.
+    """
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(chunk * _RECORD.itemsize)
+            whole = len(data) // _RECORD.itemsize
+            if whole:
+                yield np.frombuffer(data, dtype=_RECORD, count=whole)
+            if len(data) < chunk * _RECORD.itemsize:
+                return
+
+
 def new_seen(count: int) -> np.ndarray:
     """An empty seen bitmap for an index of ``count`` documents (packed, little bit order)."""
     return np.zeros((count + 7) // 8, dtype=np.uint8)

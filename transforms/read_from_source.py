@@ -32,9 +32,11 @@ Example usage::
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping
 import inspect
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +52,7 @@ from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, c
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
-from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest
+from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest, write_records
 from transforms.normalize import document_id
 from transforms.sync_rules import BasicRules
 
@@ -87,9 +89,10 @@ def _content_size(extra: Mapping[str, Any]) -> int:
 
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
-                 max_download_bytes: int):
+                 max_download_bytes: int, record_digests: str | None = None):
         self.spec = spec
         self.track_seen = track_seen
+        self.record_digests = record_digests
         self.batch_size = batch_size
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
@@ -110,14 +113,27 @@ class _ReadPartitionFn(beam.DoFn):
             self.pool.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "driver", None):
             self.driver.close()
+        if getattr(self, "records", None) is not None:
+            self.records.close()
 
     def start_bundle(self) -> None:
         self.seen: np.ndarray | None = None
+        self.records: Any = None
 
     def finish_bundle(self) -> Iterator[Any]:
+        if self.records is not None:
+            self.records.close()
+            self.records = None
         if self.seen is not None:  # one bitmap per bundle, whatever the partitions it read
             yield pvalue.TaggedOutput(SEEN, GlobalWindows.windowed_value(self.seen))
             self.seen = None
+
+    def _record(self, ids: np.ndarray, stamps: np.ndarray) -> None:
+        if self.records is None:  # one file per bundle attempt: a retried bundle never appends to another's
+            assert self.record_digests is not None
+            os.makedirs(self.record_digests, exist_ok=True)
+            self.records = open(os.path.join(self.record_digests, f"read-{uuid.uuid4().hex}.rec"), "wb")
+        write_records(self.records, ids, stamps)
 
     def process(self, partition: Partition, indexed: IndexDigests | None = None) -> Iterator[Any]:
         if self.track_seen and indexed is not None and self.seen is None:
@@ -161,12 +177,16 @@ class _ReadPartitionFn(beam.DoFn):
         if not batch:
             return
         changed = batch
-        if indexed:
-            positions = indexed.positions(id_digests([doc_id for doc_id, _, _ in batch]))
-            if self.seen is not None:
-                mark_seen(self.seen, positions)
+        if indexed or self.record_digests:
+            ids = id_digests([doc_id for doc_id, _, _ in batch])
             stamps = np.fromiter((stamp_digest(doc.get("_timestamp")) for _, doc, _ in batch),
                                  dtype=np.uint64, count=len(batch))
+            if self.record_digests:
+                self._record(ids, stamps)
+        if indexed:
+            positions = indexed.positions(ids)
+            if self.seen is not None:
+                mark_seen(self.seen, positions)
             unchanged = indexed.unchanged(positions, stamps)
             skipped = int(np.count_nonzero(unchanged))
             if skipped:
@@ -240,10 +260,15 @@ class ReadFromSource(beam.PTransform):
         batch_size: documents compared (and digested) at once.
         download_concurrency: lazy downloads in flight per worker.
         max_download_bytes: documents declaring a larger ``size`` are not downloaded.
+        record_digests: a directory (shared by the workers) where the id and
+            ``_timestamp`` digests of every document read (and kept by the sync rules) are
+            written, a file per bundle (:func:`~transforms.digests.read_records`): after
+            a clean sync they are the index's (:func:`~transforms.digest_cache.store_synced`).
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
-                 batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024):
+                 batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
+                 record_digests: str | None = None):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
@@ -255,10 +280,11 @@ class ReadFromSource(beam.PTransform):
         self.batch_size = batch_size
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
+        self.record_digests = record_digests
 
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
-                                self.max_download_bytes)
+                                self.max_download_bytes, self.record_digests)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         return (
             partitions

@@ -11,13 +11,20 @@ memory holds a few pages, whatever the index's size.
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
 
+With ``cache_dir`` (and ``work_dir``), an index nobody wrote to since an earlier scan is
+not read again: that scan's digests, kept in a
+:class:`~transforms.digest_cache.DigestCache`, are used (counter
+``index_digests_from_cache``), and a scan during which nothing was written is kept there.
+
 Example usage::
 
-    indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1")  # one IndexDigests
+    indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1",
+                            cache_dir="~/.cache/elastic-ingest/index-digests")  # one IndexDigests
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -27,14 +34,17 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 from elasticsearch import NotFoundError
 
+from transforms.digest_cache import DigestCache, index_state, write_state
 from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
 from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
 
 __all__ = ["ScanIndex", "scan_pages", "PAGE_SIZE"]
 
+_LOGGER = logging.getLogger(__name__)
 #: Hits per page: Elasticsearch's default ``index.max_result_window``.
 PAGE_SIZE = 10_000
 _DONE = object()
@@ -120,11 +130,45 @@ def scan_pages(conn: ElasticsearchConnection, index: str, *, slices: int = 2, so
 
 
 class _DigestIndexFn(beam.DoFn):
-    def __init__(self, conn: ElasticsearchConnection, index: str, slices: int, work_dir: str | None):
+    def __init__(self, conn: ElasticsearchConnection, index: str, slices: int, work_dir: str | None,
+                 cache_dir: str | None):
         self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
+        self.cache_dir = cache_dir if work_dir is not None else None
+        self.from_cache = Metrics.counter("elastic_ingest", "index_digests_from_cache")
 
     def process(self, _: Any) -> Iterator[IndexDigests]:
         directory = None if self.work_dir is None else os.path.join(self.work_dir, f"index-digests-{uuid.uuid4().hex}")
+        cache = state = None
+        if self.cache_dir is not None and directory is not None:
+            cache, es = DigestCache(self.cache_dir), self.conn.client()
+            try:
+                state = index_state(es, self.index)
+                if state is not None:
+                    cached = cache.lookup(self.index, state, into=directory)
+                    if cached is not None:
+                        _LOGGER.info("index %s: not written since its digests were cached (%d documents); "
+                                     "not scanned", self.index, cached.count)
+                        self.from_cache.inc()
+                        yield cached
+                        return
+                    es.indices.refresh(index=self.index)  # the scan then sees every write of `state`
+            except Exception as exc:  # noqa: BLE001 - the cache is an optimization: scan
+                _LOGGER.debug("index %s: digests cache not used: %s", self.index, exc)
+                state = None
+            finally:
+                es.close()
+        digests = self._scan(directory)
+        if state is not None and cache is not None and directory is not None:
+            es = self.conn.client()
+            try:
+                if index_state(es, self.index) == state:  # nothing written while it was scanned
+                    write_state(directory, self.index, state, digests.count)  # what the sync's end builds on
+                    cache.store(self.index, state, digests)
+            finally:
+                es.close()
+        yield digests
+
+    def _scan(self, directory: str | None) -> IndexDigests:
         writer = IndexDigestsWriter(directory)
         try:
             for hits in scan_pages(self.conn, self.index, slices=self.slices, source=["_timestamp"]):
@@ -134,7 +178,7 @@ class _DigestIndexFn(beam.DoFn):
         except BaseException:
             writer.abort()
             raise
-        yield writer.finish()
+        return writer.finish()
 
 
 class ScanIndex(beam.PTransform):
@@ -146,15 +190,16 @@ class ScanIndex(beam.PTransform):
     a small handle; without, they travel as arrays.
     """
 
-    def __init__(self, conn: ElasticsearchConnection, index: str, *, slices: int = 2, work_dir: str | None = None):
+    def __init__(self, conn: ElasticsearchConnection, index: str, *, slices: int = 2, work_dir: str | None = None,
+                 cache_dir: str | None = None):
         super().__init__()
         if slices < 1:
             raise ValueError("ScanIndex: slices must be positive")
-        self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
+        self.conn, self.index, self.slices, self.work_dir, self.cache_dir = conn, index, slices, work_dir, cache_dir
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
             | "Start" >> beam.Create([None])
-            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices, self.work_dir))
+            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices, self.work_dir, self.cache_dir))
         )

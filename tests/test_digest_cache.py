@@ -1,0 +1,177 @@
+"""The index digests cache: a full sync skips the scan only of an index nobody wrote to.
+
+Against the real Elasticsearch: ``index_state`` must move with every kind of write, and a
+sequence of real syncs (with writes by the sync itself and by someone else between them)
+must stay exact whether the digests came from the cache or from a scan.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from sources.testing import MemorySource, make_docs
+from tests.helpers import index_docs, run_sync
+from tests.test_pipeline import MEMORY, expected
+from transforms.digest_cache import MAX_IDLE_DAYS, DigestCache, IndexState, index_state
+from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests
+
+pytestmark = pytest.mark.integration
+
+
+def test_index_state_when_anything_is_written_then_it_changes(es, index_name):
+    assert index_state(es, index_name) is None  # no index yet
+    es.index(index=index_name, id="a", document={"x": 1}, refresh=True)
+    first = index_state(es, index_name)
+    assert first is not None and index_state(es, index_name) == first  # reading does not change it
+    assert first.operations == 1
+    es.search(index=index_name, query={"match_all": {}})
+    assert index_state(es, index_name) == first
+
+    es.index(index=index_name, id="a", document={"x": 1})  # the same content again: a new version
+    second = index_state(es, index_name)
+    es.delete(index=index_name, id="a")
+    third = index_state(es, index_name)
+    assert len({first.key, second.key, third.key}) == 3 and len({first.identity, second.identity, third.identity}) == 1
+    assert third.operations - first.operations == 2  # one sequence number per write
+
+    # Deleted and recreated with one document again: same sequence numbers, other UUIDs.
+    es.indices.delete(index=index_name)
+    es.index(index=index_name, id="a", document={"x": 1}, refresh=True)
+    recreated = index_state(es, index_name)
+    assert recreated is not None and recreated.identity != first.identity
+
+    # An alias over two indices: a write to either changes it.
+    other = f"{index_name}-other"
+    es.index(index=other, id="b", document={"x": 2}, refresh=True)
+    es.indices.put_alias(index=[index_name, other], name=f"{index_name}-alias")
+    both = index_state(es, f"{index_name}-alias")
+    es.index(index=other, id="c", document={"x": 3})
+    assert index_state(es, f"{index_name}-alias") not in (None, both)
+    es.indices.delete(index=other)
+
+
+def _digests(directory, ids):
+    writer = IndexDigestsWriter(directory)
+    writer.add(id_digests(ids), np.arange(1, len(ids) + 1, dtype=np.uint64))
+    return writer.finish()
+
+
+def test_digest_cache_when_stored_then_found_only_at_that_state_and_older_entries_go(tmp_path):
+    cache = DigestCache(tmp_path / "cache")
+    s1, s2, s3 = (IndexState(key=f"{n}" * 64, identity="same", operations=n) for n in (1, 2, 3))
+    scanned = _digests(tmp_path / "scan-1", ["a", "b", "c"])
+    assert cache.lookup("idx", s1, into=tmp_path / "use-0") is None
+    assert cache.store("idx", s1, scanned)
+    found = cache.lookup("idx", s1, into=tmp_path / "use-1")
+    assert found is not None and found.directory == str(tmp_path / "use-1")
+    assert found.ids.tolist() == scanned.ids.tolist() and found.stamps.tolist() == scanned.stamps.tolist()
+    assert cache.lookup("idx", s2, into=tmp_path / "use-2") is None  # another state
+    assert cache.lookup("other", s1, into=tmp_path / "use-3") is None  # another index
+
+    # A newer state replaces the entry; the sync that linked the old one keeps its files.
+    assert cache.store("idx", s2, _digests(tmp_path / "scan-2", ["a"]))
+    assert cache.lookup("idx", s1, into=tmp_path / "use-4") is None
+    assert len(cache.lookup("idx", s2, into=tmp_path / "use-5")) == 1
+    assert found.ids.tolist() == scanned.ids.tolist()
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    # Entries of other indices go when unused for MAX_IDLE_DAYS.
+    root = tmp_path / "cache"
+    before = set(root.iterdir())
+    assert cache.store("gone", s1, scanned)
+    (gone,) = set(root.iterdir()) - before
+    assert cache.store("kept", s1, scanned)
+    (kept,) = set(root.iterdir()) - before - {gone}
+    idle = time.time() - (MAX_IDLE_DAYS + 1) * 86400
+    os.utime(gone / "state.json", (idle, idle))
+    assert cache.store("idx", s2, _digests(tmp_path / "scan-3", ["a"]))
+    assert not gone.exists() and kept.exists()
+    shutil.rmtree(kept)
+
+    # A damaged entry is dropped, not used.
+    entry = next((tmp_path / "cache").iterdir())
+    (entry / "ids.u64").write_bytes(b"\0" * 3)
+    assert cache.lookup("idx", s2, into=tmp_path / "use-6") is None
+    assert not entry.exists()
+    # Digests kept in memory (remote workers) are not cached; a cache that cannot be written is skipped.
+    writer = IndexDigestsWriter(None)
+    assert not cache.store("idx", s3, writer.finish())
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    assert not DigestCache(blocked / "cache").store("idx", s1, scanned)
+    for path in ("scan-1", "scan-2", "scan-3", "use-1", "use-5"):
+        IndexDigests.release(str(tmp_path / path))
+
+
+class IntrudingSource(MemorySource):
+    """A MemorySource during whose read someone else writes a document into the index."""
+
+    def get_docs(self, filtering=None, partition=None):
+        from elasticsearch import Elasticsearch
+
+        from tests.helpers import ES_URL
+
+        with Elasticsearch(ES_URL) as es:
+            es.index(index=self.configuration["index"], id="intruder", document={"title": "written mid-sync"})
+        yield from super().get_docs(filtering, partition)
+
+    @classmethod
+    def get_default_configuration(cls):
+        return {**MemorySource.get_default_configuration(),
+                "index": {"label": "Index", "type": "str", "required": False, "default_value": ""}}
+
+
+def test_full_syncs_when_nobody_else_writes_then_no_scan_after_the_first_and_results_exact(es, index_name, tmp_path):
+    settings = {"work_dir": str(tmp_path / "work"), "digest_cache_dir": str(tmp_path / "cache")}
+
+    def sync(docs, fqn=MEMORY, **extra):
+        outcome = run_sync(index=index_name, fqn=fqn, configuration={"docs": docs, **extra}, **settings)
+        assert outcome["status"] == "completed", outcome.get("error")
+        if fqn == MEMORY:
+            assert index_docs(es, index_name) == expected(docs)
+        return (outcome["index_digests_from_cache"], outcome["indexed_document_count"],
+                outcome["deleted_document_count"], outcome["unchanged_document_count"],
+                outcome.get("index_digests_kept"))
+
+    docs = make_docs(30)
+    # The first sync into an empty index keeps what it wrote as the index's digests ...
+    assert sync(docs) == (0, 30, 0, 0, True)
+    # ... so the next one does not scan; nor does one after changes (3 changed, 4 removed).
+    assert sync(docs) == (1, 0, 0, 30, True)
+    changed = [{**d, "title": "edited", "_timestamp": "2024-06-01T00:00:00+00:00"} for d in docs[:3]]
+    docs = changed + docs[3:26]
+    assert sync(docs, partitions=2) == (1, 3, 4, 23, True)
+    assert sync(docs) == (1, 0, 0, 26, True)
+
+    # Someone else writes: a document the source does not have, and a changed copy of one it
+    # has (same _timestamp). Stale digests would keep both; the index is scanned, both mended.
+    es.index(index=index_name, id="intruder", document={"title": "not from the source"})
+    es.index(index=index_name, id=docs[5]["_id"], document={"title": "overwritten"}, refresh=True)
+    assert sync(docs) == (0, 1, 1, 25, True)
+    assert sync(docs) == (1, 0, 0, 26, True)
+
+    # Written by someone else while the sync runs: its digests are not kept, the next sync scans.
+    assert sync(docs, fqn="tests.test_digest_cache:IntrudingSource", index=index_name)[4] is False
+    assert sync(docs) == (0, 0, 1, 26, True)
+    # A dead-lettered document (too big) leaves the index behind the source: not kept either.
+    big = {"_id": "big", "title": "x" * 5000, "_timestamp": "2024-01-01T00:00:00+00:00"}
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs + [big]}, max_document_bytes=4096,
+                       **settings)
+    assert (outcome["status"], outcome["dead_letters"]["count"], outcome.get("index_digests_kept")) == (
+        "completed", 1, None)
+    assert sync(docs) == (1, 0, 0, 26, True)  # the index did not change: its digests still hold
+    # A source that yields an id twice: not kept (the earlier digests, still the index's, stay).
+    assert sync(docs + docs[:1]) == (1, 0, 0, 27, False)
+    assert sync(docs) == (1, 0, 0, 26, True)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry per index
+    assert list((tmp_path / "work").iterdir()) == []
+
+    # With pipeline.digest_cache off, the index is scanned although its digests are cached.
+    outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs}, digest_cache=False, **settings)
+    assert outcome["status"] == "completed" and outcome["index_digests_from_cache"] == 0
+    assert sync(docs) == (1, 0, 0, 26, True)

@@ -1,0 +1,292 @@
+"""DigestCache: an index's digests kept between syncs, used while nobody else writes to it.
+
+A full sync must know what its content index holds (``ScanIndex``: every ``_id`` and
+``_timestamp``). Reading the whole index for that on every sync is most of a no-change
+resync's time, and load on Elasticsearch. The cache keeps, per content index, digests
+that are known to equal the index's content at one :class:`IndexState`, and a sync uses
+them instead of a scan when the index is still at that state.
+
+What "the index did not change" means is Elasticsearch's business, not a clock's:
+:func:`index_state` reads each concrete index's UUID and, for every primary shard, its
+history UUID and highest sequence number. Every write (index, update, delete, by
+anybody) takes a new sequence number; a restored or recreated index has new UUIDs. A
+state is only used when it is settled: every primary's local and global checkpoints
+equal its highest sequence number (every operation is applied and cannot be rolled back).
+
+Digests get into the cache two ways:
+
+* **a scan** during which the state did not move (read before the scan, the index then
+  refreshed, read again after it): the scan read exactly that state;
+* **a completed sync** (:func:`store_synced`): when it dead-lettered nothing, the index
+  must now hold exactly what the source yielded, whose digests the read recorded
+  (``ReadFromSource(record_digests=...)``). They are kept only if Elasticsearch agrees:
+  the same UUIDs, exactly as many new sequence numbers as the sync's own successful
+  writes and deletes (any write by someone else, or a retried request applied twice,
+  breaks the equality), and as many documents in the index as distinct digests.
+
+So after a first sync, the next no-change resync reads only the source.
+
+Entries are hard links of the digests' two files (copies across file systems) and a
+``state.json``, one entry per index name: storing a new one removes the older, and any
+entry unused for ``MAX_IDLE_DAYS``. A sync links the entry into its own work directory
+before using it, so removing an entry never pulls files from under a running sync. A
+cache that cannot be read or written is skipped with a warning; the sync then scans. It
+never fails a sync.
+
+Example::
+
+    cache = DigestCache("~/.cache/elastic-ingest/index-digests")
+    state = index_state(es, "search-docs")
+    digests = cache.lookup("search-docs", state, into="/tmp/sync-1/digests") if state else None
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transforms.digests import DIGEST_FILES, IndexDigests, IndexDigestsWriter, read_records
+
+__all__ = ["DigestCache", "IndexState", "index_state", "default_cache_dir", "write_state", "read_state",
+           "store_synced", "MAX_IDLE_DAYS"]
+
+_LOGGER = logging.getLogger(__name__)
+#: Part of every key: a release that digests ids or timestamps differently starts afresh.
+_FORMAT = "xxh3-64/iso-utc/1"
+STATE_FILE = "state.json"
+#: An entry neither stored nor used for this long (its index deleted, its connector gone) is removed.
+MAX_IDLE_DAYS = 30
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """Where an index's writes stand (see the module docstring)."""
+
+    #: Changes with every write to the index.
+    key: str
+    #: The indices' and shards' UUIDs: the same as long as only documents change.
+    identity: str
+    #: Sequence numbers used so far, all primary shards together.
+    operations: int
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/elastic-ingest/index-digests`` (``~/.cache/...`` without it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "elastic-ingest", "index-digests")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def index_state(es: Any, index: str) -> IndexState | None:
+    """Where the writes to ``index`` (an index, alias or pattern) stand.
+
+    None when it cannot be known: the index is missing, the credentials lack the
+    ``monitor`` privilege, or some primary has operations in flight.
+    """
+    try:
+        stats = es.indices.stats(
+            index=index, level="shards", metric="docs",
+            filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no,"
+                        "indices.*.shards.*.commit.user_data.history_uuid")
+    except Exception as exc:  # noqa: BLE001 - no state: the index is scanned
+        _LOGGER.debug("no write state for %s: %s", index, exc)
+        return None
+    body = getattr(stats, "body", stats)  # elasticsearch-py's response object, or a dict
+    indices = body.get("indices") if isinstance(body, dict) else None
+    if not isinstance(indices, dict) or not indices:
+        return None
+    identity: list[Any] = [_FORMAT]
+    positions: list[Any] = []
+    operations = 0
+    for name in sorted(indices):
+        entry = indices[name]
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, dict) or not entry.get("uuid"):
+            return None
+        histories = []
+        for number, copies in sorted(shards.items(), key=lambda item: int(item[0])):
+            primary = [c for c in copies or () if (c.get("routing") or {}).get("primary")]
+            if len(primary) != 1:
+                return None  # a primary being relocated or not started: unknown
+            seq = primary[0].get("seq_no") or {}
+            history = ((primary[0].get("commit") or {}).get("user_data") or {}).get("history_uuid")
+            top = seq.get("max_seq_no")
+            if not isinstance(top, int) or history is None or \
+                    not (seq.get("local_checkpoint") == top == seq.get("global_checkpoint")):
+                return None
+            histories.append([int(number), history])
+            positions.append(top)
+            operations += top + 1
+        identity.append([name, entry["uuid"], histories])
+    return IndexState(key=_digest([identity, positions]), identity=_digest(identity), operations=operations)
+
+
+def write_state(directory: str | os.PathLike[str], index: str, state: IndexState, count: int) -> None:
+    """Record in a digests directory that its digests are ``index``'s content at ``state``."""
+    Path(directory, STATE_FILE).write_text(json.dumps({"index": index, "count": count, **asdict(state)}),
+                                           encoding="utf-8")
+
+
+def read_state(directory: str | os.PathLike[str]) -> tuple[str, IndexState, int] | None:
+    """``(index, state, count)`` recorded by :func:`write_state`; None when there is none (or it is damaged)."""
+    try:
+        meta = json.loads(Path(directory, STATE_FILE).read_text(encoding="utf-8"))
+        return (str(meta["index"]), IndexState(str(meta["key"]), str(meta["identity"]), int(meta["operations"])),
+                int(meta["count"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _index_key(index: str) -> str:
+    return hashlib.sha256(index.encode()).hexdigest()[:24]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: a copy
+        shutil.copyfile(source, target)
+
+
+class DigestCache:
+    """Index digests kept in ``root`` between syncs, one entry per index name."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(os.path.expanduser(root))
+
+    def _entry(self, index: str, state: IndexState) -> Path:
+        return self.root / f"{_index_key(index)}-{state.key[:32]}"
+
+    def lookup(self, index: str, state: IndexState, into: str | os.PathLike[str]) -> IndexDigests | None:
+        """The digests stored for ``index`` at ``state``, linked into ``into``; None when none are."""
+        entry = self._entry(index, state)
+        if not (entry / STATE_FILE).exists():
+            return None
+        try:
+            recorded = read_state(entry)
+            if recorded is None:
+                raise ValueError(f"no readable {STATE_FILE}")
+            name, at, count = recorded
+            if name != index or at != state:
+                return None
+            sizes = [(entry / file).stat().st_size for file in DIGEST_FILES]
+            if sizes != [8 * count] * len(DIGEST_FILES):
+                raise ValueError(f"files of {sizes} bytes for {count} digests")
+            target = Path(into)
+            target.mkdir(parents=True, exist_ok=True)
+            for file in (*DIGEST_FILES, STATE_FILE):
+                _link_or_copy(entry / file, target / file)
+            os.utime(entry / STATE_FILE)  # in use: not pruned
+        except (OSError, ValueError) as exc:
+            _LOGGER.warning("index digests cache: entry %s unusable (%s); scanning the index", entry, exc)
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        return IndexDigests(count=count, directory=str(target))
+
+    def store(self, index: str, state: IndexState, digests: IndexDigests) -> bool:
+        """Keep ``digests`` (written to files) as ``index`` at ``state``; drop older entries. True if kept."""
+        if digests.directory is None:
+            return False
+        entry = self._entry(index, state)
+        staging = self.root / f".staging-{uuid.uuid4().hex}"
+        try:
+            staging.mkdir(parents=True, mode=0o700)
+            for file in DIGEST_FILES:
+                _link_or_copy(Path(digests.directory) / file, staging / file)
+            write_state(staging, index, state, digests.count)
+            try:
+                os.rename(staging, entry)
+            except OSError:  # the same entry exists already (another sync stored it)
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError as exc:
+            _LOGGER.warning("index digests cache %s: cannot store %s (%s); the next sync scans it",
+                            self.root, index, exc.strerror or exc)
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        prefix, idle_since = f"{_index_key(index)}-", time.time() - MAX_IDLE_DAYS * 86400
+        for other in self.root.iterdir():
+            if other == entry:
+                continue
+            if other.name.startswith(prefix) or _last_used(other) < idle_since:
+                shutil.rmtree(other, ignore_errors=True)
+        return True
+
+
+def _last_used(entry: Path) -> float:
+    try:
+        return (entry / STATE_FILE).stat().st_mtime
+    except OSError:
+        return 0.0 if not entry.name.startswith(".staging-") else time.time()  # another sync's staging
+
+
+def _pipeline_rewrites(es: Any, index: str) -> bool:
+    """Whether the index runs an ingest pipeline of its own (``index.default_pipeline`` or
+    ``index.final_pipeline``), which may change what was sent; True when unknown."""
+    try:
+        found = es.indices.get_settings(index=index, name="index.default_pipeline,index.final_pipeline",
+                                        flat_settings=True)
+        body = getattr(found, "body", found)
+        return any(value not in (None, "", "_none") for entry in body.values()
+                   for value in (entry.get("settings") or {}).values())
+    except Exception as exc:  # noqa: BLE001
+        _LOGGER.debug("index %s: settings unreadable: %s", index, exc)
+        return True
+
+
+def _has_duplicates(ids: np.ndarray) -> bool:
+    for start in range(0, len(ids), _CHUNK):
+        window = ids[start:start + _CHUNK + 1]
+        if np.any(window[1:] == window[:-1]):
+            return True
+    return False
+
+
+def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState, records: list[Path],
+                 work_dir: str | os.PathLike[str], writes: int) -> bool:
+    """After a completed sync that dead-lettered nothing, keep what its read recorded as the index's digests.
+
+    ``before``: the state the sync's digests of the index were taken at (or the empty
+    index's); ``records``: the read's record files (:func:`~transforms.digests.read_records`);
+    ``writes``: the sync's successful index and delete operations. True if stored.
+    """
+    if _pipeline_rewrites(es, index):
+        _LOGGER.info("index %s: an ingest pipeline may change ids or timestamps: its digests are not kept", index)
+        return False
+    after = index_state(es, index)
+    if after is None or after.identity != before.identity or after.operations - before.operations != writes:
+        _LOGGER.info("index %s: written by others during the sync (or a request applied twice): its digests "
+                     "are not kept; the next sync scans it", index)
+        return False
+    writer = IndexDigestsWriter(Path(work_dir) / f"synced-digests-{uuid.uuid4().hex}")
+    try:
+        for path in records:
+            for chunk in read_records(path, _CHUNK):
+                writer.add(chunk["id"], chunk["stamp"])
+    except BaseException:
+        writer.abort()
+        raise
+    digests = writer.finish()
+    if _has_duplicates(digests.ids):
+        _LOGGER.info("index %s: the source yielded an id more than once; its digests are not kept", index)
+        return False
+    es.indices.refresh(index=index)
+    count = int(es.count(index=index)["count"])
+    if count != digests.count or index_state(es, index) != after:
+        _LOGGER.info("index %s: %d documents but %d distinct ids read; its digests are not kept", index, count,
+                     digests.count)
+        return False
+    return cache.store(index, after, digests)
