@@ -197,6 +197,11 @@ class DigestCache:
             return None
         return IndexDigests(count=count, directory=str(target))
 
+    def holds(self, index: str, state: IndexState) -> bool:
+        """Whether an entry for ``index`` at ``state`` is stored."""
+        recorded = read_state(self._entry(index, state))
+        return recorded is not None and recorded[:2] == (index, state)
+
     def store(self, index: str, state: IndexState, digests: IndexDigests) -> bool:
         """Keep ``digests`` (written to files) as ``index`` at ``state``; drop older entries. True if kept."""
         if digests.directory is None:
@@ -267,6 +272,8 @@ def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState,
         _LOGGER.info("index %s: an ingest pipeline may change ids or timestamps: its digests are not kept", index)
         return False
     after = index_state(es, index)
+    if after is not None and after == before and cache.holds(index, after):
+        return True  # nothing written, and the digests the sync started from are kept already
     if after is None or after.identity != before.identity or after.operations - before.operations != writes:
         _LOGGER.info("index %s: written by others during the sync (or a request applied twice): its digests "
                      "are not kept; the next sync scans it", index)
