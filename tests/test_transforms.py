@@ -219,6 +219,13 @@ def test_index_digests_when_written_on_disk_in_pages_then_the_same_as_in_memory_
             writer.add(id_digests(ids[start:start + 7_000]), stamps[start:start + 7_000])
     on_disk, in_memory = (writer.finish() for writer in writers)
     assert np.array_equal(on_disk.ids, in_memory.ids) and np.array_equal(on_disk.stamps, in_memory.stamps)
+    assert [writer.duplicates for writer in writers] == [0, 0]
+    # ids added twice are counted, on disk as in memory (equal ids share a bucket)
+    twice = [IndexDigestsWriter(tmp_path / "twice"), IndexDigestsWriter(None)]
+    for writer in twice:
+        writer.add(id_digests(ids[:1000]), stamps[:1000])
+        writer.add(id_digests(ids[990:1200] + ids[:3]), stamps[:213])
+    assert [(len(w.finish()), w.duplicates) for w in twice] == [(1213, 13), (1213, 13)]
     assert len(np.unique(on_disk.ids)) == len(ids)
     probe = id_digests(["doc-0", "doc-49999", "absent"])
     assert on_disk.stamps[on_disk.positions(probe)[:2]].tolist() == [1, 50_000]

@@ -53,8 +53,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from transforms.digests import DIGEST_FILES, IndexDigests, IndexDigestsWriter, read_records
 
 __all__ = ["DigestCache", "IndexState", "index_state", "default_cache_dir", "write_state", "read_state",
@@ -66,7 +64,7 @@ _FORMAT = "xxh3-64/iso-utc/1"
 STATE_FILE = "state.json"
 #: An entry neither stored nor used for this long (its index deleted, its connector gone) is removed.
 MAX_IDLE_DAYS = 30
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # records read at once when the read's digests are sorted
 
 
 @dataclass(frozen=True)
@@ -252,14 +250,6 @@ def _pipeline_rewrites(es: Any, index: str) -> bool:
         return True
 
 
-def _has_duplicates(ids: np.ndarray) -> bool:
-    for start in range(0, len(ids), _CHUNK):
-        window = ids[start:start + _CHUNK + 1]
-        if np.any(window[1:] == window[:-1]):
-            return True
-    return False
-
-
 def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState, records: list[Path],
                  work_dir: str | os.PathLike[str], writes: int) -> bool:
     """After a completed sync that dead-lettered nothing, keep what its read recorded as the index's digests.
@@ -287,7 +277,7 @@ def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState,
         writer.abort()
         raise
     digests = writer.finish()
-    if _has_duplicates(digests.ids):
+    if writer.duplicates:
         _LOGGER.info("index %s: the source yielded an id more than once; its digests are not kept", index)
         return False
     es.indices.refresh(index=index)

@@ -194,6 +194,8 @@ class IndexDigestsWriter:
     def __init__(self, directory: str | os.PathLike[str] | None):
         self.directory = None if directory is None else Path(directory)
         self.count = 0
+        #: Ids added more than once (counted by :meth:`finish`).
+        self.duplicates = 0
         self._pages: list[np.ndarray] = []
         self._buckets: dict[int, Any] = {}
         if self.directory is not None:
@@ -224,6 +226,7 @@ class IndexDigestsWriter:
             records = np.concatenate([np.zeros(0, dtype=_RECORD), *self._pages])
             self._pages.clear()
             records.sort(order="id")
+            self.duplicates = _repeats(records["id"])
             return IndexDigests(count=len(records), arrays=(records["id"].copy(), records["stamp"].copy()))
         ids_path, stamps_path = (self.directory / name for name in DIGEST_FILES)
         with open(ids_path, "wb") as ids, open(stamps_path, "wb") as stamps:
@@ -232,6 +235,7 @@ class IndexDigestsWriter:
                 path = self.directory / f"bucket-{bucket:03d}"
                 records = np.fromfile(path, dtype=_RECORD)
                 records = records[np.argsort(records["id"])]
+                self.duplicates += _repeats(records["id"])  # equal ids share a bucket
                 np.ascontiguousarray(records["id"]).tofile(ids)
                 np.ascontiguousarray(records["stamp"]).tofile(stamps)
                 path.unlink()
@@ -245,6 +249,10 @@ class IndexDigestsWriter:
             (self.directory / f"bucket-{bucket:03d}").unlink(missing_ok=True)  # type: ignore[operator]
         self._buckets.clear()
         self._pages.clear()
+
+
+def _repeats(sorted_ids: np.ndarray) -> int:
+    return int(np.count_nonzero(sorted_ids[1:] == sorted_ids[:-1])) if len(sorted_ids) > 1 else 0
 
 
 # -- what the source yielded --------------------------------------------------------------
