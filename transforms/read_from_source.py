@@ -19,7 +19,9 @@ Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content down
 ``_id`` normalized), ``seen`` (one packed bitmap per bundle, a bit per indexed document,
 set when the source yielded it and the sync rules kept it, for
 :class:`~transforms.find_deletions.FindDeletions`; only with ``track_seen``) and
-``dead_letters``. Any read failure fails the pipeline, and so no deletion is made.
+``dead_letters``. Any read failure fails the pipeline, and so no deletion is made. With
+``record_digests``, the id and ``_timestamp`` digests of every document read are also
+written to files there (for the digest cache, after a clean sync).
 
 Example usage::
 

@@ -11,10 +11,10 @@ memory holds a few pages, whatever the index's size.
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
 
-With ``cache_dir`` (and ``work_dir``), an index nobody wrote to since an earlier scan is
-not read again: that scan's digests, kept in a
-:class:`~transforms.digest_cache.DigestCache`, are used (counter
-``index_digests_from_cache``), and a scan during which nothing was written is kept there.
+With ``cache_dir`` (and ``work_dir``), an index nobody wrote to since its digests were
+kept in the :class:`~transforms.digest_cache.DigestCache` (by a clean sync, or by a scan)
+is not read again: the kept digests are used (counter ``index_digests_from_cache``). A
+scan during which nothing was written is kept there.
 
 Example usage::
 
