@@ -40,7 +40,7 @@ from sources.errors import ConfigError, SourceConfigError, SourceUnavailable, To
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
 from transforms.dead_letter import dead_letter_folder
-from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, read_state, store_synced
+from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, started_from, store_synced
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import read_job_record
@@ -167,13 +167,9 @@ def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, coun
     optimization, and the sync is complete already.
     """
     try:
-        if empty_at is not None:
-            before = empty_at
-        else:
-            states = {read_state(path) for path in Path(work_dir).glob("index-digests-*")}
-            if len(states) != 1 or None in states:  # no scan at a known state (or two different ones)
-                return False
-            before = next(iter(states))[1]  # type: ignore[index]
+        before = empty_at or started_from(work_dir)
+        if before is None:
+            return False
         records = sorted(Path(read_digests_dir(work_dir)).glob("*.rec"))
         writes = counts.get("indexed_document_count", 0) + counts.get("deleted_document_count", 0)
         kept = store_synced(DigestCache(cache_dir), es, index, before=before, records=records, work_dir=work_dir,

@@ -53,15 +53,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from transforms.content_index import count_documents
 from transforms.digests import DIGEST_FILES, IndexDigests, IndexDigestsWriter, read_records
 
 __all__ = ["DigestCache", "IndexState", "index_state", "default_cache_dir", "write_state", "read_state",
-           "store_synced", "MAX_IDLE_DAYS"]
+           "started_from", "store_synced", "INDEX_DIGESTS_PREFIX", "MAX_IDLE_DAYS"]
 
 _LOGGER = logging.getLogger(__name__)
 #: Part of every key: a release that digests ids or timestamps differently starts afresh.
 _FORMAT = "xxh3-64/iso-utc/1"
 STATE_FILE = "state.json"
+#: The directories a sync's digests of its index are kept in, under its work directory.
+INDEX_DIGESTS_PREFIX = "index-digests-"
 #: An entry neither stored nor used for this long (its index deleted, its connector gone) is removed.
 MAX_IDLE_DAYS = 30
 _CHUNK = 1 << 20  # records read at once when the read's digests are sorted
@@ -147,6 +150,17 @@ def read_state(directory: str | os.PathLike[str]) -> tuple[str, IndexState, int]
                 int(meta["count"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def started_from(work_dir: str | os.PathLike[str]) -> IndexState | None:
+    """The state of the index digests a sync used (its scan's or the cache's), from its work directory.
+
+    None when there were none at a known state, or more than one state (a retried scan).
+    """
+    states = {read_state(path) for path in Path(work_dir).glob(f"{INDEX_DIGESTS_PREFIX}*")}
+    if len(states) != 1 or None in states:
+        return None
+    return next(iter(states))[1]  # type: ignore[index]
 
 
 def _index_key(index: str) -> str:
@@ -280,8 +294,7 @@ def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState,
     if writer.duplicates:
         _LOGGER.info("index %s: the source yielded an id more than once; its digests are not kept", index)
         return False
-    es.indices.refresh(index=index)
-    count = int(es.count(index=index)["count"])
+    count = count_documents(es, index)
     if count != digests.count or index_state(es, index) != after:
         _LOGGER.info("index %s: %d documents but %d distinct ids read; its digests are not kept", index, count,
                      digests.count)

@@ -37,7 +37,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from elasticsearch import NotFoundError
 
-from transforms.digest_cache import DigestCache, index_state, write_state
+from transforms.digest_cache import INDEX_DIGESTS_PREFIX, DigestCache, index_state, write_state
 from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
 from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
@@ -137,10 +137,17 @@ class _DigestIndexFn(beam.DoFn):
         self.from_cache = Metrics.counter("elastic_ingest", "index_digests_from_cache")
 
     def process(self, _: Any) -> Iterator[IndexDigests]:
-        directory = None if self.work_dir is None else os.path.join(self.work_dir, f"index-digests-{uuid.uuid4().hex}")
-        cache = state = None
-        if self.cache_dir is not None and directory is not None:
-            cache, es = DigestCache(self.cache_dir), self.conn.client()
+        if self.work_dir is None:
+            yield self._scan(None)
+        else:
+            directory = os.path.join(self.work_dir, f"{INDEX_DIGESTS_PREFIX}{uuid.uuid4().hex}")
+            yield self._scan(directory) if self.cache_dir is None else self._cached_or_scan(directory)
+
+    def _cached_or_scan(self, directory: str) -> IndexDigests:
+        """The cached digests while the index is at their state; else a scan, kept when the index did not move."""
+        cache, es = DigestCache(self.cache_dir), self.conn.client()
+        try:
+            state = None
             try:
                 state = index_state(es, self.index)
                 if state is not None:
@@ -149,24 +156,18 @@ class _DigestIndexFn(beam.DoFn):
                         _LOGGER.info("index %s: not written since its digests were cached (%d documents); "
                                      "not scanned", self.index, cached.count)
                         self.from_cache.inc()
-                        yield cached
-                        return
+                        return cached
                     es.indices.refresh(index=self.index)  # the scan then sees every write of `state`
             except Exception as exc:  # noqa: BLE001 - the cache is an optimization: scan
                 _LOGGER.debug("index %s: digests cache not used: %s", self.index, exc)
                 state = None
-            finally:
-                es.close()
-        digests = self._scan(directory)
-        if state is not None and cache is not None and directory is not None:
-            es = self.conn.client()
-            try:
-                if index_state(es, self.index) == state:  # nothing written while it was scanned
-                    write_state(directory, self.index, state, digests.count)  # what the sync's end builds on
-                    cache.store(self.index, state, digests)
-            finally:
-                es.close()
-        yield digests
+            digests = self._scan(directory)
+            if state is not None and index_state(es, self.index) == state:  # nothing written meanwhile
+                write_state(directory, self.index, state, digests.count)  # what the sync's end builds on
+                cache.store(self.index, state, digests)
+            return digests
+        finally:
+            es.close()
 
     def _scan(self, directory: str | None) -> IndexDigests:
         writer = IndexDigestsWriter(directory)
