@@ -1,7 +1,7 @@
 """Writes against an overloaded Elasticsearch: 429s are retried until every document lands.
 
 A second node is started for this module with one write thread and a write queue of one
-(``scripts/elasticsearch`` with ``ES_PORT=9201`` and ``ES_SETTINGS``), and stopped at the
+(``scripts/elasticsearch`` with ``ES_PORT=$OVERLOAD_ES_PORT``, default 9201, and ``ES_SETTINGS``), and stopped at the
 end. Several ``_bulk`` requests in flight make it reject work with 429 (whole requests or
 single items); the sync must retry exactly those and end with every document indexed and
 exact counters. The sync runs on the local runner's ``multi_processing`` mode (two SDK
@@ -21,7 +21,7 @@ from tests.helpers import skip_or_fail, REPO, es_client, index_docs, run_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PORT = "9201"
+PORT = os.environ.get("OVERLOAD_ES_PORT", "9201")
 URL = f"http://127.0.0.1:{PORT}"
 
 
