@@ -346,7 +346,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors
