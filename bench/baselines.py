@@ -84,7 +84,7 @@ def settle(es: Any, *, timeout: float = 180.0, quiet: float = 3.0) -> float:
 
 def fresh_index(es: Any, index: str) -> None:
     es.indices.delete(index=index, ignore_unavailable=True)
-    ensure_content_index(es, index)
+    ensure_content_index(es, index, {"number_of_replicas": 0})  # as bench.ours configures the service
     es.cluster.health(index=index, wait_for_status="green", timeout="60s")
 
 

@@ -47,8 +47,10 @@ class Service:
             "service": {"idling": 0.5, "heartbeat": 300, "job_progress_interval": 5, "cancel_check_interval": 2,
                         "max_concurrent_syncs": 1, "connector_ids": list(connector_ids)},
             "sources": {"synthetic": SOURCE_FQN},
+            # One benchmark node: no replica (the baselines' indices are created the same way).
             "pipeline": {"dead_letters": str(self.workdir / "dead_letters"),
-                         "digest_cache_dir": str(self.workdir / "index-digests"), **pipeline},
+                         "digest_cache_dir": str(self.workdir / "index-digests"),
+                         "content_index": {"number_of_replicas": 0}, **pipeline},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self.process: subprocess.Popen | None = None

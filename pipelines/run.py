@@ -212,7 +212,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             outcome.update(_job_counters({}), status="completed", sync_cursor=cursor,
                            dead_letters={"count": 0, "location": dead_letter_folder(settings.dead_letters, job.job_id)})
             return outcome
-        ensure_content_index(es, job.index_name)
+        ensure_content_index(es, job.index_name, settings.content_index.model_dump())
         if job.ingest_pipeline and not ingest_pipeline_exists(es, job.ingest_pipeline):
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
             job.ingest_pipeline = None
@@ -346,7 +346,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors

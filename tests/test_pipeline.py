@@ -328,3 +328,30 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
                       | beam.Map(lambda ids, d: seen_bitmaps(d, ids), d=beam.pvalue.AsSingleton(indexed)))
         assert_that(p | FindDeletions(conn, index_name, seen=everything, indexed=indexed), equal_to([]))
     IndexDigests.release(str(tmp_path))
+
+
+def test_content_index_when_created_then_shards_and_replicas_are_the_clusters_unless_configured(es, index_name):
+    # An index template stands for the cluster's defaults: the sync must not override it.
+    template = f"defaults-{index_name}"
+    es.indices.put_index_template(name=template, index_patterns=[f"{index_name}*"], priority=1000,
+                                  template={"settings": {"number_of_replicas": 2}})
+    sized = f"{index_name}-sized"
+    try:
+        docs = make_docs(3)
+        assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+        assert run_sync(index=sized, fqn=MEMORY, configuration={"docs": docs},
+                        content_index={"number_of_shards": 2})["status"] == "completed"
+        created = es.indices.get_settings(index=f"{index_name},{sized}")
+        assert created[index_name]["settings"]["index"]["number_of_replicas"] == "2"
+        assert created[index_name]["settings"]["index"]["number_of_shards"] == "1"
+        assert created[sized]["settings"]["index"]["number_of_shards"] == "2"
+        assert created[sized]["settings"]["index"]["number_of_replicas"] == "2"
+        # The progress index too is created with the cluster's replicas, not 0.
+        es.indices.delete(index=PROGRESS_INDEX, ignore_unavailable=True)
+        assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": make_docs(4)})["status"] == "completed"
+        progress = es.indices.get_settings(index=PROGRESS_INDEX, expand_wildcards="all")[PROGRESS_INDEX]
+        assert progress["settings"]["index"]["number_of_replicas"] == "1"
+        assert progress["settings"]["index"]["hidden"] == "true"
+    finally:
+        es.indices.delete_index_template(name=template)
+        es.indices.delete(index=sized, ignore_unavailable=True)

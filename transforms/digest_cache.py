@@ -101,7 +101,7 @@ def index_state(es: Any, index: str) -> IndexState | None:
     try:
         stats = es.indices.stats(
             index=index, level="shards", metric="docs",
-            filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no,"
+            filter_path="_shards,indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no,"
                         "indices.*.shards.*.commit.user_data.history_uuid")
     except Exception as exc:  # noqa: BLE001 - no state: the index is scanned
         _LOGGER.debug("no write state for %s: %s", index, exc)
@@ -110,6 +110,8 @@ def index_state(es: Any, index: str) -> IndexState | None:
     indices = body.get("indices") if isinstance(body, dict) else None
     if not isinstance(indices, dict) or not indices:
         return None
+    if (body.get("_shards") or {}).get("failed"):
+        return None  # a shard copy failed to answer: its writes are unknown
     identity: list[Any] = [_FORMAT]
     positions: list[Any] = []
     operations = 0

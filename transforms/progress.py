@@ -32,7 +32,7 @@ def _ensure_index(es: Elasticsearch) -> None:
         try:
             es.indices.create(
                 index=PROGRESS_INDEX,
-                settings={"index": {"hidden": True, "number_of_replicas": 0, "refresh_interval": "1s"}},
+                settings={"index": {"hidden": True, "refresh_interval": "1s"}},  # shards, replicas: the cluster's
                 mappings={"dynamic": False, "properties": {"job_id": {"type": "keyword"}}},
             )
         except Exception as exc:  # noqa: BLE001 - created concurrently by another worker
