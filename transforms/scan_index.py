@@ -18,7 +18,7 @@ it and nothing is cached.
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
 
-With ``cache_dir`` (and ``work_dir``), an index nobody wrote to since its digests were
+With ``cache`` (and ``work_dir``), an index nobody wrote to since its digests were
 kept in the :class:`~transforms.digest_cache.DigestCache` (by a clean sync, or by a scan)
 is not read again: the kept digests are used (counter ``index_digests_from_cache``). A
 scan during which nothing was written is kept there.
@@ -26,7 +26,7 @@ scan during which nothing was written is kept there.
 Example usage::
 
     indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1",
-                            cache_dir="~/.cache/elastic-ingest/index-digests")  # one IndexDigests
+                            cache=DigestCache("~/.cache/elastic-ingest/index-digests"))  # one IndexDigests
 """
 
 from __future__ import annotations
@@ -213,27 +213,34 @@ def scan_pages(conn: ElasticsearchConnection, index: str, *, slices: int = 2, so
 
 class _DigestIndexFn(beam.DoFn):
     def __init__(self, conn: ElasticsearchConnection, index: str, slices: int, work_dir: str | None,
-                 cache_dir: str | None):
+                 cache: DigestCache | None):
         self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
-        self.cache_dir = cache_dir if work_dir is not None else None
+        self.cache = cache if work_dir is not None else None
         self.from_cache = Metrics.counter("elastic_ingest", "index_digests_from_cache")
+
+    def _fresh_directory(self) -> str:
+        return os.path.join(self.work_dir, f"{INDEX_DIGESTS_PREFIX}{uuid.uuid4().hex}")  # type: ignore[arg-type]
 
     def process(self, _: Any) -> Iterator[IndexDigests]:
         if self.work_dir is None:
             yield self._scan(None)
         else:
-            directory = os.path.join(self.work_dir, f"{INDEX_DIGESTS_PREFIX}{uuid.uuid4().hex}")
-            yield self._scan(directory) if self.cache_dir is None else self._cached_or_scan(directory)
+            yield self._scan(self._fresh_directory()) if self.cache is None else self._cached_or_scan()
 
-    def _cached_or_scan(self, directory: str) -> IndexDigests:
-        """The cached digests while the index is at their state; else a scan, kept when the index did not move."""
-        cache, es = DigestCache(self.cache_dir), self.conn.client()
+    def _cached_or_scan(self) -> IndexDigests:
+        """The cached digests while the index is at their state; else a scan, kept when the index did not move.
+
+        The scan writes into a directory of its own, never into one a lookup linked
+        cache files into.
+        """
+        cache, es = self.cache, self.conn.client()
+        assert cache is not None
         try:
             state = None
             try:
                 state = index_state(es, self.index)
                 if state is not None:
-                    cached = cache.lookup(self.index, state, into=directory)
+                    cached = cache.lookup(self.index, state, into=self._fresh_directory())
                     if cached is not None:
                         _LOGGER.info("index %s: not written since its digests were cached (%d documents); "
                                      "not scanned", self.index, cached.count)
@@ -243,6 +250,7 @@ class _DigestIndexFn(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - the cache is an optimization: scan
                 _LOGGER.debug("index %s: digests cache not used: %s", self.index, exc)
                 state = None
+            directory = self._fresh_directory()
             digests = self._scan(directory)
             if state is not None and index_state(es, self.index) == state:  # nothing written meanwhile
                 write_state(directory, self.index, state, digests.count)  # what the sync's end builds on
@@ -274,15 +282,15 @@ class ScanIndex(beam.PTransform):
     """
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, slices: int = 2, work_dir: str | None = None,
-                 cache_dir: str | None = None):
+                 cache: DigestCache | None = None):
         super().__init__()
         if slices < 1:
             raise ValueError("ScanIndex: slices must be positive")
-        self.conn, self.index, self.slices, self.work_dir, self.cache_dir = conn, index, slices, work_dir, cache_dir
+        self.conn, self.index, self.slices, self.work_dir, self.cache = conn, index, slices, work_dir, cache
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
             | "Start" >> beam.Create([None])
-            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices, self.work_dir, self.cache_dir))
+            | "Scan" >> beam.ParDo(_DigestIndexFn(self.conn, self.index, self.slices, self.work_dir, self.cache))
         )
