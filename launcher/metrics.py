@@ -1,7 +1,9 @@
 """The daemon's health endpoint and Prometheus metrics, on ``service.metrics_address``.
 
 ``GET /healthz`` answers 200 ``ok`` while polls succeed, 503 when the last successful poll
-is older than three polling intervals plus a minute (or none succeeded yet);
+is older than three polling intervals plus a minute (or none succeeded yet), and 503 with
+the reason while the protocol's indices cannot work (e.g. a field mapped with the wrong
+type by another client: see :func:`launcher.indices.check_mappings`);
 ``GET /metrics`` is the Prometheus text exposition. Loopback by default: bind elsewhere
 only on purpose (the endpoint has no authentication; it exposes counts, never secrets).
 
@@ -50,7 +52,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 __all__ = ["serve_metrics", "MetricsServer", "JobMetrics"]
 
 _LOGGER = logging.getLogger(__name__)
-_JOBS_INDEX = ".elastic-connectors-sync-jobs"
 
 
 class MetricsServer:
@@ -150,19 +151,12 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
 
     def collect_jobs() -> None:
         try:
-            result = daemon.es.search(index=_JOBS_INDEX, size=0, aggs={
-                "status": {"terms": {"field": "status", "size": 20}},
-                "indexed": {"sum": {"field": "indexed_document_count"}}})
+            counts, indexed = daemon.store.job_totals()
         except Exception:  # noqa: BLE001 - scraped again later
             return
-        seen = set()
-        for bucket in result["aggregations"]["status"]["buckets"]:
-            jobs.labels(status=bucket["key"]).set(bucket["doc_count"])
-            seen.add(bucket["key"])
-        for status in ("pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error"):
-            if status not in seen:
-                jobs.labels(status=status).set(0)
-        docs.set(result["aggregations"]["indexed"]["value"] or 0)
+        for status in {*counts, "pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error"}:
+            jobs.labels(status=status).set(counts.get(status, 0))
+        docs.set(indexed)
 
     return registry, job_metrics, collect_jobs
 
@@ -179,8 +173,11 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 last = daemon.last_successful_poll
-                ok = last is not None and time.time() - last < stale_after
-                body = b"ok\n" if ok else b"no successful poll recently\n"
+                problems = list(getattr(daemon, "store_problems", None) or [])
+                ok = last is not None and time.time() - last < stale_after and not problems
+                body = (b"ok\n" if ok else
+                        ("cannot serve connectors:\n" + "\n".join(problems) + "\n").encode() if problems else
+                        b"no successful poll recently\n")
                 self._reply(200 if ok else 503, body, "text/plain; charset=utf-8")
             elif path == "/metrics":
                 collect_jobs()

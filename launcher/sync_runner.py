@@ -45,9 +45,9 @@ from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
 from launcher.counters import Counters
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
-    update_job,
+    FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
+from launcher.store import ConnectorStore, as_store
 from pipelines.job import SyncJob
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
@@ -61,6 +61,10 @@ _LOGGER = logging.getLogger(__name__)
 def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     """The SyncJob for a claimed job; raises a ConnectorError subclass for a bad document."""
     job = claim.job
+    problems = connector_problems(claim.connector.doc) if claim.connector.doc else []
+    if problems:
+        raise ConnectorError("the connector cannot sync until its document is fixed: " + "; ".join(problems),
+                             claim.connector.id)
     snapshot = job.doc.get("connector") or {}
     if not isinstance(snapshot, dict):
         raise ConnectorError(f"connector: expected an object, got {type(snapshot).__name__}", claim.connector.id)
@@ -119,7 +123,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
         },
         ingest_pipeline=pipeline.get("name") or None,
-        sync_cursor=snapshot.get("sync_cursor") if job.job_type == "incremental" else None,
+        sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
     )
 
@@ -127,10 +131,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
 class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
-    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None):
+    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
+                 store: ConnectorStore | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
-        self.es = es
+        self.es = es  # the content index and the progress records
+        self.store = store or as_store(es)  # the connector and the job
         self.claim = claim
         self.job_id = claim.job.id
         self.connector_id = claim.connector.id
@@ -266,14 +272,14 @@ class SyncRunner(threading.Thread):
     # -- job document --------------------------------------------------------------
     def _check_job(self) -> tuple[bool, str | None, str | None]:
         """(canceling?, why the job is gone, why it is no longer ours)."""
-        job = get_job(self.es, self.job_id)
+        job = self.store.get_job(self.job_id)
         if job is None:
             return False, "the job was deleted while it ran", None
         if job.status in FINAL_STATUSES or job.status in ("pending", "suspended"):
             return False, None, f"the job became {job.status} while it ran here"
         if job.doc.get("worker_hostname") not in (None, self.claim.job.doc.get("worker_hostname")):
             return False, None, f"the job was claimed by {job.doc.get('worker_hostname')}"
-        connector = get_connector(self.es, self.connector_id)
+        connector = self.store.get_connector(self.connector_id)
         if connector is None or connector.get("deleted"):
             return False, "the connector was deleted while the job ran", None
         return job.status == "canceling", None, None
@@ -320,9 +326,8 @@ class SyncRunner(threading.Thread):
     def _write_progress(self) -> None:
         run = Counters.of_progress(read_progress(self.es, self.job_id))
         counters, metadata = self._job_counters(run)
-        metadata["dead_letters"].pop("count")  # counted when the run ends
         try:
-            update_job(self.es, self.job_id, {**counters, "last_seen": now_iso(), "metadata": metadata})
+            self.store.job_stats(self.job_id, counters, metadata=metadata)
         except NotFoundError:
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
@@ -379,7 +384,7 @@ class SyncRunner(threading.Thread):
             counters, metadata = self._job_counters(run)
             if total is not None:
                 counters["total_document_count"] = total
-        finish_job(self.es, self.job_id, self.connector_id or None, status, counters=counters, error=error,
+        finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
                    sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type,
                    previous_sync_status=self.claim.connector.get("last_sync_status"))
         self.final_status, self.run_counters = status, run
@@ -395,8 +400,7 @@ class SyncRunner(threading.Thread):
         if total is not None:
             counters["total_document_count"] = total
         try:
-            update_job(self.es, self.job_id, {**counters, "metadata": metadata, "status": "suspended",
-                                              "last_seen": now_iso()})
+            self.store.end_job(self.job_id, "suspended", {**counters, "metadata": metadata, "last_seen": now_iso()})
         except NotFoundError:
             pass
         self.run_counters = run
@@ -404,7 +408,7 @@ class SyncRunner(threading.Thread):
         try:
             released = ("suspended" if self.claim.job.job_type != "access_control"
                         else self.claim.connector.get("last_sync_status"))
-            update_connector(self.es, self.connector_id, {"last_sync_status": released})
+            self.store.update_connector(self.connector_id, {"last_sync_status": released})
         except NotFoundError:
             pass
         _LOGGER.info("job %s: suspended %s", self.job_id, json.dumps(counters, sort_keys=True))

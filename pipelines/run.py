@@ -163,7 +163,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
         _remove_work_dir(path)
 
 
-def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, counts: dict[str, int],
+def _keep_index_digests(es: Any, index: str, cache: DigestCache, work_dir: str, counts: dict[str, int],
                         empty_at: IndexState | None) -> bool:
     """After a clean full sync: keep what it read as the index's digests, for the next sync.
 
@@ -177,8 +177,7 @@ def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, coun
             return False
         records = sorted(Path(read_digests_dir(work_dir)).glob("*.rec"))
         writes = counts.get("indexed_document_count", 0) + counts.get("deleted_document_count", 0)
-        kept = store_synced(DigestCache(cache_dir), es, index, before=before, records=records, work_dir=work_dir,
-                            writes=writes)
+        kept = store_synced(cache, es, index, before=before, records=records, work_dir=work_dir, writes=writes)
     except Exception as exc:  # noqa: BLE001
         _LOGGER.warning("index %s: its digests could not be kept for the next sync: %s", index, format_error(exc))
         return False
@@ -187,10 +186,11 @@ def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, coun
     return kept
 
 
-def _cache_dir(settings: PipelineConfig) -> str | None:
+def _digest_cache(settings: PipelineConfig) -> DigestCache | None:
     if not settings.digest_cache:
         return None
-    return os.path.expanduser(settings.digest_cache_dir or default_cache_dir())
+    return DigestCache(os.path.expanduser(settings.digest_cache_dir or default_cache_dir()),
+                       max_bytes=settings.digest_cache_max_bytes)
 
 
 def _remove_work_dir(path: str) -> None:
@@ -223,16 +223,16 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
-        cache_dir = _cache_dir(settings) if job.job_type == "full" else None
-        state = index_state(es, job.index_name) if cache_dir else None
+        cache = _digest_cache(settings) if job.job_type == "full" else None
+        state = index_state(es, job.index_name) if cache is not None else None
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         # An empty index at a known state: what the sync writes will be all it holds.
         empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
         with _work_dir(settings, job.job_id, work_root) as work_dir:
-            cache_dir = cache_dir if work_dir else None
+            cache = cache if work_dir else None
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
-                                           index_empty=index_empty, work_dir=work_dir, cache_dir=cache_dir)
+                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache)
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -242,9 +242,9 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             finally:
                 _RUNNING.pop(job.job_id, None)
             counts = _counters(result)
-            if cache_dir and work_dir and not counts.get("dead_letters") and not job.ingest_pipeline:
+            if cache is not None and work_dir and not counts.get("dead_letters") and not job.ingest_pipeline:
                 # A clean sync (nothing dead-lettered: it cannot fail from here on).
-                outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache_dir, work_dir, counts,
+                outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache, work_dir, counts,
                                                                     empty_at)
         if job.job_type == "incremental":
             cursor = _new_cursor(es, job)
@@ -364,7 +364,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors

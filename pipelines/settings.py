@@ -88,6 +88,8 @@ class PipelineConfig(_Section):
     digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
                                                  "of an index nobody wrote to since (local runners)")
     digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")
+    digest_cache_max_bytes: int = Field(4 * 1024**3, ge=1, description="the digest cache's size on disk at most "
+                                        "(16 bytes per indexed document); least recently used entries go first")
     extract_text: bool = True
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     dataflow: DataflowConfig = Field(default_factory=DataflowConfig)
