@@ -63,8 +63,14 @@ class Counters:
 
     @classmethod
     def carried(cls, job: Mapping[str, Any]) -> "Counters":
-        """The counters of the job's earlier runs, from its document (all 0 for a new job)."""
+        """The counters of the job's earlier runs, from its document.
+
+        All 0 for a new job, and for one whose earlier runs were not ours (no
+        ``metadata.runs``: Elastic's service, say, counts each run from zero).
+        """
         metadata = _object(job.get("metadata"))
+        if metadata.get("runs") is None:
+            return cls()
         indexed_bytes = metadata.get("indexed_document_bytes")
         return cls(
             indexed=_count(job.get("indexed_document_count")),

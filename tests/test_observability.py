@@ -85,8 +85,10 @@ def test_job_metrics_when_runs_end_then_each_adds_its_own_counters_and_odd_ones_
     metrics.record("completed", SimpleNamespace(indexed="many", bytes=None))
     metrics.record("completed", Counters(indexed=5, bytes=500, dead_letters=2, bulk_retries=1))
     # A resumed job: its document is cumulative, but this instance adds only what its run wrote.
-    carried = Counters.carried({"indexed_document_count": 40, "metadata": {"indexed_document_bytes": 4000}})
+    carried = Counters.carried({"indexed_document_count": 40, "metadata": {"indexed_document_bytes": 4000, "runs": 1}})
     assert (carried + Counters(indexed=7)).job_fields()["indexed_document_count"] == 47
+    # Suspended by another service (no metadata.runs): its counts are not ours to carry.
+    assert Counters.carried({"indexed_document_count": 14, "metadata": {}}) == Counters()
     metrics.record("completed", Counters(indexed=7, bytes=700))
 
     assert registry.get_sample_value("elastic_ingest_jobs_finished_total", {"status": "completed"}) == 3
