@@ -108,7 +108,12 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
             return [], None
-        from sources.base import Partition
+        from sources.base import Partition, supports_access_control
+
+        if job.job_type == "access_control":
+            if not supports_access_control(type(source)):  # the launcher checks first; never the content index
+                raise SourceConfigError(f"{type(source).__name__} does not support document-level security")
+            return [Partition()], None
 
         cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
         if hasattr(source, "changed") and driver.call(source.changed) is False:
