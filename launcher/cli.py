@@ -20,11 +20,10 @@ import click
 
 from launcher.config import Config, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
-from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.logs import setup_logging
 from launcher.protocol import (
-    FINAL_STATUSES, create_job, get_connector, get_job, new_connector, search_connectors, update_connector, update_job,
-    now_iso,
+    FINAL_STATUSES, create_job, get_connector, get_job, index_name_problem, new_connector, now_iso, search_connectors,
+    update_connector,
 )
 from launcher.scheduling import validate_cron
 from sources.errors import ConfigError, ConnectorError, ElasticsearchUnavailable, IngestError, format_error
@@ -59,6 +58,7 @@ class _Context:
         self.as_json = as_json
         self._config: Config | None = None
         self._es = None
+        self._store = None
 
     @property
     def config(self) -> Config:
@@ -86,9 +86,21 @@ class _Context:
                     f"{used}; check elasticsearch.username and elasticsearch.password, or elasticsearch.api_key, "
                     f"in {self.config.path or 'config.yml'}"
                 ) from None
-            ensure_indices(es)
             self._es = es
         return self._es
+
+    @property
+    def store(self):
+        """Where connectors and jobs live (the connector API, or the indices; see launcher.store)."""
+        if self._store is None:
+            from launcher.store import open_store
+
+            store = open_store(self.es, self.config.service.protocol_store)
+            problems = store.prepare()
+            if problems:
+                raise ConnectorError("the protocol's indices cannot be used: " + "; ".join(problems))
+            self._store = store
+        return self._store
 
 
 def _reason(exc: Any) -> str:
@@ -166,7 +178,7 @@ def action_poll(ctx: _Context, **_: Any) -> int:
     from launcher.daemon import Daemon
 
     config = ctx.config
-    daemon = Daemon(config, ctx.es)
+    daemon = Daemon(config, ctx.es)  # the daemon prepares its store itself, and says what is wrong
     daemon.install_signal_handlers()
     metrics = None
     if config.service.metrics_address:
@@ -261,13 +273,18 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
         from launcher.protocol import Connector
 
         doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
-    if connector_id and get_connector(ctx.es, connector_id) is not None:
+    from elasticsearch import ConflictError
+
+    if connector_id and get_connector(ctx.store, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
-    result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
+    try:
+        new_id = ctx.store.create_connector(doc, connector_id)
+    except ConflictError:
+        raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector") from None
     if ctx.as_json:
-        _echo_json({"id": result["_id"], "result": result["result"]})
+        _echo_json({"id": new_id, "result": "created"})
     else:
-        click.echo(f"connector {result['_id']} {result['result']} ({service_type} -> {index_name})")
+        click.echo(f"connector {new_id} created ({service_type} -> {index_name})")
     return 0
 
 
@@ -282,7 +299,7 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
                             name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
                             set_env: tuple[str, ...] = (), **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "update-connector")
-    connector = get_connector(ctx.es, connector_id)
+    connector = get_connector(ctx.store, connector_id)
     if connector is None:
         raise ConnectorError(f"no connector with id {connector_id!r}")
     updates: dict[str, Any] = {}
@@ -303,11 +320,12 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
         updates["filtering"] = _draft_rules(connector, rules)
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
-    update_connector(ctx.es, connector_id, updates, if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
+    updates["updated_at"] = now_iso()
+    update_connector(ctx.store, connector_id, updates, expected=connector)
     if ctx.as_json:
-        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(updates)})
+        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(set(updates) - {"updated_at"})})
     else:
-        click.echo(f"connector {connector_id} updated: {', '.join(sorted(updates))}")
+        click.echo(f"connector {connector_id} updated: {', '.join(sorted(set(updates) - {'updated_at'}))}")
     return 0
 
 
@@ -345,12 +363,8 @@ def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
 
 def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "delete-connector")
-    from elasticsearch import NotFoundError
-
-    try:
-        ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
-    except NotFoundError:
-        raise ConnectorError(f"no connector with id {connector_id!r}") from None
+    if not ctx.store.delete_connector(connector_id):
+        raise ConnectorError(f"no connector with id {connector_id!r}")
     if ctx.as_json:
         _echo_json({"id": connector_id, "result": "deleted"})
     else:
@@ -359,7 +373,7 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
 
 
 def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:
-    connectors = search_connectors(ctx.es, connector_ids=[connector_id] if connector_id else None)
+    connectors = search_connectors(ctx.store, connector_ids=[connector_id] if connector_id else None)
     if ctx.as_json:
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
         return 0
@@ -401,16 +415,14 @@ def _duration(job: dict[str, Any]) -> str:
 
 
 def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
-    query = {"term": {"connector.id": connector_id}} if connector_id else {"match_all": {}}
-    hits = ctx.es.search(index=JOBS_INDEX, query=query, size=100,
-                         sort=[{"created_at": {"order": "desc", "unmapped_type": "date"}}])["hits"]["hits"]
+    found = ctx.store.list_jobs(connector_ids=[connector_id] if connector_id else None, size=100, newest_first=True)
     jobs = []
-    for hit in hits:
-        doc = dict(hit["_source"])
+    for job in found:
+        doc = dict(job.doc)
         connector = dict(doc.get("connector") or {}) if isinstance(doc.get("connector"), dict) else {}
         connector["configuration"] = redact(connector.get("configuration"))
         doc["connector"] = connector
-        jobs.append({"id": hit["_id"], **doc})
+        jobs.append({"id": job.id, **doc})
     if ctx.as_json:
         _echo_json(jobs)
         return 0
@@ -425,7 +437,7 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
 
 def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "sync")
-    connector = get_connector(ctx.es, connector_id)
+    connector = get_connector(ctx.store, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
     fqn = ctx.config.sources.get(connector.service_type) if isinstance(connector.service_type, str) else None
@@ -434,7 +446,7 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
         flag = "incremental_sync_enabled" if job_type == "incremental" else "dls_enabled"
         if not getattr(cls, flag, False):
             raise ConnectorError(f"{display_name(cls)} sources do not support {job_type} syncs", connector_id)
-    job_id = create_job(ctx.es, connector, job_type=job_type, trigger_method="on_demand")
+    job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand")
     if not wait:
         if ctx.as_json:
             _echo_json({"job_id": job_id})
@@ -454,7 +466,7 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
     job = None
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - started < timeout:
-            job = get_job(ctx.es, job_id)
+            job = get_job(ctx.store, job_id)
             if job is None:
                 raise ConnectorError(f"job {job_id} was deleted")
             doc = job.doc
@@ -483,21 +495,16 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
 
 def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "cancel")
-    job = get_job(ctx.es, job_id)
+    job = get_job(ctx.store, job_id)
     if job is None:
         raise ConnectorError(f"no job with id {job_id!r}")
     if job.status in FINAL_STATUSES:
         raise ConnectorError(f"job {job_id} already ended ({job.status})")
-    stamp = now_iso()
-    if job.status in ("pending", "suspended"):
-        fields = {"status": "canceled", "canceled_at": stamp, "completed_at": stamp, "cancelation_requested_at": stamp}
-    else:
-        fields = {"status": "canceling", "cancelation_requested_at": stamp}
-    update_job(ctx.es, job_id, fields, if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+    status = ctx.store.cancel_job(job)
     if ctx.as_json:
-        _echo_json({"id": job_id, "status": fields["status"]})
+        _echo_json({"id": job_id, "status": status})
     else:
-        click.echo(f"job {job_id} {fields['status']}")
+        click.echo(f"job {job_id} {status}")
     return 0
 
 
@@ -505,7 +512,7 @@ def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "dead-letters")
     from transforms.dead_letter import read_dead_letters
 
-    job = get_job(ctx.es, job_id)
+    job = get_job(ctx.store, job_id)
     location = ctx.config.pipeline.dead_letters
     letters = list(read_dead_letters(location, job_id))
     if ctx.as_json:
@@ -517,6 +524,13 @@ def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
     _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
     return 0
+
+
+def _index_name_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    problem = index_name_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem)
+    return value
 
 
 _HANDLERS: dict[str, Callable[..., int]] = {
@@ -538,7 +552,9 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
 @click.option("--connector-id", help="the connector to act on (or to create with this id)")
 @click.option("--service-type", help="create-connector: a service type from config.yml sources")
-@click.option("--index-name", help="create/update-connector: the content index")
+@click.option("--index-name", callback=_index_name_option,
+              help="create/update-connector: the content index (Elasticsearch's rules: lowercase, no spaces, "
+                   "none of \\ / * ? \" < > | , # :, not starting with _ - + or .)")
 @click.option("--name", help="create/update-connector: display name")
 @click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
               help="create/update-connector: a configuration value (repeatable)")

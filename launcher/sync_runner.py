@@ -43,9 +43,9 @@ from elasticsearch import ConnectionError as ESConnectionError
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
-    update_job,
+    FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
+from launcher.store import ConnectorStore, as_store
 from pipelines.job import SyncJob
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.progress import PROGRESS_INDEX, read_progress
@@ -60,6 +60,10 @@ MIB = 1024 * 1024
 def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     """The SyncJob for a claimed job; raises a ConnectorError subclass for a bad document."""
     job = claim.job
+    problems = connector_problems(claim.connector.doc) if claim.connector.doc else []
+    if problems:
+        raise ConnectorError("the connector cannot sync until its document is fixed: " + "; ".join(problems),
+                             claim.connector.id)
     snapshot = job.doc.get("connector") or {}
     if not isinstance(snapshot, dict):
         raise ConnectorError(f"connector: expected an object, got {type(snapshot).__name__}", claim.connector.id)
@@ -118,7 +122,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
         },
         ingest_pipeline=pipeline.get("name") or None,
-        sync_cursor=snapshot.get("sync_cursor") if job.job_type == "incremental" else None,
+        sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
     )
 
@@ -126,10 +130,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
 class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
-    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None):
+    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
+                 store: ConnectorStore | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
-        self.es = es
+        self.es = es  # the content index and the progress records
+        self.store = store or as_store(es)  # the connector and the job
         self.claim = claim
         self.job_id = claim.job.id
         self.connector_id = claim.connector.id
@@ -257,14 +263,14 @@ class SyncRunner(threading.Thread):
     # -- job document --------------------------------------------------------------
     def _check_job(self) -> tuple[bool, str | None, str | None]:
         """(canceling?, why the job is gone, why it is no longer ours)."""
-        job = get_job(self.es, self.job_id)
+        job = self.store.get_job(self.job_id)
         if job is None:
             return False, "the job was deleted while it ran", None
         if job.status in FINAL_STATUSES or job.status in ("pending", "suspended"):
             return False, None, f"the job became {job.status} while it ran here"
         if job.doc.get("worker_hostname") not in (None, self.claim.job.doc.get("worker_hostname")):
             return False, None, f"the job was claimed by {job.doc.get('worker_hostname')}"
-        connector = get_connector(self.es, self.connector_id)
+        connector = self.store.get_connector(self.connector_id)
         if connector is None or connector.get("deleted"):
             return False, "the connector was deleted while the job ran", None
         return job.status == "canceling", None, None
@@ -294,8 +300,7 @@ class SyncRunner(threading.Thread):
 
     def _write_progress(self, metadata: dict[str, Any]) -> None:
         try:
-            fields = {**self._progress_counters(), "last_seen": now_iso(), "metadata": metadata}
-            update_job(self.es, self.job_id, fields)
+            self.store.job_stats(self.job_id, self._progress_counters(), metadata=metadata)
         except NotFoundError:
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
@@ -342,7 +347,7 @@ class SyncRunner(threading.Thread):
 
     def _write_end(self, status: str, *, counters: dict[str, Any] | None, error: str | None, sync_cursor: Any,
                    metadata: dict[str, Any] | None) -> None:
-        finish_job(self.es, self.job_id, self.connector_id or None, status, counters=counters, error=error,
+        finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
                    sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type,
                    previous_sync_status=self.claim.connector.get("last_sync_status"))
         self.final_status = status
@@ -356,13 +361,13 @@ class SyncRunner(threading.Thread):
         counters = self._final_counters(self.claim.job.doc.get("connector", {}).get("index_name")
                                         if isinstance(self.claim.job.doc.get("connector"), dict) else None)
         try:
-            update_job(self.es, self.job_id, {**counters, "status": "suspended", "last_seen": stamp})
+            self.store.end_job(self.job_id, "suspended", {**counters, "last_seen": stamp})
         except NotFoundError:
             pass
         try:
             released = ("suspended" if self.claim.job.job_type != "access_control"
                         else self.claim.connector.get("last_sync_status"))
-            update_connector(self.es, self.connector_id, {"last_sync_status": released})
+            self.store.update_connector(self.connector_id, {"last_sync_status": released})
         except NotFoundError:
             pass
         _LOGGER.info("job %s: suspended", self.job_id)

@@ -75,20 +75,20 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["configuration"]["token"]["sensitive"] is True
     assert doc["scheduling"]["full"] == {"enabled": True, "interval": "0 0 3 * * ?"}
     assert doc["pipeline"] == {"name": "my-pipeline", "extract_binary_content": True, "reduce_whitespace": False,
-                               "run_ml_inference": False}
+                               "run_ml_inference": True}
     draft = doc["filtering"][0]["draft"]
     assert draft["validation"]["state"] == "edited" and [r["id"] for r in draft["rules"]] == ["r1", "DEFAULT"]
 
     updated = run.json("--action", "update-connector", "--connector-id", connector_id, "--set", "count=6",
                        "--schedule", "full=off", "--schedule", "incremental=0 */5 * * * ?",
-                       "--index-name", f"search-{connector_id}-2", "--pipeline-flag", "run_ml_inference=true")
+                       "--index-name", f"search-{connector_id}-2", "--pipeline-flag", "run_ml_inference=false")
     assert updated["fields"] == ["configuration", "index_name", "pipeline", "scheduling"]
     doc = get_connector(es, connector_id).doc
     assert doc["configuration"]["count"]["value"] == 6 and doc["configuration"]["token"]["value"] == SECRET
     assert doc["scheduling"]["full"]["enabled"] is False
     assert doc["scheduling"]["incremental"] == {"enabled": True, "interval": "0 */5 * * * ?"}
     assert doc["index_name"] == f"search-{connector_id}-2"
-    assert doc["pipeline"]["run_ml_inference"] is True and doc["pipeline"]["name"] == "my-pipeline"
+    assert doc["pipeline"]["run_ml_inference"] is False and doc["pipeline"]["name"] == "my-pipeline"
 
     as_json, as_table = run.parallel((("--action", "connectors", "--connector-id", connector_id, "--json"), 0),
                                      (("--action", "connectors", "--connector-id", connector_id), 0))

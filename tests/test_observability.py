@@ -87,7 +87,7 @@ def test_job_metrics_when_job_document_missing_or_odd_then_counts_status_only():
         def get(self, **_):
             if self.source is None:
                 raise LookupError("gone")
-            return {"_source": self.source}
+            return {"_id": "job", "_source": self.source}
 
         def search(self, **_):
             raise ConnectionError("down")

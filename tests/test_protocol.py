@@ -276,7 +276,7 @@ def test_poll_when_documents_are_wrong_then_error_on_each_and_others_served(es, 
     assert "scheduling: expected an object, got list" in errors[wrong_types.id]["error"]
     assert "'no_such_type' is not served here" in errors[unknown.id]["error"]
     assert "scheduling.full.interval: invalid cron expression 'every hour please'" in errors[bad_cron.id]["error"]
-    assert "index_name: 'Bad Name' is not a valid index name" in errors[no_index.id]["error"]
+    assert "index_name: 'Bad Name' contains space" in errors[no_index.id]["error"]
     assert all(errors[i]["status"] == "error" for i in ids[1:])
     # A job with a wrong job_type fails with a clear error, without being run.
     Daemon.claim_jobs(daemon, [good.id])
