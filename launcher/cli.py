@@ -45,6 +45,8 @@ ACTIONS: dict[str, str] = {
 }
 
 _LOGGER = logging.getLogger("launcher.cli")
+#: How long ``sync --wait`` lets a job stay ``pending`` before it says nobody has claimed it (default).
+UNCLAIMED_AFTER = 15.0
 
 
 class AuthenticationException(ElasticsearchUnavailable):
@@ -447,17 +449,24 @@ def _dead_letter_count(job: dict[str, Any]) -> Any:
     return _dead_letters_of(job).get("count")
 
 
-def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float, **_: Any) -> int:
+def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float,
+                keep_waiting: bool = False, unclaimed_after: float = UNCLAIMED_AFTER, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "sync")
     connector = get_connector(ctx.store, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
     fqn = ctx.config.sources.get(connector.service_type) if isinstance(connector.service_type, str) else None
-    if fqn is not None and job_type != "full":
+    if fqn is not None and job_type == "incremental":
         cls = load_source_class(fqn)
-        flag = "incremental_sync_enabled" if job_type == "incremental" else "dls_enabled"
-        if not getattr(cls, flag, False):
-            raise ConnectorError(f"{display_name(cls)} sources do not support {job_type} syncs", connector_id)
+        if not getattr(cls, "incremental_sync_enabled", False):
+            raise ConnectorError(f"{display_name(cls)} sources do not support incremental syncs", connector_id)
+    if fqn is not None and job_type == "access_control":
+        from sources.base import supports_access_control
+
+        cls = load_source_class(fqn)
+        if not supports_access_control(cls):
+            raise ConnectorError(f"{display_name(cls)} sources do not support document-level security, so they have "
+                                 "no access-control syncs; use --job-type full or incremental", connector_id)
     job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand")
     if not wait:
         if ctx.as_json:
@@ -465,11 +474,43 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
         else:
             click.echo(f"job {job_id} pending ({job_type} sync of connector {connector_id})")
         return 0
-    return _follow(ctx, job_id, timeout)
+    return _follow(ctx, job_id, timeout, keep_waiting, unclaimed_after)
 
 
-def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
-    """Show live progress until the job ends; exit code 0 only if it completed."""
+def _unclaimed(ctx: _Context, job: Any, waited: float) -> tuple[str, bool]:
+    """What to say about a job still ``pending`` after ``waited`` seconds; and whether a service looks alive.
+
+    A service serving the connector writes its ``last_seen`` at least every
+    ``service.heartbeat`` seconds; a connector not seen for longer (or never) has no
+    running service, and nobody will ever claim its jobs.
+    """
+    from datetime import datetime, timezone
+
+    from launcher.scheduling import parse_time
+
+    connector = get_connector(ctx.store, job.connector_id) if job.connector_id else None
+    doc = connector.doc if connector is not None else {}
+    seen = parse_time(doc.get("last_seen"))
+    age = (datetime.now(timezone.utc) - seen).total_seconds() if seen else None
+    alive = age is not None and age <= 2 * ctx.config.service.heartbeat + 60
+    where = (f"connector {job.connector_id} (service type {doc.get('service_type')!r}, status {doc.get('status')!r}, "
+             f"last seen {'never' if seen is None else f'{age:,.0f}s ago'})")
+    if alive:
+        return (f"job {job.id} still pending after {waited:,.0f}s: a service serves {where} but has not claimed it yet "
+                "(all its sync slots busy, or another job of this connector runs); waiting"), True
+    return (f"job {job.id} still pending after {waited:,.0f}s: no service has claimed it. No running service "
+            f"seems to serve {where}: start one whose config.yml has service type {doc.get('service_type')!r} "
+            "under sources:, or cancel the job. Use --keep-waiting to wait for one"), False
+
+
+def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = False,
+            unclaimed_after: float = UNCLAIMED_AFTER) -> int:
+    """Show live progress until the job ends; exit code 0 only if it completed.
+
+    A job nobody claims within ``unclaimed_after`` seconds is reported (who should
+    claim it, and when that service was last seen); unless ``keep_waiting``, the wait
+    ends there (exit 1) when no running service serves the connector.
+    """
     from rich.console import Console
     from rich.live import Live
     from rich.markup import escape
@@ -477,6 +518,7 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
     console = Console(stderr=True)
     started = time.monotonic()
     job = None
+    reported = False
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - started < timeout:
             job = get_job(ctx.store, job_id)
@@ -484,6 +526,14 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
                 raise ConnectorError(f"job {job_id} was deleted")
             doc = job.doc
             elapsed = time.monotonic() - started
+            if doc.get("status") == "pending" and elapsed >= unclaimed_after and not reported:
+                reported = True
+                message, alive = _unclaimed(ctx, job, elapsed)
+                live.console.print(message, markup=False, highlight=False, soft_wrap=True)
+                if not alive and not keep_waiting:
+                    live.stop()
+                    click.echo(f"job {job_id} left pending (no service has claimed it)", err=True)
+                    return 1
             indexed = int(doc.get("indexed_document_count") or 0)
             rate = indexed / elapsed if elapsed > 0 else 0.0
             live.update(
@@ -592,10 +642,16 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--rules", help="create/update-connector: sync rules as JSON, a list of basic rules or "
                               "{\"rules\": [...], \"advanced_snippet\": {...}} (a draft; the service validates it)")
 @click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
-              show_default=True, help="sync: which kind of job")
+              show_default=True, help="sync: which kind of job (incremental and access_control only for sources "
+                                      "that support them: incremental syncs, document-level security)")
 @click.option("--job-id", help="cancel/dead-letters: the job")
 @click.option("--wait", is_flag=True, help="sync: follow the job with a live progress display until it ends")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="sync --wait: give up after seconds")
+@click.option("--unclaimed-after", type=float, default=UNCLAIMED_AFTER, show_default=True,
+              help="sync --wait: after this many seconds pending, say who should claim the job and whether it runs")
+@click.option("--keep-waiting", is_flag=True,
+              help="sync --wait: keep waiting for a job no running service has claimed (by default the wait ends, "
+                   "exit 1, when the connector's service has not been seen)")
 def _command(action: str, config_file: str | None, debug: bool, as_json: bool, **options: Any) -> None:
     """elastic-ingest: sync data sources into Elasticsearch (BYOC connector service)."""
     ctx = _Context(config_file, debug, as_json)

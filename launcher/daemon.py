@@ -49,6 +49,7 @@ from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver
 from sources.errors import IngestError, format_error
+from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
 
@@ -382,7 +383,7 @@ class Daemon:
         for job_type, field in SCHEDULED_AT_FIELD.items():
             if job_type == "incremental" and not getattr(source_class, "incremental_sync_enabled", False):
                 continue
-            if job_type == "access_control" and not getattr(source_class, "dls_enabled", False):
+            if job_type == "access_control" and not supports_access_control(source_class):
                 continue
             for _ in range(3):
                 scheduling = connector.get("scheduling")

@@ -49,6 +49,8 @@ from launcher.protocol import (
 )
 from launcher.store import ConnectorStore, as_store
 from pipelines.job import SyncJob
+from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
+from sources.registry import display_name, load_source_class
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
 from transforms.sync_rules import validate_rules
@@ -79,6 +81,14 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             f"service_type {service_type!r} is not in config.yml sources (known: {', '.join(sorted(config.sources))})",
             claim.connector.id,
         )
+    if job.job_type == "access_control":
+        source_class = load_source_class(fqn)
+        if not supports_access_control(source_class):
+            # Ended here, before a sync process starts: no index is touched.
+            raise ConnectorError(
+                f"{display_name(source_class)} sources do not support document-level security, so there are no "
+                "identities to sync; this access-control job ended without touching any index. Run full or "
+                "incremental syncs for this connector", claim.connector.id)
     active = snapshot_filtering(snapshot)
     rules = active["rules"]
     if not isinstance(rules, list):
@@ -107,6 +117,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
+    if job.job_type == "access_control":
+        # Identities go to the content index's access-control index (Elastic's name); the
+        # connector API's snapshot already names it so.
+        if not index_name.startswith(ACCESS_CONTROL_INDEX_PREFIX):
+            index_name = ACCESS_CONTROL_INDEX_PREFIX + index_name
+        rules, advanced = [], None
     return SyncJob(
         job_id=job.id,
         connector_id=claim.connector.id,
@@ -121,8 +137,8 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             "_extract_binary_content": bool(pipeline.get("extract_binary_content", True)),
             "_reduce_whitespace": bool(pipeline.get("reduce_whitespace", True)),
             "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
-        },
-        ingest_pipeline=pipeline.get("name") or None,
+        } if job.job_type != "access_control" else {},
+        ingest_pipeline=(pipeline.get("name") or None) if job.job_type != "access_control" else None,
         sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
     )

@@ -113,7 +113,12 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
             return [], None
-        from sources.base import Partition
+        from sources.base import Partition, supports_access_control
+
+        if job.job_type == "access_control":
+            if not supports_access_control(type(source)):  # the launcher checks first; never the content index
+                raise SourceConfigError(f"{type(source).__name__} does not support document-level security")
+            return [Partition()], None
 
         cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
         if hasattr(source, "changed") and driver.call(source.changed) is False:
@@ -176,8 +181,8 @@ def _keep_index_digests(es: Any, index: str, cache: DigestCache, work_dir: str, 
         if before is None:
             return False
         records = sorted(Path(read_digests_dir(work_dir)).glob("*.rec"))
-        writes = counts.get("indexed_document_count", 0) + counts.get("deleted_document_count", 0)
-        kept = store_synced(cache, es, index, before=before, records=records, work_dir=work_dir, writes=writes)
+        kept = store_synced(cache, es, index, before=before, records=records, work_dir=work_dir,
+                            writes=counts.get("writes_applied", 0), not_as_sent=counts.get("writes_not_as_sent", 0))
     except Exception as exc:  # noqa: BLE001
         _LOGGER.warning("index %s: its digests could not be kept for the next sync: %s", index, format_error(exc))
         return False
@@ -242,7 +247,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             finally:
                 _RUNNING.pop(job.job_id, None)
             counts = _counters(result)
-            if cache is not None and work_dir and not counts.get("dead_letters") and not job.ingest_pipeline:
+            if cache is not None and work_dir and not counts.get("dead_letters"):
                 # A clean sync (nothing dead-lettered: it cannot fail from here on).
                 outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache, work_dir, counts,
                                                                     empty_at)

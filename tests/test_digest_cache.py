@@ -323,3 +323,100 @@ def test_full_syncs_when_several_run_at_once_on_one_index_then_all_exact_and_the
     assert list((tmp_path / "work").iterdir()) == []
     for path in (kept.directory, scanned.directory):
         IndexDigests.release(path)
+
+
+# -- through ingest pipelines -----------------------------------------------------------
+@pytest.fixture
+def empty_pipeline(es, index_name):
+    """An ingest pipeline that changes nothing (this node has no ingest-common processors)."""
+    name = f"{index_name}-pipeline"
+    es.ingest.put_pipeline(id=name, description="elastic-ingest tests: no processors", processors=[])
+    yield name
+    es.indices.delete(index=index_name, ignore_unavailable=True)  # it may name the pipeline
+    es.ingest.delete_pipeline(id=name)
+
+
+def test_full_syncs_when_through_ingest_pipelines_that_apply_every_write_then_digests_kept(es, index_name, tmp_path,
+                                                                                          empty_pipeline):
+    settings = {"work_dir": str(tmp_path / "work"), "digest_cache_dir": str(tmp_path / "cache")}
+
+    def sync(docs, **extra):
+        outcome = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs}, **settings, **extra)
+        assert outcome["status"] == "completed", outcome.get("error")
+        assert index_docs(es, index_name) == expected(docs)
+        return (outcome["index_digests_from_cache"], outcome["indexed_document_count"],
+                outcome["deleted_document_count"], outcome.get("index_digests_kept"))
+
+    docs = make_docs(30)
+    # Named by the connector, as search-default-ingestion is on every real cluster.
+    assert sync(docs, ingest_pipeline=empty_pipeline) == (0, 30, 0, True)
+    assert sync(docs, ingest_pipeline=empty_pipeline) == (1, 0, 0, True)
+    docs = [{**d, "_timestamp": "2024-06-01T00:00:00+00:00"} for d in docs[:3]] + docs[3:26]
+    assert sync(docs, ingest_pipeline=empty_pipeline) == (1, 3, 4, True)
+    # The index's own default and final pipelines.
+    es.indices.put_settings(index=index_name, settings={"index.default_pipeline": empty_pipeline,
+                                                        "index.final_pipeline": empty_pipeline})
+    docs = [{**docs[0], "_timestamp": "2024-07-01T00:00:00+00:00"}] + docs[1:]
+    assert sync(docs) == (1, 1, 0, True)
+    assert sync(docs) == (1, 0, 0, True)
+
+
+def _simulate_pipeline(monkeypatch, *, drop: str | None = None, reroute: tuple[str, str] | None = None) -> None:
+    """``_bulk`` as through a pipeline with a ``drop`` or ``reroute`` processor for one document.
+
+    This node has no such processors (the integ-test distribution lacks ingest-common), so
+    the client's ``bulk`` does what Elasticsearch does: the dropped document is left out of
+    the request and answered as Elasticsearch answers it (``BulkRequestModifier.
+    markItemAsDropped``: ``result: noop``, no sequence number); the rerouted one is really
+    written to the other index, whose name the real answer then carries.
+    """
+    import orjson
+    from elasticsearch import Elasticsearch
+
+    real = Elasticsearch.bulk
+
+    def bulk(self, *, operations, **kwargs):
+        lines = [orjson.loads(line) for line in operations]
+        sent, dropped, position = [], [], 0
+        while lines:
+            action = lines.pop(0)
+            (op, meta), = action.items()
+            body = [lines.pop(0)] if op != "delete" else []
+            if op == "index" and meta["_id"] == drop:
+                dropped.append((position, meta))
+            else:
+                if op == "index" and reroute and meta["_id"] == reroute[0]:
+                    action = {op: {**meta, "_index": reroute[1]}}
+                sent += [action, *body]
+            position += 1
+        items = list(real(self, operations=sent, **kwargs)["items"]) if sent else []
+        for at, meta in dropped:
+            items.insert(at, {"index": {"_index": meta["_index"], "_id": meta["_id"], "_version": -3, "result": "noop",
+                                        "_shards": {"total": 0, "successful": 0, "failed": 0}, "status": 200}})
+        return {"errors": False, "items": items}
+
+    monkeypatch.setattr(Elasticsearch, "bulk", bulk)
+
+
+@pytest.mark.parametrize("pipeline", ["drop", "reroute"])
+def test_full_sync_when_a_pipeline_drops_or_reroutes_a_document_then_digests_not_kept_and_next_sync_scans(
+        es, index_name, tmp_path, monkeypatch, pipeline):
+    """Someone else's write during the sync balances the document the pipeline took away:
+    sequence numbers and document count agree, only the per-item answers tell."""
+    settings = {"work_dir": str(tmp_path / "work"), "digest_cache_dir": str(tmp_path / "cache")}
+    docs = make_docs(30)
+    elsewhere = f"{index_name}-elsewhere"
+    with monkeypatch.context() as patched:
+        _simulate_pipeline(patched, drop=docs[3]["_id"] if pipeline == "drop" else None,
+                           reroute=(docs[5]["_id"], elsewhere) if pipeline == "reroute" else None)
+        first = run_sync(index=index_name, fqn="tests.test_digest_cache:IntrudingSource",
+                         configuration={"docs": docs, "index": index_name}, **settings)
+    assert first["status"] == "completed", first.get("error")
+    assert es.count(index=index_name)["count"] == 30  # 29 of ours and the intruder
+    assert first["index_digests_kept"] is False
+
+    again = run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs}, **settings)
+    assert (again["status"], again["index_digests_from_cache"], again["indexed_document_count"],
+            again["deleted_document_count"]) == ("completed", 0, 1, 1)
+    assert index_docs(es, index_name) == expected(docs)
+    es.indices.delete(index=elsewhere, ignore_unavailable=True)

@@ -20,9 +20,14 @@ Digests get into the cache two ways:
 * **a completed sync** (:func:`store_synced`): when it dead-lettered nothing, the index
   must now hold exactly what the source yielded, whose digests the read recorded
   (``ReadFromSource(record_digests=...)``). They are kept only if Elasticsearch agrees:
-  the same UUIDs, exactly as many new sequence numbers as the sync's own successful
-  writes and deletes (any write by someone else, or a retried request applied twice,
-  breaks the equality), and as many documents in the index as distinct digests.
+  every write was applied as sent (no ingest pipeline, the connector's or the index's
+  default or final one, dropped a document, rerouted it to another index or changed its
+  id: the ``_bulk`` answer says so per item), the same UUIDs, exactly as many new
+  sequence numbers as the writes Elasticsearch says it applied (any write by someone
+  else, or a retried request applied twice, breaks the equality), and as many documents
+  in the index as distinct digests. The digests are those of what the sync sent: a
+  pipeline that rewrites ``_timestamp`` itself makes the next scan see other
+  timestamps, which only decides which documents are sent again, never what is deleted.
 
 So after a first sync, the next no-change resync reads only the source.
 
@@ -311,30 +316,20 @@ def _last_used(entry: Path) -> float:
         return 0.0 if not entry.name.startswith(".staging-") else time.time()  # another sync's staging
 
 
-def _pipeline_rewrites(es: Any, index: str) -> bool:
-    """Whether the index runs an ingest pipeline of its own (``index.default_pipeline`` or
-    ``index.final_pipeline``), which may change what was sent; True when unknown."""
-    try:
-        found = es.indices.get_settings(index=index, name="index.default_pipeline,index.final_pipeline",
-                                        flat_settings=True)
-        body = getattr(found, "body", found)
-        return any(value not in (None, "", "_none") for entry in body.values()
-                   for value in (entry.get("settings") or {}).values())
-    except Exception as exc:  # noqa: BLE001
-        _LOGGER.debug("index %s: settings unreadable: %s", index, exc)
-        return True
-
-
 def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState, records: list[Path],
-                 work_dir: str | os.PathLike[str], writes: int) -> bool:
+                 work_dir: str | os.PathLike[str], writes: int, not_as_sent: int = 0) -> bool:
     """After a completed sync that dead-lettered nothing, keep what its read recorded as the index's digests.
 
     ``before``: the state the sync's digests of the index were taken at (or the empty
     index's); ``records``: the read's record files (:func:`~transforms.digests.read_records`);
-    ``writes``: the sync's successful index and delete operations. True if stored.
+    ``writes``: the sync's writes that Elasticsearch applied to the index (each took a
+    sequence number); ``not_as_sent``: writes it acknowledged but did not apply as sent
+    (an ingest pipeline, named by the sync or the index's default or final pipeline,
+    dropped the document, rerouted it or changed its id). True if stored.
     """
-    if _pipeline_rewrites(es, index):
-        _LOGGER.info("index %s: an ingest pipeline may change ids or timestamps: its digests are not kept", index)
+    if not_as_sent:
+        _LOGGER.info("index %s: %d document(s) were dropped, rerouted or given another id by an ingest pipeline: "
+                     "its digests are not kept; the next sync scans it", index, not_as_sent)
         return False
     after = index_state(es, index)
     if after is not None and after == before and cache.holds(index, after):
