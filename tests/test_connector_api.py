@@ -329,3 +329,26 @@ def test_daemon_when_polling_through_api_then_heartbeat_and_unrunnable_job_ended
     assert job["status"] == "error" and "'Bad Name' contains space" in job["error"]
     doc = es.cluster_fake.docs[".elastic-connectors"]["c1"]
     assert doc["status"] == "error" and doc["last_sync_status"] == "error" and doc["last_seen"]
+
+
+def test_api_store_when_caller_holds_only_a_seq_no_then_conditional_on_it(es, store):
+    _connector(store)
+    seq = es.cluster_fake.seq[(".elastic-connectors", "c1")]
+
+    update_connector(store, "c1", {"sync_now": False}, if_seq_no=seq, if_primary_term=1)
+    with pytest.raises(ConflictError):
+        update_connector(store, "c1", {"sync_now": True}, if_seq_no=seq, if_primary_term=1)
+
+    assert es.cluster_fake.docs[".elastic-connectors"]["c1"]["sync_now"] is False
+
+
+def test_api_store_when_error_cleared_alone_or_index_detached_then_status_kept_and_null_sent(es, store):
+    _connector(store)  # configured
+    start = len(es.requests)
+
+    update_connector(store, "c1", {"error": None, "index_name": None})
+
+    sent = _since(es, start)
+    assert [(r.endpoint, r.body) for r in sent] == [("connector.update_index_name", {"index_name": None}),
+                                                    ("update", {"doc": {"error": None}})]
+    assert es.cluster_fake.docs[".elastic-connectors"]["c1"]["status"] == "configured"
