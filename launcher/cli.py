@@ -143,13 +143,16 @@ def _echo_json(value: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     for column in columns:
         keep_whole = column in ("id", "created", "last synced", "status", "duration")
         table.add_column(column, overflow="fold", no_wrap=keep_whole, min_width=len(column))
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        # Text, not str: values are shown as they are, never read as Rich markup
+        # (Elasticsearch's reasons name fields in brackets: "failed to parse field [n]").
+        table.add_row(*[Text("" if v is None else str(v)) for v in row])
     import shutil
 
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
@@ -430,11 +433,20 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
         return 0
     rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
              _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
-             j.get("total_document_count"), _duration(j), j.get("error")] for j in jobs]
+             j.get("total_document_count"), _dead_letter_count(j), _duration(j), j.get("error")] for j in jobs]
     _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
-                         "duration",
-                         "error"], rows)
+                         "dead letters", "duration", "error"], rows)
     return 0
+
+
+def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    return metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
+
+
+def _dead_letter_count(job: dict[str, Any]) -> Any:
+    """The job's dead letters as its document records them (None: not known)."""
+    return _dead_letters_of(job).get("count")
 
 
 def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float,
@@ -501,6 +513,7 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
     """
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
 
     console = Console(stderr=True)
     started = time.monotonic()
@@ -524,7 +537,7 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
             indexed = int(doc.get("indexed_document_count") or 0)
             rate = indexed / elapsed if elapsed > 0 else 0.0
             live.update(
-                f"job {job_id}  [bold]{doc.get('status')}[/bold]  indexed {indexed}  "
+                f"job {escape(job_id)}  [bold]{escape(str(doc.get('status')))}[/bold]  indexed {indexed}  "
                 f"deleted {doc.get('deleted_document_count') or 0}  {rate:,.0f} docs/s  {elapsed:,.0f}s elapsed"
             )
             if doc.get("status") in FINAL_STATUSES:
@@ -537,9 +550,12 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
     if ctx.as_json:
         _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
     else:
+        dead = _dead_letter_count(doc)
         click.echo(f"job {job_id} {doc.get('status')}: indexed {doc.get('indexed_document_count')}, deleted "
                    f"{doc.get('deleted_document_count')}, total {doc.get('total_document_count')}"
                    + (f"; error: {doc.get('error')}" if doc.get("error") else ""))
+        if dead:
+            click.echo(f"{dead} document(s) could not be indexed: elastic-ingest --action dead-letters --job-id {job_id}")
     return 0 if doc.get("status") == "completed" else 1
 
 
@@ -560,19 +576,25 @@ def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
 
 def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "dead-letters")
-    from transforms.dead_letter import read_dead_letters
+    from transforms.dead_letter import dead_letter_folder, dead_letter_location, read_dead_letters_from
 
     job = get_job(ctx.store, job_id)
-    location = ctx.config.pipeline.dead_letters
-    letters = list(read_dead_letters(location, job_id))
+    if job is None:
+        raise ConnectorError(f"no job with id {job_id!r}")
+    recorded = _dead_letters_of(job.doc)
+    # Where the job wrote them (recorded absolute); a job from before that was recorded: this config's.
+    folder = recorded.get("location") or dead_letter_folder(dead_letter_location(ctx.config.pipeline.dead_letters),
+                                                            job_id)
+    letters = list(read_dead_letters_from(folder))
     if ctx.as_json:
         _echo_json(letters)
         return 0
-    if job is not None:
-        info = (job.doc.get("metadata") or {}).get("dead_letters") or {}
-        click.echo(f"job {job_id}: {info.get('count', len(letters))} dead letter(s) in {info.get('location', location)}")
-    rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
-    _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
+    count = recorded.get("count")
+    note = f" (the job counted {count})" if count is not None and count != len(letters) else ""
+    click.echo(f"job {job_id}: {len(letters)} dead letter(s) in {folder}{note}")
+    if letters:
+        rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
+        _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
     return 0
 
 

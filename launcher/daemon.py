@@ -480,10 +480,20 @@ class Daemon:
             except (ConflictError, NotFoundError):
                 continue  # it moved: not stale after all
             _LOGGER.warning("reaped job %s of connector %s: %s", job.id, job.connector_id, reason)
+            self._delete_progress(job.id)
             if not gone and job.status in ("in_progress", "canceling"):
                 release_lock(self.store, job.connector_id, {
                     "last_sync_status": "error", "last_sync_error": error, "last_synced": now_iso(),
                     "status": "error", "error": error}, only_if=("in_progress", "canceling"))
+
+    def _delete_progress(self, job_id: str) -> None:
+        """An ended job's progress records go with it (best effort)."""
+        from transforms.progress import delete_progress
+
+        try:
+            delete_progress(self.es, job_id)
+        except Exception as exc:  # noqa: BLE001 - left-overs only cost a little space
+            _LOGGER.debug("job %s: progress records not deleted: %s", job_id, exc)
 
     def release_orphan_locks(self, connectors: list[Connector]) -> None:
         """Release locks held by no job (an instance died between taking the lock and the job).

@@ -65,7 +65,7 @@ def build_sync_pipeline(
     partitions: Sequence[Partition] = (Partition(),),
     runner: Any = None,
     options: PipelineOptions | None = None,
-    progress_interval: float = 5.0,
+    progress_interval: float = 0.0,
     index_empty: bool = False,
     work_dir: str | None = None,
     digest_cache: DigestCache | None = None,
