@@ -151,7 +151,9 @@ def test_job_when_canceled_mid_sync_then_counters_are_what_elasticsearch_acknowl
     _assert_within_in_flight(job, in_index)
     assert job["total_document_count"] == in_index
     assert job["metadata"]["indexed_document_bytes"] > 0 and job["metadata"]["runs"] == 1
-    assert get_connector(es, connector_id).get("last_indexed_document_count") == job["indexed_document_count"]
+    # The connector's last_* fields are written just after the job's end state.
+    wait_for(lambda: get_connector(es, connector_id).get("last_indexed_document_count") == job["indexed_document_count"],
+             timeout=15, what="the connector's last_indexed_document_count")
     _no_progress_records(es, job_id)
     wait_for(lambda: service.metric("elastic_ingest_documents_indexed_total") - before == job["indexed_document_count"],
              timeout=30, what="the Prometheus counter to add the canceled job's documents")
