@@ -614,3 +614,16 @@ def test_poll_when_connector_of_a_service_type_nobody_here_serves_then_logged_on
     notes = [r.getMessage() for r in caplog.records if "not served here" in r.getMessage()]
     assert len(notes) == 1 and f"{unserved.service_type} (1: {unserved.id})" in notes[0], notes
     assert get_connector(es, unserved.id).get("status") == "created"  # left for the service that serves it
+
+
+def test_job_sync_cursor_when_snapshot_dotted_key_or_connector_then_that_order():
+    from launcher.protocol import job_sync_cursor
+
+    connector = Connector("c", {"sync_cursor": {"from": "connector"}})
+    assert job_sync_cursor({"connector": {"sync_cursor": {"from": "job"}}}, connector) == {"from": "job"}
+    # Elastic's claim writes the literal dotted key; Elastic's CLI writes no cursor at all.
+    assert job_sync_cursor({"connector": {}, "connector.sync_cursor": {"from": "claim"}}, connector) == {
+        "from": "claim"}
+    assert job_sync_cursor({"connector": {"sync_cursor": None}, "connector.sync_cursor": None}, connector) == {
+        "from": "connector"}
+    assert job_sync_cursor({"connector": {}}, None) is None
