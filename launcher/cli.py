@@ -45,6 +45,8 @@ ACTIONS: dict[str, str] = {
 }
 
 _LOGGER = logging.getLogger("launcher.cli")
+#: How long ``sync --wait`` lets a job stay ``pending`` before it says nobody has claimed it (default).
+UNCLAIMED_AFTER = 15.0
 
 
 class AuthenticationException(ElasticsearchUnavailable):
@@ -141,13 +143,16 @@ def _echo_json(value: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     for column in columns:
         keep_whole = column in ("id", "created", "last synced", "status", "duration")
         table.add_column(column, overflow="fold", no_wrap=keep_whole, min_width=len(column))
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        # Text, not str: values are shown as they are, never read as Rich markup
+        # (Elasticsearch's reasons name fields in brackets: "failed to parse field [n]").
+        table.add_row(*[Text("" if v is None else str(v)) for v in row])
     import shutil
 
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
@@ -428,24 +433,40 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
         return 0
     rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
              _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
-             j.get("total_document_count"), _duration(j), j.get("error")] for j in jobs]
+             j.get("total_document_count"), _dead_letter_count(j), _duration(j), j.get("error")] for j in jobs]
     _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
-                         "duration",
-                         "error"], rows)
+                         "dead letters", "duration", "error"], rows)
     return 0
 
 
-def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float, **_: Any) -> int:
+def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    return metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
+
+
+def _dead_letter_count(job: dict[str, Any]) -> Any:
+    """The job's dead letters as its document records them (None: not known)."""
+    return _dead_letters_of(job).get("count")
+
+
+def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float,
+                keep_waiting: bool = False, unclaimed_after: float = UNCLAIMED_AFTER, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "sync")
     connector = get_connector(ctx.store, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
     fqn = ctx.config.sources.get(connector.service_type) if isinstance(connector.service_type, str) else None
-    if fqn is not None and job_type != "full":
+    if fqn is not None and job_type == "incremental":
         cls = load_source_class(fqn)
-        flag = "incremental_sync_enabled" if job_type == "incremental" else "dls_enabled"
-        if not getattr(cls, flag, False):
-            raise ConnectorError(f"{display_name(cls)} sources do not support {job_type} syncs", connector_id)
+        if not getattr(cls, "incremental_sync_enabled", False):
+            raise ConnectorError(f"{display_name(cls)} sources do not support incremental syncs", connector_id)
+    if fqn is not None and job_type == "access_control":
+        from sources.base import supports_access_control
+
+        cls = load_source_class(fqn)
+        if not supports_access_control(cls):
+            raise ConnectorError(f"{display_name(cls)} sources do not support document-level security, so they have "
+                                 "no access-control syncs; use --job-type full or incremental", connector_id)
     job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand")
     if not wait:
         if ctx.as_json:
@@ -453,7 +474,7 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
         else:
             click.echo(f"job {job_id} pending ({job_type} sync of connector {connector_id})")
         return 0
-    return _follow(ctx, job_id, timeout)
+    return _follow(ctx, job_id, timeout, keep_waiting, unclaimed_after)
 
 
 def _waits_behind(ctx: _Context, job: Any) -> str | None:
@@ -470,15 +491,49 @@ def _waits_behind(ctx: _Context, job: Any) -> str | None:
             "it starts when that one ends")
 
 
-def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
-    """Show live progress until the job ends; exit code 0 only if it completed."""
+def _unclaimed(ctx: _Context, job: Any, waited: float) -> tuple[str, bool]:
+    """What to say about a job still ``pending`` after ``waited`` seconds; and whether a service looks alive.
+
+    A service serving the connector writes its ``last_seen`` at least every
+    ``service.heartbeat`` seconds; a connector not seen for longer (or never) has no
+    running service, and nobody will ever claim its jobs.
+    """
+    from datetime import datetime, timezone
+
+    from launcher.scheduling import parse_time
+
+    connector = get_connector(ctx.store, job.connector_id) if job.connector_id else None
+    doc = connector.doc if connector is not None else {}
+    seen = parse_time(doc.get("last_seen"))
+    age = (datetime.now(timezone.utc) - seen).total_seconds() if seen else None
+    alive = age is not None and age <= 2 * ctx.config.service.heartbeat + 60
+    where = (f"connector {job.connector_id} (service type {doc.get('service_type')!r}, status {doc.get('status')!r}, "
+             f"last seen {'never' if seen is None else f'{age:,.0f}s ago'})")
+    if alive:
+        return (f"job {job.id} still pending after {waited:,.0f}s: a service serves {where} but has not claimed it yet "
+                "(all its sync slots busy, or another job of this connector runs); waiting"), True
+    return (f"job {job.id} still pending after {waited:,.0f}s: no service has claimed it. No running service "
+            f"seems to serve {where}: start one whose config.yml has service type {doc.get('service_type')!r} "
+            "under sources:, or cancel the job. Use --keep-waiting to wait for one"), False
+
+
+def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = False,
+            unclaimed_after: float = UNCLAIMED_AFTER) -> int:
+    """Show live progress until the job ends; exit code 0 only if it completed.
+
+    A job nobody claims within ``unclaimed_after`` seconds is reported (who should
+    claim it, and when that service was last seen); unless ``keep_waiting``, the wait
+    ends there (exit 1) when no running service serves the connector.
+    """
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
 
     console = Console(stderr=True)
     started = time.monotonic()
     job = None
     said = None
+    reported = False
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - started < timeout:
             job = get_job(ctx.store, job_id)
@@ -490,10 +545,18 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
                 console.print(blocker, markup=False, highlight=False, soft_wrap=True)
             said = blocker
             elapsed = time.monotonic() - started
+            if doc.get("status") == "pending" and elapsed >= unclaimed_after and not reported:
+                reported = True
+                message, alive = _unclaimed(ctx, job, elapsed)
+                live.console.print(message, markup=False, highlight=False, soft_wrap=True)
+                if not alive and not keep_waiting:
+                    live.stop()
+                    click.echo(f"job {job_id} left pending (no service has claimed it)", err=True)
+                    return 1
             indexed = int(doc.get("indexed_document_count") or 0)
             rate = indexed / elapsed if elapsed > 0 else 0.0
             live.update(
-                f"job {job_id}  [bold]{doc.get('status')}[/bold]  indexed {indexed}  "
+                f"job {escape(job_id)}  [bold]{escape(str(doc.get('status')))}[/bold]  indexed {indexed}  "
                 f"deleted {doc.get('deleted_document_count') or 0}  {rate:,.0f} docs/s  {elapsed:,.0f}s elapsed"
             )
             if doc.get("status") in FINAL_STATUSES:
@@ -506,9 +569,12 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
     if ctx.as_json:
         _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
     else:
+        dead = _dead_letter_count(doc)
         click.echo(f"job {job_id} {doc.get('status')}: indexed {doc.get('indexed_document_count')}, deleted "
                    f"{doc.get('deleted_document_count')}, total {doc.get('total_document_count')}"
                    + (f"; error: {doc.get('error')}" if doc.get("error") else ""))
+        if dead:
+            click.echo(f"{dead} document(s) could not be indexed: elastic-ingest --action dead-letters --job-id {job_id}")
     return 0 if doc.get("status") == "completed" else 1
 
 
@@ -529,19 +595,25 @@ def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
 
 def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "dead-letters")
-    from transforms.dead_letter import read_dead_letters
+    from transforms.dead_letter import dead_letter_folder, dead_letter_location, read_dead_letters_from
 
     job = get_job(ctx.store, job_id)
-    location = ctx.config.pipeline.dead_letters
-    letters = list(read_dead_letters(location, job_id))
+    if job is None:
+        raise ConnectorError(f"no job with id {job_id!r}")
+    recorded = _dead_letters_of(job.doc)
+    # Where the job wrote them (recorded absolute); a job from before that was recorded: this config's.
+    folder = recorded.get("location") or dead_letter_folder(dead_letter_location(ctx.config.pipeline.dead_letters),
+                                                            job_id)
+    letters = list(read_dead_letters_from(folder))
     if ctx.as_json:
         _echo_json(letters)
         return 0
-    if job is not None:
-        info = (job.doc.get("metadata") or {}).get("dead_letters") or {}
-        click.echo(f"job {job_id}: {info.get('count', len(letters))} dead letter(s) in {info.get('location', location)}")
-    rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
-    _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
+    count = recorded.get("count")
+    note = f" (the job counted {count})" if count is not None and count != len(letters) else ""
+    click.echo(f"job {job_id}: {len(letters)} dead letter(s) in {folder}{note}")
+    if letters:
+        rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
+        _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
     return 0
 
 
@@ -589,10 +661,16 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--rules", help="create/update-connector: sync rules as JSON, a list of basic rules or "
                               "{\"rules\": [...], \"advanced_snippet\": {...}} (a draft; the service validates it)")
 @click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
-              show_default=True, help="sync: which kind of job")
+              show_default=True, help="sync: which kind of job (incremental and access_control only for sources "
+                                      "that support them: incremental syncs, document-level security)")
 @click.option("--job-id", help="cancel/dead-letters: the job")
 @click.option("--wait", is_flag=True, help="sync: follow the job with a live progress display until it ends")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="sync --wait: give up after seconds")
+@click.option("--unclaimed-after", type=float, default=UNCLAIMED_AFTER, show_default=True,
+              help="sync --wait: after this many seconds pending, say who should claim the job and whether it runs")
+@click.option("--keep-waiting", is_flag=True,
+              help="sync --wait: keep waiting for a job no running service has claimed (by default the wait ends, "
+                   "exit 1, when the connector's service has not been seen)")
 def _command(action: str, config_file: str | None, debug: bool, as_json: bool, **options: Any) -> None:
     """elastic-ingest: sync data sources into Elasticsearch (BYOC connector service)."""
     ctx = _Context(config_file, debug, as_json)

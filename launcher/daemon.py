@@ -51,6 +51,7 @@ from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver
 from sources.errors import IngestError, format_error
+from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
 
@@ -388,7 +389,7 @@ class Daemon:
         for job_type, field in SCHEDULED_AT_FIELD.items():
             if job_type == "incremental" and not getattr(source_class, "incremental_sync_enabled", False):
                 continue
-            if job_type == "access_control" and not getattr(source_class, "dls_enabled", False):
+            if job_type == "access_control" and not supports_access_control(source_class):
                 continue
             for _ in range(3):
                 scheduling = connector.get("scheduling")
@@ -471,10 +472,20 @@ class Daemon:
             except (ConflictError, NotFoundError):
                 continue  # it moved: not stale after all
             _LOGGER.warning("reaped job %s of connector %s: %s", job.id, job.connector_id, reason)
+            self._delete_progress(job.id)
             if not gone and job.status in ("in_progress", "canceling"):
                 release_lock(self.store, job.connector_id, {
                     "last_sync_status": "error", "last_sync_error": error, "last_synced": now_iso(),
                     "status": "error", "error": error}, only_if=("in_progress", "canceling"))
+
+    def _delete_progress(self, job_id: str) -> None:
+        """An ended job's progress records go with it (best effort)."""
+        from transforms.progress import delete_progress
+
+        try:
+            delete_progress(self.es, job_id)
+        except Exception as exc:  # noqa: BLE001 - left-overs only cost a little space
+            _LOGGER.debug("job %s: progress records not deleted: %s", job_id, exc)
 
     def release_orphan_locks(self, connectors: list[Connector]) -> None:
         """Release locks held by no job (an instance died between taking the lock and the job).

@@ -131,6 +131,30 @@ def _mapped_types(es: Elasticsearch, alias: str, fields: list[str]) -> dict[str,
     return types
 
 
+def _reindex_in_place(es: Elasticsearch, index: str, page: int = 500) -> int:
+    """Index every document of ``index`` again as it is, so fields mapped since are searchable.
+
+    Each write is conditional on the ``_seq_no`` read: a document somebody changes
+    meanwhile is left alone (their write indexed it already). ``_update_by_query`` would do
+    the same, but not every distribution has it (the integration-test build lacks it).
+    """
+    done, after = 0, None
+    while True:
+        kwargs: dict[str, Any] = {"search_after": after} if after is not None else {}
+        hits = es.search(index=index, size=page, sort=[{"_doc": "asc"}], seq_no_primary_term=True,
+                         query={"match_all": {}}, **kwargs)["hits"]["hits"]
+        if not hits:
+            break
+        operations: list[dict[str, Any]] = []
+        for hit in hits:
+            operations += [{"index": {"_index": index, "_id": hit["_id"], "if_seq_no": hit["_seq_no"],
+                                      "if_primary_term": hit["_primary_term"]}}, hit["_source"]]
+        es.bulk(operations=operations, refresh=True)
+        done += len(hits)
+        after = hits[-1]["sort"]
+    return done
+
+
 def check_mappings(es: Elasticsearch) -> list[str]:
     """Make the fields the service queries usable; return what cannot be fixed here.
 
@@ -144,14 +168,14 @@ def check_mappings(es: Elasticsearch) -> list[str]:
     for alias, wanted in QUERIED_FIELDS.items():
         for index, types in _mapped_types(es, alias, list(wanted)).items():
             missing = [field for field, kind in types.items() if kind is None]
-            for field, kind in types.items():
-                if kind is not None and kind not in wanted[field]:
-                    problems.append(
-                        f"{index}: field {field!r} is mapped as {kind!r}; the protocol needs {wanted[field][0]!r}, "
-                        f"so the service's queries on it cannot match. Fix: create a new index with the protocol's "
-                        f"mappings (docs/operations.md, 'Indices made by another client'), _reindex {index} into it "
-                        f"and point the alias {alias} at it"
-                    )
+            wrong = [f"{field!r} is mapped as {kind!r} (the protocol needs {wanted[field][0]!r})"
+                     for field, kind in types.items() if kind is not None and kind not in wanted[field]]
+            if wrong:
+                problems.append(
+                    f"{index}: {'; '.join(wrong)}, so the service's queries cannot match them. Fix: create a new "
+                    f"index with the protocol's mappings (docs/operations.md, 'Indices made by another client'), "
+                    f"_reindex {index} into it and point the alias {alias} at it"
+                )
             if missing:
                 properties: dict[str, Any] = {}
                 for field in missing:
@@ -161,7 +185,7 @@ def check_mappings(es: Elasticsearch) -> list[str]:
                         else:
                             properties[head] = spec
                 es.indices.put_mapping(index=index, properties=properties)
-                es.update_by_query(index=index, conflicts="proceed", refresh=True, wait_for_completion=True)
-                _LOGGER.warning("%s lacked the protocol's mapping of %s: added, and its documents re-indexed",
-                                index, ", ".join(missing))
+                count = _reindex_in_place(es, index)
+                _LOGGER.warning("%s lacked the protocol's mapping of %s: added, and its %d document(s) re-indexed",
+                                index, ", ".join(missing), count)
     return problems

@@ -27,8 +27,10 @@ name                                                   type     meaning
 ``bulk_retries_total``                                 counter  ``_bulk`` requests/items retried
 =====================================================  =======  ====================================
 
-The per-instance counters are taken when each job ends, from its job document (the exact
-Beam counters the sync process reported) and its progress records (the exact byte count).
+The per-instance counters are added when each run of a job ends, from that run's own
+counters (:class:`launcher.counters.Counters`: Beam's for a run that reached its end, the
+workers' progress reports for one stopped early); a job suspended here and resumed
+elsewhere is counted once, each instance adding what its own run wrote.
 
 Example usage::
 
@@ -85,46 +87,24 @@ class JobMetrics:
         self.bulk_retries = Counter("elastic_ingest_bulk_retries", "_bulk requests and items retried",
                                     registry=registry)
 
-    def record(self, store: Any, job_id: str, status: str | None) -> None:
-        """Count one ended job (never raises: metrics must not break the supervisor).
+    def record(self, status: str | None, run: Any = None) -> None:
+        """Count one ended run (``run``: its :class:`~launcher.counters.Counters`, None when
+        it wrote none); never raises: metrics must not break the supervisor.
 
         The job is counted as finished last, so a scrape that sees it finished also sees
         its documents.
         """
         try:
-            self._record_counts(store, job_id)
+            if run is not None:
+                self.documents.inc(_non_negative(getattr(run, "indexed", 0)))
+                self.bytes.inc(_non_negative(getattr(run, "bytes", 0)))
+                self.deleted.inc(_non_negative(getattr(run, "deleted", 0)))
+                self.dead_letters.inc(_non_negative(getattr(run, "dead_letters", 0)))
+                self.bulk_retries.inc(_non_negative(getattr(run, "bulk_retries", 0)))
+        except Exception as exc:  # noqa: BLE001
+            _LOGGER.debug("metrics: cannot count a run: %s", exc)
         finally:
             self.finished.labels(status=status or "unknown").inc()
-
-    def _record_counts(self, store: Any, job_id: str) -> None:
-        from launcher.store import as_store
-
-        store = as_store(store)
-        es = store.es
-        try:
-            found = store.get_job(job_id)
-        except Exception as exc:  # noqa: BLE001 - Elasticsearch away: counts are lost, not the job
-            _LOGGER.debug("metrics: cannot read job %s: %s", job_id, exc)
-            return
-        if found is None:
-            return
-        job = found.doc
-        metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
-        dead = metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
-        self.documents.inc(_non_negative(job.get("indexed_document_count")))
-        self.deleted.inc(_non_negative(job.get("deleted_document_count")))
-        self.dead_letters.inc(_non_negative(dead.get("count")))
-        self.bulk_retries.inc(_non_negative(metadata.get("bulk_retries")))
-        if metadata.get("indexed_document_bytes") is not None:  # exact, from the sync's result
-            self.bytes.inc(_non_negative(metadata["indexed_document_bytes"]))
-            return
-        try:  # a job stopped early: the workers' last progress reports
-            from transforms.progress import PROGRESS_INDEX, read_progress
-
-            es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
-            self.bytes.inc(_non_negative(read_progress(es, job_id).get("indexed_document_bytes")))
-        except Exception as exc:  # noqa: BLE001
-            _LOGGER.debug("metrics: cannot read progress of job %s: %s", job_id, exc)
 
 
 def _non_negative(value: Any) -> float:
@@ -145,7 +125,7 @@ def _watch_jobs(daemon: Any, job_metrics: JobMetrics) -> None:
 
     def done(runner: Any) -> None:
         try:
-            job_metrics.record(daemon.store, runner.job_id, getattr(runner, "final_status", None))
+            job_metrics.record(getattr(runner, "final_status", None), getattr(runner, "run_counters", None))
         finally:
             original(runner)
 

@@ -122,6 +122,30 @@ class OwnJobs:
             return None
         return f"its daemon (pid {daemon}) and sync process (pid {meta.get('worker_pid')}) are gone"
 
+    def _killed_run_counters(self, job: Job) -> dict[str, Any]:
+        """The job's counters after the killed run, when it was the job's first: its workers'
+        progress records, exact up to the requests in flight (the last heartbeat may be
+        older). A later run's share cannot be told from the earlier runs' in the job
+        document: its last heartbeat stands."""
+        from launcher.counters import Counters
+        from transforms.dead_letter import count_dead_letters
+        from transforms.progress import PROGRESS_INDEX, read_progress
+
+        meta = job.doc.get("metadata") if isinstance(job.doc.get("metadata"), dict) else {}
+        if Counters.carried(job.doc).runs > 1:
+            return {}
+        try:
+            self.store.es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
+            location = (meta.get("dead_letters") or {}).get("location")
+            run = Counters.of_progress(read_progress(self.store.es, job.id),
+                                       dead_letters=(count_dead_letters(location) or 0) if location else 0)
+        except Exception as exc:  # noqa: BLE001 - the last heartbeat's counters stand
+            _LOGGER.warning("job %s: its progress records are unreadable (%s); its counters are the last heartbeat's",
+                            job.id, exc)
+            return {}
+        run = run.at_least(Counters.carried(job.doc))
+        return {**run.job_fields(), "metadata": {**meta, **run.metadata(location)}}
+
     def take_back(self, *, running: Iterable[str], connector_ids: list[str] | None,
                   service_types: list[str] | None) -> list[str]:
         """Suspend (or, if a cancel was asked, cancel) our orphaned jobs; their ids. Cheap once done."""
@@ -143,6 +167,7 @@ class OwnJobs:
                 status, fields = "canceled", {"canceled_at": stamp, "completed_at": stamp, "last_seen": stamp}
             else:
                 status, fields = "suspended", {"last_seen": stamp}
+            fields.update(self._killed_run_counters(job))
             try:
                 self.store.end_job(job, status, fields, expected=job)
             except (ConflictError, NotFoundError):

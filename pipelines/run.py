@@ -36,14 +36,16 @@ from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir
 from sources.driver import SourceDriver, build_source
-from sources.errors import ConfigError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error
+from sources.errors import (
+    ConfigError, IngestError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error,
+)
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
-from transforms.dead_letter import dead_letter_folder
+from transforms.dead_letter import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, started_from, store_synced
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
-from transforms.progress import read_job_record
+from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 
 __all__ = ["run_sync", "write_job_file", "main"]
 
@@ -57,6 +59,9 @@ _WORK_DIRS: set[str] = set()
 
 
 def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
+    # The workers of this process write what Elasticsearch acknowledged since their last
+    # report: the daemon takes a stopped job's counters from those reports.
+    flush_all(timeout=2.0)
     for job_id, result in list(_RUNNING.items()):
         try:
             _LOGGER.warning("sync %s: stopping (signal %d); cancelling the pipeline", job_id, signum)
@@ -70,7 +75,7 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
 
 
 def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
-                   conn: ElasticsearchConnection, progress_interval: float = 5.0) -> None:
+                   conn: ElasticsearchConnection, progress_interval: float = 0.0) -> None:
     """Write what a sync process needs, readable by this user only (it holds secrets)."""
     from dataclasses import asdict
 
@@ -108,7 +113,12 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
             return [], None
-        from sources.base import Partition
+        from sources.base import Partition, supports_access_control
+
+        if job.job_type == "access_control":
+            if not supports_access_control(type(source)):  # the launcher checks first; never the content index
+                raise SourceConfigError(f"{type(source).__name__} does not support document-level security")
+            return [Partition()], None
 
         cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
         if hasattr(source, "changed") and driver.call(source.changed) is False:
@@ -195,13 +205,14 @@ def _remove_work_dir(path: str) -> None:
 
 
 def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection,
-             progress_interval: float = 5.0, work_root: str | None = None) -> dict[str, Any]:
+             progress_interval: float = 0.0, work_root: str | None = None) -> dict[str, Any]:
     """Run one sync to its end; return the result document (never raises for a failed sync).
 
     ``work_root``: where its working files go unless ``pipeline.work_dir`` says (the daemon
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
+    settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
     try:
@@ -241,10 +252,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                 outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache, work_dir, counts,
                                                                     empty_at)
         if job.job_type == "incremental":
-            # The source set no new cursor: keep the one this sync started from.
-            cursor = read_job_record(es, job.job_id, "sync_cursor")
-            if cursor is None:
-                cursor = job.sync_cursor
+            cursor = _new_cursor(es, job)
         dead = counts.get("dead_letters", 0)  # counted where they are written, whatever the stage
         outcome.update(_job_counters(counts))
         outcome["dead_letters"] = {"count": dead, "location": dead_letter_folder(settings.dead_letters, job.job_id)}
@@ -257,17 +265,37 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             )
         outcome["status"] = "completed"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
-        outcome["error"] = (_refused(exc, conn, job.index_name)
+        # Our own errors say what failed; others may hide Elasticsearch refusing the credentials.
+        outcome["error"] = ((None if isinstance(exc, IngestError) else _refused(exc, conn, job.index_name))
                             or format_error(_root_cause(exc)).split(" [while running '", 1)[0])
         _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
         _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
-        if "dead_letters" not in outcome:  # a failed pipeline reports no metrics: count what was written
+        if "indexed_document_count" not in outcome:
+            # A failed pipeline reports no metrics: what the workers reported (the daemon adds
+            # their progress records), and what was written where the dead letters go.
+            flush_all(timeout=5.0)
+            outcome["progress"] = local_totals(job.job_id)
+        if "dead_letters" not in outcome:
             outcome["dead_letters"] = _dead_letters_written(settings.dead_letters, job.job_id)
     finally:
         outcome["total_document_count"] = _safe_count(es, job.index_name)
         outcome["duration_seconds"] = round(time.monotonic() - started, 3)
         es.close()
     return outcome
+
+
+def _new_cursor(es: Any, job: SyncJob) -> Any:
+    """The cursor an incremental sync's read stored (the one it started from if the source
+    set none). A record that cannot be read fails the job: completing it with the old cursor
+    would silently replay the same changes next time."""
+    from sources.errors import IndexingError
+
+    try:
+        cursor = read_job_record(es, job.job_id, "sync_cursor")
+    except Exception as exc:  # noqa: BLE001 - missing or unreadable: either way not the new cursor
+        raise IndexingError(f"the new sync cursor could not be read back from {PROGRESS_INDEX} ({format_error(exc)}); "
+                            "the job fails rather than keep the old cursor") from exc
+    return job.sync_cursor if cursor is None else cursor
 
 
 def _job_counters(counts: dict[str, int]) -> dict[str, int]:
@@ -310,13 +338,8 @@ def _refused(exc: BaseException, conn: ElasticsearchConnection, index: str) -> s
 
 
 def _dead_letters_written(location: str, job_id: str) -> dict[str, Any]:
-    from transforms.dead_letter import read_dead_letters
-
-    try:
-        count: int | None = sum(1 for _ in read_dead_letters(location, job_id))
-    except Exception:  # noqa: BLE001 - unreadable: unknown, not zero
-        count = None
-    return {"count": count, "location": dead_letter_folder(location, job_id)}
+    folder = dead_letter_folder(location, job_id)
+    return {"count": count_dead_letters(folder), "location": folder}
 
 
 def _safe_count(es: Any, index: str) -> int | None:
@@ -403,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = PipelineConfig.model_validate(payload["pipeline"])
     es_args = payload["elasticsearch"]
     conn = ElasticsearchConnection(**{**es_args, "hosts": tuple(es_args["hosts"])})
-    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 5.0)),
+    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 0.0)),
                        work_root=str(Path(job_file).parent))
     tmp = result_file + ".tmp"
     Path(tmp).write_text(json.dumps(outcome, default=str), encoding="utf-8")

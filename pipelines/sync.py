@@ -65,7 +65,7 @@ def build_sync_pipeline(
     partitions: Sequence[Partition] = (Partition(),),
     runner: Any = None,
     options: PipelineOptions | None = None,
-    progress_interval: float = 5.0,
+    progress_interval: float = 0.0,
     index_empty: bool = False,
     work_dir: str | None = None,
     digest_cache: DigestCache | None = None,
@@ -84,7 +84,10 @@ def build_sync_pipeline(
     digests of what it read in ``read_digests_dir(work_dir)``, for after the sync.
     """
     p = beam.Pipeline(runner=runner, options=options)
-    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
+    # An access-control sync is a full sync of the source's identities into the job's
+    # index (``.search-acl-filter-<content index>``, chosen by the launcher).
+    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
+                      access_control=job.job_type == "access_control")
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
     normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)

@@ -216,3 +216,54 @@ def test_cli_when_elasticsearch_refuses_credentials_then_host_and_settings_named
     assert last.startswith("AuthenticationException: ") and url in last and "401" in last
     assert "unable to authenticate user [me]" in last and "elasticsearch.username" in last and "api_key" in last
     assert SECRET not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_when_index_name_breaks_elasticsearch_rules_then_refused_on_create_and_update(es, config, connector_id):
+    run = _Outputs(config)
+    for name in ("Bad Name", "UPPER", "_under", "a,b", "a#b"):
+        create = run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+                     "--index-name", name, expect=2)
+        assert "Invalid value for '--index-name'" in create.stderr and repr(name) in create.stderr, create.stderr
+    assert get_connector(es, connector_id) is None
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+        "--index-name", f"search-{connector_id}", "--set", "count=1")
+    update = run("--action", "update-connector", "--connector-id", connector_id, "--index-name", "Search Me", expect=2)
+    assert "'Search Me' contains space" in update.stderr
+    assert get_connector(es, connector_id).doc["index_name"] == f"search-{connector_id}"
+
+
+def test_cli_when_access_control_for_source_without_dls_then_refused(es, config, connector_id):
+    run = _Outputs(config)
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+        "--index-name", f"search-{connector_id}", "--set", "count=1")
+
+    refused = run("--action", "sync", "--connector-id", connector_id, "--job-type", "access_control", expect=1)
+
+    assert refused.stderr.startswith("ConnectorError: Slow (tests) sources do not support document-level security")
+    es.indices.refresh(index=JOBS_INDEX)
+    assert es.count(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["count"] == 0
+
+
+def test_cli_when_sync_wait_and_no_service_serves_the_connector_then_says_so_and_stops_unless_asked(
+        es, config, connector_id):
+    from launcher.protocol import new_connector
+
+    run = _Outputs(config)
+    # Written directly, as Kibana could: a service type no running daemon serves.
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
+        service_type="nobody_serves_this", index_name=f"search-{connector_id}"))
+
+    stopped, kept = run.parallel(
+        (("--action", "sync", "--connector-id", connector_id, "--wait", "--unclaimed-after", "1"), 1),
+        (("--action", "sync", "--connector-id", connector_id, "--wait", "--unclaimed-after", "1", "--keep-waiting",
+          "--timeout", "5"), 1))
+
+    assert "no service has claimed it" in stopped.stderr and "last seen never" in stopped.stderr
+    assert "service type 'nobody_serves_this'" in stopped.stderr and "status 'created'" in stopped.stderr
+    assert "left pending (no service has claimed it)" in stopped.stderr
+    assert "no service has claimed it" in kept.stderr and "still pending after 5s" in kept.stderr
+    es.indices.refresh(index=JOBS_INDEX)
+    jobs = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["hits"]["hits"]
+    assert [j["_source"]["status"] for j in jobs] == ["pending", "pending"]  # another service may still come
+    for job in jobs:
+        es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)

@@ -282,6 +282,25 @@ def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_ke
     assert index_docs(es, index_name) == want
 
 
+def test_incremental_sync_when_new_cursor_cannot_be_read_back_then_job_fails_rather_than_keep_the_old(
+        es, index_name):
+    from tests.helpers import ES_URL
+
+    changes = [{"op": "index", "doc": {"_id": "doc-1", "title": "one"}}]
+    try:
+        outcome = run_sync(index=index_name, fqn="tests.fixtures_sources.cursor:CursorReadBlockingSource",
+                           job_type="incremental", configuration={"changes": changes, "es_url": ES_URL},
+                           sync_cursor={"position": 0})
+        blocked = es.indices.get_settings(index=PROGRESS_INDEX, name="index.blocks.read", expand_wildcards="all")
+    finally:
+        es.indices.put_settings(index=PROGRESS_INDEX, settings={"index.blocks.read": None})
+    assert blocked[PROGRESS_INDEX]["settings"]["index"]["blocks"]["read"] == "true"  # the test did block it
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith("IndexingError: the new sync cursor could not be read back"), outcome["error"]
+    assert "sync_cursor" not in outcome  # the connector keeps its cursor; the job says why it failed
+    assert set(index_docs(es, index_name)) == {"doc-1"}
+
+
 def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_the_unseen_ids(es, index_name,
                                                                                                 tmp_path):
     """The digests scan and the deletion rescan over several pages and concurrent slices."""

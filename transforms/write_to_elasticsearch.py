@@ -198,7 +198,7 @@ class _BulkWriteFn(beam.DoFn):
         if pool:
             pool.shutdown(wait=True)
         if getattr(self, "progress", None):
-            self.progress.flush()
+            self.progress.close()
         es = getattr(self, "es", None)
         if es is not None:
             es.close()
@@ -323,12 +323,14 @@ class WriteToElasticsearch(beam.PTransform):
             in flight), as an incremental sync's changes need.
         settings: batch sizes, requests in flight, retries (the error-rate limit is checked per job).
         pipeline: an ingest pipeline to name in the requests (only if it exists).
-        job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
+        job_id: when set, live counters are reported for the daemon after every acknowledged
+            request (see ``transforms.progress``).
+        progress_interval: the least seconds between two progress reports of one worker.
     """
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, operation: str = "index",
                  settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
-                 job_id: str | None = None, progress_interval: float = 5.0):
+                 job_id: str | None = None, progress_interval: float = 0.0):
         super().__init__()
         if operation not in ("index", "update", "delete", MIXED):
             raise ValueError(
