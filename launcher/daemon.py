@@ -96,6 +96,8 @@ class Daemon:
         self._pinged: dict[str, tuple[str, float]] = {}
         self._orphans: dict[str, float] = {}
         self._document_errors: dict[str, str] = {}
+        self._unserved: dict[str, list[str]] = {}
+        self._unserved_checked = float("-inf")
         self.polls = 0
         self.last_successful_poll: float | None = None
 
@@ -143,6 +145,7 @@ class Daemon:
             if not self._store_ready():
                 return
             connectors = self.served_connectors()
+            self._note_unserved()
             self.heartbeat(connectors)
             for connector in connectors:
                 if self._stop.is_set():
@@ -207,6 +210,27 @@ class Daemon:
         else:
             found = self.store.list_connectors(service_types=self.served_types())
         return [c for c in found if not c.get("deleted")]
+
+    def _note_unserved(self) -> None:
+        """Log (INFO, when it changes; looked at every ``service.heartbeat`` s) the connectors of
+        service types this instance does not serve: another service may, and their jobs wait
+        for it; ``sync --wait`` says so too."""
+        now = time.monotonic()
+        if self.config.service.connector_ids or now - self._unserved_checked < self.config.service.heartbeat:
+            return
+        self._unserved_checked = now
+        served = set(self.served_types())
+        unserved: dict[str, list[str]] = {}
+        for connector in self.store.list_connectors():
+            if connector.service_type not in served:
+                unserved.setdefault(str(connector.service_type), []).append(connector.id)
+        summary = {kind: sorted(ids) for kind, ids in unserved.items()}
+        if summary and summary != self._unserved:
+            _LOGGER.info("connectors of service types not served here (another service may serve them; their jobs "
+                         "stay pending until one does): %s", "; ".join(
+                             f"{kind} ({len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+                             for kind, ids in sorted(summary.items())))
+        self._unserved = summary
 
     def heartbeat(self, connectors: list[Connector]) -> None:
         now = time.monotonic()

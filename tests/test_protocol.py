@@ -661,3 +661,21 @@ def test_poll_when_access_control_job_and_source_with_dls_then_identities_indexe
         assert get_connector(es, connector.id).get("last_access_control_sync_status") == "completed"
     finally:
         es.indices.delete(index=acl_index, ignore_unavailable=True)
+
+
+def test_poll_when_connector_of_a_service_type_nobody_here_serves_then_logged_once(es, make_connector, tmp_path,
+                                                                                   caplog):
+    import logging
+
+    unserved = make_connector(service_type=f"unserved_{uuid.uuid4().hex[:6]}")
+    config = load_config(write_config(tmp_path / "types.yml", service={"service_types": ["slow"], "heartbeat": 300},
+                                      sources={**SOURCES, "slow": SLOW}))
+    daemon = Daemon(config, es)
+
+    with caplog.at_level(logging.INFO, logger="launcher.daemon"):
+        daemon.poll_once()
+        daemon.poll_once()
+
+    notes = [r.getMessage() for r in caplog.records if "not served here" in r.getMessage()]
+    assert len(notes) == 1 and f"{unserved.service_type} (1: {unserved.id})" in notes[0], notes
+    assert get_connector(es, unserved.id).get("status") == "created"  # left for the service that serves it
