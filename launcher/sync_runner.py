@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
     def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
-                 store: ConnectorStore | None = None):
+                 store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
         self.es = es  # the content index and the progress records
@@ -160,6 +161,8 @@ class SyncRunner(threading.Thread):
         self._suspend = threading.Event()
         self.process: subprocess.Popen | None = None
         self.final_status: str | None = None
+        #: The claiming service's identity, written into the job's metadata (launcher/recovery.py).
+        self.owner = dict(owner or {})
         #: The job's earlier runs (a suspended job claimed again); this run adds to them.
         self.carried = Counters.carried(claim.job.doc)
         #: This run's counters once it ended (what the Prometheus counters of this instance add).
@@ -230,7 +233,7 @@ class SyncRunner(threading.Thread):
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
         write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection())
-        self.metadata = {"runner": pipeline_settings.runner, "worker_pid": None,
+        self.metadata = {**self.owner, "runner": pipeline_settings.runner, "worker_pid": None,
                          "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
