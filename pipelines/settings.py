@@ -65,6 +65,8 @@ class DataflowConfig(_Section):
     network: str | None = None
     subnetwork: str | None = None
     sdk_container_image: str | None = None
+    secret_project: str | None = Field(None, description="the project whose Secret Manager holds a job's secrets "
+                                                         "while it runs (default: project)")
 
 
 class PipelineConfig(_Section):
@@ -87,6 +89,9 @@ class PipelineConfig(_Section):
     dead_letters: str = "./dead_letters"
     work_dir: str | None = Field(None, description="where a sync keeps its index digests while it runs "
                                                    "(default: the system's temporary directory)")
+    secrets_dir: str | None = Field(None, description="where a sync puts the secrets its workers read (a 0600 "
+                                                      "file), for workers on other machines sharing this folder "
+                                                      "(default: the sync's private work directory)")
     digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
                                                  "of an index nobody wrote to since (local runners)")
     digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")
