@@ -229,7 +229,7 @@ class SyncRunner(threading.Thread):
             return
         # Imported here, not at module level: they pull in Beam, which the daemon itself
         # never needs (it starts, and stops, seconds faster without it).
-        from pipelines.run import write_job_file
+        from pipelines.run import DAEMON_PID_ENV, write_job_file
         from transforms.dead_letter import dead_letter_folder, dead_letter_location
 
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
@@ -246,6 +246,7 @@ class SyncRunner(threading.Thread):
         # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
         # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),
