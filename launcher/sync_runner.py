@@ -175,6 +175,7 @@ class SyncRunner(threading.Thread):
         #: This run's counters once it ended (what the Prometheus counters of this instance add).
         self.run_counters: Counters | None = None
         self.metadata: dict[str, Any] = {}
+        self.index_name: str | None = None
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -235,6 +236,7 @@ class SyncRunner(threading.Thread):
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
         pipeline_settings = pipeline_settings.model_copy(
             update={"dead_letters": dead_letter_location(pipeline_settings.dead_letters)})
+        self.index_name = sync_job.index_name
         self._delete_progress()  # a run counts from zero: an earlier run's leftovers are not ours
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
@@ -277,7 +279,7 @@ class SyncRunner(threading.Thread):
         try:
             if self._suspend.is_set():
                 self._stop_process()
-                self._finish_suspended(sync_job.index_name)
+                self._finish_suspended()
                 return
             if lost:
                 # Somebody else decided this job's fate (the reaper, a client): leave both
@@ -286,13 +288,12 @@ class SyncRunner(threading.Thread):
                 _LOGGER.warning("job %s: %s; stopped without writing its end state", self.job_id, lost)
                 return
             if gone:
-                self._finish("error", run=self._stopped_run(), total=self._index_count(sync_job.index_name),
-                             error=format_error(JobGone(gone)))
+                self._finish("error", run=self._stopped_run(), error=format_error(JobGone(gone)))
                 return
             if canceled:
-                self._finish("canceled", run=self._stopped_run(), total=self._index_count(sync_job.index_name))
+                self._finish("canceled", run=self._stopped_run())
                 return
-            self._finish_from_result(result_file, sync_job.index_name)
+            self._finish_from_result(result_file)
         finally:
             # The job file (it holds secrets), the result and whatever a killed sync left.
             shutil.rmtree(workdir, ignore_errors=True)
@@ -336,12 +337,13 @@ class SyncRunner(threading.Thread):
         written = count_dead_letters(location)
         return max(0, written - self.carried.dead_letters) if written is not None else 0
 
-    def _index_count(self, index_name: str | None) -> int | None:
-        if not index_name:
+    def _index_count(self) -> int | None:
+        """What the content index holds now (None: it cannot be counted)."""
+        if not self.index_name:
             return None
         try:
-            self.es.indices.refresh(index=index_name, ignore_unavailable=True)
-            return int(self.es.count(index=index_name)["count"])
+            self.es.indices.refresh(index=self.index_name, ignore_unavailable=True)
+            return int(self.es.count(index=self.index_name)["count"])
         except Exception:  # noqa: BLE001 - no index yet
             return None
 
@@ -368,12 +370,12 @@ class SyncRunner(threading.Thread):
             _LOGGER.warning("job %s: could not delete its progress records: %s", self.job_id, format_error(exc))
 
     # -- end states ----------------------------------------------------------------
-    def _finish_from_result(self, result_file: Path, index_name: str) -> None:
+    def _finish_from_result(self, result_file: Path) -> None:
         try:
             outcome = json.loads(result_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             code = self.process.returncode if self.process else None
-            self._finish("error", run=self._stopped_run(), total=self._index_count(index_name),
+            self._finish("error", run=self._stopped_run(),
                          error=f"SyncProcessError: the sync process ended with exit code {code} and no result")
             return
         # Exact (Beam metrics) when the pipeline reached its end; else what the workers reported.
@@ -430,6 +432,7 @@ class SyncRunner(threading.Thread):
         metadata: dict[str, Any] | None = None
         if run is not None:
             counters, metadata = self._job_counters(run)
+            total = self._index_count() if total is None else total  # e.g. Elasticsearch was away at the end
             if total is not None:
                 counters["total_document_count"] = total
         finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
@@ -440,11 +443,11 @@ class SyncRunner(threading.Thread):
         log("job %s: %s%s %s", self.job_id, status, f" ({error})" if error else "",
             json.dumps(counters, sort_keys=True))
 
-    def _finish_suspended(self, index_name: str) -> None:
+    def _finish_suspended(self) -> None:
         self.final_status = "suspended"
         run = self._stopped_run()
         counters, metadata = self._job_counters(run)
-        total = self._index_count(index_name)
+        total = self._index_count()
         if total is not None:
             counters["total_document_count"] = total
         try:

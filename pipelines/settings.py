@@ -25,6 +25,8 @@ class BulkConfig(_Section):
     max_in_flight: int = Field(4, ge=1)
     max_batch_seconds: float = Field(2.0, gt=0, description="send a batch at least this often (slow sources)")
     max_retries: int = Field(8, ge=0)
+    max_retry_seconds: float = Field(120.0, gt=0, description="a request still failing this long after its "
+                                                               "first attempt fails the job with its last error")
     initial_backoff: float = Field(0.5, gt=0)
     max_backoff: float = Field(30.0, gt=0)
 

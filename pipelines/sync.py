@@ -51,6 +51,7 @@ def bulk_settings(settings: PipelineConfig) -> BulkSettings:
     b = settings.bulk
     return BulkSettings(
         max_docs=b.max_docs, max_bytes=b.max_bytes, max_in_flight=b.max_in_flight, max_retries=b.max_retries,
+        max_retry_seconds=b.max_retry_seconds,
         max_batch_seconds=b.max_batch_seconds,
         initial_backoff=b.initial_backoff, max_backoff=b.max_backoff, max_error_rate=settings.max_error_rate,
         min_errors_to_fail=settings.min_errors_to_fail,
@@ -113,6 +114,7 @@ def build_sync_pipeline(
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
                 record_digests=read_digests_dir(work_dir) if digest_cache is not None and work_dir else None,
+                max_batch_seconds=settings.bulk.max_batch_seconds,
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -93,8 +94,9 @@ def _content_size(extra: Mapping[str, Any]) -> int:
 
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
-                 max_download_bytes: int, record_digests: str | None = None):
+                 max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None):
         self.spec = spec
+        self.max_batch_seconds = max_batch_seconds
         self.track_seen = track_seen
         self.record_digests = record_digests
         self.batch_size = batch_size
@@ -143,6 +145,7 @@ class _ReadPartitionFn(beam.DoFn):
         if self.track_seen and indexed is not None and self.seen is None:
             self.seen = new_seen(len(indexed))
         batch: list[tuple[str, dict[str, Any], Any]] = []
+        batch_started = 0.0
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(self.source.get_access_control() if self.spec.access_control
                                        else call_get_docs(self.source, self.spec.filtering(), partition))
@@ -159,8 +162,12 @@ class _ReadPartitionFn(beam.DoFn):
                 if self.rules and not self.rules.should_index(doc):
                     self.filtered.inc()
                     continue
+                if not batch:
+                    batch_started = time.monotonic()
                 batch.append((doc_id, doc, lazy))
-                if len(batch) >= self.batch_size:
+                # A slow source's documents do not wait for a full batch: at most max_batch_seconds.
+                if len(batch) >= self.batch_size or (
+                        self.max_batch_seconds and time.monotonic() - batch_started >= self.max_batch_seconds):
                     self.read_count.inc(read)
                     read = 0
                     yield from self._flush(batch, indexed)
@@ -269,11 +276,14 @@ class ReadFromSource(beam.PTransform):
             ``_timestamp`` digests of every document read (and kept by the sync rules) are
             written, a file per bundle (:func:`~transforms.digests.read_records`): after
             a clean sync they are the index's (:func:`~transforms.digest_cache.store_synced`).
+        max_batch_seconds: a batch is handed on when its first document is this old, even
+            if not full (checked as documents come: a slow source's first documents reach
+            the writer, whose own timer sends them, long before ``batch_size`` are read).
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
                  batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
-                 record_digests: str | None = None):
+                 record_digests: str | None = None, max_batch_seconds: float | None = None):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
@@ -286,10 +296,11 @@ class ReadFromSource(beam.PTransform):
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
         self.record_digests = record_digests
+        self.max_batch_seconds = max_batch_seconds
 
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
-                                self.max_download_bytes, self.record_digests)
+                                self.max_download_bytes, self.record_digests, self.max_batch_seconds)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         return (
             partitions
