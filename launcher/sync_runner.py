@@ -145,6 +145,13 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     )
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """Elasticsearch away or not ready yet (no connection, a timeout, 429 or 5xx: shards still recovering)."""
+    if isinstance(exc, ApiError):
+        return exc.meta.status == 429 or exc.meta.status >= 500
+    return isinstance(exc, (ESConnectionError, TransportError))
+
+
 class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
@@ -197,8 +204,9 @@ class SyncRunner(threading.Thread):
             _LOGGER.error("job %s: supervisor failed: %s", self.job_id, format_error(exc))
             _LOGGER.debug("supervisor failure", exc_info=True)
             self._stop_process()
-            if isinstance(exc, (ESConnectionError, TransportError)):
-                _LOGGER.error("job %s: Elasticsearch stayed unreachable; the reaper will end the job", self.job_id)
+            if _unavailable(exc):
+                _LOGGER.error("job %s: the daemon stops while Elasticsearch is unreachable; the job is taken back when "
+                              "this service restarts, or ended by the reaper", self.job_id)
             elif self.final_status is None:  # an end state already written is not overwritten
                 try:
                     self._finish("error", error=format_error(exc))
@@ -222,7 +230,7 @@ class SyncRunner(threading.Thread):
             return
         # Imported here, not at module level: they pull in Beam, which the daemon itself
         # never needs (it starts, and stops, seconds faster without it).
-        from pipelines.run import write_job_file
+        from pipelines.run import DAEMON_PID_ENV, write_job_file
         from transforms.dead_letter import dead_letter_folder, dead_letter_location
 
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
@@ -240,6 +248,7 @@ class SyncRunner(threading.Thread):
         # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
         # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),
@@ -380,22 +389,42 @@ class SyncRunner(threading.Thread):
 
     def _finish(self, status: str, *, run: Counters | None = None, total: int | None = None, error: str | None = None,
                 sync_cursor: Any = None) -> None:
-        """Write the end state; while Elasticsearch is unreachable, retry (for up to ``job_stale_after``)."""
-        deadline = time.monotonic() + self.config.service.job_stale_after
-        delay = 0.5
+        """Write the end state; while Elasticsearch is unreachable, retry until it answers.
+
+        The job is this daemon's as long as it runs (its own reaper leaves it alone), so
+        its own outcome is written however long the outage lasts, unless the daemon stops
+        meanwhile (the job is then taken back at restart, see launcher/recovery.py). After
+        an outage the job is read first: one another instance ended or claimed meanwhile
+        is left as it is.
+        """
+        delay, waited = 0.5, False
         while True:
             try:
+                if waited and self._taken_over():
+                    return
                 self._write_end(status, run=run, total=total, error=error, sync_cursor=sync_cursor)
                 break
-            except (ESConnectionError, TransportError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
+            except (ESConnectionError, TransportError, ApiError) as exc:
+                if self._suspend.is_set() or not _unavailable(exc):
+                    raise  # the daemon is stopping, or Elasticsearch refused the write itself
                 _LOGGER.warning("job %s: cannot write its end state yet (%s); retrying", self.job_id,
                                 format_error(exc))
-                time.sleep(delay)
+                waited = True
+                self._suspend.wait(delay)
                 delay = min(delay * 2, 10.0)
         if run is not None:
             self._delete_progress()
+
+    def _taken_over(self) -> bool:
+        """Whether somebody else ended the job, or claimed it, while Elasticsearch was away."""
+        job = self.store.get_job(self.job_id)
+        if job is not None and job.status in ("in_progress", "canceling") and \
+                job.doc.get("worker_hostname") in (None, self.claim.job.doc.get("worker_hostname")):
+            return False
+        self.final_status = "lost"
+        _LOGGER.warning("job %s: %s meanwhile; its end state is not written", self.job_id,
+                        "deleted" if job is None else f"became {job.status} on {job.doc.get('worker_hostname')}")
+        return True
 
     def _write_end(self, status: str, *, run: Counters | None, total: int | None, error: str | None,
                    sync_cursor: Any) -> None:

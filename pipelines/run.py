@@ -48,7 +48,7 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 from transforms.secrets import discard_all, worker_secrets
 
-__all__ = ["run_sync", "write_job_file", "main"]
+__all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
 _LOGGER = logging.getLogger("pipelines.run")
 MIB = 1024 * 1024
@@ -385,15 +385,22 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+#: Set by the daemon for its sync processes: its pid, so a sync whose daemon died before the
+#: sync even started (while Python and Beam were imported) knows it at once.
+DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
+
+
 def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
     """Stop this sync when the daemon that started it dies (SIGKILL, OOM kill).
 
-    Nobody would read its result, the reaper re-runs its job elsewhere, and its job file
+    Nobody would read its result, the job is taken back or reaped, and its job file
     (which holds secrets) would stay on disk: delete the files and stop as on SIGTERM.
+    The daemon is the pid in ``ELASTIC_INGEST_DAEMON_PID`` (else the parent found now).
     """
     import threading
 
-    parent = os.getppid()
+    given = os.environ.get(DAEMON_PID_ENV, "")
+    parent = int(given) if given.isdigit() else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -401,7 +408,7 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
         _LOGGER.error("the daemon (pid %d) that started this sync is gone; stopping", parent)
         for work_dir in list(_WORK_DIRS):
             _remove_work_dir(work_dir)
-        for path in (job_file, result_file):
+        for path in (job_file, result_file, Path(str(result_file) + ".tmp")):
             path.unlink(missing_ok=True)
         try:
             job_file.parent.rmdir()
