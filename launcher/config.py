@@ -127,6 +127,9 @@ class ServiceConfig(_Section):
                                              "and the config file's path)")
     metrics_address: str | None = Field(None, description="host:port for /healthz and /metrics")
     log_format: Literal["text", "json"] = "text"
+    warm_sync_processes: bool = Field(
+        True, description="fork each sync process from a warm process that imported Python, Beam and the sources "
+                          "once (launcher/sync_processes.py); false: a fresh interpreter per sync (~1.5 CPU-s more)")
     protocol_store: Literal["auto", "connector_api", "indices"] = Field(
         "auto", description="where connectors and jobs live: the connector API where the cluster has it (auto), "
                             "or always one of connector_api / indices")

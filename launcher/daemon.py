@@ -48,6 +48,7 @@ from launcher.index_store import default_domain
 from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
+from launcher.sync_processes import SyncProcesses
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver
 from sources.errors import IngestError, format_error
@@ -100,6 +101,9 @@ class Daemon:
         self._unserved_checked = float("-inf")
         self.polls = 0
         self.last_successful_poll: float | None = None
+        #: Starts sync processes: forked from a warm process (service.warm_sync_processes), else fresh.
+        self.processes = SyncProcesses(warm=config.service.warm_sync_processes,
+                                       preload=sorted(set(config.sources.values())))
 
     @property
     def store(self) -> ConnectorStore:
@@ -122,6 +126,7 @@ class Daemon:
     def run(self, *, max_polls: int | None = None) -> None:
         _LOGGER.info("elastic-ingest serving %s as %s (Elasticsearch %s)", ", ".join(self.served_types()),
                      self.hostname, self.config.elasticsearch.host)
+        self.processes.start_warm()  # it imports Beam and the sources meanwhile
         try:
             while not self._stop.is_set():
                 self.poll_once()
@@ -138,6 +143,7 @@ class Daemon:
             runner.suspend()
         for runner in runners:
             runner.join(timeout=30)
+        self.processes.close()
         _LOGGER.info("elastic-ingest stopped (%d job(s) suspended)", len(runners))
 
     def poll_once(self) -> None:
@@ -554,7 +560,7 @@ class Daemon:
             if claim is None:
                 continue
             runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store,
-                                owner=self.identity.metadata())
+                                owner=self.identity.metadata(), processes=self.processes)
             with self._lock:
                 self.running[job.id] = runner
             runner.start()

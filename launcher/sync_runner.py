@@ -6,7 +6,9 @@ thread:
 1. builds the :class:`~pipelines.job.SyncJob` from the job's connector snapshot and
    config.yml (the source FQN comes from config.yml, never from the document), and
    writes it to a private 0600 file;
-2. starts ``python -m pipelines.run JOB_FILE RESULT_FILE`` in a new process group;
+2. starts the sync process (``pipelines.run JOB_FILE RESULT_FILE``) in a new process group,
+   forked from the daemon's warm process or as a fresh interpreter
+   (:mod:`launcher.sync_processes`);
 3. every ``job_progress_interval`` seconds writes the live counters (the earlier runs'
    plus the workers' progress records, :mod:`launcher.counters`) and ``last_seen`` to the job; every
    ``cancel_check_interval`` seconds re-reads the job: ``canceling`` (or a deleted job
@@ -31,7 +33,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,6 +50,7 @@ from launcher.protocol import (
     FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
 from launcher.store import ConnectorStore, as_store
+from launcher.sync_processes import SyncProcesses
 from pipelines.job import SyncJob
 from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
 from sources.registry import display_name, load_source_class
@@ -156,7 +158,8 @@ class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
     def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
-                 store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None):
+                 store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None,
+                 processes: SyncProcesses | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
         self.es = es  # the content index and the progress records
@@ -166,7 +169,9 @@ class SyncRunner(threading.Thread):
         self.connector_id = claim.connector.id
         self.on_done = on_done
         self._suspend = threading.Event()
-        self.process: subprocess.Popen | None = None
+        #: How the sync process starts (the daemon's warm process; default: a fresh interpreter).
+        self.processes = processes or SyncProcesses(warm=False)
+        self.process: Any = None  # subprocess.Popen or launcher.sync_processes.WarmProcess
         self.final_status: str | None = None
         #: The claiming service's identity, written into the job's metadata (launcher/recovery.py).
         self.owner = dict(owner or {})
@@ -244,15 +249,8 @@ class SyncRunner(threading.Thread):
         self.metadata = {**self.owner, "runner": pipeline_settings.runner, "worker_pid": None,
                          "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
         env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
-        # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
-        env.setdefault("MALLOC_ARENA_MAX", "2")
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
-            start_new_session=True, env=env, cwd=os.getcwd(),
-        )
+        self.process = self.processes.start([str(job_file), str(result_file)], env=env, cwd=os.getcwd())
         self.metadata["worker_pid"] = self.process.pid
         _LOGGER.info("job %s: %s sync of connector %s started (pid %s)", self.job_id, sync_job.job_type,
                      self.connector_id, self.process.pid)
@@ -275,7 +273,10 @@ class SyncRunner(threading.Thread):
             if now - last_progress >= service.job_progress_interval:
                 last_progress = now
                 self._write_progress()
-            time.sleep(0.2)
+            try:
+                self.process.wait(timeout=0.2)  # returns as soon as the sync ends
+            except subprocess.TimeoutExpired:
+                pass
         try:
             if self._suspend.is_set():
                 self._stop_process()

@@ -189,13 +189,21 @@ class DaemonProcess:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The pids of ``pid``'s direct children (a daemon's sync processes)."""
+    """The pids of a daemon's sync processes: its children, and those of its warm process
+    (launcher/sync_processes.py), which are forked from it."""
     import psutil
 
+    pids = []
     try:
-        return [child.pid for child in psutil.Process(pid).children()]
+        for child in psutil.Process(pid).children():
+            try:
+                warm = "pipelines.fork_server" in " ".join(child.cmdline())
+                pids += [grandchild.pid for grandchild in child.children()] if warm else [child.pid]
+            except psutil.NoSuchProcess:
+                continue
     except psutil.NoSuchProcess:
         return []
+    return pids
 
 
 def wait_for(predicate, *, timeout: float = 60, interval: float = 0.25, what: str = "condition"):

@@ -376,7 +376,8 @@ def _simulate_pipeline(monkeypatch, *, drop: str | None = None, reroute: tuple[s
     real = Elasticsearch.bulk
 
     def bulk(self, *, operations, **kwargs):
-        lines = [orjson.loads(line) for line in operations]
+        raw = operations.splitlines() if isinstance(operations, bytes) else operations
+        lines = [orjson.loads(line) if isinstance(line, (bytes, str)) else line for line in raw if line]
         sent, dropped, position = [], [], 0
         while lines:
             action = lines.pop(0)
@@ -391,7 +392,7 @@ def _simulate_pipeline(monkeypatch, *, drop: str | None = None, reroute: tuple[s
             position += 1
         items = list(real(self, operations=sent, **kwargs)["items"]) if sent else []
         for at, meta in dropped:
-            items.insert(at, {"index": {"_index": meta["_index"], "_id": meta["_id"], "_version": -3, "result": "noop",
+            items.insert(at, {"index": {"_index": meta.get("_index", kwargs.get("index")), "_id": meta["_id"], "_version": -3, "result": "noop",
                                         "_shards": {"total": 0, "successful": 0, "failed": 0}, "status": 200}})
         return {"errors": False, "items": items}
 

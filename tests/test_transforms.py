@@ -106,8 +106,8 @@ class _FakeBulkClient:
     def options(self, **_):
         return self
 
-    def bulk(self, operations, pipeline=None):
-        actions = [json.loads(line) for line in operations[::2]]
+    def bulk(self, operations, index=None, pipeline=None):
+        actions = [json.loads(line) for line in operations.splitlines()[::2]]
         ids = [next(iter(a.values()))["_id"] for a in actions]
         self.sent.append(ids)
         statuses = self.scripts.pop(0)
@@ -147,12 +147,12 @@ def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
 
 def test_bulk_actions_when_mixed_operations_then_in_order_with_update_as_upsert():
     fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "mixed", BulkSettings(), None, None, 1)
-    lines = [json.loads(line) for line in fn._actions([("index", "a", b'{"x":1}'), ("update", "b", b'{"y":2}'),
-                                                       ("delete", "a", None)])]
-    assert lines == [
-        {"index": {"_index": "idx", "_id": "a"}}, {"x": 1},
-        {"update": {"_index": "idx", "_id": "b"}}, {"doc": {"y": 2}, "doc_as_upsert": True},
-        {"delete": {"_index": "idx", "_id": "a"}},
+    body = fn._actions([("index", "a", b'{"x":1}'), ("update", "b", b'{"y":2}'), ("delete", "a", None)])
+    assert body.endswith(b"\n")  # NDJSON: every line ends with a newline
+    assert [json.loads(line) for line in body.splitlines()] == [  # the index is in the request's path
+        {"index": {"_id": "a"}}, {"x": 1},
+        {"update": {"_id": "b"}}, {"doc": {"y": 2}, "doc_as_upsert": True},
+        {"delete": {"_id": "a"}},
     ]
 
 

@@ -83,12 +83,22 @@ def _is_canonical(text: str) -> bool:
     return True
 
 
+#: Canonical timestamps seen lately (many documents share one: a batch import, a synthetic source).
+_CANONICAL: dict[str, bool] = {}
+
+
 def iso_timestamp(value: Any) -> str | None:
     """``_timestamp`` as ISO 8601 UTC (datetimes, dates, epoch seconds or ISO strings)."""
     if value is None or value == "":
         return None
-    if type(value) is str and _is_canonical(value):
-        return value
+    if type(value) is str:
+        if value in _CANONICAL:
+            return value
+        if _is_canonical(value):
+            if len(_CANONICAL) >= 1024:
+                _CANONICAL.clear()
+            _CANONICAL[value] = True
+            return value
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
@@ -153,11 +163,17 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
 
 def _reduce_whitespace(text: str) -> str:
     """Runs of whitespace -> one space, no leading or trailing space (as ``" ".join(text.split())``)."""
-    # ASCII whitespace other than the space is unprintable: C-speed scans instead of a split and a join.
-    if text.isascii() and text.isprintable() and "  " not in text and not text.startswith(" ") \
+    if text.isascii() and "  " not in text and not _has_ascii_control_space(text) and not text.startswith(" ") \
             and not text.endswith(" "):
-        return text  # nothing to reduce
+        return text  # nothing to reduce: a few C-speed scans instead of a split and a join
     return " ".join(text.split())
+
+
+def _has_ascii_control_space(text: str) -> bool:
+    """Whether ``text`` holds an ASCII whitespace character other than the space (what ``str.split`` also
+    splits on). Nine ``memchr`` scans: ~4x faster than ``str.isprintable`` on 1 KB of text."""
+    return ("\n" in text or "\t" in text or "\r" in text or "\x0b" in text or "\x0c" in text or "\x1c" in text
+            or "\x1d" in text or "\x1e" in text or "\x1f" in text)
 
 
 class _NormalizeFn(beam.DoFn):
@@ -167,38 +183,43 @@ class _NormalizeFn(beam.DoFn):
         self.max_document_bytes = max_document_bytes
         self.extract_text = extract_text
         self.operation = operation
+        self.mixed = operation == "mixed"
+        # The flags, read once (not per document).
+        self.reduce_whitespace = bool(self.pipeline_flags.get("_reduce_whitespace"))
+        self.extract_attachments = extract_text and self.pipeline_flags.get("_extract_binary_content", True) is not False
         self.dead = Metrics.counter("elastic_ingest", "dead_letters_normalize")
 
-    def process(self, element: Any):
-        op, raw = element if self.operation == "mixed" else (self.operation, element)
+    # A list, not a generator: one document in, one element out (a generator per document costs more).
+    def process(self, element: Any) -> list[Any]:
+        op, raw = element if self.mixed else (self.operation, element)
         if op == "delete":  # an incremental sync's deletion: only the id, already normalized
-            yield op, document_id(raw.get("_id") if isinstance(raw, Mapping) else raw), None
-            return
+            return [(op, document_id(raw.get("_id") if isinstance(raw, Mapping) else raw), None)]
         doc_id = None
         try:
-            if not isinstance(raw, Mapping):
+            if type(raw) is not dict and not isinstance(raw, Mapping):  # a concrete check first: no ABC check per document
                 raise TypeError(f"a document must be a dict, got {type(raw).__name__}")
             doc = dict(raw)
             doc_id = document_id(doc.pop("_id", None))
             data = self._serialize(doc, doc_id)
         except (ValueError, TypeError, RecursionError, OverflowError) as exc:
             self.dead.inc()
-            yield pvalue.TaggedOutput(
-                DEAD_LETTERS, DeadLetter.of(raw, doc_id=doc_id, operation=op, stage="normalize", error=exc))
-            return
-        yield (op, doc_id, data) if self.operation == "mixed" else (doc_id, data)
+            return [pvalue.TaggedOutput(
+                DEAD_LETTERS, DeadLetter.of(raw, doc_id=doc_id, operation=op, stage="normalize", error=exc))]
+        return [(op, doc_id, data) if self.mixed else (doc_id, data)]
 
     def _serialize(self, doc: dict[str, Any], doc_id: str) -> bytes:
-        attachment = doc.pop("_attachment", None)
-        if attachment is not None and self.extract_text and "body" not in doc and \
-                self.pipeline_flags.get("_extract_binary_content", True) is not False:
-            doc["body"] = self._extract(attachment, doc)
-        elif attachment is not None:
-            doc["_attachment"] = attachment
+        if "_attachment" in doc:
+            attachment = doc.pop("_attachment")
+            if attachment is not None and self.extract_attachments and "body" not in doc:
+                doc["body"] = self._extract(attachment, doc)
+            elif attachment is not None:
+                doc["_attachment"] = attachment
         if "_timestamp" in doc:
             doc["_timestamp"] = iso_timestamp(doc["_timestamp"])
-        if self.pipeline_flags.get("_reduce_whitespace") and isinstance(doc.get("body"), str):
-            doc["body"] = _reduce_whitespace(doc["body"])
+        if self.reduce_whitespace:
+            body = doc.get("body")
+            if isinstance(body, str):
+                doc["body"] = _reduce_whitespace(body)
         doc.update(self.pipeline_flags)
         doc["id"] = doc_id
         try:

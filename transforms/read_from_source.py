@@ -189,9 +189,15 @@ class _ReadPartitionFn(beam.DoFn):
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(self.source.get_access_control() if self.spec.access_control
                                        else call_get_docs(self.source, self.spec.filtering(), partition))
+        rules = self.rules if self.rules else None
+        batch_size, max_seconds, clock = self.batch_size, self.max_batch_seconds, time.monotonic
         try:
             for item in iterator:
-                doc, lazy, _ = as_pair(item)
+                # The usual (doc, lazy_download) pair unpacked here: as_pair costs a call per document.
+                if type(item) is tuple and len(item) == 2:
+                    doc, lazy = item
+                else:
+                    doc, lazy, _ = as_pair(item)
                 read += 1
                 try:
                     doc_id = document_id(doc.get("_id"))
@@ -199,15 +205,14 @@ class _ReadPartitionFn(beam.DoFn):
                     yield pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(
                         doc, doc_id=None, operation="index", stage="read", error=exc))
                     continue
-                if self.rules and not self.rules.should_index(doc):
+                if rules is not None and not rules.should_index(doc):
                     self.filtered.inc()
                     continue
                 if not batch:
-                    batch_started = time.monotonic()
+                    batch_started = clock()
                 batch.append((doc_id, doc, lazy))
                 # A slow source's documents do not wait for a full batch: at most max_batch_seconds.
-                if len(batch) >= self.batch_size or (
-                        self.max_batch_seconds and time.monotonic() - batch_started >= self.max_batch_seconds):
+                if len(batch) >= batch_size or (max_seconds and clock() - batch_started >= max_seconds):
                     self.read_count.inc(read)
                     read = 0
                     yield from self._flush(batch, indexed)
@@ -231,7 +236,7 @@ class _ReadPartitionFn(beam.DoFn):
         changed = batch
         if indexed or self.record_digests:
             ids = id_digests([doc_id for doc_id, _, _ in batch])
-            stamps = np.fromiter((stamp_digest(doc.get("_timestamp")) for _, doc, _ in batch),
+            stamps = np.fromiter(map(stamp_digest, [doc.get("_timestamp") for _, doc, _ in batch]),
                                  dtype=np.uint64, count=len(batch))
             if self.record_digests:
                 self._record(ids, stamps)
@@ -246,6 +251,12 @@ class _ReadPartitionFn(beam.DoFn):
                 changed = [item for item, same in zip(batch, unchanged.tolist()) if not same]
         # Downloads run a window at a time, so a worker never holds more than about
         # 2 * download_concurrency documents' content (not a whole lookup batch's).
+        if all(lazy is None for _, _, lazy in changed):  # nothing to download (the content came with the documents)
+            for doc_id, doc, _ in changed:
+                out = dict(doc)
+                out["_id"] = doc_id
+                yield out
+            return
         window = 2 * self.download_concurrency
         for start in range(0, len(changed), window):
             chunk = changed[start:start + window]

@@ -80,6 +80,8 @@ class BulkSettings:
 
 #: Item results that took a new sequence number in the index (a delete of a missing document too).
 _APPLIED = frozenset({"created", "updated", "deleted", "not_found"})
+#: The start of each operation's action line (the index is named in the request's path).
+_ACTION_PREFIX = {op: b'{"' + op.encode() + b'":{"_id":' for op in ("index", "update", "delete", "create")}
 
 
 def _concrete_indices(es: Any, name: str) -> frozenset[str]:
@@ -118,6 +120,8 @@ class _BulkWriteFn(beam.DoFn):
         self.applied = Metrics.counter("elastic_ingest", "writes_applied")
         self.not_as_sent = Metrics.counter("elastic_ingest", "writes_not_as_sent")
         self.targets: frozenset[str] | None = None  # the concrete indices behind ``index``, once needed
+        #: The client per attempt timeout (whole seconds): ``options()`` builds a new client each call.
+        self.clients: dict[int, Any] = {}
 
     def setup(self) -> None:
         # Mixed operations keep the source's order: one request at a time (the pool's one
@@ -132,6 +136,8 @@ class _BulkWriteFn(beam.DoFn):
         self.buffer_bytes = 0
         self.buffer_since = 0.0
         self.in_flight: list[Future] = []
+        self.answered = 0  # requests answered since the last _collect: a hint, no lock needed
+        self.clients = {}
         self.stopping = threading.Event()
         self.timer = threading.Thread(target=self._send_on_time, name="bulk-timer", daemon=True)
         self.timer.start()
@@ -140,13 +146,14 @@ class _BulkWriteFn(beam.DoFn):
         with self.lock:
             self.buffer, self.buffer_bytes, self.in_flight = [], 0, []
 
-    def process(self, element: Any) -> Iterator[Any]:
-        if self.operation == "delete":
+    def process(self, element: Any) -> Iterator[Any] | None:
+        operation = self.operation
+        if operation == "index" or operation == "update":
+            op, (doc_id, data) = operation, element
+        elif operation == "delete":
             op, doc_id, data = "delete", (element if isinstance(element, str) else element[0]), None
-        elif self.operation == MIXED:
-            op, doc_id, data = element
         else:
-            op, (doc_id, data) = self.operation, element
+            op, doc_id, data = element
         size = len(data or b"") + len(doc_id) + 64
         with self.lock:
             if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
@@ -157,7 +164,9 @@ class _BulkWriteFn(beam.DoFn):
             self.buffer_bytes += size
             if len(self.buffer) >= self.settings.max_docs:
                 self._submit()
-        yield from self._collect()
+        if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
+            return self._collect()
+        return None  # no output (most elements): no generator made
 
     def finish_bundle(self) -> Iterator[Any]:
         with self.lock:
@@ -196,7 +205,12 @@ class _BulkWriteFn(beam.DoFn):
         """Send the buffer as a batch (under ``self.lock``)."""
         if self.buffer:
             batch, self.buffer, self.buffer_bytes = self.buffer, [], 0
-            self.in_flight.append(self.pool.submit(self._write_batch, batch))
+            future = self.pool.submit(self._write_batch, batch)
+            future.add_done_callback(self._count_answer)
+            self.in_flight.append(future)
+
+    def _count_answer(self, _future: Future) -> None:
+        self.answered += 1
 
     def _collect(self, wait_all: bool = False) -> Iterator[Any]:
         """Count the answered batches (Beam metrics are updated on the DoFn's thread, not the
@@ -206,6 +220,7 @@ class _BulkWriteFn(beam.DoFn):
             with self.lock:
                 if not self.in_flight or not (wait_all or len(self.in_flight) >= self.max_in_flight
                                               or self.in_flight[0].done()):
+                    self.answered = sum(1 for future in self.in_flight if future.done())
                     return
                 future = self.in_flight.pop(0)
             letters, stats = future.result()
@@ -220,15 +235,26 @@ class _BulkWriteFn(beam.DoFn):
             for letter in letters:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
-    def _actions(self, batch: list[tuple[str, str, bytes | None]]) -> list[bytes]:
+    def _actions(self, batch: list[tuple[str, str, bytes | None]]) -> bytes:
+        """The NDJSON body: one action line per item (the index is in the request's path), then its source."""
         lines: list[bytes] = []
+        append = lines.append
         for op, doc_id, data in batch:
-            lines.append(orjson.dumps({op: {"_index": self.index, "_id": doc_id}}))
+            append(_ACTION_PREFIX[op] + orjson.dumps(doc_id) + b"}}")
             if op == "update":
-                lines.append(b'{"doc":' + (data or b"{}") + b',"doc_as_upsert":true}')
+                append(b'{"doc":' + (data or b"{}") + b',"doc_as_upsert":true}')
             elif op != "delete":
-                lines.append(data or b"{}")
-        return lines
+                append(data or b"{}")
+        append(b"")
+        return b"\n".join(lines)
+
+    def _client(self, timeout: float) -> Any:
+        """The client whose requests wait at most ``timeout`` seconds (rounded down), made once."""
+        seconds = max(1, int(timeout))
+        client = self.clients.get(seconds)
+        if client is None:
+            client = self.clients[seconds] = self.es.options(request_timeout=seconds)
+        return client
 
     def _as_sent(self, op: str, doc_id: str, result: dict[str, Any]) -> bool:
         """Whether an acknowledged item was applied to this index, under this id (no ingest
@@ -255,8 +281,8 @@ class _BulkWriteFn(beam.DoFn):
             nonlocal pending, items_failed
             items_failed = False
             timeout = attempt_timeout(deadline, self.conn.request_timeout)
-            response = self.es.options(request_timeout=timeout).bulk(operations=self._actions(pending),
-                                                                     pipeline=self.pipeline)
+            response = self._client(timeout).bulk(index=self.index, operations=self._actions(pending),
+                                                  pipeline=self.pipeline)
             retry = self._answered(pending, response, letters, stats)
             if retry:
                 pending, items_failed = retry, True
@@ -278,14 +304,18 @@ class _BulkWriteFn(beam.DoFn):
         retry: list[tuple[str, str, bytes | None]] = []
         rejected: list[DeadLetter] = []
         ok = deleted = volume = 0
+        index, applied, not_as_sent = self.index, 0, 0
         for (op, doc_id, data), item in zip(sent, response["items"]):
             result = item.get(op) or next(iter(item.values()))
             status = result.get("status", 500)
             if status < 300 or (op == "delete" and status == 404):
-                if not self._as_sent(op, doc_id, result):
-                    stats["not_as_sent"] += 1
-                elif result.get("result") in _APPLIED:
-                    stats["applied"] += 1
+                outcome = result.get("result")
+                # The usual answer, checked inline: this id, this index, a write (see _as_sent).
+                if (result.get("_index") == index and result.get("_id") == doc_id and outcome != "noop") or \
+                        self._as_sent(op, doc_id, result):
+                    applied += outcome in _APPLIED
+                else:
+                    not_as_sent += 1
             if status < 300:
                 if op == "delete":
                     if result.get("result") == "deleted":
@@ -306,6 +336,8 @@ class _BulkWriteFn(beam.DoFn):
                     error_type=str(error.get("type", f"http_{status}")),
                 ))
         stats["indexed"] += ok
+        stats["applied"] += applied
+        stats["not_as_sent"] += not_as_sent
         stats["bytes"] += volume
         stats["deleted"] += deleted
         letters.extend(rejected)
