@@ -1,73 +1,139 @@
-"""Peak memory of a whole process tree (a daemon, its sync child and Beam's workers), sampled with psutil.
+"""Memory and CPU of a whole process tree (a daemon, its warm process, sync processes, Beam's workers), with psutil.
 
-RSS is summed over the tree, so pages shared between processes are counted once per
-process: an upper bound of what the tree really holds. The anonymous part (RSS minus
-file-backed and shared pages: the processes' own heap) is tracked too: a resync maps
-the index's digests from files, and those pages are the kernel's page cache, which it can
-drop and re-read, not memory the sync holds.
+Memory is sampled in a background thread. Two sums over the tree are kept:
+
+* **RSS** counts a page once per process that maps it: pages shared between processes (a
+  sync process forked from the warm process shares its imported code with it) are counted
+  several times, so the sum is an upper bound;
+* **PSS** (proportional set size) divides each shared page among the processes that map
+  it: summed over the tree it is what the tree really holds. It is read from
+  ``/proc/<pid>/smaps_rollup`` (psutil's ``memory_full_info``).
+
+The anonymous part (RSS minus file-backed and shared pages: the processes' own heap) is
+tracked too: a resync maps the index's digests from files, and those pages are the
+kernel's page cache, which it can drop and re-read, not memory the sync holds.
+
+Each process has a role: ``daemon`` (the root), ``warm_process`` (the daemon's child
+running ``pipelines.fork_server``), ``sync_process`` (the daemon's other children and the
+warm process's children) and ``beam_workers`` (anything below a sync process).
 
 Example usage::
 
     sampler = TreeSampler(pid).start()
     sampler.reset()            # a new phase
     ...
-    sampler.phase_peak_mb, sampler.phase_peak_anon_mb, sampler.phase_max_processes
+    sampler.phase_peak_mb, sampler.phase_peak_pss_mb, sampler.phase_peak_by_role_mb
     sampler.stop()
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import psutil
 
-__all__ = ["TreeSampler", "tree_rss"]
+__all__ = ["TreeSampler", "tree_rss", "tree_processes", "tree_cpu_seconds", "process_memory"]
 
 MB = 1024 * 1024
+ROLES = ("daemon", "warm_process", "sync_process", "beam_workers")
+_WARM_MARK = "pipelines.fork_server"
 
 
-def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int, int]:
-    """(bytes of RSS summed over ``pid`` and all its descendants, number of processes, bytes
-    of anonymous RSS: without file-backed and shared pages).
+def _is_warm(process: psutil.Process, cache: dict[int, bool]) -> bool:
+    if process.pid not in cache:
+        try:
+            cache[process.pid] = _WARM_MARK in " ".join(process.cmdline())
+        except psutil.Error:
+            return False
+    return cache[process.pid]
 
-    ``by_level`` (if given) receives the RSS per tree level: 0 the root (the daemon), 1 its
-    children (the sync process), 2 and deeper summed as 2 (Beam's worker processes).
-    """
+
+def tree_processes(pid: int, cache: dict[int, bool] | None = None) -> Iterator[tuple[psutil.Process, str]]:
+    """``(process, role)`` for ``pid`` and every descendant."""
+    cache = {} if cache is None else cache
     try:
         root = psutil.Process(pid)
         children = root.children(recursive=False)
-        processes = [(root, 0)] + [(c, 1) for c in children]
-        for child in children:
-            try:
-                processes += [(g, 2) for g in child.children(recursive=True)]
-            except psutil.Error:
-                continue
     except psutil.Error:
-        return 0, 0, 0
-    total = count = own = 0
-    for process, level in processes:
+        return
+    yield root, "daemon"
+    for child in children:
         try:
-            info = process.memory_info()
+            if _is_warm(child, cache):
+                yield child, "warm_process"
+                syncs = child.children(recursive=False)
+            else:
+                syncs = [child]
+            for sync in syncs:
+                yield sync, "sync_process"
+                for worker in sync.children(recursive=True):
+                    yield worker, "beam_workers"
         except psutil.Error:
             continue
-        rss = info.rss
-        own += rss - getattr(info, "shared", 0)  # Linux: RssFile + RssShmem
+
+
+def process_memory(process: psutil.Process, *, pss: bool = True) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous RSS) of one process in bytes; PSS is RSS where it cannot be read."""
+    if pss:
+        try:
+            info = process.memory_full_info()
+            return info.rss, getattr(info, "pss", info.rss), info.rss - getattr(info, "shared", 0)
+        except (psutil.AccessDenied, AttributeError):
+            pass
+    info = process.memory_info()
+    return info.rss, info.rss, info.rss - getattr(info, "shared", 0)
+
+
+def tree_rss(pid: int, by_role: dict[str, int] | None = None, *, pss: bool = False,
+             by_role_pss: dict[str, int] | None = None, cache: dict[int, bool] | None = None
+             ) -> tuple[int, int, int, int]:
+    """(RSS summed over the tree, number of processes, anonymous RSS, PSS summed over the tree), in bytes.
+
+    ``by_role`` / ``by_role_pss`` (if given) receive the sums per role (see the module docstring).
+    """
+    total = count = own = proportional = 0
+    for process, role in tree_processes(pid, cache):
+        try:
+            rss, share, anon = process_memory(process, pss=pss)
+        except psutil.Error:
+            continue
         total += rss
+        proportional += share
+        own += anon
         count += 1
-        if by_level is not None:
-            by_level[level] = by_level.get(level, 0) + rss
-    return total, count, own
+        if by_role is not None:
+            by_role[role] = by_role.get(role, 0) + rss
+        if by_role_pss is not None:
+            by_role_pss[role] = by_role_pss.get(role, 0) + share
+    return total, count, own, proportional
+
+
+def tree_cpu_seconds(pid: int, roles: tuple[str, ...] = ("daemon", "warm_process")) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the tree's long-lived processes, by role."""
+    out: dict[str, float] = {}
+    for process, role in tree_processes(pid):
+        if role not in roles:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
 
 
 class TreeSampler:
     """Samples the tree rooted at ``pid`` every ``interval`` seconds in a background thread."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
-        self.pid, self.interval = pid, interval
-        self.peak = self.phase_peak = self.phase_peak_anon = 0
+    def __init__(self, pid: int, interval: float = 0.2, *, pss: bool = True):
+        self.pid, self.interval, self.pss = pid, interval, pss
+        self.peak = self.phase_peak = self.phase_peak_anon = self.phase_peak_pss = 0
         self.phase_max_processes = 0
         self.samples = 0
-        self.phase_peak_by_level: dict[int, int] = {}
+        self.phase_peak_by_role: dict[str, int] = {}
+        self.phase_peak_pss_by_role: dict[str, int] = {}
+        self._cache: dict[int, bool] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
@@ -82,12 +148,16 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> int:
-        levels: dict[int, int] = {}
-        rss, count, anon = tree_rss(self.pid, levels)
+        roles: dict[str, int] = {}
+        roles_pss: dict[str, int] = {}
+        rss, count, anon, pss = tree_rss(self.pid, roles, pss=self.pss, by_role_pss=roles_pss, cache=self._cache)
         with self._lock:
             self.phase_peak_anon = max(self.phase_peak_anon, anon)
-            for level, value in levels.items():
-                self.phase_peak_by_level[level] = max(self.phase_peak_by_level.get(level, 0), value)
+            self.phase_peak_pss = max(self.phase_peak_pss, pss)
+            for role, value in roles.items():
+                self.phase_peak_by_role[role] = max(self.phase_peak_by_role.get(role, 0), value)
+            for role, value in roles_pss.items():
+                self.phase_peak_pss_by_role[role] = max(self.phase_peak_pss_by_role.get(role, 0), value)
             self.samples += 1
             self.peak = max(self.peak, rss)
             self.phase_peak = max(self.phase_peak, rss)
@@ -96,14 +166,20 @@ class TreeSampler:
 
     def reset(self) -> None:
         with self._lock:
-            self.phase_peak = self.phase_peak_anon = 0
+            self.phase_peak = self.phase_peak_anon = self.phase_peak_pss = 0
             self.phase_max_processes = 0
-            self.phase_peak_by_level = {}
+            self.phase_peak_by_role = {}
+            self.phase_peak_pss_by_role = {}
         self.sample()
 
     @property
     def phase_peak_mb(self) -> float:
         return round(self.phase_peak / MB, 1)
+
+    @property
+    def phase_peak_pss_mb(self) -> float:
+        """Peak PSS of the tree in this phase: shared pages divided among the processes sharing them."""
+        return round(self.phase_peak_pss / MB, 1)
 
     @property
     def phase_peak_anon_mb(self) -> float:
@@ -113,8 +189,13 @@ class TreeSampler:
     @property
     def phase_peak_by_role_mb(self) -> dict[str, float]:
         """Peak RSS per role in this phase (each role's own peak; they need not coincide)."""
-        names = {0: "daemon", 1: "sync_process", 2: "beam_workers"}
-        return {names[level]: round(value / MB, 1) for level, value in sorted(self.phase_peak_by_level.items())}
+        return {role: round(self.phase_peak_by_role[role] / MB, 1) for role in ROLES if role in self.phase_peak_by_role}
+
+    @property
+    def phase_peak_pss_by_role_mb(self) -> dict[str, float]:
+        """Peak PSS per role in this phase."""
+        return {role: round(self.phase_peak_pss_by_role[role] / MB, 1)
+                for role in ROLES if role in self.phase_peak_pss_by_role}
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,8 +5,11 @@ written for the benchmark (the benchmark's node, the synthetic source, the pipel
 settings under test, ``service.connector_ids`` so that it serves only our connectors).
 Connectors are created, changed and synced with the ``elastic-ingest`` CLI, exactly as a
 user would; a sync is timed from the job's ``started_at`` (the daemon claimed it) to its
-``completed_at``, both written by the daemon. Memory is the peak RSS of the daemon's
-whole process tree (daemon + sync process + Beam workers) during the job.
+``completed_at``, both written by the daemon. Memory is the peak of the daemon's whole
+process tree (daemon + warm process + sync processes + Beam workers) during the job, as RSS
+and as PSS (shared pages divided among the processes sharing them); CPU is the tree's
+(the sync process reports its own, the daemon's and the warm process's are read before and
+after), beside Elasticsearch's own (its node's process CPU) over the same job.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from bench.memory import TreeSampler, tree_rss
+from bench.memory import TreeSampler, process_memory, tree_cpu_seconds, tree_processes, tree_rss
 
-__all__ = ["Service", "REPO", "INGEST_PIPELINE", "ensure_ingest_pipeline"]
+__all__ = ["Service", "REPO", "INGEST_PIPELINE", "ensure_ingest_pipeline", "es_cpu_seconds"]
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_FQN = "sources.synthetic:SyntheticDataSource"
@@ -57,7 +60,8 @@ class Service:
     """A benchmark daemon and the CLI calls around it."""
 
     def __init__(self, es_url: str, workdir: Path, *, pipeline: dict[str, Any], connector_ids: list[str],
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, service: dict[str, Any] | None = None,
+                 sources: dict[str, Any] | None = None):
         self.es_url = es_url
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -67,8 +71,8 @@ class Service:
         config = {
             "elasticsearch": {"host": es_url, "request_timeout": 300},
             "service": {"idling": 0.5, "heartbeat": 300, "job_progress_interval": 5, "cancel_check_interval": 2,
-                        "max_concurrent_syncs": 1, "connector_ids": list(connector_ids)},
-            "sources": {"synthetic": SOURCE_FQN},
+                        "max_concurrent_syncs": 1, "connector_ids": list(connector_ids), **(service or {})},
+            "sources": sources or {"synthetic": SOURCE_FQN},
             # One benchmark node: no replica (the baselines' indices are created the same way).
             "pipeline": {"dead_letters": str(self.workdir / "dead_letters"),
                          "digest_cache_dir": str(self.workdir / "index-digests"),
@@ -78,6 +82,9 @@ class Service:
         self.process: subprocess.Popen | None = None
         self.sampler: TreeSampler | None = None
         self.baseline_rss_mb: float | None = None
+        #: The idle service's memory (daemon alone, warm process), measured once it started.
+        self.idle: dict[str, Any] = {}
+        self.warm = (service or {}).get("warm_sync_processes", True)
 
     # -- the CLI ---------------------------------------------------------------------
     def cli(self, *args: str, timeout: float = 300) -> str:
@@ -103,12 +110,35 @@ class Service:
             [sys.executable, "-m", "launcher.cli", "-c", str(self.config_path), "--action", "poll"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True,
         )
-        time.sleep(3.0)  # let it import and poll once before we measure its baseline
+        self._wait_ready()
         if self.process.poll() is not None:
             raise RuntimeError(f"the daemon exited at once ({self.process.returncode}); see {self.log_path}")
+        self.idle = self.idle_memory()
         self.baseline_rss_mb = round(tree_rss(self.process.pid)[0] / (1 << 20), 1)
         self.sampler = TreeSampler(self.process.pid).start()
         return self
+
+    def _wait_ready(self, timeout: float = 180.0) -> None:
+        """Until the daemon polled once and (warm syncs) its warm process imported everything."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process is not None and self.process.poll() is None:
+            log = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+            if "elastic-ingest serving" in log and (not self.warm or "warm sync process ready" in log):
+                time.sleep(1.0)  # a poll or two
+                return
+            time.sleep(0.2)
+
+    def idle_memory(self) -> dict[str, Any]:
+        """RSS and PSS (MB) of the daemon process alone and of its warm process, idle."""
+        out: dict[str, Any] = {}
+        assert self.process is not None
+        for process, role in tree_processes(self.process.pid):
+            try:
+                rss, pss, _ = process_memory(process)
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                continue
+            out[role] = {"rss_mb": round(rss / (1 << 20), 1), "pss_mb": round(pss / (1 << 20), 1)}
+        return out
 
     def stop(self) -> None:
         if self.sampler:
@@ -134,24 +164,40 @@ class Service:
         """Request a sync with the CLI, wait for the daemon to finish it; timings and counters."""
         assert self.sampler is not None and self.process is not None
         self.sampler.reset()
+        cpu_before, es_before = tree_cpu_seconds(self.process.pid), es_cpu_seconds(es)
         job_id = json.loads(self.cli("--action", "sync", "--connector-id", connector_id, "--job-type", job_type,
                                      "--json"))["job_id"]
+        doc = self.wait_job(es, job_id, timeout)
+        cpu_after, es_after = tree_cpu_seconds(self.process.pid), es_cpu_seconds(es)
+        return self.measured(doc, job_id, cpu_before, cpu_after, es_after - es_before)
+
+    def wait_job(self, es: Any, job_id: str, timeout: float = 7200) -> dict[str, Any]:
+        """The job's document once it ended."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
-        doc: dict[str, Any] = {}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the daemon died ({self.process.returncode}); see {self.log_path}")
             doc = es.get(index=".elastic-connectors-sync-jobs", id=job_id)["_source"]
             if doc.get("status") in ("completed", "error", "canceled"):
-                break
-            time.sleep(0.25)
-        else:
-            raise RuntimeError(f"job {job_id} did not end within {timeout}s; see {self.log_path}")
+                return doc
+            time.sleep(0.1)
+        raise RuntimeError(f"job {job_id} did not end within {timeout}s; see {self.log_path}")
+
+    def measured(self, doc: dict[str, Any], job_id: str, cpu_before: dict[str, float], cpu_after: dict[str, float],
+                 es_cpu: float) -> dict[str, Any]:
+        """What one ended job measured: timings, counters, memory, CPU."""
+        assert self.sampler is not None
         started = datetime.fromisoformat(doc["started_at"])
         completed = datetime.fromisoformat(doc["completed_at"])
         created = datetime.fromisoformat(doc["created_at"])
         meta = doc.get("metadata") or {}
         seconds = (completed - started).total_seconds()
+        cpu = {role: round(cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0), 3) for role in cpu_after}
+        cpu["sync_process"] = meta.get("cpu_seconds")
+        ours_cpu = sum(v for v in cpu.values() if v)
+        docs = max(1, int(meta.get("source_document_count") or doc.get("indexed_document_count") or 0))
+        first_bulk = meta.get("first_bulk_sent_at")
         return {
             "job_id": job_id, "status": doc.get("status"), "error": doc.get("error"),
             "seconds": round(seconds, 3),
@@ -163,7 +209,23 @@ class Service:
             "index_digests_from_cache": meta.get("index_digests_from_cache"),
             "dead_letters": (meta.get("dead_letters") or {}).get("count"),
             "peak_rss_mb": self.sampler.phase_peak_mb, "peak_anon_mb": self.sampler.phase_peak_anon_mb,
+            "peak_pss_mb": self.sampler.phase_peak_pss_mb,
             "max_processes": self.sampler.phase_max_processes,
             "peak_rss_by_role_mb": self.sampler.phase_peak_by_role_mb,
+            "peak_pss_by_role_mb": self.sampler.phase_peak_pss_by_role_mb,
             "daemon_baseline_rss_mb": self.baseline_rss_mb,
+            # Job claimed -> first _bulk sent (None when nothing was written).
+            "first_bulk_seconds": round(first_bulk - started.timestamp(), 3) if first_bulk else None,
+            "timings": meta.get("timings"),
+            "cpu_seconds": cpu, "cpu_us_per_doc": round(ours_cpu / docs * 1e6, 2),
+            "es_cpu_seconds": round(es_cpu, 3), "es_cpu_us_per_doc": round(es_cpu / docs * 1e6, 2),
         }
+
+
+def es_cpu_seconds(es: Any) -> float:
+    """CPU seconds Elasticsearch's node processes used so far (summed over the cluster's nodes)."""
+    try:
+        nodes = es.nodes.stats(metric="process")["nodes"]
+    except Exception:  # noqa: BLE001 - unknown: 0 (reported as such)
+        return 0.0
+    return sum(((n.get("process") or {}).get("cpu") or {}).get("total_in_millis", 0) for n in nodes.values()) / 1000.0

@@ -286,11 +286,24 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
         new_id = ctx.store.create_connector(doc, connector_id)
     except ConflictError:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector") from None
+    _create_content_index(ctx, index_name)
     if ctx.as_json:
         _echo_json({"id": new_id, "result": "created"})
     else:
         click.echo(f"connector {new_id} created ({service_type} -> {index_name})")
     return 0
+
+
+def _create_content_index(ctx: _Context, index_name: str) -> None:
+    """Create the connector's content index now, as Kibana and Elastic's CLI do with a new
+    connector (the first sync then starts writing at once); a sync creates it if it is missing."""
+    from transforms.content_index import ensure_content_index
+
+    try:
+        ensure_content_index(ctx.es, index_name, ctx.config.pipeline.content_index.model_dump())
+    except Exception as exc:  # noqa: BLE001 - e.g. no privilege to create it: the first sync will say
+        _LOGGER.warning("content index %s not created now (the first sync creates it): %s", index_name,
+                        format_error(exc))
 
 
 def _require(value: str | None, option: str, action: str) -> str:
@@ -327,6 +340,8 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
     updates["updated_at"] = now_iso()
     update_connector(ctx.store, connector_id, updates, expected=connector)
+    if index_name:
+        _create_content_index(ctx, index_name)
     if ctx.as_json:
         _echo_json({"id": connector_id, "result": "updated", "fields": sorted(set(updates) - {"updated_at"})})
     else:
@@ -595,7 +610,7 @@ def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
 
 def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "dead-letters")
-    from transforms.dead_letter import dead_letter_folder, dead_letter_location, read_dead_letters_from
+    from transforms.dead_letter_files import dead_letter_folder, dead_letter_location, read_dead_letters_from
 
     job = get_job(ctx.store, job_id)
     if job is None:

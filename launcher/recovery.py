@@ -128,7 +128,7 @@ class OwnJobs:
         older). A later run's share cannot be told from the earlier runs' in the job
         document: its last heartbeat stands."""
         from launcher.counters import Counters
-        from transforms.dead_letter import count_dead_letters
+        from transforms.dead_letter_files import count_dead_letters
         from transforms.progress import PROGRESS_INDEX, read_progress
 
         meta = job.doc.get("metadata") if isinstance(job.doc.get("metadata"), dict) else {}

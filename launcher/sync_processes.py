@@ -147,6 +147,7 @@ class _ForkServer:
     def _message(self, message: dict[str, Any]) -> None:
         if message.get("ready"):
             self.info = message
+            _LOGGER.info("warm sync process ready (pid %s)", message.get("pid"))
             if message.get("failed"):
                 _LOGGER.warning("warm sync process: could not import %s (their syncs will say why)",
                                 "; ".join(f"{k} ({v})" for k, v in message["failed"].items()))

@@ -51,10 +51,11 @@ from launcher.protocol import (
 )
 from launcher.store import ConnectorStore, as_store
 from launcher.sync_processes import SyncProcesses
-from pipelines.job import SyncJob
+from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
 from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
 from sources.registry import display_name, load_source_class
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
+from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
 from transforms.sync_rules import validate_rules
 
@@ -233,11 +234,6 @@ class SyncRunner(threading.Thread):
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
             return
-        # Imported here, not at module level: they pull in Beam, which the daemon itself
-        # never needs (it starts, and stops, seconds faster without it).
-        from pipelines.run import DAEMON_PID_ENV, write_job_file
-        from transforms.dead_letter import dead_letter_folder, dead_letter_location
-
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
         pipeline_settings = pipeline_settings.model_copy(
             update={"dead_letters": dead_letter_location(pipeline_settings.dead_letters)})
@@ -333,8 +329,6 @@ class SyncRunner(threading.Thread):
         location = self.metadata.get("dead_letters", {}).get("location")
         if not location:
             return 0
-        from transforms.dead_letter import count_dead_letters
-
         written = count_dead_letters(location)
         return max(0, written - self.carried.dead_letters) if written is not None else 0
 
@@ -382,7 +376,8 @@ class SyncRunner(threading.Thread):
         # Exact (Beam metrics) when the pipeline reached its end; else what the workers reported.
         run = Counters.of_outcome(outcome) or self._stopped_run(outcome.get("progress"))
         self.metadata.update({key: outcome.get(key) for key in (
-            "duration_seconds", "source_document_count", "unchanged_document_count", "index_digests_from_cache")})
+            "duration_seconds", "source_document_count", "unchanged_document_count", "index_digests_from_cache",
+            "cpu_seconds", "first_bulk_sent_at", "timings")})
         if isinstance(outcome.get("dead_letters"), dict) and outcome["dead_letters"].get("location"):
             self.metadata["dead_letters"] = {"location": outcome["dead_letters"]["location"]}
         self._finish(outcome.get("status", "error"), run=run, total=outcome.get("total_document_count"),

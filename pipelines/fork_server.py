@@ -199,7 +199,8 @@ class _Server:
             os.close(self.wake_w)
             os.environ.clear()
             os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
-            from pipelines.run import DAEMON_PID_ENV, main
+            from pipelines.job import DAEMON_PID_ENV
+            from pipelines.run import main
 
             # The process the sync watches (it stops when that one dies) is its parent, this server.
             os.environ[DAEMON_PID_ENV] = str(os.getppid())

@@ -1,16 +1,27 @@
 """SyncJob: everything one sync needs, as plain data handed from the launcher to a sync process.
 
 The launcher builds it from the claimed job document and config.yml and writes it to a
-private file (mode 0600: it holds the source's secrets); the sync process reads it back.
-Nothing here talks to Elasticsearch.
+private file (mode 0600: it holds the source's secrets, :func:`write_job_file`); the sync
+process reads it back. Nothing here talks to Elasticsearch or imports Beam (the daemon
+imports this module).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SyncJob", "JOB_TYPES"]
+if TYPE_CHECKING:
+    from pipelines.settings import PipelineConfig
+    from transforms.es_client import ElasticsearchConnection
+
+__all__ = ["SyncJob", "JOB_TYPES", "write_job_file", "DAEMON_PID_ENV"]
+
+#: Set by the daemon for its sync processes: its pid (the warm process's, for a sync it forks),
+#: so a sync whose starter died, even before the sync started, knows it at once.
+DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
 
 JOB_TYPES = ("full", "incremental", "access_control")
 
@@ -36,3 +47,17 @@ class SyncJob:
             raise ValueError(f"job_type: expected one of {', '.join(JOB_TYPES)}, got {self.job_type!r}")
         if not self.index_name:
             raise ValueError("index_name: required")
+
+
+def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
+                   conn: ElasticsearchConnection, progress_interval: float = 0.0) -> None:
+    """Write what a sync process needs, readable by this user only (it holds secrets)."""
+    payload = {
+        "job": asdict(job),
+        "pipeline": settings.model_dump(),
+        "elasticsearch": {**asdict(conn), "hosts": list(conn.hosts)},
+        "progress_interval": progress_interval,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(payload, out, default=str)

@@ -31,7 +31,7 @@ from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.job import SyncJob
+from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
 from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
@@ -41,12 +41,13 @@ from sources.errors import (
 )
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
-from transforms.dead_letter import count_dead_letters, dead_letter_folder, dead_letter_location
+from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, started_from, store_synced
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 from transforms.secrets import discard_all, worker_secrets
+from transforms.write_to_elasticsearch import FIRST_BULK_METRIC
 
 __all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
@@ -74,22 +75,6 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
     discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
     os.kill(os.getpid(), signum)
-
-
-def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
-                   conn: ElasticsearchConnection, progress_interval: float = 0.0) -> None:
-    """Write what a sync process needs, readable by this user only (it holds secrets)."""
-    from dataclasses import asdict
-
-    payload = {
-        "job": asdict(job),
-        "pipeline": settings.model_dump(),
-        "elasticsearch": {**asdict(conn), "hosts": list(conn.hosts)},
-        "progress_interval": progress_interval,
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(payload, out, default=str)
 
 
 def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
@@ -134,10 +119,17 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
 def _counters(result: Any) -> dict[str, int]:
     totals: dict[str, int] = {}
     try:
-        counters = result.metrics().query(MetricsFilter().with_namespace("elastic_ingest"))["counters"]
+        metrics = result.metrics().query(MetricsFilter().with_namespace("elastic_ingest"))
     except Exception as exc:  # noqa: BLE001 - a runner without metrics
         _LOGGER.warning("the runner reported no metrics: %s", exc)
         return totals
+    for distribution in metrics.get("distributions", ()):
+        # Times (epoch milliseconds): the earliest is the distribution's minimum.
+        value = distribution.committed or distribution.attempted
+        if value is not None and value.count:
+            name = distribution.key.metric.name
+            totals[name] = min(totals.get(name, value.min), value.min)
+    counters = metrics["counters"]
     for counter in counters:
         # Committed values are exact (retried bundles counted once); portable runners that
         # report only attempted values (some Flink versions) fall back to those.
@@ -216,9 +208,12 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     started = time.monotonic()
     settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
+    timings = outcome["timings"] = {}  # where the sync's time went, by phase (seconds)
+    mark = _Marks(timings)
     es = conn.client()
     try:
         partitions, cursor = _plan(job)
+        mark("plan")
         if partitions is None:
             _LOGGER.info("sync %s: %s reports no change since the last sync; nothing to do", job.job_id,
                          job.service_type)
@@ -235,6 +230,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         # An empty index at a known state: what the sync writes will be all it holds.
         empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
+        mark("prepare")
         with (_work_dir(settings, job.job_id, work_root) as work_dir,
               worker_secrets({"elasticsearch": conn.secret_values(), "source": source_spec(job).secret_values()},
                              settings, work_dir=work_dir, job_id=job.job_id) as secrets):
@@ -244,6 +240,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                                            options=options, progress_interval=progress_interval,
                                            index_empty=index_empty, work_dir=work_dir, digest_cache=cache,
                                            secrets=secrets)
+            mark("build")
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -252,11 +249,15 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                 result.wait_until_finish()
             finally:
                 _RUNNING.pop(job.job_id, None)
+            mark("run")
             counts = _counters(result)
+            if counts.get(FIRST_BULK_METRIC):
+                outcome["first_bulk_sent_at"] = counts[FIRST_BULK_METRIC] / 1000.0
             if cache is not None and work_dir and not counts.get("dead_letters"):
                 # A clean sync (nothing dead-lettered: it cannot fail from here on).
                 outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache, work_dir, counts,
                                                                     empty_at)
+                mark("keep_digests")
         if job.job_type == "incremental":
             cursor = _new_cursor(es, job)
         dead = counts.get("dead_letters", 0)  # counted where they are written, whatever the stage
@@ -284,10 +285,24 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         if "dead_letters" not in outcome:
             outcome["dead_letters"] = _dead_letters_written(settings.dead_letters, job.job_id)
     finally:
+        mark("other")
         outcome["total_document_count"] = _safe_count(es, job.index_name)
+        mark("count")
         outcome["duration_seconds"] = round(time.monotonic() - started, 3)
         es.close()
     return outcome
+
+
+class _Marks:
+    """Seconds since the last mark, added to ``timings[phase]``."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings, self.last = timings, time.monotonic()
+
+    def __call__(self, phase: str) -> None:
+        now = time.monotonic()
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + now - self.last, 3)
+        self.last = now
 
 
 def _new_cursor(es: Any, job: SyncJob) -> Any:
@@ -385,11 +400,6 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-#: Set by the daemon for its sync processes: its pid, so a sync whose daemon died before the
-#: sync even started (while Python and Beam were imported) knows it at once.
-DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
-
-
 def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
     """Stop this sync when the daemon that started it dies (SIGKILL, OOM kill).
 
@@ -441,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     conn = ElasticsearchConnection(**{**es_args, "hosts": tuple(es_args["hosts"])})
     outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 0.0)),
                        work_root=str(Path(job_file).parent))
+    times = os.times()  # this process's CPU, and its waited children's (Beam's worker processes)
+    outcome["cpu_seconds"] = round(times.user + times.system + times.children_user + times.children_system, 3)
     tmp = result_file + ".tmp"
     Path(tmp).write_text(json.dumps(outcome, default=str), encoding="utf-8")
     os.replace(tmp, result_file)

@@ -40,7 +40,13 @@ from transforms.scan_index import ScanIndex
 from transforms.secrets import SecretRef
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
-__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir", "source_spec"]
+__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir", "source_spec", "one_worker"]
+
+
+def one_worker(settings: PipelineConfig) -> bool:
+    """Whether one in-process worker runs the whole sync (the local runner's default): partitions
+    are then read one after another whatever the shuffle, which is left out."""
+    return settings.runner == "FnApiRunner" and settings.direct_num_workers == 1
 
 
 def read_digests_dir(work_dir: str) -> str:
@@ -116,7 +122,7 @@ def build_sync_pipeline(
             conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir, cache=digest_cache)
         read = (
             p
-            | "Partitions" >> beam.Create(list(partitions))
+            | "Partitions" >> beam.Create(list(partitions), reshuffle=False)  # spread by the read, if at all
             | "Read" >> ReadFromSource(
                 spec,
                 skip_unchanged=indexed,
@@ -126,6 +132,7 @@ def build_sync_pipeline(
                 max_download_bytes=settings.max_download_bytes,
                 record_digests=read_digests_dir(work_dir) if digest_cache is not None and work_dir else None,
                 max_batch_seconds=settings.bulk.max_batch_seconds,
+                spread=not one_worker(settings),
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

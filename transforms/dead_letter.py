@@ -9,7 +9,8 @@ Example usage::
 
     dead = ... | "dead letters" >> WriteDeadLetters("./dead_letters", job_id="abc")
 
-Read them back with :func:`read_dead_letters` (the CLI's ``dead-letters`` action does).
+Read them back with :func:`read_dead_letters` (the CLI's ``dead-letters`` action does);
+that and where they are live in :mod:`transforms.dead_letter_files`, which needs no Beam.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,26 +27,13 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.dead_letter_files import (
+    DEAD_LETTER_SCHEMA, count_dead_letters, dead_letter_folder, dead_letter_location, read_dead_letters,
+    read_dead_letters_from,
+)
+
 __all__ = ["DeadLetter", "WriteDeadLetters", "read_dead_letters", "read_dead_letters_from", "count_dead_letters",
            "DEAD_LETTER_SCHEMA", "dead_letter_folder", "dead_letter_location"]
-
-DEAD_LETTER_SCHEMA = fastavro.parse_schema(
-    {
-        "type": "record",
-        "name": "DeadLetter",
-        "namespace": "elastic_ingest",
-        "fields": [
-            {"name": "doc_id", "type": ["null", "string"]},
-            {"name": "operation", "type": "string"},
-            {"name": "stage", "type": "string"},
-            {"name": "error_type", "type": "string"},
-            {"name": "error_message", "type": "string"},
-            {"name": "document", "type": ["null", "string"]},
-            {"name": "job_id", "type": ["null", "string"]},
-            {"name": "timestamp", "type": "double"},
-        ],
-    }
-)
 
 _MAX_DOCUMENT_CHARS = 1024 * 1024
 
@@ -85,19 +72,6 @@ def _as_json(doc: Any) -> str | None:
     if len(text) > _MAX_DOCUMENT_CHARS:
         text = text[:_MAX_DOCUMENT_CHARS] + "...(truncated)"
     return text
-
-
-def dead_letter_location(location: str) -> str:
-    """``pipeline.dead_letters`` as a job records it: a URI (``gs://...``) as is, a local
-    folder made absolute (relative to the working directory), so it is found from anywhere."""
-    if "://" in location:
-        return location
-    return os.path.abspath(os.path.expanduser(location))
-
-
-def dead_letter_folder(location: str, job_id: str) -> str:
-    """Where the dead letters of ``job_id`` go: ``<location>/<job_id>``."""
-    return FileSystems.join(location, job_id)
 
 
 class _WriteAvroFn(beam.DoFn):
@@ -140,28 +114,3 @@ class WriteDeadLetters(beam.PTransform):
 
     def expand(self, letters: beam.PCollection) -> beam.PCollection:
         return letters | "WriteAvro" >> beam.ParDo(_WriteAvroFn(self.location, self.job_id))
-
-
-def read_dead_letters(location: str, job_id: str) -> Iterator[dict[str, Any]]:
-    """Every dead letter a job wrote under ``location`` (``pipeline.dead_letters``), oldest file first."""
-    return read_dead_letters_from(dead_letter_folder(location, job_id))
-
-
-def read_dead_letters_from(folder: str) -> Iterator[dict[str, Any]]:
-    """Every dead letter in ``folder`` (a job's, as its ``metadata.dead_letters.location`` says)."""
-    pattern = FileSystems.join(folder, "dead-letters-*.avro")
-    try:
-        matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # noqa: BLE001 - no folder means no dead letters
-        return
-    for meta in sorted(matches, key=lambda m: m.path):
-        with FileSystems.open(meta.path) as stream:
-            yield from fastavro.reader(stream)
-
-
-def count_dead_letters(folder: str) -> int | None:
-    """How many dead letters ``folder`` holds (None: it cannot be read)."""
-    try:
-        return sum(1 for _ in read_dead_letters_from(folder))
-    except Exception:  # noqa: BLE001 - unreadable: unknown, not zero
-        return None

@@ -330,11 +330,13 @@ class ReadFromSource(beam.PTransform):
         max_batch_seconds: a batch is handed on when its first document is this old, even
             if not full (checked as documents come: a slow source's first documents reach
             the writer, whose own timer sends them, long before ``batch_size`` are read).
+        spread: reshuffle the partitions so that they are read by several workers (False:
+            one worker reads them all anyway, and the shuffle would only cost a stage).
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
                  batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
-                 record_digests: str | None = None, max_batch_seconds: float | None = None):
+                 record_digests: str | None = None, max_batch_seconds: float | None = None, spread: bool = True):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
@@ -348,13 +350,12 @@ class ReadFromSource(beam.PTransform):
         self.max_download_bytes = max_download_bytes
         self.record_digests = record_digests
         self.max_batch_seconds = max_batch_seconds
+        self.spread = spread
 
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
                                 self.max_download_bytes, self.record_digests, self.max_batch_seconds)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
-        return (
-            partitions
-            | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartition" >> beam.ParDo(read, **side).with_outputs(SEEN, DEAD_LETTERS, main=DOCS)
-        )
+        if self.spread:
+            partitions = partitions | "SpreadPartitions" >> beam.Reshuffle()
+        return partitions | "ReadPartition" >> beam.ParDo(read, **side).with_outputs(SEEN, DEAD_LETTERS, main=DOCS)

@@ -54,11 +54,14 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.progress import ProgressReporter
 from transforms.retries import ItemsRejected, attempt_timeout, retry_with_backoff
 
-__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "MIXED"]
+__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "MIXED", "FIRST_BULK_METRIC"]
 
 DEAD_LETTERS = "dead_letters"
 #: ``operation`` for a stream of ``(op, doc_id, json_bytes_or_None)`` applied in order.
 MIXED = "mixed"
+#: A distribution metric: when each writer sent its first request (epoch ms); its minimum is the
+#: sync's first ``_bulk`` (what a sync's fixed cost is measured to).
+FIRST_BULK_METRIC = "first_bulk_sent_ms"
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -119,6 +122,9 @@ class _BulkWriteFn(beam.DoFn):
         # index, or changed its id).
         self.applied = Metrics.counter("elastic_ingest", "writes_applied")
         self.not_as_sent = Metrics.counter("elastic_ingest", "writes_not_as_sent")
+        self.first_sent = Metrics.distribution("elastic_ingest", FIRST_BULK_METRIC)
+        self.first_sent_at: float | None = None  # set when the first request goes (any thread)
+        self.first_reported = False
         self.targets: frozenset[str] | None = None  # the concrete indices behind ``index``, once needed
         #: The client per attempt timeout (whole seconds): ``options()`` builds a new client each call.
         self.clients: dict[int, Any] = {}
@@ -205,6 +211,8 @@ class _BulkWriteFn(beam.DoFn):
         """Send the buffer as a batch (under ``self.lock``)."""
         if self.buffer:
             batch, self.buffer, self.buffer_bytes = self.buffer, [], 0
+            if self.first_sent_at is None:
+                self.first_sent_at = time.time()
             future = self.pool.submit(self._write_batch, batch)
             future.add_done_callback(self._count_answer)
             self.in_flight.append(future)
@@ -216,6 +224,9 @@ class _BulkWriteFn(beam.DoFn):
         """Count the answered batches (Beam metrics are updated on the DoFn's thread, not the
         pool's) and emit their dead letters: every batch with ``wait_all``; else those
         answered, and the oldest while ``max_in_flight`` are in flight."""
+        if self.first_sent_at is not None and not self.first_reported:
+            self.first_reported = True
+            self.first_sent.update(int(self.first_sent_at * 1000))
         while True:
             with self.lock:
                 if not self.in_flight or not (wait_all or len(self.in_flight) >= self.max_in_flight
