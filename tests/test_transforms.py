@@ -56,6 +56,29 @@ def test_retry_with_backoff_when_429_then_5xx_then_ok_then_retried_with_growing_
         assert 0 <= delay <= cap
 
 
+def test_retry_with_backoff_when_done_then_what_its_callbacks_refer_to_is_freed_at_once():
+    """tenacity's retry state is a reference cycle: a batch the callbacks refer to must not wait in
+    it for the cyclic garbage collector (1000 documents per _bulk request)."""
+    import gc
+    import weakref
+
+    class Batch:
+        pass
+
+    def callbacks():  # the batch is reachable only through the callbacks, as in _write_batch
+        batch = Batch()
+        return weakref.ref(batch), (lambda: batch and "ok"), (lambda: batch)
+
+    freed, call, on_retry = callbacks()
+    gc.disable()
+    try:
+        assert retry_with_backoff(call, BulkSettings(), on_retry=on_retry) == "ok"
+        del call, on_retry
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
 def test_retry_with_backoff_when_failing_past_max_retry_seconds_then_gives_up_in_time_with_the_last_error():
     now = [0.0]
     attempts: list[float] = []
