@@ -32,7 +32,7 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.job import SyncJob
-from pipelines.options import runner_and_options, workers_share_this_disk
+from pipelines.options import runner_and_options, worker_paths, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir
 from sources.driver import SourceDriver, build_source
@@ -44,6 +44,7 @@ from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, 
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import read_job_record
+from transforms.work_dir import mark_work_dir
 
 __all__ = ["run_sync", "write_job_file", "main"]
 
@@ -66,6 +67,10 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
     for path in list(_WORK_DIRS):  # dying of the signal skips the `finally` blocks
         _remove_work_dir(path)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
+    if os.getpgrp() == os.getpid():
+        # The daemon started this process in a group of its own: end the processes it started
+        # too (the Prism a PrismRunner sync starts, local SDK workers), which would outlive it.
+        os.killpg(os.getpid(), signum)
     os.kill(os.getpid(), signum)
 
 
@@ -153,6 +158,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
                           f"({exc.strerror or exc})") from exc
     _WORK_DIRS.add(path)
     try:
+        mark_work_dir(path)  # what each worker checks it sees (pipeline.workers_share_disk)
         yield path
     finally:
         _remove_work_dir(path)
@@ -202,6 +208,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
+    settings = worker_paths(settings)
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
     try:
@@ -346,7 +353,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError",
+                 "ConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors

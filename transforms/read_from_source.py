@@ -57,6 +57,7 @@ from transforms.dead_letter import DeadLetter
 from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest, write_records
 from transforms.normalize import document_id
 from transforms.sync_rules import BasicRules
+from transforms.work_dir import check_work_dir
 
 __all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
@@ -105,6 +106,8 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
+        if self.record_digests:  # a directory of the sync's work directory
+            check_work_dir(os.path.dirname(self.record_digests))
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)

@@ -6,7 +6,8 @@ requested ``_source`` fields travel). Pages are handed over through a small queu
 memory holds a few pages, whatever the index's size.
 
 ``ScanIndex`` turns the pages into one :class:`~transforms.digests.IndexDigests` (id and
-``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given), the side input that lets
+``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given: a directory
+marked by :func:`~transforms.work_dir.mark_work_dir`, which each worker checks it sees), the side input that lets
 :class:`~transforms.read_from_source.ReadFromSource` skip unchanged documents and
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
@@ -18,6 +19,7 @@ scan during which nothing was written is kept there.
 
 Example usage::
 
+    mark_work_dir("/tmp/sync-1")
     indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1",
                             cache_dir="~/.cache/elastic-ingest/index-digests")  # one IndexDigests
 """
@@ -40,6 +42,7 @@ from elasticsearch import NotFoundError
 from transforms.digest_cache import INDEX_DIGESTS_PREFIX, DigestCache, index_state, write_state
 from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
+from transforms.work_dir import check_work_dir
 from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
 
 __all__ = ["ScanIndex", "scan_pages", "PAGE_SIZE"]
@@ -135,6 +138,10 @@ class _DigestIndexFn(beam.DoFn):
         self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
         self.cache_dir = cache_dir if work_dir is not None else None
         self.from_cache = Metrics.counter("elastic_ingest", "index_digests_from_cache")
+
+    def setup(self) -> None:
+        if self.work_dir is not None:
+            check_work_dir(self.work_dir)  # a worker elsewhere would write digests nobody reads
 
     def process(self, _: Any) -> Iterator[IndexDigests]:
         if self.work_dir is None:
