@@ -175,8 +175,11 @@ def worker_paths(settings: PipelineConfig) -> PipelineConfig:
     A worker's working directory is not the sync process's (a worker pool's is wherever
     the pool was started), so ``./dead_letters`` would name two different folders.
     """
-    update = {name: os.path.abspath(os.path.expanduser(value)) for name in ("dead_letters", "work_dir")
-              if (value := getattr(settings, name)) and _is_local_path(value)}
+    from transforms.dead_letter import dead_letter_location
+
+    update = {"dead_letters": dead_letter_location(settings.dead_letters)}
+    if settings.work_dir:
+        update["work_dir"] = os.path.abspath(os.path.expanduser(settings.work_dir))
     return settings.model_copy(update=update)
 
 

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PipelineConfig", "BulkConfig", "FlinkConfig", "DataflowConfig", "PrismConfig", "PortableConfig",
-           "RunnerName", "RUNNERS"]
+__all__ = ["PipelineConfig", "BulkConfig", "ContentIndexConfig", "FlinkConfig", "DataflowConfig", "PrismConfig",
+           "PortableConfig", "RunnerName", "RUNNERS"]
 
 #: The runners a sync can run on (config.yml ``pipeline.runner``, globally or per connector).
 RunnerName = Literal["FnApiRunner", "PrismRunner", "PortableRunner", "FlinkRunner", "DataflowRunner"]
@@ -34,6 +34,13 @@ class BulkConfig(_Section):
     max_retries: int = Field(8, ge=0)
     initial_backoff: float = Field(0.5, gt=0)
     max_backoff: float = Field(30.0, gt=0)
+
+
+class ContentIndexConfig(_Section):
+    """Settings a new content index is created with; unset ones are the cluster's (defaults, templates)."""
+
+    number_of_shards: int | None = Field(None, ge=1)
+    number_of_replicas: int | None = Field(None, ge=0)
 
 
 class FlinkConfig(_Section):
@@ -95,6 +102,7 @@ class PipelineConfig(_Section):
     direct_num_workers: int = Field(1, ge=1)
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     bulk: BulkConfig = Field(default_factory=BulkConfig)
+    content_index: ContentIndexConfig = Field(default_factory=ContentIndexConfig)
     max_error_rate: float = Field(0.05, ge=0, le=1, description="dead letters / documents above which a job fails")
     min_errors_to_fail: int = Field(10, ge=0, description="below this many dead letters a job never fails")
     max_document_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -108,6 +116,8 @@ class PipelineConfig(_Section):
     digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
                                                  "of an index nobody wrote to since (local runners)")
     digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")
+    digest_cache_max_bytes: int = Field(4 * 1024**3, ge=1, description="the digest cache's size on disk at most "
+                                        "(16 bytes per indexed document); least recently used entries go first")
     extract_text: bool = True
     workers_share_disk: bool | None = Field(
         None, description="whether every worker can read this machine's files (the sync's index digests); "

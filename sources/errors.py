@@ -9,8 +9,9 @@
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
     │   └── SourceLoadError          the source's FQN cannot be imported
-    ├── IndexingError                Elasticsearch refused our writes
+    ├── IndexingError                Elasticsearch refused our writes (or a whole read of the index)
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
+    │   ├── PartialScan              a scan of the content index missed shards
     │   └── TooManyErrors            dead letters exceeded the configured error rate
     └── JobError                     a sync job ended badly
         ├── JobCanceled
@@ -38,6 +39,7 @@ __all__ = [
     "IndexingError",
     "ElasticsearchUnavailable",
     "TooManyErrors",
+    "PartialScan",
     "JobError",
     "JobCanceled",
     "JobGone",
@@ -99,6 +101,10 @@ class ElasticsearchUnavailable(IndexingError):
 
 class TooManyErrors(IndexingError):
     pass
+
+
+class PartialScan(IndexingError):
+    """Elasticsearch answered a scan of the content index for only some of its shards."""
 
 
 class JobError(IngestError):
