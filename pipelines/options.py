@@ -277,7 +277,10 @@ def option_args(settings: PipelineConfig, *, job_name: str) -> list[str]:
 
 
 def _environment_args(env: PrismConfig | PortableConfig) -> list[str]:
-    args = [f"--environment_type={env.environment_type}"]
+    # Beam runs `pip freeze` at every submission to a non-local runner (1.5 s and a process
+    # here), for a list of the submitter's packages that container workers compare theirs
+    # with; these workers run from the same installation.
+    args = [f"--environment_type={env.environment_type}", "--experiments=disable_logging_submission_environment"]
     if env.environment_config:
         args.append(f"--environment_config={env.environment_config}")
     return args

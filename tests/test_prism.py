@@ -62,12 +62,12 @@ def _connect(endpoint: str) -> None:
 
 
 def _pool_workers() -> list[psutil.Process]:
-    """The worker pool's SDK worker processes (the pool started by scripts/prism, found by its port)."""
+    """The worker pool's child processes, exited ones not yet reaped included (the pool started
+    by scripts/prism, found by its port)."""
     home = Path(os.environ.get("PRISM_HOME_DIR", REPO / ".servers" / "prism"))
     pid_file = home / f"worker-pool-{WORKER_ENDPOINT.rpartition(':')[2]}.pid"
     try:
-        return [p for p in psutil.Process(int(pid_file.read_text())).children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE]
+        return psutil.Process(int(pid_file.read_text())).children(recursive=True)
     except (OSError, ValueError, psutil.NoSuchProcess):
         return []
 
@@ -133,9 +133,18 @@ def create(daemon: Daemon, connector_id: str, service: str, values: dict) -> Non
 
 
 def update(daemon: Daemon, connector_ids: tuple[str, ...], values: dict) -> None:
+    def one(connector_id: str) -> None:
+        for _ in range(5):
+            result = cli("--action", "update-connector", "--connector-id", connector_id, *_set_args(values),
+                         config=daemon.config)
+            # The update is conditional on the connector as read; the daemon writes it too (heartbeats,
+            # the end of a sync): like Kibana, try again on a conflict.
+            if result.returncode == 0 or "ConflictError" not in result.stderr:
+                break
+        assert result.returncode == 0, result.stderr
+
     with ThreadPoolExecutor(len(connector_ids)) as pool:
-        list(pool.map(lambda c: cli("--action", "update-connector", "--connector-id", c, *_set_args(values),
-                                    config=daemon.config, check=True), connector_ids))
+        list(pool.map(one, connector_ids))
 
 
 def sync(daemon: Daemon, connector_id: str, job_type: str = "full") -> dict:
@@ -230,7 +239,8 @@ def test_prism_when_source_changes_between_syncs_then_same_index_counters_and_de
     assert cursors[0] == cursors[1] == {"position": 3}
     indexed = index_docs(es, pair[0])
     assert "doc-12" not in indexed and indexed["doc-11"]["title"] == "updated" and "late-1" in indexed
-    # teardown() is never called on these workers: each job's worker process ends with the job instead.
+    # teardown() is never called on these workers: each job's worker process ends with the job
+    # instead, and is reaped (no defunct process left).
     wait_for(lambda: not _pool_workers(), timeout=30, what="the jobs' SDK workers to exit")
 
 
