@@ -6,6 +6,7 @@ One poll, every ``service.idling`` seconds::
     for each served connector: complete its configuration, validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
         (a connector whose document is wrong gets the error; the others are served)
+    take back this service's own jobs a crash left behind (suspended, then resumed below)
     reap jobs nobody updates any more, or whose connector is gone (and release the lock)
     release locks no job holds (an instance died between taking the lock and the job)
     claim pending/suspended jobs while fewer than max_concurrent_syncs run
@@ -44,6 +45,7 @@ from launcher.protocol import (
     with_protocol_fields,
 )
 from launcher.index_store import default_domain
+from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.sync_runner import SyncRunner
@@ -83,6 +85,9 @@ class Daemon:
         #: what stops the protocol's storage from working (see ConnectorStore.prepare); shown by /healthz
         self.store_problems: list[str] = []
         self.hostname = config.service.hostname or socket.gethostname()
+        #: Who this daemon is in the jobs it claims (service id, host, this run): see launcher/recovery.py.
+        self.identity = ServiceIdentity.of(config)
+        self._own_jobs: OwnJobs | None = None
         self.running: dict[str, SyncRunner] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,6 +160,7 @@ class Daemon:
                     _LOGGER.debug("connector %s failure", connector.id, exc_info=True)
                     self._try_set_error(connector, f"the service could not process this connector: "
                                                    f"{format_error(exc)}")
+            self.take_back_own_jobs()
             self.reap()
             self.release_orphan_locks(connectors)
             # Connectors whose document is wrong too: their jobs are claimed and end ``error``
@@ -440,6 +446,16 @@ class Daemon:
         service_type = snapshot.get("service_type") if isinstance(snapshot, Mapping) else None
         return service_type in self.served_types()
 
+    def take_back_own_jobs(self) -> list[str]:
+        """Suspend the jobs an earlier run of this service left behind (a crash), so they resume now."""
+        if self._own_jobs is None:
+            self._own_jobs = OwnJobs(self.store, self.identity)
+        ids = list(self.config.service.connector_ids) or None
+        with self._lock:
+            running = set(self.running)
+        return self._own_jobs.take_back(running=running, connector_ids=ids,
+                                        service_types=None if ids else self.served_types())
+
     def reap(self) -> None:
         """End jobs nobody updates any more, or whose connector is gone; release the lock.
 
@@ -537,7 +553,8 @@ class Daemon:
             claim = claim_job(self.store, job.id, self.hostname)
             if claim is None:
                 continue
-            runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store)
+            runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store,
+                                owner=self.identity.metadata())
             with self._lock:
                 self.running[job.id] = runner
             runner.start()

@@ -34,6 +34,7 @@ from sources.testing import make_docs
 from tests.helpers import (
     REPO, DaemonProcess, cli, index_docs, require_server, run_sync, skip_or_fail, wait_for, write_config,
 )
+from tests.test_secrets import captured  # noqa: F401 - a fixture: the pipelines a sync stages, decoded
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -345,3 +346,34 @@ def test_prism_when_workers_do_not_share_the_disk_then_digests_travel_in_the_pip
         assert not on_prism.get("index_digests_kept")  # the cache needs the digests as files
     finally:
         es.indices.delete(index=local_index, ignore_unavailable=True)
+
+
+def test_prism_when_elasticsearch_needs_a_password_then_pool_workers_read_it_from_the_secrets_file(
+        es, index_name, prism, captured, tmp_path):
+    """Secrets out of the graph, on EXTERNAL workers: Prism is handed a pipeline without the password, and
+    the pool's SDK worker (a process started for the job by a pool that has run since before the sync, with
+    an environment of its own) reads it from the sync's 0600 file, through a TLS proxy that requires it."""
+    from pipelines.run import run_sync as run
+    from pipelines.settings import PipelineConfig
+    from tests.test_secrets import _job
+    from tests.test_security import PROXY_PORT, _start_proxy
+    from transforms.es_client import ElasticsearchConnection
+
+    proxy = _start_proxy(PROXY_PORT, es.transport.node_pool.get().base_url)
+    conn = ElasticsearchConnection(hosts=(proxy.url,), ca_certs=proxy.ca, username=proxy.username,
+                                   password=proxy.password, max_retries=0)
+    token = f"tok-{uuid.uuid4().hex}"
+    job = _job(token={"value": token})  # a sensitive field of the source's configuration
+    job.index_name = index_name
+    settings = PipelineConfig.model_validate({"runner": "PortableRunner", "portable": prism,
+                                              "dead_letters": str(tmp_path / "dead_letters"),
+                                              "bulk": {"max_retries": 0}})
+
+    outcome = run(job, settings, conn)
+
+    assert outcome["status"] == "completed", outcome.get("error")
+    assert es.count(index=index_name)["count"] == 12
+    (pipeline,) = captured
+    for secret in (proxy.password, token):
+        assert not any(secret.encode() in data for data in pipeline["staged"])
+    assert pipeline["mode"] == 0o600 and not os.path.exists(pipeline["secrets_file"])
