@@ -46,7 +46,7 @@ from launcher.protocol import (
 )
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.sync_runner import SyncRunner
-from sources.driver import SourceDriver
+from sources.driver import SourceDriver, build_source
 from sources.errors import IngestError, format_error
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
@@ -294,7 +294,7 @@ class Daemon:
             return
         source = None
         try:
-            source = source_class(configuration=self._typed(configuration))
+            source = build_source(source_class, self._typed(configuration), self._settings(connector))
             driver = SourceDriver(source)
             try:
                 if hasattr(source, "validate_config"):
@@ -308,6 +308,10 @@ class Daemon:
             return
         if connector.get("status") != "connected" or connector.get("error") is not None:
             self._write(connector, {"status": "connected", "error": None})
+
+    def _settings(self, connector: Connector) -> dict[str, Any]:
+        """The operator's settings for the connector's source (config.yml)."""
+        return self.config.source_settings.get(connector.service_type, {})
 
     @staticmethod
     def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -335,7 +339,8 @@ class Daemon:
                 else:
                     driver = None
                     try:
-                        source = source_class(configuration=self._typed(connector.get("configuration") or {}))
+                        source = build_source(source_class, self._typed(connector.get("configuration") or {}),
+                                              self._settings(connector))
                         driver = SourceDriver(source)
                         messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
                             source, "validate_advanced_rules") else []

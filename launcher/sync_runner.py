@@ -110,6 +110,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         service_type=service_type,
         source_fqn=fqn,
         configuration=merged,
+        source_settings=config.source_settings.get(service_type, {}),
         basic_rules=[r for r in rules if isinstance(r, dict)],
         advanced_rules=advanced,
         pipeline_flags={

@@ -83,7 +83,8 @@ def build_sync_pipeline(
     digests of what it read in ``read_digests_dir(work_dir)``, for after the sync.
     """
     p = beam.Pipeline(runner=runner, options=options)
-    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules)
+    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
+                      operator_settings=job.source_settings)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
     normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)

@@ -66,15 +66,17 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Everything a worker needs to build the source: its FQN, configuration and rules."""
+    """Everything a worker needs to build the source: its FQN, configuration, rules and the
+    operator's settings for it (config.yml)."""
 
     fqn: str
     configuration: Mapping[str, Any] = field(default_factory=dict, repr=False)
     basic_rules: tuple[Mapping[str, Any], ...] = ()
     advanced_rules: Any = None
+    operator_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> Any:
-        return build_source(load_source_class(self.fqn), self.configuration)
+        return build_source(load_source_class(self.fqn), self.configuration, self.operator_settings)
 
     def filtering(self) -> Filter:
         return Filter(basic_rules=list(self.basic_rules), advanced_rules=self.advanced_rules or {})
