@@ -44,10 +44,11 @@ from launcher.protocol import (
     Connector, claim_job, connector_problems, create_job, get_connector, job_problems,
     jobs_to_claim, now_iso, release_lock, search_connectors, update_connector, update_job, Job,
 )
+from launcher.secret_refs import resolve_references
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver, build_source
-from sources.errors import IngestError, format_error
+from sources.errors import IngestError, SecretReferenceError, format_error
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
 
@@ -288,6 +289,11 @@ class Daemon:
         if recently and connector.get("status") in ("connected", "error"):
             return
         self._pinged[connector.id] = (key, time.monotonic())
+        try:
+            configuration = resolve_references(configuration, self.config.secrets)
+        except SecretReferenceError as exc:
+            self._set_error(connector, f"Invalid configuration: {exc}")
+            return
         problems = validate_configuration(configuration)
         if problems:
             self._set_error(connector, "Invalid configuration: " + "; ".join(problems))
@@ -339,8 +345,9 @@ class Daemon:
                 else:
                     driver = None
                     try:
-                        source = build_source(source_class, self._typed(connector.get("configuration") or {}),
-                                              self._settings(connector))
+                        configuration = resolve_references(connector.get("configuration") or {},
+                                                           self.config.secrets)
+                        source = build_source(source_class, self._typed(configuration), self._settings(connector))
                         driver = SourceDriver(source)
                         messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
                             source, "validate_advanced_rules") else []

@@ -42,6 +42,9 @@ from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
+from launcher.index_ownership import check_index_ownership
+from launcher.privileges import check_privileges
+from launcher.secret_refs import resolve_references
 from launcher.protocol import (
     FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
     update_job,
@@ -98,7 +101,8 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     live = claim.connector.get("configuration")
     live = live if isinstance(live, dict) else {}
     configuration = snapshot.get("configuration") or live
-    configuration = with_secrets(configuration, live)
+    # Sensitive values come from the connector document; references there are resolved here.
+    configuration = resolve_references(with_secrets(configuration, live), config.secrets)
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
@@ -185,7 +189,10 @@ class SyncRunner(threading.Thread):
             return
         try:
             sync_job = build_sync_job(self.config, self.claim)
-        except Exception as exc:  # noqa: BLE001 - a bad document or bad rules
+            check_privileges(self.es, sync_job.index_name, who="the service's credentials (config.yml elasticsearch)")
+            # Re-checked for every job: connector documents may have been written by anyone.
+            check_index_ownership(self.es, sync_job.index_name, self.connector_id)
+        except Exception as exc:  # noqa: BLE001 - a bad document, bad rules, an index that is not its own
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
             return

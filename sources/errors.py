@@ -4,13 +4,16 @@
     ├── ConfigError                  config.yml or CLI input is wrong (``path``: where)
     ├── ConnectorError               a connector or job document is wrong (``connector_id``)
     │   ├── UnknownServiceType       service_type not in config.yml ``sources:``
-    │   └── SyncRulesError           sync rules invalid
+    │   ├── SyncRulesError           sync rules invalid
+    │   ├── IndexConflict            index_name is another connector's, or an alias over several indices
+    │   └── SecretReferenceError     a ${env:...} / ${file:...} reference the operator does not allow
     ├── SourceError                  the source failed
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
     │   └── SourceLoadError          the source's FQN cannot be imported
     ├── IndexingError                Elasticsearch refused our writes
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
+    │   ├── InsufficientPrivileges   the credentials lack privileges the service needs (listed)
     │   └── TooManyErrors            dead letters exceeded the configured error rate
     └── JobError                     a sync job ended badly
         ├── JobCanceled
@@ -31,12 +34,15 @@ __all__ = [
     "ConnectorError",
     "UnknownServiceType",
     "SyncRulesError",
+    "IndexConflict",
+    "SecretReferenceError",
     "SourceError",
     "SourceConfigError",
     "SourceUnavailable",
     "SourceLoadError",
     "IndexingError",
     "ElasticsearchUnavailable",
+    "InsufficientPrivileges",
     "TooManyErrors",
     "JobError",
     "JobCanceled",
@@ -73,6 +79,14 @@ class SyncRulesError(ConnectorError):
     pass
 
 
+class IndexConflict(ConnectorError):
+    pass
+
+
+class SecretReferenceError(ConnectorError):
+    pass
+
+
 class SourceError(IngestError):
     pass
 
@@ -95,6 +109,10 @@ class IndexingError(IngestError):
 
 class ElasticsearchUnavailable(IndexingError):
     retriable = True
+
+
+class InsufficientPrivileges(IndexingError):
+    pass
 
 
 class TooManyErrors(IndexingError):

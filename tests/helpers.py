@@ -27,7 +27,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 __all__ = [
     "ES_URL", "IN_CI", "REPO", "es_client", "require_server", "skip_or_fail", "run_sync", "index_docs", "write_config",
-    "DaemonProcess", "wait_for", "wait_job_final", "SOURCES", "TEST_ROOT", "DIR_SOURCE", "source_entry",
+    "DaemonProcess", "cli_in_process", "wait_for", "wait_job_final", "SOURCES", "TEST_ROOT", "DIR_SOURCE", "source_entry",
 ]
 
 #: Where tests make their folders (pytest's tmp_path is below it): the directory source's root in tests.
@@ -155,6 +155,26 @@ def cli(*args: str, config: Path | None = None, check: bool = False, timeout: fl
     if check and result.returncode != 0:
         raise AssertionError(f"elastic-ingest {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def cli_in_process(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``elastic-ingest ARGS`` run in this process (the same click command, ~5 s faster than a process)."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from launcher.cli import _command
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    levels = {name: logging.getLogger(name).level for name in ("", "elastic_transport", "urllib3", "apache_beam")}
+    try:
+        result = CliRunner().invoke(_command, ["-c", str(config), *args], env=env, catch_exceptions=False)
+    finally:
+        root.handlers[:] = handlers
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    return result.exit_code, result.stdout, result.stderr
 
 
 class DaemonProcess:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import skip_or_fail, REPO, DaemonProcess, child_pids, cli, wait_for, write_config
+from tests.helpers import skip_or_fail, REPO, DaemonProcess, child_pids, cli, cli_in_process, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -72,26 +72,6 @@ def own_proxy(own_es) -> Proxy:
     from tests.fixtures_security.own_node import FAULT_ES_URL
 
     return _start_proxy(OWN_PROXY_PORT, FAULT_ES_URL)
-
-
-def cli_in_process(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``elastic-ingest ARGS`` run in this process (the same click command, ~5 s faster than a process)."""
-    import logging
-
-    from click.testing import CliRunner
-
-    from launcher.cli import _command
-
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    levels = {name: logging.getLogger(name).level for name in ("", "elastic_transport", "urllib3", "apache_beam")}
-    try:
-        result = CliRunner().invoke(_command, ["-c", str(config), *args], env=env, catch_exceptions=False)
-    finally:
-        root.handlers[:] = handlers
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _es_config(tmp_path: Path, proxy: Proxy, name: str = "config.yml", **elasticsearch) -> Path:
