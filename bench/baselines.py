@@ -84,7 +84,7 @@ def settle(es: Any, *, timeout: float = 180.0, quiet: float = 3.0) -> float:
 
 def fresh_index(es: Any, index: str) -> None:
     es.indices.delete(index=index, ignore_unavailable=True)
-    ensure_content_index(es, index)
+    ensure_content_index(es, index, {"number_of_replicas": 0})  # as bench.ours configures the service
     es.cluster.health(index=index, wait_for_status="green", timeout="60s")
 
 
@@ -135,14 +135,16 @@ def prepare_bodies(dataset: Dataset, index: str, path: str, *, max_docs: int, ma
 
 
 def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int = 4, max_docs: int = 1000,
-            max_bytes: int = 8 << 20, workdir: str | None = None) -> dict[str, Any]:
-    """Post pre-serialized bodies with ``clients`` concurrent connections; docs/s of the cluster."""
+            max_bytes: int = 8 << 20, workdir: str | None = None, pipeline: str | None = None) -> dict[str, Any]:
+    """Post pre-serialized bodies with ``clients`` concurrent connections (through the ingest
+    ``pipeline`` when given, as ours); docs/s of the cluster."""
     fresh_index(es, index)
     fd, path = tempfile.mkstemp(prefix="bench-ndjson-", suffix=".ndjson", dir=workdir)
     os.close(fd)
     try:
         chunks, doc_bytes = prepare_bodies(dataset, index, path, max_docs=max_docs, max_bytes=max_bytes)
         url = urlparse(es_url)
+        target = f"/_bulk?pipeline={pipeline}" if pipeline else "/_bulk"
         work: queue.SimpleQueue = queue.SimpleQueue()
         for chunk in chunks:
             work.put(chunk)
@@ -161,7 +163,7 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
                         return
                     body = os.pread(file, length, offset)
                     while True:
-                        conn.request("POST", "/_bulk", body=body, headers={"Content-Type": "application/x-ndjson"})
+                        conn.request("POST", target, body=body, headers={"Content-Type": "application/x-ndjson"})
                         response = conn.getresponse()
                         data = response.read()
                         if response.status == 429:
@@ -207,8 +209,9 @@ def ceiling(es: Any, es_url: str, dataset: Dataset, index: str, *, clients: int 
 
 # -- what a user writes by hand ------------------------------------------------------------
 def helpers_bulk(es_url: str, dataset: Dataset, index: str, *, kind: str, es_admin: Any,
-                 thread_count: int = 4, chunk_size: int = 500) -> dict[str, Any]:
-    """``helpers.parallel_bulk`` / ``helpers.streaming_bulk`` with the library's defaults."""
+                 thread_count: int = 4, chunk_size: int = 500, pipeline: str | None = None) -> dict[str, Any]:
+    """``helpers.parallel_bulk`` / ``helpers.streaming_bulk`` with the library's defaults (through the
+    ingest ``pipeline`` when given, as ours)."""
     from elasticsearch import Elasticsearch, helpers
 
     fresh_index(es_admin, index)
@@ -226,10 +229,10 @@ def helpers_bulk(es_url: str, dataset: Dataset, index: str, *, kind: str, es_adm
     started = time.perf_counter()
     if kind == "parallel_bulk":
         results = helpers.parallel_bulk(es, actions(), thread_count=thread_count, chunk_size=chunk_size,
-                                        raise_on_error=False)
+                                        raise_on_error=False, pipeline=pipeline)
     elif kind == "streaming_bulk":
         results = helpers.streaming_bulk(es, actions(), chunk_size=chunk_size, raise_on_error=False,
-                                         max_retries=3)
+                                         max_retries=3, pipeline=pipeline)
     else:
         raise ValueError(kind)
     for success, _ in results:

@@ -25,10 +25,32 @@ import yaml
 
 from bench.memory import TreeSampler, tree_rss
 
-__all__ = ["Service", "REPO"]
+__all__ = ["Service", "REPO", "INGEST_PIPELINE", "ensure_ingest_pipeline"]
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_FQN = "sources.synthetic:SyntheticDataSource"
+#: Every real cluster has it and new connectors name it: the benchmark's connectors do too.
+INGEST_PIPELINE = "search-default-ingestion"
+
+
+def ensure_ingest_pipeline(es: Any) -> dict[str, Any]:
+    """Make sure ``search-default-ingestion`` exists, as on a real cluster; what was found or made.
+
+    A cluster that has it (Elastic's own, with its processors) is used as it is. The
+    integ-test build the benchmark's node runs lacks the ingest-common processors the real
+    one uses, so there it is created with none: every document still goes through the
+    ingest service, as on a real cluster, without the processors' own cost.
+    """
+    from elasticsearch import NotFoundError
+
+    try:
+        found = es.ingest.get_pipeline(id=INGEST_PIPELINE)[INGEST_PIPELINE]
+        return {"name": INGEST_PIPELINE, "created_by_bench": False, "processors": len(found.get("processors") or [])}
+    except NotFoundError:
+        es.ingest.put_pipeline(id=INGEST_PIPELINE, processors=[],
+                               description="created by elastic-ingest's benchmark: the real one's processors "
+                                           "(ingest-common, attachment) are missing from this build")
+        return {"name": INGEST_PIPELINE, "created_by_bench": True, "processors": 0}
 
 
 class Service:
@@ -47,8 +69,10 @@ class Service:
             "service": {"idling": 0.5, "heartbeat": 300, "job_progress_interval": 5, "cancel_check_interval": 2,
                         "max_concurrent_syncs": 1, "connector_ids": list(connector_ids)},
             "sources": {"synthetic": SOURCE_FQN},
+            # One benchmark node: no replica (the baselines' indices are created the same way).
             "pipeline": {"dead_letters": str(self.workdir / "dead_letters"),
-                         "digest_cache_dir": str(self.workdir / "index-digests"), **pipeline},
+                         "digest_cache_dir": str(self.workdir / "index-digests"),
+                         "content_index": {"number_of_replicas": 0}, **pipeline},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self.process: subprocess.Popen | None = None
@@ -66,7 +90,7 @@ class Service:
     def create_connector(self, connector_id: str, index: str, configuration: dict[str, Any]) -> None:
         sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]
         self.cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "synthetic",
-                 "--index-name", index, "--json", *sets)
+                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", *sets)
 
     def update_connector(self, connector_id: str, configuration: dict[str, Any]) -> None:
         sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
-from bench.ours import REPO, Service
+from bench.ours import REPO, Service, ensure_ingest_pipeline
 from bench.report import annotate, chart, markdown
 from pipelines.settings import PipelineConfig
 from sources.synthetic import variant_counts
@@ -172,6 +172,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-bench-"))
         self.pipeline = _merge(DEFAULT_PIPELINE, _dotted(args.set or []))
         self.log = args.log
+        self.ingest_pipeline = ensure_ingest_pipeline(self.es)
         self.on_progress = None
         self.current: dict[str, Any] = {}
 
@@ -242,7 +243,7 @@ class Bench:
             self.say(f"  ceiling: {dataset.label}, {clients} clients")
             result = ceiling(self.es, self.es_url, dataset, f"bench-ceiling-{tag}-{self.run_id}", clients=clients,
                              max_docs=self.pipeline["bulk"]["max_docs"], max_bytes=self.pipeline["bulk"]["max_bytes"],
-                             workdir=str(self.workdir))
+                             workdir=str(self.workdir), pipeline=self.ingest_pipeline["name"])
             tries.append({"clients": clients, "seconds": result["seconds"]})
             if best is None or result["seconds"] < best["seconds"]:
                 best = result
@@ -264,7 +265,7 @@ class Bench:
             for kind in () if self.args.no_helpers else ("parallel_bulk", "streaming_bulk"):
                 self.say(f"  {kind}")
                 results[kind] = helpers_bulk(self.es_url, dataset, f"bench-{kind.replace('_', '')}-{tag}-{self.run_id}",
-                                             kind=kind, es_admin=self.es)
+                                             kind=kind, es_admin=self.es, pipeline=self.ingest_pipeline["name"])
                 self.progress()
         else:
             doc_bytes = _doc_bytes(dataset, self.workdir)
@@ -329,6 +330,8 @@ class Bench:
                 "ceiling_docs_per_s": rate, "ceiling_seconds": [before["seconds"], after["seconds"]], "runs": runs}
 
     def close(self) -> None:
+        if self.ingest_pipeline["created_by_bench"]:
+            self.es.ingest.delete_pipeline(id=self.ingest_pipeline["name"])
         self.es.close()
         if self.args.keep_workdir:
             self.say(f"daemon configs and logs kept in {self.workdir}")
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "schema": 1, "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "es_url": args.es_url,
         "machine": machine_facts(bench.es), "pipeline_settings": _flat(bench.pipeline),
-        "pipeline": bench.pipeline,
+        "pipeline": bench.pipeline, "ingest_pipeline": bench.ingest_pipeline,
         "options": {"sizes": sizes, "doc_size": args.doc_size, "large": large, "large_doc_size": args.large_doc_size,
                     "partitions": args.partitions, "partitions_size": partitions_size,
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,

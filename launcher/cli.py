@@ -22,11 +22,10 @@ import click
 from launcher.config import Config, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
 from launcher.index_ownership import check_index_ownership
-from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices, indices_exist
 from launcher.logs import setup_logging
 from launcher.protocol import (
-    FINAL_STATUSES, create_job, get_connector, get_job, new_connector, search_connectors, update_connector, update_job,
-    now_iso,
+    FINAL_STATUSES, create_job, get_connector, get_job, index_name_problem, new_connector, now_iso, search_connectors,
+    update_connector,
 )
 from launcher.scheduling import validate_cron
 from sources.errors import ConfigError, ConnectorError, ElasticsearchUnavailable, IngestError, format_error
@@ -48,6 +47,8 @@ ACTIONS: dict[str, str] = {
 }
 
 _LOGGER = logging.getLogger("launcher.cli")
+#: How long ``sync --wait`` lets a job stay ``pending`` before it says nobody has claimed it (default).
+UNCLAIMED_AFTER = 15.0
 
 
 class AuthenticationException(ElasticsearchUnavailable):
@@ -62,6 +63,7 @@ class _Context:
         self.service = service  # the daemon: its privileges are checked before anything else
         self._config: Config | None = None
         self._es = None
+        self._store = None
 
     @property
     def config(self) -> Config:
@@ -79,12 +81,11 @@ class _Context:
             es = settings.connection().client()
             try:
                 if self.service:  # first: a missing privilege is then named, whichever it is
-                    from launcher.privileges import check_privileges
+                    from launcher.privileges import check_service_privileges
 
-                    who = f"the credentials in {self.config.path or 'config.yml'} (elasticsearch)"
-                    check_privileges(es, who=who)
-                    if not indices_exist(es):
-                        check_privileges(es, who=who, first_start=True)
+                    check_service_privileges(es, self.config.service.protocol_store,
+                                             who=f"the credentials in {self.config.path or 'config.yml'} "
+                                                 "(elasticsearch)")
                 es.cluster.health()
             except ESConnectionError as exc:
                 raise ElasticsearchUnavailable(f"cannot reach Elasticsearch at {settings.host}: {exc.message}") from None
@@ -96,9 +97,21 @@ class _Context:
                     f"{used}; check elasticsearch.username and elasticsearch.password, or elasticsearch.api_key, "
                     f"in {self.config.path or 'config.yml'}"
                 ) from None
-            ensure_indices(es)
             self._es = es
         return self._es
+
+    @property
+    def store(self):
+        """Where connectors and jobs live (the connector API, or the indices; see launcher.store)."""
+        if self._store is None:
+            from launcher.store import open_store
+
+            store = open_store(self.es, self.config.service.protocol_store)
+            problems = store.prepare()
+            if problems:
+                raise ConnectorError("the protocol's indices cannot be used: " + "; ".join(problems))
+            self._store = store
+        return self._store
 
 
 def _reason(exc: Any) -> str:
@@ -154,13 +167,16 @@ def _echo_json(value: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     for column in columns:
         keep_whole = column in ("id", "created", "last synced", "status", "duration")
         table.add_column(column, overflow="fold", no_wrap=keep_whole, min_width=len(column))
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        # Text, not str: values are shown as they are, never read as Rich markup
+        # (Elasticsearch's reasons name fields in brackets: "failed to parse field [n]").
+        table.add_row(*[Text("" if v is None else str(v)) for v in row])
     import shutil
 
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
@@ -191,7 +207,7 @@ def action_poll(ctx: _Context, **_: Any) -> int:
     from launcher.daemon import Daemon
 
     config = ctx.config
-    daemon = Daemon(config, ctx.es)
+    daemon = Daemon(config, ctx.es)  # the daemon prepares its store itself, and says what is wrong
     daemon.install_signal_handlers()
     metrics = None
     if config.service.metrics_address:
@@ -296,14 +312,19 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
         from launcher.protocol import Connector
 
         doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
-    if connector_id and get_connector(ctx.es, connector_id) is not None:
+    from elasticsearch import ConflictError
+
+    if connector_id and get_connector(ctx.store, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
-    check_index_ownership(ctx.es, index_name, connector_id)
-    result = ctx.es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
+    check_index_ownership(ctx.store, index_name, connector_id)
+    try:
+        new_id = ctx.store.create_connector(doc, connector_id)
+    except ConflictError:
+        raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector") from None
     if ctx.as_json:
-        _echo_json({"id": result["_id"], "result": result["result"]})
+        _echo_json({"id": new_id, "result": "created"})
     else:
-        click.echo(f"connector {result['_id']} {result['result']} ({service_type} -> {index_name})")
+        click.echo(f"connector {new_id} created ({service_type} -> {index_name})")
     return 0
 
 
@@ -318,7 +339,7 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
                             name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
                             set_env: tuple[str, ...] = (), **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "update-connector")
-    connector = get_connector(ctx.es, connector_id)
+    connector = get_connector(ctx.store, connector_id)
     if connector is None:
         raise ConnectorError(f"no connector with id {connector_id!r}")
     updates: dict[str, Any] = {}
@@ -330,7 +351,7 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
     if schedule:
         updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
     if index_name:
-        check_index_ownership(ctx.es, index_name, connector_id)
+        check_index_ownership(ctx.store, index_name, connector_id)
         updates["index_name"] = index_name
     if name:
         updates["name"] = name
@@ -340,11 +361,12 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
         updates["filtering"] = _draft_rules(connector, rules)
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
-    update_connector(ctx.es, connector_id, updates, if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
+    updates["updated_at"] = now_iso()
+    update_connector(ctx.store, connector_id, updates, expected=connector)
     if ctx.as_json:
-        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(updates)})
+        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(set(updates) - {"updated_at"})})
     else:
-        click.echo(f"connector {connector_id} updated: {', '.join(sorted(updates))}")
+        click.echo(f"connector {connector_id} updated: {', '.join(sorted(set(updates) - {'updated_at'}))}")
     return 0
 
 
@@ -382,12 +404,8 @@ def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
 
 def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "delete-connector")
-    from elasticsearch import NotFoundError
-
-    try:
-        ctx.es.delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
-    except NotFoundError:
-        raise ConnectorError(f"no connector with id {connector_id!r}") from None
+    if not ctx.store.delete_connector(connector_id):
+        raise ConnectorError(f"no connector with id {connector_id!r}")
     if ctx.as_json:
         _echo_json({"id": connector_id, "result": "deleted"})
     else:
@@ -396,7 +414,7 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
 
 
 def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:
-    connectors = search_connectors(ctx.es, connector_ids=[connector_id] if connector_id else None)
+    connectors = search_connectors(ctx.store, connector_ids=[connector_id] if connector_id else None)
     if ctx.as_json:
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
         return 0
@@ -438,68 +456,124 @@ def _duration(job: dict[str, Any]) -> str:
 
 
 def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
-    query = {"term": {"connector.id": connector_id}} if connector_id else {"match_all": {}}
-    hits = ctx.es.search(index=JOBS_INDEX, query=query, size=100,
-                         sort=[{"created_at": {"order": "desc", "unmapped_type": "date"}}])["hits"]["hits"]
+    found = ctx.store.list_jobs(connector_ids=[connector_id] if connector_id else None, size=100, newest_first=True)
     jobs = []
-    for hit in hits:
-        doc = dict(hit["_source"])
+    for job in found:
+        doc = dict(job.doc)
         connector = dict(doc.get("connector") or {}) if isinstance(doc.get("connector"), dict) else {}
         connector["configuration"] = redact(connector.get("configuration"))
         doc["connector"] = connector
-        jobs.append({"id": hit["_id"], **doc})
+        jobs.append({"id": job.id, **doc})
     if ctx.as_json:
         _echo_json(jobs)
         return 0
     rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
              _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
-             j.get("total_document_count"), _duration(j), j.get("error")] for j in jobs]
+             j.get("total_document_count"), _dead_letter_count(j), _duration(j), j.get("error")] for j in jobs]
     _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
-                         "duration",
-                         "error"], rows)
+                         "dead letters", "duration", "error"], rows)
     return 0
 
 
-def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float, **_: Any) -> int:
+def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    return metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
+
+
+def _dead_letter_count(job: dict[str, Any]) -> Any:
+    """The job's dead letters as its document records them (None: not known)."""
+    return _dead_letters_of(job).get("count")
+
+
+def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float,
+                keep_waiting: bool = False, unclaimed_after: float = UNCLAIMED_AFTER, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "sync")
-    connector = get_connector(ctx.es, connector_id)
+    connector = get_connector(ctx.store, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
     fqn = ctx.config.sources.get(connector.service_type) if isinstance(connector.service_type, str) else None
-    if fqn is not None and job_type != "full":
+    if fqn is not None and job_type == "incremental":
         cls = load_source_class(fqn)
-        flag = "incremental_sync_enabled" if job_type == "incremental" else "dls_enabled"
-        if not getattr(cls, flag, False):
-            raise ConnectorError(f"{display_name(cls)} sources do not support {job_type} syncs", connector_id)
-    job_id = create_job(ctx.es, connector, job_type=job_type, trigger_method="on_demand")
+        if not getattr(cls, "incremental_sync_enabled", False):
+            raise ConnectorError(f"{display_name(cls)} sources do not support incremental syncs", connector_id)
+    if fqn is not None and job_type == "access_control":
+        from sources.base import supports_access_control
+
+        cls = load_source_class(fqn)
+        if not supports_access_control(cls):
+            raise ConnectorError(f"{display_name(cls)} sources do not support document-level security, so they have "
+                                 "no access-control syncs; use --job-type full or incremental", connector_id)
+    job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand")
     if not wait:
         if ctx.as_json:
             _echo_json({"job_id": job_id})
         else:
             click.echo(f"job {job_id} pending ({job_type} sync of connector {connector_id})")
         return 0
-    return _follow(ctx, job_id, timeout)
+    return _follow(ctx, job_id, timeout, keep_waiting, unclaimed_after)
 
 
-def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
-    """Show live progress until the job ends; exit code 0 only if it completed."""
+def _unclaimed(ctx: _Context, job: Any, waited: float) -> tuple[str, bool]:
+    """What to say about a job still ``pending`` after ``waited`` seconds; and whether a service looks alive.
+
+    A service serving the connector writes its ``last_seen`` at least every
+    ``service.heartbeat`` seconds; a connector not seen for longer (or never) has no
+    running service, and nobody will ever claim its jobs.
+    """
+    from datetime import datetime, timezone
+
+    from launcher.scheduling import parse_time
+
+    connector = get_connector(ctx.store, job.connector_id) if job.connector_id else None
+    doc = connector.doc if connector is not None else {}
+    seen = parse_time(doc.get("last_seen"))
+    age = (datetime.now(timezone.utc) - seen).total_seconds() if seen else None
+    alive = age is not None and age <= 2 * ctx.config.service.heartbeat + 60
+    where = (f"connector {job.connector_id} (service type {doc.get('service_type')!r}, status {doc.get('status')!r}, "
+             f"last seen {'never' if seen is None else f'{age:,.0f}s ago'})")
+    if alive:
+        return (f"job {job.id} still pending after {waited:,.0f}s: a service serves {where} but has not claimed it yet "
+                "(all its sync slots busy, or another job of this connector runs); waiting"), True
+    return (f"job {job.id} still pending after {waited:,.0f}s: no service has claimed it. No running service "
+            f"seems to serve {where}: start one whose config.yml has service type {doc.get('service_type')!r} "
+            "under sources:, or cancel the job. Use --keep-waiting to wait for one"), False
+
+
+def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = False,
+            unclaimed_after: float = UNCLAIMED_AFTER) -> int:
+    """Show live progress until the job ends; exit code 0 only if it completed.
+
+    A job nobody claims within ``unclaimed_after`` seconds is reported (who should
+    claim it, and when that service was last seen); unless ``keep_waiting``, the wait
+    ends there (exit 1) when no running service serves the connector.
+    """
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
 
     console = Console(stderr=True)
     started = time.monotonic()
     job = None
+    reported = False
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - started < timeout:
-            job = get_job(ctx.es, job_id)
+            job = get_job(ctx.store, job_id)
             if job is None:
                 raise ConnectorError(f"job {job_id} was deleted")
             doc = job.doc
             elapsed = time.monotonic() - started
+            if doc.get("status") == "pending" and elapsed >= unclaimed_after and not reported:
+                reported = True
+                message, alive = _unclaimed(ctx, job, elapsed)
+                live.console.print(message, markup=False, highlight=False, soft_wrap=True)
+                if not alive and not keep_waiting:
+                    live.stop()
+                    click.echo(f"job {job_id} left pending (no service has claimed it)", err=True)
+                    return 1
             indexed = int(doc.get("indexed_document_count") or 0)
             rate = indexed / elapsed if elapsed > 0 else 0.0
             live.update(
-                f"job {job_id}  [bold]{doc.get('status')}[/bold]  indexed {indexed}  "
+                f"job {escape(job_id)}  [bold]{escape(str(doc.get('status')))}[/bold]  indexed {indexed}  "
                 f"deleted {doc.get('deleted_document_count') or 0}  {rate:,.0f} docs/s  {elapsed:,.0f}s elapsed"
             )
             if doc.get("status") in FINAL_STATUSES:
@@ -512,48 +586,59 @@ def _follow(ctx: _Context, job_id: str, timeout: float) -> int:
     if ctx.as_json:
         _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
     else:
+        dead = _dead_letter_count(doc)
         click.echo(f"job {job_id} {doc.get('status')}: indexed {doc.get('indexed_document_count')}, deleted "
                    f"{doc.get('deleted_document_count')}, total {doc.get('total_document_count')}"
                    + (f"; error: {doc.get('error')}" if doc.get("error") else ""))
+        if dead:
+            click.echo(f"{dead} document(s) could not be indexed: elastic-ingest --action dead-letters --job-id {job_id}")
     return 0 if doc.get("status") == "completed" else 1
 
 
 def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "cancel")
-    job = get_job(ctx.es, job_id)
+    job = get_job(ctx.store, job_id)
     if job is None:
         raise ConnectorError(f"no job with id {job_id!r}")
     if job.status in FINAL_STATUSES:
         raise ConnectorError(f"job {job_id} already ended ({job.status})")
-    stamp = now_iso()
-    if job.status in ("pending", "suspended"):
-        fields = {"status": "canceled", "canceled_at": stamp, "completed_at": stamp, "cancelation_requested_at": stamp}
-    else:
-        fields = {"status": "canceling", "cancelation_requested_at": stamp}
-    update_job(ctx.es, job_id, fields, if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+    status = ctx.store.cancel_job(job)
     if ctx.as_json:
-        _echo_json({"id": job_id, "status": fields["status"]})
+        _echo_json({"id": job_id, "status": status})
     else:
-        click.echo(f"job {job_id} {fields['status']}")
+        click.echo(f"job {job_id} {status}")
     return 0
 
 
 def action_dead_letters(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
     job_id = _require(job_id, "--job-id", "dead-letters")
-    from transforms.dead_letter import read_dead_letters
+    from transforms.dead_letter import dead_letter_folder, dead_letter_location, read_dead_letters_from
 
-    job = get_job(ctx.es, job_id)
-    location = ctx.config.pipeline.dead_letters
-    letters = list(read_dead_letters(location, job_id))
+    job = get_job(ctx.store, job_id)
+    if job is None:
+        raise ConnectorError(f"no job with id {job_id!r}")
+    recorded = _dead_letters_of(job.doc)
+    # Where the job wrote them (recorded absolute); a job from before that was recorded: this config's.
+    folder = recorded.get("location") or dead_letter_folder(dead_letter_location(ctx.config.pipeline.dead_letters),
+                                                            job_id)
+    letters = list(read_dead_letters_from(folder))
     if ctx.as_json:
         _echo_json(letters)
         return 0
-    if job is not None:
-        info = (job.doc.get("metadata") or {}).get("dead_letters") or {}
-        click.echo(f"job {job_id}: {info.get('count', len(letters))} dead letter(s) in {info.get('location', location)}")
-    rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
-    _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
+    count = recorded.get("count")
+    note = f" (the job counted {count})" if count is not None and count != len(letters) else ""
+    click.echo(f"job {job_id}: {len(letters)} dead letter(s) in {folder}{note}")
+    if letters:
+        rows = [[d["doc_id"], d["operation"], d["stage"], d["error_type"], d["error_message"][:200]] for d in letters]
+        _table("Dead letters", ["doc id", "operation", "stage", "error type", "error"], rows)
     return 0
+
+
+def _index_name_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    problem = index_name_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem)
+    return value
 
 
 _HANDLERS: dict[str, Callable[..., int]] = {
@@ -575,7 +660,9 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
 @click.option("--connector-id", help="the connector to act on (or to create with this id)")
 @click.option("--service-type", help="create-connector: a service type from config.yml sources")
-@click.option("--index-name", help="create/update-connector: the content index")
+@click.option("--index-name", callback=_index_name_option,
+              help="create/update-connector: the content index (Elasticsearch's rules: lowercase, no spaces, "
+                   "none of \\ / * ? \" < > | , # :, not starting with _ - + or .)")
 @click.option("--name", help="create/update-connector: display name")
 @click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
               help="create/update-connector: a configuration value (repeatable)")
@@ -592,10 +679,16 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--rules", help="create/update-connector: sync rules as JSON, a list of basic rules or "
                               "{\"rules\": [...], \"advanced_snippet\": {...}} (a draft; the service validates it)")
 @click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
-              show_default=True, help="sync: which kind of job")
+              show_default=True, help="sync: which kind of job (incremental and access_control only for sources "
+                                      "that support them: incremental syncs, document-level security)")
 @click.option("--job-id", help="cancel/dead-letters: the job")
 @click.option("--wait", is_flag=True, help="sync: follow the job with a live progress display until it ends")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="sync --wait: give up after seconds")
+@click.option("--unclaimed-after", type=float, default=UNCLAIMED_AFTER, show_default=True,
+              help="sync --wait: after this many seconds pending, say who should claim the job and whether it runs")
+@click.option("--keep-waiting", is_flag=True,
+              help="sync --wait: keep waiting for a job no running service has claimed (by default the wait ends, "
+                   "exit 1, when the connector's service has not been seen)")
 def _command(action: str, config_file: str | None, debug: bool, as_json: bool, **options: Any) -> None:
     """elastic-ingest: sync data sources into Elasticsearch (BYOC connector service)."""
     ctx = _Context(config_file, debug, as_json, service=action == "poll")

@@ -133,6 +133,9 @@ class ServiceConfig(_Section):
     hostname: str | None = None
     metrics_address: str | None = Field(None, description="host:port for /healthz and /metrics")
     log_format: Literal["text", "json"] = "text"
+    protocol_store: Literal["auto", "connector_api", "indices"] = Field(
+        "auto", description="where connectors and jobs live: the connector API where the cluster has it (auto), "
+                            "or always one of connector_api / indices")
 
 
 class SecretsConfig(_Section):

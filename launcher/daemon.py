@@ -39,16 +39,18 @@ from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
 from launcher.configuration import complete_configuration, validate_configuration, values_of
-from launcher.indices import JOBS_INDEX, ensure_indices
 from launcher.protocol import (
-    Connector, claim_job, connector_problems, create_job, get_connector, job_problems,
-    jobs_to_claim, now_iso, release_lock, search_connectors, update_connector, update_job, Job,
+    CONNECTOR_DEFAULTS, Connector, Job, claim_job, connector_problems, create_job, job_problems, jobs_to_claim, now_iso, release_lock,
+    with_protocol_fields,
 )
-from launcher.secret_refs import resolve_references
+from launcher.index_store import default_domain
+from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
+from launcher.secret_refs import resolve_references
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver, build_source
 from sources.errors import IngestError, SecretReferenceError, format_error
+from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
 
@@ -75,9 +77,12 @@ def _fingerprint(value: Any) -> str:
 class Daemon:
     """The connector service's main loop (see the module docstring)."""
 
-    def __init__(self, config: Config, es: Elasticsearch | None = None):
+    def __init__(self, config: Config, es: Elasticsearch | None = None, store: ConnectorStore | None = None):
         self.config = config
         self.es = es or config.elasticsearch.connection().client()
+        self._store = store  # chosen at the first poll (auto asks the cluster whether it has the connector API)
+        #: what stops the protocol's storage from working (see ConnectorStore.prepare); shown by /healthz
+        self.store_problems: list[str] = []
         self.hostname = config.service.hostname or socket.gethostname()
         self.running: dict[str, SyncRunner] = {}
         self._lock = threading.Lock()
@@ -89,6 +94,15 @@ class Daemon:
         self._document_errors: dict[str, str] = {}
         self.polls = 0
         self.last_successful_poll: float | None = None
+
+    @property
+    def store(self) -> ConnectorStore:
+        """Where connectors and jobs live (the connector API, or the indices directly)."""
+        if self._store is None:
+            self._store = open_store(self.es, self.config.service.protocol_store)
+            _LOGGER.info("connectors and jobs through %s", "the connector API" if self._store.backend ==
+                         "connector_api" else "the .elastic-connectors indices directly")
+        return self._store
 
     # -- life ----------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -122,7 +136,8 @@ class Daemon:
 
     def poll_once(self) -> None:
         try:
-            ensure_indices(self.es)
+            if not self._store_ready():
+                return
             connectors = self.served_connectors()
             self.heartbeat(connectors)
             for connector in connectors:
@@ -140,11 +155,24 @@ class Daemon:
                                                    f"{format_error(exc)}")
             self.reap()
             self.release_orphan_locks(connectors)
-            self.claim_jobs([c.id for c in connectors if not connector_problems(c.doc)])
+            # Connectors whose document is wrong too: their jobs are claimed and end ``error``
+            # with the reason at once, rather than waiting forever.
+            self.claim_jobs([c.id for c in connectors])
             self.polls += 1
             self.last_successful_poll = time.time()
         except Exception as exc:  # noqa: BLE001 - the budget decides
             self._count_error(exc)
+
+    def _store_ready(self) -> bool:
+        """Prepare the storage; while it cannot work, say so (log, /healthz) and do nothing else."""
+        problems = self.store.prepare()
+        if problems != self.store_problems:
+            for problem in problems:
+                _LOGGER.error("cannot serve connectors: %s", problem)
+            if not problems and self.store_problems:
+                _LOGGER.info("the protocol's indices are usable again")
+        self.store_problems = problems
+        return not problems
 
     def _count_error(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -170,9 +198,9 @@ class Daemon:
 
     def served_connectors(self) -> list[Connector]:
         if self.config.service.connector_ids:
-            found = search_connectors(self.es, connector_ids=self.config.service.connector_ids)
+            found = self.store.list_connectors(connector_ids=self.config.service.connector_ids)
         else:
-            found = search_connectors(self.es, service_types=self.served_types())
+            found = self.store.list_connectors(service_types=self.served_types())
         return [c for c in found if not c.get("deleted")]
 
     def heartbeat(self, connectors: list[Connector]) -> None:
@@ -182,26 +210,17 @@ class Daemon:
             if last is not None and now - last < self.config.service.heartbeat:
                 continue
             try:
-                self._write(connector, {"last_seen": now_iso()})
+                self.store.check_in(connector.id, expected=connector)
                 self._last_heartbeat[connector.id] = now
             except (NotFoundError, ConflictError):
                 pass  # deleted, or too busy a document: next poll
 
     def _write(self, connector: Connector, fields: Mapping[str, Any], *, conditional: bool = False) -> None:
-        """Update the connector and keep our copy (fields, ``_seq_no``) current."""
-        kwargs = {"if_seq_no": connector.seq_no, "if_primary_term": connector.primary_term} if conditional else {}
-        result = update_connector(self.es, connector.id, fields, **kwargs)
-        connector.doc.update(json.loads(json.dumps(dict(fields), default=str)))
-        # Our copy is current only if nobody wrote in between: our write made the very next
-        # version. Otherwise keep the old _seq_no: the next conditional write fails, re-reads,
-        # and never acts on a stale copy (e.g. takes a fire time another instance took).
-        if (result.get("result") != "noop" and connector.version is not None
-                and result.get("_version") == connector.version + 1):
-            connector.seq_no, connector.primary_term = result["_seq_no"], result["_primary_term"]
-            connector.version = result["_version"]
+        """Update the connector and keep our copy current (the store tracks its concurrency token)."""
+        self.store.update_connector(connector.id, fields, expected=connector, conditional=conditional)
 
     def _refresh(self, connector: Connector) -> bool:
-        fresh = get_connector(self.es, connector.id)
+        fresh = self.store.get_connector(connector.id)
         if fresh is None:
             return False
         connector.doc, connector.seq_no, connector.primary_term = fresh.doc, fresh.seq_no, fresh.primary_term
@@ -226,6 +245,9 @@ class Daemon:
 
     def maintain_connector(self, connector: Connector) -> None:
         """One poll's work on one connector (PROTOCOL.md section 2 life-cycle)."""
+        missing = with_protocol_fields(connector.doc, CONNECTOR_DEFAULTS)
+        if missing:  # e.g. written by Elastic's CLI or an older Kibana: every protocol field, with its default
+            self._write(connector, missing, conditional=True)
         problems = connector_problems(connector.doc)
         if problems:
             self._document_error(connector, "; ".join(problems))
@@ -326,51 +348,41 @@ class Daemon:
                 for name, spec in configuration.items()}
 
     def _validate_drafts(self, connector: Connector, source_class: type) -> None:
-        filtering = connector.get("filtering")
-        if not isinstance(filtering, list):
+        """Validate an ``edited`` DEFAULT draft; a valid one becomes the active rules."""
+        entry = default_domain(connector.get("filtering"))
+        draft = entry.get("draft") if entry is not None else None
+        if not isinstance(draft, dict) or (draft.get("validation") or {}).get("state") != "edited":
             return
-        changed = False
-        for entry in filtering:
-            if not isinstance(entry, dict):
-                continue
-            draft = entry.get("draft")
-            if not isinstance(draft, dict) or (draft.get("validation") or {}).get("state") != "edited":
-                continue
-            errors = validate_rules(draft.get("rules") or [])
-            snippet = (draft.get("advanced_snippet") or {}).get("value")
-            if snippet:
-                if not getattr(source_class, "advanced_rules_enabled", False):
-                    errors.append({"ids": ["advanced_snippet"],
-                                   "messages": [f"{source_class.__name__} does not support advanced sync rules"]})
-                else:
-                    driver = None
-                    try:
-                        configuration = resolve_references(connector.get("configuration") or {},
-                                                           self.config.secrets)
-                        source = build_source(source_class, self._typed(configuration), self._settings(connector))
-                        driver = SourceDriver(source)
-                        messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
-                            source, "validate_advanced_rules") else []
-                    except Exception as exc:  # noqa: BLE001 - the source's own error: the draft's problem
-                        messages = [format_error(exc)]
-                    finally:
-                        if driver is not None:
-                            driver.close()
-                    if messages:
-                        errors.append({"ids": ["advanced_snippet"], "messages": list(messages)})
-            draft["validation"] = {"state": "invalid" if errors else "valid", "errors": errors}
-            if not errors:
-                entry["active"] = json.loads(json.dumps(draft))
-            changed = True
-        if changed:
-            self._write(connector, {"filtering": filtering}, conditional=True)
+        errors = validate_rules(draft.get("rules") or [])
+        snippet = (draft.get("advanced_snippet") or {}).get("value")
+        if snippet:
+            if not getattr(source_class, "advanced_rules_enabled", False):
+                errors.append({"ids": ["advanced_snippet"],
+                               "messages": [f"{source_class.__name__} does not support advanced sync rules"]})
+            else:
+                driver = None
+                try:
+                    configuration = resolve_references(connector.get("configuration") or {}, self.config.secrets)
+                    source = build_source(source_class, self._typed(configuration), self._settings(connector))
+                    driver = SourceDriver(source)
+                    messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
+                        source, "validate_advanced_rules") else []
+                except Exception as exc:  # noqa: BLE001 - the source's own error: the draft's problem
+                    messages = [format_error(exc)]
+                finally:
+                    if driver is not None:
+                        driver.close()
+                if messages:
+                    errors.append({"ids": ["advanced_snippet"], "messages": list(messages)})
+        validation = {"state": "invalid" if errors else "valid", "errors": errors}
+        self.store.update_filtering_validation(connector.id, validation, activate=not errors, expected=connector)
 
     def _sync_now(self, connector: Connector) -> None:
         if connector.get("sync_now") is not True:
             return
         # Reset first, conditionally: only the instance that resets it creates the job.
         self._write(connector, {"sync_now": False}, conditional=True)
-        job_id = create_job(self.es, connector, job_type="full", trigger_method="on_demand")
+        job_id = create_job(self.store, connector, job_type="full", trigger_method="on_demand")
         _LOGGER.info("connector %s: sync_now -> on-demand job %s", connector.id, job_id)
 
     def _schedule(self, connector: Connector, source_class: type) -> None:
@@ -382,7 +394,7 @@ class Daemon:
         for job_type, field in SCHEDULED_AT_FIELD.items():
             if job_type == "incremental" and not getattr(source_class, "incremental_sync_enabled", False):
                 continue
-            if job_type == "access_control" and not getattr(source_class, "dls_enabled", False):
+            if job_type == "access_control" and not supports_access_control(source_class):
                 continue
             for _ in range(3):
                 scheduling = connector.get("scheduling")
@@ -400,7 +412,7 @@ class Daemon:
                     if not self._refresh(connector):
                         return
                     continue  # re-evaluate against what the winner wrote
-                job_id = create_job(self.es, connector, job_type=job_type, trigger_method="scheduled",
+                job_id = create_job(self.store, connector, job_type=job_type, trigger_method="scheduled",
                                     metadata={"scheduled_at": fire.isoformat()})
                 _LOGGER.info("connector %s: scheduled %s job %s for %s", connector.id, job_type, job_id,
                              fire.isoformat())
@@ -426,23 +438,17 @@ class Daemon:
         (its owner wrote a heartbeat) is left alone. Only jobs of served connectors.
         """
         stale_before = datetime.now(timezone.utc) - timedelta(seconds=self.config.service.job_stale_after)
-        served = ({"terms": {"connector.id": list(self.config.service.connector_ids)}}
-                  if self.config.service.connector_ids else {"terms": {"connector.service_type": self.served_types()}})
-        result = self.es.search(
-            index=JOBS_INDEX,
-            query={"bool": {"filter": [{"terms": {"status": ["in_progress", "canceling", "pending", "suspended"]}},
-                                       served]}},
-            size=500, seq_no_primary_term=True, sort=[{"created_at": {"order": "asc", "unmapped_type": "date"}}],
-        )
+        ids = list(self.config.service.connector_ids) or None
+        jobs = self.store.list_jobs(connector_ids=ids, service_types=None if ids else self.served_types(),
+                                    statuses=["in_progress", "canceling", "pending", "suspended"], size=500)
         with self._lock:
             mine = set(self.running)
         connectors: dict[str, Connector | None] = {}
-        for hit in result["hits"]["hits"]:
-            job = Job.from_hit(hit)
+        for job in jobs:
             if job.id in mine or not job.connector_id or not self._serves_job(job):
                 continue
             if job.connector_id not in connectors:
-                connectors[job.connector_id] = get_connector(self.es, job.connector_id)
+                connectors[job.connector_id] = self.store.get_connector(job.connector_id)
             connector = connectors[job.connector_id]
             gone = connector is None or bool(connector.get("deleted"))
             if job.status in ("pending", "suspended"):
@@ -457,15 +463,24 @@ class Daemon:
                           else "the job has not seen any update for some time")
             error = f"StaleJob: {reason}"
             try:
-                update_job(self.es, job.id, {"status": "error", "error": error, "completed_at": now_iso()},
-                           if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+                self.store.end_job(job, "error", {"error": error, "completed_at": now_iso()}, expected=job)
             except (ConflictError, NotFoundError):
                 continue  # it moved: not stale after all
             _LOGGER.warning("reaped job %s of connector %s: %s", job.id, job.connector_id, reason)
+            self._delete_progress(job.id)
             if not gone and job.status in ("in_progress", "canceling"):
-                release_lock(self.es, job.connector_id, {
+                release_lock(self.store, job.connector_id, {
                     "last_sync_status": "error", "last_sync_error": error, "last_synced": now_iso(),
                     "status": "error", "error": error}, only_if=("in_progress", "canceling"))
+
+    def _delete_progress(self, job_id: str) -> None:
+        """An ended job's progress records go with it (best effort)."""
+        from transforms.progress import delete_progress
+
+        try:
+            delete_progress(self.es, job_id)
+        except Exception as exc:  # noqa: BLE001 - left-overs only cost a little space
+            _LOGGER.debug("job %s: progress records not deleted: %s", job_id, exc)
 
     def release_orphan_locks(self, connectors: list[Connector]) -> None:
         """Release locks held by no job (an instance died between taking the lock and the job).
@@ -480,20 +495,15 @@ class Daemon:
                 del self._orphans[connector_id]
         if not locked:
             return
-        result = self.es.search(
-            index=JOBS_INDEX, size=0,
-            query={"bool": {"filter": [{"terms": {"connector.id": [c.id for c in locked]}},
-                                       {"terms": {"status": ["in_progress", "canceling"]}}]}},
-            aggs={"owners": {"terms": {"field": "connector.id", "size": len(locked)}}},
-        )
-        owned = {b["key"] for b in result["aggregations"]["owners"]["buckets"]}
+        owned = {job.connector_id for job in self.store.list_jobs(
+            connector_ids=[c.id for c in locked], statuses=["in_progress", "canceling"], size=10 * len(locked))}
         for connector in locked:
             if connector.id in owned:
                 self._orphans.pop(connector.id, None)
                 continue
             first = self._orphans.setdefault(connector.id, now)
             if now - first >= self.config.service.job_stale_after:
-                if release_lock(self.es, connector.id, {"last_sync_status": "error",
+                if release_lock(self.store, connector.id, {"last_sync_status": "error",
                                                         "last_sync_error": "StaleLock: no job held this lock"},
                                 only_if=("in_progress", "canceling")):
                     _LOGGER.warning("connector %s: released a lock no job held", connector.id)
@@ -504,17 +514,17 @@ class Daemon:
             free = self.config.service.max_concurrent_syncs - len(self.running)
         if free <= 0 or self._stop.is_set():
             return
-        for job in jobs_to_claim(self.es, connector_ids):
+        for job in jobs_to_claim(self.store, connector_ids):
             if free <= 0 or self._stop.is_set():
                 break
             problems = job_problems(job.doc)
             if problems:
                 self._fail_unclaimed(job, "; ".join(problems))
                 continue
-            claim = claim_job(self.es, job.id, self.hostname)
+            claim = claim_job(self.store, job.id, self.hostname)
             if claim is None:
                 continue
-            runner = SyncRunner(self.config, self.es, claim, on_done=self._done)
+            runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store)
             with self._lock:
                 self.running[job.id] = runner
             runner.start()
@@ -522,9 +532,8 @@ class Daemon:
 
     def _fail_unclaimed(self, job: Job, message: str) -> None:
         try:
-            update_job(self.es, job.id, {"status": "error", "error": f"InvalidJob: {message}",
-                                         "completed_at": now_iso()},
-                       if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+            self.store.end_job(job, "error", {"error": f"InvalidJob: {message}", "completed_at": now_iso()},
+                               expected=job)
             _LOGGER.warning("job %s: %s", job.id, message)
         except (ConflictError, NotFoundError):
             pass

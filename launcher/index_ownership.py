@@ -15,7 +15,10 @@ and nothing is written or deleted.
 
 Example usage::
 
-    check_index_ownership(es, "search-docs", connector_id="abc")   # raises IndexConflict
+    check_index_ownership(store, "search-docs", connector_id="abc")   # raises IndexConflict
+
+Connectors are listed through the protocol's store (whichever backend); the content
+index's aliases are read from Elasticsearch (``view_index_metadata`` on content indices).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch, NotFoundError
 
-from launcher.indices import CONNECTORS_INDEX
+from launcher.store import ConnectorStore
 from sources.errors import IndexConflict
 
 __all__ = ["check_index_ownership", "names_of_index", "IndexConflict"]
@@ -64,23 +67,15 @@ def names_of_index(es: Elasticsearch, index_name: str, connector_id: str | None 
     return names
 
 
-def check_index_ownership(es: Elasticsearch, index_name: str, connector_id: str | None) -> None:
+def check_index_ownership(store: ConnectorStore, index_name: str, connector_id: str | None) -> None:
     """Raise IndexConflict unless the connector ``connector_id`` may own ``index_name`` alone."""
-    names = names_of_index(es, index_name, connector_id)
-    must_not: list[dict[str, Any]] = [{"term": {"deleted": True}}]
-    if connector_id:
-        must_not.append({"ids": {"values": [connector_id]}})
-    result = es.search(index=CONNECTORS_INDEX, size=10, source=["name", "index_name", "service_type"],
-                       query={"bool": {"filter": [{"terms": {"index_name": sorted(names)}}], "must_not": must_not}},
-                       sort=[{"_doc": "asc"}])
-    others = result["hits"]["hits"]
+    names = names_of_index(store.es, index_name, connector_id)
+    others = [c for c in store.list_connectors() if c.id != connector_id and c.index_name in names]
     if not others:
         return
     described = ", ".join(
-        f"{hit['_id']!r} ({hit['_source'].get('service_type')}"
-        + (f", index_name {hit['_source'].get('index_name')!r}" if hit["_source"].get("index_name") != index_name
-           else "") + ")"
-        for hit in others)
+        f"{c.id!r} ({c.service_type}"
+        + (f", index_name {c.index_name!r}" if c.index_name != index_name else "") + ")" for c in others)
     raise IndexConflict(
         f"index {index_name!r} is already the index of connector {described}; each connector needs an index of "
         "its own (a full sync deletes every document its source did not yield): choose another index_name",

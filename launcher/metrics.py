@@ -1,7 +1,9 @@
 """The daemon's health endpoint and Prometheus metrics, on ``service.metrics_address``.
 
 ``GET /healthz`` answers 200 ``ok`` while polls succeed, 503 when the last successful poll
-is older than three polling intervals plus a minute (or none succeeded yet);
+is older than three polling intervals plus a minute (or none succeeded yet), and 503 with
+the reason while the protocol's indices cannot work (e.g. a field mapped with the wrong
+type by another client: see :func:`launcher.indices.check_mappings`);
 ``GET /metrics`` is the Prometheus text exposition. Loopback by default: bind elsewhere
 only on purpose (the endpoint has no authentication; it exposes counts, never secrets).
 
@@ -25,8 +27,10 @@ name                                                   type     meaning
 ``bulk_retries_total``                                 counter  ``_bulk`` requests/items retried
 =====================================================  =======  ====================================
 
-The per-instance counters are taken when each job ends, from its job document (the exact
-Beam counters the sync process reported) and its progress records (the exact byte count).
+The per-instance counters are added when each run of a job ends, from that run's own
+counters (:class:`launcher.counters.Counters`: Beam's for a run that reached its end, the
+workers' progress reports for one stopped early); a job suspended here and resumed
+elsewhere is counted once, each instance adding what its own run wrote.
 
 Example usage::
 
@@ -48,7 +52,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 __all__ = ["serve_metrics", "MetricsServer", "JobMetrics"]
 
 _LOGGER = logging.getLogger(__name__)
-_JOBS_INDEX = ".elastic-connectors-sync-jobs"
 
 
 class MetricsServer:
@@ -84,39 +87,24 @@ class JobMetrics:
         self.bulk_retries = Counter("elastic_ingest_bulk_retries", "_bulk requests and items retried",
                                     registry=registry)
 
-    def record(self, es: Any, job_id: str, status: str | None) -> None:
-        """Count one ended job (never raises: metrics must not break the supervisor).
+    def record(self, status: str | None, run: Any = None) -> None:
+        """Count one ended run (``run``: its :class:`~launcher.counters.Counters`, None when
+        it wrote none); never raises: metrics must not break the supervisor.
 
         The job is counted as finished last, so a scrape that sees it finished also sees
         its documents.
         """
         try:
-            self._record_counts(es, job_id)
+            if run is not None:
+                self.documents.inc(_non_negative(getattr(run, "indexed", 0)))
+                self.bytes.inc(_non_negative(getattr(run, "bytes", 0)))
+                self.deleted.inc(_non_negative(getattr(run, "deleted", 0)))
+                self.dead_letters.inc(_non_negative(getattr(run, "dead_letters", 0)))
+                self.bulk_retries.inc(_non_negative(getattr(run, "bulk_retries", 0)))
+        except Exception as exc:  # noqa: BLE001
+            _LOGGER.debug("metrics: cannot count a run: %s", exc)
         finally:
             self.finished.labels(status=status or "unknown").inc()
-
-    def _record_counts(self, es: Any, job_id: str) -> None:
-        try:
-            job = es.get(index=_JOBS_INDEX, id=job_id)["_source"]
-        except Exception as exc:  # noqa: BLE001 - deleted, or Elasticsearch away: counts are lost, not the job
-            _LOGGER.debug("metrics: cannot read job %s: %s", job_id, exc)
-            return
-        metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
-        dead = metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
-        self.documents.inc(_non_negative(job.get("indexed_document_count")))
-        self.deleted.inc(_non_negative(job.get("deleted_document_count")))
-        self.dead_letters.inc(_non_negative(dead.get("count")))
-        self.bulk_retries.inc(_non_negative(metadata.get("bulk_retries")))
-        if metadata.get("indexed_document_bytes") is not None:  # exact, from the sync's result
-            self.bytes.inc(_non_negative(metadata["indexed_document_bytes"]))
-            return
-        try:  # a job stopped early: the workers' last progress reports
-            from transforms.progress import PROGRESS_INDEX, read_progress
-
-            es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
-            self.bytes.inc(_non_negative(read_progress(es, job_id).get("indexed_document_bytes")))
-        except Exception as exc:  # noqa: BLE001
-            _LOGGER.debug("metrics: cannot read progress of job %s: %s", job_id, exc)
 
 
 def _non_negative(value: Any) -> float:
@@ -137,7 +125,7 @@ def _watch_jobs(daemon: Any, job_metrics: JobMetrics) -> None:
 
     def done(runner: Any) -> None:
         try:
-            job_metrics.record(daemon.es, runner.job_id, getattr(runner, "final_status", None))
+            job_metrics.record(getattr(runner, "final_status", None), getattr(runner, "run_counters", None))
         finally:
             original(runner)
 
@@ -163,19 +151,12 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
 
     def collect_jobs() -> None:
         try:
-            result = daemon.es.search(index=_JOBS_INDEX, size=0, aggs={
-                "status": {"terms": {"field": "status", "size": 20}},
-                "indexed": {"sum": {"field": "indexed_document_count"}}})
+            counts, indexed = daemon.store.job_totals()
         except Exception:  # noqa: BLE001 - scraped again later
             return
-        seen = set()
-        for bucket in result["aggregations"]["status"]["buckets"]:
-            jobs.labels(status=bucket["key"]).set(bucket["doc_count"])
-            seen.add(bucket["key"])
-        for status in ("pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error"):
-            if status not in seen:
-                jobs.labels(status=status).set(0)
-        docs.set(result["aggregations"]["indexed"]["value"] or 0)
+        for status in {*counts, "pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error"}:
+            jobs.labels(status=status).set(counts.get(status, 0))
+        docs.set(indexed)
 
     return registry, job_metrics, collect_jobs
 
@@ -192,8 +173,11 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 last = daemon.last_successful_poll
-                ok = last is not None and time.time() - last < stale_after
-                body = b"ok\n" if ok else b"no successful poll recently\n"
+                problems = list(getattr(daemon, "store_problems", None) or [])
+                ok = last is not None and time.time() - last < stale_after and not problems
+                body = (b"ok\n" if ok else
+                        ("cannot serve connectors:\n" + "\n".join(problems) + "\n").encode() if problems else
+                        b"no successful poll recently\n")
                 self._reply(200 if ok else 503, body, "text/plain; charset=utf-8")
             elif path == "/metrics":
                 collect_jobs()

@@ -28,8 +28,8 @@ from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
 from sources.errors import InsufficientPrivileges
 from transforms.progress import PROGRESS_INDEX
 
-__all__ = ["CLUSTER", "SERVICE_INDICES", "FIRST_START", "CONTENT_INDEX", "role_descriptor", "missing_privileges",
-           "check_privileges", "InsufficientPrivileges"]
+__all__ = ["CLUSTER", "SERVICE_INDICES", "FIRST_START", "CONNECTOR_API_CLUSTER", "CONTENT_INDEX", "role_descriptor",
+           "missing_privileges", "check_privileges", "check_service_privileges", "InsufficientPrivileges"]
 
 #: Cluster privileges: health at start-up (monitor); whether a connector's ingest pipeline exists.
 CLUSTER: tuple[str, ...] = ("monitor", "read_pipeline")
@@ -54,33 +54,48 @@ FIRST_START: dict[tuple[str, ...], tuple[str, ...]] = {
     _JOBS: ("create_index", "manage"),
 }
 
+#: With the connector API (``service.protocol_store``: ``connector_api``, or ``auto`` on a
+#: cluster that has it), connectors and jobs are reached through it: this cluster privilege
+#: replaces the index privileges on ``.elastic-connectors*`` (and FIRST_START).
+CONNECTOR_API_CLUSTER: tuple[str, ...] = ("manage_connector",)
+
 #: Index privileges on every content index (connectors' index_name): create it, write and
 #: delete documents, scan it, refresh and count it, read its stats and settings (the digest
 #: cache) and its aliases (one connector per index).
 CONTENT_INDEX: tuple[str, ...] = ("read", "write", "create_index", "view_index_metadata", "monitor", "maintenance")
 
 
-def role_descriptor(content_indices: list[str]) -> dict[str, Any]:
-    """A role granting exactly what the service needs, for content indices matching ``content_indices``."""
+def _service_indices(connector_api: bool) -> dict[tuple[str, ...], tuple[str, ...]]:
+    if not connector_api:
+        return SERVICE_INDICES
+    return {names: privileges for names, privileges in SERVICE_INDICES.items() if names[0] == PROGRESS_INDEX}
+
+
+def role_descriptor(content_indices: list[str], *, connector_api: bool = False) -> dict[str, Any]:
+    """A role granting exactly what the service needs, for content indices matching ``content_indices``.
+
+    Usable as a role (``PUT _security/role/NAME``) or as an API key's ``role_descriptors``.
+    """
     return {
-        "cluster": list(CLUSTER),
+        "cluster": list(CLUSTER) + (list(CONNECTOR_API_CLUSTER) if connector_api else []),
         "indices": [{"names": list(names), "privileges": list(privileges)}
-                    for names, privileges in SERVICE_INDICES.items()]
+                    for names, privileges in _service_indices(connector_api).items()]
         + [{"names": list(content_indices), "privileges": list(CONTENT_INDEX)}],
     }
 
 
-def missing_privileges(es: Elasticsearch, content_index: str | None = None, *, first_start: bool = False
-                       ) -> list[str]:
+def missing_privileges(es: Elasticsearch, content_index: str | None = None, *, first_start: bool = False,
+                       connector_api: bool = False) -> list[str]:
     """What the credentials lack: ``"cluster: monitor"``, ``"<index>: <privilege>"``, ...
 
     Without ``content_index``: the cluster and the service's own indices (with
-    ``first_start``: also what creating the connector and job indices takes); with it: that
+    ``first_start``: also what creating the connector and job indices takes; with
+    ``connector_api``: the API's cluster privilege instead of those indices); with it: that
     content index only. Empty when nothing is missing or the cluster has no security.
     """
     if content_index is None:
-        cluster = list(CLUSTER)
-        wanted = {names: list(privileges) for names, privileges in SERVICE_INDICES.items()}
+        cluster = list(CLUSTER) + (list(CONNECTOR_API_CLUSTER) if connector_api else [])
+        wanted = {names: list(privileges) for names, privileges in _service_indices(connector_api).items()}
         for names, privileges in (FIRST_START.items() if first_start else ()):
             wanted[names] = wanted[names] + list(privileges)
         # The alias is what the service names in its requests.
@@ -102,15 +117,28 @@ def missing_privileges(es: Elasticsearch, content_index: str | None = None, *, f
 
 
 def check_privileges(es: Elasticsearch, content_index: str | None = None, *, who: str = "the credentials",
-                     first_start: bool = False) -> None:
+                     first_start: bool = False, connector_api: bool = False) -> None:
     """Raise InsufficientPrivileges listing every missing privilege (see :func:`missing_privileges`)."""
-    missing = missing_privileges(es, content_index, first_start=first_start)
+    missing = missing_privileges(es, content_index, first_start=first_start, connector_api=connector_api)
     if missing:
         why = (" (the connector and job indices do not exist yet: creating them takes create_index and manage; "
                "or let Kibana or an administrator create them first)" if first_start else "")
         raise InsufficientPrivileges(
             f"{who} lack Elasticsearch privileges this service needs: {'; '.join(missing)}{why} "
             "(docs/security.md lists them)")
+
+
+def check_service_privileges(es: Elasticsearch, protocol_store: str, *, who: str) -> None:
+    """The daemon's start-up check: cluster, the service's own indices for the protocol
+    backend it will use (``service.protocol_store``), and what creating the connector and
+    job indices takes when they do not exist yet."""
+    from launcher.api_store import has_connector_api
+    from launcher.indices import indices_exist
+
+    connector_api = protocol_store == "connector_api" or (protocol_store == "auto" and has_connector_api(es))
+    check_privileges(es, who=who, connector_api=connector_api)
+    if not connector_api and not indices_exist(es):
+        check_privileges(es, who=who, first_start=True)
 
 
 def _security_disabled(exc: ApiError) -> bool:

@@ -1,97 +1,51 @@
 """Connector and sync-job documents, and the operations on them (PROTOCOL.md sections 2, 3, 6).
 
-Every write that decides ownership uses optimistic concurrency (``if_seq_no`` /
-``if_primary_term``), so any number of service instances can share the indices:
+The documents are stored behind :class:`launcher.store.ConnectorStore` (the connector API
+or the indices directly); every function here takes a store (or an Elasticsearch client,
+used as an :class:`~launcher.index_store.IndexStore`). Every write that decides ownership
+is conditional on the document as read, so any number of service instances can share
+the connectors:
 
 * :func:`claim_job` takes the connector-level lock (``last_sync_status: in_progress``) and
-  then the job, each with a conditional update; a 409 means somebody else was faster;
+  then the job, each with a conditional write; a conflict means somebody else was faster;
 * :func:`finish_job` writes the job's end state and releases the lock;
 * :func:`create_job` writes a job with the connector's snapshot, as Kibana does.
 
 Documents written by others may be wrong: :func:`connector_problems` and
-:func:`job_problems` say what is wrong, by field, instead of raising.
+:func:`job_problems` say what is wrong, by field, instead of raising. Documents written by
+Elastic's own CLI and service run as they are (shared/fixtures/elastic-framework): a job
+without ``connector.sync_cursor`` takes the connector's cursor (:func:`job_sync_cursor`),
+and the literal top-level key ``"connector.sync_cursor"`` its claim writes is tolerated.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from elasticsearch import ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import ConflictError, NotFoundError
 
-from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
+from launcher.store import FINAL_STATUSES, JOB_STATUSES, Connector, ConnectorStore, Job, as_store
 
 __all__ = [
-    "now_iso", "Connector", "Job", "Claim", "get_connector", "get_job", "search_connectors", "connector_problems", "job_problems",
-    "create_job", "jobs_to_claim", "claim_job", "finish_job", "update_job", "update_connector",
-    "job_snapshot", "active_filtering", "snapshot_filtering", "JOB_STATUSES", "FINAL_STATUSES", "default_filtering",
-    "new_connector", "replace_connector_object", "release_lock",
+    "now_iso", "Connector", "Job", "Claim", "get_connector", "get_job", "search_connectors", "connector_problems",
+    "job_problems", "create_job", "new_job", "jobs_to_claim", "claim_job", "finish_job", "update_job",
+    "update_connector", "job_snapshot", "active_filtering", "snapshot_filtering", "JOB_STATUSES", "FINAL_STATUSES",
+    "default_filtering", "new_connector", "replace_connector_object", "release_lock", "index_name_problem",
+    "job_sync_cursor", "CONNECTOR_DEFAULTS", "with_protocol_fields",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
-JOB_STATUSES = ("pending", "in_progress", "canceling", "canceled", "suspended", "completed", "error")
-FINAL_STATUSES = ("canceled", "completed", "error")
 _CLAIM_ATTEMPTS = 5
-_UPDATE_RETRIES = 10
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-@dataclass
-class Connector:
-    id: str
-    doc: dict[str, Any]
-    seq_no: int | None = None
-    primary_term: int | None = None
-    version: int | None = None  # per document: +1 on each write, unlike the shard-wide _seq_no
-
-    @property
-    def service_type(self) -> Any:
-        return self.doc.get("service_type")
-
-    @property
-    def index_name(self) -> Any:
-        return self.doc.get("index_name")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.doc.get(key, default)
-
-    @classmethod
-    def from_hit(cls, hit: Mapping[str, Any]) -> "Connector":
-        return cls(hit["_id"], dict(hit.get("_source") or {}), hit.get("_seq_no"), hit.get("_primary_term"),
-                   hit.get("_version"))
-
-
-@dataclass
-class Job:
-    id: str
-    doc: dict[str, Any]
-    seq_no: int | None = None
-    primary_term: int | None = None
-
-    @property
-    def status(self) -> Any:
-        return self.doc.get("status")
-
-    @property
-    def connector_id(self) -> Any:
-        connector = self.doc.get("connector")
-        return connector.get("id") if isinstance(connector, Mapping) else None
-
-    @property
-    def job_type(self) -> Any:
-        return self.doc.get("job_type", "full")
-
-    @classmethod
-    def from_hit(cls, hit: Mapping[str, Any]) -> "Job":
-        return cls(hit["_id"], dict(hit.get("_source") or {}), hit.get("_seq_no"), hit.get("_primary_term"))
 
 
 def default_filtering() -> list[dict[str, Any]]:
@@ -104,43 +58,85 @@ def default_filtering() -> list[dict[str, Any]]:
     return [{"domain": "DEFAULT", "active": dict(rules), "draft": dict(rules)}]
 
 
+#: Every connector field of PROTOCOL.md section 2 (and those Elastic's CLI writes), with the
+#: value a new connector has. Kibana's and Elastic's defaults: ``language: "en"``, counters 0,
+#: ``pipeline.run_ml_inference: true`` (shared/fixtures/elastic-framework).
+CONNECTOR_DEFAULTS: dict[str, Any] = {
+    "service_type": None, "index_name": None, "name": "", "description": None, "language": "en",
+    "is_native": False, "api_key_id": None, "api_key_secret_id": None, "configuration": {},
+    "custom_scheduling": {}, "status": "created", "error": None, "last_seen": None,
+    "last_sync_status": None, "last_sync_error": None, "last_synced": None,
+    "last_sync_scheduled_at": None, "last_incremental_sync_scheduled_at": None,
+    "last_access_control_sync_scheduled_at": None, "last_access_control_sync_status": None,
+    "last_access_control_sync_error": None, "last_indexed_document_count": 0,
+    "last_deleted_document_count": 0, "features": {}, "sync_cursor": None, "sync_now": False,
+    "deleted": False,
+}
+DEFAULT_SCHEDULING = {job_type: {"enabled": False, "interval": "0 0 0 * * ?"}
+                      for job_type in ("access_control", "full", "incremental")}
+DEFAULT_PIPELINE = {"name": "search-default-ingestion", "extract_binary_content": True, "reduce_whitespace": True,
+                    "run_ml_inference": True}
+#: Every sync-job field of PROTOCOL.md section 3 that a creator may leave out, with its empty value.
+JOB_DEFAULTS: dict[str, Any] = {
+    "error": None, "started_at": None, "completed_at": None, "canceled_at": None, "cancelation_requested_at": None,
+    "last_seen": None, "indexed_document_count": 0, "indexed_document_volume": 0, "deleted_document_count": 0,
+    "total_document_count": 0, "worker_hostname": None, "metadata": {},
+}
+# Elasticsearch's rules for index names (MetadataCreateIndexService.validateIndexOrAliasName).
+_INDEX_NAME_FORBIDDEN = set('\\/*?"<>| ,#:')
+_MAX_INDEX_NAME_BYTES = 255
+
+
+def with_protocol_fields(doc: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``defaults`` that ``doc`` lacks, with their default values (to add them)."""
+    import copy
+
+    return {key: copy.deepcopy(value) for key, value in defaults.items() if key not in doc}
+
+
+def index_name_problem(name: Any) -> str | None:
+    """What makes ``name`` an invalid content index name by Elasticsearch's rules; None when valid."""
+    if not isinstance(name, str) or not name:
+        return f"expected a non-empty string, got {name!r}"
+    bad = sorted({c for c in name if c in _INDEX_NAME_FORBIDDEN})
+    if bad:
+        shown = ", ".join("space" if c == " " else repr(c) for c in bad)
+        return f"{name!r} contains {shown}; index names may not contain spaces or any of \\ / * ? \" < > | , # :"
+    if name != name.lower():
+        return f"{name!r} has capital letters; index names must be lowercase"
+    if name.startswith(("_", "-", "+")):
+        return f"{name!r} starts with {name[0]!r}; index names may not start with _, - or +"
+    if name.startswith("."):
+        return f"{name!r} starts with '.'; such names are for hidden and system indices, not content"
+    if name in (".", ".."):
+        return f"{name!r} is not an index name"
+    if len(name.encode("utf-8")) > _MAX_INDEX_NAME_BYTES:
+        return f"{name[:40]!r}... is longer than {_MAX_INDEX_NAME_BYTES} bytes"
+    return None
+
+
 def new_connector(*, service_type: str, index_name: str, name: str | None = None, configuration: Mapping | None = None,
-                  scheduling: Mapping | None = None, pipeline: Mapping | None = None, language: str | None = None,
+                  scheduling: Mapping | None = None, pipeline: Mapping | None = None, language: str | None = "en",
                   ) -> dict[str, Any]:
-    """A connector document shaped as Kibana writes it."""
-    return {
-        "service_type": service_type,
-        "index_name": index_name,
-        "name": name or index_name,
-        "description": None,
-        "language": language,
-        "is_native": False,
-        "api_key_id": None,
-        "configuration": dict(configuration or {}),
-        "status": "configured" if configuration else "created",
-        "error": None,
-        "last_seen": None,
-        "last_sync_status": None,
-        "last_sync_error": None,
-        "last_synced": None,
-        "last_sync_scheduled_at": None,
-        "last_incremental_sync_scheduled_at": None,
-        "last_access_control_sync_scheduled_at": None,
-        "last_indexed_document_count": None,
-        "last_deleted_document_count": None,
-        "scheduling": dict(scheduling or {
-            "full": {"enabled": False, "interval": "0 0 0 * * ?"},
-            "incremental": {"enabled": False, "interval": "0 0 0 * * ?"},
-            "access_control": {"enabled": False, "interval": "0 0 0 * * ?"},
-        }),
-        "pipeline": dict(pipeline or {"name": "search-default-ingestion", "extract_binary_content": True,
-                                      "reduce_whitespace": True, "run_ml_inference": False}),
-        "filtering": default_filtering(),
-        "features": {},
-        "sync_cursor": None,
-        "sync_now": False,
-        "deleted": False,
-    }
+    """A connector document shaped as Kibana and Elastic's CLI write it (every protocol field)."""
+    import copy
+
+    stamp = now_iso()
+    doc = copy.deepcopy(CONNECTOR_DEFAULTS)
+    doc.update(
+        service_type=service_type,
+        index_name=index_name,
+        name=name or index_name,
+        language=language,
+        configuration=dict(configuration or {}),
+        status="configured" if configuration else "created",
+        scheduling=copy.deepcopy(dict(scheduling or DEFAULT_SCHEDULING)),
+        pipeline=dict(pipeline or DEFAULT_PIPELINE),
+        filtering=default_filtering(),
+        created_at=stamp,
+        updated_at=stamp,
+    )
+    return doc
 
 
 def connector_problems(doc: Mapping[str, Any]) -> list[str]:
@@ -149,12 +145,10 @@ def connector_problems(doc: Mapping[str, Any]) -> list[str]:
     if not isinstance(doc.get("service_type"), str) or not doc.get("service_type"):
         problems.append(f"service_type: expected a non-empty string, got {doc.get('service_type')!r}")
     index = doc.get("index_name")
-    if index is None:
-        pass  # not chosen yet (Kibana allows that); a job then fails saying so
-    elif not isinstance(index, str) or not index:
-        problems.append(f"index_name: expected a non-empty string, got {index!r}")
-    elif index != index.lower() or index.startswith(("_", "-", "+", ".")) or any(c in index for c in ' "*\\<|,>/?#:'):
-        problems.append(f"index_name: {index!r} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)")
+    if index is not None:  # None: not chosen yet (Kibana allows that); a job then fails saying so
+        problem = index_name_problem(index)
+        if problem:
+            problems.append(f"index_name: {problem}")
     for key, kind in (("configuration", dict), ("scheduling", dict), ("pipeline", dict), ("filtering", list)):
         if doc.get(key) is not None and not isinstance(doc.get(key), kind):
             problems.append(f"{key}: expected {'an object' if kind is dict else 'a list'}, got {type(doc.get(key)).__name__}")
@@ -183,32 +177,18 @@ def job_problems(doc: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def get_connector(es: Elasticsearch, connector_id: str) -> Connector | None:
-    try:
-        hit = es.get(index=CONNECTORS_INDEX, id=connector_id)
-    except NotFoundError:
-        return None
-    return Connector.from_hit(hit)
+def get_connector(store: ConnectorStore | Any, connector_id: str) -> Connector | None:
+    return as_store(store).get_connector(connector_id)
 
 
-def get_job(es: Elasticsearch, job_id: str) -> Job | None:
-    try:
-        return Job.from_hit(es.get(index=JOBS_INDEX, id=job_id))
-    except NotFoundError:
-        return None
+def get_job(store: ConnectorStore | Any, job_id: str) -> Job | None:
+    return as_store(store).get_job(job_id)
 
 
-def search_connectors(es: Elasticsearch, *, service_types: Iterable[str] | None = None,
+def search_connectors(store: ConnectorStore | Any, *, service_types: Iterable[str] | None = None,
                       connector_ids: Iterable[str] | None = None, include_deleted: bool = False) -> list[Connector]:
-    filters: list[dict[str, Any]] = []
-    if service_types is not None:
-        filters.append({"terms": {"service_type": list(service_types)}})
-    if connector_ids:
-        filters.append({"ids": {"values": list(connector_ids)}})
-    must_not = [] if include_deleted else [{"term": {"deleted": True}}]
-    result = es.search(index=CONNECTORS_INDEX, query={"bool": {"filter": filters, "must_not": must_not}},
-                       size=1000, seq_no_primary_term=True, version=True, sort=[{"_doc": "asc"}])
-    return [Connector.from_hit(hit) for hit in result["hits"]["hits"]]
+    return as_store(store).list_connectors(service_types=service_types, connector_ids=connector_ids,
+                                           include_deleted=include_deleted)
 
 
 def active_filtering(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,85 +237,91 @@ def job_snapshot(connector: Connector) -> dict[str, Any]:
     }
 
 
-def create_job(es: Elasticsearch, connector: Connector, *, job_type: str = "full",
-               trigger_method: str = "on_demand", metadata: Mapping[str, Any] | None = None) -> str:
-    """Write a ``pending`` job for ``connector`` and return its id."""
+def job_sync_cursor(job_doc: Mapping[str, Any], connector: Connector | Mapping[str, Any] | None) -> Any:
+    """The cursor an incremental job starts from: the job's snapshot when it has one, else the connector's.
+
+    Elastic's own service creates jobs without ``connector.sync_cursor`` and keeps the cursor
+    in the connector document; its claim writes a literal top-level key
+    ``"connector.sync_cursor"``, read here too.
+    """
+    snapshot = job_doc.get("connector")
+    if isinstance(snapshot, Mapping) and snapshot.get("sync_cursor") is not None:
+        return snapshot["sync_cursor"]
+    if job_doc.get("connector.sync_cursor") is not None:
+        return job_doc["connector.sync_cursor"]
+    doc = connector.doc if isinstance(connector, Connector) else connector
+    return doc.get("sync_cursor") if isinstance(doc, Mapping) else None
+
+
+def new_job(connector: Connector, *, job_type: str = "full", trigger_method: str = "on_demand",
+            metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ``pending`` job document for ``connector``, with every protocol field."""
     stamp = now_iso()
-    doc = {
+    return {
+        **JOB_DEFAULTS,
         "connector": job_snapshot(connector),
         "job_type": job_type,
         "trigger_method": trigger_method,
         "status": "pending",
-        "error": None,
         "created_at": stamp,
-        "started_at": None,
-        "completed_at": None,
-        "canceled_at": None,
-        "cancelation_requested_at": None,
-        "last_seen": None,
-        "indexed_document_count": 0,
-        "indexed_document_volume": 0,
-        "deleted_document_count": 0,
-        "total_document_count": 0,
-        "worker_hostname": None,
+        "last_seen": stamp,
         "metadata": dict(metadata or {}),
     }
-    job_id = uuid.uuid4().hex
-    es.index(index=JOBS_INDEX, id=job_id, document=doc, refresh=True, op_type="create")
-    return job_id
 
 
-def jobs_to_claim(es: Elasticsearch, connector_ids: Iterable[str], limit: int = 50) -> list[Job]:
+def create_job(store: ConnectorStore | Any, connector: Connector, *, job_type: str = "full",
+               trigger_method: str = "on_demand", metadata: Mapping[str, Any] | None = None) -> str:
+    """Write a ``pending`` job for ``connector`` and return its id."""
+    doc = new_job(connector, job_type=job_type, trigger_method=trigger_method, metadata=metadata)
+    return as_store(store).create_job(connector, doc)
+
+
+def jobs_to_claim(store: ConnectorStore | Any, connector_ids: Iterable[str], limit: int = 50) -> list[Job]:
     """``pending`` and ``suspended`` jobs of these connectors, oldest first."""
     ids = list(connector_ids)
     if not ids:
         return []
-    result = es.search(
-        index=JOBS_INDEX,
-        query={"bool": {"filter": [{"terms": {"status": ["pending", "suspended"]}},
-                                   {"terms": {"connector.id": ids}}]}},
-        sort=[{"created_at": {"order": "asc", "unmapped_type": "date"}}],
-        size=limit, seq_no_primary_term=True,
-    )
-    return [Job.from_hit(hit) for hit in result["hits"]["hits"]]
+    return as_store(store).list_jobs(connector_ids=ids, statuses=["pending", "suspended"], size=limit)
 
 
-def update_connector(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any], *,
-                     if_seq_no: int | None = None, if_primary_term: int | None = None) -> dict[str, Any]:
-    # Unconditional partial updates retry ES's internal get-then-write race; conditional
-    # ones must fail on a conflict (that is the point of them).
-    kwargs: dict[str, Any] = {"retry_on_conflict": _UPDATE_RETRIES}
-    if if_seq_no is not None:
-        kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-    return es.update(index=CONNECTORS_INDEX, id=connector_id, doc=dict(fields), refresh=True, **kwargs)
+def _expected(kind: type, object_id: str, if_seq_no: int | None, if_primary_term: int | None) -> Any:
+    # Callers holding only a _seq_no (a direct read): a stand-in carrying it.
+    if if_seq_no is None:
+        return None
+    if kind is Connector:
+        return Connector(object_id, {}, if_seq_no, if_primary_term)
+    return Job(object_id, {}, if_seq_no, if_primary_term)
 
 
-def replace_connector_object(es: Elasticsearch, connector_id: str, name: str, value: Any) -> None:
-    """Set an object field to exactly ``value``.
-
-    A partial update merges objects key by key, so keys the new value lacks would
-    survive (a stale ``sync_cursor`` key, say). Clearing the field first replaces it.
-    """
-    if isinstance(value, Mapping):
-        es.update(index=CONNECTORS_INDEX, id=connector_id, doc={name: None}, retry_on_conflict=_UPDATE_RETRIES)
-    update_connector(es, connector_id, {name: value})
+def update_connector(store: ConnectorStore | Any, connector_id: str, fields: Mapping[str, Any], *,
+                     if_seq_no: int | None = None, if_primary_term: int | None = None,
+                     expected: Connector | None = None) -> None:
+    """Partial update; conditional on ``expected`` (or on ``if_seq_no``/``if_primary_term``)."""
+    as_store(store).update_connector(
+        connector_id, fields, expected=expected or _expected(Connector, connector_id, if_seq_no, if_primary_term))
 
 
-def release_lock(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any], *,
+def replace_connector_object(store: ConnectorStore | Any, connector_id: str, name: str, value: Any) -> None:
+    """Set an object field to exactly ``value`` (a partial update would merge it key by key)."""
+    as_store(store).replace_connector_object(connector_id, name, value)
+
+
+def release_lock(store: ConnectorStore | Any, connector_id: str, fields: Mapping[str, Any], *,
                  only_if: Iterable[Any] = ("in_progress",), attempts: int = _CLAIM_ATTEMPTS) -> bool:
     """Write ``fields`` (a new ``last_sync_status`` ...) if the connector is still locked.
 
-    Conditional on ``_seq_no``, re-read and retried on conflict (a heartbeat may land in
-    between), so a lock is never left behind and a newer owner's lock is never released.
+    Conditional on the connector as read, re-read and retried on conflict (a heartbeat may
+    land in between), so a lock is never left behind and a newer owner's lock is never
+    released.
     """
+    store = as_store(store)
     wanted = tuple(only_if)
     for _ in range(attempts):
-        connector = get_connector(es, connector_id)
+        connector = store.get_connector(connector_id)
         if connector is None or connector.get("last_sync_status") not in wanted:
             return False
         try:
-            update_connector(es, connector_id, fields, if_seq_no=connector.seq_no,
-                             if_primary_term=connector.primary_term)
+            store.update_connector(connector_id, fields, expected=connector)
             return True
         except ConflictError:
             continue
@@ -344,14 +330,11 @@ def release_lock(es: Elasticsearch, connector_id: str, fields: Mapping[str, Any]
     return False
 
 
-def update_job(es: Elasticsearch, job_id: str, fields: Mapping[str, Any], *,
-               if_seq_no: int | None = None, if_primary_term: int | None = None) -> dict[str, Any]:
-    # Unconditional partial updates retry ES's internal get-then-write race; conditional
-    # ones must fail on a conflict (that is the point of them).
-    kwargs: dict[str, Any] = {"retry_on_conflict": _UPDATE_RETRIES}
-    if if_seq_no is not None:
-        kwargs = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-    return es.update(index=JOBS_INDEX, id=job_id, doc=dict(fields), refresh=True, **kwargs)
+def update_job(store: ConnectorStore | Any, job_id: str, fields: Mapping[str, Any], *,
+               if_seq_no: int | None = None, if_primary_term: int | None = None, expected: Job | None = None) -> None:
+    """Partial update; conditional on ``expected`` (or on ``if_seq_no``/``if_primary_term``)."""
+    as_store(store).update_job(job_id, fields,
+                               expected=expected or _expected(Job, job_id, if_seq_no, if_primary_term))
 
 
 @dataclass
@@ -361,47 +344,52 @@ class Claim:
     problems: list[str] = field(default_factory=list)
 
 
-def claim_job(es: Elasticsearch, job_id: str, hostname: str) -> Claim | None:
+def claim_job(store: ConnectorStore | Any, job_id: str, hostname: str) -> Claim | None:
     """Take the connector's lock, then the job. None when another instance has either.
 
     1. re-read the job: it must still be ``pending`` or ``suspended``;
-    2. re-read its connector with ``_seq_no``; ``last_sync_status: in_progress`` means
-       another instance owns it;
-    3. conditional update of the connector (the lock); on 409 re-read and retry;
-    4. conditional update of the job; on 409 (someone else claimed it) release the lock.
+    2. re-read its connector; ``last_sync_status: in_progress`` means another instance
+       owns it;
+    3. conditional update of the connector (the lock); on conflict re-read and retry;
+    4. conditional claim of the job (an incremental job records the cursor it starts from,
+       as Elastic's service does, and the protocol fields its creator left out); on
+       conflict (someone else claimed it) give the lock back.
     """
+    store = as_store(store)
     for _ in range(_CLAIM_ATTEMPTS):
-        job = get_job(es, job_id)
+        job = store.get_job(job_id)
         if job is None or job.status not in ("pending", "suspended"):
             return None
-        connector = get_connector(es, job.connector_id) if job.connector_id else None
+        connector = store.get_connector(job.connector_id) if job.connector_id else None
         if connector is None or connector.get("deleted"):
             return Claim(job, Connector(job.connector_id or "", {}), ["the job's connector does not exist"])
         if connector.get("last_sync_status") == "in_progress":
             return None
         previous = {"last_sync_status": connector.get("last_sync_status"), "status": connector.get("status"),
                     "error": connector.get("error"), "last_sync_error": connector.get("last_sync_error")}
+        before = Connector(connector.id, dict(connector.doc), connector.seq_no, connector.primary_term,
+                           connector.version)
         try:
-            update_connector(es, connector.id, {"last_sync_status": "in_progress", "last_sync_error": None,
-                                                "status": "connected", "error": None},
-                             if_seq_no=connector.seq_no, if_primary_term=connector.primary_term)
+            store.update_connector(connector.id, {"last_sync_status": "in_progress", "last_sync_error": None,
+                                                  "status": "connected", "error": None}, expected=connector)
         except ConflictError:
             continue
-        stamp = now_iso()
+        cursor = job_sync_cursor(job.doc, connector) if job.job_type == "incremental" else None
         try:
-            update_job(es, job.id, {"status": "in_progress", "started_at": stamp, "last_seen": stamp,
-                                    "worker_hostname": hostname, "error": None},
-                       if_seq_no=job.seq_no, if_primary_term=job.primary_term)
+            claimed = store.claim_job(job, hostname, sync_cursor=cursor,
+                                      defaults=with_protocol_fields(job.doc, JOB_DEFAULTS))
         except (ConflictError, NotFoundError):
-            update_connector(es, connector.id, previous)
+            store.update_connector(connector.id, previous)
             continue
-        job.doc.update(status="in_progress", started_at=stamp, worker_hostname=hostname)
-        # ``connector`` is the state before the lock: an access-control job gives it back.
-        return Claim(job, connector)
+        job.doc.update(claimed)
+        if cursor is not None and isinstance(job.doc.get("connector"), dict):
+            job.doc["connector"]["sync_cursor"] = cursor
+        # ``before`` is the state before the lock: an access-control job gives it back.
+        return Claim(job, before)
     return None
 
 
-def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status: str, *,
+def finish_job(store: ConnectorStore | Any, job_id: str, connector_id: str | None, status: str, *,
                counters: Mapping[str, Any] | None = None, error: str | None = None,
                sync_cursor: Any = None, metadata: Mapping[str, Any] | None = None,
                job_type: str = "full", previous_sync_status: Any = None) -> None:
@@ -412,38 +400,39 @@ def finish_job(es: Elasticsearch, job_id: str, connector_id: str | None, status:
     ``last_access_control_sync_*`` and gives ``last_sync_status`` (which reports full and
     incremental jobs, and is the lock) back its ``previous_sync_status``.
     """
+    store = as_store(store)
     stamp = now_iso()
     counters = dict(counters or {})
-    fields: dict[str, Any] = {"status": status, "error": error, "completed_at": stamp, "last_seen": stamp, **counters}
+    fields: dict[str, Any] = {"error": error, "completed_at": stamp, "last_seen": stamp, **counters}
     if status == "canceled":
         fields["canceled_at"] = stamp
     if metadata is not None:
         fields["metadata"] = dict(metadata)
     try:
-        update_job(es, job_id, fields)
+        store.end_job(job_id, status, fields)
     except NotFoundError:
         _LOGGER.warning("job %s was deleted before it could be finished", job_id)
     if not connector_id:
         return
-    connector_fields: dict[str, Any] = {
-        "last_sync_status": status,
-        "last_sync_error": error,
-        "last_synced": stamp,
-        "last_indexed_document_count": counters.get("indexed_document_count", 0),
-        "last_deleted_document_count": counters.get("deleted_document_count", 0),
-    }
     if job_type == "access_control":
-        connector_fields.update(last_access_control_sync_status=status, last_access_control_sync_error=error,
-                                last_sync_status=previous_sync_status)
-        for key in ("last_sync_error", "last_synced", "last_indexed_document_count", "last_deleted_document_count"):
-            connector_fields.pop(key)
+        connector_fields: dict[str, Any] = {"last_access_control_sync_status": status,
+                                            "last_access_control_sync_error": error,
+                                            "last_sync_status": previous_sync_status}
+    else:
+        connector_fields = {
+            "last_sync_status": status,
+            "last_sync_error": error,
+            "last_synced": stamp,
+            "last_indexed_document_count": counters.get("indexed_document_count", 0),
+            "last_deleted_document_count": counters.get("deleted_document_count", 0),
+        }
     if status == "error":
         connector_fields.update(status="error", error=error)
     elif status == "completed":
         connector_fields.update(status="connected", error=None)
     try:
-        update_connector(es, connector_id, connector_fields)
+        store.update_connector(connector_id, connector_fields)
         if status == "completed" and job_type in ("full", "incremental") and sync_cursor is not None:
-            replace_connector_object(es, connector_id, "sync_cursor", sync_cursor)
+            store.replace_connector_object(connector_id, "sync_cursor", sync_cursor)
     except NotFoundError:
         _LOGGER.warning("connector %s was deleted during job %s", connector_id, job_id)

@@ -7,13 +7,14 @@ thread:
    config.yml (the source FQN comes from config.yml, never from the document), and
    writes it to a private 0600 file;
 2. starts ``python -m pipelines.run JOB_FILE RESULT_FILE`` in a new process group;
-3. every ``job_progress_interval`` seconds writes the live counters (summed from the
-   workers' progress records) and ``last_seen`` to the job; every
+3. every ``job_progress_interval`` seconds writes the live counters (the earlier runs'
+   plus the workers' progress records, :mod:`launcher.counters`) and ``last_seen`` to the job; every
    ``cancel_check_interval`` seconds re-reads the job: ``canceling`` (or a deleted job
    or connector) stops the process at once; a job somebody else ended (the reaper) is
    left alone; an unreachable Elasticsearch does not stop the supervision;
 4. writes the end state from the process's result (retried while Elasticsearch is
-   unreachable), and releases the connector's lock.
+   unreachable) with the counters of every run of the job, releases the connector's
+   lock and deletes the run's progress records.
 
 Sensitive configuration values are not in job documents (see
 :func:`launcher.protocol.job_snapshot`); they are read from the connector document here.
@@ -42,27 +43,33 @@ from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
+from launcher.counters import Counters
 from launcher.index_ownership import check_index_ownership
 from launcher.privileges import check_privileges
 from launcher.secret_refs import resolve_references
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, finish_job, get_connector, get_job, now_iso, snapshot_filtering, update_connector,
-    update_job,
+    FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
+from launcher.store import ConnectorStore, as_store
 from pipelines.job import SyncJob
+from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
+from sources.registry import display_name, load_source_class
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
-from transforms.progress import PROGRESS_INDEX, read_progress
+from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
 from transforms.sync_rules import validate_rules
 
 __all__ = ["SyncRunner", "build_sync_job"]
 
 _LOGGER = logging.getLogger(__name__)
-MIB = 1024 * 1024
 
 
 def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     """The SyncJob for a claimed job; raises a ConnectorError subclass for a bad document."""
     job = claim.job
+    problems = connector_problems(claim.connector.doc) if claim.connector.doc else []
+    if problems:
+        raise ConnectorError("the connector cannot sync until its document is fixed: " + "; ".join(problems),
+                             claim.connector.id)
     snapshot = job.doc.get("connector") or {}
     if not isinstance(snapshot, dict):
         raise ConnectorError(f"connector: expected an object, got {type(snapshot).__name__}", claim.connector.id)
@@ -77,6 +84,14 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             f"service_type {service_type!r} is not in config.yml sources (known: {', '.join(sorted(config.sources))})",
             claim.connector.id,
         )
+    if job.job_type == "access_control":
+        source_class = load_source_class(fqn)
+        if not supports_access_control(source_class):
+            # Ended here, before a sync process starts: no index is touched.
+            raise ConnectorError(
+                f"{display_name(source_class)} sources do not support document-level security, so there are no "
+                "identities to sync; this access-control job ended without touching any index. Run full or "
+                "incremental syncs for this connector", claim.connector.id)
     active = snapshot_filtering(snapshot)
     rules = active["rules"]
     if not isinstance(rules, list):
@@ -106,6 +121,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
+    if job.job_type == "access_control":
+        # Identities go to the content index's access-control index (Elastic's name); the
+        # connector API's snapshot already names it so.
+        if not index_name.startswith(ACCESS_CONTROL_INDEX_PREFIX):
+            index_name = ACCESS_CONTROL_INDEX_PREFIX + index_name
+        rules, advanced = [], None
     return SyncJob(
         job_id=job.id,
         connector_id=claim.connector.id,
@@ -121,9 +142,9 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             "_extract_binary_content": bool(pipeline.get("extract_binary_content", True)),
             "_reduce_whitespace": bool(pipeline.get("reduce_whitespace", True)),
             "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
-        },
-        ingest_pipeline=pipeline.get("name") or None,
-        sync_cursor=snapshot.get("sync_cursor") if job.job_type == "incremental" else None,
+        } if job.job_type != "access_control" else {},
+        ingest_pipeline=(pipeline.get("name") or None) if job.job_type != "access_control" else None,
+        sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
     )
 
@@ -131,10 +152,12 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
 class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
-    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None):
+    def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
+                 store: ConnectorStore | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
-        self.es = es
+        self.es = es  # the content index and the progress records
+        self.store = store or as_store(es)  # the connector and the job
         self.claim = claim
         self.job_id = claim.job.id
         self.connector_id = claim.connector.id
@@ -142,6 +165,11 @@ class SyncRunner(threading.Thread):
         self._suspend = threading.Event()
         self.process: subprocess.Popen | None = None
         self.final_status: str | None = None
+        #: The job's earlier runs (a suspended job claimed again); this run adds to them.
+        self.carried = Counters.carried(claim.job.doc)
+        #: This run's counters once it ended (what the Prometheus counters of this instance add).
+        self.run_counters: Counters | None = None
+        self.metadata: dict[str, Any] = {}
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -191,7 +219,9 @@ class SyncRunner(threading.Thread):
             sync_job = build_sync_job(self.config, self.claim)
             check_privileges(self.es, sync_job.index_name, who="the service's credentials (config.yml elasticsearch)")
             # Re-checked for every job: connector documents may have been written by anyone.
-            check_index_ownership(self.es, sync_job.index_name, self.connector_id)
+            content_index = (sync_job.index_name.removeprefix(ACCESS_CONTROL_INDEX_PREFIX)
+                             if sync_job.job_type == "access_control" else sync_job.index_name)
+            check_index_ownership(self.store, content_index, self.connector_id)
         except Exception as exc:  # noqa: BLE001 - a bad document, bad rules, an index that is not its own
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
@@ -199,14 +229,17 @@ class SyncRunner(threading.Thread):
         # Imported here, not at module level: they pull in Beam, which the daemon itself
         # never needs (it starts, and stops, seconds faster without it).
         from pipelines.run import write_job_file
-        from transforms.dead_letter import dead_letter_folder
+        from transforms.dead_letter import dead_letter_folder, dead_letter_location
 
+        # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
+        pipeline_settings = pipeline_settings.model_copy(
+            update={"dead_letters": dead_letter_location(pipeline_settings.dead_letters)})
+        self._delete_progress()  # a run counts from zero: an earlier run's leftovers are not ours
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
-        write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection(),
-                       progress_interval=min(service.job_progress_interval, 5.0))
-        metadata = {"runner": pipeline_settings.runner, "worker_pid": None,
-                    "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
+        write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection())
+        self.metadata = {"runner": pipeline_settings.runner, "worker_pid": None,
+                         "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
@@ -216,7 +249,7 @@ class SyncRunner(threading.Thread):
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),
         )
-        metadata["worker_pid"] = self.process.pid
+        self.metadata["worker_pid"] = self.process.pid
         _LOGGER.info("job %s: %s sync of connector %s started (pid %s)", self.job_id, sync_job.job_type,
                      self.connector_id, self.process.pid)
         last_progress = last_check = 0.0
@@ -237,12 +270,12 @@ class SyncRunner(threading.Thread):
                     break
             if now - last_progress >= service.job_progress_interval:
                 last_progress = now
-                self._write_progress(metadata)
+                self._write_progress()
             time.sleep(0.2)
         try:
             if self._suspend.is_set():
                 self._stop_process()
-                self._finish_suspended()
+                self._finish_suspended(sync_job.index_name)
                 return
             if lost:
                 # Somebody else decided this job's fate (the reaper, a client): leave both
@@ -251,13 +284,13 @@ class SyncRunner(threading.Thread):
                 _LOGGER.warning("job %s: %s; stopped without writing its end state", self.job_id, lost)
                 return
             if gone:
-                self._finish("error", counters=self._final_counters(sync_job.index_name),
+                self._finish("error", run=self._stopped_run(), total=self._index_count(sync_job.index_name),
                              error=format_error(JobGone(gone)))
                 return
             if canceled:
-                self._finish("canceled", counters=self._final_counters(sync_job.index_name))
+                self._finish("canceled", run=self._stopped_run(), total=self._index_count(sync_job.index_name))
                 return
-            self._finish_from_result(result_file, metadata)
+            self._finish_from_result(result_file, sync_job.index_name)
         finally:
             # The job file (it holds secrets), the result and whatever a killed sync left.
             shutil.rmtree(workdir, ignore_errors=True)
@@ -265,81 +298,100 @@ class SyncRunner(threading.Thread):
     # -- job document --------------------------------------------------------------
     def _check_job(self) -> tuple[bool, str | None, str | None]:
         """(canceling?, why the job is gone, why it is no longer ours)."""
-        job = get_job(self.es, self.job_id)
+        job = self.store.get_job(self.job_id)
         if job is None:
             return False, "the job was deleted while it ran", None
         if job.status in FINAL_STATUSES or job.status in ("pending", "suspended"):
             return False, None, f"the job became {job.status} while it ran here"
         if job.doc.get("worker_hostname") not in (None, self.claim.job.doc.get("worker_hostname")):
             return False, None, f"the job was claimed by {job.doc.get('worker_hostname')}"
-        connector = get_connector(self.es, self.connector_id)
+        connector = self.store.get_connector(self.connector_id)
         if connector is None or connector.get("deleted"):
             return False, "the connector was deleted while the job ran", None
         return job.status == "canceling", None, None
 
-    def _final_counters(self, index_name: str | None) -> dict[str, Any]:
-        """Counters of a job stopped early: the workers' last reports, and the index's size."""
+    # -- counters ------------------------------------------------------------------
+    def _stopped_run(self, local: dict[str, Any] | None = None) -> Counters:
+        """This run's counters when it did not reach its end: the workers' progress records
+        (``local``: the sync process's own totals, when it could report them), and the dead
+        letters its workers wrote."""
         try:
             self.es.indices.refresh(index=PROGRESS_INDEX, ignore_unavailable=True)
-        except Exception:  # noqa: BLE001 - the counters are then at most one interval old
+        except Exception:  # noqa: BLE001 - Elasticsearch away: the read below says what it can
             pass
-        counters: dict[str, Any] = self._progress_counters()
-        if index_name:
-            try:
-                self.es.indices.refresh(index=index_name, ignore_unavailable=True)
-                counters["total_document_count"] = self.es.count(index=index_name)["count"]
-            except Exception:  # noqa: BLE001 - no index yet
-                pass
-        return counters
+        run = Counters.of_progress(read_progress(self.es, self.job_id), dead_letters=self._dead_letters_written())
+        if local:
+            run = run.at_least(Counters.of_progress(local, dead_letters=run.dead_letters))
+        return run
 
-    def _progress_counters(self) -> dict[str, Any]:
-        progress = read_progress(self.es, self.job_id)
-        return {
-            "indexed_document_count": progress["indexed_document_count"],
-            "indexed_document_volume": round(progress["indexed_document_bytes"] / MIB),
-            "deleted_document_count": progress["deleted_document_count"],
-        }
+    def _dead_letters_written(self) -> int:
+        """Dead letters this run wrote: those in its folder, less the earlier runs'."""
+        location = self.metadata.get("dead_letters", {}).get("location")
+        if not location:
+            return 0
+        from transforms.dead_letter import count_dead_letters
 
-    def _write_progress(self, metadata: dict[str, Any]) -> None:
+        written = count_dead_letters(location)
+        return max(0, written - self.carried.dead_letters) if written is not None else 0
+
+    def _index_count(self, index_name: str | None) -> int | None:
+        if not index_name:
+            return None
         try:
-            fields = {**self._progress_counters(), "last_seen": now_iso(), "metadata": metadata}
-            update_job(self.es, self.job_id, fields)
+            self.es.indices.refresh(index=index_name, ignore_unavailable=True)
+            return int(self.es.count(index=index_name)["count"])
+        except Exception:  # noqa: BLE001 - no index yet
+            return None
+
+    def _job_counters(self, run: Counters) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The job document's counter fields and metadata for the earlier runs plus ``run``."""
+        total = self.carried + run
+        location = self.metadata.get("dead_letters", {}).get("location")
+        return total.job_fields(), {**self.metadata, **total.metadata(location)}
+
+    def _write_progress(self) -> None:
+        run = Counters.of_progress(read_progress(self.es, self.job_id))
+        counters, metadata = self._job_counters(run)
+        try:
+            self.store.job_stats(self.job_id, counters, metadata=metadata)
         except NotFoundError:
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
             _LOGGER.warning("job %s: could not write progress: %s", self.job_id, format_error(exc))
 
-    def _finish_from_result(self, result_file: Path, metadata: dict[str, Any]) -> None:
+    def _delete_progress(self) -> None:
+        try:
+            delete_progress(self.es, self.job_id)
+        except Exception as exc:  # noqa: BLE001 - left-overs only cost a little space
+            _LOGGER.warning("job %s: could not delete its progress records: %s", self.job_id, format_error(exc))
+
+    # -- end states ----------------------------------------------------------------
+    def _finish_from_result(self, result_file: Path, index_name: str) -> None:
         try:
             outcome = json.loads(result_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             code = self.process.returncode if self.process else None
-            self._finish("error", counters=self._progress_counters(),
+            self._finish("error", run=self._stopped_run(), total=self._index_count(index_name),
                          error=f"SyncProcessError: the sync process ended with exit code {code} and no result")
             return
-        counters = {k: outcome.get(k, 0) for k in ("indexed_document_count", "indexed_document_volume",
-                                                   "deleted_document_count")}
-        if outcome.get("total_document_count") is not None:
-            counters["total_document_count"] = outcome["total_document_count"]
-        metadata = {**metadata, "dead_letters": outcome.get("dead_letters", metadata["dead_letters"]),
-                    "duration_seconds": outcome.get("duration_seconds"),
-                    "source_document_count": outcome.get("source_document_count"),
-                    "unchanged_document_count": outcome.get("unchanged_document_count"),
-                    "index_digests_from_cache": outcome.get("index_digests_from_cache"),
-                    "indexed_document_bytes": outcome.get("indexed_document_bytes"),
-                    "bulk_retries": outcome.get("bulk_retries")}
-        self._finish(outcome.get("status", "error"), counters=counters, error=outcome.get("error"),
-                     sync_cursor=outcome.get("sync_cursor"), metadata=metadata)
+        # Exact (Beam metrics) when the pipeline reached its end; else what the workers reported.
+        run = Counters.of_outcome(outcome) or self._stopped_run(outcome.get("progress"))
+        self.metadata.update({key: outcome.get(key) for key in (
+            "duration_seconds", "source_document_count", "unchanged_document_count", "index_digests_from_cache")})
+        if isinstance(outcome.get("dead_letters"), dict) and outcome["dead_letters"].get("location"):
+            self.metadata["dead_letters"] = {"location": outcome["dead_letters"]["location"]}
+        self._finish(outcome.get("status", "error"), run=run, total=outcome.get("total_document_count"),
+                     error=outcome.get("error"), sync_cursor=outcome.get("sync_cursor"))
 
-    def _finish(self, status: str, *, counters: dict[str, Any] | None = None, error: str | None = None,
-                sync_cursor: Any = None, metadata: dict[str, Any] | None = None) -> None:
+    def _finish(self, status: str, *, run: Counters | None = None, total: int | None = None, error: str | None = None,
+                sync_cursor: Any = None) -> None:
         """Write the end state; while Elasticsearch is unreachable, retry (for up to ``job_stale_after``)."""
         deadline = time.monotonic() + self.config.service.job_stale_after
         delay = 0.5
         while True:
             try:
-                self._write_end(status, counters=counters, error=error, sync_cursor=sync_cursor, metadata=metadata)
-                return
+                self._write_end(status, run=run, total=total, error=error, sync_cursor=sync_cursor)
+                break
             except (ESConnectionError, TransportError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -347,30 +399,42 @@ class SyncRunner(threading.Thread):
                                 format_error(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        if run is not None:
+            self._delete_progress()
 
-    def _write_end(self, status: str, *, counters: dict[str, Any] | None, error: str | None, sync_cursor: Any,
-                   metadata: dict[str, Any] | None) -> None:
-        finish_job(self.es, self.job_id, self.connector_id or None, status, counters=counters, error=error,
+    def _write_end(self, status: str, *, run: Counters | None, total: int | None, error: str | None,
+                   sync_cursor: Any) -> None:
+        counters: dict[str, Any] = {}
+        metadata: dict[str, Any] | None = None
+        if run is not None:
+            counters, metadata = self._job_counters(run)
+            if total is not None:
+                counters["total_document_count"] = total
+        finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
                    sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type,
                    previous_sync_status=self.claim.connector.get("last_sync_status"))
-        self.final_status = status
+        self.final_status, self.run_counters = status, run
         log = _LOGGER.info if status == "completed" else _LOGGER.warning
         log("job %s: %s%s %s", self.job_id, status, f" ({error})" if error else "",
-            json.dumps(counters or {}, sort_keys=True))
+            json.dumps(counters, sort_keys=True))
 
-    def _finish_suspended(self) -> None:
+    def _finish_suspended(self, index_name: str) -> None:
         self.final_status = "suspended"
-        stamp = now_iso()
-        counters = self._final_counters(self.claim.job.doc.get("connector", {}).get("index_name")
-                                        if isinstance(self.claim.job.doc.get("connector"), dict) else None)
+        run = self._stopped_run()
+        counters, metadata = self._job_counters(run)
+        total = self._index_count(index_name)
+        if total is not None:
+            counters["total_document_count"] = total
         try:
-            update_job(self.es, self.job_id, {**counters, "status": "suspended", "last_seen": stamp})
+            self.store.end_job(self.job_id, "suspended", {**counters, "metadata": metadata, "last_seen": now_iso()})
         except NotFoundError:
             pass
+        self.run_counters = run
+        self._delete_progress()
         try:
             released = ("suspended" if self.claim.job.job_type != "access_control"
                         else self.claim.connector.get("last_sync_status"))
-            update_connector(self.es, self.connector_id, {"last_sync_status": released})
+            self.store.update_connector(self.connector_id, {"last_sync_status": released})
         except NotFoundError:
             pass
-        _LOGGER.info("job %s: suspended", self.job_id)
+        _LOGGER.info("job %s: suspended %s", self.job_id, json.dumps(counters, sort_keys=True))

@@ -36,14 +36,16 @@ from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir
 from sources.driver import SourceDriver, build_source
-from sources.errors import ConfigError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error
+from sources.errors import (
+    ConfigError, IngestError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error,
+)
 from sources.registry import load_source_class
 from transforms.content_index import count_documents, ensure_content_index, ingest_pipeline_exists
-from transforms.dead_letter import dead_letter_folder
+from transforms.dead_letter import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, started_from, store_synced
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
-from transforms.progress import read_job_record
+from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 
 __all__ = ["run_sync", "write_job_file", "main"]
 
@@ -57,6 +59,9 @@ _WORK_DIRS: set[str] = set()
 
 
 def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
+    # The workers of this process write what Elasticsearch acknowledged since their last
+    # report: the daemon takes a stopped job's counters from those reports.
+    flush_all(timeout=2.0)
     for job_id, result in list(_RUNNING.items()):
         try:
             _LOGGER.warning("sync %s: stopping (signal %d); cancelling the pipeline", job_id, signum)
@@ -70,7 +75,7 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
 
 
 def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: PipelineConfig,
-                   conn: ElasticsearchConnection, progress_interval: float = 5.0) -> None:
+                   conn: ElasticsearchConnection, progress_interval: float = 0.0) -> None:
     """Write what a sync process needs, readable by this user only (it holds secrets)."""
     from dataclasses import asdict
 
@@ -108,7 +113,12 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
             return [], None
-        from sources.base import Partition
+        from sources.base import Partition, supports_access_control
+
+        if job.job_type == "access_control":
+            if not supports_access_control(type(source)):  # the launcher checks first; never the content index
+                raise SourceConfigError(f"{type(source).__name__} does not support document-level security")
+            return [Partition()], None
 
         cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
         if hasattr(source, "changed") and driver.call(source.changed) is False:
@@ -158,7 +168,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
         _remove_work_dir(path)
 
 
-def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, counts: dict[str, int],
+def _keep_index_digests(es: Any, index: str, cache: DigestCache, work_dir: str, counts: dict[str, int],
                         empty_at: IndexState | None) -> bool:
     """After a clean full sync: keep what it read as the index's digests, for the next sync.
 
@@ -171,9 +181,8 @@ def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, coun
         if before is None:
             return False
         records = sorted(Path(read_digests_dir(work_dir)).glob("*.rec"))
-        writes = counts.get("indexed_document_count", 0) + counts.get("deleted_document_count", 0)
-        kept = store_synced(DigestCache(cache_dir), es, index, before=before, records=records, work_dir=work_dir,
-                            writes=writes)
+        kept = store_synced(cache, es, index, before=before, records=records, work_dir=work_dir,
+                            writes=counts.get("writes_applied", 0), not_as_sent=counts.get("writes_not_as_sent", 0))
     except Exception as exc:  # noqa: BLE001
         _LOGGER.warning("index %s: its digests could not be kept for the next sync: %s", index, format_error(exc))
         return False
@@ -182,10 +191,11 @@ def _keep_index_digests(es: Any, index: str, cache_dir: str, work_dir: str, coun
     return kept
 
 
-def _cache_dir(settings: PipelineConfig) -> str | None:
+def _digest_cache(settings: PipelineConfig) -> DigestCache | None:
     if not settings.digest_cache:
         return None
-    return os.path.expanduser(settings.digest_cache_dir or default_cache_dir())
+    return DigestCache(os.path.expanduser(settings.digest_cache_dir or default_cache_dir()),
+                       max_bytes=settings.digest_cache_max_bytes)
 
 
 def _remove_work_dir(path: str) -> None:
@@ -195,13 +205,14 @@ def _remove_work_dir(path: str) -> None:
 
 
 def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection,
-             progress_interval: float = 5.0, work_root: str | None = None) -> dict[str, Any]:
+             progress_interval: float = 0.0, work_root: str | None = None) -> dict[str, Any]:
     """Run one sync to its end; return the result document (never raises for a failed sync).
 
     ``work_root``: where its working files go unless ``pipeline.work_dir`` says (the daemon
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
+    settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
     try:
@@ -212,21 +223,21 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             outcome.update(_job_counters({}), status="completed", sync_cursor=cursor,
                            dead_letters={"count": 0, "location": dead_letter_folder(settings.dead_letters, job.job_id)})
             return outcome
-        ensure_content_index(es, job.index_name)
+        ensure_content_index(es, job.index_name, settings.content_index.model_dump())
         if job.ingest_pipeline and not ingest_pipeline_exists(es, job.ingest_pipeline):
             _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
-        cache_dir = _cache_dir(settings) if job.job_type == "full" else None
-        state = index_state(es, job.index_name) if cache_dir else None
+        cache = _digest_cache(settings) if job.job_type == "full" else None
+        state = index_state(es, job.index_name) if cache is not None else None
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         # An empty index at a known state: what the sync writes will be all it holds.
         empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
         with _work_dir(settings, job.job_id, work_root) as work_dir:
-            cache_dir = cache_dir if work_dir else None
+            cache = cache if work_dir else None
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
-                                           index_empty=index_empty, work_dir=work_dir, cache_dir=cache_dir)
+                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache)
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -236,15 +247,12 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             finally:
                 _RUNNING.pop(job.job_id, None)
             counts = _counters(result)
-            if cache_dir and work_dir and not counts.get("dead_letters") and not job.ingest_pipeline:
+            if cache is not None and work_dir and not counts.get("dead_letters"):
                 # A clean sync (nothing dead-lettered: it cannot fail from here on).
-                outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache_dir, work_dir, counts,
+                outcome["index_digests_kept"] = _keep_index_digests(es, job.index_name, cache, work_dir, counts,
                                                                     empty_at)
         if job.job_type == "incremental":
-            # The source set no new cursor: keep the one this sync started from.
-            cursor = read_job_record(es, job.job_id, "sync_cursor")
-            if cursor is None:
-                cursor = job.sync_cursor
+            cursor = _new_cursor(es, job)
         dead = counts.get("dead_letters", 0)  # counted where they are written, whatever the stage
         outcome.update(_job_counters(counts))
         outcome["dead_letters"] = {"count": dead, "location": dead_letter_folder(settings.dead_letters, job.job_id)}
@@ -257,17 +265,37 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             )
         outcome["status"] = "completed"
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error
-        outcome["error"] = (_refused(exc, conn, job.index_name)
+        # Our own errors say what failed; others may hide Elasticsearch refusing the credentials.
+        outcome["error"] = ((None if isinstance(exc, IngestError) else _refused(exc, conn, job.index_name))
                             or format_error(_root_cause(exc)).split(" [while running '", 1)[0])
         _LOGGER.error("sync %s failed: %s", job.job_id, outcome["error"])
         _LOGGER.debug("sync %s failure", job.job_id, exc_info=True)
-        if "dead_letters" not in outcome:  # a failed pipeline reports no metrics: count what was written
+        if "indexed_document_count" not in outcome:
+            # A failed pipeline reports no metrics: what the workers reported (the daemon adds
+            # their progress records), and what was written where the dead letters go.
+            flush_all(timeout=5.0)
+            outcome["progress"] = local_totals(job.job_id)
+        if "dead_letters" not in outcome:
             outcome["dead_letters"] = _dead_letters_written(settings.dead_letters, job.job_id)
     finally:
         outcome["total_document_count"] = _safe_count(es, job.index_name)
         outcome["duration_seconds"] = round(time.monotonic() - started, 3)
         es.close()
     return outcome
+
+
+def _new_cursor(es: Any, job: SyncJob) -> Any:
+    """The cursor an incremental sync's read stored (the one it started from if the source
+    set none). A record that cannot be read fails the job: completing it with the old cursor
+    would silently replay the same changes next time."""
+    from sources.errors import IndexingError
+
+    try:
+        cursor = read_job_record(es, job.job_id, "sync_cursor")
+    except Exception as exc:  # noqa: BLE001 - missing or unreadable: either way not the new cursor
+        raise IndexingError(f"the new sync cursor could not be read back from {PROGRESS_INDEX} ({format_error(exc)}); "
+                            "the job fails rather than keep the old cursor") from exc
+    return job.sync_cursor if cursor is None else cursor
 
 
 def _job_counters(counts: dict[str, int]) -> dict[str, int]:
@@ -310,13 +338,8 @@ def _refused(exc: BaseException, conn: ElasticsearchConnection, index: str) -> s
 
 
 def _dead_letters_written(location: str, job_id: str) -> dict[str, Any]:
-    from transforms.dead_letter import read_dead_letters
-
-    try:
-        count: int | None = sum(1 for _ in read_dead_letters(location, job_id))
-    except Exception:  # noqa: BLE001 - unreadable: unknown, not zero
-        count = None
-    return {"count": count, "location": dead_letter_folder(location, job_id)}
+    folder = dead_letter_folder(location, job_id)
+    return {"count": count_dead_letters(folder), "location": folder}
 
 
 def _safe_count(es: Any, index: str) -> int | None:
@@ -346,7 +369,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors
@@ -403,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = PipelineConfig.model_validate(payload["pipeline"])
     es_args = payload["elasticsearch"]
     conn = ElasticsearchConnection(**{**es_args, "hosts": tuple(es_args["hosts"])})
-    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 5.0)),
+    outcome = run_sync(job, settings, conn, progress_interval=float(payload.get("progress_interval", 0.0)),
                        work_root=str(Path(job_file).parent))
     tmp = result_file + ".tmp"
     Path(tmp).write_text(json.dumps(outcome, default=str), encoding="utf-8")

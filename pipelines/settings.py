@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PipelineConfig", "BulkConfig", "FlinkConfig", "DataflowConfig"]
+__all__ = ["PipelineConfig", "BulkConfig", "ContentIndexConfig", "FlinkConfig", "DataflowConfig"]
 
 
 class _Section(BaseModel):
@@ -27,6 +27,13 @@ class BulkConfig(_Section):
     max_retries: int = Field(8, ge=0)
     initial_backoff: float = Field(0.5, gt=0)
     max_backoff: float = Field(30.0, gt=0)
+
+
+class ContentIndexConfig(_Section):
+    """Settings a new content index is created with; unset ones are the cluster's (defaults, templates)."""
+
+    number_of_shards: int | None = Field(None, ge=1)
+    number_of_replicas: int | None = Field(None, ge=0)
 
 
 class FlinkConfig(_Section):
@@ -67,6 +74,7 @@ class PipelineConfig(_Section):
     direct_num_workers: int = Field(1, ge=1)
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     bulk: BulkConfig = Field(default_factory=BulkConfig)
+    content_index: ContentIndexConfig = Field(default_factory=ContentIndexConfig)
     max_error_rate: float = Field(0.05, ge=0, le=1, description="dead letters / documents above which a job fails")
     min_errors_to_fail: int = Field(10, ge=0, description="below this many dead letters a job never fails")
     max_document_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -80,6 +88,8 @@ class PipelineConfig(_Section):
     digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
                                                  "of an index nobody wrote to since (local runners)")
     digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")
+    digest_cache_max_bytes: int = Field(4 * 1024**3, ge=1, description="the digest cache's size on disk at most "
+                                        "(16 bytes per indexed document); least recently used entries go first")
     extract_text: bool = True
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     dataflow: DataflowConfig = Field(default_factory=DataflowConfig)

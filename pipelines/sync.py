@@ -30,6 +30,7 @@ from pipelines.job import SyncJob
 from pipelines.settings import PipelineConfig
 from sources.base import Partition
 from transforms.dead_letter import WriteDeadLetters
+from transforms.digest_cache import DigestCache
 from transforms.es_client import ElasticsearchConnection
 from transforms.find_deletions import FindDeletions
 from transforms.normalize import Normalize
@@ -64,10 +65,10 @@ def build_sync_pipeline(
     partitions: Sequence[Partition] = (Partition(),),
     runner: Any = None,
     options: PipelineOptions | None = None,
-    progress_interval: float = 5.0,
+    progress_interval: float = 0.0,
     index_empty: bool = False,
     work_dir: str | None = None,
-    cache_dir: str | None = None,
+    digest_cache: DigestCache | None = None,
 ) -> beam.Pipeline:
     """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
 
@@ -78,13 +79,15 @@ def build_sync_pipeline(
     ``work_dir``: a directory all workers can read, where the index's digests are kept as
     files while the sync runs (None: they travel inside the side input).
 
-    ``cache_dir``: where the index's digests are kept between syncs (with ``work_dir``;
+    ``digest_cache``: where the index's digests are kept between syncs (with ``work_dir``;
     None: no cache, the index is scanned by every full sync). The read then records the
     digests of what it read in ``read_digests_dir(work_dir)``, for after the sync.
     """
     p = beam.Pipeline(runner=runner, options=options)
+    # An access-control sync is a full sync of the source's identities into the job's
+    # index (``.search-acl-filter-<content index>``, chosen by the launcher).
     spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
-                      operator_settings=job.source_settings)
+                      access_control=job.job_type == "access_control", operator_settings=job.source_settings)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
     normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)
@@ -98,7 +101,7 @@ def build_sync_pipeline(
         dead_letters = [changes.dead_letters, normalize_dead, write_dead]
     else:
         indexed = None if index_empty else p | "ScanIndex" >> ScanIndex(
-            conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir, cache_dir=cache_dir)
+            conn, job.index_name, slices=settings.scan_slices, work_dir=work_dir, cache=digest_cache)
         read = (
             p
             | "Partitions" >> beam.Create(list(partitions))
@@ -109,7 +112,7 @@ def build_sync_pipeline(
                 batch_size=settings.read_batch_size,
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
-                record_digests=read_digests_dir(work_dir) if cache_dir and work_dir else None,
+                record_digests=read_digests_dir(work_dir) if digest_cache is not None and work_dir else None,
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

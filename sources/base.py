@@ -34,6 +34,15 @@ Incremental syncs (``incremental_sync_enabled = True``) call
 operation)`` with ``OP_INDEX``, ``OP_UPSERT`` or ``OP_DELETE`` and sets ``self._sync_cursor``;
 the cursor is stored only when the job completes.
 
+Document-level security (access-control syncs): a source that can say who may see what
+sets ``dls_enabled = True`` and implements ``get_access_control()``, which yields one
+identity document per user (``{"_id": user, "identity": {...}, "query": {...}}``, as
+Elastic's connectors write them); an ``access_control`` job writes them, as a full sync
+does, into ``.search-acl-filter-<content index>``. Its ``get_docs`` then gives each
+document the identities allowed to read it in ``_allow_access_control``. Other sources
+leave both alone: their access-control jobs end ``error`` without touching any index, and
+the CLI does not offer them (:func:`supports_access_control`).
+
 What the operator allows a source (folders, hosts) comes from config.yml, never from the
 connector document: a ``sources:`` entry may be a mapping ``{class: FQN, <settings>}``,
 validated at load against the class's ``operator_settings_model`` (a subclass of
@@ -95,7 +104,12 @@ __all__ = [
     "OP_UPSERT",
     "OP_DELETE",
     "FIELD_DEFAULTS",
+    "ACCESS_CONTROL_INDEX_PREFIX",
+    "supports_access_control",
 ]
+
+#: Where an access-control sync writes a content index's identities (Elastic's name).
+ACCESS_CONTROL_INDEX_PREFIX = ".search-acl-filter-"
 
 Doc = dict[str, Any]
 LazyDownload = Callable[..., Union[Awaitable[Union[Doc, None]], Doc, None]]
@@ -274,6 +288,7 @@ class BaseDataSource(abc.ABC):
     advanced_rules_enabled: ClassVar[bool] = False
     #: Basic rules are applied by the service, so every source supports them.
     basic_rules_enabled: ClassVar[bool] = True
+    #: True when :meth:`get_access_control` is implemented (document-level security).
     dls_enabled: ClassVar[bool] = False
     #: The operator settings this source accepts (see :class:`OperatorSettings`).
     operator_settings_model: ClassVar[type[OperatorSettings]] = OperatorSettings
@@ -370,6 +385,17 @@ class BaseDataSource(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support incremental syncs")
 
+    def get_access_control(self) -> AsyncIterator[Any] | Iterator[Any]:
+        """Yield one identity document per user, for document-level security (``dls_enabled``).
+
+        Each is ``{"_id": <user>, "identity": {...}, "query": {...}}`` (or a
+        ``(doc, None)`` pair), and the access-control sync writes them into
+        ``.search-acl-filter-<content index>``, deleting identities no longer yielded, as a
+        full sync does. ``get_docs`` then lists, in each document's
+        ``_allow_access_control``, the identities allowed to read it. May be async.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support document-level security")
+
     def sync_cursor(self) -> dict[str, Any] | None:
         """The cursor to store after this sync (None: keep none).
 
@@ -390,3 +416,11 @@ class BaseDataSource(abc.ABC):
     def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
         """Problems with an advanced sync rules snippet (empty list: valid)."""
         return []
+
+
+def supports_access_control(source_class: type) -> bool:
+    """Whether ``source_class`` runs access-control syncs: it sets ``dls_enabled`` and implements
+    ``get_access_control`` (sources of Elastic's framework, which do both, included)."""
+    method = getattr(source_class, "get_access_control", None)
+    return (getattr(source_class, "dls_enabled", False) is True and callable(method)
+            and method is not getattr(BaseDataSource, "get_access_control"))

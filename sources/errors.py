@@ -11,9 +11,10 @@
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
     │   └── SourceLoadError          the source's FQN cannot be imported
-    ├── IndexingError                Elasticsearch refused our writes
+    ├── IndexingError                Elasticsearch refused our writes (or a whole read of the index)
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
     │   ├── InsufficientPrivileges   the credentials lack privileges the service needs (listed)
+    │   ├── PartialScan              a scan of the content index missed shards
     │   └── TooManyErrors            dead letters exceeded the configured error rate
     └── JobError                     a sync job ended badly
         ├── JobCanceled
@@ -44,6 +45,7 @@ __all__ = [
     "ElasticsearchUnavailable",
     "InsufficientPrivileges",
     "TooManyErrors",
+    "PartialScan",
     "JobError",
     "JobCanceled",
     "JobGone",
@@ -117,6 +119,10 @@ class InsufficientPrivileges(IndexingError):
 
 class TooManyErrors(IndexingError):
     pass
+
+
+class PartialScan(IndexingError):
+    """Elasticsearch answered a scan of the content index for only some of its shards."""
 
 
 class JobError(IngestError):

@@ -145,13 +145,13 @@ def write_config(path: Path, *, es_url: str = ES_URL, service: dict | None = Non
 
 
 def cli(*args: str, config: Path | None = None, check: bool = False, timeout: float = 120,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``elastic-ingest`` as a user would; returns the completed process."""
+        env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``elastic-ingest`` as a user would (in ``cwd``, default the repository); returns the completed process."""
     command = [sys.executable, "-m", "launcher.cli", *args]
     if config is not None:
         command[3:3] = ["-c", str(config)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+                            env=_env(env, cwd))
     if check and result.returncode != 0:
         raise AssertionError(f"elastic-ingest {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -177,15 +177,24 @@ def cli_in_process(*args: str, config: Path, env: dict[str, str] | None = None) 
     return result.exit_code, result.stdout, result.stderr
 
 
-class DaemonProcess:
-    """``elastic-ingest --action poll`` as a real process (its log in ``log_path``)."""
+def _env(env: dict[str, str] | None, cwd: Path | None) -> dict[str, str]:
+    """The environment of a process the tests start; outside the repository it still imports ``tests.``."""
+    merged = {**os.environ, **(env or {})}
+    if cwd is not None:
+        merged["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), merged.get("PYTHONPATH")) if p)
+    return merged
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
+
+class DaemonProcess:
+    """``elastic-ingest --action poll`` as a real process (its log in ``log_path``; run in ``cwd``,
+    default the repository)."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.config, self.log_path = config, log_path
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "launcher.cli", "-c", str(config), "--action", "poll"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or REPO, env=_env(env, cwd),
             start_new_session=True,
         )
 

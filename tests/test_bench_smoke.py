@@ -45,6 +45,16 @@ def test_synthetic_variant_changes_and_removes_about_one_percent():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
+    from elasticsearch import NotFoundError
+
+    def pipeline_exists() -> bool:
+        try:
+            es.ingest.get_pipeline(id="search-default-ingestion")
+            return True
+        except NotFoundError:
+            return False
+
+    existed = pipeline_exists()
     command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions",
                "--clients", "2", "--out", str(tmp_path), "--name", "smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -54,6 +64,9 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     for key in ("cpus", "memory_gb", "es_version", "es_heap_gb", "python", "beam"):
         assert results["machine"][key], key
     assert results["pipeline"]["runner"] == "FnApiRunner"
+    # Every sync goes through search-default-ingestion, as on a real cluster (made here if missing, then removed).
+    assert results["ingest_pipeline"]["name"] == "search-default-ingestion"
+    assert results["ingest_pipeline"]["created_by_bench"] is not existed and pipeline_exists() is existed
     [scenario] = results["scenarios"]
     assert scenario["count"] == 300 and scenario["doc_bytes"] > 0
     methods = scenario["results"]
@@ -69,6 +82,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert full["indexed"] == 300 and full["total"] == 300
     assert same["indexed"] == 0 and same["deleted"] == 0 and same["speedup_vs_full"] > 0
     assert same["index_ops_during"] == {"index_total": 0, "delete_total": 0}
+    assert same["index_digests_from_cache"] == 1  # the full sync's digests were kept, pipeline and all
     again = methods["ours_nochange_cached"]
     assert again["index_digests_from_cache"] == 1 and again["indexed"] == 0 and again["deleted"] == 0
     assert changed["indexed"] == changed["expected"]["changed"]

@@ -75,20 +75,20 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["configuration"]["token"]["sensitive"] is True
     assert doc["scheduling"]["full"] == {"enabled": True, "interval": "0 0 3 * * ?"}
     assert doc["pipeline"] == {"name": "my-pipeline", "extract_binary_content": True, "reduce_whitespace": False,
-                               "run_ml_inference": False}
+                               "run_ml_inference": True}
     draft = doc["filtering"][0]["draft"]
     assert draft["validation"]["state"] == "edited" and [r["id"] for r in draft["rules"]] == ["r1", "DEFAULT"]
 
     updated = run.json("--action", "update-connector", "--connector-id", connector_id, "--set", "count=6",
                        "--schedule", "full=off", "--schedule", "incremental=0 */5 * * * ?",
-                       "--index-name", f"search-{connector_id}-2", "--pipeline-flag", "run_ml_inference=true")
+                       "--index-name", f"search-{connector_id}-2", "--pipeline-flag", "run_ml_inference=false")
     assert updated["fields"] == ["configuration", "index_name", "pipeline", "scheduling"]
     doc = get_connector(es, connector_id).doc
     assert doc["configuration"]["count"]["value"] == 6 and doc["configuration"]["token"]["value"] == SECRET
     assert doc["scheduling"]["full"]["enabled"] is False
     assert doc["scheduling"]["incremental"] == {"enabled": True, "interval": "0 */5 * * * ?"}
     assert doc["index_name"] == f"search-{connector_id}-2"
-    assert doc["pipeline"]["run_ml_inference"] is True and doc["pipeline"]["name"] == "my-pipeline"
+    assert doc["pipeline"]["run_ml_inference"] is False and doc["pipeline"]["name"] == "my-pipeline"
 
     as_json, as_table = run.parallel((("--action", "connectors", "--connector-id", connector_id, "--json"), 0),
                                      (("--action", "connectors", "--connector-id", connector_id), 0))
@@ -199,3 +199,54 @@ def test_cli_when_elasticsearch_refuses_credentials_then_host_and_settings_named
     assert last.startswith("AuthenticationException: ") and url in last and "401" in last
     assert "unable to authenticate user [me]" in last and "elasticsearch.username" in last and "api_key" in last
     assert SECRET not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_when_index_name_breaks_elasticsearch_rules_then_refused_on_create_and_update(es, config, connector_id):
+    run = _Outputs(config)
+    for name in ("Bad Name", "UPPER", "_under", "a,b", "a#b"):
+        create = run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+                     "--index-name", name, expect=2)
+        assert "Invalid value for '--index-name'" in create.stderr and repr(name) in create.stderr, create.stderr
+    assert get_connector(es, connector_id) is None
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+        "--index-name", f"search-{connector_id}", "--set", "count=1")
+    update = run("--action", "update-connector", "--connector-id", connector_id, "--index-name", "Search Me", expect=2)
+    assert "'Search Me' contains space" in update.stderr
+    assert get_connector(es, connector_id).doc["index_name"] == f"search-{connector_id}"
+
+
+def test_cli_when_access_control_for_source_without_dls_then_refused(es, config, connector_id):
+    run = _Outputs(config)
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
+        "--index-name", f"search-{connector_id}", "--set", "count=1")
+
+    refused = run("--action", "sync", "--connector-id", connector_id, "--job-type", "access_control", expect=1)
+
+    assert refused.stderr.startswith("ConnectorError: Slow (tests) sources do not support document-level security")
+    es.indices.refresh(index=JOBS_INDEX)
+    assert es.count(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["count"] == 0
+
+
+def test_cli_when_sync_wait_and_no_service_serves_the_connector_then_says_so_and_stops_unless_asked(
+        es, config, connector_id):
+    from launcher.protocol import new_connector
+
+    run = _Outputs(config)
+    # Written directly, as Kibana could: a service type no running daemon serves.
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
+        service_type="nobody_serves_this", index_name=f"search-{connector_id}"))
+
+    stopped, kept = run.parallel(
+        (("--action", "sync", "--connector-id", connector_id, "--wait", "--unclaimed-after", "1"), 1),
+        (("--action", "sync", "--connector-id", connector_id, "--wait", "--unclaimed-after", "1", "--keep-waiting",
+          "--timeout", "5"), 1))
+
+    assert "no service has claimed it" in stopped.stderr and "last seen never" in stopped.stderr
+    assert "service type 'nobody_serves_this'" in stopped.stderr and "status 'created'" in stopped.stderr
+    assert "left pending (no service has claimed it)" in stopped.stderr
+    assert "no service has claimed it" in kept.stderr and "still pending after 5s" in kept.stderr
+    es.indices.refresh(index=JOBS_INDEX)
+    jobs = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["hits"]["hits"]
+    assert [j["_source"]["status"] for j in jobs] == ["pending", "pending"]  # another service may still come
+    for job in jobs:
+        es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)

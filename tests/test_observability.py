@@ -72,34 +72,29 @@ def test_healthz_when_no_successful_poll_then_503_and_when_recent_then_200():
         server.shutdown()
 
 
-def test_job_metrics_when_job_document_missing_or_odd_then_counts_status_only():
+def test_job_metrics_when_runs_end_then_each_adds_its_own_counters_and_odd_ones_count_status_only():
     from prometheus_client import CollectorRegistry
 
+    from launcher.counters import Counters
     from launcher.metrics import JobMetrics
 
     registry = CollectorRegistry()
     metrics = JobMetrics(registry)
 
-    class _ES:
-        def __init__(self, source):
-            self.source = source
+    metrics.record("error", None)
+    metrics.record("completed", SimpleNamespace(indexed="many", bytes=None))
+    metrics.record("completed", Counters(indexed=5, bytes=500, dead_letters=2, bulk_retries=1))
+    # A resumed job: its document is cumulative, but this instance adds only what its run wrote.
+    carried = Counters.carried({"indexed_document_count": 40, "metadata": {"indexed_document_bytes": 4000, "runs": 1}})
+    assert (carried + Counters(indexed=7)).job_fields()["indexed_document_count"] == 47
+    # Suspended by another service (no metadata.runs): its counts are not ours to carry.
+    assert Counters.carried({"indexed_document_count": 14, "metadata": {}}) == Counters()
+    metrics.record("completed", Counters(indexed=7, bytes=700))
 
-        def get(self, **_):
-            if self.source is None:
-                raise LookupError("gone")
-            return {"_source": self.source}
-
-        def search(self, **_):
-            raise ConnectionError("down")
-
-    metrics.record(_ES(None), "job-1", "error")
-    metrics.record(_ES({"indexed_document_count": "many", "metadata": ["odd"]}), "job-2", "completed")
-    metrics.record(_ES({"indexed_document_count": 5, "metadata": {"dead_letters": {"count": 2}, "bulk_retries": 1}}),
-                   "job-3", "completed")
-
-    assert registry.get_sample_value("elastic_ingest_jobs_finished_total", {"status": "completed"}) == 2
+    assert registry.get_sample_value("elastic_ingest_jobs_finished_total", {"status": "completed"}) == 3
     assert registry.get_sample_value("elastic_ingest_jobs_finished_total", {"status": "error"}) == 1
-    assert registry.get_sample_value("elastic_ingest_documents_indexed_total") == 5
+    assert registry.get_sample_value("elastic_ingest_documents_indexed_total") == 12
+    assert registry.get_sample_value("elastic_ingest_bytes_indexed_total") == 1200
     assert registry.get_sample_value("elastic_ingest_dead_letters_total") == 2
     assert registry.get_sample_value("elastic_ingest_bulk_retries_total") == 1
 

@@ -282,6 +282,25 @@ def test_incremental_sync_when_source_reports_changes_then_applied_and_cursor_ke
     assert index_docs(es, index_name) == want
 
 
+def test_incremental_sync_when_new_cursor_cannot_be_read_back_then_job_fails_rather_than_keep_the_old(
+        es, index_name):
+    from tests.helpers import ES_URL
+
+    changes = [{"op": "index", "doc": {"_id": "doc-1", "title": "one"}}]
+    try:
+        outcome = run_sync(index=index_name, fqn="tests.fixtures_sources.cursor:CursorReadBlockingSource",
+                           job_type="incremental", configuration={"changes": changes, "es_url": ES_URL},
+                           sync_cursor={"position": 0})
+        blocked = es.indices.get_settings(index=PROGRESS_INDEX, name="index.blocks.read", expand_wildcards="all")
+    finally:
+        es.indices.put_settings(index=PROGRESS_INDEX, settings={"index.blocks.read": None})
+    assert blocked[PROGRESS_INDEX]["settings"]["index"]["blocks"]["read"] == "true"  # the test did block it
+    assert outcome["status"] == "error"
+    assert outcome["error"].startswith("IndexingError: the new sync cursor could not be read back"), outcome["error"]
+    assert "sync_cursor" not in outcome  # the connector keeps its cursor; the job says why it failed
+    assert set(index_docs(es, index_name)) == {"doc-1"}
+
+
 def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_the_unseen_ids(es, index_name,
                                                                                                 tmp_path):
     """The digests scan and the deletion rescan over several pages and concurrent slices."""
@@ -328,3 +347,30 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
                       | beam.Map(lambda ids, d: seen_bitmaps(d, ids), d=beam.pvalue.AsSingleton(indexed)))
         assert_that(p | FindDeletions(conn, index_name, seen=everything, indexed=indexed), equal_to([]))
     IndexDigests.release(str(tmp_path))
+
+
+def test_content_index_when_created_then_shards_and_replicas_are_the_clusters_unless_configured(es, index_name):
+    # An index template stands for the cluster's defaults: the sync must not override it.
+    template = f"defaults-{index_name}"
+    es.indices.put_index_template(name=template, index_patterns=[f"{index_name}*"], priority=1000,
+                                  template={"settings": {"number_of_replicas": 2}})
+    sized = f"{index_name}-sized"
+    try:
+        docs = make_docs(3)
+        assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": docs})["status"] == "completed"
+        assert run_sync(index=sized, fqn=MEMORY, configuration={"docs": docs},
+                        content_index={"number_of_shards": 2})["status"] == "completed"
+        created = es.indices.get_settings(index=f"{index_name},{sized}")
+        assert created[index_name]["settings"]["index"]["number_of_replicas"] == "2"
+        assert created[index_name]["settings"]["index"]["number_of_shards"] == "1"
+        assert created[sized]["settings"]["index"]["number_of_shards"] == "2"
+        assert created[sized]["settings"]["index"]["number_of_replicas"] == "2"
+        # The progress index too is created with the cluster's replicas, not 0.
+        es.indices.delete(index=PROGRESS_INDEX, ignore_unavailable=True)
+        assert run_sync(index=index_name, fqn=MEMORY, configuration={"docs": make_docs(4)})["status"] == "completed"
+        progress = es.indices.get_settings(index=PROGRESS_INDEX, expand_wildcards="all")[PROGRESS_INDEX]
+        assert progress["settings"]["index"]["number_of_replicas"] == "1"
+        assert progress["settings"]["index"]["hidden"] == "true"
+    finally:
+        es.indices.delete_index_template(name=template)
+        es.indices.delete(index=sized, ignore_unavailable=True)

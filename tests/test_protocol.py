@@ -276,7 +276,7 @@ def test_poll_when_documents_are_wrong_then_error_on_each_and_others_served(es, 
     assert "scheduling: expected an object, got list" in errors[wrong_types.id]["error"]
     assert "'no_such_type' is not served here" in errors[unknown.id]["error"]
     assert "scheduling.full.interval: invalid cron expression 'every hour please'" in errors[bad_cron.id]["error"]
-    assert "index_name: 'Bad Name' is not a valid index name" in errors[no_index.id]["error"]
+    assert "index_name: 'Bad Name' contains space" in errors[no_index.id]["error"]
     assert all(errors[i]["status"] == "error" for i in ids[1:])
     # A job with a wrong job_type fails with a clear error, without being run.
     Daemon.claim_jobs(daemon, [good.id])
@@ -538,3 +538,61 @@ def test_build_sync_job_when_snapshot_pipeline_not_an_object_then_connector_erro
     claim.job.doc["connector"]["pipeline"] = True
     with pytest.raises(ConnectorError, match="connector.pipeline: expected an object, got bool"):
         build_sync_job(config, claim)
+
+
+# -- jobs that cannot run ----------------------------------------------------------------------
+def _poll_and_settle(daemon: Daemon) -> None:
+    daemon.poll_once()
+    assert daemon.wait_idle(60), "the job's supervisor did not end"
+
+
+def test_poll_when_served_connector_cannot_run_then_its_job_ends_error_within_one_poll(es, make_connector, tmp_path):
+    bad_index = make_connector(configuration=_configured(count=1), status="connected", index_name="Bad Name")
+    unknown = make_connector(service_type="not_in_config", configuration=_configured(count=1), status="connected")
+    jobs = {c.id: create_job(es, c) for c in (bad_index, unknown)}
+
+    _poll_and_settle(_daemon(tmp_path, es, list(jobs)))
+
+    bad = get_job(es, jobs[bad_index.id]).doc
+    assert bad["status"] == "error" and "'Bad Name' contains space" in bad["error"], bad
+    other = get_job(es, jobs[unknown.id]).doc
+    assert other["status"] == "error" and "'not_in_config' is not in config.yml sources" in other["error"], other
+    assert get_connector(es, bad_index.id).get("last_sync_status") == "error"
+
+
+def test_poll_when_access_control_job_and_source_without_dls_then_error_and_no_index_touched(
+        es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=2), status="connected", last_sync_status="completed")
+    job_id = create_job(es, connector, job_type="access_control")
+
+    _poll_and_settle(_daemon(tmp_path, es, [connector.id]))
+
+    job = get_job(es, job_id).doc
+    assert job["status"] == "error" and "do not support document-level security" in job["error"], job
+    assert not es.indices.exists(index=connector.index_name)
+    assert not es.indices.exists(index=f".search-acl-filter-{connector.index_name}")
+    doc = get_connector(es, connector.id).doc
+    assert doc["last_access_control_sync_status"] == "error" and doc["last_sync_status"] == "completed"
+
+
+def test_poll_when_access_control_job_and_source_with_dls_then_identities_indexed_content_untouched(
+        es, make_connector, tmp_path):
+    connector = make_connector(service_type="incremental_slow", configuration=_configured(count=2),
+                               status="connected")
+    job_id = create_job(es, connector, job_type="access_control")
+    acl_index = f".search-acl-filter-{connector.index_name}"
+    try:
+        daemon = _daemon(tmp_path, es, [connector.id])
+        deadline = time.monotonic() + 120
+        while get_job(es, job_id).status not in ("completed", "error") and time.monotonic() < deadline:
+            _poll_and_settle(daemon)
+
+        job = get_job(es, job_id).doc
+        assert job["status"] == "completed", job.get("error")
+        es.indices.refresh(index=acl_index)
+        identities = {h["_id"]: h["_source"] for h in es.search(index=acl_index)["hits"]["hits"]}
+        assert set(identities) == {"alice", "bob"} and identities["bob"]["identity"] == {"username": "bob"}
+        assert not es.indices.exists(index=connector.index_name)
+        assert get_connector(es, connector.id).get("last_access_control_sync_status") == "completed"
+    finally:
+        es.indices.delete(index=acl_index, ignore_unavailable=True)

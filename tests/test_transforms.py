@@ -90,7 +90,7 @@ class _FakeBulkClient:
         items = []
         for doc_id in ids:
             status = statuses.get(doc_id, 201)
-            item = {"_id": doc_id, "status": status}
+            item = {"_index": "idx", "_id": doc_id, "status": status, **({"result": "created"} if status < 300 else {})}
             if status >= 300:
                 item["error"] = {"type": "es_rejected_execution_exception" if status == 429 else
                                  "document_parsing_exception", "reason": f"rejected {doc_id}"}
@@ -106,6 +106,7 @@ def test_bulk_write_when_some_items_429_then_only_those_resent_and_others_dead_l
     letters, stats = fn._write_batch(batch)
     assert fn.es.sent == [list("abcde"), ["b", "d"], ["d"]]
     assert stats["indexed"] == 4 and stats["item_retries"] == 3
+    assert (stats["applied"], stats["not_as_sent"]) == (4, 0)
     assert [(le.doc_id, le.stage, le.error_type, le.error_message) for le in letters] == [
         ("c", "write", "document_parsing_exception", "rejected c")]
     assert json.loads(letters[0].document) == {"v": "c"}

@@ -1,12 +1,15 @@
 """The content index (BYOEI): create it when missing, check its ingest pipeline, count it.
 
 Mappings that work on any cluster (no analyzers from optional modules): dynamic mapping
-for the source's fields, with the fields the service relies on declared.
+for the source's fields, with the fields the service relies on declared. Shards and
+replicas are the cluster's (its defaults and index templates), as Elastic's own service
+leaves them, unless config.yml ``pipeline.content_index`` names them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, NotFoundError
@@ -28,12 +31,17 @@ CONTENT_MAPPINGS: dict[str, Any] = {
 }
 
 
-def ensure_content_index(es: Elasticsearch, index: str) -> bool:
-    """Create ``index`` with our mappings if it does not exist. True if it was created."""
+def ensure_content_index(es: Elasticsearch, index: str, settings: Mapping[str, Any] | None = None) -> bool:
+    """Create ``index`` with our mappings if it does not exist. True if it was created.
+
+    ``settings``: index settings to create it with (e.g. ``{"number_of_shards": 2}``);
+    whatever they leave out comes from the cluster (defaults, index templates).
+    """
     if es.indices.exists(index=index):
         return False
+    given = {name: value for name, value in (settings or {}).items() if value is not None}
     try:
-        es.indices.create(index=index, mappings=CONTENT_MAPPINGS, settings={"index": {"number_of_replicas": 0}})
+        es.indices.create(index=index, mappings=CONTENT_MAPPINGS, settings={"index": given} if given else None)
     except ApiError as exc:
         if exc.error == "resource_already_exists_exception":
             return False

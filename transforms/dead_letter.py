@@ -15,6 +15,7 @@ Read them back with :func:`read_dead_letters` (the CLI's ``dead-letters`` action
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-__all__ = ["DeadLetter", "WriteDeadLetters", "read_dead_letters", "DEAD_LETTER_SCHEMA", "dead_letter_folder"]
+__all__ = ["DeadLetter", "WriteDeadLetters", "read_dead_letters", "read_dead_letters_from", "count_dead_letters",
+           "DEAD_LETTER_SCHEMA", "dead_letter_folder", "dead_letter_location"]
 
 DEAD_LETTER_SCHEMA = fastavro.parse_schema(
     {
@@ -85,7 +87,16 @@ def _as_json(doc: Any) -> str | None:
     return text
 
 
+def dead_letter_location(location: str) -> str:
+    """``pipeline.dead_letters`` as a job records it: a URI (``gs://...``) as is, a local
+    folder made absolute (relative to the working directory), so it is found from anywhere."""
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
 def dead_letter_folder(location: str, job_id: str) -> str:
+    """Where the dead letters of ``job_id`` go: ``<location>/<job_id>``."""
     return FileSystems.join(location, job_id)
 
 
@@ -109,8 +120,7 @@ class _WriteAvroFn(beam.DoFn):
         if not self.records:
             return
         folder = dead_letter_folder(self.location, self.job_id)
-        if not folder.startswith("gs://"):
-            import os
+        if "://" not in folder:
             os.makedirs(folder, exist_ok=True)
         path = FileSystems.join(folder, f"dead-letters-{uuid.uuid4().hex}.avro")
         with FileSystems.create(path) as out:
@@ -133,8 +143,13 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def read_dead_letters(location: str, job_id: str) -> Iterator[dict[str, Any]]:
-    """Every dead letter a job wrote, oldest file first."""
-    pattern = FileSystems.join(dead_letter_folder(location, job_id), "dead-letters-*.avro")
+    """Every dead letter a job wrote under ``location`` (``pipeline.dead_letters``), oldest file first."""
+    return read_dead_letters_from(dead_letter_folder(location, job_id))
+
+
+def read_dead_letters_from(folder: str) -> Iterator[dict[str, Any]]:
+    """Every dead letter in ``folder`` (a job's, as its ``metadata.dead_letters.location`` says)."""
+    pattern = FileSystems.join(folder, "dead-letters-*.avro")
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
     except Exception:  # noqa: BLE001 - no folder means no dead letters
@@ -142,3 +157,11 @@ def read_dead_letters(location: str, job_id: str) -> Iterator[dict[str, Any]]:
     for meta in sorted(matches, key=lambda m: m.path):
         with FileSystems.open(meta.path) as stream:
             yield from fastavro.reader(stream)
+
+
+def count_dead_letters(folder: str) -> int | None:
+    """How many dead letters ``folder`` holds (None: it cannot be read)."""
+    try:
+        return sum(1 for _ in read_dead_letters_from(folder))
+    except Exception:  # noqa: BLE001 - unreadable: unknown, not zero
+        return None

@@ -20,18 +20,28 @@ Digests get into the cache two ways:
 * **a completed sync** (:func:`store_synced`): when it dead-lettered nothing, the index
   must now hold exactly what the source yielded, whose digests the read recorded
   (``ReadFromSource(record_digests=...)``). They are kept only if Elasticsearch agrees:
-  the same UUIDs, exactly as many new sequence numbers as the sync's own successful
-  writes and deletes (any write by someone else, or a retried request applied twice,
-  breaks the equality), and as many documents in the index as distinct digests.
+  every write was applied as sent (no ingest pipeline, the connector's or the index's
+  default or final one, dropped a document, rerouted it to another index or changed its
+  id: the ``_bulk`` answer says so per item), the same UUIDs, exactly as many new
+  sequence numbers as the writes Elasticsearch says it applied (any write by someone
+  else, or a retried request applied twice, breaks the equality), and as many documents
+  in the index as distinct digests. The digests are those of what the sync sent: a
+  pipeline that rewrites ``_timestamp`` itself makes the next scan see other
+  timestamps, which only decides which documents are sent again, never what is deleted.
 
 So after a first sync, the next no-change resync reads only the source.
 
 Entries are hard links of the digests' two files (copies across file systems) and a
-``state.json``, one entry per index name: storing a new one removes the older, and any
-entry unused for ``MAX_IDLE_DAYS``. A sync links the entry into its own work directory
-before using it, so removing an entry never pulls files from under a running sync. A
-cache that cannot be read or written is skipped with a warning; the sync then scans. It
-never fails a sync.
+``state.json``, one entry per index name: storing a new one removes the older, any entry
+unused for ``MAX_IDLE_DAYS``, and the least recently used entries while the cache is
+over ``max_bytes`` (``pipeline.digest_cache_max_bytes``). A sync links the entry into a
+fresh directory of its own before using it, so removing an entry never pulls files from
+under a running sync. No file is ever written in place: digests and ``state.json`` are
+written under temporary names, made read-only and renamed into place, so a file a sync
+has mapped (the same inode as a cache entry's) never changes; a lookup that fails
+midway leaves nothing behind, and the scan that follows writes into a fresh directory.
+A cache that cannot be read or written is skipped with a warning; the sync then scans.
+It never fails a sync.
 
 Example::
 
@@ -57,7 +67,7 @@ from transforms.content_index import count_documents
 from transforms.digests import DIGEST_FILES, IndexDigests, IndexDigestsWriter, read_records
 
 __all__ = ["DigestCache", "IndexState", "index_state", "default_cache_dir", "write_state", "read_state",
-           "started_from", "store_synced", "INDEX_DIGESTS_PREFIX", "MAX_IDLE_DAYS"]
+           "started_from", "store_synced", "INDEX_DIGESTS_PREFIX", "MAX_IDLE_DAYS", "DEFAULT_MAX_BYTES"]
 
 _LOGGER = logging.getLogger(__name__)
 #: Part of every key: a release that digests ids or timestamps differently starts afresh.
@@ -67,6 +77,8 @@ STATE_FILE = "state.json"
 INDEX_DIGESTS_PREFIX = "index-digests-"
 #: An entry neither stored nor used for this long (its index deleted, its connector gone) is removed.
 MAX_IDLE_DAYS = 30
+#: The cache's size limit unless ``pipeline.digest_cache_max_bytes`` says (16 bytes per indexed document).
+DEFAULT_MAX_BYTES = 4 * 1024**3
 _CHUNK = 1 << 20  # records read at once when the read's digests are sorted
 
 
@@ -101,7 +113,7 @@ def index_state(es: Any, index: str) -> IndexState | None:
     try:
         stats = es.indices.stats(
             index=index, level="shards", metric="docs",
-            filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no,"
+            filter_path="_shards,indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no,"
                         "indices.*.shards.*.commit.user_data.history_uuid")
     except Exception as exc:  # noqa: BLE001 - no state: the index is scanned
         _LOGGER.debug("no write state for %s: %s", index, exc)
@@ -110,6 +122,8 @@ def index_state(es: Any, index: str) -> IndexState | None:
     indices = body.get("indices") if isinstance(body, dict) else None
     if not isinstance(indices, dict) or not indices:
         return None
+    if (body.get("_shards") or {}).get("failed"):
+        return None  # a shard copy failed to answer: its writes are unknown
     identity: list[Any] = [_FORMAT]
     positions: list[Any] = []
     operations = 0
@@ -137,9 +151,16 @@ def index_state(es: Any, index: str) -> IndexState | None:
 
 
 def write_state(directory: str | os.PathLike[str], index: str, state: IndexState, count: int) -> None:
-    """Record in a digests directory that its digests are ``index``'s content at ``state``."""
-    Path(directory, STATE_FILE).write_text(json.dumps({"index": index, "count": count, **asdict(state)}),
-                                           encoding="utf-8")
+    """Record in a digests directory that its digests are ``index``'s content at ``state``.
+
+    Written under a temporary name and renamed into place: a ``state.json`` already there
+    (a hard link to a cache entry's) is replaced, never written to.
+    """
+    temporary = Path(directory, f".{STATE_FILE}.{uuid.uuid4().hex[:12]}.tmp")
+    with open(temporary, "x", encoding="utf-8") as out:
+        json.dump({"index": index, "count": count, **asdict(state)}, out)
+    os.chmod(temporary, 0o444)
+    os.replace(temporary, Path(directory, STATE_FILE))
 
 
 def read_state(directory: str | os.PathLike[str]) -> tuple[str, IndexState, int] | None:
@@ -175,19 +196,34 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 class DigestCache:
-    """Index digests kept in ``root`` between syncs, one entry per index name."""
+    """Index digests kept in ``root`` between syncs, one entry per index name, ``max_bytes`` in all.
 
-    def __init__(self, root: str | os.PathLike[str]):
+    Every file of an entry is published whole (written under another name, then renamed)
+    and never written again: entries are replaced, not updated. When storing an entry
+    takes the cache over ``max_bytes``, the least recently used entries go first (an
+    entry larger than the limit on its own is not kept).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES):
+        if max_bytes < 1:
+            raise ValueError(f"DigestCache: max_bytes must be positive, got {max_bytes}")
         self.root = Path(os.path.expanduser(root))
+        self.max_bytes = max_bytes
 
     def _entry(self, index: str, state: IndexState) -> Path:
         return self.root / f"{_index_key(index)}-{state.key[:32]}"
 
     def lookup(self, index: str, state: IndexState, into: str | os.PathLike[str]) -> IndexDigests | None:
-        """The digests stored for ``index`` at ``state``, linked into ``into``; None when none are."""
+        """The digests stored for ``index`` at ``state``, linked into the new directory ``into``; None when none are.
+
+        ``into`` appears whole or not at all: the files are linked into a directory of
+        its own, renamed to ``into`` once complete. On failure nothing is left there.
+        """
         entry = self._entry(index, state)
         if not (entry / STATE_FILE).exists():
             return None
+        target = Path(into)
+        staging = target.parent / f".lookup-{uuid.uuid4().hex}"
         try:
             recorded = read_state(entry)
             if recorded is None:
@@ -198,13 +234,14 @@ class DigestCache:
             sizes = [(entry / file).stat().st_size for file in DIGEST_FILES]
             if sizes != [8 * count] * len(DIGEST_FILES):
                 raise ValueError(f"files of {sizes} bytes for {count} digests")
-            target = Path(into)
-            target.mkdir(parents=True, exist_ok=True)
+            staging.mkdir(parents=True, mode=0o700)
             for file in (*DIGEST_FILES, STATE_FILE):
-                _link_or_copy(entry / file, target / file)
-            os.utime(entry / STATE_FILE)  # in use: not pruned
+                _link_or_copy(entry / file, staging / file)
+            os.rename(staging, target)  # fails if ``into`` exists: nothing is ever linked over
+            os.utime(entry / STATE_FILE)  # in use: the last to be pruned
         except (OSError, ValueError) as exc:
             _LOGGER.warning("index digests cache: entry %s unusable (%s); scanning the index", entry, exc)
+            shutil.rmtree(staging, ignore_errors=True)  # our own links only: the entry's files are untouched
             shutil.rmtree(entry, ignore_errors=True)
             return None
         return IndexDigests(count=count, directory=str(target))
@@ -217,6 +254,11 @@ class DigestCache:
     def store(self, index: str, state: IndexState, digests: IndexDigests) -> bool:
         """Keep ``digests`` (written to files) as ``index`` at ``state``; drop older entries. True if kept."""
         if digests.directory is None:
+            return False
+        size = 8 * digests.count * len(DIGEST_FILES)
+        if size > self.max_bytes:
+            _LOGGER.info("index digests cache %s: %s's digests (%d bytes) exceed pipeline.digest_cache_max_bytes "
+                         "(%d); not kept", self.root, index, size, self.max_bytes)
             return False
         entry = self._entry(index, state)
         staging = self.root / f".staging-{uuid.uuid4().hex}"
@@ -234,13 +276,37 @@ class DigestCache:
                             self.root, index, exc.strerror or exc)
             shutil.rmtree(staging, ignore_errors=True)
             return False
-        prefix, idle_since = f"{_index_key(index)}-", time.time() - MAX_IDLE_DAYS * 86400
-        for other in self.root.iterdir():
-            if other == entry:
-                continue
-            if other.name.startswith(prefix) or _last_used(other) < idle_since:
-                shutil.rmtree(other, ignore_errors=True)
+        self._prune(keep=entry, index_prefix=f"{_index_key(index)}-")
         return True
+
+    def _prune(self, *, keep: Path, index_prefix: str) -> None:
+        """Remove the index's older entries, entries idle for MAX_IDLE_DAYS, then the least recently
+        used ones until the cache holds at most ``max_bytes``."""
+        idle_since = time.time() - MAX_IDLE_DAYS * 86400
+        remaining: list[tuple[float, int, Path]] = []
+        for other in self.root.iterdir():
+            if other == keep:
+                continue
+            used = _last_used(other)
+            if other.name.startswith(index_prefix) or used < idle_since:
+                shutil.rmtree(other, ignore_errors=True)
+            elif not other.name.startswith("."):  # another sync's staging is not counted, nor removed
+                remaining.append((used, _size(other), other))
+        total = _size(keep) + sum(size for _, size, _ in remaining)
+        for _, size, other in sorted(remaining, key=lambda item: item[0]):
+            if total <= self.max_bytes:
+                break
+            _LOGGER.info("index digests cache %s: over pipeline.digest_cache_max_bytes (%d); removing %s",
+                         self.root, self.max_bytes, other.name)
+            shutil.rmtree(other, ignore_errors=True)
+            total -= size
+
+
+def _size(entry: Path) -> int:
+    try:
+        return sum(file.stat().st_size for file in entry.iterdir())
+    except OSError:
+        return 0
 
 
 def _last_used(entry: Path) -> float:
@@ -250,30 +316,20 @@ def _last_used(entry: Path) -> float:
         return 0.0 if not entry.name.startswith(".staging-") else time.time()  # another sync's staging
 
 
-def _pipeline_rewrites(es: Any, index: str) -> bool:
-    """Whether the index runs an ingest pipeline of its own (``index.default_pipeline`` or
-    ``index.final_pipeline``), which may change what was sent; True when unknown."""
-    try:
-        found = es.indices.get_settings(index=index, name="index.default_pipeline,index.final_pipeline",
-                                        flat_settings=True)
-        body = getattr(found, "body", found)
-        return any(value not in (None, "", "_none") for entry in body.values()
-                   for value in (entry.get("settings") or {}).values())
-    except Exception as exc:  # noqa: BLE001
-        _LOGGER.debug("index %s: settings unreadable: %s", index, exc)
-        return True
-
-
 def store_synced(cache: DigestCache, es: Any, index: str, *, before: IndexState, records: list[Path],
-                 work_dir: str | os.PathLike[str], writes: int) -> bool:
+                 work_dir: str | os.PathLike[str], writes: int, not_as_sent: int = 0) -> bool:
     """After a completed sync that dead-lettered nothing, keep what its read recorded as the index's digests.
 
     ``before``: the state the sync's digests of the index were taken at (or the empty
     index's); ``records``: the read's record files (:func:`~transforms.digests.read_records`);
-    ``writes``: the sync's successful index and delete operations. True if stored.
+    ``writes``: the sync's writes that Elasticsearch applied to the index (each took a
+    sequence number); ``not_as_sent``: writes it acknowledged but did not apply as sent
+    (an ingest pipeline, named by the sync or the index's default or final pipeline,
+    dropped the document, rerouted it or changed its id). True if stored.
     """
-    if _pipeline_rewrites(es, index):
-        _LOGGER.info("index %s: an ingest pipeline may change ids or timestamps: its digests are not kept", index)
+    if not_as_sent:
+        _LOGGER.info("index %s: %d document(s) were dropped, rerouted or given another id by an ingest pipeline: "
+                     "its digests are not kept; the next sync scans it", index, not_as_sent)
         return False
     after = index_state(es, index)
     if after is not None and after == before and cache.holds(index, after):

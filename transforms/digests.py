@@ -40,6 +40,7 @@ import functools
 import mmap
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,12 @@ class IndexDigestsWriter:
     On disk, each page's pairs are appended to one of 64 bucket files by the top bits of
     the id digest (digests are uniform, so buckets are even); :meth:`finish` sorts one
     bucket at a time and appends it to the two result files, which are then sorted.
+
+    The result files are written under temporary names of their own (created, never
+    opened if they exist), made read-only, and renamed into place: a name that already
+    held digests (a hard link to a cache entry another sync has mapped, say) is replaced,
+    and the file behind it is never written to. Published digest files are never
+    reopened for writing, by anyone.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None):
@@ -198,8 +205,12 @@ class IndexDigestsWriter:
         self.duplicates = 0
         self._pages: list[np.ndarray] = []
         self._buckets: dict[int, Any] = {}
+        self._token = uuid.uuid4().hex[:12]  # this writer's own temporary names
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _temporary(self, name: str) -> Path:
+        return self.directory / f".{name}.{self._token}.tmp"  # type: ignore[operator]
 
     def add(self, ids: np.ndarray, stamps: np.ndarray) -> None:
         if len(ids) != len(stamps):
@@ -218,7 +229,7 @@ class IndexDigestsWriter:
             bucket = int(buckets[start])
             file = self._buckets.get(bucket)
             if file is None:
-                file = self._buckets[bucket] = open(self.directory / f"bucket-{bucket:03d}", "wb")
+                file = self._buckets[bucket] = open(self._temporary(f"bucket-{bucket:03d}"), "xb")
             records[start:end].tofile(file)
 
     def finish(self) -> IndexDigests:
@@ -228,25 +239,34 @@ class IndexDigestsWriter:
             records.sort(order="id")
             self.duplicates = _repeats(records["id"])
             return IndexDigests(count=len(records), arrays=(records["id"].copy(), records["stamp"].copy()))
-        ids_path, stamps_path = (self.directory / name for name in DIGEST_FILES)
-        with open(ids_path, "wb") as ids, open(stamps_path, "wb") as stamps:
-            for bucket in sorted(self._buckets):
-                self._buckets[bucket].close()
-                path = self.directory / f"bucket-{bucket:03d}"
-                records = np.fromfile(path, dtype=_RECORD)
-                records = records[np.argsort(records["id"])]
-                self.duplicates += _repeats(records["id"])  # equal ids share a bucket
-                np.ascontiguousarray(records["id"]).tofile(ids)
-                np.ascontiguousarray(records["stamp"]).tofile(stamps)
-                path.unlink()
-        self._buckets.clear()
+        written = [self._temporary(name) for name in DIGEST_FILES]
+        try:
+            with open(written[0], "xb") as ids, open(written[1], "xb") as stamps:
+                for bucket in sorted(self._buckets):
+                    self._buckets[bucket].close()
+                    path = self._temporary(f"bucket-{bucket:03d}")
+                    records = np.fromfile(path, dtype=_RECORD)
+                    records = records[np.argsort(records["id"])]
+                    self.duplicates += _repeats(records["id"])  # equal ids share a bucket
+                    np.ascontiguousarray(records["id"]).tofile(ids)
+                    np.ascontiguousarray(records["stamp"]).tofile(stamps)
+                    path.unlink()
+            self._buckets.clear()
+            for temporary, name in zip(written, DIGEST_FILES):
+                os.chmod(temporary, 0o444)  # published digests are read-only
+                os.replace(temporary, self.directory / name)
+        except BaseException:
+            self.abort()
+            for temporary in written:
+                temporary.unlink(missing_ok=True)
+            raise
         return IndexDigests(count=self.count, directory=str(self.directory))
 
     def abort(self) -> None:
         """Close and remove the bucket files (a failed scan)."""
         for bucket, file in self._buckets.items():
             file.close()
-            (self.directory / f"bucket-{bucket:03d}").unlink(missing_ok=True)  # type: ignore[operator]
+            self._temporary(f"bucket-{bucket:03d}").unlink(missing_ok=True)
         self._buckets.clear()
         self._pages.clear()
 

@@ -73,6 +73,8 @@ class SourceSpec:
     configuration: Mapping[str, Any] = field(default_factory=dict, repr=False)
     basic_rules: tuple[Mapping[str, Any], ...] = ()
     advanced_rules: Any = None
+    #: read the source's identities (``get_access_control()``) instead of its documents
+    access_control: bool = False
     operator_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> Any:
@@ -144,7 +146,8 @@ class _ReadPartitionFn(beam.DoFn):
             self.seen = new_seen(len(indexed))
         batch: list[tuple[str, dict[str, Any], Any]] = []
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
-        iterator = self.driver.iterate(call_get_docs(self.source, self.spec.filtering(), partition))
+        iterator = self.driver.iterate(self.source.get_access_control() if self.spec.access_control
+                                       else call_get_docs(self.source, self.spec.filtering(), partition))
         try:
             for item in iterator:
                 doc, lazy, _ = as_pair(item)

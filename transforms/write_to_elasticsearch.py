@@ -20,6 +20,11 @@ Failures, in order of how they are handled:
   the ``dead_letters`` output with Elasticsearch's error type and reason;
 * ``delete`` of a missing document is not an error.
 
+Every acknowledged item is also compared with what was sent: counters ``writes_applied``
+(writes that took a sequence number in the index) and ``writes_not_as_sent`` (an ingest
+pipeline dropped the document, rerouted it to another index or changed its id) are the
+figures the digest cache checks against the index's own (``transforms/digest_cache.py``).
+
 Ids are deterministic, so a retried request or bundle overwrites rather than duplicates.
 
 Example usage::
@@ -103,6 +108,23 @@ def retry_with_backoff(call: Callable[[], Any], settings: BulkSettings, *, on_re
             sleep(random.uniform(delay / 2, delay))
 
 
+#: Item results that took a new sequence number in the index (a delete of a missing document too).
+_APPLIED = frozenset({"created", "updated", "deleted", "not_found"})
+
+
+def _concrete_indices(es: Any, name: str) -> frozenset[str]:
+    """The indices ``name`` (an index or an alias) stands for; just ``name`` when that cannot be read."""
+    try:
+        resolved = es.indices.resolve_index(name=name)
+    except Exception as exc:  # noqa: BLE001 - unknown: writes elsewhere then count as not as sent
+        _LOGGER.debug("cannot resolve %s: %s", name, exc)
+        return frozenset({name})
+    names = {entry["name"] for entry in resolved.get("indices") or ()}
+    for alias in resolved.get("aliases") or ():
+        names.update(alias.get("indices") or ())
+    return frozenset(names or {name})
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return f"HTTP {exc.meta.status} {exc.message}"
@@ -125,6 +147,13 @@ class _BulkWriteFn(beam.DoFn):
         self.retries = Metrics.counter("elastic_ingest", "bulk_retries")
         self.item_retries = Metrics.counter("elastic_ingest", "bulk_item_retries")
         self.failed = Metrics.counter("elastic_ingest", "dead_letters_write")
+        # Elasticsearch's own figures, for the digest cache (transforms/digest_cache.py):
+        # writes that took a sequence number in the index, and writes acknowledged but not
+        # applied as sent (an ingest pipeline dropped the document, rerouted it to another
+        # index, or changed its id).
+        self.applied = Metrics.counter("elastic_ingest", "writes_applied")
+        self.not_as_sent = Metrics.counter("elastic_ingest", "writes_not_as_sent")
+        self.targets: frozenset[str] | None = None  # the concrete indices behind ``index``, once needed
 
     def setup(self) -> None:
         # Mixed operations keep the source's order: one request at a time.
@@ -169,7 +198,7 @@ class _BulkWriteFn(beam.DoFn):
         if pool:
             pool.shutdown(wait=True)
         if getattr(self, "progress", None):
-            self.progress.flush()
+            self.progress.close()
         es = getattr(self, "es", None)
         if es is not None:
             es.close()
@@ -188,6 +217,8 @@ class _BulkWriteFn(beam.DoFn):
             self.retries.inc(stats["retries"])
             self.item_retries.inc(stats["item_retries"])
             self.failed.inc(len(letters))
+            self.applied.inc(stats["applied"])
+            self.not_as_sent.inc(stats["not_as_sent"])
             for letter in letters:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
@@ -201,10 +232,23 @@ class _BulkWriteFn(beam.DoFn):
                 lines.append(data or b"{}")
         return lines
 
+    def _as_sent(self, op: str, doc_id: str, result: dict[str, Any]) -> bool:
+        """Whether an acknowledged item was applied to this index, under this id (no ingest
+        pipeline dropped it, rerouted it, or changed its id)."""
+        if result.get("_id") != doc_id or (result.get("result") == "noop" and op != "update"):
+            return False  # a dropped document answers noop, with no sequence number
+        written_to = result.get("_index")
+        if written_to == self.index:
+            return True
+        if self.targets is None:  # an alias: the concrete indices behind it
+            self.targets = _concrete_indices(self.es, self.index)
+        return written_to in self.targets
+
     def _write_batch(self, batch: list[tuple[str, str, bytes | None]]) -> tuple[list[DeadLetter], dict[str, int]]:
         """Send one batch until every item succeeded or failed for good. Runs in a pool thread."""
         letters: list[DeadLetter] = []
-        stats = {"indexed": 0, "bytes": 0, "deleted": 0, "retries": 0, "item_retries": 0}
+        stats = {"indexed": 0, "bytes": 0, "deleted": 0, "retries": 0, "item_retries": 0, "applied": 0,
+                 "not_as_sent": 0}
         pending = batch
         attempt = 0
 
@@ -222,6 +266,11 @@ class _BulkWriteFn(beam.DoFn):
             for (op, doc_id, data), item in zip(pending, response["items"]):
                 result = item.get(op) or next(iter(item.values()))
                 status = result.get("status", 500)
+                if status < 300 or (op == "delete" and status == 404):
+                    if not self._as_sent(op, doc_id, result):
+                        stats["not_as_sent"] += 1
+                    elif result.get("result") in _APPLIED:
+                        stats["applied"] += 1
                 if status < 300:
                     if op == "delete":
                         if result.get("result") == "deleted":
@@ -274,12 +323,14 @@ class WriteToElasticsearch(beam.PTransform):
             in flight), as an incremental sync's changes need.
         settings: batch sizes, requests in flight, retries (the error-rate limit is checked per job).
         pipeline: an ingest pipeline to name in the requests (only if it exists).
-        job_id: when set, live counters are reported for the daemon (see ``transforms.progress``).
+        job_id: when set, live counters are reported for the daemon after every acknowledged
+            request (see ``transforms.progress``).
+        progress_interval: the least seconds between two progress reports of one worker.
     """
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, operation: str = "index",
                  settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
-                 job_id: str | None = None, progress_interval: float = 5.0):
+                 job_id: str | None = None, progress_interval: float = 0.0):
         super().__init__()
         if operation not in ("index", "update", "delete", MIXED):
             raise ValueError(

@@ -48,7 +48,7 @@ class SlowSource(BaseDataSource):
 
 
 class IncrementalSlowSource(SlowSource):
-    """The slow source, claiming incremental and document-level-security support (scheduling tests)."""
+    """The slow source with incremental and document-level-security support (scheduling, access control)."""
 
     incremental_sync_enabled = True
     dls_enabled = True
@@ -58,6 +58,12 @@ class IncrementalSlowSource(SlowSource):
         self._sync_cursor = {"seen": int(self.configuration["count"] or 0)}
         for doc, _ in self.get_docs(filtering):
             yield doc, None, "index"
+
+    def get_access_control(self):
+        """Two users, as Elastic's connectors shape identities (document-level security)."""
+        for user in ("alice", "bob"):
+            yield {"_id": user, "identity": {"username": user}, "query": {"template": {"params": {
+                "access_control": [user]}}}}
 
     def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
         if isinstance(advanced_rules, dict) and "bad" in advanced_rules:

@@ -82,3 +82,54 @@ class TestPostgreSQL(SqlSourceSuite):
 
         with pytest.raises(SourceError, match="read-only transaction"):
             read_all(self.source(tables=[table]), filtering={"advanced_rules": rule})
+
+    @pytest.mark.slow  # two real syncs through the daemon and the Beam pipeline: ~10 s each
+    def test_daemon_when_elastic_shaped_incremental_job_without_cursor_then_only_changes_indexed(
+            self, db, new_table, es, tmp_path):
+        """Elastic's service creates incremental jobs without ``connector.sync_cursor`` and keeps
+        the cursor in the connector document: the job must start from there, not from scratch."""
+        import uuid
+
+        from launcher.config import load_config
+        from launcher.configuration import complete_configuration
+        from launcher.daemon import Daemon
+        from launcher.indices import CONNECTORS_INDEX, ensure_indices
+        from tests.elastic_documents import elastic_document, insert_connector, insert_job, poll_until_job_final
+        from tests.helpers import SOURCES, write_config
+
+        table = new_table(rows=self.simple_rows(range(1, 4)))
+        ensure_indices(es)
+        connector_id = f"pg-elastic-{uuid.uuid4().hex[:8]}"
+        index = f"search-{connector_id}"
+        connector = elastic_document("connector-created-by-elastic-cli.json")
+        connector["service_type"] = "postgresql"
+        connector["configuration"], _ = complete_configuration({}, PostgreSQLDataSource.get_default_configuration())
+        for key, value in {"host": HOST, "port": PORT, "username": USER, "password": PASSWORD, "database": DATABASE,
+                           "tables": [table], "timestamp_column": "updated_at"}.items():
+            connector["configuration"][key]["value"] = value
+        insert_connector(es, connector_id, connector, index_name=index)
+        job = elastic_document("full-job-created-by-elastic-cli.json")
+        job["connector"]["service_type"] = "postgresql"
+        job["connector"]["configuration"] = connector["configuration"]
+        config = load_config(write_config(tmp_path / "config.yml", service={"connector_ids": [connector_id]},
+                                          sources=dict(SOURCES)))
+        daemon = Daemon(config, es)
+        try:
+            full = poll_until_job_final(daemon, es, insert_job(es, job, connector_id=connector_id, index_name=index))
+            assert full["status"] == "completed" and full["indexed_document_count"] == 3, full.get("error")
+            cursor = es.get(index=CONNECTORS_INDEX, id=connector_id)["_source"]["sync_cursor"]
+            assert cursor and cursor["timestamp"]
+
+            db.execute(f"UPDATE {table} SET name = 'changed', updated_at = {self.NOW} WHERE id = 2")
+            assert "sync_cursor" not in job["connector"]
+            incremental = poll_until_job_final(daemon, es, insert_job(
+                es, job, connector_id=connector_id, index_name=index, job_type="incremental"))
+
+            assert incremental["status"] == "completed", incremental.get("error")
+            assert incremental["indexed_document_count"] == 1
+            assert incremental["connector"]["sync_cursor"] == cursor  # recorded by the claim, as Elastic's does
+            assert es.get(index=index, id=f"{table}_2")["_source"]["name"] == "changed"
+        finally:
+            daemon.shutdown()
+            es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+            es.indices.delete(index=index, ignore_unavailable=True)
