@@ -43,13 +43,14 @@ from launcher.protocol import (
     CONNECTOR_DEFAULTS, Connector, Job, claim_job, connector_problems, create_job, job_problems, jobs_to_claim, now_iso, release_lock,
     with_protocol_fields,
 )
+from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.secret_refs import resolve_references
 from launcher.sync_runner import SyncRunner
 from sources.driver import SourceDriver, build_source
-from sources.errors import IngestError, SecretReferenceError, format_error
+from sources.errors import IndexConflict, IngestError, SecretReferenceError, format_error
 from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
@@ -305,12 +306,18 @@ class Daemon:
 
     def _check_configuration(self, connector: Connector, source_class: type) -> None:
         configuration = connector.get("configuration") or {}
-        key = _fingerprint(configuration)
+        key = _fingerprint([configuration, connector.index_name])
         last = self._pinged.get(connector.id)
         recently = last is not None and last[0] == key and time.monotonic() - last[1] < self.config.service.heartbeat
         if recently and connector.get("status") in ("connected", "error"):
             return
         self._pinged[connector.id] = (key, time.monotonic())
+        if isinstance(connector.index_name, str) and connector.index_name:
+            try:
+                check_index_ownership(self.store, connector.index_name, connector.id)
+            except IndexConflict as exc:
+                self._set_error(connector, format_error(exc))
+                return
         try:
             configuration = resolve_references(configuration, self.config.secrets)
         except SecretReferenceError as exc:

@@ -223,11 +223,11 @@ def scenario(own_proxy, own_es, tmp_path_factory) -> Scenario:
                   "--set", "delay_ms=100", "--set", "require_token=true", config=config, env=env)
     texts["cli create-connector"] = created.stdout + created.stderr
     assert created.returncode == 0, created.stderr
-    bad = new_connector(service_type=SERVICE_TYPE, index_name=index, configuration={
+    bad = new_connector(service_type=SERVICE_TYPE, index_name=f"{index}-bad", configuration={
         "token": {"label": "API token", "type": "int", "sensitive": True, "value": bad_token}})
     bad["status"] = "configured"
     es.index(index=CONNECTORS_INDEX, id=bad_cid, document=bad, refresh=True)
-    evil = new_connector(service_type=EVIL, index_name=index, configuration={})
+    evil = new_connector(service_type=EVIL, index_name=f"{index}-evil", configuration={})
     evil["status"] = "configured"
     es.index(index=CONNECTORS_INDEX, id=evil_cid, document=evil, refresh=True)
     evil_job_id = f"sec-evil-job-{suffix}"
