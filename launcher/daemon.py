@@ -3,7 +3,9 @@
 One poll, every ``service.idling`` seconds::
 
     heartbeat (connector last_seen, at most every service.heartbeat s)
-    for each served connector: complete its configuration, validate + ping it, write
+    for each served connector: complete its configuration, check that no other connector
+        uses its index, resolve its secret references, build its source (within the
+        operator's allowed hosts), validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
         (a connector whose document is wrong gets the error; the others are served)
     reap jobs nobody updates any more, or whose connector is gone (and release the lock)

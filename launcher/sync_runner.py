@@ -4,8 +4,11 @@ The daemon never runs a pipeline in its own process. For each claimed job a Sync
 thread:
 
 1. builds the :class:`~pipelines.job.SyncJob` from the job's connector snapshot and
-   config.yml (the source FQN comes from config.yml, never from the document), and
-   writes it to a private 0600 file;
+   config.yml (the source FQN and the operator's settings for it come from config.yml,
+   never from the document; secret references are resolved here), checks the service's
+   privileges on the content index and that no other connector uses it
+   (:mod:`launcher.privileges`, :mod:`launcher.index_ownership`: otherwise the job fails
+   with the reason, nothing written), and writes it to a private 0600 file;
 2. starts ``python -m pipelines.run JOB_FILE RESULT_FILE`` in a new process group;
 3. every ``job_progress_interval`` seconds writes the live counters (the earlier runs'
    plus the workers' progress records, :mod:`launcher.counters`) and ``last_seen`` to the job; every

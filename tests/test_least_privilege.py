@@ -187,3 +187,16 @@ def test_least_privilege_when_content_privilege_missing_then_job_fails_before_wr
     assert f"InsufficientPrivileges: the service's credentials" in result.stdout, result.stdout
     assert f"{index}: write" in result.stdout, result.stdout
     assert not admin.indices.exists(index=index)  # nothing was created, nothing written
+
+
+def test_security_doc_when_read_then_its_role_is_the_services():
+    """docs/security.md shows the role the service checks and this module grants."""
+    import json
+    import re
+
+    from tests.helpers import REPO
+
+    text = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```json\n(.*?)```", text, flags=re.S)
+
+    assert json.loads(block) == role_descriptor(["search-*"])
