@@ -133,8 +133,10 @@ def check_service_privileges(es: Elasticsearch, protocol_store: str, *, who: str
     backend it will use (``service.protocol_store``), and what creating the connector and
     job indices takes when they do not exist yet."""
     from launcher.api_store import has_connector_api
+    from launcher.es_warnings import log_elasticsearch_warnings_once
     from launcher.indices import indices_exist
 
+    log_elasticsearch_warnings_once()  # the connector API probe is a beta API: logged, once
     connector_api = protocol_store == "connector_api" or (protocol_store == "auto" and has_connector_api(es))
     check_privileges(es, who=who, connector_api=connector_api)
     if not connector_api and not indices_exist(es):

@@ -103,6 +103,8 @@ def run_sync(
 
     fields = {k: (v if isinstance(v, dict) and "value" in v else {"value": v}) for k, v in configuration.items()}
     default_fqn, default_settings = source_entry(service_type) if service_type in SOURCES else (None, {})
+    if fqn is not None and fqn != default_fqn:
+        default_settings = {}  # another class under this service type: config.yml's settings are not its own
     job = SyncJob(
         job_id=f"test-{uuid.uuid4().hex[:12]}", connector_id="test-connector", job_type=job_type, index_name=index,
         service_type=service_type, source_fqn=fqn or default_fqn, configuration=fields,
