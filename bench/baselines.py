@@ -34,7 +34,7 @@ __all__ = ["Dataset", "ceiling", "helpers_bulk", "PIPELINE_FLAGS", "fresh_index"
 
 #: The flags a connector created by the CLI gets (launcher.protocol.new_connector), so the
 #: documents the baselines send are byte-identical to those the pipeline sends.
-PIPELINE_FLAGS = {"_extract_binary_content": True, "_reduce_whitespace": True, "_run_ml_inference": False}
+PIPELINE_FLAGS = {"_extract_binary_content": True, "_reduce_whitespace": True, "_run_ml_inference": True}
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     conn = ElasticsearchConnection(hosts=(args.es_url,), request_timeout=600)
     es = conn.client()
     config = {"count": count, "doc_size": args.doc_size, "seed": 1, "partitions": args.partitions, "version": 0}
-    flags = {"_extract_binary_content": True, "_reduce_whitespace": True, "_run_ml_inference": False}
+    flags = {"_extract_binary_content": True, "_reduce_whitespace": True, "_run_ml_inference": True}
     name = f"profile-{'resync' if args.resync else 'full'}-{count}-{args.mode}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

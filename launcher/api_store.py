@@ -40,9 +40,9 @@ Elastic's own service does the same:
 * **cluster-wide job totals** for ``/metrics`` (a read-only aggregation).
 
 Elasticsearch 9 answers such direct requests with a deprecation warning, logged once
-(:mod:`launcher.es_warnings`). Only this backend's requests are verified here (by the
-request-level tests, against elasticsearch-py's own endpoint definitions): the test
-cluster has no connector API.
+(:mod:`launcher.es_warnings`). This backend is verified at the request level only
+(tests/test_connector_api.py: every call as elasticsearch-py builds it, against a model of
+the endpoints written from Elasticsearch's sources): the test cluster has no connector API.
 
 Example usage::
 
@@ -52,7 +52,6 @@ Example usage::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,7 +64,6 @@ from launcher.store import Connector, ConnectorStore, Job, merged_copy
 __all__ = ["ConnectorApiStore", "has_connector_api", "CONNECTOR_ENDPOINT_FIELDS", "LAST_SYNC_FIELDS", "ATOMIC_FIELDS",
            "DOCUMENT_ONLY_FIELDS"]
 
-_LOGGER = logging.getLogger(__name__)
 _PAGE = 100
 
 #: connector fields written by ``PUT _connector/<id>/_last_sync`` (its body fields).
@@ -145,7 +143,10 @@ class ConnectorApiStore(ConnectorStore):
         current = self._direct.get_connector(expected.id) if kind == "connector" else self._direct.get_job(expected.id)
         if current is None:
             raise NotFoundError(404, f"{kind} {expected.id} not found", {})  # type: ignore[arg-type]
-        if _comparable(current.doc) != _comparable(expected.doc):
+        if expected.seq_no is not None:  # read directly: its _seq_no says it all
+            if (current.seq_no, current.primary_term) != (expected.seq_no, expected.primary_term):
+                raise ConflictError(409, f"{kind} {expected.id} changed since it was read", {})  # type: ignore[arg-type]
+        elif _comparable(current.doc) != _comparable(expected.doc):
             raise ConflictError(409, f"{kind} {expected.id} changed since it was read", {})  # type: ignore[arg-type]
         return current
 
@@ -216,25 +217,26 @@ class ConnectorApiStore(ConnectorStore):
             api.update_configuration(connector_id=connector_id, configuration=rest.pop("configuration"))
             if rest.get("status") == "configured":
                 del rest["status"]
-        if "status" in rest or "error" in rest:
-            status, error = rest.pop("status", None), rest.pop("error", None)
-            if status in (None, "error", "connected") and (status != "error" or error):
-                # Sets status error / connected. elasticsearch-py refuses error=None as an
-                # argument; the endpoint takes a null error (clear it), so it goes as the body.
+        if "status" in rest:
+            status, error_given, error = rest.pop("status"), "error" in rest, rest.pop("error", None)
+            if (status == "error" and error) or (status == "connected" and error_given and error is None):
+                # Sets status error (with the message) or connected (clearing it). elasticsearch-py
+                # refuses error=None as an argument; the endpoint takes a null error as the body.
                 api.update_error(connector_id=connector_id, body={"error": error})
             else:
-                api.update_status(connector_id=connector_id, status=status)
-                if error is not None:
-                    api.update_error(connector_id=connector_id, error=error)
+                api.update_status(connector_id=connector_id, status=status)  # checks the transition
+                if error_given:
+                    rest["error"] = error
+        # As bodies, so that null values (an index detached, a description cleared) are sent too.
         for name, method in CONNECTOR_ENDPOINT_FIELDS.items():
             if name in rest:
-                getattr(api, method)(connector_id=connector_id, **{name: rest.pop(name)})
+                getattr(api, method)(connector_id=connector_id, body={name: rest.pop(name)})
         if "name" in rest or "description" in rest:
-            names = {k: rest.pop(k) for k in ("name", "description") if k in rest}
-            api.update_name(connector_id=connector_id, **names)
+            api.update_name(connector_id=connector_id,
+                            body={k: rest.pop(k) for k in ("name", "description") if k in rest})
         if "api_key_id" in rest:
-            api.update_api_key_id(connector_id=connector_id, api_key_id=rest.pop("api_key_id"),
-                                  api_key_secret_id=rest.pop("api_key_secret_id", None))
+            api.update_api_key_id(connector_id=connector_id,
+                                  body={k: rest.pop(k) for k in ("api_key_id", "api_key_secret_id") if k in rest})
         last_sync = {k: rest.pop(k) for k in LAST_SYNC_FIELDS if k in rest}
         if any(v is not None for v in last_sync.values()):
             # null values are left out of the body by elasticsearch-py: clear them directly.

@@ -513,6 +513,20 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
     return _follow(ctx, job_id, timeout, keep_waiting, unclaimed_after)
 
 
+def _waits_behind(ctx: _Context, job: Any) -> str | None:
+    """What a pending job waits for: another job of its connector that holds the lock, if any."""
+    if not job.connector_id:
+        return None
+    others = [j for j in ctx.store.list_jobs(connector_ids=[job.connector_id], statuses=["in_progress", "canceling"],
+                                             size=5) if j.id != job.id]
+    if not others:
+        return None
+    other = others[0].doc
+    return (f"job {job.id} waits behind job {others[0].id} of the same connector ({other.get('status')} on "
+            f"{other.get('worker_hostname') or 'an unknown host'} since {_when(other.get('started_at')) or '?'} UTC); "
+            "it starts when that one ends")
+
+
 def _unclaimed(ctx: _Context, job: Any, waited: float) -> tuple[str, bool]:
     """What to say about a job still ``pending`` after ``waited`` seconds; and whether a service looks alive.
 
@@ -554,6 +568,7 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
     console = Console(stderr=True)
     started = time.monotonic()
     job = None
+    said = None
     reported = False
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while time.monotonic() - started < timeout:
@@ -561,6 +576,10 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
             if job is None:
                 raise ConnectorError(f"job {job_id} was deleted")
             doc = job.doc
+            blocker = _waits_behind(ctx, job) if doc.get("status") in ("pending", "suspended") else None
+            if blocker != said and blocker is not None:
+                console.print(blocker, markup=False, highlight=False, soft_wrap=True)
+            said = blocker
             elapsed = time.monotonic() - started
             if doc.get("status") == "pending" and elapsed >= unclaimed_after and not reported:
                 reported = True

@@ -131,6 +131,9 @@ class ServiceConfig(_Section):
     connector_ids: list[str] = Field(default_factory=list, description="serve only these connectors")
     service_types: list[str] = Field(default_factory=list, description="serve only these service types")
     hostname: str | None = None
+    id: str | None = Field(None, description="this service's identity in the jobs it claims, so that it takes "
+                                             "back its own jobs at once after a crash (default: the host name "
+                                             "and the config file's path)")
     metrics_address: str | None = Field(None, description="host:port for /healthz and /metrics")
     log_format: Literal["text", "json"] = "text"
     protocol_store: Literal["auto", "connector_api", "indices"] = Field(

@@ -8,6 +8,7 @@ One poll, every ``service.idling`` seconds::
         operator's allowed hosts), validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
         (a connector whose document is wrong gets the error; the others are served)
+    take back this service's own jobs a crash left behind (suspended, then resumed below)
     reap jobs nobody updates any more, or whose connector is gone (and release the lock)
     release locks no job holds (an instance died between taking the lock and the job)
     claim pending/suspended jobs while fewer than max_concurrent_syncs run
@@ -47,6 +48,7 @@ from launcher.protocol import (
 )
 from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
+from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
 from launcher.secret_refs import resolve_references
@@ -87,6 +89,9 @@ class Daemon:
         #: what stops the protocol's storage from working (see ConnectorStore.prepare); shown by /healthz
         self.store_problems: list[str] = []
         self.hostname = config.service.hostname or socket.gethostname()
+        #: Who this daemon is in the jobs it claims (service id, host, this run): see launcher/recovery.py.
+        self.identity = ServiceIdentity.of(config)
+        self._own_jobs: OwnJobs | None = None
         self.running: dict[str, SyncRunner] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,6 +100,8 @@ class Daemon:
         self._pinged: dict[str, tuple[str, float]] = {}
         self._orphans: dict[str, float] = {}
         self._document_errors: dict[str, str] = {}
+        self._unserved: dict[str, list[str]] = {}
+        self._unserved_checked = float("-inf")
         self.polls = 0
         self.last_successful_poll: float | None = None
 
@@ -142,6 +149,7 @@ class Daemon:
             if not self._store_ready():
                 return
             connectors = self.served_connectors()
+            self._note_unserved()
             self.heartbeat(connectors)
             for connector in connectors:
                 if self._stop.is_set():
@@ -156,6 +164,7 @@ class Daemon:
                     _LOGGER.debug("connector %s failure", connector.id, exc_info=True)
                     self._try_set_error(connector, f"the service could not process this connector: "
                                                    f"{format_error(exc)}")
+            self.take_back_own_jobs()
             self.reap()
             self.release_orphan_locks(connectors)
             # Connectors whose document is wrong too: their jobs are claimed and end ``error``
@@ -205,6 +214,27 @@ class Daemon:
         else:
             found = self.store.list_connectors(service_types=self.served_types())
         return [c for c in found if not c.get("deleted")]
+
+    def _note_unserved(self) -> None:
+        """Log (INFO, when it changes; looked at every ``service.heartbeat`` s) the connectors of
+        service types this instance does not serve: another service may, and their jobs wait
+        for it; ``sync --wait`` says so too."""
+        now = time.monotonic()
+        if self.config.service.connector_ids or now - self._unserved_checked < self.config.service.heartbeat:
+            return
+        self._unserved_checked = now
+        served = set(self.served_types())
+        unserved: dict[str, list[str]] = {}
+        for connector in self.store.list_connectors():
+            if connector.service_type not in served:
+                unserved.setdefault(str(connector.service_type), []).append(connector.id)
+        summary = {kind: sorted(ids) for kind, ids in unserved.items()}
+        if summary and summary != self._unserved:
+            _LOGGER.info("connectors of service types not served here (another service may serve them; their jobs "
+                         "stay pending until one does): %s", "; ".join(
+                             f"{kind} ({len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+                             for kind, ids in sorted(summary.items())))
+        self._unserved = summary
 
     def heartbeat(self, connectors: list[Connector]) -> None:
         now = time.monotonic()
@@ -436,6 +466,16 @@ class Daemon:
         service_type = snapshot.get("service_type") if isinstance(snapshot, Mapping) else None
         return service_type in self.served_types()
 
+    def take_back_own_jobs(self) -> list[str]:
+        """Suspend the jobs an earlier run of this service left behind (a crash), so they resume now."""
+        if self._own_jobs is None:
+            self._own_jobs = OwnJobs(self.store, self.identity)
+        ids = list(self.config.service.connector_ids) or None
+        with self._lock:
+            running = set(self.running)
+        return self._own_jobs.take_back(running=running, connector_ids=ids,
+                                        service_types=None if ids else self.served_types())
+
     def reap(self) -> None:
         """End jobs nobody updates any more, or whose connector is gone; release the lock.
 
@@ -533,7 +573,8 @@ class Daemon:
             claim = claim_job(self.store, job.id, self.hostname)
             if claim is None:
                 continue
-            runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store)
+            runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store,
+                                owner=self.identity.metadata())
             with self._lock:
                 self.running[job.id] = runner
             runner.start()

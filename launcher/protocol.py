@@ -21,7 +21,6 @@ and the literal top-level key ``"connector.sync_cursor"`` its claim writes is to
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

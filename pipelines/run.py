@@ -34,7 +34,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.job import SyncJob
 from pipelines.options import runner_and_options, workers_share_this_disk
 from pipelines.settings import PipelineConfig
-from pipelines.sync import build_sync_pipeline, read_digests_dir
+from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
 from sources.driver import SourceDriver, build_source
 from sources.errors import (
     ConfigError, IngestError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error,
@@ -46,8 +46,9 @@ from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, 
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
+from transforms.secrets import discard_all, worker_secrets
 
-__all__ = ["run_sync", "write_job_file", "main"]
+__all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
 _LOGGER = logging.getLogger("pipelines.run")
 MIB = 1024 * 1024
@@ -70,6 +71,7 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
             _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))
     for path in list(_WORK_DIRS):  # dying of the signal skips the `finally` blocks
         _remove_work_dir(path)
+    discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
     os.kill(os.getpid(), signum)
 
@@ -233,11 +235,15 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         # An empty index at a known state: what the sync writes will be all it holds.
         empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
-        with _work_dir(settings, job.job_id, work_root) as work_dir:
+        with (_work_dir(settings, job.job_id, work_root) as work_dir,
+              worker_secrets({"elasticsearch": conn.secret_values(), "source": source_spec(job).secret_values()},
+                             settings, work_dir=work_dir, job_id=job.job_id) as secrets):
             cache = cache if work_dir else None
+            # The graph holds no secret: the workers read them from ``secrets`` (transforms/secrets.py).
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
-                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache)
+                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache,
+                                           secrets=secrets)
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -379,15 +385,22 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+#: Set by the daemon for its sync processes: its pid, so a sync whose daemon died before the
+#: sync even started (while Python and Beam were imported) knows it at once.
+DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
+
+
 def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
     """Stop this sync when the daemon that started it dies (SIGKILL, OOM kill).
 
-    Nobody would read its result, the reaper re-runs its job elsewhere, and its job file
+    Nobody would read its result, the job is taken back or reaped, and its job file
     (which holds secrets) would stay on disk: delete the files and stop as on SIGTERM.
+    The daemon is the pid in ``ELASTIC_INGEST_DAEMON_PID`` (else the parent found now).
     """
     import threading
 
-    parent = os.getppid()
+    given = os.environ.get(DAEMON_PID_ENV, "")
+    parent = int(given) if given.isdigit() else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -395,7 +408,7 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
         _LOGGER.error("the daemon (pid %d) that started this sync is gone; stopping", parent)
         for work_dir in list(_WORK_DIRS):
             _remove_work_dir(work_dir)
-        for path in (job_file, result_file):
+        for path in (job_file, result_file, Path(str(result_file) + ".tmp")):
             path.unlink(missing_ok=True)
         try:
             job_file.parent.rmdir()

@@ -25,6 +25,8 @@ class BulkConfig(_Section):
     max_in_flight: int = Field(4, ge=1)
     max_batch_seconds: float = Field(2.0, gt=0, description="send a batch at least this often (slow sources)")
     max_retries: int = Field(8, ge=0)
+    max_retry_seconds: float = Field(120.0, gt=0, description="a request still failing this long after its "
+                                                               "first attempt fails the job with its last error")
     initial_backoff: float = Field(0.5, gt=0)
     max_backoff: float = Field(30.0, gt=0)
 
@@ -63,6 +65,8 @@ class DataflowConfig(_Section):
     network: str | None = None
     subnetwork: str | None = None
     sdk_container_image: str | None = None
+    secret_project: str | None = Field(None, description="the project whose Secret Manager holds a job's secrets "
+                                                         "while it runs (default: project)")
 
 
 class PipelineConfig(_Section):
@@ -85,6 +89,9 @@ class PipelineConfig(_Section):
     dead_letters: str = "./dead_letters"
     work_dir: str | None = Field(None, description="where a sync keeps its index digests while it runs "
                                                    "(default: the system's temporary directory)")
+    secrets_dir: str | None = Field(None, description="where a sync puts the secrets its workers read (a 0600 "
+                                                      "file), for workers on other machines sharing this folder "
+                                                      "(default: the sync's private work directory)")
     digest_cache: bool = Field(True, description="keep each index's digests between syncs and skip the scan "
                                                  "of an index nobody wrote to since (local runners)")
     digest_cache_dir: str | None = Field(None, description="default: $XDG_CACHE_HOME/elastic-ingest/index-digests")

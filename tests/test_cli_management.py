@@ -152,6 +152,23 @@ def test_cli_when_sync_requested_listed_and_canceled_then_jobs_written(es, confi
     run.assert_secret_never_shown()
 
 
+def test_cli_when_sync_waits_behind_another_job_of_its_connector_then_wait_says_so(es, config, connector_id):
+    from launcher.configuration import complete_configuration
+    from launcher.protocol import claim_job, create_job, new_connector
+    from tests.fixtures_sources.slow import SlowSource
+
+    configuration, _ = complete_configuration({}, SlowSource.get_default_configuration())
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
+        service_type="slow", index_name=f"search-{connector_id}", configuration=configuration))
+    running = create_job(es, get_connector(es, connector_id))
+    assert claim_job(es, running, "busy-host") is not None  # another service runs it: the connector is locked
+
+    waited = cli("--action", "sync", "--connector-id", connector_id, "--wait", "--timeout", "2", config=config)
+
+    assert waited.returncode == 1 and "still pending after 2s" in waited.stderr
+    assert f"waits behind job {running} of the same connector (in_progress on busy-host since" in waited.stderr
+
+
 def test_cli_when_input_is_wrong_then_type_and_message_and_exit_1(es, config, connector_id):
     run = _Outputs(config)
     missing, invalid = run.parallel(

@@ -303,3 +303,52 @@ def test_api_store_when_flows_run_then_direct_writes_only_where_the_api_has_no_e
         allowed = allowed_connector if request.path.startswith("/.elastic-connectors/") else allowed_job
         assert fields <= allowed, request
     assert all(r.endpoint.startswith("connector.") for r in es.requests if r.path.startswith("/_connector"))
+
+
+def test_daemon_when_polling_through_api_then_heartbeat_and_unrunnable_job_ended_through_endpoints(es, store,
+                                                                                                     tmp_path):
+    from launcher.config import load_config
+    from launcher.daemon import Daemon
+    from tests.helpers import SOURCES, write_config
+
+    connector = _connector(store, index_name="Bad Name")  # as another client could write it
+    job_id = create_job(store, connector)
+    config = load_config(write_config(tmp_path / "c.yml", service={"connector_ids": ["c1"]}, sources=dict(SOURCES)))
+    daemon = Daemon(config, es, store=open_store(es, "auto"))
+    start = len(es.requests)
+
+    daemon.poll_once()
+    assert daemon.wait_idle(30)
+
+    assert daemon.store.backend == "connector_api" and daemon.store_problems == []
+    endpoints = by_endpoint(_since(es, start), "connector.")
+    for expected in ("connector.get", "connector.check_in", "connector.sync_job_list", "connector.sync_job_claim",
+                     "connector.sync_job_error", "connector.last_sync"):
+        assert expected in endpoints, (expected, endpoints)
+    job = es.cluster_fake.docs[".elastic-connectors-sync-jobs"][job_id]
+    assert job["status"] == "error" and "'Bad Name' contains space" in job["error"]
+    doc = es.cluster_fake.docs[".elastic-connectors"]["c1"]
+    assert doc["status"] == "error" and doc["last_sync_status"] == "error" and doc["last_seen"]
+
+
+def test_api_store_when_caller_holds_only_a_seq_no_then_conditional_on_it(es, store):
+    _connector(store)
+    seq = es.cluster_fake.seq[(".elastic-connectors", "c1")]
+
+    update_connector(store, "c1", {"sync_now": False}, if_seq_no=seq, if_primary_term=1)
+    with pytest.raises(ConflictError):
+        update_connector(store, "c1", {"sync_now": True}, if_seq_no=seq, if_primary_term=1)
+
+    assert es.cluster_fake.docs[".elastic-connectors"]["c1"]["sync_now"] is False
+
+
+def test_api_store_when_error_cleared_alone_or_index_detached_then_status_kept_and_null_sent(es, store):
+    _connector(store)  # configured
+    start = len(es.requests)
+
+    update_connector(store, "c1", {"error": None, "index_name": None})
+
+    sent = _since(es, start)
+    assert [(r.endpoint, r.body) for r in sent] == [("connector.update_index_name", {"index_name": None}),
+                                                    ("update", {"doc": {"error": None}})]
+    assert es.cluster_fake.docs[".elastic-connectors"]["c1"]["status"] == "configured"

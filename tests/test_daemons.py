@@ -196,10 +196,17 @@ def test_daemons_when_two_share_the_work_then_each_job_runs_once_and_each_fire_t
     wait_failing = _cli(daemons.configs["daemon-b"], "--action", "sync", "--connector-id", failing, "--wait",
                         "--timeout", "150")
 
-    time.sleep(7)  # a few fire times of the schedule, then it is turned off
+    # A few fire times of the schedule (each yields one job, whichever daemon takes it), then it is turned off.
+    wait_for(lambda: len([j for j in _jobs(es, scheduled) if j["trigger_method"] == "scheduled"]) >= 2,
+             timeout=60, what="two fire times of the schedule")
     update_connector(es, scheduled, {"scheduling": {"full": {"enabled": False, "interval": "*/3 * * * * ?"}}})
-    time.sleep(1)
-    fire_jobs = [j for j in _jobs(es, scheduled) if j["trigger_method"] == "scheduled"]
+
+    def settled_fire_jobs():  # every fire time taken has its job (a fire time is taken, then its job written)
+        found = [j for j in _jobs(es, scheduled) if j["trigger_method"] == "scheduled"]
+        last = _connector(es, scheduled)["last_sync_scheduled_at"]
+        return found if last == max(j["metadata"]["scheduled_at"] for j in found) else None
+
+    fire_jobs = wait_for(settled_fire_jobs, timeout=30, what="each fire time's job to be written")
     fire_times = [j["metadata"]["scheduled_at"] for j in fire_jobs]
     assert len(fire_times) >= 2 and len(fire_times) == len(set(fire_times)), fire_times
     assert _connector(es, scheduled)["last_sync_scheduled_at"] == max(fire_times)

@@ -137,3 +137,13 @@ def test_mappings_when_created_by_us_then_as_the_protocol_defines_them(es):
     for keyword in ("service_type", "index_name", "status", "last_sync_status"):
         assert properties[keyword]["type"] == "keyword", keyword
     assert properties["created_at"]["type"] == "date" and properties["deleted"]["type"] == "boolean"
+
+
+def test_open_store_when_cluster_lacks_the_connector_api_then_indices_backend(es):
+    from launcher.api_store import has_connector_api
+    from launcher.index_store import IndexStore
+    from launcher.store import open_store
+
+    # The test build of Elasticsearch has no connector API: auto picks the indices.
+    assert has_connector_api(es) is False
+    assert isinstance(open_store(es, "auto"), IndexStore)

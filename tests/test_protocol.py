@@ -18,6 +18,7 @@ from elasticsearch import Elasticsearch
 
 from launcher.config import load_config
 from launcher.daemon import Daemon, ErrorBudgetExceeded
+from launcher.index_store import IndexStore
 from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.protocol import (
     Claim, Connector, claim_job, create_job, finish_job, get_connector, get_job, new_connector, update_connector,
@@ -411,6 +412,70 @@ def test_reap_when_job_stale_or_connector_gone_then_error_and_lock_released(es, 
         assert job["status"] == "error" and "connector no longer exists" in job["error"]
 
 
+def test_take_back_own_jobs_when_ours_and_orphaned_then_suspended_or_canceled_and_no_other(es, make_connector):
+    """Only jobs this service claimed on this host, whose daemon and sync process are gone."""
+    import subprocess
+    import sys
+
+    from launcher.recovery import OwnJobs, ServiceIdentity
+
+    me = ServiceIdentity(service_id="svc-a", hostname="host-1", daemon_pid=424242, instance="this-run")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    jobs: dict[str, tuple[str, str]] = {}
+
+    def claimed(name: str, *, service_id: str = "svc-a", instance: str = "earlier-run", worker: int | None = None,
+                status: str = "in_progress") -> str:
+        connector = make_connector(configuration=_configured(count=1), status="connected")
+        job_id = create_job(es, connector)
+        claim_job(es, job_id, "host-1")
+        update_job(es, job_id, {"status": status, "metadata": {
+            "service_id": service_id, "daemon_pid": gone.pid, "daemon_instance": instance,
+            "worker_pid": worker or gone.pid}})
+        jobs[name] = (job_id, connector.id)
+        return job_id
+
+    claimed("orphan")
+    claimed("canceling", status="canceling")
+    claimed("another service", service_id="svc-b")
+    claimed("this run", instance="this-run")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", claimed("sync alive")])
+    try:
+        alive_job = jobs["sync alive"][0]
+        es.update(index=JOBS_INDEX, id=alive_job, doc={"metadata": {"worker_pid": alive.pid}}, refresh=True)
+        ours = OwnJobs(IndexStore(es), me)
+        ids = [connector_id for _, connector_id in jobs.values()]
+
+        taken = ours.take_back(running=set(), connector_ids=ids, service_types=None)
+
+        assert sorted(taken) == sorted([jobs["orphan"][0], jobs["canceling"][0]])
+        status = {name: get_job(es, job_id).status for name, (job_id, _) in jobs.items()}
+        assert status == {"orphan": "suspended", "canceling": "canceled", "another service": "in_progress",
+                          "this run": "in_progress", "sync alive": "in_progress"}
+        assert get_connector(es, jobs["orphan"][1]).get("last_sync_status") == "suspended"  # unlocked
+        assert get_connector(es, jobs["another service"][1]).get("last_sync_status") == "in_progress"
+        # The sync process that was winding down has stopped: the next poll takes its job back.
+        alive.kill()
+        alive.wait()
+        assert ours.take_back(running=set(), connector_ids=ids, service_types=None) == [alive_job]
+        assert ours.take_back(running=set(), connector_ids=ids, service_types=None) == []  # nothing left: no query
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_service_identity_when_not_configured_then_host_and_config_path(tmp_path):
+    from launcher.recovery import ServiceIdentity
+
+    first = load_config(write_config(tmp_path / "a.yml"))
+    second = load_config(write_config(tmp_path / "b.yml"))
+    named = load_config(write_config(tmp_path / "c.yml", service={"id": "ingest-1", "hostname": "box"}))
+    assert ServiceIdentity.of(first).service_id == ServiceIdentity.of(first).service_id  # stable across restarts
+    assert ServiceIdentity.of(first).service_id != ServiceIdentity.of(second).service_id
+    assert ServiceIdentity.of(first).instance != ServiceIdentity.of(first).instance  # but each run is its own
+    assert (ServiceIdentity.of(named).service_id, ServiceIdentity.of(named).hostname) == ("ingest-1", "box")
+
+
 def test_release_orphan_locks_when_lock_held_by_no_job_then_released_after_threshold(es, make_connector, tmp_path):
     connector = make_connector(configuration=_configured(count=1), status="connected", last_sync_status="in_progress")
     daemon = _daemon(tmp_path, es, [connector.id], job_stale_after=1)
@@ -596,3 +661,34 @@ def test_poll_when_access_control_job_and_source_with_dls_then_identities_indexe
         assert get_connector(es, connector.id).get("last_access_control_sync_status") == "completed"
     finally:
         es.indices.delete(index=acl_index, ignore_unavailable=True)
+
+
+def test_poll_when_connector_of_a_service_type_nobody_here_serves_then_logged_once(es, make_connector, tmp_path,
+                                                                                   caplog):
+    import logging
+
+    unserved = make_connector(service_type=f"unserved_{uuid.uuid4().hex[:6]}")
+    config = load_config(write_config(tmp_path / "types.yml", service={"service_types": ["slow"], "heartbeat": 300},
+                                      sources={**SOURCES, "slow": SLOW}))
+    daemon = Daemon(config, es)
+
+    with caplog.at_level(logging.INFO, logger="launcher.daemon"):
+        daemon.poll_once()
+        daemon.poll_once()
+
+    notes = [r.getMessage() for r in caplog.records if "not served here" in r.getMessage()]
+    assert len(notes) == 1 and f"{unserved.service_type} (1: {unserved.id})" in notes[0], notes
+    assert get_connector(es, unserved.id).get("status") == "created"  # left for the service that serves it
+
+
+def test_job_sync_cursor_when_snapshot_dotted_key_or_connector_then_that_order():
+    from launcher.protocol import job_sync_cursor
+
+    connector = Connector("c", {"sync_cursor": {"from": "connector"}})
+    assert job_sync_cursor({"connector": {"sync_cursor": {"from": "job"}}}, connector) == {"from": "job"}
+    # Elastic's claim writes the literal dotted key; Elastic's CLI writes no cursor at all.
+    assert job_sync_cursor({"connector": {}, "connector.sync_cursor": {"from": "claim"}}, connector) == {
+        "from": "claim"}
+    assert job_sync_cursor({"connector": {"sync_cursor": None}, "connector.sync_cursor": None}, connector) == {
+        "from": "connector"}
+    assert job_sync_cursor({"connector": {}}, None) is None

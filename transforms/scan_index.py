@@ -48,7 +48,8 @@ from sources.errors import ElasticsearchUnavailable, PartialScan
 from transforms.digest_cache import INDEX_DIGESTS_PREFIX, DigestCache, index_state, write_state
 from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
-from transforms.write_to_elasticsearch import BulkSettings, retry_with_backoff
+from transforms.retries import retry_with_backoff
+from transforms.write_to_elasticsearch import BulkSettings
 
 __all__ = ["ScanIndex", "scan_pages", "PAGE_SIZE"]
 
@@ -162,7 +163,7 @@ def scan_pages(conn: ElasticsearchConnection, index: str, *, slices: int = 2, so
     raises :class:`~sources.errors.PartialScan`; any other failure, after the retries, is
     raised too; leaving the iterator early stops every slice.
     """
-    es = conn.client(connections_per_node=max(10, slices * 2))
+    es = conn.client(connections_per_node=max(10, slices * 2), max_retries=0)  # ours apply (transforms.retries)
     retry = BulkSettings(max_retries=5)
     out: queue.Queue = queue.Queue(maxsize=slices)
     stop = threading.Event()
