@@ -32,7 +32,7 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.job import SyncJob
-from pipelines.options import runner_and_options, workers_share_this_disk
+from pipelines.options import runner_and_options, worker_paths, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
 from sources.driver import SourceDriver, build_source
@@ -47,6 +47,7 @@ from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 from transforms.secrets import discard_all, worker_secrets
+from transforms.work_dir import mark_work_dir
 
 __all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
@@ -73,6 +74,10 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
         _remove_work_dir(path)
     discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
+    if os.getpgrp() == os.getpid():
+        # The daemon started this process in a group of its own: end the processes it started
+        # too (the Prism a PrismRunner sync starts, local SDK workers), which would outlive it.
+        os.killpg(os.getpid(), signum)
     os.kill(os.getpid(), signum)
 
 
@@ -165,6 +170,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
                           f"({exc.strerror or exc})") from exc
     _WORK_DIRS.add(path)
     try:
+        mark_work_dir(path)  # what each worker checks it sees (pipeline.workers_share_disk)
         yield path
     finally:
         _remove_work_dir(path)
@@ -214,7 +220,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
-    settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
+    settings = worker_paths(settings)  # dead letters and work dir as absolute paths, as workers need them
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
     try:
@@ -375,7 +381,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable",
+                 "SourceConfigError", "ConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors

@@ -59,6 +59,7 @@ from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, st
 from transforms.normalize import document_id
 from transforms.secrets import SecretRef
 from transforms.sync_rules import BasicRules
+from transforms.work_dir import check_work_dir
 
 __all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
@@ -152,6 +153,8 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
+        if self.record_digests:  # a directory of the sync's work directory
+            check_work_dir(os.path.dirname(self.record_digests))
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)
