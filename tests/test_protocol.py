@@ -26,7 +26,7 @@ from launcher.protocol import (
 )
 from launcher.sync_runner import build_sync_job
 from sources.errors import SyncRulesError
-from tests.helpers import SOURCES, write_config
+from tests.helpers import SOURCES, wait_for, write_config
 
 SLOW = "tests.fixtures_sources.slow:SlowSource"
 INCREMENTAL = "tests.fixtures_sources.slow:IncrementalSlowSource"
@@ -46,7 +46,7 @@ def make_connector(byoc_indices):
 
     def make(service_type: str = "slow", configuration: dict | None = None, **overrides) -> Connector:
         connector_id = f"proto-{uuid.uuid4().hex[:10]}"
-        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}")
+        doc = new_connector(service_type=service_type, index_name=f"test-idx-{connector_id}")
         doc["configuration"] = configuration if configuration is not None else {}
         doc.update(overrides)
         byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
@@ -482,9 +482,11 @@ def test_release_orphan_locks_when_lock_held_by_no_job_then_released_after_thres
     daemon.claim_jobs = lambda connector_ids: None
     daemon.poll_once()
     assert get_connector(es, connector.id).get("last_sync_status") == "in_progress"  # not yet
-    time.sleep(1.2)
-    daemon.poll_once()
-    assert get_connector(es, connector.id).get("last_sync_status") == "error"
+    def released():
+        daemon.poll_once()
+        return get_connector(es, connector.id).get("last_sync_status") == "error"
+
+    wait_for(released, timeout=20, what="the lock to be released after job_stale_after (1 s)")
 
 
 def test_claim_jobs_when_concurrency_limit_reached_then_jobs_left_pending(es, make_connector, tmp_path):
