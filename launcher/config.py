@@ -35,7 +35,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.settings import BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig
+from pipelines.settings import (
+    BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig, PortableConfig, PrismConfig, RunnerName,
+)
 from sources.errors import ConfigError
 from transforms.es_client import ElasticsearchConnection
 
@@ -47,6 +49,8 @@ __all__ = [
     "BulkConfig",
     "FlinkConfig",
     "DataflowConfig",
+    "PrismConfig",
+    "PortableConfig",
     "load_config",
     "parse_config",
     "default_config_path",
@@ -160,7 +164,7 @@ class Config(_Section):
 
 
 class PipelineOverride(_Section):
-    runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] | None = None
+    runner: RunnerName | None = None
     direct_num_workers: int | None = Field(None, ge=1)
 
 

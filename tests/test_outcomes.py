@@ -105,9 +105,12 @@ def connector(es, service):
 
     yield make
     service.ensure()
+    from tests.fixtures_security.own_node import delete_jobs_of
+
     for connector_id, index in made:
         es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
         es.indices.delete(index=index, ignore_unavailable=True)
+    delete_jobs_of(es, [connector_id for connector_id, _ in made])
 
 
 def _in_index(es, index: str) -> int:

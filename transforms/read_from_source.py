@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -57,7 +57,9 @@ from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
 from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest, write_records
 from transforms.normalize import document_id
+from transforms.secrets import SecretRef
 from transforms.sync_rules import BasicRules
+from transforms.work_dir import check_work_dir
 
 __all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
@@ -67,7 +69,11 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Everything a worker needs to build the source: its FQN, configuration and rules."""
+    """Everything a worker needs to build the source: its FQN, configuration and rules.
+
+    The copy in a pipeline holds no sensitive value (:meth:`by_reference`): :meth:`build`
+    reads them, on the worker, from where the sync put them (:mod:`transforms.secrets`).
+    """
 
     fqn: str
     configuration: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -75,12 +81,47 @@ class SourceSpec:
     advanced_rules: Any = None
     #: read the source's identities (``get_access_control()``) instead of its documents
     access_control: bool = False
+    #: where the sensitive values of ``configuration`` are, when this copy does not hold them
+    secrets: SecretRef | None = None
 
     def build(self) -> Any:
-        return build_source(load_source_class(self.fqn), self.configuration)
+        configuration = self.configuration
+        if self.secrets is not None:
+            stored = self.secrets.section("source")
+            configuration = {name: _with_value(spec, stored[name]) if name in stored else spec
+                             for name, spec in configuration.items()}
+        return build_source(load_source_class(self.fqn), configuration)
+
+    def sensitive_fields(self) -> set[str]:
+        """The configuration fields that are secrets: marked ``sensitive`` here or in the source's schema."""
+        schema_of = getattr(load_source_class(self.fqn), "get_default_configuration", None)
+        schema = schema_of() if callable(schema_of) else {}
+        return {name for name in set(self.configuration) | set(schema)
+                if any(isinstance(spec, Mapping) and spec.get("sensitive")
+                       for spec in (self.configuration.get(name), schema.get(name)))}
+
+    def secret_values(self) -> dict[str, Any]:
+        """The sensitive values this spec holds (for :func:`transforms.secrets.worker_secrets`)."""
+        values = {name: (spec.get("value") if isinstance(spec, Mapping) else spec)
+                  for name, spec in self.configuration.items() if name in self.sensitive_fields()}
+        return {name: value for name, value in values.items() if value not in (None, "")}
+
+    def by_reference(self, secrets: SecretRef | None) -> "SourceSpec":
+        """This spec without its sensitive values, which ``build()`` reads from ``secrets``."""
+        if secrets is None:
+            return self
+        hidden = set(self.secret_values())
+        configuration = {name: (_with_value(spec, None) if name in hidden else spec)
+                         for name, spec in self.configuration.items()}
+        return replace(self, configuration=configuration, secrets=secrets)
 
     def filtering(self) -> Filter:
         return Filter(basic_rules=list(self.basic_rules), advanced_rules=self.advanced_rules or {})
+
+
+def _with_value(spec: Any, value: Any) -> Any:
+    """A configuration field (an object with ``value``, or a bare value) holding ``value``."""
+    return {**spec, "value": value} if isinstance(spec, Mapping) else value
 
 
 def _content_size(extra: Mapping[str, Any]) -> int:
@@ -109,6 +150,8 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
+        if self.record_digests:  # a directory of the sync's work directory
+            check_work_dir(os.path.dirname(self.record_digests))
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)
