@@ -8,9 +8,9 @@ The mark of a test's things on Elasticsearch is the ``test-`` prefix of content 
 session *and* carries it:
 
 * indices named ``test-*`` and ingest pipelines named ``test-*``;
-* connectors whose ``index_name`` is ``test-*``; jobs whose connector snapshot's
-  ``index_name`` is ``test-*`` (or whose connector was removed), created since the session
-  started; the progress records of those jobs, and of in-process syncs (job ids ``test-*``);
+* connectors whose ``index_name`` is ``test-*``, and jobs whose connector snapshot's
+  ``index_name`` is ``test-*`` (or whose connector was removed); the progress records of
+  those jobs, and of in-process syncs (job ids ``test-*``);
 * the protocol's indices and the progress index when the session created them and they are
   empty again.
 
@@ -20,8 +20,7 @@ reported: it may be a user's, made while the suite ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["TEST_PREFIX", "Snapshot", "sweep"]
@@ -52,11 +51,12 @@ class Snapshot:
     indices: set[str]
     pipelines: set[str]
     connectors: set[str]
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    jobs: set[str]
 
     @classmethod
     def take(cls, es: Any) -> "Snapshot":
-        return cls(_names(es, "indices"), _names(es, "pipelines"), _names(es, "connectors"))
+        return cls(_names(es, "indices"), _names(es, "pipelines"), _names(es, "connectors"),
+                   set(_ids(es, _JOBS, {"match_all": {}})))
 
 
 def _ids(es: Any, index: str, query: dict[str, Any]) -> list[str]:
@@ -77,11 +77,10 @@ def sweep(es: Any, before: Snapshot) -> list[str]:
     """Remove the suite's leftovers from ``es`` (see the module docstring); what was removed or is left."""
     report: list[str] = []
     prefix = {"prefix": {"index_name": TEST_PREFIX}}
-    since = (before.started - timedelta(seconds=5)).isoformat()
     connectors = [c for c in _ids(es, _CONNECTORS, prefix) if c not in before.connectors]
-    jobs = _ids(es, _JOBS, {"bool": {"filter": [{"range": {"created_at": {"gte": since}}}], "should": [
-        {"prefix": {"connector.index_name": TEST_PREFIX}}, {"terms": {"connector.id": connectors}}],
-        "minimum_should_match": 1}})
+    jobs = [j for j in _ids(es, _JOBS, {"bool": {"should": [
+        {"prefix": {"connector.index_name": TEST_PREFIX}}, {"terms": {"connector.id": connectors}}]}})
+        if j not in before.jobs]
     progress = _ids(es, _PROGRESS, {"bool": {"should": [{"terms": {"job_id": jobs}},
                                                         {"prefix": {"job_id": TEST_PREFIX}}]}})
     for index, ids, what in ((_CONNECTORS, connectors, "connector"), (_JOBS, jobs, "job"),
