@@ -9,8 +9,8 @@ session *and* carries it:
 
 * indices named ``test-*`` and ingest pipelines named ``test-*``;
 * connectors whose ``index_name`` is ``test-*``, and jobs whose connector snapshot's
-  ``index_name`` is ``test-*`` (or whose connector was removed); the progress records of
-  those jobs, and of in-process syncs (job ids ``test-*``);
+  ``index_name`` is ``test-*`` (or whose connector was removed); progress records of those
+  jobs, and of in-process syncs (no job document);
 * the protocol's indices and the progress index when the session created them and they are
   empty again.
 
@@ -52,11 +52,12 @@ class Snapshot:
     pipelines: set[str]
     connectors: set[str]
     jobs: set[str]
+    progress: set[str]
 
     @classmethod
     def take(cls, es: Any) -> "Snapshot":
         return cls(_names(es, "indices"), _names(es, "pipelines"), _names(es, "connectors"),
-                   set(_ids(es, _JOBS, {"match_all": {}})))
+                   set(_ids(es, _JOBS, {"match_all": {}})), set(_ids(es, _PROGRESS, {"match_all": {}})))
 
 
 def _ids(es: Any, index: str, query: dict[str, Any]) -> list[str]:
@@ -73,6 +74,23 @@ def _delete(es: Any, index: str, ids: list[str]) -> None:
         es.bulk(operations=[{"delete": {"_index": index, "_id": doc_id}} for doc_id in ids], refresh=True)
 
 
+def _orphan_progress(es: Any, before: Snapshot, swept_jobs: set[str]) -> list[str]:
+    """Progress records written during the session whose job is swept, or has no job document
+    (in-process syncs of tests)."""
+    try:
+        es.indices.refresh(index=_PROGRESS, ignore_unavailable=True)
+        hits = es.search(index=_PROGRESS, size=10000, source=["job_id"], ignore_unavailable=True)["hits"]["hits"]
+    except Exception:  # noqa: BLE001 - no progress index
+        return []
+    new = {hit["_id"]: (hit.get("_source") or {}).get("job_id") for hit in hits if hit["_id"] not in before.progress}
+    job_ids = sorted({job for job in new.values() if job and job not in swept_jobs})
+    existing = set()
+    if job_ids:
+        found = es.mget(index=_JOBS, ids=job_ids, source=False)["docs"] if es.indices.exists(index=_JOBS) else []
+        existing = {doc["_id"] for doc in found if doc.get("found")}
+    return [doc_id for doc_id, job in new.items() if job in swept_jobs or job not in existing]
+
+
 def sweep(es: Any, before: Snapshot) -> list[str]:
     """Remove the suite's leftovers from ``es`` (see the module docstring); what was removed or is left."""
     report: list[str] = []
@@ -81,8 +99,7 @@ def sweep(es: Any, before: Snapshot) -> list[str]:
     jobs = [j for j in _ids(es, _JOBS, {"bool": {"should": [
         {"prefix": {"connector.index_name": TEST_PREFIX}}, {"terms": {"connector.id": connectors}}]}})
         if j not in before.jobs]
-    progress = _ids(es, _PROGRESS, {"bool": {"should": [{"terms": {"job_id": jobs}},
-                                                        {"prefix": {"job_id": TEST_PREFIX}}]}})
+    progress = _orphan_progress(es, before, set(jobs))
     for index, ids, what in ((_CONNECTORS, connectors, "connector"), (_JOBS, jobs, "job"),
                              (_PROGRESS, progress, "progress record")):
         _delete(es, index, ids)
