@@ -4,13 +4,16 @@
     ├── ConfigError                  config.yml or CLI input is wrong (``path``: where)
     ├── ConnectorError               a connector or job document is wrong (``connector_id``)
     │   ├── UnknownServiceType       service_type not in config.yml ``sources:``
-    │   └── SyncRulesError           sync rules invalid
+    │   ├── SyncRulesError           sync rules invalid
+    │   ├── IndexConflict            index_name is another connector's, or an alias over several indices
+    │   └── SecretReferenceError     a ${env:...} / ${file:...} reference the operator does not allow
     ├── SourceError                  the source failed
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
     │   └── SourceLoadError          the source's FQN cannot be imported
     ├── IndexingError                Elasticsearch refused our writes (or a whole read of the index)
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
+    │   ├── InsufficientPrivileges   the credentials lack privileges the service needs (listed)
     │   ├── PartialScan              a scan of the content index missed shards
     │   └── TooManyErrors            dead letters exceeded the configured error rate
     └── JobError                     a sync job ended badly
@@ -32,12 +35,15 @@ __all__ = [
     "ConnectorError",
     "UnknownServiceType",
     "SyncRulesError",
+    "IndexConflict",
+    "SecretReferenceError",
     "SourceError",
     "SourceConfigError",
     "SourceUnavailable",
     "SourceLoadError",
     "IndexingError",
     "ElasticsearchUnavailable",
+    "InsufficientPrivileges",
     "TooManyErrors",
     "PartialScan",
     "JobError",
@@ -75,6 +81,14 @@ class SyncRulesError(ConnectorError):
     pass
 
 
+class IndexConflict(ConnectorError):
+    pass
+
+
+class SecretReferenceError(ConnectorError):
+    pass
+
+
 class SourceError(IngestError):
     pass
 
@@ -97,6 +111,10 @@ class IndexingError(IngestError):
 
 class ElasticsearchUnavailable(IndexingError):
     retriable = True
+
+
+class InsufficientPrivileges(IndexingError):
+    pass
 
 
 class TooManyErrors(IndexingError):
