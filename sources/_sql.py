@@ -73,10 +73,13 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
     """The configuration schema of a SQL source (``schema``: add PostgreSQL's schema field)."""
     fields: dict[str, dict[str, Any]] = {
         "host": {"label": "Host", "order": 1, "type": "str", "tooltip": "Server host name or IP address."},
-        "port": {"label": "Port", "order": 2, "type": "int", "display": "numeric", "default_value": default_port},
-        "username": {"label": "Username", "order": 3, "type": "str"},
-        "password": {"label": "Password", "order": 4, "type": "str", "sensitive": True, "required": False},
-        "database": {"label": "Database", "order": 5, "type": "str"},
+        "port": {"label": "Port", "order": 2, "type": "int", "display": "numeric", "default_value": default_port,
+                 "tooltip": "The server's TCP port."},
+        "username": {"label": "Username", "order": 3, "type": "str",
+                     "tooltip": "The user to log in as; it only needs to read the tables (see the source's docs)."},
+        "password": {"label": "Password", "order": 4, "type": "str", "sensitive": True, "required": False,
+                     "tooltip": "The user's password."},
+        "database": {"label": "Database", "order": 5, "type": "str", "tooltip": "The database to read."},
         "tables": {
             "label": "Comma-separated list of tables",
             "order": 7,
@@ -93,6 +96,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "default_value": 500,
             "required": False,
             "ui_restrictions": ["advanced"],
+            "tooltip": "Rows read per round trip to the server (memory stays bounded by this).",
             "validations": [{"type": "greater_than", "constraint": 0}],
         },
         "partition_size": {
@@ -114,6 +118,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "default_value": 64,
             "required": False,
             "ui_restrictions": ["advanced"],
+            "tooltip": "At most this many key ranges per table, however big it is.",
             "validations": [{"type": "greater_than", "constraint": 0}],
         },
         "timestamp_column": {
@@ -134,6 +139,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "display": "toggle",
             "default_value": False,
             "required": False,
+            "tooltip": "Connect with TLS.",
         },
         "ssl_ca": {
             "label": "SSL certificate authority",
@@ -149,7 +155,8 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
         },
     }
     if schema:
-        fields["schema"] = {"label": "Schema", "order": 6, "type": "str", "default_value": "public"}
+        fields["schema"] = {"label": "Schema", "order": 6, "type": "str", "default_value": "public",
+                            "tooltip": "The schema whose tables are read."}
     return fields
 
 

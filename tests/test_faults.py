@@ -123,6 +123,14 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_next_sync_converges(es_r
     assert second["total_document_count"] == es_restart["count"]
 
 
+def test_daemon_when_elasticsearch_restarts_then_the_outage_is_logged_when_it_starts_and_ends(es_restart):
+    lines = es_restart["log"].splitlines()
+    started = [line for line in lines if " unreachable: " in line]
+    assert len(started) == 1, "\n".join(started)  # not one line per failed poll or job check
+    assert any(" answers again, after " in line for line in lines), es_restart["log"][-3000:]
+    assert not [line for line in lines if "poll failed" in line or "cannot check the job document" in line]
+
+
 @pytest.mark.xfail(strict=False, reason=(
     "intermittent: the supervisor now survives the outage (launcher/sync_runner.py retries its checks and the "
     "end state), but depending on when Elasticsearch comes back the interrupted job is sometimes ended by the "

@@ -50,7 +50,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
 
-from sources.errors import ElasticsearchUnavailable
+from sources.errors import ElasticsearchUnavailable, connection_failure
 from transforms.dead_letter import DeadLetter
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import ProgressReporter
@@ -128,7 +128,7 @@ def _concrete_indices(es: Any, name: str) -> frozenset[str]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return f"HTTP {exc.meta.status} {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+    return connection_failure(exc) or f"{type(exc).__name__}: {exc}"
 
 
 class _BulkWriteFn(beam.DoFn):
