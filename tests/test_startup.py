@@ -15,8 +15,6 @@ import http.server
 import logging
 import socket
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlparse
 
@@ -25,22 +23,7 @@ import pytest
 from launcher.outage import Outage, is_outage
 from sources.errors import connection_failure, format_error
 from tests.helpers import ES_URL, DaemonProcess, cli, wait_for, write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
+from tests.test_observability import _free_port, _get
 
 
 class _Forwarder:
