@@ -8,8 +8,10 @@ Documents
     One document per row. ``_id`` is ``<table>_<primary key values joined by "_">``, so
     the same row keeps its id across syncs; a table without a primary key (or a view) gets
     ``<table>_<sha1 of the row>`` instead: an edited row then becomes a new document and the
-    old one is deleted by the full sync. Every column becomes a field, plus ``table`` and
-    ``database`` (and ``schema`` for PostgreSQL). A column named like one of those, or
+    old one is deleted by the full sync. ``id_columns`` names other columns to build ids
+    from (for the tables and views that have them all). Every column becomes a field under
+    its own name (an ``id`` column too: the document id never overwrites it), plus ``table``
+    and ``database`` (and ``schema`` for PostgreSQL). A column named like one of those, or
     starting with ``_`` (Elasticsearch reserves such names), is stored as
     ``column_<name>``. Values: dates and times -> ISO 8601 strings (timezone-aware ones
     in UTC), durations -> ``[-]H:MM:SS[.ffffff]``, Decimal stays Decimal, bytes stay bytes
@@ -132,6 +134,18 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
                 "not sent again. Deletions are only seen by full syncs."
             ),
         },
+        "id_columns": {
+            "label": "Document id columns",
+            "order": 14,
+            "type": "list",
+            "required": False,
+            "ui_restrictions": ["advanced"],
+            "tooltip": (
+                "Columns whose values, together unique, make each document's id, for every table (or rule query) "
+                "that has them all; the others use their primary key. Empty: the primary key; a table or view "
+                "without one uses a hash of the row, so an edited row becomes a new document."
+            ),
+        },
         "ssl_enabled": {
             "label": "Enable SSL",
             "order": 12,
@@ -175,6 +189,7 @@ class SqlSettings:
     partition_size: int
     max_partitions: int
     timestamp_column: str | None
+    id_columns: tuple[str, ...]
     ssl_enabled: bool
     ssl_ca: str | None
 
@@ -208,6 +223,7 @@ class SqlSettings:
             partition_size=integer("partition_size", 50_000),
             max_partitions=integer("max_partitions", 64),
             timestamp_column=text("timestamp_column", required=False) or None,
+            id_columns=read_names(config, "id_columns"),
             ssl_enabled=bool(ssl_enabled),
             ssl_ca=text("ssl_ca", required=False) or None,
         )
@@ -641,6 +657,9 @@ class SqlDataSource(BaseDataSource):
         fetch_size = self.settings.fetch_size
         with self._errors(action), self._stream(sql, params) as cursor:
             columns = [d[0] for d in cursor.description]
+            chosen = self.settings.id_columns
+            if chosen and all(c in columns for c in chosen):
+                key_columns = chosen
             mapper = _RowMapper(
                 columns,
                 id_prefix=id_prefix,
