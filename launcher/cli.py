@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from launcher.config import Config, load_config
+from launcher.config import Config, default_config_path, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
 from launcher.logs import setup_logging
 from launcher.protocol import (
@@ -26,6 +28,7 @@ from launcher.protocol import (
     update_connector,
 )
 from launcher.scheduling import validate_cron
+from sources.base import CONFIG_DIR_ENV
 from sources.errors import ConfigError, ConnectorError, IngestError, format_error
 from sources.registry import display_name, load_source_class
 
@@ -199,6 +202,10 @@ def action_poll(ctx: _Context, **_: Any) -> int:
     from launcher.daemon import Daemon
 
     config = ctx.config
+    # Relative paths of connectors (a directory source's folder) are read from the config
+    # file's folder, as config.yml's own are, in the daemon and its sync processes alike.
+    os.environ[CONFIG_DIR_ENV] = str(Path(config.path).resolve().parent if config.path
+                                     else default_config_path().parent)
     daemon = Daemon(config, config.elasticsearch.connection().client())  # it prepares its store itself
     daemon.install_signal_handlers()
     metrics = None

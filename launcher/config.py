@@ -7,6 +7,11 @@ The file has four sections::
     sources:         service type -> "package.module:ClassName"
     pipeline:        how syncs run (runner and its options, bulk sizes, dead letters, ...)
 
+Relative paths (:data:`PATH_SETTINGS`: ``ca_certs``, ``dead_letters``, ``work_dir``, the
+digest cache, ...) are taken from the folder of the config file, whatever the working
+directory; the daemon also works in that folder, so a connector's relative paths (a
+directory source's folder) are read from there too.
+
 Every default lives in the models below, once. Unknown keys are errors; each problem
 is reported with its path, e.g. ``elasticsearch.host: expected a URL, got 42``; secrets
 are never echoed back.
@@ -220,6 +225,26 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message[0].lower() + message[1:]}, got {shown}"
 
 
+#: Settings that name files or folders: a relative one is taken from the config file's folder
+#: (not from the working directory of whoever runs the service: ``/`` under systemd).
+PATH_SETTINGS = ("elasticsearch.ca_certs", "pipeline.dead_letters", "pipeline.work_dir", "pipeline.digest_cache_dir",
+                 "pipeline.flink.job_server_jar", "pipeline.dataflow.setup_file")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the :data:`PATH_SETTINGS` of ``raw`` absolute against ``base`` (``~`` expanded; URLs
+    such as ``gs://`` left alone)."""
+    for dotted in PATH_SETTINGS:
+        *parents, key = dotted.split(".")
+        section: Any = raw
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) and value.strip() and "://" not in value:
+            section[key] = str(base / os.path.expanduser(value)) if not os.path.isabs(os.path.expanduser(value)) \
+                else os.path.expanduser(value)
+
+
 def parse_config(raw: Any, *, path: str | None = None) -> Config:
     """Validate an already-parsed YAML document. Raises ConfigError listing every problem."""
     where = path or "config"
@@ -232,6 +257,7 @@ def parse_config(raw: Any, *, path: str | None = None) -> Config:
     for key in ("elasticsearch", "service", "pipeline", "sources", "connectors"):
         if key in raw and raw[key] is None:
             raw[key] = {}
+    _resolve_paths(raw, Path(path).resolve().parent if path else Path.cwd())
     try:
         config = Config.model_validate({**raw, "path": path})
     except ValidationError as exc:

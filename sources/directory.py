@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sources.base import BaseDataSource, Filter, Partition
+from sources.base import BaseDataSource, Filter, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
 
 __all__ = ["DirectoryDataSource"]
@@ -57,7 +57,8 @@ class DirectoryDataSource(BaseDataSource):
                 "label": "Directory",
                 "order": 1,
                 "type": "str",
-                "tooltip": "Absolute path of the folder to index.",
+                "tooltip": "The folder to index: an absolute path, or one relative to the folder of the "
+                           "service's config file.",
             },
             "pattern": {
                 "label": "File pattern (glob)",
@@ -71,7 +72,8 @@ class DirectoryDataSource(BaseDataSource):
 
     @property
     def root(self) -> Path:
-        return Path(str(self.configuration["directory"] or "")).expanduser()
+        """The folder; a relative one is read from the service's config folder (:func:`config_folder`)."""
+        return config_folder() / Path(str(self.configuration["directory"] or "")).expanduser()
 
     @property
     def pattern(self) -> str:

@@ -192,3 +192,35 @@ def test_daemon_when_elasticsearch_down_at_start_then_waits_says_why_and_serves_
                          for line in waits), log
     assert [f"(attempt {n}," in line for n, line in enumerate(waits, start=1)] == [True] * len(waits)
     assert "answers (after" in log and "Traceback" not in log
+
+
+@pytest.mark.integration
+def test_daemon_when_started_elsewhere_then_relative_paths_are_read_from_its_config_folder(es, tmp_path):
+    """As under systemd (working directory /): the folder and the dead letters are the config's."""
+    from launcher.indices import CONNECTORS_INDEX
+    from tests.helpers import wait_job_final
+
+    home, elsewhere = tmp_path / "etc-ingest", tmp_path / "elsewhere"
+    (home / "docs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (home / "docs" / "a.md").write_text("# alpha", encoding="utf-8")
+    connector_id = f"rel-{uuid.uuid4().hex[:8]}"
+    config = write_config(home / "config.yml", pipeline={"dead_letters": "dead"},
+                          service={"connector_ids": [connector_id]})
+    index = f"test-{connector_id}"
+    created = cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "dir",
+                  "--index-name", index, "--set", "directory=docs", config=config, cwd=elsewhere)
+    assert created.returncode == 0, created.stderr
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", cwd=elsewhere)
+    try:
+        synced = cli("--action", "sync", "--connector-id", connector_id, "--json", config=config, cwd=elsewhere)
+        job = wait_job_final(es, __import__("json").loads(synced.stdout)["job_id"])
+    finally:
+        daemon.stop()
+        es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+    try:
+        assert job["status"] == "completed", (job.get("error"), daemon.output()[-2000:])
+        assert job["indexed_document_count"] == 1
+        assert job["metadata"]["dead_letters"]["location"].startswith(str(home / "dead")), job["metadata"]
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
