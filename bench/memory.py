@@ -59,15 +59,40 @@ def tree_rss(pid: int, by_level: dict[int, int] | None = None) -> tuple[int, int
     return total, count, own
 
 
-class TreeSampler:
-    """Samples the tree rooted at ``pid`` every ``interval`` seconds in a background thread."""
+def _subtree_rss(pid: int) -> tuple[int, int, int]:
+    """(RSS, processes, anonymous RSS) of ``pid`` and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0, 0, 0
+    total = count = own = 0
+    for process in processes:
+        try:
+            info = process.memory_info()
+        except psutil.Error:
+            continue
+        total += info.rss
+        own += info.rss - getattr(info, "shared", 0)
+        count += 1
+    return total, count, own
 
-    def __init__(self, pid: int, interval: float = 0.2):
+
+class TreeSampler:
+    """Samples the tree rooted at ``pid`` every ``interval`` seconds in a background thread.
+
+    ``others`` (role -> pid) are more trees the measured work runs in, summed with it under
+    their role: e.g. a Prism job service and its worker pool, whose SDK worker processes run
+    a sync's DoFns outside the daemon's tree.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2, *, others: dict[str, int] | None = None):
         self.pid, self.interval = pid, interval
+        self.others = dict(others or {})
         self.peak = self.phase_peak = self.phase_peak_anon = 0
         self.phase_max_processes = 0
         self.samples = 0
-        self.phase_peak_by_level: dict[int, int] = {}
+        self.phase_peak_by_level: dict[int | str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
@@ -82,8 +107,12 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> int:
-        levels: dict[int, int] = {}
-        rss, count, anon = tree_rss(self.pid, levels)
+        levels: dict[int | str, int] = {}
+        rss, count, anon = tree_rss(self.pid, levels)  # type: ignore[arg-type]
+        for role, pid in self.others.items():
+            other_rss, other_count, other_anon = _subtree_rss(pid)
+            rss, count, anon = rss + other_rss, count + other_count, anon + other_anon
+            levels[role] = other_rss
         with self._lock:
             self.phase_peak_anon = max(self.phase_peak_anon, anon)
             for level, value in levels.items():
@@ -114,7 +143,8 @@ class TreeSampler:
     def phase_peak_by_role_mb(self) -> dict[str, float]:
         """Peak RSS per role in this phase (each role's own peak; they need not coincide)."""
         names = {0: "daemon", 1: "sync_process", 2: "beam_workers"}
-        return {names[level]: round(value / MB, 1) for level, value in sorted(self.phase_peak_by_level.items())}
+        return {names.get(level, level): round(value / MB, 1)  # type: ignore[call-overload]
+                for level, value in sorted(self.phase_peak_by_level.items(), key=lambda item: str(item[0]))}
 
     def stop(self) -> None:
         self._stop.set()

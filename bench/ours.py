@@ -6,7 +6,8 @@ settings under test, ``service.connector_ids`` so that it serves only our connec
 Connectors are created, changed and synced with the ``elastic-ingest`` CLI, exactly as a
 user would; a sync is timed from the job's ``started_at`` (the daemon claimed it) to its
 ``completed_at``, both written by the daemon. Memory is the peak RSS of the daemon's
-whole process tree (daemon + sync process + Beam workers) during the job.
+whole process tree (daemon + sync process + Beam workers) during the job, plus the trees
+the job runs in elsewhere (a Prism job service, its worker pool and SDK workers).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class Service:
     """A benchmark daemon and the CLI calls around it."""
 
     def __init__(self, es_url: str, workdir: Path, *, pipeline: dict[str, Any], connector_ids: list[str],
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, others: dict[str, int] | None = None):
         self.es_url = es_url
+        self.others = others  # more process trees the syncs run in (role -> pid), measured with the daemon's
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "config.yml"
@@ -107,7 +109,7 @@ class Service:
         if self.process.poll() is not None:
             raise RuntimeError(f"the daemon exited at once ({self.process.returncode}); see {self.log_path}")
         self.baseline_rss_mb = round(tree_rss(self.process.pid)[0] / (1 << 20), 1)
-        self.sampler = TreeSampler(self.process.pid).start()
+        self.sampler = TreeSampler(self.process.pid, others=self.others).start()
         return self
 
     def stop(self) -> None:

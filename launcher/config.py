@@ -40,7 +40,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.settings import BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig
+from pipelines.settings import (
+    BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig, PortableConfig, PrismConfig, RunnerName,
+)
 from sources.errors import ConfigError
 from transforms.es_client import ElasticsearchConnection
 
@@ -52,6 +54,8 @@ __all__ = [
     "BulkConfig",
     "FlinkConfig",
     "DataflowConfig",
+    "PrismConfig",
+    "PortableConfig",
     "load_config",
     "parse_config",
     "default_config_path",
@@ -165,7 +169,7 @@ class Config(_Section):
 
 
 class PipelineOverride(_Section):
-    runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] | None = None
+    runner: RunnerName | None = None
     direct_num_workers: int | None = Field(None, ge=1)
 
 
@@ -227,8 +231,9 @@ def _describe(error: dict[str, Any]) -> str:
 
 #: Settings that name files or folders: a relative one is taken from the config file's folder
 #: (not from the working directory of whoever runs the service: ``/`` under systemd).
-PATH_SETTINGS = ("elasticsearch.ca_certs", "pipeline.dead_letters", "pipeline.work_dir", "pipeline.digest_cache_dir",
-                 "pipeline.flink.job_server_jar", "pipeline.dataflow.setup_file")
+PATH_SETTINGS = ("elasticsearch.ca_certs", "pipeline.dead_letters", "pipeline.work_dir", "pipeline.secrets_dir",
+                 "pipeline.digest_cache_dir", "pipeline.prism.location", "pipeline.flink.job_server_jar",
+                 "pipeline.dataflow.setup_file")
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

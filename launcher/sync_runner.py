@@ -146,6 +146,13 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     )
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """Elasticsearch away or not ready yet (no connection, a timeout, 429 or 5xx: shards still recovering)."""
+    if isinstance(exc, ApiError):
+        return exc.meta.status == 429 or exc.meta.status >= 500
+    return isinstance(exc, (ESConnectionError, TransportError))
+
+
 class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
@@ -170,6 +177,7 @@ class SyncRunner(threading.Thread):
         #: This run's counters once it ended (what the Prometheus counters of this instance add).
         self.run_counters: Counters | None = None
         self.metadata: dict[str, Any] = {}
+        self.index_name: str | None = None
         #: The service's record of Elasticsearch outages (logged there once, not by every supervisor).
         self.outage = outage
 
@@ -200,8 +208,9 @@ class SyncRunner(threading.Thread):
             _LOGGER.error("job %s: supervisor failed: %s", self.job_id, format_error(exc))
             _LOGGER.debug("supervisor failure", exc_info=True)
             self._stop_process()
-            if isinstance(exc, (ESConnectionError, TransportError)):
-                _LOGGER.error("job %s: Elasticsearch stayed unreachable; the reaper will end the job", self.job_id)
+            if _unavailable(exc):
+                _LOGGER.error("job %s: the daemon stops while Elasticsearch is unreachable; the job is taken back when "
+                              "this service restarts, or ended by the reaper", self.job_id)
             elif self.final_status is None:  # an end state already written is not overwritten
                 try:
                     self._finish("error", error=format_error(exc))
@@ -225,12 +234,13 @@ class SyncRunner(threading.Thread):
             return
         # Imported here, not at module level: they pull in Beam, which the daemon itself
         # never needs (it starts, and stops, seconds faster without it).
-        from pipelines.run import write_job_file
+        from pipelines.run import DAEMON_PID_ENV, write_job_file
         from transforms.dead_letter import dead_letter_folder, dead_letter_location
 
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
         pipeline_settings = pipeline_settings.model_copy(
             update={"dead_letters": dead_letter_location(pipeline_settings.dead_letters)})
+        self.index_name = sync_job.index_name
         self._delete_progress()  # a run counts from zero: an earlier run's leftovers are not ours
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
@@ -242,6 +252,7 @@ class SyncRunner(threading.Thread):
         # glibc gives each thread (bulk senders, scan slices) its own malloc arena, and
         # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),
@@ -274,7 +285,7 @@ class SyncRunner(threading.Thread):
         try:
             if self._suspend.is_set():
                 self._stop_process()
-                self._finish_suspended(sync_job.index_name)
+                self._finish_suspended()
                 return
             if lost:
                 # Somebody else decided this job's fate (the reaper, a client): leave both
@@ -283,13 +294,12 @@ class SyncRunner(threading.Thread):
                 _LOGGER.warning("job %s: %s; stopped without writing its end state", self.job_id, lost)
                 return
             if gone:
-                self._finish("error", run=self._stopped_run(), total=self._index_count(sync_job.index_name),
-                             error=format_error(JobGone(gone)))
+                self._finish("error", run=self._stopped_run(), error=format_error(JobGone(gone)))
                 return
             if canceled:
-                self._finish("canceled", run=self._stopped_run(), total=self._index_count(sync_job.index_name))
+                self._finish("canceled", run=self._stopped_run())
                 return
-            self._finish_from_result(result_file, sync_job.index_name)
+            self._finish_from_result(result_file)
         finally:
             # The job file (it holds secrets), the result and whatever a killed sync left.
             shutil.rmtree(workdir, ignore_errors=True)
@@ -333,12 +343,13 @@ class SyncRunner(threading.Thread):
         written = count_dead_letters(location)
         return max(0, written - self.carried.dead_letters) if written is not None else 0
 
-    def _index_count(self, index_name: str | None) -> int | None:
-        if not index_name:
+    def _index_count(self) -> int | None:
+        """What the content index holds now (None: it cannot be counted)."""
+        if not self.index_name:
             return None
         try:
-            self.es.indices.refresh(index=index_name, ignore_unavailable=True)
-            return int(self.es.count(index=index_name)["count"])
+            self.es.indices.refresh(index=self.index_name, ignore_unavailable=True)
+            return int(self.es.count(index=self.index_name)["count"])
         except Exception:  # noqa: BLE001 - no index yet
             return None
 
@@ -373,12 +384,12 @@ class SyncRunner(threading.Thread):
             _LOGGER.warning("job %s: could not delete its progress records: %s", self.job_id, format_error(exc))
 
     # -- end states ----------------------------------------------------------------
-    def _finish_from_result(self, result_file: Path, index_name: str) -> None:
+    def _finish_from_result(self, result_file: Path) -> None:
         try:
             outcome = json.loads(result_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             code = self.process.returncode if self.process else None
-            self._finish("error", run=self._stopped_run(), total=self._index_count(index_name),
+            self._finish("error", run=self._stopped_run(),
                          error=f"SyncProcessError: the sync process ended with exit code {code} and no result")
             return
         # Exact (Beam metrics) when the pipeline reached its end; else what the workers reported.
@@ -392,21 +403,41 @@ class SyncRunner(threading.Thread):
 
     def _finish(self, status: str, *, run: Counters | None = None, total: int | None = None, error: str | None = None,
                 sync_cursor: Any = None) -> None:
-        """Write the end state; while Elasticsearch is unreachable, retry (for up to ``job_stale_after``)."""
-        deadline = time.monotonic() + self.config.service.job_stale_after
-        delay = 0.5
+        """Write the end state; while Elasticsearch is unreachable, retry until it answers.
+
+        The job is this daemon's as long as it runs (its own reaper leaves it alone), so
+        its own outcome is written however long the outage lasts, unless the daemon stops
+        meanwhile (the job is then taken back at restart, see launcher/recovery.py). After
+        an outage the job is read first: one another instance ended or claimed meanwhile
+        is left as it is.
+        """
+        delay, waited = 0.5, False
         while True:
             try:
+                if waited and self._taken_over():
+                    return
                 self._write_end(status, run=run, total=total, error=error, sync_cursor=sync_cursor)
                 break
-            except (ESConnectionError, TransportError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
+            except (ESConnectionError, TransportError, ApiError) as exc:
+                if self._suspend.is_set() or not _unavailable(exc):
+                    raise  # the daemon is stopping, or Elasticsearch refused the write itself
                 self._es_failed("cannot write its end state yet; retrying", exc)
-                time.sleep(delay)
+                waited = True
+                self._suspend.wait(delay)
                 delay = min(delay * 2, 10.0)
         if run is not None:
             self._delete_progress()
+
+    def _taken_over(self) -> bool:
+        """Whether somebody else ended the job, or claimed it, while Elasticsearch was away."""
+        job = self.store.get_job(self.job_id)
+        if job is not None and job.status in ("in_progress", "canceling") and \
+                job.doc.get("worker_hostname") in (None, self.claim.job.doc.get("worker_hostname")):
+            return False
+        self.final_status = "lost"
+        _LOGGER.warning("job %s: %s meanwhile; its end state is not written", self.job_id,
+                        "deleted" if job is None else f"became {job.status} on {job.doc.get('worker_hostname')}")
+        return True
 
     def _write_end(self, status: str, *, run: Counters | None, total: int | None, error: str | None,
                    sync_cursor: Any) -> None:
@@ -414,6 +445,7 @@ class SyncRunner(threading.Thread):
         metadata: dict[str, Any] | None = None
         if run is not None:
             counters, metadata = self._job_counters(run)
+            total = self._index_count() if total is None else total  # e.g. Elasticsearch was away at the end
             if total is not None:
                 counters["total_document_count"] = total
         finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
@@ -424,11 +456,11 @@ class SyncRunner(threading.Thread):
         log("job %s: %s%s %s", self.job_id, status, f" ({error})" if error else "",
             json.dumps(counters, sort_keys=True))
 
-    def _finish_suspended(self, index_name: str) -> None:
+    def _finish_suspended(self) -> None:
         self.final_status = "suspended"
         run = self._stopped_run()
         counters, metadata = self._job_counters(run)
-        total = self._index_count(index_name)
+        total = self._index_count()
         if total is not None:
             counters["total_document_count"] = total
         try:

@@ -32,9 +32,9 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.job import SyncJob
-from pipelines.options import runner_and_options, workers_share_this_disk
+from pipelines.options import runner_and_options, worker_paths, workers_share_this_disk
 from pipelines.settings import PipelineConfig
-from pipelines.sync import build_sync_pipeline, read_digests_dir
+from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
 from sources.driver import SourceDriver, build_source
 from sources.errors import (
     ConfigError, IngestError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error,
@@ -46,8 +46,10 @@ from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, 
 from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
+from transforms.secrets import discard_all, worker_secrets
+from transforms.work_dir import mark_work_dir
 
-__all__ = ["run_sync", "write_job_file", "main"]
+__all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
 _LOGGER = logging.getLogger("pipelines.run")
 MIB = 1024 * 1024
@@ -70,7 +72,12 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
             _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))
     for path in list(_WORK_DIRS):  # dying of the signal skips the `finally` blocks
         _remove_work_dir(path)
+    discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
+    if os.getpgrp() == os.getpid():
+        # The daemon started this process in a group of its own: end the processes it started
+        # too (the Prism a PrismRunner sync starts, local SDK workers), which would outlive it.
+        os.killpg(os.getpid(), signum)
     os.kill(os.getpid(), signum)
 
 
@@ -165,6 +172,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
                           f"({exc.strerror or exc})") from exc
     _WORK_DIRS.add(path)
     try:
+        mark_work_dir(path)  # what each worker checks it sees (pipeline.workers_share_disk)
         yield path
     finally:
         _remove_work_dir(path)
@@ -214,7 +222,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
-    settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
+    settings = worker_paths(settings)  # dead letters and work dir as absolute paths, as workers need them
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     es = conn.client()
     try:
@@ -235,11 +243,15 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         index_empty = job.job_type == "full" and count_documents(es, job.index_name) == 0
         # An empty index at a known state: what the sync writes will be all it holds.
         empty_at = state if index_empty and state is not None and index_state(es, job.index_name) == state else None
-        with _work_dir(settings, job.job_id, work_root) as work_dir:
+        with (_work_dir(settings, job.job_id, work_root) as work_dir,
+              worker_secrets({"elasticsearch": conn.secret_values(), "source": source_spec(job).secret_values()},
+                             settings, work_dir=work_dir, job_id=job.job_id) as secrets):
             cache = cache if work_dir else None
+            # The graph holds no secret: the workers read them from ``secrets`` (transforms/secrets.py).
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
-                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache)
+                                           index_empty=index_empty, work_dir=work_dir, digest_cache=cache,
+                                           secrets=secrets)
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)
             result = pipeline.run()
@@ -371,7 +383,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable",
+                 "SourceConfigError", "ConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors
@@ -381,15 +394,22 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+#: Set by the daemon for its sync processes: its pid, so a sync whose daemon died before the
+#: sync even started (while Python and Beam were imported) knows it at once.
+DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
+
+
 def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
     """Stop this sync when the daemon that started it dies (SIGKILL, OOM kill).
 
-    Nobody would read its result, the reaper re-runs its job elsewhere, and its job file
+    Nobody would read its result, the job is taken back or reaped, and its job file
     (which holds secrets) would stay on disk: delete the files and stop as on SIGTERM.
+    The daemon is the pid in ``ELASTIC_INGEST_DAEMON_PID`` (else the parent found now).
     """
     import threading
 
-    parent = os.getppid()
+    given = os.environ.get(DAEMON_PID_ENV, "")
+    parent = int(given) if given.isdigit() else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -397,7 +417,7 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
         _LOGGER.error("the daemon (pid %d) that started this sync is gone; stopping", parent)
         for work_dir in list(_WORK_DIRS):
             _remove_work_dir(work_dir)
-        for path in (job_file, result_file):
+        for path in (job_file, result_file, Path(str(result_file) + ".tmp")):
             path.unlink(missing_ok=True)
         try:
             job_file.parent.rmdir()

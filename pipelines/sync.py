@@ -37,9 +37,10 @@ from transforms.normalize import Normalize
 from transforms.read_changes import ReadChanges
 from transforms.read_from_source import ReadFromSource, SourceSpec
 from transforms.scan_index import ScanIndex
+from transforms.secrets import SecretRef
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
-__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir"]
+__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir", "source_spec"]
 
 
 def read_digests_dir(work_dir: str) -> str:
@@ -51,10 +52,19 @@ def bulk_settings(settings: PipelineConfig) -> BulkSettings:
     b = settings.bulk
     return BulkSettings(
         max_docs=b.max_docs, max_bytes=b.max_bytes, max_in_flight=b.max_in_flight, max_retries=b.max_retries,
+        max_retry_seconds=b.max_retry_seconds,
         max_batch_seconds=b.max_batch_seconds,
         initial_backoff=b.initial_backoff, max_backoff=b.max_backoff, max_error_rate=settings.max_error_rate,
         min_errors_to_fail=settings.min_errors_to_fail,
     )
+
+
+def source_spec(job: SyncJob) -> SourceSpec:
+    """What the workers build the job's source from (sensitive values included)."""
+    # An access-control sync is a full sync of the source's identities into the job's
+    # index (``.search-acl-filter-<content index>``, chosen by the launcher).
+    return SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
+                      access_control=job.job_type == "access_control")
 
 
 def build_sync_pipeline(
@@ -69,6 +79,7 @@ def build_sync_pipeline(
     index_empty: bool = False,
     work_dir: str | None = None,
     digest_cache: DigestCache | None = None,
+    secrets: SecretRef | None = None,
 ) -> beam.Pipeline:
     """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
 
@@ -82,12 +93,13 @@ def build_sync_pipeline(
     ``digest_cache``: where the index's digests are kept between syncs (with ``work_dir``;
     None: no cache, the index is scanned by every full sync). The read then records the
     digests of what it read in ``read_digests_dir(work_dir)``, for after the sync.
+
+    ``secrets``: where the workers find the Elasticsearch credentials and the source's
+    sensitive values (:func:`transforms.secrets.worker_secrets` put them there): the graph
+    then holds none of them. None: ``conn`` and the job's configuration hold no secret.
     """
     p = beam.Pipeline(runner=runner, options=options)
-    # An access-control sync is a full sync of the source's identities into the job's
-    # index (``.search-acl-filter-<content index>``, chosen by the launcher).
-    spec = SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
-                      access_control=job.job_type == "access_control")
+    conn, spec = conn.by_reference(secrets), source_spec(job).by_reference(secrets)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
     normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)
@@ -113,6 +125,7 @@ def build_sync_pipeline(
                 download_concurrency=settings.download_concurrency,
                 max_download_bytes=settings.max_download_bytes,
                 record_digests=read_digests_dir(work_dir) if digest_cache is not None and work_dir else None,
+                max_batch_seconds=settings.bulk.max_batch_seconds,
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

@@ -95,7 +95,7 @@ def run_sync(
     defaults: dict[str, Any] = {"direct_num_workers": 1, "direct_running_mode": "in_memory",
                                 "dead_letters": str(Path(os.environ.get("TMPDIR", "/tmp")) / "elastic-ingest-tests-dl")}
     settings = PipelineConfig.model_validate({**defaults, **pipeline_settings})
-    outcome = _run(job, settings, ElasticsearchConnection(hosts=(es_url,)), progress_interval=1.0)
+    outcome = _run(job, settings, ElasticsearchConnection(hosts=(es_url,)))
     outcome["job_id"] = job.job_id
     return outcome
 

@@ -55,7 +55,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
             return False
 
     existed = pipeline_exists()
-    command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions",
+    command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions", "--no-runners",
                "--clients", "2", "--out", str(tmp_path), "--name", "smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]

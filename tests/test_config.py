@@ -129,7 +129,7 @@ def test_readme_config_block_when_compared_with_the_models_then_every_default_is
     block = re.search(r"<!-- config defaults -->\n```yaml\n(.*?)```", readme, re.S).group(1)
     shown = yaml.safe_load(block)
     defaults = parse_config({}).model_dump(exclude={"path"})
-    for section in ("flink", "dataflow"):  # documented in docs/runners.md
+    for section in ("prism", "portable", "flink", "dataflow"):  # documented in docs/runners.md
         defaults["pipeline"].pop(section)
     # Every setting, with its real default (a section added to the models must be shown too;
     # an empty mapping the loader fills itself, such as operator settings, need not).

@@ -105,9 +105,12 @@ def connector(es, service):
 
     yield make
     service.ensure()
+    from tests.fixtures_security.own_node import delete_jobs_of
+
     for connector_id, index in made:
         es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
         es.indices.delete(index=index, ignore_unavailable=True)
+    delete_jobs_of(es, [connector_id for connector_id, _ in made])
 
 
 def _in_index(es, index: str) -> int:
@@ -151,7 +154,9 @@ def test_job_when_canceled_mid_sync_then_counters_are_what_elasticsearch_acknowl
     _assert_within_in_flight(job, in_index)
     assert job["total_document_count"] == in_index
     assert job["metadata"]["indexed_document_bytes"] > 0 and job["metadata"]["runs"] == 1
-    assert get_connector(es, connector_id).get("last_indexed_document_count") == job["indexed_document_count"]
+    # The connector's last_* fields are written just after the job's end state.
+    wait_for(lambda: get_connector(es, connector_id).get("last_indexed_document_count") == job["indexed_document_count"],
+             timeout=15, what="the connector's last_indexed_document_count")
     _no_progress_records(es, job_id)
     wait_for(lambda: service.metric("elastic_ingest_documents_indexed_total") - before == job["indexed_document_count"],
              timeout=30, what="the Prometheus counter to add the canceled job's documents")
@@ -248,3 +253,66 @@ def test_job_when_documents_rejected_then_dead_letters_counted_located_and_shown
     assert {d["doc_id"] for d in json.loads(cli("--action", "dead-letters", "--job-id", job_id, "--json",
                                                 config=elsewhere, cwd=tmp_path).stdout)} == {
         "bad-bad_field-0", "bad-bad_field-1", "bad-mapping_conflict-0", "bad-mapping_conflict-1"}
+
+
+def test_job_when_elasticsearch_stops_mid_sync_then_error_within_max_retry_seconds_with_what_was_written(
+        own_es, tmp_path):
+    """The private node (``FAULT_ES_PORT``) is stopped under a running sync: the sync gives up
+    ``bulk.max_retry_seconds`` after its requests started failing (not after stacked client
+    and bulk retries), and once Elasticsearch is back the job says what was written before."""
+    import time
+
+    from tests.fixtures_security.own_node import FAULT_ES_URL, delete_jobs_of, es_script, fast_refresh
+    from tests.helpers import child_pids
+
+    es = own_es
+    deadline = 8.0
+    connector_id, index = f"out-es-{uuid.uuid4().hex[:8]}", f"test-out-es-{uuid.uuid4().hex[:8]}"
+    configuration, _ = complete_configuration({"count": {"value": 100000}, "delay_ms": {"value": 1}},
+                                              ScriptedSource.get_default_configuration())
+    doc = new_connector(service_type=SERVICE_TYPE, index_name=index, configuration=configuration)
+    doc["status"] = "configured"
+    es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
+    config = write_config(
+        tmp_path / "config.yml", es_url=FAULT_ES_URL, sources={SERVICE_TYPE: SCRIPTED},
+        service={"connector_ids": [connector_id], "max_errors": 100000},  # polls fail while it is down
+        pipeline={"bulk": {"max_docs": MAX_DOCS, "max_in_flight": MAX_IN_FLIGHT, "max_retries": 1000,
+                           "max_retry_seconds": deadline, "initial_backoff": 0.2, "max_backoff": 2}})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        job_id = create_job(es, get_connector(es, connector_id))
+        wait_for(lambda: _indexed_so_far(es, job_id, 500), timeout=120, what="the sync to index 500 documents")
+        (sync_process,) = child_pids(daemon.process.pid)
+        stopped = es_script("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        down = time.monotonic()
+        wait_for(lambda: not _alive(sync_process), timeout=deadline + 60, what="the sync process to give up")
+        gave_up_after = time.monotonic() - down
+        started = es_script("start")
+        assert started.returncode == 0, started.stderr
+        es.cluster.health(wait_for_status="yellow", timeout="60s")
+        fast_refresh(es)
+
+        job = wait_job_final(es, job_id, timeout=120)
+
+        assert gave_up_after < deadline + 20, gave_up_after  # with stacked retries: hours
+        assert job["status"] == "error", job
+        assert job["error"].startswith("ElasticsearchUnavailable: _bulk index to"), job["error"]
+        in_index = _in_index(es, index)
+        assert 500 <= in_index < 100000
+        _assert_within_in_flight(job, in_index)
+        assert job["total_document_count"] == in_index
+    finally:
+        daemon.stop()
+        es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+        delete_jobs_of(es, [connector_id])
+        es.indices.delete(index=index, ignore_unavailable=True)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

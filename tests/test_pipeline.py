@@ -315,6 +315,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     from transforms.es_client import ElasticsearchConnection
     from transforms.find_deletions import FindDeletions
     from transforms.scan_index import ScanIndex, scan_pages
+    from transforms.work_dir import mark_work_dir
 
     total = 25_000  # 3 pages of 10,000 over 2 slices
     es_helpers.bulk(es, ({"_index": index_name, "_id": f"d{i}", "_source": {"_timestamp": "2024-01-01T00:00:00Z"}}
@@ -330,6 +331,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
         mark_seen(seen, indexed.positions(id_digests(ids)))
         return seen
 
+    mark_work_dir(tmp_path)  # what the sync process does with its work directory
     with beam.Pipeline(runner=FnApiRunner()) as p:
         indexed = p | ScanIndex(conn, index_name, slices=2, work_dir=str(tmp_path))
         assert_that(indexed | beam.Map(lambda d: (len(d), set(d.stamps.tolist()))),
@@ -374,3 +376,31 @@ def test_content_index_when_created_then_shards_and_replicas_are_the_clusters_un
     finally:
         es.indices.delete_index_template(name=template)
         es.indices.delete(index=sized, ignore_unavailable=True)
+
+
+def test_sync_when_source_is_slow_then_first_documents_searchable_before_it_ends(es, index_name):
+    """Neither the read batch (500) nor the bulk batch (1000) waits for more documents than
+    ``bulk.max_batch_seconds``: a slow source's first documents are in the index while it reads on."""
+    import threading
+
+    from tests.helpers import wait_for
+
+    outcome: dict[str, Any] = {}
+    sync = threading.Thread(target=lambda: outcome.update(run_sync(
+        index=index_name, fqn="tests.fixtures_sources.slow:SlowSource", configuration={"count": 4, "delay_ms": 3000},
+        bulk={"max_batch_seconds": 0.5})))
+    sync.start()
+
+    def searchable() -> int | None:
+        if not es.indices.exists(index=index_name):
+            return None
+        es.indices.refresh(index=index_name)
+        return es.count(index=index_name)["count"] or None
+
+    try:
+        first = wait_for(searchable, timeout=60, what="the first documents to be searchable")
+    finally:
+        sync.join(timeout=120)
+    # One document every 3 s: the first ones were searchable with the source still reading.
+    assert 1 <= first < 4, first
+    assert outcome["status"] == "completed" and outcome["indexed_document_count"] == 4, outcome

@@ -26,7 +26,8 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.digests import (IndexDigests, IndexDigestsWriter, UnionSeen, id_digests, mark_seen, new_seen, seen_count,
                                 stamp_digest, unseen_mask)
 from transforms.normalize import MAX_ID_BYTES, Normalize, document_id, iso_timestamp, json_safe
-from transforms.write_to_elasticsearch import BulkSettings, _BulkWriteFn, retry_with_backoff
+from transforms.retries import retry_with_backoff
+from transforms.write_to_elasticsearch import BulkSettings, _BulkWriteFn
 
 
 def api_error(status: int) -> ApiError:
@@ -49,10 +50,30 @@ def test_retry_with_backoff_when_429_then_5xx_then_ok_then_retried_with_growing_
     retries = []
     settings = BulkSettings(initial_backoff=1.0, max_backoff=3.0, max_retries=5)
     assert retry_with_backoff(call, settings, sleep=sleeps.append, on_retry=lambda: retries.append(1)) == "ok"
-    assert len(retries) == 3
-    # Delay n is drawn from [cap/2, cap] with cap = min(max_backoff, initial * 2**n).
+    assert len(retries) == 3 and len(sleeps) == 3
+    # Full jitter: delay n is drawn from [0, cap] with cap = min(max_backoff, initial * 2**n).
     for delay, cap in zip(sleeps, (1.0, 2.0, 3.0)):
-        assert cap / 2 <= delay <= cap
+        assert 0 <= delay <= cap
+
+
+def test_retry_with_backoff_when_failing_past_max_retry_seconds_then_gives_up_in_time_with_the_last_error():
+    now = [0.0]
+    attempts: list[float] = []
+
+    def call():
+        attempts.append(now[0])
+        raise ESConnectionError(f"refused at {now[0]:.1f}s")
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    settings = BulkSettings(max_retries=1000, max_retry_seconds=10.0, initial_backoff=0.5, max_backoff=4.0)
+    with pytest.raises(ElasticsearchUnavailable) as raised:
+        retry_with_backoff(call, settings, sleep=sleep, clock=lambda: now[0], what="_bulk index to idx")
+    assert len(attempts) > 3 and max(attempts) <= 10.0  # no attempt starts after the deadline
+    message = str(raised.value)
+    assert message.startswith(f"_bulk index to idx failed after {len(attempts)} attempts in ")
+    assert message.endswith(f"refused at {attempts[-1]:.1f}s")  # the last error, not the first
 
 
 def test_retry_with_backoff_when_error_is_not_retriable_then_raised_at_once():
@@ -71,7 +92,7 @@ def test_retry_with_backoff_when_retries_run_out_then_elasticsearch_unavailable(
     def call():
         raise api_error(429)
 
-    with pytest.raises(ElasticsearchUnavailable, match="after 3 attempts: HTTP 429"):
+    with pytest.raises(ElasticsearchUnavailable, match="after 3 attempts in 0s: HTTP 429"):
         retry_with_backoff(call, BulkSettings(max_retries=2), sleep=lambda _: None)
 
 
@@ -81,6 +102,9 @@ class _FakeBulkClient:
     def __init__(self, scripts):
         self.scripts = list(scripts)
         self.sent: list[list[str]] = []
+
+    def options(self, **_):
+        return self
 
     def bulk(self, operations, pipeline=None):
         actions = [json.loads(line) for line in operations[::2]]
@@ -117,7 +141,7 @@ def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
                       BulkSettings(initial_backoff=0.001, max_retries=2), None, None, 1)
     fn.es = _FakeBulkClient([{"a": 429}] * 3)
     fn.progress = None
-    with pytest.raises(ElasticsearchUnavailable, match="still rejected with 429/5xx after 3 attempts"):
+    with pytest.raises(ElasticsearchUnavailable, match="after 3 attempts .*1 document.s. still rejected with 429/5xx"):
         fn._write_batch([("index", "a", b"{}")])
 
 

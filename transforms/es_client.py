@@ -1,7 +1,10 @@
 """How to reach Elasticsearch, as a small picklable value shared by the daemon and workers.
 
 :class:`ElasticsearchConnection` travels inside Beam transforms to every worker, so it
-holds only plain values; secrets are excluded from ``repr`` and never logged.
+holds only plain values; secrets are excluded from ``repr`` and never logged. The copy in a
+pipeline holds no secret at all (:meth:`ElasticsearchConnection.by_reference`): its
+:meth:`~ElasticsearchConnection.client` reads the password or API key from where the sync
+put them (:mod:`transforms.secrets`), on the worker.
 
 Example usage::
 
@@ -12,11 +15,13 @@ Example usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elasticsearch import Elasticsearch
 from elasticsearch.serializer import OrjsonSerializer
+
+from transforms.secrets import SecretRef
 
 __all__ = ["ElasticsearchConnection"]
 
@@ -31,9 +36,25 @@ class ElasticsearchConnection:
     verify_certs: bool = True
     request_timeout: float = 60.0
     max_retries: int = 3
+    #: where ``password`` and ``api_key`` are, when this copy does not hold them (a pipeline's)
+    secrets: SecretRef | None = None
+
+    def secret_values(self) -> dict[str, str]:
+        """The secrets this connection holds (for :func:`transforms.secrets.worker_secrets`)."""
+        return {name: value for name, value in (("password", self.password), ("api_key", self.api_key)) if value}
+
+    def by_reference(self, secrets: SecretRef | None) -> "ElasticsearchConnection":
+        """This connection without its secrets, which ``client()`` reads from ``secrets``."""
+        if secrets is None:
+            return self
+        return replace(self, password=None, api_key=None, secrets=secrets)
 
     def client(self, **overrides: Any) -> Elasticsearch:
         """A new client. Retries of whole requests on connection errors and timeouts."""
+        password, api_key = self.password, self.api_key
+        if self.secrets is not None:
+            stored = self.secrets.section("elasticsearch")
+            password, api_key = stored.get("password"), stored.get("api_key")
         kwargs: dict[str, Any] = {
             "hosts": list(self.hosts),
             "request_timeout": self.request_timeout,
@@ -42,10 +63,10 @@ class ElasticsearchConnection:
             "retry_on_status": (502, 503, 504),
             "serializer": OrjsonSerializer(),  # bulk responses and scan pages parse ~3x faster
         }
-        if self.api_key:
-            kwargs["api_key"] = self.api_key
+        if api_key:
+            kwargs["api_key"] = api_key
         elif self.username:
-            kwargs["basic_auth"] = (self.username, self.password or "")
+            kwargs["basic_auth"] = (self.username, password or "")
         if self.ca_certs:
             kwargs["ca_certs"] = self.ca_certs
         if any(h.startswith("https") for h in self.hosts):

@@ -37,10 +37,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -56,7 +57,9 @@ from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
 from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest, write_records
 from transforms.normalize import document_id
+from transforms.secrets import SecretRef
 from transforms.sync_rules import BasicRules
+from transforms.work_dir import check_work_dir
 
 __all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
@@ -66,7 +69,11 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Everything a worker needs to build the source: its FQN, configuration and rules."""
+    """Everything a worker needs to build the source: its FQN, configuration and rules.
+
+    The copy in a pipeline holds no sensitive value (:meth:`by_reference`): :meth:`build`
+    reads them, on the worker, from where the sync put them (:mod:`transforms.secrets`).
+    """
 
     fqn: str
     configuration: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -74,12 +81,47 @@ class SourceSpec:
     advanced_rules: Any = None
     #: read the source's identities (``get_access_control()``) instead of its documents
     access_control: bool = False
+    #: where the sensitive values of ``configuration`` are, when this copy does not hold them
+    secrets: SecretRef | None = None
 
     def build(self) -> Any:
-        return build_source(load_source_class(self.fqn), self.configuration)
+        configuration = self.configuration
+        if self.secrets is not None:
+            stored = self.secrets.section("source")
+            configuration = {name: _with_value(spec, stored[name]) if name in stored else spec
+                             for name, spec in configuration.items()}
+        return build_source(load_source_class(self.fqn), configuration)
+
+    def sensitive_fields(self) -> set[str]:
+        """The configuration fields that are secrets: marked ``sensitive`` here or in the source's schema."""
+        schema_of = getattr(load_source_class(self.fqn), "get_default_configuration", None)
+        schema = schema_of() if callable(schema_of) else {}
+        return {name for name in set(self.configuration) | set(schema)
+                if any(isinstance(spec, Mapping) and spec.get("sensitive")
+                       for spec in (self.configuration.get(name), schema.get(name)))}
+
+    def secret_values(self) -> dict[str, Any]:
+        """The sensitive values this spec holds (for :func:`transforms.secrets.worker_secrets`)."""
+        values = {name: (spec.get("value") if isinstance(spec, Mapping) else spec)
+                  for name, spec in self.configuration.items() if name in self.sensitive_fields()}
+        return {name: value for name, value in values.items() if value not in (None, "")}
+
+    def by_reference(self, secrets: SecretRef | None) -> "SourceSpec":
+        """This spec without its sensitive values, which ``build()`` reads from ``secrets``."""
+        if secrets is None:
+            return self
+        hidden = set(self.secret_values())
+        configuration = {name: (_with_value(spec, None) if name in hidden else spec)
+                         for name, spec in self.configuration.items()}
+        return replace(self, configuration=configuration, secrets=secrets)
 
     def filtering(self) -> Filter:
         return Filter(basic_rules=list(self.basic_rules), advanced_rules=self.advanced_rules or {})
+
+
+def _with_value(spec: Any, value: Any) -> Any:
+    """A configuration field (an object with ``value``, or a bare value) holding ``value``."""
+    return {**spec, "value": value} if isinstance(spec, Mapping) else value
 
 
 def _content_size(extra: Mapping[str, Any]) -> int:
@@ -93,8 +135,9 @@ def _content_size(extra: Mapping[str, Any]) -> int:
 
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
-                 max_download_bytes: int, record_digests: str | None = None):
+                 max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None):
         self.spec = spec
+        self.max_batch_seconds = max_batch_seconds
         self.track_seen = track_seen
         self.record_digests = record_digests
         self.batch_size = batch_size
@@ -107,6 +150,8 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
+        if self.record_digests:  # a directory of the sync's work directory
+            check_work_dir(os.path.dirname(self.record_digests))
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)
@@ -143,6 +188,7 @@ class _ReadPartitionFn(beam.DoFn):
         if self.track_seen and indexed is not None and self.seen is None:
             self.seen = new_seen(len(indexed))
         batch: list[tuple[str, dict[str, Any], Any]] = []
+        batch_started = 0.0
         read = 0  # counted per batch: a metric update per document costs more than the rest of the loop
         iterator = self.driver.iterate(self.source.get_access_control() if self.spec.access_control
                                        else call_get_docs(self.source, self.spec.filtering(), partition))
@@ -159,8 +205,12 @@ class _ReadPartitionFn(beam.DoFn):
                 if self.rules and not self.rules.should_index(doc):
                     self.filtered.inc()
                     continue
+                if not batch:
+                    batch_started = time.monotonic()
                 batch.append((doc_id, doc, lazy))
-                if len(batch) >= self.batch_size:
+                # A slow source's documents do not wait for a full batch: at most max_batch_seconds.
+                if len(batch) >= self.batch_size or (
+                        self.max_batch_seconds and time.monotonic() - batch_started >= self.max_batch_seconds):
                     self.read_count.inc(read)
                     read = 0
                     yield from self._flush(batch, indexed)
@@ -269,11 +319,14 @@ class ReadFromSource(beam.PTransform):
             ``_timestamp`` digests of every document read (and kept by the sync rules) are
             written, a file per bundle (:func:`~transforms.digests.read_records`): after
             a clean sync they are the index's (:func:`~transforms.digest_cache.store_synced`).
+        max_batch_seconds: a batch is handed on when its first document is this old, even
+            if not full (checked as documents come: a slow source's first documents reach
+            the writer, whose own timer sends them, long before ``batch_size`` are read).
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
                  batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
-                 record_digests: str | None = None):
+                 record_digests: str | None = None, max_batch_seconds: float | None = None):
         super().__init__()
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
@@ -286,10 +339,11 @@ class ReadFromSource(beam.PTransform):
         self.download_concurrency = download_concurrency
         self.max_download_bytes = max_download_bytes
         self.record_digests = record_digests
+        self.max_batch_seconds = max_batch_seconds
 
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
-                                self.max_download_bytes, self.record_digests)
+                                self.max_download_bytes, self.record_digests, self.max_batch_seconds)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         return (
             partitions

@@ -8,22 +8,22 @@ instance buffers elements and sends a ``_bulk`` request when ``max_docs`` or
 ``max_bytes`` is reached, and at the end of each bundle; up to ``max_in_flight`` requests
 run at once (on a small thread pool; metrics are counted back on the DoFn's thread).
 
-Failures, in order of how they are handled:
+Failures, in order of how they are handled (one policy, :mod:`transforms.retries`):
 
 * the whole request fails with 429, 5xx, a timeout or a connection error: resent with
-  exponential backoff (``initial_backoff * 2**attempt``, capped at ``max_backoff``) and
-  jitter (a random wait between half and all of it), up to ``max_retries`` times, then
-  the job fails;
+  exponential backoff and full jitter, up to ``max_retries`` times and for at most
+  ``max_retry_seconds``, then the job fails with the last error (the client's own retries
+  are off);
 * single items answer 429 (or 5xx) inside a successful response: only those items are
-  resent, with the same backoff;
+  resent, under the same policy;
 * other item failures (mapping conflicts, invalid field names, ...): the document goes to
   the ``dead_letters`` output with Elasticsearch's error type and reason;
 * ``delete`` of a missing document is not an error.
 
-Every acknowledged item is also compared with what was sent: counters ``writes_applied``
-(writes that took a sequence number in the index) and ``writes_not_as_sent`` (an ingest
-pipeline dropped the document, rerouted it to another index or changed its id) are the
-figures the digest cache checks against the index's own (``transforms/digest_cache.py``).
+A batch is sent when it holds ``max_docs`` documents or ``max_bytes``, at the end of each
+bundle, and at the latest ``max_batch_seconds`` after its first document: a timer thread
+sends a batch a slow source leaves waiting (its results are handed to the next
+``process``/``finish_bundle`` call, the only places Beam lets a DoFn emit).
 
 Ids are deterministic, so a retried request or bundle overwrites rather than duplicates.
 
@@ -36,9 +36,9 @@ Example usage::
 from __future__ import annotations
 
 import logging
-import random
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,19 +48,17 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
-from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
 
-from sources.errors import ElasticsearchUnavailable, connection_failure
 from transforms.dead_letter import DeadLetter
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import ProgressReporter
+from transforms.retries import ItemsRejected, attempt_timeout, retry_with_backoff
 
-__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "MIXED", "retry_with_backoff", "RETRIABLE_STATUS"]
+__all__ = ["WriteToElasticsearch", "BulkSettings", "DEAD_LETTERS", "MIXED"]
 
 DEAD_LETTERS = "dead_letters"
 #: ``operation`` for a stream of ``(op, doc_id, json_bytes_or_None)`` applied in order.
 MIXED = "mixed"
-RETRIABLE_STATUS = {429, 500, 502, 503, 504}
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -73,39 +71,11 @@ class BulkSettings:
     max_in_flight: int = 4
     max_batch_seconds: float = 2.0
     max_retries: int = 8
+    max_retry_seconds: float = 120.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     max_error_rate: float = 0.05
     min_errors_to_fail: int = 10
-
-
-def _retriable(exc: BaseException) -> bool:
-    if isinstance(exc, (ESConnectionError, ConnectionTimeout)):
-        return True
-    if isinstance(exc, ApiError):
-        return exc.meta.status in RETRIABLE_STATUS
-    return isinstance(exc, TransportError)
-
-
-def retry_with_backoff(call: Callable[[], Any], settings: BulkSettings, *, on_retry: Callable[[], None] = lambda: None,
-                       sleep: Callable[[float], None] = time.sleep, what: str = "bulk request") -> Any:
-    """Run ``call``; retry retriable Elasticsearch failures with exponential backoff and full jitter."""
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not _retriable(exc):
-                raise
-            if attempt >= settings.max_retries:
-                raise ElasticsearchUnavailable(
-                    f"{what} failed after {attempt + 1} attempts: {_describe(exc)}"
-                ) from exc
-            delay = min(settings.max_backoff, settings.initial_backoff * 2**attempt)
-            attempt += 1
-            on_retry()
-            _LOGGER.warning("%s failed (%s); retry %d in up to %.1fs", what, _describe(exc), attempt, delay)
-            sleep(random.uniform(delay / 2, delay))
 
 
 #: Item results that took a new sequence number in the index (a delete of a missing document too).
@@ -123,12 +93,6 @@ def _concrete_indices(es: Any, name: str) -> frozenset[str]:
     for alias in resolved.get("aliases") or ():
         names.update(alias.get("indices") or ())
     return frozenset(names or {name})
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiError):
-        return f"HTTP {exc.meta.status} {exc.message}"
-    return connection_failure(exc) or f"{type(exc).__name__}: {exc}"
 
 
 class _BulkWriteFn(beam.DoFn):
@@ -156,17 +120,25 @@ class _BulkWriteFn(beam.DoFn):
         self.targets: frozenset[str] | None = None  # the concrete indices behind ``index``, once needed
 
     def setup(self) -> None:
-        # Mixed operations keep the source's order: one request at a time.
+        # Mixed operations keep the source's order: one request at a time (the pool's one
+        # thread also runs batches the timer sends in the order they were taken).
         self.max_in_flight = 1 if self.operation == MIXED else self.settings.max_in_flight
-        self.es = self.conn.client(connections_per_node=max(10, self.max_in_flight * 2))
+        # No client retries: ours (transforms.retries) apply, with backoff, counted, bounded in time.
+        self.es = self.conn.client(connections_per_node=max(10, self.max_in_flight * 2), max_retries=0)
         self.pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="bulk")
         self.progress = ProgressReporter(self.es, self.job_id, interval=self.progress_interval) if self.job_id else None
-
-    def start_bundle(self) -> None:
+        self.lock = threading.Lock()  # the buffer and the requests in flight, shared with the timer
         self.buffer: list[tuple[str, str, bytes | None]] = []
         self.buffer_bytes = 0
         self.buffer_since = 0.0
         self.in_flight: list[Future] = []
+        self.stopping = threading.Event()
+        self.timer = threading.Thread(target=self._send_on_time, name="bulk-timer", daemon=True)
+        self.timer.start()
+
+    def start_bundle(self) -> None:
+        with self.lock:
+            self.buffer, self.buffer_bytes, self.in_flight = [], 0, []
 
     def process(self, element: Any) -> Iterator[Any]:
         if self.operation == "delete":
@@ -176,24 +148,28 @@ class _BulkWriteFn(beam.DoFn):
         else:
             op, (doc_id, data) = self.operation, element
         size = len(data or b"") + len(doc_id) + 64
-        if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
-            yield from self._send()
-        if not self.buffer:
-            self.buffer_since = time.monotonic()
-        self.buffer.append((op, doc_id, data))
-        self.buffer_bytes += size
-        # A slow source still shows progress: a batch waits at most max_batch_seconds.
-        if (len(self.buffer) >= self.settings.max_docs
-                or time.monotonic() - self.buffer_since >= self.settings.max_batch_seconds):
-            yield from self._send()
+        with self.lock:
+            if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
+                self._submit()
+            if not self.buffer:
+                self.buffer_since = time.monotonic()
+            self.buffer.append((op, doc_id, data))
+            self.buffer_bytes += size
+            if len(self.buffer) >= self.settings.max_docs:
+                self._submit()
+        yield from self._collect()
 
     def finish_bundle(self) -> Iterator[Any]:
-        for output in self._send(wait_all=True):
+        with self.lock:
+            self._submit()
+        for output in self._collect(wait_all=True):
             yield pvalue.TaggedOutput(DEAD_LETTERS, GlobalWindows.windowed_value(output.value))
         if self.progress:
             self.progress.flush()
 
     def teardown(self) -> None:
+        if getattr(self, "stopping", None) is not None:
+            self.stopping.set()
         pool = getattr(self, "pool", None)
         if pool:
             pool.shutdown(wait=True)
@@ -204,13 +180,35 @@ class _BulkWriteFn(beam.DoFn):
             es.close()
 
     # -- sending -----------------------------------------------------------------------
-    def _send(self, wait_all: bool = False) -> Iterator[Any]:
+    def _send_on_time(self) -> None:
+        """The timer: a batch waits at most ``max_batch_seconds``, even when no element comes
+        (a slow source). It only sends; the results are collected on the DoFn's thread."""
+        wait = self.settings.max_batch_seconds
+        while not self.stopping.wait(min(wait, 1.0)):
+            with self.lock:
+                age = time.monotonic() - self.buffer_since if self.buffer else 0.0
+                if self.buffer and age >= self.settings.max_batch_seconds:
+                    self._submit()
+                    age = 0.0
+            wait = max(0.01, self.settings.max_batch_seconds - age)
+
+    def _submit(self) -> None:
+        """Send the buffer as a batch (under ``self.lock``)."""
         if self.buffer:
             batch, self.buffer, self.buffer_bytes = self.buffer, [], 0
             self.in_flight.append(self.pool.submit(self._write_batch, batch))
-        while self.in_flight and (wait_all or len(self.in_flight) >= self.max_in_flight):
-            letters, stats = self.in_flight.pop(0).result()
-            # Beam metrics must be updated on the DoFn's thread, not the pool's.
+
+    def _collect(self, wait_all: bool = False) -> Iterator[Any]:
+        """Count the answered batches (Beam metrics are updated on the DoFn's thread, not the
+        pool's) and emit their dead letters: every batch with ``wait_all``; else those
+        answered, and the oldest while ``max_in_flight`` are in flight."""
+        while True:
+            with self.lock:
+                if not self.in_flight or not (wait_all or len(self.in_flight) >= self.max_in_flight
+                                              or self.in_flight[0].done()):
+                    return
+                future = self.in_flight.pop(0)
+            letters, stats = future.result()
             self.indexed.inc(stats["indexed"])
             self.indexed_bytes.inc(stats["bytes"])
             self.deleted.inc(stats["deleted"])
@@ -250,65 +248,71 @@ class _BulkWriteFn(beam.DoFn):
         stats = {"indexed": 0, "bytes": 0, "deleted": 0, "retries": 0, "item_retries": 0, "applied": 0,
                  "not_as_sent": 0}
         pending = batch
-        attempt = 0
+        deadline = time.monotonic() + self.settings.max_retry_seconds  # the whole batch, item retries too
+        items_failed = False
+
+        def attempt() -> None:
+            nonlocal pending, items_failed
+            items_failed = False
+            timeout = attempt_timeout(deadline, self.conn.request_timeout)
+            response = self.es.options(request_timeout=timeout).bulk(operations=self._actions(pending),
+                                                                     pipeline=self.pipeline)
+            retry = self._answered(pending, response, letters, stats)
+            if retry:
+                pending, items_failed = retry, True
+                raise ItemsRejected(len(retry), self.index)
 
         def count_retry() -> None:
-            stats["retries"] += 1
+            if items_failed:
+                stats["item_retries"] += len(pending)
+            else:
+                stats["retries"] += 1
 
-        while pending:
-            response = retry_with_backoff(
-                lambda: self.es.bulk(operations=self._actions(pending), pipeline=self.pipeline),
-                self.settings, on_retry=count_retry, what=f"_bulk {self.operation} to {self.index}",
-            )
-            retry: list[tuple[str, str, bytes | None]] = []
-            rejected: list[DeadLetter] = []
-            ok = deleted = volume = 0
-            for (op, doc_id, data), item in zip(pending, response["items"]):
-                result = item.get(op) or next(iter(item.values()))
-                status = result.get("status", 500)
-                if status < 300 or (op == "delete" and status == 404):
-                    if not self._as_sent(op, doc_id, result):
-                        stats["not_as_sent"] += 1
-                    elif result.get("result") in _APPLIED:
-                        stats["applied"] += 1
-                if status < 300:
-                    if op == "delete":
-                        if result.get("result") == "deleted":
-                            deleted += 1
-                    else:
-                        ok += 1
-                        volume += len(data or b"")
-                elif op == "delete" and status == 404:
-                    continue
-                elif status == 429 or status >= 500:
-                    retry.append((op, doc_id, data))
-                else:
-                    error = result.get("error") or {}
-                    rejected.append(DeadLetter.of(
-                        data, doc_id=doc_id, operation=op, stage="write",
-                        error=f"{error.get('reason', error)}" + (
-                            f" (caused by: {error['caused_by'].get('reason')})" if isinstance(error.get("caused_by"), dict) else ""),
-                        error_type=str(error.get("type", f"http_{status}")),
-                    ))
-            stats["indexed"] += ok
-            stats["bytes"] += volume
-            stats["deleted"] += deleted
-            letters.extend(rejected)
-            if self.progress:
-                self.progress.add(indexed_document_count=ok, indexed_document_bytes=volume,
-                                  deleted_document_count=deleted, dead_letter_count=len(rejected))
-            if retry:
-                if attempt >= self.settings.max_retries:
-                    raise ElasticsearchUnavailable(
-                        f"{len(retry)} documents were still rejected with 429/5xx after "
-                        f"{attempt + 1} attempts to {self.index}"
-                    )
-                stats["item_retries"] += len(retry)
-                delay = min(self.settings.max_backoff, self.settings.initial_backoff * 2**attempt)
-                attempt += 1
-                time.sleep(random.uniform(delay / 2, delay))
-            pending = retry
+        retry_with_backoff(attempt, self.settings, on_retry=count_retry, deadline=deadline,
+                           what=f"_bulk {self.operation} to {self.index}")
         return letters, stats
+
+    def _answered(self, sent: list[tuple[str, str, bytes | None]], response: dict[str, Any],
+                  letters: list[DeadLetter], stats: dict[str, int]) -> list[tuple[str, str, bytes | None]]:
+        """Count a ``_bulk`` answer's items (and report them); the items to send again (429/5xx)."""
+        retry: list[tuple[str, str, bytes | None]] = []
+        rejected: list[DeadLetter] = []
+        ok = deleted = volume = 0
+        for (op, doc_id, data), item in zip(sent, response["items"]):
+            result = item.get(op) or next(iter(item.values()))
+            status = result.get("status", 500)
+            if status < 300 or (op == "delete" and status == 404):
+                if not self._as_sent(op, doc_id, result):
+                    stats["not_as_sent"] += 1
+                elif result.get("result") in _APPLIED:
+                    stats["applied"] += 1
+            if status < 300:
+                if op == "delete":
+                    if result.get("result") == "deleted":
+                        deleted += 1
+                else:
+                    ok += 1
+                    volume += len(data or b"")
+            elif op == "delete" and status == 404:
+                continue
+            elif status == 429 or status >= 500:
+                retry.append((op, doc_id, data))
+            else:
+                error = result.get("error") or {}
+                rejected.append(DeadLetter.of(
+                    data, doc_id=doc_id, operation=op, stage="write",
+                    error=f"{error.get('reason', error)}" + (
+                        f" (caused by: {error['caused_by'].get('reason')})" if isinstance(error.get("caused_by"), dict) else ""),
+                    error_type=str(error.get("type", f"http_{status}")),
+                ))
+        stats["indexed"] += ok
+        stats["bytes"] += volume
+        stats["deleted"] += deleted
+        letters.extend(rejected)
+        if self.progress:
+            self.progress.add(indexed_document_count=ok, indexed_document_bytes=volume,
+                              deleted_document_count=deleted, dead_letter_count=len(rejected))
+        return retry
 
 
 class WriteToElasticsearch(beam.PTransform):
