@@ -599,7 +599,7 @@ class _Progress:
         status = str(doc.get("status"))
         indexed = int(doc.get("indexed_document_count") or 0)
         line = f"job {job_id} {status}: {indexed:,} indexed, {int(doc.get('deleted_document_count') or 0):,} deleted"
-        if indexed and elapsed >= 1:
+        if elapsed >= 1 and indexed / elapsed >= 1:
             line += f", {indexed / elapsed:,.0f} docs/s"
         line += f" ({elapsed:,.0f}s)"
         if self.live is not None:
