@@ -154,11 +154,16 @@ def connection_failure(exc: BaseException) -> str | None:
     chain: list[BaseException] = [exc]
     while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    def said(error: BaseException) -> str:  # elastic-transport's str() is only "Connection error"
+        return str(getattr(error, "message", None) or error).strip() or type(error).__name__
+
     for cause in chain:  # urllib3's names the address
-        match = re.match(r"^\w*Connection(?:Pool)?\(host='([^']*)', port=(\d+)\): (.+)$", str(cause), re.S)
+        match = re.match(r"^\w*Connection(?:Pool)?\(host='([^']*)', port=(\d+)\): (.+)$", said(cause), re.S)
         if match:
             return f"cannot connect to {match.group(1)}:{match.group(2)}: {' '.join(match.group(3).split())}"
-    text = " ".join((str(chain[-1]).strip() or type(chain[-1]).__name__).split())
+    text = " ".join(said(chain[-1]).split())
+    if len(chain) == 1:
+        return text  # nothing nested to unwrap
     if kind.__name__ == "ConnectionTimeout":
         return f"Elasticsearch did not answer in time: {text}"
     return f"the connection to Elasticsearch failed: {text}"
