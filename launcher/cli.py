@@ -22,6 +22,7 @@ import click
 
 from launcher.config import Config, default_config_path, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
+from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
 from launcher.protocol import (
     FINAL_STATUSES, create_job, get_connector, get_job, index_name_problem, new_connector, now_iso, search_connectors,
@@ -103,16 +104,31 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return result
 
 
+class _FromEnv(str):
+    """A ``--set-env`` value: the name of an environment variable (``str`` is the name)."""
+
+
 def _values(set_values: tuple[str, ...], set_env: tuple[str, ...]) -> dict[str, str]:
     """``--set FIELD=VALUE`` and ``--set-env FIELD=ENV_VAR`` (secrets stay out of process arguments)."""
-    import os
-
-    values = _pairs(set_values, "--set")
+    values: dict[str, str] = _pairs(set_values, "--set")
     for field, variable in _pairs(set_env, "--set-env").items():
-        if variable not in os.environ:
-            raise ConfigError(f"--set-env {field}: environment variable {variable} is not set")
-        values[field] = os.environ[variable]
+        values[field] = _FromEnv(variable.strip())
     return values
+
+
+def _sensitive_value(config: Config, key: str, raw: str) -> str | None:
+    """What a sensitive field stores for ``raw``: a reference for ``--set-env`` (the service
+    resolves it; the secret never reaches the document), a reference given as is, else None."""
+    from launcher.secret_refs import env_reference, is_reference, reference_problem
+
+    reference = env_reference(raw) if isinstance(raw, _FromEnv) else raw if is_reference(raw) else None
+    if reference is None:
+        return None
+    problem = reference_problem(reference, config.secrets)
+    if problem is not None:
+        option = "--set-env" if isinstance(raw, _FromEnv) else "--set"
+        raise ConfigError(f"{option} {key}: {problem}")
+    return reference
 
 
 def _echo_json(value: Any) -> None:
@@ -215,6 +231,11 @@ def action_poll(ctx: _Context, **_: Any) -> int:
         metrics = serve_metrics(config.service.metrics_address, daemon)
     try:
         if daemon.wait_for_elasticsearch():
+            from launcher.privileges import check_service_privileges
+
+            # Before anything else: a missing privilege is then named, whichever it is.
+            check_service_privileges(daemon.es, config.service.protocol_store,
+                                     who=f"the credentials in {config.path or 'config.yml'} (elasticsearch)")
             daemon.run()
     finally:
         if metrics is not None:
@@ -230,6 +251,16 @@ def _configuration_with(config: Config, service_type: str, current: Any, values:
         if key not in configuration:
             problems.append(f"{key}: not a field of {service_type}; fields are: {', '.join(sorted(configuration))}")
             continue
+        if configuration[key].get("sensitive"):
+            reference = _sensitive_value(config, key, raw)
+            if reference is not None:
+                configuration[key]["value"] = reference
+                continue
+        if isinstance(raw, _FromEnv):  # not a secret: the value itself is stored
+            if raw not in os.environ:
+                problems.append(f"--set-env {key}: environment variable {raw} is not set")
+                continue
+            raw = os.environ[raw]
         kind = configuration[key].get("type", "str")
         try:
             value = coerce_value(json.loads(raw) if kind == "list" and raw.startswith("[") else raw, kind)
@@ -304,6 +335,7 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
 
     if connector_id and get_connector(ctx.store, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
+    check_index_ownership(ctx.store, index_name, connector_id)
     try:
         new_id = ctx.store.create_connector(doc, connector_id)
     except ConflictError:
@@ -360,6 +392,7 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
     if schedule:
         updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
     if index_name:
+        check_index_ownership(ctx.store, index_name, connector_id)
         updates["index_name"] = index_name
     if name:
         updates["name"] = name
@@ -765,8 +798,9 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
               help="create/update-connector: a configuration value (repeatable)")
 @click.option("--set-env", "set_env", multiple=True, metavar="FIELD=ENV_VAR",
-              help="create/update-connector: a configuration value read from an environment variable, "
-                   "so secrets never appear in process arguments (repeatable)")
+              help="create/update-connector: a sensitive field stores the reference ${env:ENV_VAR}, which the "
+                   "service resolves in its own environment (config.yml secrets.env must allow it); another field "
+                   "stores the variable's value. Secrets never appear in process arguments (repeatable)")
 @click.option("--draft", is_flag=True,
               help="create/update-connector: save a configuration that still lacks required values; the connector "
                    "stays needs_configuration (no syncs) until they are set")

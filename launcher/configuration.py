@@ -192,12 +192,15 @@ def values_of(configuration: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact(configuration: Any) -> Any:
-    """A copy with sensitive values replaced by ``****``."""
+    """A copy with sensitive values replaced by ``****`` (a reference, ``${env:NAME}``, is shown)."""
+    from launcher.secret_refs import is_reference
+
     if not isinstance(configuration, Mapping):
         return configuration
     result = copy.deepcopy(dict(configuration))
     for spec in result.values():
-        if isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, ""):
+        if (isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, "")
+                and not is_reference(spec.get("value"))):
             spec["value"] = "****"
     return result
 

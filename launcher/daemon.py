@@ -3,7 +3,9 @@
 One poll, every ``service.idling`` seconds::
 
     heartbeat (connector last_seen, at most every service.heartbeat s)
-    for each served connector: complete its configuration, validate + ping it, write
+    for each served connector: complete its configuration, check that no other connector
+        uses its index, resolve its secret references, build its source (within the
+        operator's allowed hosts), validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
         (a connector whose document is wrong gets the error; the others are served)
     take back this service's own jobs a crash left behind (suspended, then resumed below)
@@ -47,14 +49,16 @@ from launcher.protocol import (
     CONNECTOR_DEFAULTS, Connector, Job, claim_job, connector_problems, create_job, job_problems, jobs_to_claim, now_iso, release_lock,
     with_protocol_fields,
 )
+from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
 from launcher.outage import Outage, is_outage, wait_backoff
 from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
+from launcher.secret_refs import resolve_references
 from launcher.sync_runner import SyncRunner
-from sources.driver import SourceDriver
-from sources.errors import IngestError, format_error
+from sources.driver import SourceDriver, build_source
+from sources.errors import IndexConflict, IngestError, SecretReferenceError, format_error
 from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
@@ -388,19 +392,30 @@ class Daemon:
 
     def _check_configuration(self, connector: Connector, source_class: type) -> None:
         configuration = connector.get("configuration") or {}
-        key = _fingerprint(configuration)
+        key = _fingerprint([configuration, connector.index_name])
         last = self._pinged.get(connector.id)
         recently = last is not None and last[0] == key and time.monotonic() - last[1] < self.config.service.heartbeat
         if recently and connector.get("status") in ("connected", "error"):
             return
         self._pinged[connector.id] = (key, time.monotonic())
+        if isinstance(connector.index_name, str) and connector.index_name:
+            try:
+                check_index_ownership(self.store, connector.index_name, connector.id)
+            except IndexConflict as exc:
+                self._set_error(connector, format_error(exc))
+                return
+        try:
+            configuration = resolve_references(configuration, self.config.secrets)
+        except SecretReferenceError as exc:
+            self._set_error(connector, f"Invalid configuration: {exc}")
+            return
         problems = validate_configuration(configuration)
         if problems:
             self._set_error(connector, "Invalid configuration: " + "; ".join(problems))
             return
         source = None
         try:
-            source = source_class(configuration=self._typed(configuration))
+            source = build_source(source_class, self._typed(configuration), self._settings(connector))
             driver = SourceDriver(source)
             try:
                 if hasattr(source, "validate_config"):
@@ -414,6 +429,10 @@ class Daemon:
             return
         if connector.get("status") != "connected" or connector.get("error") is not None:
             self._write(connector, {"status": "connected", "error": None})
+
+    def _settings(self, connector: Connector) -> dict[str, Any]:
+        """The operator's settings for the connector's source (config.yml)."""
+        return self.config.source_settings.get(connector.service_type, {})
 
     @staticmethod
     def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,7 +455,8 @@ class Daemon:
             else:
                 driver = None
                 try:
-                    source = source_class(configuration=self._typed(connector.get("configuration") or {}))
+                    configuration = resolve_references(connector.get("configuration") or {}, self.config.secrets)
+                    source = build_source(source_class, self._typed(configuration), self._settings(connector))
                     driver = SourceDriver(source)
                     messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
                         source, "validate_advanced_rules") else []

@@ -13,6 +13,9 @@ certificate not trusted, wrong host      ``UntrustedCertificate`` (ca_certs)    
 401                                      ``AuthenticationException`` (credentials)    no
 an answer without Elasticsearch's        ``NotElasticsearch``: "this URL answers,     no
 ``X-Elastic-Product`` header             but not as Elasticsearch: ..."
+403 (no ``monitor`` privilege)           none: it is Elasticsearch (the daemon's      -
+                                         privilege check names what is missing)
+another refusal                          ``ConfigError``                              no
 =======================================  ===========================================  =========
 
 The daemon waits (with backoff) while the answer is retriable and stops on the others,
@@ -116,6 +119,8 @@ def probe_elasticsearch(settings: Any, *, config_file: str | None = None) -> dic
         raise NotElasticsearch(
             f"{host}: this URL answers, but not as Elasticsearch: {', '.join(answer)}: {_reason(body)}. Check "
             f"elasticsearch.host in {where}: the address of Elasticsearch's HTTP API (port 9200 by default)")
+    if status == 403:
+        return {}  # Elasticsearch, refusing ``monitor``: what the credentials lack is named where it matters
     if status >= 400:
         raise ConfigError(f"Elasticsearch at {host} refused GET /_cluster/health ({status}: {_reason(body)}); the "
                           f"credentials in {where} need the monitor cluster privilege (docs/operations.md)")

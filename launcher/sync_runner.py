@@ -4,8 +4,11 @@ The daemon never runs a pipeline in its own process. For each claimed job a Sync
 thread:
 
 1. builds the :class:`~pipelines.job.SyncJob` from the job's connector snapshot and
-   config.yml (the source FQN comes from config.yml, never from the document), and
-   writes it to a private 0600 file;
+   config.yml (the source FQN and the operator's settings for it come from config.yml,
+   never from the document; secret references are resolved here), checks the service's
+   privileges on the content index and that no other connector uses it
+   (:mod:`launcher.privileges`, :mod:`launcher.index_ownership`: otherwise the job fails
+   with the reason, nothing written), and writes it to a private 0600 file;
 2. starts ``python -m pipelines.run JOB_FILE RESULT_FILE`` in a new process group;
 3. every ``job_progress_interval`` seconds writes the live counters (the earlier runs'
    plus the workers' progress records, :mod:`launcher.counters`) and ``last_seen`` to the job; every
@@ -45,7 +48,10 @@ from elasticsearch import ConnectionError as ESConnectionError
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
 from launcher.counters import Counters
+from launcher.index_ownership import check_index_ownership
 from launcher.outage import Outage, is_outage
+from launcher.privileges import check_privileges
+from launcher.secret_refs import resolve_references
 from launcher.protocol import (
     FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
@@ -115,7 +121,8 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     live = claim.connector.get("configuration")
     live = live if isinstance(live, dict) else {}
     configuration = snapshot.get("configuration") or live
-    configuration = with_secrets(configuration, live)
+    # Sensitive values come from the connector document; references there are resolved here.
+    configuration = resolve_references(with_secrets(configuration, live), config.secrets)
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
@@ -133,6 +140,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         service_type=service_type,
         source_fqn=fqn,
         configuration=merged,
+        source_settings=config.source_settings.get(service_type, {}),
         basic_rules=[r for r in rules if isinstance(r, dict)],
         advanced_rules=advanced,
         pipeline_flags={
@@ -228,7 +236,12 @@ class SyncRunner(threading.Thread):
             return
         try:
             sync_job = build_sync_job(self.config, self.claim)
-        except Exception as exc:  # noqa: BLE001 - a bad document or bad rules
+            check_privileges(self.es, sync_job.index_name, who="the service's credentials (config.yml elasticsearch)")
+            # Re-checked for every job: connector documents may have been written by anyone.
+            content_index = (sync_job.index_name.removeprefix(ACCESS_CONTROL_INDEX_PREFIX)
+                             if sync_job.job_type == "access_control" else sync_job.index_name)
+            check_index_ownership(self.store, content_index, self.connector_id)
+        except Exception as exc:  # noqa: BLE001 - a bad document, bad rules, an index that is not its own
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
             return

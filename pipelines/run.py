@@ -99,7 +99,7 @@ def write_job_file(path: str | os.PathLike[str], job: SyncJob, settings: Pipelin
 
 def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
     """Validate, ping and partition the source; ``(None, cursor)`` when it reports no change."""
-    source = build_source(load_source_class(job.source_fqn), job.configuration)
+    source = build_source(load_source_class(job.source_fqn), job.configuration, job.source_settings)
     driver = SourceDriver(source)
     try:
         # Our own errors say what they are (one name per failure); another error is the

@@ -57,7 +57,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources.base import OP_INDEX, BaseDataSource, Doc, Endpoint, Filter, Partition
 from sources._tls import CaFile
 from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_names, read_text
@@ -269,8 +269,8 @@ class SqlDataSource(BaseDataSource):
     #: Run on a connection to the default database: the names of the databases.
     _LIST_DATABASES_SQL: ClassVar[str] = ""
 
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
+    def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
+        super().__init__(configuration, operator_settings=operator_settings)
         self._settings: SqlSettings | None = None
         self._conn: Any = None
         self._tables: dict[str, TableInfo] | None = None
@@ -312,6 +312,9 @@ class SqlDataSource(BaseDataSource):
         return set()
 
     # -- settings and connection -----------------------------------------------------
+    def network_endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.settings.host, self.settings.port)]
+
     @property
     def settings(self) -> SqlSettings:
         if self._settings is None:

@@ -7,13 +7,16 @@
     │   └── UntrustedCertificate     Elasticsearch's TLS certificate cannot be verified
     ├── ConnectorError               a connector or job document is wrong (``connector_id``)
     │   ├── UnknownServiceType       service_type not in config.yml ``sources:``
-    │   └── SyncRulesError           sync rules invalid
+    │   ├── SyncRulesError           sync rules invalid
+    │   ├── IndexConflict            index_name is another connector's, or an alias over several indices
+    │   └── SecretReferenceError     a ${env:...} / ${file:...} reference the operator does not allow
     ├── SourceError                  the source failed
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
     │   └── SourceLoadError          the source's FQN cannot be imported
     ├── IndexingError                Elasticsearch refused our writes (or a whole read of the index)
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
+    │   ├── InsufficientPrivileges   the credentials lack privileges the service needs (listed)
     │   ├── PartialScan              a scan of the content index missed shards
     │   └── TooManyErrors            dead letters exceeded the configured error rate
     └── JobError                     a sync job ended badly
@@ -39,12 +42,15 @@ __all__ = [
     "ConnectorError",
     "UnknownServiceType",
     "SyncRulesError",
+    "IndexConflict",
+    "SecretReferenceError",
     "SourceError",
     "SourceConfigError",
     "SourceUnavailable",
     "SourceLoadError",
     "IndexingError",
     "ElasticsearchUnavailable",
+    "InsufficientPrivileges",
     "TooManyErrors",
     "PartialScan",
     "JobError",
@@ -95,6 +101,14 @@ class SyncRulesError(ConnectorError):
     pass
 
 
+class IndexConflict(ConnectorError):
+    pass
+
+
+class SecretReferenceError(ConnectorError):
+    pass
+
+
 class SourceError(IngestError):
     pass
 
@@ -117,6 +131,10 @@ class IndexingError(IngestError):
 
 class ElasticsearchUnavailable(IndexingError):
     retriable = True
+
+
+class InsufficientPrivileges(IndexingError):
+    pass
 
 
 class TooManyErrors(IndexingError):

@@ -24,7 +24,7 @@ from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.protocol import create_job, get_connector, get_job, new_connector, update_connector, update_job
 from sources.directory import DirectoryDataSource
 from tests.fixtures_sources.slow import SlowSource
-from tests.helpers import REPO, DaemonProcess, index_docs, wait_for, write_config
+from tests.helpers import DIR_SOURCE, REPO, DaemonProcess, index_docs, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ class Pool:
                 tmp / f"{name}.yml",
                 service={"hostname": name, "idling": 0.5, "heartbeat": 5, "job_progress_interval": 1,
                          "cancel_check_interval": 0.5, "job_stale_after": STALE_AFTER, "max_concurrent_syncs": 2},
-                sources={SLOW: "tests.fixtures_sources.slow:SlowSource", DIR: "sources.directory:DirectoryDataSource"},
+                sources={SLOW: "tests.fixtures_sources.slow:SlowSource", DIR: DIR_SOURCE},
                 pipeline={"bulk": {"max_docs": 5}, "direct_num_workers": 1, "direct_running_mode": "in_memory"},
             )
         self.ensure()

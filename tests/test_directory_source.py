@@ -9,9 +9,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sources.directory import DirectoryDataSource
+from sources.directory import DirectoryDataSource as _Directory
 from sources.errors import SourceConfigError
 from sources.testing import ping, read_all, read_partitions
+
+
+def DirectoryDataSource(configuration, roots=None):
+    """The source as config.yml would allow it: reading below the test's folder."""
+    roots = roots or [os.path.dirname(os.path.realpath(configuration["directory"]))]
+    return _Directory(configuration, operator_settings={"allowed_roots": roots})
 
 
 def make_tree(root):
@@ -72,19 +78,19 @@ def test_directory_when_pattern_escapes_folder_then_refused(tmp_path):
 
 def test_directory_when_file_unreadable_then_error_names_file(tmp_path, monkeypatch):
     """Root (CI) reads any file, so permission loss is simulated at the one call that reads."""
-    from pathlib import Path
+    import builtins
 
+    import sources.directory
     from sources.errors import SourceError
 
     make_tree(tmp_path)
-    real_read = Path.read_bytes
 
-    def read_bytes(self):
-        if self.name == "a.txt":
+    def fake_open(path, *args, **kwargs):
+        if str(path).endswith("a.txt"):
             raise PermissionError(13, "Permission denied")
-        return real_read(self)
+        return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(sources.directory, "open", fake_open, raising=False)
     with pytest.raises(SourceError, match="cannot read a.txt: Permission denied"):
         read_all(DirectoryDataSource({"directory": str(tmp_path)}))
 

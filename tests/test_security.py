@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import skip_or_fail, REPO, DaemonProcess, child_pids, cli, wait_for, write_config
+from tests.helpers import skip_or_fail, REPO, DaemonProcess, child_pids, cli, cli_in_process, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -72,26 +72,6 @@ def own_proxy(own_es) -> Proxy:
     from tests.fixtures_security.own_node import FAULT_ES_URL
 
     return _start_proxy(OWN_PROXY_PORT, FAULT_ES_URL)
-
-
-def cli_in_process(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``elastic-ingest ARGS`` run in this process (the same click command, ~5 s faster than a process)."""
-    import logging
-
-    from click.testing import CliRunner
-
-    from launcher.cli import _command
-
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    levels = {name: logging.getLogger(name).level for name in ("", "elastic_transport", "urllib3", "apache_beam")}
-    try:
-        result = CliRunner().invoke(_command, ["-c", str(config), *args], env=env, catch_exceptions=False)
-    finally:
-        root.handlers[:] = handlers
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _es_config(tmp_path: Path, proxy: Proxy, name: str = "config.yml", **elasticsearch) -> Path:
@@ -243,11 +223,11 @@ def scenario(own_proxy, own_es, tmp_path_factory) -> Scenario:
                   "--set", "delay_ms=100", "--set", "require_token=true", config=config, env=env)
     texts["cli create-connector"] = created.stdout + created.stderr
     assert created.returncode == 0, created.stderr
-    bad = new_connector(service_type=SERVICE_TYPE, index_name=index, configuration={
+    bad = new_connector(service_type=SERVICE_TYPE, index_name=f"{index}-bad", configuration={
         "token": {"label": "API token", "type": "int", "sensitive": True, "value": bad_token}})
     bad["status"] = "configured"
     es.index(index=CONNECTORS_INDEX, id=bad_cid, document=bad, refresh=True)
-    evil = new_connector(service_type=EVIL, index_name=index, configuration={})
+    evil = new_connector(service_type=EVIL, index_name=f"{index}-evil", configuration={})
     evil["status"] = "configured"
     es.index(index=CONNECTORS_INDEX, id=evil_cid, document=evil, refresh=True)
     evil_job_id = f"sec-evil-job-{suffix}"

@@ -28,7 +28,7 @@ import pytest
 
 from sources.registry import load_source_class
 from sources.schema import describe_fields, features_markdown, fields_markdown
-from tests.helpers import REPO, SOURCES, DaemonProcess, cli, index_docs, skip_or_fail, write_config
+from tests.helpers import REPO, SOURCES, DaemonProcess, cli, index_docs, skip_or_fail, source_entry, write_config
 
 DOCS = REPO / "docs" / "sources"
 _GENERATED = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -78,18 +78,19 @@ def documented_document(service_type: str) -> dict[str, Any]:
 # -- the pages and the schemas -------------------------------------------------------------
 @pytest.mark.parametrize("service_type", sorted(SOURCES))
 def test_source_docs_when_compared_with_the_class_then_fields_and_features_match(service_type):
-    cls = load_source_class(SOURCES[service_type])
+    cls = load_source_class(source_entry(service_type)[0])
     text = page(service_type).read_text(encoding="utf-8")
 
     assert {m.group(2) for m in _GENERATED.finditer(text)} == {"fields", "features"}
-    assert render(text, cls) == text, (f"docs/sources/{service_type}.md is out of date with {SOURCES[service_type]}: "
+    fqn = source_entry(service_type)[0]
+    assert render(text, cls) == text, (f"docs/sources/{service_type}.md is out of date with {fqn}: "
                                        "run .venv/bin/python -m tests.test_source_docs")
-    assert f"`{SOURCES[service_type]}`" in text
+    assert f"`{fqn}`" in text
 
 
 @pytest.mark.parametrize("service_type", sorted(SOURCES))
 def test_source_docs_when_example_read_then_it_gives_every_required_field_and_only_real_ones(service_type):
-    fields = {f.name: f for f in describe_fields(load_source_class(SOURCES[service_type]))}
+    fields = {f.name: f for f in describe_fields(load_source_class(source_entry(service_type)[0]))}
     create, sync = example_commands(service_type)
     given = example_settings(create)
 
@@ -225,7 +226,8 @@ def test_source_docs_when_example_run_on_the_test_server_then_documents_look_as_
 
 
 if __name__ == "__main__":  # regenerate the generated parts of every page
-    for service_type, fqn in sorted(SOURCES.items()):
+    for service_type in sorted(SOURCES):
         path = page(service_type)
-        path.write_text(render(path.read_text(encoding="utf-8"), load_source_class(fqn)), encoding="utf-8")
+        path.write_text(render(path.read_text(encoding="utf-8"), load_source_class(source_entry(service_type)[0])),
+                        encoding="utf-8")
         print(f"{path.relative_to(REPO)}: generated parts written")

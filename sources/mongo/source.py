@@ -79,7 +79,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources.base import OP_INDEX, BaseDataSource, Doc, Endpoint, Filter, Partition
 from sources._tls import CaFile
 from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_text
@@ -265,8 +265,8 @@ class MongoDataSource(BaseDataSource):
     advanced_rules_enabled = True
     incremental_sync_enabled = True
 
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
+    def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
+        super().__init__(configuration, operator_settings=operator_settings)
         self._settings: MongoSettings | None = None
         self._client: pymongo.MongoClient | None = None
         self._ca = CaFile()
@@ -276,6 +276,17 @@ class MongoDataSource(BaseDataSource):
         return {name: dict(spec) for name, spec in _CONFIGURATION.items()}
 
     # -- settings, client and errors -----------------------------------------------------
+    def network_endpoints(self) -> list[Endpoint]:
+        """The hosts the connection string names (a ``mongodb+srv://`` name itself: the members
+        its DNS records and the replica set advertise are the named server's)."""
+        from pymongo.uri_parser import split_hosts
+
+        hosts = self.settings.host.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+        try:
+            return [Endpoint(host, port) for host, port in split_hosts(hosts, default_port=27017)]
+        except (pymongo.errors.PyMongoError, ValueError) as exc:
+            raise SourceConfigError(f"host: {self._scrub(exc)}") from exc
+
     @property
     def settings(self) -> MongoSettings:
         if self._settings is None:

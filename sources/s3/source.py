@@ -168,6 +168,10 @@ class S3DataSource(ObjectStoreSource):
         settings: _S3Settings = self.settings  # type: ignore[assignment]
         return settings.endpoint_url or f"AWS ({settings.region})"
 
+    def _backend_url(self) -> str:
+        settings: _S3Settings = self.settings  # type: ignore[assignment]
+        return settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com"
+
     def _backend_buckets(self) -> list[str]:
         if self._api.can_paginate("list_buckets"):
             pages = self._api.get_paginator("list_buckets").paginate()
