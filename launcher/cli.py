@@ -43,7 +43,8 @@ ACTIONS: dict[str, str] = {
                         "every required field needs a value, unless --draft",
     "update-connector": "change a connector (--connector-id and --set / --schedule / --index-name / --pipeline / --rules)",
     "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
-    "connectors": "show connectors: status, last sync, documents (--connector-id to show one)",
+    "connectors": "show connectors: status, the documents their index holds, the last sync and its counts "
+                  "(--connector-id to show one)",
     "sync": "request a sync (--connector-id, --job-type); --wait follows it to the end",
     "cancel": "cancel a job (--job-id)",
     "jobs": "show sync jobs: status, counters, duration, error (--connector-id to filter)",

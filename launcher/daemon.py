@@ -22,8 +22,9 @@ threads, so a poll never waits for a sync. SIGTERM/SIGINT stop the loop, suspend
 running jobs and exit. At start the daemon waits for Elasticsearch (one line per attempt,
 with backoff); later, while Elasticsearch cannot be reached, polls keep failing and the
 outage is logged once, with a reminder every minute and a line when it ends
-(:mod:`launcher.outage`). Any other failed poll is logged; more than ``service.max_errors``
-of them within ``service.max_errors_span`` seconds stop the daemon with a clear message.
+(:mod:`launcher.outage`). Any other failed poll is logged (the same failure again at most
+every minute); more than ``service.max_errors`` of them within ``service.max_errors_span``
+seconds stop the daemon with a clear message.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._errors: deque[float] = deque()
+        self._last_failure: tuple[str | None, float] = (None, 0.0)  # the last poll failure logged, and when
         self._last_heartbeat: dict[str, float] = {}
         self._pinged: dict[str, tuple[str, float]] = {}
         self._orphans: dict[str, float] = {}
@@ -246,7 +248,11 @@ class Daemon:
         span = self.config.service.max_errors_span
         while self._errors and now - self._errors[0] > span:
             self._errors.popleft()
-        _LOGGER.error("poll failed (%d in the last %ds): %s", len(self._errors), span, format_error(exc))
+        said = format_error(exc)
+        # The same failure again is logged at most every minute (the count says how often it came).
+        if said != self._last_failure[0] or now - self._last_failure[1] >= 60:
+            _LOGGER.error("poll failed (%d in the last %ds): %s", len(self._errors), span, said)
+            self._last_failure = (said, now)
         _LOGGER.debug("poll failure", exc_info=True)
         if len(self._errors) > self.config.service.max_errors:
             self._stop.set()
