@@ -94,6 +94,22 @@ class Service:
         self.cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "synthetic",
                  "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", *sets)
 
+    def remove_connector(self, es: Any, connector_id: str) -> None:
+        """Delete the connector, its jobs and their progress records: a benchmark leaves no trace."""
+        from transforms.progress import PROGRESS_INDEX
+
+        self.cli("--action", "delete-connector", "--connector-id", connector_id)
+        jobs = ".elastic-connectors-sync-jobs"
+        es.indices.refresh(index=jobs)
+        ids = [hit["_id"] for hit in es.search(index=jobs, query={"term": {"connector.id": connector_id}},
+                                               size=10000, source=False)["hits"]["hits"]]
+        for index, query in ((jobs, {"ids": {"values": ids}}), (PROGRESS_INDEX, {"terms": {"job_id": ids}})):
+            es.indices.refresh(index=index, ignore_unavailable=True)
+            found = es.search(index=index, query=query, size=10000, source=False, ignore_unavailable=True)
+            operations = [{"delete": {"_index": index, "_id": hit["_id"]}} for hit in found["hits"]["hits"]]
+            if operations:
+                es.bulk(operations=operations, refresh=True)
+
     def update_connector(self, connector_id: str, configuration: dict[str, Any]) -> None:
         sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]
         self.cli("--action", "update-connector", "--connector-id", connector_id, *sets)

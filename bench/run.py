@@ -243,6 +243,7 @@ class Bench:
                                  and changed["deleted"] == expected["removed"] and changed["total"] == expected["present"])
         finally:
             self.es.indices.delete(index=index, ignore_unavailable=True)
+            service.remove_connector(self.es, connector_id)
         return out
 
     def ceiling(self, dataset: Dataset, tag: str) -> dict[str, Any]:

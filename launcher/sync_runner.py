@@ -266,6 +266,9 @@ class SyncRunner(threading.Thread):
         # freed arenas stay resident: 2 arenas cut a 1M-document resync's peak by ~50 MB.
         env.setdefault("MALLOC_ARENA_MAX", "2")
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
+        # Temporary files of the sync and its libraries (Beam leaves empty folders behind) go to
+        # the job's private folder, removed when the job ends.
+        env["TMPDIR"] = str(workdir)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.run", str(job_file), str(result_file)],
             start_new_session=True, env=env, cwd=os.getcwd(),

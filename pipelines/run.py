@@ -394,6 +394,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+#: The daemon's private folder of a job (job file, result, and the sync's temporary files) starts with it.
+_PRIVATE_DIR_PREFIX = "elastic-ingest-"
 #: Set by the daemon for its sync processes: its pid, so a sync whose daemon died before the
 #: sync even started (while Python and Beam were imported) knows it at once.
 DAEMON_PID_ENV = "ELASTIC_INGEST_DAEMON_PID"
@@ -419,10 +421,13 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
             _remove_work_dir(work_dir)
         for path in (job_file, result_file, Path(str(result_file) + ".tmp")):
             path.unlink(missing_ok=True)
-        try:
-            job_file.parent.rmdir()
-        except OSError:
-            pass
+        if job_file.parent.name.startswith(_PRIVATE_DIR_PREFIX):  # the daemon's folder for this job only
+            shutil.rmtree(job_file.parent, ignore_errors=True)
+        else:
+            try:
+                job_file.parent.rmdir()
+            except OSError:
+                pass
         os.kill(os.getpid(), signal.SIGTERM)
 
     if parent != 1:

@@ -113,7 +113,7 @@ def run_sync(
         ingest_pipeline=ingest_pipeline, sync_cursor=sync_cursor,
     )
     defaults: dict[str, Any] = {"direct_num_workers": 1, "direct_running_mode": "in_memory",
-                                "dead_letters": str(Path(os.environ.get("TMPDIR", "/tmp")) / "elastic-ingest-tests-dl")}
+                                "dead_letters": str(Path(tempfile.gettempdir()) / "dead-letters")}
     settings = PipelineConfig.model_validate({**defaults, **pipeline_settings})
     outcome = _run(job, settings, ElasticsearchConnection(hosts=(es_url,)))
     outcome["job_id"] = job.job_id

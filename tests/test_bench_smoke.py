@@ -79,6 +79,9 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     for name in ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full"):
         assert methods[name]["mb_per_s"] > 0 and methods[name]["ratio_to_ceiling"] > 0, name
     full, same, changed = methods["ours_full"], methods["ours_nochange"], methods["ours_changed"]
+    # Its connector and jobs are gone with its indices (it may run against a node others use).
+    for name in ("ours_full", "ours_nochange", "ours_nochange_cached", "ours_changed"):
+        assert not es.exists(index=".elastic-connectors-sync-jobs", id=methods[name]["job_id"]), name
     assert full["indexed"] == 300 and full["total"] == 300
     assert same["indexed"] == 0 and same["deleted"] == 0 and same["speedup_vs_full"] > 0
     assert same["index_ops_during"] == {"index_total": 0, "delete_total": 0}

@@ -101,7 +101,8 @@ def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
                  what="the sync to index its first documents")
         stopped = es_script("stop")
         assert stopped.returncode == 0, stopped.stderr
-        time.sleep(2)
+        wait_for(lambda: "cannot check the job document" in daemon.output(), timeout=30,
+                 what="the daemon to notice the outage")
         started = es_script("start")
         assert started.returncode == 0, started.stderr
         own_es.cluster.health(wait_for_status="yellow", timeout="60s")

@@ -47,7 +47,7 @@ def make_connector(byoc_indices):
 
     def make(service_type: str = "slow", configuration: dict | None = None, **overrides) -> Connector:
         connector_id = f"proto-{uuid.uuid4().hex[:10]}"
-        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}")
+        doc = new_connector(service_type=service_type, index_name=f"test-idx-{connector_id}")
         doc["configuration"] = configuration if configuration is not None else {}
         doc.update(overrides)
         byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
@@ -55,8 +55,12 @@ def make_connector(byoc_indices):
         return get_connector(byoc_indices, connector_id)
 
     yield make
+    from tests.fixtures_security.own_node import delete_jobs_of
+
     for connector_id in created:
         byoc_indices.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+    if created:
+        delete_jobs_of(byoc_indices, created)
 
 
 def _daemon(tmp_path: Path, es, connector_ids, **service) -> Daemon:
@@ -465,6 +469,34 @@ def test_take_back_own_jobs_when_ours_and_orphaned_then_suspended_or_canceled_an
         alive.wait()
 
 
+def test_remove_stale_job_folders_when_job_ended_and_unused_then_removed_and_no_other(es, make_connector, tmp_path):
+    """The folder (job file with secrets, result) a daemon killed after its sync ended leaves behind."""
+    import subprocess
+    import sys
+
+    from launcher.recovery import remove_stale_job_folders
+
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    jobs = {name: create_job(es, connector) for name in ("ended", "running", "in use")}
+    for name in ("ended", "in use"):
+        update_job(es, jobs[name], {"status": "completed"})
+    update_job(es, jobs["running"], {"status": "in_progress"})
+    folders = {}
+    for name, job_id in [*jobs.items(), ("gone", uuid.uuid4().hex), ("not a job", "bench")]:
+        folders[name] = tmp_path / f"elastic-ingest-{job_id}-abcd1234"
+        folders[name].mkdir()
+        (folders[name] / "job.json").write_text("{}")
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folders["in use"] / "job.json")])
+    try:
+        removed = remove_stale_job_folders(IndexStore(es), tmp_path)
+    finally:
+        user.kill()
+        user.wait()
+    assert removed == [folders["ended"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        folders[name].name for name in ("running", "in use", "gone", "not a job"))  # a missing job: after a day
+
+
 def test_service_identity_when_not_configured_then_host_and_config_path(tmp_path):
     from launcher.recovery import ServiceIdentity
 
@@ -483,9 +515,11 @@ def test_release_orphan_locks_when_lock_held_by_no_job_then_released_after_thres
     daemon.claim_jobs = lambda connector_ids: None
     daemon.poll_once()
     assert get_connector(es, connector.id).get("last_sync_status") == "in_progress"  # not yet
-    time.sleep(1.2)
-    daemon.poll_once()
-    assert get_connector(es, connector.id).get("last_sync_status") == "error"
+    def released():
+        daemon.poll_once()
+        return get_connector(es, connector.id).get("last_sync_status") == "error"
+
+    wait_for(released, timeout=20, what="the lock to be released after job_stale_after (1 s)")
 
 
 def test_claim_jobs_when_concurrency_limit_reached_then_jobs_left_pending(es, make_connector, tmp_path):

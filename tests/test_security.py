@@ -255,8 +255,8 @@ def scenario(own_proxy, own_es, tmp_path_factory) -> Scenario:
         cmdlines[sync.pid] = _cmdline(sync.pid) or ""
         while sync.poll() is None:
             for child in child_pids(daemon.process.pid):
-                if child not in cmdlines:
-                    line = _cmdline(child)
+                if child not in cmdlines or cmdlines[child] == cmdlines[daemon.process.pid]:
+                    line = _cmdline(child)  # (a child caught between fork and exec still shows the daemon's)
                     if line:
                         cmdlines[child] = line
             time.sleep(0.05)
@@ -363,7 +363,7 @@ def _sync_through(proxy: Proxy, index: str, **credentials) -> dict:
     from pipelines.settings import PipelineConfig
     from transforms.es_client import ElasticsearchConnection
 
-    job = SyncJob(job_id=f"sec-{uuid.uuid4().hex[:12]}", connector_id="sec-connector", job_type="full",
+    job = SyncJob(job_id=f"test-sec-{uuid.uuid4().hex[:12]}", connector_id="sec-connector", job_type="full",
                   index_name=index, service_type=SERVICE_TYPE, source_fqn=SCRIPTED,
                   configuration={"count": {"value": 12}, "token": {"value": "t", "sensitive": True}})
     settings = PipelineConfig.model_validate({"direct_num_workers": 1, "direct_running_mode": "in_memory",
