@@ -28,8 +28,8 @@ Example usage::
 
 from __future__ import annotations
 
-import logging
 import ipaddress
+import logging
 import os
 import re
 import socket

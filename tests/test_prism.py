@@ -35,6 +35,7 @@ from tests.helpers import (
     REPO, DaemonProcess, cli, index_docs, require_server, run_sync, skip_or_fail, wait_for, write_config,
 )
 from tests.test_secrets import captured  # noqa: F401 - a fixture: the pipelines a sync stages, decoded
+from transforms.progress import delete_progress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,6 +56,11 @@ def prism_id(scenario: str) -> str:
 
 def local_id(scenario: str) -> str:
     return f"local-{RUN}-{scenario}"
+
+
+def index_of(connector_id: str) -> str:
+    """The connector's content index (``test-``: the suite's sweep knows it for a test's)."""
+    return f"test-{connector_id}"
 
 
 def _connect(endpoint: str) -> None:
@@ -114,10 +120,16 @@ def daemon(es, prism, tmp_path_factory):
     daemon = Daemon(tmp_path_factory.mktemp("prism"))
     yield daemon
     assert daemon.ensure().stop(timeout=60) == 0
-    for scenario in SCENARIOS:
-        for connector_id in (prism_id(scenario), local_id(scenario)):
-            es.options(ignore_status=404).delete(index=".elastic-connectors", id=connector_id, refresh=True)
-            es.options(ignore_status=404).indices.delete(index=connector_id)
+    ids = [c for scenario in SCENARIOS for c in (prism_id(scenario), local_id(scenario))]
+    es.indices.refresh(index=".elastic-connectors-sync-jobs")
+    jobs = es.search(index=".elastic-connectors-sync-jobs", query={"terms": {"connector.id": ids}}, size=1000,
+                     source=False)["hits"]["hits"]
+    for job in jobs:
+        es.options(ignore_status=404).delete(index=".elastic-connectors-sync-jobs", id=job["_id"])
+        delete_progress(es, job["_id"])  # a canceled or suspended run's records
+    for connector_id in ids:
+        es.options(ignore_status=404).delete(index=".elastic-connectors", id=connector_id, refresh=True)
+        es.options(ignore_status=404).indices.delete(index=index_of(connector_id))
     assert "Traceback" not in daemon.output(), daemon.output()[-5000:]
 
 
@@ -130,7 +142,7 @@ def _set_args(values: dict) -> list[str]:
 
 def create(daemon: Daemon, connector_id: str, service: str, values: dict) -> None:
     cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", SERVICE[service],
-        "--index-name", connector_id, *_set_args(values), config=daemon.config, check=True)
+        "--index-name", index_of(connector_id), *_set_args(values), config=daemon.config, check=True)
 
 
 def update(daemon: Daemon, connector_ids: tuple[str, ...], values: dict) -> None:
@@ -167,7 +179,7 @@ def assert_same(es, scenario: str, on_prism: dict, local: dict) -> None:
     assert on_prism["status"] == "completed", on_prism.get("error")
     assert local["status"] == "completed", local.get("error")
     assert (on_prism["metadata"]["runner"], local["metadata"]["runner"]) == ("PortableRunner", "FnApiRunner")
-    assert index_docs(es, prism_id(scenario)) == index_docs(es, local_id(scenario))
+    assert index_docs(es, index_of(prism_id(scenario))) == index_docs(es, index_of(local_id(scenario)))
     for name in COUNTERS:
         assert on_prism[name] == local[name], name
     for name in METADATA:
@@ -199,7 +211,7 @@ def test_prism_when_source_changes_between_syncs_then_same_index_counters_and_de
     docs = make_docs(40)
     pair = (prism_id("lifecycle"), local_id("lifecycle"))
     for connector_id in pair:
-        es.indices.create(index=connector_id, mappings={"properties": {"rank": {"type": "integer"}}})
+        es.indices.create(index=index_of(connector_id), mappings={"properties": {"rank": {"type": "integer"}}})
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda c: create(daemon, c, "memory", {"docs": docs + MALFORMED, "partitions": 3,
                                                              "lazy": True}), pair))
@@ -238,7 +250,7 @@ def test_prism_when_source_changes_between_syncs_then_same_index_counters_and_de
     assert incremental[0]["deleted_document_count"] == 1 and incremental[0]["total_document_count"] == 38
     cursors = [es.get(index=".elastic-connectors", id=c)["_source"]["sync_cursor"] for c in pair]
     assert cursors[0] == cursors[1] == {"position": 3}
-    indexed = index_docs(es, pair[0])
+    indexed = index_docs(es, index_of(pair[0]))
     assert "doc-12" not in indexed and indexed["doc-11"]["title"] == "updated" and "late-1" in indexed
     # teardown() is never called on these workers: each job's worker process ends with the job
     # instead, and is reaped (no defunct process left).
@@ -260,7 +272,7 @@ def test_prism_when_job_canceled_mid_sync_then_canceled_within_seconds_and_worke
     assert job["canceled_at"] and job["error"] is None
     # The Prism job is cancelled with the sync process: its worker is stopped, nothing more is written.
     wait_for(lambda: not _pool_workers(), timeout=30, what="the job's SDK worker to stop")
-    in_index = len(index_docs(es, connector_id))
+    in_index = len(index_docs(es, index_of(connector_id)))
     assert 0 < in_index < 400
     # Counted as the job was canceled: what was indexed by then, give or take the requests in flight.
     in_flight = 4 * 20  # bulk.max_in_flight x bulk.max_docs
@@ -282,7 +294,7 @@ def test_prism_when_daemon_stopped_mid_sync_then_job_suspended_and_resumed_by_th
     suspended = _job(es, job_id)
     assert suspended["status"] == "suspended"
     wait_for(lambda: not _pool_workers(), timeout=30, what="the suspended job's SDK worker to stop")
-    before = len(index_docs(es, pair[0]))
+    before = len(index_docs(es, index_of(pair[0])))
     assert 0 < before < 80, "suspended mid-sync"
     # The suspended run's counters: the Prism workers' progress records (up to the requests in flight).
     assert 0 < suspended["indexed_document_count"] <= before
@@ -295,7 +307,7 @@ def test_prism_when_daemon_stopped_mid_sync_then_job_suspended_and_resumed_by_th
         local = local.result()
     assert resumed["status"] == "completed", resumed["error"]
     assert resumed["metadata"]["runner"] == "PortableRunner" and local["status"] == "completed"
-    assert index_docs(es, pair[0]) == index_docs(es, pair[1])
+    assert index_docs(es, index_of(pair[0])) == index_docs(es, index_of(pair[1]))
     assert resumed["total_document_count"] == local["total_document_count"] == 80
     # What the suspended run indexed is unchanged in the source: the resumed run skips it, and the
     # job's counters add both runs'.
@@ -312,12 +324,13 @@ def test_prism_runner_when_sync_process_starts_prism_then_same_index_as_local_ru
         skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
     docs = make_docs(30)
     changed = [{**d, "title": "edited", "_timestamp": "2024-09-09T00:00:00+00:00"} for d in docs[:5]]
-    local_index = f"{index_name}-local"
+    local_index, outcomes = f"{index_name}-local", []
     try:
         for configuration in ({"docs": docs[:20], "partitions": 2}, {"docs": changed + docs[10:], "partitions": 2}):
             local = run_sync(index=local_index, fqn="sources.testing:MemorySource", configuration=configuration)
             on_prism = run_sync(index=index_name, fqn="sources.testing:MemorySource", configuration=configuration,
                                 runner="PrismRunner")
+            outcomes += [local, on_prism]
             assert on_prism["status"] == "completed", on_prism.get("error")
             assert index_docs(es, index_name) == index_docs(es, local_index)
             for name in ("indexed_document_count", "deleted_document_count", "unchanged_document_count"):
@@ -325,6 +338,8 @@ def test_prism_runner_when_sync_process_starts_prism_then_same_index_as_local_ru
         assert (on_prism["indexed_document_count"], on_prism["deleted_document_count"]) == (15, 5)
     finally:
         es.indices.delete(index=local_index, ignore_unavailable=True)
+        for outcome in outcomes:
+            delete_progress(es, outcome["job_id"])
 
 
 def test_prism_when_workers_do_not_share_the_disk_then_digests_travel_in_the_pipeline(es, index_name, prism):
@@ -333,12 +348,13 @@ def test_prism_when_workers_do_not_share_the_disk_then_digests_travel_in_the_pip
     remote = {"runner": "PortableRunner", "portable": prism, "workers_share_disk": False,
               # Workers elsewhere cannot write a local folder; nothing is dead-lettered here, so nothing is written.
               "dead_letters": "gs://elastic-ingest-tests/dead-letters"}
-    local_index = f"{index_name}-local"
+    local_index, outcomes = f"{index_name}-local", []
     try:
         for configuration in ({"docs": docs[:20]}, {"docs": docs[5:], "partitions": 3}):
             local = run_sync(index=local_index, fqn="sources.testing:MemorySource", configuration=configuration)
             on_prism = run_sync(index=index_name, fqn="sources.testing:MemorySource", configuration=configuration,
                                 **remote)
+            outcomes += [local, on_prism]
             assert on_prism["status"] == "completed", on_prism.get("error")
             assert index_docs(es, index_name) == index_docs(es, local_index)
         assert (on_prism["indexed_document_count"], on_prism["deleted_document_count"]) == (10, 5)
@@ -346,6 +362,8 @@ def test_prism_when_workers_do_not_share_the_disk_then_digests_travel_in_the_pip
         assert not on_prism.get("index_digests_kept")  # the cache needs the digests as files
     finally:
         es.indices.delete(index=local_index, ignore_unavailable=True)
+        for outcome in outcomes:
+            delete_progress(es, outcome["job_id"])
 
 
 def test_prism_when_elasticsearch_needs_a_password_then_pool_workers_read_it_from_the_secrets_file(
@@ -370,6 +388,7 @@ def test_prism_when_elasticsearch_needs_a_password_then_pool_workers_read_it_fro
                                               "bulk": {"max_retries": 0}})
 
     outcome = run(job, settings, conn)
+    delete_progress(es, job.job_id)
 
     assert outcome["status"] == "completed", outcome.get("error")
     assert es.count(index=index_name)["count"] == 12
