@@ -15,6 +15,12 @@ imported for that; one that cannot be imported is reported where it is used, as 
 FQN is) and kept in ``Config.source_settings``; ``Config.sources`` maps every service
 type to its FQN either way.
 
+Relative paths (:data:`PATH_SETTINGS`: ``ca_certs``, ``dead_letters``, ``work_dir``, the
+digest cache, ...) are taken from the folder of the config file, whatever the working
+directory; so are the folders of ``secrets.folders`` and of a source's ``allowed_roots``; the daemon
+reads a connector's relative paths (a directory source's folder) from there too
+(``sources.base.config_folder()``).
+
 Every default lives in the models below, once. Unknown keys are errors; each problem
 is reported with its path, e.g. ``elasticsearch.host: expected a URL, got 42``; secrets
 are never echoed back.
@@ -259,6 +265,37 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message[0].lower() + message[1:]}, got {shown}"
 
 
+#: Settings that name files or folders: a relative one is taken from the config file's folder
+#: (not from the working directory of whoever runs the service: ``/`` under systemd).
+PATH_SETTINGS = ("elasticsearch.ca_certs", "pipeline.dead_letters", "pipeline.work_dir", "pipeline.secrets_dir",
+                 "pipeline.digest_cache_dir", "pipeline.prism.location", "pipeline.flink.job_server_jar",
+                 "pipeline.dataflow.setup_file")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the :data:`PATH_SETTINGS` of ``raw``, ``secrets.folders`` and the sources'
+    ``allowed_roots`` absolute against ``base`` (``~`` expanded; URLs such as ``gs://`` left alone)."""
+    for dotted in PATH_SETTINGS:
+        *parents, key = dotted.split(".")
+        section: Any = raw
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) and value.strip() and "://" not in value:
+            section[key] = _absolute(value, base)
+    lists = [raw.get("secrets", {}).get("folders") if isinstance(raw.get("secrets"), dict) else None]
+    if isinstance(raw.get("sources"), dict):  # operator settings: folders a source may read
+        lists += [entry.get("allowed_roots") for entry in raw["sources"].values() if isinstance(entry, dict)]
+    for folders in lists:
+        if isinstance(folders, list):
+            folders[:] = [_absolute(f, base) if isinstance(f, str) and f.strip() else f for f in folders]
+
+
+def _absolute(value: str, base: Path) -> str:
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else str(base / expanded)
+
+
 def _source_entries(entries: Any, problems: list[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
     """``sources:`` as (service type -> FQN, service type -> operator settings), settings validated."""
     if not isinstance(entries, dict):
@@ -313,6 +350,7 @@ def parse_config(raw: Any, *, path: str | None = None) -> Config:
     for key in ("elasticsearch", "service", "pipeline", "sources", "connectors", "secrets"):
         if key in raw and raw[key] is None:
             raw[key] = {}
+    _resolve_paths(raw, Path(path).resolve().parent if path else Path.cwd())
     if "source_settings" in raw:
         problems.append("source_settings: unknown key (operator settings go in the sources: entry, "
                         "as {class: package.module:ClassName, <settings>})")

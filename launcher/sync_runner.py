@@ -49,6 +49,7 @@ from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
 from launcher.counters import Counters
 from launcher.index_ownership import check_index_ownership
+from launcher.outage import Outage, is_outage
 from launcher.privileges import check_privileges
 from launcher.secret_refs import resolve_references
 from launcher.protocol import (
@@ -164,7 +165,8 @@ class SyncRunner(threading.Thread):
     """Supervises one sync process for one claimed job (see the module docstring)."""
 
     def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
-                 store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None):
+                 store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None,
+                 outage: Outage | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
         self.es = es  # the content index and the progress records
@@ -184,6 +186,8 @@ class SyncRunner(threading.Thread):
         self.run_counters: Counters | None = None
         self.metadata: dict[str, Any] = {}
         self.index_name: str | None = None
+        #: The service's record of Elasticsearch outages (logged there once, not by every supervisor).
+        self.outage = outage
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -282,9 +286,11 @@ class SyncRunner(threading.Thread):
                 last_check = now
                 try:
                     canceled, gone, lost = self._check_job()
+                    if self.outage is not None:
+                        self.outage.ended()
                 except (ESConnectionError, TransportError, ApiError) as exc:
                     # Elasticsearch is away: the sync goes on (it retries its own writes); so do we.
-                    _LOGGER.warning("job %s: cannot check the job document: %s", self.job_id, format_error(exc))
+                    self._es_failed("cannot check the job document", exc)
                 if canceled or gone or lost:
                     self._stop_process()
                     break
@@ -377,7 +383,15 @@ class SyncRunner(threading.Thread):
         except NotFoundError:
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
-            _LOGGER.warning("job %s: could not write progress: %s", self.job_id, format_error(exc))
+            self._es_failed("could not write progress", exc)
+
+    def _es_failed(self, what: str, exc: BaseException) -> None:
+        """A request to Elasticsearch failed: an outage is the service's to log (once, see
+        launcher.outage); anything else is logged here."""
+        if self.outage is not None and is_outage(exc):
+            self.outage.failed(format_error(exc))
+        else:
+            _LOGGER.warning("job %s: %s: %s", self.job_id, what, format_error(exc))
 
     def _delete_progress(self) -> None:
         try:
@@ -423,8 +437,7 @@ class SyncRunner(threading.Thread):
             except (ESConnectionError, TransportError, ApiError) as exc:
                 if self._suspend.is_set() or not _unavailable(exc):
                     raise  # the daemon is stopping, or Elasticsearch refused the write itself
-                _LOGGER.warning("job %s: cannot write its end state yet (%s); retrying", self.job_id,
-                                format_error(exc))
+                self._es_failed("cannot write its end state yet; retrying", exc)
                 waited = True
                 self._suspend.wait(delay)
                 delay = min(delay * 2, 10.0)

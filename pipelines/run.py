@@ -102,20 +102,22 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
     source = build_source(load_source_class(job.source_fqn), job.configuration, job.source_settings)
     driver = SourceDriver(source)
     try:
+        # Our own errors say what they are (one name per failure); another error is the
+        # source's own: its type is named in the message, after what it means here.
         if hasattr(source, "validate_config"):
             try:
                 driver.call(source.validate_config)
-            except SourceConfigError:
+            except IngestError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the source's own error type
-                raise SourceConfigError(f"{type(exc).__name__}: {exc}") from exc
+                raise SourceConfigError(f"invalid configuration: {exc} ({type(exc).__name__})") from exc
         if hasattr(source, "ping"):
             try:
                 driver.call(source.ping)
-            except (SourceConfigError, SourceUnavailable):
+            except IngestError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise SourceUnavailable(f"the source cannot be reached: {exc} ({type(exc).__name__})") from exc
         if job.job_type == "incremental":
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")

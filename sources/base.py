@@ -84,8 +84,10 @@ from __future__ import annotations
 import abc
 import copy
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar, NamedTuple, Union
 
@@ -106,7 +108,19 @@ __all__ = [
     "FIELD_DEFAULTS",
     "ACCESS_CONTROL_INDEX_PREFIX",
     "supports_access_control",
+    "CONFIG_DIR_ENV",
+    "config_folder",
 ]
+
+#: Set by the service to the folder of its config file (see :func:`config_folder`).
+CONFIG_DIR_ENV = "ELASTIC_INGEST_CONFIG_DIR"
+
+
+def config_folder() -> Path:
+    """The folder a relative path in a connector's configuration is read from: the folder of
+    the service's config file (the daemon and its sync processes), else the working directory."""
+    return Path(os.environ.get(CONFIG_DIR_ENV) or os.getcwd())
+
 
 #: Where an access-control sync writes a content index's identities (Elastic's name).
 ACCESS_CONTROL_INDEX_PREFIX = ".search-acl-filter-"

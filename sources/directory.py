@@ -2,8 +2,10 @@
 
 Each document has ``_id`` (a hash of the path relative to the folder: stable, short),
 ``path`` (relative), ``file_name``, ``extension``, ``size``, ``_timestamp`` (the file's
-mtime, ISO 8601 UTC) and, once downloaded, either ``body`` (text files, decoded as UTF-8)
-or ``_attachment`` (other files, base64; the pipeline extracts text from PDF, DOCX, HTML).
+mtime, ISO 8601 UTC) and, once downloaded, either ``body`` (plain-text files by extension,
+decoded as UTF-8) or ``_attachment`` (every other file, base64), which the pipeline turns
+into ``body`` text (:mod:`transforms.extract_text`: PDF, DOCX, HTML's visible text, text
+without a known extension), so markup is never indexed as text.
 
 Partitions are top-level subfolders (plus the files at the top), so a big tree is read in
 parallel; files are downloaded lazily, only when new or changed.
@@ -35,7 +37,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from sources.base import BaseDataSource, Filter, OperatorSettings, Partition
+from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
 
 __all__ = ["DirectoryDataSource", "DirectorySettings"]
@@ -43,6 +45,7 @@ __all__ = ["DirectoryDataSource", "DirectorySettings"]
 _HOW_TO_ALLOW = ("list the folders directory connectors may read in config.yml, e.g. `sources: {dir: {class: "
                  "sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}}`")
 
+#: Plain text as it is (markup such as HTML is not: its text is extracted by the pipeline).
 _TEXT_EXTENSIONS = {
     ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".log", ".py",
     ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cpp", ".sh", ".toml", ".ini", ".cfg",
@@ -87,7 +90,8 @@ class DirectoryDataSource(BaseDataSource):
                 "label": "Directory",
                 "order": 1,
                 "type": "str",
-                "tooltip": "Absolute path of the folder to index.",
+                "tooltip": "The folder to index: an absolute path, or one relative to the folder of the "
+                           "service's config file.",
             },
             "pattern": {
                 "label": "File pattern (glob)",
@@ -101,7 +105,8 @@ class DirectoryDataSource(BaseDataSource):
 
     @property
     def root(self) -> Path:
-        return Path(str(self.configuration["directory"] or "")).expanduser()
+        """The folder; a relative one is read from the service's config folder (:func:`config_folder`)."""
+        return config_folder() / Path(str(self.configuration["directory"] or "")).expanduser()
 
     @property
     def pattern(self) -> str:
@@ -226,8 +231,9 @@ class _FileDownload:
             return None  # removed since listed: the next sync deletes it
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
-        if Path(self.path).suffix.lower() in _TEXT_EXTENSIONS or _looks_like_text(data):
+        if Path(self.path).suffix.lower() in _TEXT_EXTENSIONS:
             return {"body": data.decode("utf-8", errors="replace")}
+        # HTML, PDF, DOCX, files without a known extension: the pipeline extracts their text.
         return {"_attachment": base64.b64encode(data).decode("ascii")}
 
 
@@ -238,13 +244,3 @@ def _opened_path(fd: int, path: str) -> str:
     except OSError:
         return os.path.realpath(path)
 
-
-def _looks_like_text(data: bytes) -> bool:
-    sample = data[:4096]
-    if b"\x00" in sample:
-        return False
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start > len(sample) - 4  # a multibyte char cut at the sample's end
-    return True

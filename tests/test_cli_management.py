@@ -267,3 +267,78 @@ def test_cli_when_sync_wait_and_no_service_serves_the_connector_then_says_so_and
     assert [j["_source"]["status"] for j in jobs] == ["pending", "pending"]  # another service may still come
     for job in jobs:
         es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)
+
+
+def test_cli_when_create_connector_with_draft_then_saved_as_needs_configuration_until_completed(es, config,
+                                                                                                connector_id):
+    run = _Outputs(config)
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "postgresql",
+        "--index-name", f"search-{connector_id}", "--set", "host=127.0.0.1", "--draft")
+    assert get_connector(es, connector_id).get("status") == "needs_configuration"
+
+    refused = run("--action", "update-connector", "--connector-id", connector_id, "--set", "username=ingest",
+                  expect=1)
+    assert "not updated: postgresql needs a value for database" in refused.stderr
+    run("--action", "update-connector", "--connector-id", connector_id, "--set", "username=ingest",
+        "--set", "database=ingest_test")
+    assert get_connector(es, connector_id).get("status") == "configured"
+
+
+def test_cli_when_sync_wait_interrupted_then_job_goes_on_and_cancel_command_printed(es, config, connector_id):
+    import signal
+    import subprocess
+    import sys
+
+    from launcher.protocol import new_connector
+    from tests.helpers import REPO, wait_for
+
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
+        service_type="nobody_serves_this", index_name=f"search-{connector_id}"))
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "-c", str(config), "--action", "sync", "--connector-id", connector_id,
+         "--wait", "--keep-waiting"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        es.indices.refresh(index=JOBS_INDEX)
+        job = wait_for(lambda: es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})[
+            "hits"]["hits"] or es.indices.refresh(index=JOBS_INDEX) and None, what="the job")[0]
+        wait_for(lambda: waiting.poll() is None and es.count(index=JOBS_INDEX)["count"], what="the wait")
+        import time
+
+        time.sleep(2)  # in the wait loop
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 130, err
+    assert f"stopped waiting; job {job['_id']} goes on (pending). To cancel it: elastic-ingest -c {config} " \
+           f"--action cancel --job-id {job['_id']}" in err
+    assert "Aborted" not in err and "Traceback" not in err
+    assert get_job(es, job["_id"]).status == "pending"
+    es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)
+
+
+def test_cli_connectors_when_listed_then_index_documents_and_last_sync_counts_apart(es, config, connector_id):
+    from launcher.protocol import new_connector
+
+    index = f"search-{connector_id}"
+    doc = new_connector(service_type="slow", index_name=index)
+    doc.update(last_indexed_document_count=0, last_deleted_document_count=1, last_sync_status="completed")
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=doc)
+    for n in range(3):  # what an earlier sync left: a no-change resync indexes nothing
+        es.index(index=index, id=str(n), document={"n": n})
+    es.indices.refresh(index=index)
+    try:
+        listed = _Outputs(config).json("--action", "connectors", "--connector-id", connector_id)
+        table = cli("--action", "connectors", "--connector-id", connector_id, config=config).stdout
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
+
+    assert listed[0]["index_document_count"] == 3 and listed[0]["last_indexed_document_count"] == 0
+    header = next(line for line in table.splitlines() if "docs in index" in line)
+    row = next(line for line in table.splitlines() if connector_id in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    columns = [c.strip() for c in header.split("┃")[1:-1]]
+    assert dict(zip(columns, cells))["docs in index"] == "3"
+    assert dict(zip(columns, cells))["last sync indexed"] == "0"
+    assert dict(zip(columns, cells))["last sync deleted"] == "1"

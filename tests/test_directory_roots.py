@@ -136,8 +136,17 @@ def test_directory_roots_when_file_swapped_for_symlink_after_listing_then_not_re
         download(doit=True)
 
 
+def test_config_when_allowed_roots_relative_then_taken_from_the_config_files_folder():
+    from launcher.config import parse_config
+
+    config = parse_config({"sources": {"dir": {"class": "sources.directory:DirectoryDataSource",
+                                               "allowed_roots": ["docs", "/srv/shared"]}}},
+                          path="/etc/elastic-ingest/config.yml")
+
+    assert config.source_settings["dir"]["allowed_roots"] == ["/etc/elastic-ingest/docs", "/srv/shared"]
+
+
 @pytest.mark.parametrize("roots, problem", [
-    (["docs"], "sources.dir.allowed_roots: expected absolute folder paths, got 'docs'"),
     ("/srv", "sources.dir.allowed_roots: "),
 ])
 def test_config_when_allowed_roots_invalid_then_path_named(roots, problem):

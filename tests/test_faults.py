@@ -124,6 +124,16 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_next_sync_converges(es_r
     assert second["total_document_count"] == es_restart["count"]
 
 
+def test_daemon_when_elasticsearch_restarts_then_the_outage_is_logged_when_it_starts_and_ends(es_restart):
+    lines = es_restart["log"].splitlines()
+    started = [line for line in lines if " unreachable: " in line]
+    assert len(started) == 1, "\n".join(started)  # not one line per failed poll or job check
+    assert any(" answers again, after " in line for line in lines), es_restart["log"][-3000:]
+    assert not [line for line in lines if "cannot check the job document" in line]
+    # Not one line per poll: a few may fail otherwise while the node recovers (404s before its indices are back).
+    assert len([line for line in lines if "poll failed" in line]) < 5, es_restart["log"][-3000:]
+
+
 def test_sync_when_elasticsearch_restarts_mid_sync_then_interrupted_job_ends_with_its_own_outcome(es_restart):
     """The supervisor waits for Elasticsearch to write the sync's own outcome, however long the
     outage (here longer than job_stale_after, 10 s): never the reaper's StaleJob."""

@@ -7,6 +7,7 @@ shared with other tests, so every test creates its own connectors and filters by
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -541,12 +542,32 @@ def test_poll_when_heartbeat_then_at_start_and_at_most_every_interval(es, make_c
     assert get_connector(es, connector.id).get("last_seen") == first
 
 
-def test_poll_when_elasticsearch_keeps_failing_then_error_budget_stops_daemon(tmp_path):
+def test_poll_when_polls_keep_failing_then_error_budget_stops_daemon(es, tmp_path):
+    config = load_config(write_config(tmp_path / "c.yml", service={"max_errors": 2, "max_errors_span": 60,
+                                                                   "idling": 0.05}))
+    daemon = Daemon(config, es)
+    daemon.served_connectors = lambda: (_ for _ in ()).throw(RuntimeError("a bug"))  # a failure no retry fixes
+    with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*RuntimeError: a bug"):
+        daemon.run()
+
+
+def test_poll_when_elasticsearch_unreachable_then_daemon_waits_and_logs_the_outage_once(tmp_path, caplog):
     config = load_config(write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:9",
                                       service={"max_errors": 2, "max_errors_span": 60, "idling": 0.05}))
     daemon = Daemon(config, Elasticsearch("http://127.0.0.1:9", max_retries=0, request_timeout=2))
-    with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*Stopping"):
-        daemon.run()
+    runner = threading.Thread(target=daemon.run)
+    with caplog.at_level(logging.INFO, logger="launcher.daemon"):
+        runner.start()
+        try:
+            wait_for(lambda: daemon.outage.failures >= 10, timeout=30, what="ten failed polls")
+            assert runner.is_alive()  # far over max_errors: an outage is waited out, not counted
+            assert "Elasticsearch at http://127.0.0.1:9 unreachable since" in daemon.not_ready
+        finally:
+            daemon.stop()
+            runner.join(timeout=30)
+    lines = [r.getMessage() for r in caplog.records if r.name == "launcher.daemon" and "unreachable" in r.getMessage()]
+    assert len(lines) == 1, lines  # the reminder comes after a minute
+    assert "cannot connect to 127.0.0.1:9: " in lines[0] and "Connection refused" in lines[0], lines
 
 
 def test_poll_when_advanced_snippet_edited_then_source_validates_it(es, make_connector, tmp_path):

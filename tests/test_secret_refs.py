@@ -78,9 +78,11 @@ def test_references_when_symlink_in_folder_points_out_then_refused(secrets, tmp_
 
 def test_config_when_secrets_invalid_then_paths_named():
     with pytest.raises(ConfigError) as info:
-        parse_config({"secrets": {"env": ["not a name"], "folders": ["relative/path"]}})
+        parse_config({"secrets": {"env": ["not a name"], "folders": "/run/secrets"}})
 
     assert [p.split(":", 1)[0] for p in info.value.problems] == ["secrets.env", "secrets.folders"]
+    relative = parse_config({"secrets": {"folders": ["secrets"]}}, path="/etc/elastic-ingest/config.yml")
+    assert relative.secrets.folders == ["/etc/elastic-ingest/secrets"]  # from the config file's folder
 
 
 def test_cli_set_env_when_field_sensitive_then_reference_stored_and_only_if_allowed(tmp_path):

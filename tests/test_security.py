@@ -117,7 +117,7 @@ def test_cli_connectors_when_tls_or_credentials_wrong_then_refused_clearly(proxy
     assert code == 1
     last_line = err.strip().splitlines()[-1]
     assert expected in last_line, err
-    assert last_line.split(":", 1)[0] in ("AuthenticationException", "ElasticsearchUnavailable"), last_line
+    assert last_line.split(":", 1)[0] in ("AuthenticationException", "UntrustedCertificate"), last_line
     assert "Traceback" not in err
     for secret in (wrong, proxy.password, proxy.api_key):
         assert secret not in out + err

@@ -99,6 +99,7 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
                 "display": "numeric",
                 "default_value": 60,
                 "required": False,
+                "tooltip": "How long to wait for each answer of Cloud Storage.",
             },
             "retry_timeout": {
                 "label": "Retry for at most (seconds)",

@@ -141,14 +141,18 @@ _CONFIGURATION: dict[str, dict[str, Any]] = {
             "Put credentials in Username and Password rather than in the string."
         ),
     },
-    "user": {"label": "Username", "order": 2, "type": "str", "required": False},
-    "password": {"label": "Password", "order": 3, "type": "str", "sensitive": True, "required": False},
-    "database": {"label": "Database", "order": 4, "type": "str"},
-    "collection": {"label": "Collection", "order": 5, "type": "str"},
+    "user": {"label": "Username", "order": 2, "type": "str", "required": False,
+             "tooltip": "The user to log in as (empty: no authentication); it needs the read role on the database."},
+    "password": {"label": "Password", "order": 3, "type": "str", "sensitive": True, "required": False,
+                 "tooltip": "The user's password."},
+    "database": {"label": "Database", "order": 4, "type": "str",
+                 "tooltip": "The database that holds the collection."},
+    "collection": {"label": "Collection", "order": 5, "type": "str",
+                   "tooltip": "The collection to index: one document per MongoDB document."},
     "direct_connection": _toggle(
         "Direct connection", 6, tooltip="Connect to the named host only, without discovering the replica set."
     ),
-    "ssl_enabled": _toggle("SSL/TLS connection", 7),
+    "ssl_enabled": _toggle("SSL/TLS connection", 7, tooltip="Connect with TLS."),
     "ssl_ca": {
         "label": "Certificate authority (.pem)",
         "order": 8,

@@ -90,6 +90,7 @@ class S3DataSource(ObjectStoreSource):
                 "order": 3,
                 "required": False,
                 "sensitive": True,
+                "tooltip": "The secret of the access key ID above.",
             },
             "region": {
                 "label": "Region",
@@ -111,6 +112,7 @@ class S3DataSource(ObjectStoreSource):
                 "display": "numeric",
                 "default_value": 90,
                 "required": False,
+                "tooltip": "How long to wait for an answer of S3 before the request is retried.",
             },
             "max_attempts": {
                 "label": "Maximum attempts per request",
