@@ -15,7 +15,10 @@ kernel's page cache, which it can drop and re-read, not memory the sync holds.
 
 Each process has a role: ``daemon`` (the root), ``warm_process`` (the daemon's child
 running ``pipelines.fork_server``), ``sync_process`` (the daemon's other children and the
-warm process's children) and ``beam_workers`` (anything below a sync process).
+warm process's children) and ``beam_workers`` (anything below a sync process). More trees
+the measured work runs in (``others``: role -> pid, e.g. a Prism job service and its worker
+pool, whose SDK workers run a sync's DoFns outside the daemon's tree) are summed with it
+under their own role.
 
 Example usage::
 
@@ -40,6 +43,10 @@ ROLES = ("daemon", "warm_process", "sync_process", "beam_workers")
 _WARM_MARK = "pipelines.fork_server"
 
 
+def _order(item: tuple[str, int]) -> tuple[int, str]:
+    return (ROLES.index(item[0]) if item[0] in ROLES else len(ROLES), item[0])
+
+
 def _is_warm(process: psutil.Process, cache: dict[int, bool]) -> bool:
     if process.pid not in cache:
         try:
@@ -49,8 +56,16 @@ def _is_warm(process: psutil.Process, cache: dict[int, bool]) -> bool:
     return cache[process.pid]
 
 
-def tree_processes(pid: int, cache: dict[int, bool] | None = None) -> Iterator[tuple[psutil.Process, str]]:
-    """``(process, role)`` for ``pid`` and every descendant."""
+def tree_processes(pid: int, cache: dict[int, bool] | None = None,
+                   others: dict[str, int] | None = None) -> Iterator[tuple[psutil.Process, str]]:
+    """``(process, role)`` for ``pid`` and every descendant, then for each of ``others`` (role -> pid)
+    its root and descendants under that role."""
+    for role, other in (others or {}).items():
+        try:
+            root = psutil.Process(other)
+            yield from ((process, role) for process in [root] + root.children(recursive=True))
+        except psutil.Error:
+            continue
     cache = {} if cache is None else cache
     try:
         root = psutil.Process(pid)
@@ -86,14 +101,14 @@ def process_memory(process: psutil.Process, *, pss: bool = True) -> tuple[int, i
 
 
 def tree_rss(pid: int, by_role: dict[str, int] | None = None, *, pss: bool = False,
-             by_role_pss: dict[str, int] | None = None, cache: dict[int, bool] | None = None
-             ) -> tuple[int, int, int, int]:
+             by_role_pss: dict[str, int] | None = None, cache: dict[int, bool] | None = None,
+             others: dict[str, int] | None = None) -> tuple[int, int, int, int]:
     """(RSS summed over the tree, number of processes, anonymous RSS, PSS summed over the tree), in bytes.
 
     ``by_role`` / ``by_role_pss`` (if given) receive the sums per role (see the module docstring).
     """
     total = count = own = proportional = 0
-    for process, role in tree_processes(pid, cache):
+    for process, role in tree_processes(pid, cache, others):
         try:
             rss, share, anon = process_memory(process, pss=pss)
         except psutil.Error:
@@ -126,8 +141,9 @@ def tree_cpu_seconds(pid: int, roles: tuple[str, ...] = ("daemon", "warm_process
 class TreeSampler:
     """Samples the tree rooted at ``pid`` every ``interval`` seconds in a background thread."""
 
-    def __init__(self, pid: int, interval: float = 0.2, *, pss: bool = True):
+    def __init__(self, pid: int, interval: float = 0.2, *, pss: bool = True, others: dict[str, int] | None = None):
         self.pid, self.interval, self.pss = pid, interval, pss
+        self.others = dict(others or {})
         self.peak = self.phase_peak = self.phase_peak_anon = self.phase_peak_pss = 0
         self.phase_max_processes = 0
         self.samples = 0
@@ -150,7 +166,8 @@ class TreeSampler:
     def sample(self) -> int:
         roles: dict[str, int] = {}
         roles_pss: dict[str, int] = {}
-        rss, count, anon, pss = tree_rss(self.pid, roles, pss=self.pss, by_role_pss=roles_pss, cache=self._cache)
+        rss, count, anon, pss = tree_rss(self.pid, roles, pss=self.pss, by_role_pss=roles_pss, cache=self._cache,
+                                         others=self.others)
         with self._lock:
             self.phase_peak_anon = max(self.phase_peak_anon, anon)
             self.phase_peak_pss = max(self.phase_peak_pss, pss)
@@ -189,13 +206,12 @@ class TreeSampler:
     @property
     def phase_peak_by_role_mb(self) -> dict[str, float]:
         """Peak RSS per role in this phase (each role's own peak; they need not coincide)."""
-        return {role: round(self.phase_peak_by_role[role] / MB, 1) for role in ROLES if role in self.phase_peak_by_role}
+        return {role: round(value / MB, 1) for role, value in sorted(self.phase_peak_by_role.items(), key=_order)}
 
     @property
     def phase_peak_pss_by_role_mb(self) -> dict[str, float]:
         """Peak PSS per role in this phase."""
-        return {role: round(self.phase_peak_pss_by_role[role] / MB, 1)
-                for role in ROLES if role in self.phase_peak_pss_by_role}
+        return {role: round(value / MB, 1) for role, value in sorted(self.phase_peak_pss_by_role.items(), key=_order)}
 
     def stop(self) -> None:
         self._stop.set()

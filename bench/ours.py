@@ -6,10 +6,11 @@ settings under test, ``service.connector_ids`` so that it serves only our connec
 Connectors are created, changed and synced with the ``elastic-ingest`` CLI, exactly as a
 user would; a sync is timed from the job's ``started_at`` (the daemon claimed it) to its
 ``completed_at``, both written by the daemon. Memory is the peak of the daemon's whole
-process tree (daemon + warm process + sync processes + Beam workers) during the job, as RSS
-and as PSS (shared pages divided among the processes sharing them); CPU is the tree's
-(the sync process reports its own, the daemon's and the warm process's are read before and
-after), beside Elasticsearch's own (its node's process CPU) over the same job.
+process tree (daemon + warm process + sync processes + Beam workers) during the job, plus
+the trees the job runs in elsewhere (a Prism job service, its worker pool and SDK
+workers), as RSS and as PSS (shared pages divided among the processes sharing them); CPU is
+the tree's (the sync process reports its own, the daemon's and the warm process's are read
+before and after), beside Elasticsearch's own (its node's process CPU) over the same job.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ class Service:
     """A benchmark daemon and the CLI calls around it."""
 
     def __init__(self, es_url: str, workdir: Path, *, pipeline: dict[str, Any], connector_ids: list[str],
-                 env: dict[str, str] | None = None, service: dict[str, Any] | None = None,
-                 sources: dict[str, Any] | None = None):
+                 env: dict[str, str] | None = None, others: dict[str, int] | None = None,
+                 service: dict[str, Any] | None = None, sources: dict[str, Any] | None = None):
         self.es_url = es_url
+        self.others = others  # more process trees the syncs run in (role -> pid), measured with the daemon's
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "config.yml"
@@ -99,6 +101,22 @@ class Service:
         self.cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "synthetic",
                  "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", *sets)
 
+    def remove_connector(self, es: Any, connector_id: str) -> None:
+        """Delete the connector, its jobs and their progress records: a benchmark leaves no trace."""
+        from transforms.progress import PROGRESS_INDEX
+
+        self.cli("--action", "delete-connector", "--connector-id", connector_id)
+        jobs = ".elastic-connectors-sync-jobs"
+        es.indices.refresh(index=jobs)
+        ids = [hit["_id"] for hit in es.search(index=jobs, query={"term": {"connector.id": connector_id}},
+                                               size=10000, source=False)["hits"]["hits"]]
+        for index, query in ((jobs, {"ids": {"values": ids}}), (PROGRESS_INDEX, {"terms": {"job_id": ids}})):
+            es.indices.refresh(index=index, ignore_unavailable=True)
+            found = es.search(index=index, query=query, size=10000, source=False, ignore_unavailable=True)
+            operations = [{"delete": {"_index": index, "_id": hit["_id"]}} for hit in found["hits"]["hits"]]
+            if operations:
+                es.bulk(operations=operations, refresh=True)
+
     def update_connector(self, connector_id: str, configuration: dict[str, Any]) -> None:
         sets = [arg for key, value in configuration.items() for arg in ("--set", f"{key}={value}")]
         self.cli("--action", "update-connector", "--connector-id", connector_id, *sets)
@@ -115,7 +133,7 @@ class Service:
             raise RuntimeError(f"the daemon exited at once ({self.process.returncode}); see {self.log_path}")
         self.idle = self.idle_memory()
         self.baseline_rss_mb = round(tree_rss(self.process.pid)[0] / (1 << 20), 1)
-        self.sampler = TreeSampler(self.process.pid).start()
+        self.sampler = TreeSampler(self.process.pid, others=self.others).start()
         return self
 
     def _wait_ready(self, timeout: float = 180.0) -> None:

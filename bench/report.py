@@ -105,6 +105,22 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['partitions']} | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('docs_per_s'))} | "
                          f"{_fmt(r.get('mb_per_s'), 1)} | {_fmt(r.get('peak_rss_mb'))} | "
                          f"{_fmt(r.get('ratio_to_ceiling'), 2)} |")
+    if results.get("runners"):
+        r = results["runners"]
+        lines += ["", f"Runners ({r['label']}, {r['partitions']} partitions; peak RSS of every process the sync runs "
+                      "in, by role):", "",
+                  "| runner | sync | seconds | docs/s | peak RSS MB | anonymous MB | processes | by role (MB) |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for run in r["runs"]:
+            if run.get("skipped"):
+                lines.append(f"| {run['label']} | skipped: {run['skipped']} | | | | | | |")
+                continue
+            for key, sync in run["syncs"].items():
+                roles = ", ".join(f"{k} {v:g}" for k, v in (sync.get("peak_rss_by_role_mb") or {}).items())
+                check = "" if sync.get("ok") is not False else " CHECK FAILED"
+                lines.append(f"| {run['label']} | {dict(VARIANTS)[key][6:]}{check} | {_fmt(sync.get('seconds'), 1)} | "
+                             f"{_fmt(sync.get('docs_per_s'))} | {_fmt(sync.get('peak_rss_mb'))} | "
+                             f"{_fmt(sync.get('peak_anon_mb'))} | {_fmt(sync.get('max_processes'))} | {roles} |")
     if results.get("tuning"):
         t = results["tuning"]
         lines += ["", f"Tuning ({t['label']}, full sync; ceiling {_fmt(t.get('ceiling_docs_per_s'))} docs/s):", "",

@@ -12,8 +12,10 @@ cluster, with the same documents, one after the other:
    since the last scan, so its cached digests are used) and ``ours_changed`` (version 1
    of the source: 1% of the documents changed, 1% removed).
 
-Then the same source read as 1, 2 and 4 partitions, and optionally a settings sweep
-(``--tune``). Results: ``bench/results/run-<time>.json`` plus ``latest.json``,
+Then the same source read as 1, 2 and 4 partitions; the same sync (full, then no change)
+on Prism beside the in-process runner, with the memory of every process it runs in
+(``--runners``, on ``--runners-size`` documents, default 100k; see bench/runners.py); and
+optionally a settings sweep (``--tune``). Results: ``bench/results/run-<time>.json`` plus ``latest.json``,
 ``latest.md`` (table) and ``latest.png`` (chart). See docs/benchmarks.md.
 
 Example usage::
@@ -44,6 +46,7 @@ import yaml
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
 from bench.ours import REPO, Service, ensure_ingest_pipeline
 from bench.report import annotate, chart, markdown
+from bench.runners import RUNNER_LABELS, PrismServices
 from pipelines.settings import PipelineConfig
 from sources.synthetic import variant_counts
 
@@ -186,11 +189,15 @@ class Bench:
 
     # -- scenarios -------------------------------------------------------------------
     def ours(self, dataset: Dataset, *, partitions: int, pipeline: dict[str, Any], tag: str,
-             resyncs: bool = True, into: dict[str, Any] | None = None) -> dict[str, Any]:
+             resyncs: bool = True, into: dict[str, Any] | None = None, stop_after: str | None = None,
+             others: dict[str, int] | None = None) -> dict[str, Any]:
+        """Our syncs of ``dataset``: full, then (``resyncs``) no change, no change again, changed;
+        ``stop_after`` one of ``ours_full``, ``ours_nochange``... ends there."""
         connector_id = f"bench-{tag}-{self.run_id}"
         index = f"bench-ours-{tag}-{self.run_id}"
         self.es.indices.delete(index=index, ignore_unavailable=True)
-        service = Service(self.es_url, self.workdir / connector_id, pipeline=pipeline, connector_ids=[connector_id])
+        service = Service(self.es_url, self.workdir / connector_id, pipeline=pipeline, connector_ids=[connector_id],
+                          others=others)
         config = {"count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
                   "partitions": partitions, "version": 0}
         service.create_connector(connector_id, index, config)
@@ -203,7 +210,7 @@ class Bench:
                 full["ok"] = (full["status"] == "completed" and full["total"] == dataset.count
                               and full["indexed"] == dataset.count)
                 self.progress()
-                if not resyncs:
+                if not resyncs or stop_after == "ours_full":
                     return out
                 settle(self.es)
                 before = index_ops(self.es, index)
@@ -215,6 +222,8 @@ class Bench:
                 same["ok"] = (same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
                               and not any(same["index_ops_during"].values()))
                 self.progress()
+                if stop_after == "ours_nochange":
+                    return out
                 # The steady state of a scheduled sync: nothing was written since the last
                 # scan, so the index's cached digests are used and the index is not read.
                 settle(self.es)
@@ -234,6 +243,7 @@ class Bench:
                                  and changed["deleted"] == expected["removed"] and changed["total"] == expected["present"])
         finally:
             self.es.indices.delete(index=index, ignore_unavailable=True)
+            service.remove_connector(self.es, connector_id)
         return out
 
     def ceiling(self, dataset: Dataset, tag: str) -> dict[str, Any]:
@@ -306,6 +316,31 @@ class Bench:
             self.say(f"  -> {parts} partition(s): {r['seconds']} s, {r.get('docs_per_s')} docs/s, "
                      f"x{r.get('ratio_to_ceiling')}, peak {r['peak_rss_mb']} MB")
         return {"label": dataset.label, "count": dataset.count, "ceiling_docs_per_s": ceiling_rate, "runs": runs}
+
+    def runners(self, dataset: Dataset) -> dict[str, Any]:
+        """The same full sync and no-change resync on each of ``--runners``, one after the other."""
+        self.say(f"runners: {dataset.label} on {', '.join(self.args.runners)}")
+        doc_bytes = _doc_bytes(dataset, self.workdir)
+        runs = []
+        with PrismServices() as prism:
+            for name in self.args.runners:
+                entry: dict[str, Any] = {"runner": name, "label": RUNNER_LABELS[name]}
+                runs.append(entry)
+                if name == "prism" and not prism.available:
+                    entry["skipped"] = prism.why_not
+                    self.say(f"  -> {name}: skipped ({prism.why_not})")
+                    continue
+                on_prism = name == "prism"
+                syncs = self.ours(dataset, partitions=self.args.partitions,
+                                  pipeline=prism.pipeline(self.pipeline) if on_prism else self.pipeline,
+                                  tag=f"r{name}-{dataset.count}", stop_after="ours_nochange",
+                                  others=prism.pids() if on_prism else None)
+                for key, r in syncs.items():
+                    _rates(r, dataset.count, doc_bytes, None, throughput=key == "ours_full")
+                    self.say(f"  -> {name} {key}: {r.get('seconds')} s, {r.get('docs_per_s')} docs/s, "
+                             f"peak {r.get('peak_rss_mb')} MB {r.get('peak_rss_by_role_mb')}, ok={r.get('ok')}")
+                entry["syncs"] = syncs
+        return {"label": dataset.label, "count": dataset.count, "partitions": self.args.partitions, "runs": runs}
 
     def tuning(self, dataset: Dataset) -> dict[str, Any]:
         self.say(f"tuning sweep on {dataset.label}")
@@ -406,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", default="4", help="concurrent HTTP clients for the ceiling; a list keeps the best")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="pipeline setting for our daemon, e.g. bulk.max_docs=2000 (repeatable)")
+    parser.add_argument("--runners", default="local,prism",
+                        help="runners the same sync is compared on: local (FnApiRunner), prism (default: both)")
+    parser.add_argument("--runners-size", default="100k", help="documents for the runners comparison")
+    parser.add_argument("--no-runners", action="store_true", help="skip the runners comparison")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
     parser.add_argument("--tune-variants", default=None,
@@ -430,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     args.partition_counts = [int(c) for c in args.partition_counts.split(",")]
     large = parse_count(args.large)
     partitions_size = 0 if args.no_partitions else parse_count(args.partitions_size)
+    args.runners = [r.strip() for r in args.runners.split(",") if r.strip()]
+    unknown = sorted(set(args.runners) - set(RUNNER_LABELS))
+    if unknown:
+        raise SystemExit(f"--runners: unknown {', '.join(unknown)}; expected some of {', '.join(RUNNER_LABELS)}")
+    runners_size = 0 if args.no_runners else parse_count(args.runners_size)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
     results: dict[str, Any] = {
@@ -439,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "options": {"sizes": sizes, "doc_size": args.doc_size, "large": large, "large_doc_size": args.large_doc_size,
                     "partitions": args.partitions, "partitions_size": partitions_size,
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
-                    "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers},
+                    "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
+                    "runners": args.runners if runners_size else [], "runners_size": runners_size},
         "scenarios": [],
     }
     t0 = time.monotonic()
@@ -458,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             rate = (same["results"].get("ceiling") or {}).get("docs_per_s") if same else None
             results["partitions"] = bench.partitions(Dataset(partitions_size, args.doc_size, args.seed), rate,
                                                      same["doc_bytes"] if same else None)
+        if runners_size:
+            results["runners"] = bench.runners(Dataset(runners_size, args.doc_size, args.seed))
+            _checkpoint(results, Path(args.out), stem)
         if args.tune:
             results["tuning"] = bench.tuning(Dataset(parse_count(args.tune_size), args.doc_size, args.seed))
     finally:
@@ -483,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"results: {out / (stem + '.json')}", file=sys.stderr)
     failed = [s["label"] + ":" + k for s in results["scenarios"] for k, r in s["results"].items() if r.get("ok") is False]
+    failed += [f"runners {run['runner']}:{k}" for run in (results.get("runners") or {}).get("runs", [])
+               for k, r in (run.get("syncs") or {}).items() if r.get("ok") is False]
     if failed:
         print(f"checks failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -11,33 +11,40 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from launcher.config import Config, load_config
+from launcher.config import Config, default_config_path, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
+from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
 from launcher.protocol import (
     FINAL_STATUSES, create_job, get_connector, get_job, index_name_problem, new_connector, now_iso, search_connectors,
     update_connector,
 )
 from launcher.scheduling import validate_cron
-from sources.errors import ConfigError, ConnectorError, ElasticsearchUnavailable, IngestError, format_error
+from sources.base import CONFIG_DIR_ENV
+from sources.errors import ConfigError, ConnectorError, IngestError, format_error
 from sources.registry import display_name, load_source_class
 
 __all__ = ["main", "ACTIONS"]
 
 ACTIONS: dict[str, str] = {
     "poll": "run the connector service daemon (default)",
-    "list": "list the sources registered in the config, without contacting Elasticsearch",
-    "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline, --rules)",
+    "list": "list the sources registered in the config, without contacting Elasticsearch; with --service-type, "
+            "that source's configuration fields (label, type, default, required, sensitive, description)",
+    "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline, --rules); "
+                        "every required field needs a value, unless --draft",
     "update-connector": "change a connector (--connector-id and --set / --schedule / --index-name / --pipeline / --rules)",
     "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
-    "connectors": "show connectors: status, last sync, documents (--connector-id to show one)",
+    "connectors": "show connectors: status, the documents their index holds, the last sync and its counts "
+                  "(--connector-id to show one)",
     "sync": "request a sync (--connector-id, --job-type); --wait follows it to the end",
     "cancel": "cancel a job (--job-id)",
     "jobs": "show sync jobs: status, counters, duration, error (--connector-id to filter)",
@@ -47,10 +54,6 @@ ACTIONS: dict[str, str] = {
 _LOGGER = logging.getLogger("launcher.cli")
 #: How long ``sync --wait`` lets a job stay ``pending`` before it says nobody has claimed it (default).
 UNCLAIMED_AFTER = 15.0
-
-
-class AuthenticationException(ElasticsearchUnavailable):
-    """Elasticsearch refused our credentials (HTTP 401): the message says which settings to check."""
 
 
 class _Context:
@@ -70,25 +73,12 @@ class _Context:
 
     @property
     def es(self):
+        """A client, once Elasticsearch answered as Elasticsearch (else an error saying what to fix)."""
         if self._es is None:
-            from elasticsearch import AuthenticationException as ESAuthenticationException
-            from elasticsearch import ConnectionError as ESConnectionError
+            from launcher.es_probe import probe_elasticsearch
 
-            settings = self.config.elasticsearch
-            es = settings.connection().client()
-            try:
-                es.cluster.health()
-            except ESConnectionError as exc:
-                raise ElasticsearchUnavailable(f"cannot reach Elasticsearch at {settings.host}: {exc.message}") from None
-            except ESAuthenticationException as exc:
-                used = ("elasticsearch.api_key" if settings.api_key is not None else
-                        "elasticsearch.username/password" if settings.username else "no credentials")
-                raise AuthenticationException(
-                    f"Elasticsearch at {settings.host} refused the request ({exc.meta.status}: {_reason(exc)}) with "
-                    f"{used}; check elasticsearch.username and elasticsearch.password, or elasticsearch.api_key, "
-                    f"in {self.config.path or 'config.yml'}"
-                ) from None
-            self._es = es
+            probe_elasticsearch(self.config.elasticsearch, config_file=self.config.path)
+            self._es = self.config.elasticsearch.connection().client()
         return self._es
 
     @property
@@ -105,15 +95,6 @@ class _Context:
         return self._store
 
 
-def _reason(exc: Any) -> str:
-    """The server's own reason from an Elasticsearch error response, else its type."""
-    body = getattr(exc, "body", None)
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("reason") or error.get("type") or exc)
-    return str(getattr(exc, "message", None) or exc)
-
-
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     result = {}
     for item in values:
@@ -124,16 +105,31 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return result
 
 
+class _FromEnv(str):
+    """A ``--set-env`` value: the name of an environment variable (``str`` is the name)."""
+
+
 def _values(set_values: tuple[str, ...], set_env: tuple[str, ...]) -> dict[str, str]:
     """``--set FIELD=VALUE`` and ``--set-env FIELD=ENV_VAR`` (secrets stay out of process arguments)."""
-    import os
-
-    values = _pairs(set_values, "--set")
+    values: dict[str, str] = _pairs(set_values, "--set")
     for field, variable in _pairs(set_env, "--set-env").items():
-        if variable not in os.environ:
-            raise ConfigError(f"--set-env {field}: environment variable {variable} is not set")
-        values[field] = os.environ[variable]
+        values[field] = _FromEnv(variable.strip())
     return values
+
+
+def _sensitive_value(config: Config, key: str, raw: str) -> str | None:
+    """What a sensitive field stores for ``raw``: a reference for ``--set-env`` (the service
+    resolves it; the secret never reaches the document), a reference given as is, else None."""
+    from launcher.secret_refs import env_reference, is_reference, reference_problem
+
+    reference = env_reference(raw) if isinstance(raw, _FromEnv) else raw if is_reference(raw) else None
+    if reference is None:
+        return None
+    problem = reference_problem(reference, config.secrets)
+    if problem is not None:
+        option = "--set-env" if isinstance(raw, _FromEnv) else "--set"
+        raise ConfigError(f"{option} {key}: {problem}")
+    return reference
 
 
 def _echo_json(value: Any) -> None:
@@ -160,7 +156,9 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 # -- actions ---------------------------------------------------------------------------
-def action_list(ctx: _Context, **_: Any) -> int:
+def action_list(ctx: _Context, *, service_type: str | None = None, **_: Any) -> int:
+    if service_type:
+        return _describe_source(ctx, service_type)
     failed = False
     rows = []
     for service_type, fqn in sorted(ctx.config.sources.items()):
@@ -176,14 +174,56 @@ def action_list(ctx: _Context, **_: Any) -> int:
         for row in rows:
             status = row["name"] if row["error"] is None else f"ERROR {row['error']}"
             click.echo(f"{row['service_type']:<24} {row['fqn']:<48} {status}")
+        if not failed and rows:
+            click.echo("\nA source's configuration fields: elastic-ingest --action list --service-type TYPE")
     return 1 if failed else 0
 
 
+def _source_class(config: Config, service_type: str) -> type:
+    fqn = config.sources.get(service_type)
+    if fqn is None:
+        raise ConnectorError(f"unknown service type {service_type!r}; known: {', '.join(sorted(config.sources))}")
+    return load_source_class(fqn)
+
+
+def _describe_source(ctx: _Context, service_type: str) -> int:
+    """One source's configuration fields and features (``list --service-type``)."""
+    from sources.schema import describe_fields, features_of
+
+    cls = _source_class(ctx.config, service_type)
+    fields = describe_fields(cls)
+    features = features_of(cls)
+    if ctx.as_json:
+        _echo_json({"service_type": service_type, "fqn": ctx.config.sources[service_type], "name": display_name(cls),
+                    "features": features, "fields": [f.to_dict() for f in fields]})
+        return 0
+    supported = [name.replace("_", " ") for name, on in features.items() if on]
+    click.echo(f"{service_type}: {display_name(cls)} ({ctx.config.sources[service_type]}); "
+               f"supports full syncs{''.join(', ' + s for s in supported)}")
+    rows = []
+    for f in fields:
+        required = "yes" if f.must_be_given else ""
+        if f.depends_on:
+            condition = ", ".join(f"{k}={str(v).lower()}" for k, v in f.depends_on.items())
+            required = f"if {condition}" if f.must_be_given else f"(used if {condition})"
+        rows.append([f.name, f.label, f.type, f.shown_default, required,
+                     "yes" if f.sensitive else "", f.description])
+    _table(f"Configuration of {service_type} connectors (--set FIELD=VALUE; sensitive ones with --set-env)",
+           ["field", "label", "type", "default", "required", "sensitive", "description"], rows)
+    return 0
+
+
 def action_poll(ctx: _Context, **_: Any) -> int:
+    """The daemon: health and metrics first (they say why it is not ready), then it waits for
+    Elasticsearch, then polls until SIGTERM/SIGINT. Only configuration errors end it early."""
     from launcher.daemon import Daemon
 
     config = ctx.config
-    daemon = Daemon(config, ctx.es)  # the daemon prepares its store itself, and says what is wrong
+    # Relative paths of connectors (a directory source's folder) are read from the config
+    # file's folder, as config.yml's own are, in the daemon and its sync processes alike.
+    os.environ[CONFIG_DIR_ENV] = str(Path(config.path).resolve().parent if config.path
+                                     else default_config_path().parent)
+    daemon = Daemon(config, config.elasticsearch.connection().client())  # it prepares its store itself
     daemon.install_signal_handlers()
     metrics = None
     if config.service.metrics_address:
@@ -191,7 +231,13 @@ def action_poll(ctx: _Context, **_: Any) -> int:
 
         metrics = serve_metrics(config.service.metrics_address, daemon)
     try:
-        daemon.run()
+        if daemon.wait_for_elasticsearch():
+            from launcher.privileges import check_service_privileges
+
+            # Before anything else: a missing privilege is then named, whichever it is.
+            check_service_privileges(daemon.es, config.service.protocol_store,
+                                     who=f"the credentials in {config.path or 'config.yml'} (elasticsearch)")
+            daemon.run()
     finally:
         if metrics is not None:
             metrics.shutdown()
@@ -199,16 +245,23 @@ def action_poll(ctx: _Context, **_: Any) -> int:
 
 
 def _configuration_with(config: Config, service_type: str, current: Any, values: dict[str, str]) -> dict[str, Any]:
-    fqn = config.sources.get(service_type)
-    if fqn is None:
-        raise ConnectorError(f"unknown service type {service_type!r}; known: {', '.join(sorted(config.sources))}")
-    cls = load_source_class(fqn)
+    cls = _source_class(config, service_type)
     configuration, _ = complete_configuration(current or {}, cls.get_default_configuration())
     problems = []
     for key, raw in values.items():
         if key not in configuration:
             problems.append(f"{key}: not a field of {service_type}; fields are: {', '.join(sorted(configuration))}")
             continue
+        if configuration[key].get("sensitive"):
+            reference = _sensitive_value(config, key, raw)
+            if reference is not None:
+                configuration[key]["value"] = reference
+                continue
+        if isinstance(raw, _FromEnv):  # not a secret: the value itself is stored
+            if raw not in os.environ:
+                problems.append(f"--set-env {key}: environment variable {raw} is not set")
+                continue
+            raw = os.environ[raw]
         kind = configuration[key].get("type", "str")
         try:
             value = coerce_value(json.loads(raw) if kind == "list" and raw.startswith("[") else raw, kind)
@@ -265,13 +318,14 @@ def _pipeline(current: Any, name: str | None, flags: tuple[str, ...]) -> dict[st
 def action_create_connector(ctx: _Context, *, service_type: str | None, index_name: str | None,
                             connector_id: str | None, name: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], pipeline: str | None, pipeline_flags: tuple[str, ...] = (),
-                            rules: str | None = None, set_env: tuple[str, ...] = (), **_: Any) -> int:
+                            rules: str | None = None, set_env: tuple[str, ...] = (), draft: bool = False,
+                            **_: Any) -> int:
     if not service_type or not index_name:
         raise click.UsageError("create-connector needs --service-type and --index-name")
     config = ctx.config
     configuration = _configuration_with(config, service_type, {}, _values(set_values, set_env))
     doc = new_connector(service_type=service_type, index_name=index_name, name=name, configuration=configuration)
-    doc["status"] = "configured"
+    doc["status"] = _status_for(configuration, service_type, draft, "connector not created")
     doc["scheduling"] = _scheduling(doc["scheduling"], _pairs(schedule, "--schedule"))
     doc["pipeline"] = _pipeline(doc["pipeline"], pipeline, pipeline_flags)
     if rules is not None:
@@ -282,6 +336,7 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
 
     if connector_id and get_connector(ctx.store, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
+    check_index_ownership(ctx.store, index_name, connector_id)
     try:
         new_id = ctx.store.create_connector(doc, connector_id)
     except ConflictError:
@@ -306,6 +361,26 @@ def _create_content_index(ctx: _Context, index_name: str) -> None:
                         format_error(exc))
 
 
+def _status_for(configuration: dict[str, Any], service_type: str, draft: bool, refused: str) -> str:
+    """``configured``, or ``needs_configuration`` for a ``--draft`` that lacks required values;
+    without ``--draft`` missing values are refused, each named with what it is."""
+    from launcher.configuration import missing_required
+
+    missing = missing_required(configuration)
+    if not missing:
+        return "configured"
+    if draft:
+        return "needs_configuration"
+    problems = []
+    for name in missing:
+        spec = configuration[name]
+        about = " ".join(str(spec.get("tooltip") or "").split())
+        problems.append(f"{name} ({spec.get('label') or name}){': ' + about if about else ''}")
+    raise ConfigError(f"{refused}: {service_type} needs a value for {', '.join(missing)} (--set FIELD=VALUE, or "
+                      "--set-env FIELD=ENV_VAR for secrets; --draft to save it unfinished, as needs_configuration):",
+                      problems)
+
+
 def _require(value: str | None, option: str, action: str) -> str:
     if not value:
         raise click.UsageError(f"{action} needs {option}")
@@ -315,7 +390,7 @@ def _require(value: str | None, option: str, action: str) -> str:
 def action_update_connector(ctx: _Context, *, connector_id: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
                             name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
-                            set_env: tuple[str, ...] = (), **_: Any) -> int:
+                            set_env: tuple[str, ...] = (), draft: bool = False, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "update-connector")
     connector = get_connector(ctx.store, connector_id)
     if connector is None:
@@ -324,11 +399,14 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
     if set_values or set_env:
         updates["configuration"] = _configuration_with(ctx.config, connector.service_type,
                                                        connector.get("configuration"), _values(set_values, set_env))
-        if connector.get("status") in ("created", "needs_configuration"):
-            updates["status"] = "configured"
+        status = _status_for(updates["configuration"], str(connector.service_type), draft,
+                             f"connector {connector_id} not updated")
+        if status == "needs_configuration" or connector.get("status") in ("created", "needs_configuration"):
+            updates["status"] = status
     if schedule:
         updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
     if index_name:
+        check_index_ownership(ctx.store, index_name, connector_id)
         updates["index_name"] = index_name
     if name:
         updates["name"] = name
@@ -394,14 +472,27 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
 
 def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:
     connectors = search_connectors(ctx.store, connector_ids=[connector_id] if connector_id else None)
+    held = _documents_in(ctx.es, {c.index_name for c in connectors if isinstance(c.index_name, str)})
     if ctx.as_json:
-        _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))}} for c in connectors])
+        _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))},
+                     "index_document_count": held.get(c.index_name)} for c in connectors])
         return 0
-    rows = [[c.id, c.get("name"), c.service_type, c.index_name, c.get("status"), c.get("last_sync_status"),
-             _when(c.get("last_synced")), c.get("last_indexed_document_count"), c.get("error")] for c in connectors]
-    _table("Connectors", ["id", "name", "service type", "index", "status", "last sync", "last synced", "docs", "error"],
-           rows)
+    rows = [[c.id, c.get("name"), c.service_type, c.index_name, held.get(c.index_name, "no index"), c.get("status"),
+             c.get("last_sync_status"), _when(c.get("last_synced")), c.get("last_indexed_document_count"),
+             c.get("last_deleted_document_count"), c.get("error")] for c in connectors]
+    _table("Connectors", ["id", "name", "service type", "index", "docs in index", "status", "last sync",
+                          "last synced", "last sync indexed", "last sync deleted", "error"], rows)
     return 0
+
+
+def _documents_in(es: Any, indices: set[str]) -> dict[str, int]:
+    """How many documents each index holds now (an index that does not exist is left out)."""
+    held = {}
+    for index in sorted(indices):
+        answer = es.options(ignore_status=404).count(index=index)
+        if isinstance(answer.body, dict) and "count" in answer.body:
+            held[index] = int(answer["count"])
+    return held
 
 
 def _when(stamp: Any) -> str:
@@ -532,24 +623,63 @@ def _unclaimed(ctx: _Context, job: Any, waited: float) -> tuple[str, bool]:
             "under sources:, or cancel the job. Use --keep-waiting to wait for one"), False
 
 
+class _Progress:
+    """A job's progress on stderr: one live line on a terminal, else one line per change of status.
+
+    Messages (``say``) always get lines of their own, above the live line, never glued to it.
+    """
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.live = None
+        self._last_status: str | None = None
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def say(self, message: str) -> None:
+        self.console.print(message, markup=False, soft_wrap=True)
+
+    def update(self, job_id: str, doc: dict[str, Any], elapsed: float) -> None:
+        status = str(doc.get("status"))
+        indexed = int(doc.get("indexed_document_count") or 0)
+        line = f"job {job_id} {status}: {indexed:,} indexed, {int(doc.get('deleted_document_count') or 0):,} deleted"
+        if elapsed >= 1 and indexed / elapsed >= 1:
+            line += f", {indexed / elapsed:,.0f} docs/s"
+        line += f" ({elapsed:,.0f}s)"
+        if self.live is not None:
+            from rich.text import Text
+
+            self.live.update(Text(line))
+        elif status != self._last_status:
+            self.say(line)
+        self._last_status = status
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()  # leaves the last line, and the cursor on the next one
+            self.live = None
+
+
 def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = False,
             unclaimed_after: float = UNCLAIMED_AFTER) -> int:
     """Show live progress until the job ends; exit code 0 only if it completed.
 
     A job nobody claims within ``unclaimed_after`` seconds is reported (who should
     claim it, and when that service was last seen); unless ``keep_waiting``, the wait
-    ends there (exit 1) when no running service serves the connector.
+    ends there (exit 1) when no running service serves the connector. Ctrl-C stops the
+    wait, not the job: it says so, and how to cancel the job (exit 130).
     """
-    from rich.console import Console
-    from rich.live import Live
-    from rich.markup import escape
-
-    console = Console(stderr=True)
+    progress = _Progress()
     started = time.monotonic()
     job = None
     said = None
     reported = False
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
+    try:
         while time.monotonic() - started < timeout:
             job = get_job(ctx.store, job_id)
             if job is None:
@@ -557,26 +687,29 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
             doc = job.doc
             blocker = _waits_behind(ctx, job) if doc.get("status") in ("pending", "suspended") else None
             if blocker != said and blocker is not None:
-                console.print(blocker, markup=False, highlight=False, soft_wrap=True)
+                progress.say(blocker)
             said = blocker
             elapsed = time.monotonic() - started
             if doc.get("status") == "pending" and elapsed >= unclaimed_after and not reported:
                 reported = True
                 message, alive = _unclaimed(ctx, job, elapsed)
-                live.console.print(message, markup=False, highlight=False, soft_wrap=True)
+                progress.say(message)
                 if not alive and not keep_waiting:
-                    live.stop()
+                    progress.stop()
                     click.echo(f"job {job_id} left pending (no service has claimed it)", err=True)
                     return 1
-            indexed = int(doc.get("indexed_document_count") or 0)
-            rate = indexed / elapsed if elapsed > 0 else 0.0
-            live.update(
-                f"job {escape(job_id)}  [bold]{escape(str(doc.get('status')))}[/bold]  indexed {indexed}  "
-                f"deleted {doc.get('deleted_document_count') or 0}  {rate:,.0f} docs/s  {elapsed:,.0f}s elapsed"
-            )
+            progress.update(job_id, doc, elapsed)
             if doc.get("status") in FINAL_STATUSES:
                 break
             time.sleep(1.0)
+    except KeyboardInterrupt:
+        progress.stop()
+        status = job.doc.get("status") if job is not None else "pending"
+        click.echo(f"\nstopped waiting; job {job_id} goes on ({status}). To cancel it: "
+                   f"{_command_line(ctx, '--action', 'cancel', '--job-id', job_id)}", err=True)
+        return 130
+    finally:
+        progress.stop()
     if job is None or job.doc.get("status") not in FINAL_STATUSES:
         click.echo(f"job {job_id} still {job.doc.get('status') if job else 'unknown'} after {timeout:g}s", err=True)
         return 1
@@ -584,13 +717,29 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
     if ctx.as_json:
         _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
     else:
+        click.echo(_summary(job_id, doc))
         dead = _dead_letter_count(doc)
-        click.echo(f"job {job_id} {doc.get('status')}: indexed {doc.get('indexed_document_count')}, deleted "
-                   f"{doc.get('deleted_document_count')}, total {doc.get('total_document_count')}"
-                   + (f"; error: {doc.get('error')}" if doc.get("error") else ""))
         if dead:
-            click.echo(f"{dead} document(s) could not be indexed: elastic-ingest --action dead-letters --job-id {job_id}")
+            click.echo(f"{dead} document(s) could not be indexed: "
+                       f"{_command_line(ctx, '--action', 'dead-letters', '--job-id', job_id)}")
     return 0 if doc.get("status") == "completed" else 1
+
+
+def _summary(job_id: str, doc: dict[str, Any]) -> str:
+    """How a job ended, in one sentence."""
+    line = (f"job {job_id} {doc.get('status')} in {_duration(doc) or '?'}: "
+            f"{int(doc.get('indexed_document_count') or 0):,} documents indexed, "
+            f"{int(doc.get('deleted_document_count') or 0):,} deleted; "
+            f"the index holds {int(doc.get('total_document_count') or 0):,}")
+    return line + (f". Error: {doc.get('error')}" if doc.get("error") else "")
+
+
+def _command_line(ctx: _Context, *args: str) -> str:
+    """``elastic-ingest`` with this run's config file and ``args``, ready to paste into a shell."""
+    import shlex
+
+    config = ["-c", ctx.config_file] if ctx.config_file else []
+    return shlex.join(["elastic-ingest", *config, *args])
 
 
 def action_cancel(ctx: _Context, *, job_id: str | None, **_: Any) -> int:
@@ -657,7 +806,7 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--debug", is_flag=True, help="debug logging, and tracebacks on errors")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
 @click.option("--connector-id", help="the connector to act on (or to create with this id)")
-@click.option("--service-type", help="create-connector: a service type from config.yml sources")
+@click.option("--service-type", help="create-connector, list: a service type from config.yml sources")
 @click.option("--index-name", callback=_index_name_option,
               help="create/update-connector: the content index (Elasticsearch's rules: lowercase, no spaces, "
                    "none of \\ / * ? \" < > | , # :, not starting with _ - + or .)")
@@ -665,8 +814,12 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.option("--set", "set_values", multiple=True, metavar="FIELD=VALUE",
               help="create/update-connector: a configuration value (repeatable)")
 @click.option("--set-env", "set_env", multiple=True, metavar="FIELD=ENV_VAR",
-              help="create/update-connector: a configuration value read from an environment variable, "
-                   "so secrets never appear in process arguments (repeatable)")
+              help="create/update-connector: a sensitive field stores the reference ${env:ENV_VAR}, which the "
+                   "service resolves in its own environment (config.yml secrets.env must allow it); another field "
+                   "stores the variable's value. Secrets never appear in process arguments (repeatable)")
+@click.option("--draft", is_flag=True,
+              help="create/update-connector: save a configuration that still lacks required values; the connector "
+                   "stays needs_configuration (no syncs) until they are set")
 @click.option("--schedule", multiple=True, metavar="TYPE=CRON",
               help="create/update-connector: e.g. full='0 0 * * * ?' (Quartz cron, UTC) or full=off")
 @click.option("--pipeline", help="create/update-connector: ingest pipeline name")

@@ -4,8 +4,22 @@ The file has four sections::
 
     elasticsearch:   how to reach the cluster (host, username/password or api_key, ca_certs, ...)
     service:         the daemon (idling, heartbeat, max_concurrent_syncs, error budget, ...)
-    sources:         service type -> "package.module:ClassName"
+    sources:         service type -> "package.module:ClassName", or {class: FQN, <operator settings>}
+    secrets:         which references a sensitive connector field may hold (launcher.secret_refs)
     pipeline:        how syncs run (runner and its options, bulk sizes, dead letters, ...)
+
+A ``sources:`` entry written as a mapping carries the operator's settings for that source
+(e.g. ``dir: {class: sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}``):
+they are validated at load against the class's ``operator_settings_model`` (the class is
+imported for that; one that cannot be imported is reported where it is used, as a plain
+FQN is) and kept in ``Config.source_settings``; ``Config.sources`` maps every service
+type to its FQN either way.
+
+Relative paths (:data:`PATH_SETTINGS`: ``ca_certs``, ``dead_letters``, ``work_dir``, the
+digest cache, ...) are taken from the folder of the config file, whatever the working
+directory; so are the folders of ``secrets.folders`` and of a source's ``allowed_roots``; the daemon
+reads a connector's relative paths (a directory source's folder) from there too
+(``sources.base.config_folder()``).
 
 Every default lives in the models below, once. Unknown keys are errors; each problem
 is reported with its path, e.g. ``elasticsearch.host: expected a URL, got 42``; secrets
@@ -35,18 +49,23 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.settings import BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig
-from sources.errors import ConfigError
+from pipelines.settings import (
+    BulkConfig, DataflowConfig, FlinkConfig, PipelineConfig, PortableConfig, PrismConfig, RunnerName,
+)
+from sources.errors import ConfigError, IngestError
 from transforms.es_client import ElasticsearchConnection
 
 __all__ = [
     "Config",
     "ElasticsearchConfig",
+    "SecretsConfig",
     "ServiceConfig",
     "PipelineConfig",
     "BulkConfig",
     "FlinkConfig",
     "DataflowConfig",
+    "PrismConfig",
+    "PortableConfig",
     "load_config",
     "parse_config",
     "default_config_path",
@@ -135,10 +154,36 @@ class ServiceConfig(_Section):
                             "or always one of connector_api / indices")
 
 
+class SecretsConfig(_Section):
+    """Which references a sensitive connector field may hold, resolved by the service (docs/security.md)."""
+
+    env: list[str] = Field(default_factory=list, description="variables ${env:NAME} may name (fnmatch patterns)")
+    folders: list[str] = Field(default_factory=list, description="folders whose files ${file:/path} may name")
+
+    @field_validator("env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_*?][A-Za-z0-9_*?]*", name)]
+        if bad:
+            raise ValueError(f"expected environment variable names (or patterns like PG_*), got {bad!r}")
+        return value
+
+    @field_validator("folders")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        relative = [folder for folder in value if not os.path.isabs(folder)]
+        if relative:
+            raise ValueError(f"expected absolute folder paths, got {relative!r}")
+        return value
+
+
 class Config(_Section):
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     sources: dict[str, str] = Field(default_factory=dict)
+    source_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="service type -> the operator's settings for its source")
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     connectors: dict[str, "PipelineOverride"] = Field(
         default_factory=dict, description="per-connector overrides, by connector id"
@@ -163,7 +208,7 @@ class Config(_Section):
 
 
 class PipelineOverride(_Section):
-    runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] | None = None
+    runner: RunnerName | None = None
     direct_num_workers: int | None = Field(None, ge=1)
 
 
@@ -223,6 +268,79 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message[0].lower() + message[1:]}, got {shown}"
 
 
+#: Settings that name files or folders: a relative one is taken from the config file's folder
+#: (not from the working directory of whoever runs the service: ``/`` under systemd).
+PATH_SETTINGS = ("elasticsearch.ca_certs", "pipeline.dead_letters", "pipeline.work_dir", "pipeline.secrets_dir",
+                 "pipeline.digest_cache_dir", "pipeline.prism.location", "pipeline.flink.job_server_jar",
+                 "pipeline.dataflow.setup_file")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the :data:`PATH_SETTINGS` of ``raw``, ``secrets.folders`` and the sources'
+    ``allowed_roots`` absolute against ``base`` (``~`` expanded; URLs such as ``gs://`` left alone)."""
+    for dotted in PATH_SETTINGS:
+        *parents, key = dotted.split(".")
+        section: Any = raw
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) and value.strip() and "://" not in value:
+            section[key] = _absolute(value, base)
+    lists = [raw.get("secrets", {}).get("folders") if isinstance(raw.get("secrets"), dict) else None]
+    if isinstance(raw.get("sources"), dict):  # operator settings: folders a source may read
+        lists += [entry.get("allowed_roots") for entry in raw["sources"].values() if isinstance(entry, dict)]
+    for folders in lists:
+        if isinstance(folders, list):
+            folders[:] = [_absolute(f, base) if isinstance(f, str) and f.strip() else f for f in folders]
+
+
+def _absolute(value: str, base: Path) -> str:
+    expanded = os.path.expanduser(value)
+    return expanded if os.path.isabs(expanded) else str(base / expanded)
+
+
+def _source_entries(entries: Any, problems: list[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """``sources:`` as (service type -> FQN, service type -> operator settings), settings validated."""
+    if not isinstance(entries, dict):
+        return entries, {}  # the model reports the wrong type
+    fqns: dict[str, Any] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            fqns[name] = entry
+            continue
+        entry = dict(entry)
+        fqn = entry.pop("class", None)
+        if not isinstance(fqn, str) or not _FQN.match(fqn):
+            problems.append(f"sources.{name}.class: expected the source's package.module:ClassName, got {fqn!r}")
+            continue
+        fqns[name], settings[name] = fqn, entry
+        problems.extend(f"sources.{name}.{problem}" for problem in _operator_settings_problems(fqn, entry))
+    return fqns, settings
+
+
+def _operator_settings_problems(fqn: str, settings: dict[str, Any]) -> list[str]:
+    """What is wrong with a source's operator settings (empty when its class cannot be imported:
+    that is reported where the source is used)."""
+    from sources.base import BaseDataSource
+    from sources.driver import operator_settings_of
+    from sources.registry import load_source_class
+
+    try:
+        cls = load_source_class(fqn)
+    except IngestError:
+        return []
+    try:
+        validated = operator_settings_of(cls, settings)
+    except ConfigError as exc:
+        return exc.problems
+    if validated.allowed_hosts is not None and getattr(cls, "network_endpoints", None) in (
+            None, BaseDataSource.network_endpoints):
+        return [f"allowed_hosts: {cls.__name__} does not list the hosts it connects to (network_endpoints), "
+                "so they cannot be confined"]
+    return []
+
+
 def parse_config(raw: Any, *, path: str | None = None) -> Config:
     """Validate an already-parsed YAML document. Raises ConfigError listing every problem."""
     where = path or "config"
@@ -232,9 +350,14 @@ def parse_config(raw: Any, *, path: str | None = None) -> Config:
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
     problems: list[str] = []
     raw = _substitute(raw, "", problems)
-    for key in ("elasticsearch", "service", "pipeline", "sources", "connectors"):
+    for key in ("elasticsearch", "service", "pipeline", "sources", "connectors", "secrets"):
         if key in raw and raw[key] is None:
             raw[key] = {}
+    _resolve_paths(raw, Path(path).resolve().parent if path else Path.cwd())
+    if "source_settings" in raw:
+        problems.append("source_settings: unknown key (operator settings go in the sources: entry, "
+                        "as {class: package.module:ClassName, <settings>})")
+    raw["sources"], raw["source_settings"] = _source_entries(raw.get("sources", {}), problems)
     try:
         config = Config.model_validate({**raw, "path": path})
     except ValidationError as exc:

@@ -4,6 +4,7 @@
   lacks, and fills missing properties of existing fields with the defaults;
 * :func:`validate_configuration` checks values (required, types, ``depends_on``,
   ``validations``) and returns every problem, by field label;
+* :func:`missing_required` names the required fields still without a value;
 * :func:`redact` hides sensitive values for printing.
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 
 from sources.base import FIELD_DEFAULTS
 
-__all__ = ["complete_configuration", "validate_configuration", "redact", "coerce_value", "values_of",
-           "without_secrets", "with_secrets"]
+__all__ = ["complete_configuration", "validate_configuration", "missing_required", "redact", "coerce_value",
+           "values_of", "without_secrets", "with_secrets"]
 
 _TYPES = {"str", "int", "bool", "list"}
 
@@ -111,27 +112,20 @@ def validate_configuration(configuration: Any) -> list[str]:
     if not isinstance(configuration, Mapping):
         return [f"configuration: expected an object, got {type(configuration).__name__}"]
     problems: list[str] = []
-    raw = {name: spec.get("value") for name, spec in configuration.items() if isinstance(spec, Mapping)}
-    typed = values_of(configuration)
+    applies = _applicability(configuration)
     for name, spec in sorted(configuration.items(), key=lambda kv: (kv[1] or {}).get("order", 0)
                              if isinstance(kv[1], Mapping) else 0):
         if not isinstance(spec, Mapping):
             problems.append(f"{name}: expected a field object with a value, got {type(spec).__name__}")
             continue
         label = _label(name, spec)
-        depends = spec.get("depends_on") or []
-        if isinstance(depends, list) and any(
-            isinstance(d, Mapping) and d.get("value") not in (raw.get(d.get("field")), typed.get(d.get("field")))
-            for d in depends
-        ):
+        if not applies(spec):
             continue  # validated only when every field it depends on has the given value
         kind = spec.get("type", "str")
         if kind not in _TYPES:
             problems.append(f"{label}: unknown type {kind!r} (expected one of {', '.join(sorted(_TYPES))})")
             continue
-        value = spec.get("value")
-        if value in (None, "", []) and spec.get("default_value") not in (None, ""):
-            value = spec.get("default_value")
+        value = _given(spec)
         if value in (None, "", []):
             if spec.get("required", True):
                 problems.append(f"{label}: a value is required")
@@ -147,6 +141,38 @@ def validate_configuration(configuration: Any) -> list[str]:
             if problem:
                 problems.append(problem)
     return problems
+
+
+def missing_required(configuration: Mapping[str, Any]) -> list[str]:
+    """The names of the required fields that have no value (nor default), in form order;
+    a field that ``depends_on`` others counts only when they have the given values."""
+    applies = _applicability(configuration)
+    fields = sorted(((name, spec) for name, spec in configuration.items() if isinstance(spec, Mapping)),
+                    key=lambda kv: kv[1].get("order", 0) or 0)
+    return [name for name, spec in fields
+            if spec.get("required", True) and applies(spec) and _given(spec) in (None, "", [])]
+
+
+def _given(spec: Mapping[str, Any]) -> Any:
+    """A field's value, or its default when it has none."""
+    value = spec.get("value")
+    if value in (None, "", []) and spec.get("default_value") not in (None, ""):
+        value = spec.get("default_value")
+    return value
+
+
+def _applicability(configuration: Mapping[str, Any]) -> Any:
+    """Whether a field applies: every field it ``depends_on`` has the given value (raw or typed)."""
+    raw = {name: spec.get("value") for name, spec in configuration.items() if isinstance(spec, Mapping)}
+    typed = values_of(configuration)
+
+    def applies(spec: Mapping[str, Any]) -> bool:
+        depends = spec.get("depends_on") or []
+        return not (isinstance(depends, list) and any(
+            isinstance(d, Mapping) and d.get("value") not in (raw.get(d.get("field")), typed.get(d.get("field")))
+            for d in depends))
+
+    return applies
 
 
 def values_of(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,12 +192,15 @@ def values_of(configuration: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact(configuration: Any) -> Any:
-    """A copy with sensitive values replaced by ``****``."""
+    """A copy with sensitive values replaced by ``****`` (a reference, ``${env:NAME}``, is shown)."""
+    from launcher.secret_refs import is_reference
+
     if not isinstance(configuration, Mapping):
         return configuration
     result = copy.deepcopy(dict(configuration))
     for spec in result.values():
-        if isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, ""):
+        if (isinstance(spec, dict) and spec.get("sensitive") and spec.get("value") not in (None, "")
+                and not is_reference(spec.get("value"))):
             spec["value"] = "****"
     return result
 

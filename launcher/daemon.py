@@ -3,7 +3,9 @@
 One poll, every ``service.idling`` seconds::
 
     heartbeat (connector last_seen, at most every service.heartbeat s)
-    for each served connector: complete its configuration, validate + ping it, write
+    for each served connector: complete its configuration, check that no other connector
+        uses its index, resolve its secret references, build its source (within the
+        operator's allowed hosts), validate + ping it, write
         features, validate sync-rule drafts, honour sync_now, create scheduled jobs
         (a connector whose document is wrong gets the error; the others are served)
     take back this service's own jobs a crash left behind (suspended, then resumed below)
@@ -17,8 +19,12 @@ any number of instances can serve the same connectors.
 
 Syncs run in child processes supervised by :class:`~launcher.sync_runner.SyncRunner`
 threads, so a poll never waits for a sync. SIGTERM/SIGINT stop the loop, suspend the
-running jobs and exit. A poll that fails is logged; more than ``service.max_errors``
-failures within ``service.max_errors_span`` seconds stop the daemon with a clear message.
+running jobs and exit. At start the daemon waits for Elasticsearch (one line per attempt,
+with backoff); later, while Elasticsearch cannot be reached, polls keep failing and the
+outage is logged once, with a reminder every minute and a line when it ends
+(:mod:`launcher.outage`). Any other failed poll is logged (the same failure again at most
+every minute); more than ``service.max_errors`` of them within ``service.max_errors_span``
+seconds stop the daemon with a clear message.
 """
 
 from __future__ import annotations
@@ -44,14 +50,17 @@ from launcher.protocol import (
     CONNECTOR_DEFAULTS, Connector, Job, claim_job, connector_problems, create_job, job_problems, jobs_to_claim, now_iso, release_lock,
     with_protocol_fields,
 )
+from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
+from launcher.outage import Outage, is_outage, wait_backoff
 from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron, parse_time
+from launcher.secret_refs import resolve_references
 from launcher.sync_processes import SyncProcesses
 from launcher.sync_runner import SyncRunner
-from sources.driver import SourceDriver
-from sources.errors import IngestError, format_error
+from sources.driver import SourceDriver, build_source
+from sources.errors import IndexConflict, IngestError, SecretReferenceError, format_error
 from sources.base import supports_access_control
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
@@ -93,6 +102,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._errors: deque[float] = deque()
+        self._last_failure: tuple[str | None, float] = (None, 0.0)  # the last poll failure logged, and when
         self._last_heartbeat: dict[str, float] = {}
         self._pinged: dict[str, tuple[str, float]] = {}
         self._orphans: dict[str, float] = {}
@@ -101,6 +111,10 @@ class Daemon:
         self._unserved_checked = float("-inf")
         self.polls = 0
         self.last_successful_poll: float | None = None
+        #: Elasticsearch outages: logged as state changes (launcher/outage.py), never counted as errors.
+        self.outage = Outage(_LOGGER, f"Elasticsearch at {config.elasticsearch.host}")
+        #: Why the daemon is not serving yet (waiting for Elasticsearch at start), for /healthz.
+        self.waiting: str | None = None
         #: Starts sync processes: forked from a warm process (service.warm_sync_processes), else fresh.
         self.processes = SyncProcesses(warm=config.service.warm_sync_processes,
                                        preload=sorted(set(config.sources.values())))
@@ -122,6 +136,48 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+    @property
+    def not_ready(self) -> str | None:
+        """Why the daemon cannot serve now (None: it can): for ``/healthz``."""
+        if self.waiting:
+            return self.waiting
+        if self.store_problems:
+            return "cannot serve connectors:\n" + "\n".join(self.store_problems)
+        return self.outage.not_ready
+
+    def wait_for_elasticsearch(self, *, first_backoff: float = 1.0, max_backoff: float = 30.0) -> bool:
+        """Wait until Elasticsearch answers as Elasticsearch (True), or a stop is asked (False).
+
+        While it cannot be reached (nothing listens, it is starting, a proxy's upstream is
+        down) each attempt logs one line and the next comes after a growing pause (1, 2, 4,
+        ... ``max_backoff`` seconds); ``/healthz`` says why meanwhile. Anything a retry cannot
+        fix (not Elasticsearch at that URL, credentials refused, an untrusted certificate) is
+        raised: only a change of configuration helps.
+        """
+        from launcher.es_probe import probe_elasticsearch
+        from sources.errors import ElasticsearchUnavailable
+
+        host = self.config.elasticsearch.host
+        attempt, since = 0, datetime.now(timezone.utc)
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                probe_elasticsearch(self.config.elasticsearch, config_file=self.config.path)
+            except ElasticsearchUnavailable as exc:
+                pause = wait_backoff(attempt, first=first_backoff, most=max_backoff)
+                self.waiting = (f"waiting for Elasticsearch at {host} since {since:%Y-%m-%d %H:%M:%S} UTC "
+                                f"({attempt} attempts): {exc}")
+                _LOGGER.warning("waiting for Elasticsearch at %s (attempt %d, next in %gs): %s", host, attempt,
+                                pause, str(exc).removeprefix(f"cannot reach Elasticsearch at {host}: "))
+                self._stop.wait(pause)
+                continue
+            if attempt > 1:
+                _LOGGER.info("Elasticsearch at %s answers (after %d attempts)", host, attempt)
+            self.waiting = None
+            return True
+        self.waiting = None
+        return False
 
     def run(self, *, max_polls: int | None = None) -> None:
         _LOGGER.info("elastic-ingest serving %s as %s (Elasticsearch %s)", ", ".join(self.served_types()),
@@ -174,8 +230,12 @@ class Daemon:
             self.claim_jobs([c.id for c in connectors])
             self.polls += 1
             self.last_successful_poll = time.time()
-        except Exception as exc:  # noqa: BLE001 - the budget decides
-            self._count_error(exc)
+            self.outage.ended()
+        except Exception as exc:  # noqa: BLE001 - the budget decides (an outage only waits)
+            if is_outage(exc):
+                self.outage.failed(format_error(exc))
+            else:
+                self._count_error(exc)
 
     def _store_ready(self) -> bool:
         """Prepare the storage; while it cannot work, say so (log, /healthz) and do nothing else."""
@@ -194,7 +254,11 @@ class Daemon:
         span = self.config.service.max_errors_span
         while self._errors and now - self._errors[0] > span:
             self._errors.popleft()
-        _LOGGER.error("poll failed (%d in the last %ds): %s", len(self._errors), span, format_error(exc))
+        said = format_error(exc)
+        # The same failure again is logged at most every minute (the count says how often it came).
+        if said != self._last_failure[0] or now - self._last_failure[1] >= 60:
+            _LOGGER.error("poll failed (%d in the last %ds): %s", len(self._errors), span, said)
+            self._last_failure = (said, now)
         _LOGGER.debug("poll failure", exc_info=True)
         if len(self._errors) > self.config.service.max_errors:
             self._stop.set()
@@ -340,19 +404,30 @@ class Daemon:
 
     def _check_configuration(self, connector: Connector, source_class: type) -> None:
         configuration = connector.get("configuration") or {}
-        key = _fingerprint(configuration)
+        key = _fingerprint([configuration, connector.index_name])
         last = self._pinged.get(connector.id)
         recently = last is not None and last[0] == key and time.monotonic() - last[1] < self.config.service.heartbeat
         if recently and connector.get("status") in ("connected", "error"):
             return
         self._pinged[connector.id] = (key, time.monotonic())
+        if isinstance(connector.index_name, str) and connector.index_name:
+            try:
+                check_index_ownership(self.store, connector.index_name, connector.id)
+            except IndexConflict as exc:
+                self._set_error(connector, format_error(exc))
+                return
+        try:
+            configuration = resolve_references(configuration, self.config.secrets)
+        except SecretReferenceError as exc:
+            self._set_error(connector, f"Invalid configuration: {exc}")
+            return
         problems = validate_configuration(configuration)
         if problems:
             self._set_error(connector, "Invalid configuration: " + "; ".join(problems))
             return
         source = None
         try:
-            source = source_class(configuration=self._typed(configuration))
+            source = build_source(source_class, self._typed(configuration), self._settings(connector))
             driver = SourceDriver(source)
             try:
                 if hasattr(source, "validate_config"):
@@ -366,6 +441,10 @@ class Daemon:
             return
         if connector.get("status") != "connected" or connector.get("error") is not None:
             self._write(connector, {"status": "connected", "error": None})
+
+    def _settings(self, connector: Connector) -> dict[str, Any]:
+        """The operator's settings for the connector's source (config.yml)."""
+        return self.config.source_settings.get(connector.service_type, {})
 
     @staticmethod
     def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
@@ -388,7 +467,8 @@ class Daemon:
             else:
                 driver = None
                 try:
-                    source = source_class(configuration=self._typed(connector.get("configuration") or {}))
+                    configuration = resolve_references(connector.get("configuration") or {}, self.config.secrets)
+                    source = build_source(source_class, self._typed(configuration), self._settings(connector))
                     driver = SourceDriver(source)
                     messages = driver.call(source.validate_advanced_rules, snippet) if hasattr(
                         source, "validate_advanced_rules") else []
@@ -560,7 +640,7 @@ class Daemon:
             if claim is None:
                 continue
             runner = SyncRunner(self.config, self.es, claim, on_done=self._done, store=self.store,
-                                owner=self.identity.metadata(), processes=self.processes)
+                                owner=self.identity.metadata(), outage=self.outage, processes=self.processes)
             with self._lock:
                 self.running[job.id] = runner
             runner.start()

@@ -15,7 +15,7 @@ from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
-__all__ = ["CONNECTORS_INDEX", "JOBS_INDEX", "ensure_indices", "CONNECTORS_MAPPINGS", "JOBS_MAPPINGS",
+__all__ = ["CONNECTORS_INDEX", "JOBS_INDEX", "ensure_indices", "indices_exist", "CONNECTORS_MAPPINGS", "JOBS_MAPPINGS",
            "check_mappings", "QUERIED_FIELDS"]
 
 CONNECTORS_INDEX = ".elastic-connectors"
@@ -86,6 +86,12 @@ def _ensure(es: Elasticsearch, alias: str, mappings: dict[str, Any]) -> None:
     except ApiError as exc:
         if exc.error != "resource_already_exists_exception":
             raise
+
+
+def indices_exist(es: Elasticsearch) -> bool:
+    """Whether ``.elastic-connectors`` and ``.elastic-connectors-sync-jobs`` both resolve."""
+    return all(es.indices.exists_alias(name=alias) or es.indices.exists(index=alias)
+               for alias in (CONNECTORS_INDEX, JOBS_INDEX))
 
 
 def ensure_indices(es: Elasticsearch) -> None:

@@ -93,4 +93,7 @@ def setup_logging(*, debug: bool = False, log_format: str = "text", job_id: str 
     root.setLevel(level or (logging.DEBUG if debug else logging.INFO))
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug and noisy == "elastic_transport" else logging.ERROR)
+    # Beam logs a failing DoFn's whole traceback; the sync reports the error itself, in one line
+    # (and the traceback with --debug).
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     os.environ[LOG_FORMAT_ENV] = "json" if log_format == "json" else "text"

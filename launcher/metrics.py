@@ -1,9 +1,10 @@
 """The daemon's health endpoint and Prometheus metrics, on ``service.metrics_address``.
 
-``GET /healthz`` answers 200 ``ok`` while polls succeed, 503 when the last successful poll
-is older than three polling intervals plus a minute (or none succeeded yet), and 503 with
-the reason while the protocol's indices cannot work (e.g. a field mapped with the wrong
-type by another client: see :func:`launcher.indices.check_mappings`);
+``GET /healthz`` answers 200 ``ok`` while polls succeed, and 503 with the reason otherwise:
+waiting for Elasticsearch at start, Elasticsearch unreachable (since when, why), the
+protocol's indices unusable (e.g. a field mapped with the wrong type by another client:
+see :func:`launcher.indices.check_mappings`), or no successful poll for three polling
+intervals plus a minute;
 ``GET /metrics`` is the Prometheus text exposition. Loopback by default: bind elsewhere
 only on purpose (the endpoint has no authentication; it exposes counts, never secrets).
 
@@ -41,6 +42,7 @@ Example usage::
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -48,6 +50,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from sources.errors import ConfigError
 
 __all__ = ["serve_metrics", "MetricsServer", "JobMetrics"]
 
@@ -161,9 +165,25 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
     return registry, job_metrics, collect_jobs
 
 
+def _not_ready(daemon: Any, stale_after: float) -> str | None:
+    """Why ``/healthz`` says 503 (None: 200 ok): the daemon's own reason (waiting for
+    Elasticsearch, an outage, unusable protocol indices), else no successful poll lately."""
+    reason = getattr(daemon, "not_ready", None)
+    if reason:
+        return str(reason)
+    last = daemon.last_successful_poll
+    if last is None:
+        return "no successful poll yet"
+    if time.time() - last >= stale_after:
+        return f"no successful poll in the last {time.time() - last:,.0f}s"
+    return None
+
+
 def serve_metrics(address: str, daemon: Any) -> MetricsServer:
     """Serve ``/healthz`` and ``/metrics`` for ``daemon`` on ``host:port`` (port 0: any free port)."""
     host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"service.metrics_address: expected host:port (e.g. 127.0.0.1:9108), got {address!r}")
     registry, job_metrics, collect_jobs = _registry(daemon)
     _watch_jobs(daemon, job_metrics)
     stale_after = 3 * daemon.config.service.idling + 60
@@ -172,13 +192,9 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                last = daemon.last_successful_poll
-                problems = list(getattr(daemon, "store_problems", None) or [])
-                ok = last is not None and time.time() - last < stale_after and not problems
-                body = (b"ok\n" if ok else
-                        ("cannot serve connectors:\n" + "\n".join(problems) + "\n").encode() if problems else
-                        b"no successful poll recently\n")
-                self._reply(200 if ok else 503, body, "text/plain; charset=utf-8")
+                reason = _not_ready(daemon, stale_after)
+                body = b"ok\n" if reason is None else (reason.rstrip("\n") + "\n").encode()
+                self._reply(200 if reason is None else 503, body, "text/plain; charset=utf-8")
             elif path == "/metrics":
                 collect_jobs()
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -195,7 +211,12 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    try:
+        server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    except OSError as exc:
+        hint = ("another process (another elastic-ingest?) listens there: stop it, or choose another port"
+                if exc.errno == errno.EADDRINUSE else "use host:port with an address of this machine")
+        raise ConfigError(f"service.metrics_address: cannot listen on {address}: {exc.strerror}; {hint}") from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()

@@ -16,7 +16,8 @@ daemon (unless its pid is ours now: a container restarted) nor its sync process
 ``suspended`` and its connector's lock is released, as a graceful shutdown leaves them,
 so the same poll claims and resumes it; a ``canceling`` job becomes ``canceled``. Each
 write is conditional on the job as read. A job whose sync process is still alive is left
-for the next poll.
+for the next poll. At start it also removes the job folders (job file, result) a killed
+daemon left in the temp dir for jobs that have ended.
 
 ``service.id`` (config.yml) names the service; by default it is derived from the host
 name and the absolute path of its config.yml, so two services on one host (two config
@@ -34,7 +35,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
+import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,9 +48,9 @@ from typing import Any
 from elasticsearch import ConflictError, NotFoundError
 
 from launcher.protocol import now_iso, release_lock
-from launcher.store import ConnectorStore, Job
+from launcher.store import FINAL_STATUSES, ConnectorStore, Job
 
-__all__ = ["ServiceIdentity", "OwnJobs", "default_service_id"]
+__all__ = ["ServiceIdentity", "OwnJobs", "default_service_id", "remove_stale_job_folders"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -99,12 +103,57 @@ def _alive(pid: Any, *, marker: str | None = None, started_by: str | None = None
         return False
 
 
+#: A daemon's folder for one job (SyncRunner: ``tempfile.mkdtemp(prefix=f"elastic-ingest-{job_id}-")``).
+_JOB_FOLDER = re.compile(r"^elastic-ingest-(?P<job>[A-Za-z0-9_-]{20,64})-[A-Za-z0-9_]{8}$")
+#: A folder whose job no longer exists is left this long (it may be another cluster's daemon's).
+_MISSING_JOB_GRACE = 86400.0
+
+
+def remove_stale_job_folders(store: ConnectorStore, directory: Path) -> list[Path]:
+    """Remove the job folders (job file with secrets, result) a killed daemon left in ``directory``.
+
+    Only folders of jobs that have ended (or that no longer exist, after a day), and that
+    no running process names (a sync process has its job file on its command line).
+    """
+    import shutil
+
+    import psutil
+
+    candidates = []
+    for folder in directory.glob("elastic-ingest-*"):
+        match = _JOB_FOLDER.match(folder.name)
+        if match and folder.is_dir() and any((folder / name).exists() for name in ("job.json", "result.json")):
+            candidates.append((folder, match["job"]))
+    if not candidates:
+        return []
+    in_use = " ".join(" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
+    removed = []
+    for folder, job_id in candidates:
+        if str(folder) in in_use:
+            continue
+        job = store.get_job(job_id)
+        if job is None:
+            try:
+                if time.time() - folder.stat().st_mtime < _MISSING_JOB_GRACE:
+                    continue
+            except OSError:
+                continue
+        elif job.status not in FINAL_STATUSES:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        _LOGGER.info("removed %s, left by a daemon that was killed (job %s %s)", folder, job_id,
+                     job.status if job else "gone")
+    return removed
+
+
 class OwnJobs:
     """Takes back this service's orphaned jobs (see the module docstring)."""
 
     def __init__(self, store: ConnectorStore, identity: ServiceIdentity):
         self.store, self.identity = store, identity
         self._pending = True  # at start; again while a job's sync process was still winding down
+        self._folders_checked = False
 
     def _orphaned(self, job: Job) -> str | None:
         """Why ``job`` is ours and orphaned (None: not ours, or still alive somewhere)."""
@@ -148,9 +197,19 @@ class OwnJobs:
 
     def take_back(self, *, running: Iterable[str], connector_ids: list[str] | None,
                   service_types: list[str] | None) -> list[str]:
-        """Suspend (or, if a cancel was asked, cancel) our orphaned jobs; their ids. Cheap once done."""
+        """Suspend (or, if a cancel was asked, cancel) our orphaned jobs; their ids. Cheap once done.
+
+        The first time, also remove the job folders a killed daemon left in the temp dir
+        (:func:`remove_stale_job_folders`).
+        """
         if not self._pending:
             return []
+        if not self._folders_checked:
+            self._folders_checked = True
+            try:
+                remove_stale_job_folders(self.store, Path(tempfile.gettempdir()))
+            except Exception as exc:  # noqa: BLE001 - tidying only
+                _LOGGER.warning("could not tidy the temp dir's job folders: %s", exc)
         self._pending = False
         mine = set(running)
         jobs = self.store.list_jobs(connector_ids=connector_ids, service_types=service_types,

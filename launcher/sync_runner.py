@@ -4,8 +4,11 @@ The daemon never runs a pipeline in its own process. For each claimed job a Sync
 thread:
 
 1. builds the :class:`~pipelines.job.SyncJob` from the job's connector snapshot and
-   config.yml (the source FQN comes from config.yml, never from the document), and
-   writes it to a private 0600 file;
+   config.yml (the source FQN and the operator's settings for it come from config.yml,
+   never from the document; secret references are resolved here), checks the service's
+   privileges on the content index and that no other connector uses it
+   (:mod:`launcher.privileges`, :mod:`launcher.index_ownership`: otherwise the job fails
+   with the reason, nothing written), and writes it to a private 0600 file;
 2. starts the sync process (``pipelines.run JOB_FILE RESULT_FILE``) in a new process group,
    forked from the daemon's warm process or as a fresh interpreter
    (:mod:`launcher.sync_processes`);
@@ -46,6 +49,10 @@ from elasticsearch import ConnectionError as ESConnectionError
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
 from launcher.counters import Counters
+from launcher.index_ownership import check_index_ownership
+from launcher.outage import Outage, is_outage
+from launcher.privileges import check_privileges
+from launcher.secret_refs import resolve_references
 from launcher.protocol import (
     FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
@@ -117,7 +124,8 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     live = claim.connector.get("configuration")
     live = live if isinstance(live, dict) else {}
     configuration = snapshot.get("configuration") or live
-    configuration = with_secrets(configuration, live)
+    # Sensitive values come from the connector document; references there are resolved here.
+    configuration = resolve_references(with_secrets(configuration, live), config.secrets)
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
@@ -135,6 +143,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         service_type=service_type,
         source_fqn=fqn,
         configuration=merged,
+        source_settings=config.source_settings.get(service_type, {}),
         basic_rules=[r for r in rules if isinstance(r, dict)],
         advanced_rules=advanced,
         pipeline_flags={
@@ -160,7 +169,7 @@ class SyncRunner(threading.Thread):
 
     def __init__(self, config: Config, es: Elasticsearch, claim: Claim, *, on_done=None,
                  store: ConnectorStore | None = None, owner: Mapping[str, Any] | None = None,
-                 processes: SyncProcesses | None = None):
+                 outage: Outage | None = None, processes: SyncProcesses | None = None):
         super().__init__(name=f"sync-{claim.job.id}", daemon=True)
         self.config = config
         self.es = es  # the content index and the progress records
@@ -182,6 +191,8 @@ class SyncRunner(threading.Thread):
         self.run_counters: Counters | None = None
         self.metadata: dict[str, Any] = {}
         self.index_name: str | None = None
+        #: The service's record of Elasticsearch outages (logged there once, not by every supervisor).
+        self.outage = outage
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -230,7 +241,12 @@ class SyncRunner(threading.Thread):
             return
         try:
             sync_job = build_sync_job(self.config, self.claim)
-        except Exception as exc:  # noqa: BLE001 - a bad document or bad rules
+            check_privileges(self.es, sync_job.index_name, who="the service's credentials (config.yml elasticsearch)")
+            # Re-checked for every job: connector documents may have been written by anyone.
+            content_index = (sync_job.index_name.removeprefix(ACCESS_CONTROL_INDEX_PREFIX)
+                             if sync_job.job_type == "access_control" else sync_job.index_name)
+            check_index_ownership(self.store, content_index, self.connector_id)
+        except Exception as exc:  # noqa: BLE001 - a bad document, bad rules, an index that is not its own
             _LOGGER.warning("job %s: %s", self.job_id, format_error(exc))
             self._finish("error", error=format_error(exc))
             return
@@ -246,6 +262,9 @@ class SyncRunner(threading.Thread):
                          "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
         env = dict(os.environ)
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
+        # Temporary files of the sync and its libraries (Beam leaves empty folders behind) go to
+        # the job's private folder, removed when the job ends.
+        env["TMPDIR"] = str(workdir)
         self.process = self.processes.start([str(job_file), str(result_file)], env=env, cwd=os.getcwd())
         self.metadata["worker_pid"] = self.process.pid
         _LOGGER.info("job %s: %s sync of connector %s started (pid %s)", self.job_id, sync_job.job_type,
@@ -260,9 +279,11 @@ class SyncRunner(threading.Thread):
                 last_check = now
                 try:
                     canceled, gone, lost = self._check_job()
+                    if self.outage is not None:
+                        self.outage.ended()
                 except (ESConnectionError, TransportError, ApiError) as exc:
                     # Elasticsearch is away: the sync goes on (it retries its own writes); so do we.
-                    _LOGGER.warning("job %s: cannot check the job document: %s", self.job_id, format_error(exc))
+                    self._es_failed("cannot check the job document", exc)
                 if canceled or gone or lost:
                     self._stop_process()
                     break
@@ -356,7 +377,15 @@ class SyncRunner(threading.Thread):
         except NotFoundError:
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
-            _LOGGER.warning("job %s: could not write progress: %s", self.job_id, format_error(exc))
+            self._es_failed("could not write progress", exc)
+
+    def _es_failed(self, what: str, exc: BaseException) -> None:
+        """A request to Elasticsearch failed: an outage is the service's to log (once, see
+        launcher.outage); anything else is logged here."""
+        if self.outage is not None and is_outage(exc):
+            self.outage.failed(format_error(exc))
+        else:
+            _LOGGER.warning("job %s: %s: %s", self.job_id, what, format_error(exc))
 
     def _delete_progress(self) -> None:
         try:
@@ -403,8 +432,7 @@ class SyncRunner(threading.Thread):
             except (ESConnectionError, TransportError, ApiError) as exc:
                 if self._suspend.is_set() or not _unavailable(exc):
                     raise  # the daemon is stopping, or Elasticsearch refused the write itself
-                _LOGGER.warning("job %s: cannot write its end state yet (%s); retrying", self.job_id,
-                                format_error(exc))
+                self._es_failed("cannot write its end state yet; retrying", exc)
                 waited = True
                 self._suspend.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -45,6 +45,7 @@ import selectors
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import traceback
 from typing import Any
@@ -204,6 +205,7 @@ class _Server:
 
             # The process the sync watches (it stops when that one dies) is its parent, this server.
             os.environ[DAEMON_PID_ENV] = str(os.getppid())
+            tempfile.tempdir = None  # found again from this sync's TMPDIR, not the server's
             if request.get("cwd"):
                 os.chdir(request["cwd"])
             argv = [str(arg) for arg in request.get("argv") or []]

@@ -35,6 +35,8 @@ class SyncJob:
     service_type: str
     source_fqn: str
     configuration: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The operator's settings for the source (its config.yml ``sources:`` entry).
+    source_settings: dict[str, Any] = field(default_factory=dict)
     basic_rules: list[dict[str, Any]] = field(default_factory=list)
     advanced_rules: Any = None
     pipeline_flags: dict[str, bool] = field(default_factory=dict)

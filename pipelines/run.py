@@ -32,7 +32,7 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
-from pipelines.options import runner_and_options, workers_share_this_disk
+from pipelines.options import runner_and_options, worker_paths, workers_share_this_disk
 from pipelines.settings import PipelineConfig
 from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
 from sources.driver import SourceDriver, build_source
@@ -47,6 +47,7 @@ from transforms.digests import IndexDigests
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 from transforms.secrets import discard_all, worker_secrets
+from transforms.work_dir import mark_work_dir
 from transforms.write_to_elasticsearch import FIRST_BULK_METRIC
 
 __all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
@@ -74,28 +75,34 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
         _remove_work_dir(path)
     discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
     signal.signal(signum, signal.SIG_DFL)  # then die of the signal, as without this handler
+    if os.getpgrp() == os.getpid():
+        # The daemon started this process in a group of its own: end the processes it started
+        # too (the Prism a PrismRunner sync starts, local SDK workers), which would outlive it.
+        os.killpg(os.getpid(), signum)
     os.kill(os.getpid(), signum)
 
 
 def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
     """Validate, ping and partition the source; ``(None, cursor)`` when it reports no change."""
-    source = build_source(load_source_class(job.source_fqn), job.configuration)
+    source = build_source(load_source_class(job.source_fqn), job.configuration, job.source_settings)
     driver = SourceDriver(source)
     try:
+        # Our own errors say what they are (one name per failure); another error is the
+        # source's own: its type is named in the message, after what it means here.
         if hasattr(source, "validate_config"):
             try:
                 driver.call(source.validate_config)
-            except SourceConfigError:
+            except IngestError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the source's own error type
-                raise SourceConfigError(f"{type(exc).__name__}: {exc}") from exc
+                raise SourceConfigError(f"invalid configuration: {exc} ({type(exc).__name__})") from exc
         if hasattr(source, "ping"):
             try:
                 driver.call(source.ping)
-            except (SourceConfigError, SourceUnavailable):
+            except IngestError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise SourceUnavailable(f"the source cannot be reached: {exc} ({type(exc).__name__})") from exc
         if job.job_type == "incremental":
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
@@ -157,6 +164,7 @@ def _work_dir(settings: PipelineConfig, job_id: str, root: str | None) -> Iterat
                           f"({exc.strerror or exc})") from exc
     _WORK_DIRS.add(path)
     try:
+        mark_work_dir(path)  # what each worker checks it sees (pipeline.workers_share_disk)
         yield path
     finally:
         _remove_work_dir(path)
@@ -206,7 +214,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     gives the job file's directory, which it removes when the sync process ends).
     """
     started = time.monotonic()
-    settings = settings.model_copy(update={"dead_letters": dead_letter_location(settings.dead_letters)})
+    settings = worker_paths(settings)  # dead letters and work dir as absolute paths, as workers need them
     outcome: dict[str, Any] = {"status": "error", "runner": settings.runner, "job_id": job.job_id}
     timings = outcome["timings"] = {}  # where the sync's time went, by phase (seconds)
     mark = _Marks(timings)
@@ -390,7 +398,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     if found:
         return found[0]
     text = str(exc)
-    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable", "SourceConfigError"):
+    for name in ("ElasticsearchUnavailable", "PartialScan", "TooManyErrors", "SourceError", "SourceUnavailable",
+                 "SourceConfigError", "ConfigError"):
         marker = f"{name}: "
         if marker in text:
             import sources.errors as errors
@@ -398,6 +407,10 @@ def _root_cause(exc: BaseException) -> BaseException:
             message = text.split(marker, 1)[1].split("\n", 1)[0].strip().rstrip("'\"]")
             return getattr(errors, name)(message)
     return exc
+
+
+#: The daemon's private folder of a job (job file, result, and the sync's temporary files) starts with it.
+_PRIVATE_DIR_PREFIX = "elastic-ingest-"
 
 
 def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5) -> None:
@@ -420,10 +433,13 @@ def _stop_when_orphaned(job_file: Path, result_file: Path, interval: float = 0.5
             _remove_work_dir(work_dir)
         for path in (job_file, result_file, Path(str(result_file) + ".tmp")):
             path.unlink(missing_ok=True)
-        try:
-            job_file.parent.rmdir()
-        except OSError:
-            pass
+        if job_file.parent.name.startswith(_PRIVATE_DIR_PREFIX):  # the daemon's folder for this job only
+            shutil.rmtree(job_file.parent, ignore_errors=True)
+        else:
+            try:
+                job_file.parent.rmdir()
+            except OSError:
+                pass
         os.kill(os.getpid(), signal.SIGTERM)
 
     if parent != 1:

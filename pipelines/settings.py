@@ -10,7 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PipelineConfig", "BulkConfig", "ContentIndexConfig", "FlinkConfig", "DataflowConfig"]
+__all__ = ["PipelineConfig", "BulkConfig", "ContentIndexConfig", "FlinkConfig", "DataflowConfig", "PrismConfig",
+           "PortableConfig", "RunnerName", "RUNNERS"]
+
+#: The runners a sync can run on (config.yml ``pipeline.runner``, globally or per connector).
+RunnerName = Literal["FnApiRunner", "PrismRunner", "PortableRunner", "FlinkRunner", "DataflowRunner"]
+RUNNERS: tuple[str, ...] = RunnerName.__args__  # type: ignore[attr-defined]
+#: Where a portable runner runs the Python SDK workers (Beam's ``--environment_type``).
+EnvironmentType = Literal["LOOPBACK", "EXTERNAL", "PROCESS", "DOCKER"]
 
 
 class _Section(BaseModel):
@@ -51,6 +58,27 @@ class FlinkConfig(_Section):
     environment_config: str | None = Field(None, description="e.g. the worker command for PROCESS")
 
 
+class _WorkerEnvironment(_Section):
+    environment_type: EnvironmentType = Field(
+        "LOOPBACK", description="LOOPBACK: in the sync process; EXTERNAL: a worker pool (environment_config "
+                                "host:port, e.g. scripts/prism start's); PROCESS: a command the runner starts")
+    environment_config: str | None = Field(None, description="EXTERNAL: the worker pool's host:port; "
+                                                             "PROCESS: '{\"command\": \"/path/to/boot\"}'")
+
+
+class PrismConfig(_WorkerEnvironment):
+    """PrismRunner: each sync process starts Prism (Beam's portable runner, Go) from a local binary."""
+
+    location: str | None = Field(None, description="the prism binary (default: the one scripts/prism build "
+                                                   "made); Beam is never let download one")
+
+
+class PortableConfig(_WorkerEnvironment):
+    """PortableRunner: a job service that already runs (Prism from scripts/prism start, a Flink job server...)."""
+
+    job_endpoint: str | None = Field(None, description="host:port of the job service (required)")
+
+
 class DataflowConfig(_Section):
     """DataflowRunner: where the job runs and how the project's code reaches the workers."""
 
@@ -72,7 +100,7 @@ class DataflowConfig(_Section):
 class PipelineConfig(_Section):
     """How syncs run: the Beam runner and the pipeline's knobs."""
 
-    runner: Literal["FnApiRunner", "FlinkRunner", "DataflowRunner"] = "FnApiRunner"
+    runner: RunnerName = "FnApiRunner"
     # One in-process worker: measured fastest and half the memory on a 2-core host that also
     # runs Elasticsearch (docs/benchmarks.md); use multi_processing with more workers on bigger hosts.
     direct_num_workers: int = Field(1, ge=1)
@@ -98,6 +126,11 @@ class PipelineConfig(_Section):
     digest_cache_max_bytes: int = Field(4 * 1024**3, ge=1, description="the digest cache's size on disk at most "
                                         "(16 bytes per indexed document); least recently used entries go first")
     extract_text: bool = True
+    workers_share_disk: bool | None = Field(
+        None, description="whether every worker can read this machine's files (the sync's index digests); "
+                          "default: decided from the runner's settings, checked by the workers at start")
+    prism: PrismConfig = Field(default_factory=PrismConfig)
+    portable: PortableConfig = Field(default_factory=PortableConfig)
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     dataflow: DataflowConfig = Field(default_factory=DataflowConfig)
     extra_options: list[str] = Field(default_factory=list, description="passed to Beam as-is")

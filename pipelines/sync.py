@@ -70,7 +70,7 @@ def source_spec(job: SyncJob) -> SourceSpec:
     # An access-control sync is a full sync of the source's identities into the job's
     # index (``.search-acl-filter-<content index>``, chosen by the launcher).
     return SourceSpec(job.source_fqn, job.configuration, tuple(job.basic_rules), job.advanced_rules,
-                      access_control=job.job_type == "access_control")
+                      access_control=job.job_type == "access_control", operator_settings=job.source_settings)
 
 
 def build_sync_pipeline(

@@ -54,9 +54,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, ClassVar
 
-from sources.base import OP_INDEX, BaseDataSource, DataSourceConfiguration, Filter, Partition
+from sources.base import OP_INDEX, BaseDataSource, DataSourceConfiguration, Endpoint, Filter, Partition
 from sources.config_values import read_int, read_names
 from sources.errors import IngestError, SourceConfigError, SourceError, SourceUnavailable, SyncRulesError
+from sources.network import endpoint_of_url
 
 __all__ = [
     "ObjectStoreSource",
@@ -208,8 +209,8 @@ class ObjectStoreSource(BaseDataSource):
     #: The configuration field naming the server, for messages.
     endpoint_field: ClassVar[str]
 
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
+    def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
+        super().__init__(configuration, operator_settings=operator_settings)
         self._clock: Callable[[], datetime] = _utcnow  # tests may replace it
         self._client: Any = None  # opened on first use, by any thread (lazy downloads may run in threads)
         self._client_lock = threading.Lock()
@@ -226,6 +227,13 @@ class ObjectStoreSource(BaseDataSource):
     @abc.abstractmethod
     def _backend_endpoint(self) -> str:
         """Where requests go, for messages (never with credentials)."""
+
+    @abc.abstractmethod
+    def _backend_url(self) -> str:
+        """The URL requests go to (the configured endpoint, else the service's own)."""
+
+    def network_endpoints(self) -> list[Endpoint]:
+        return [Endpoint(*endpoint_of_url(self._backend_url()))]
 
     @abc.abstractmethod
     def _backend_buckets(self) -> list[str]:

@@ -8,8 +8,10 @@ Documents
     One document per row. ``_id`` is ``<table>_<primary key values joined by "_">``, so
     the same row keeps its id across syncs; a table without a primary key (or a view) gets
     ``<table>_<sha1 of the row>`` instead: an edited row then becomes a new document and the
-    old one is deleted by the full sync. Every column becomes a field, plus ``table`` and
-    ``database`` (and ``schema`` for PostgreSQL). A column named like one of those, or
+    old one is deleted by the full sync. ``id_columns`` names other columns to build ids
+    from (for the tables and views that have them all). Every column becomes a field under
+    its own name (an ``id`` column too: the document id never overwrites it), plus ``table``
+    and ``database`` (and ``schema`` for PostgreSQL). A column named like one of those, or
     starting with ``_`` (Elasticsearch reserves such names), is stored as
     ``column_<name>``. Values: dates and times -> ISO 8601 strings (timezone-aware ones
     in UTC), durations -> ``[-]H:MM:SS[.ffffff]``, Decimal stays Decimal, bytes stay bytes
@@ -55,7 +57,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources.base import OP_INDEX, BaseDataSource, Doc, Endpoint, Filter, Partition
 from sources._tls import CaFile
 from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_names, read_text
@@ -73,10 +75,13 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
     """The configuration schema of a SQL source (``schema``: add PostgreSQL's schema field)."""
     fields: dict[str, dict[str, Any]] = {
         "host": {"label": "Host", "order": 1, "type": "str", "tooltip": "Server host name or IP address."},
-        "port": {"label": "Port", "order": 2, "type": "int", "display": "numeric", "default_value": default_port},
-        "username": {"label": "Username", "order": 3, "type": "str"},
-        "password": {"label": "Password", "order": 4, "type": "str", "sensitive": True, "required": False},
-        "database": {"label": "Database", "order": 5, "type": "str"},
+        "port": {"label": "Port", "order": 2, "type": "int", "display": "numeric", "default_value": default_port,
+                 "tooltip": "The server's TCP port."},
+        "username": {"label": "Username", "order": 3, "type": "str",
+                     "tooltip": "The user to log in as; it only needs to read (SELECT) the tables."},
+        "password": {"label": "Password", "order": 4, "type": "str", "sensitive": True, "required": False,
+                     "tooltip": "The user's password."},
+        "database": {"label": "Database", "order": 5, "type": "str", "tooltip": "The database to read."},
         "tables": {
             "label": "Comma-separated list of tables",
             "order": 7,
@@ -93,6 +98,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "default_value": 500,
             "required": False,
             "ui_restrictions": ["advanced"],
+            "tooltip": "Rows read per round trip to the server (memory stays bounded by this).",
             "validations": [{"type": "greater_than", "constraint": 0}],
         },
         "partition_size": {
@@ -114,6 +120,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "default_value": 64,
             "required": False,
             "ui_restrictions": ["advanced"],
+            "tooltip": "At most this many key ranges per table, however big it is.",
             "validations": [{"type": "greater_than", "constraint": 0}],
         },
         "timestamp_column": {
@@ -127,6 +134,18 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
                 "not sent again. Deletions are only seen by full syncs."
             ),
         },
+        "id_columns": {
+            "label": "Document id columns",
+            "order": 14,
+            "type": "list",
+            "required": False,
+            "ui_restrictions": ["advanced"],
+            "tooltip": (
+                "Columns whose values, together unique, make each document's id, for every table (or rule query) "
+                "that has them all; the others use their primary key. Empty: the primary key; a table or view "
+                "without one uses a hash of the row, so an edited row becomes a new document."
+            ),
+        },
         "ssl_enabled": {
             "label": "Enable SSL",
             "order": 12,
@@ -134,6 +153,7 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "display": "toggle",
             "default_value": False,
             "required": False,
+            "tooltip": "Connect with TLS.",
         },
         "ssl_ca": {
             "label": "SSL certificate authority",
@@ -149,7 +169,8 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
         },
     }
     if schema:
-        fields["schema"] = {"label": "Schema", "order": 6, "type": "str", "default_value": "public"}
+        fields["schema"] = {"label": "Schema", "order": 6, "type": "str", "default_value": "public",
+                            "tooltip": "The schema whose tables are read."}
     return fields
 
 
@@ -168,6 +189,7 @@ class SqlSettings:
     partition_size: int
     max_partitions: int
     timestamp_column: str | None
+    id_columns: tuple[str, ...]
     ssl_enabled: bool
     ssl_ca: str | None
 
@@ -201,6 +223,7 @@ class SqlSettings:
             partition_size=integer("partition_size", 50_000),
             max_partitions=integer("max_partitions", 64),
             timestamp_column=text("timestamp_column", required=False) or None,
+            id_columns=read_names(config, "id_columns"),
             ssl_enabled=bool(ssl_enabled),
             ssl_ca=text("ssl_ca", required=False) or None,
         )
@@ -246,8 +269,8 @@ class SqlDataSource(BaseDataSource):
     #: Run on a connection to the default database: the names of the databases.
     _LIST_DATABASES_SQL: ClassVar[str] = ""
 
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
+    def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
+        super().__init__(configuration, operator_settings=operator_settings)
         self._settings: SqlSettings | None = None
         self._conn: Any = None
         self._tables: dict[str, TableInfo] | None = None
@@ -289,6 +312,9 @@ class SqlDataSource(BaseDataSource):
         return set()
 
     # -- settings and connection -----------------------------------------------------
+    def network_endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.settings.host, self.settings.port)]
+
     @property
     def settings(self) -> SqlSettings:
         if self._settings is None:
@@ -634,6 +660,9 @@ class SqlDataSource(BaseDataSource):
         fetch_size = self.settings.fetch_size
         with self._errors(action), self._stream(sql, params) as cursor:
             columns = [d[0] for d in cursor.description]
+            chosen = self.settings.id_columns
+            if chosen and all(c in columns for c in chosen):
+                key_columns = chosen
             mapper = _RowMapper(
                 columns,
                 id_prefix=id_prefix,

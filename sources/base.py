@@ -43,6 +43,13 @@ document the identities allowed to read it in ``_allow_access_control``. Other s
 leave both alone: their access-control jobs end ``error`` without touching any index, and
 the CLI does not offer them (:func:`supports_access_control`).
 
+What the operator allows a source (folders, hosts) comes from config.yml, never from the
+connector document: a ``sources:`` entry may be a mapping ``{class: FQN, <settings>}``,
+validated at load against the class's ``operator_settings_model`` (a subclass of
+:class:`OperatorSettings`) and handed to each instance as ``self.operator_settings``. A
+source that connects to hosts lists them in ``network_endpoints()``; the service checks
+them against ``allowed_hosts`` before the source does anything else.
+
 docs/source-contract.md has the whole contract, step by step, and a larger example (with
 partitions and an incremental sync); ``sources.testing.check_source_contract`` is the
 suite every source must pass.
@@ -77,13 +84,19 @@ from __future__ import annotations
 import abc
 import copy
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
+
+from pydantic import BaseModel, ConfigDict, field_validator
 
 __all__ = [
     "BaseDataSource",
+    "OperatorSettings",
+    "Endpoint",
     "DataSourceConfiguration",
     "Filter",
     "Partition",
@@ -95,7 +108,19 @@ __all__ = [
     "FIELD_DEFAULTS",
     "ACCESS_CONTROL_INDEX_PREFIX",
     "supports_access_control",
+    "CONFIG_DIR_ENV",
+    "config_folder",
 ]
+
+#: Set by the service to the folder of its config file (see :func:`config_folder`).
+CONFIG_DIR_ENV = "ELASTIC_INGEST_CONFIG_DIR"
+
+
+def config_folder() -> Path:
+    """The folder a relative path in a connector's configuration is read from: the folder of
+    the service's config file (the daemon and its sync processes), else the working directory."""
+    return Path(os.environ.get(CONFIG_DIR_ENV) or os.getcwd())
+
 
 #: Where an access-control sync writes a content index's identities (Elastic's name).
 ACCESS_CONTROL_INDEX_PREFIX = ".search-acl-filter-"
@@ -214,6 +239,53 @@ class Filter(dict):
         return list(self.get("basic_rules") or [])
 
 
+class OperatorSettings(BaseModel):
+    """What the operator allows a source, from its ``sources:`` entry in config.yml.
+
+    A connector document cannot change these. A source that needs settings of its own
+    subclasses this model (typed fields with defaults, validators that say what is
+    expected) and names the subclass in ``operator_settings_model``; config.yml is
+    validated against it at load, each problem reported with its path, e.g.
+    ``sources.dir.allowed_roots[0]: ...``. Every source accepts:
+
+    * ``allowed_hosts``: the hosts and networks the source may connect to (names,
+      ``*.example.com`` patterns, IP addresses, CIDR networks such as ``10.0.0.0/8``).
+      ``None`` (the default): any host. Checked against :meth:`BaseDataSource.network_endpoints`
+      before the source is asked to do anything.
+
+    Example::
+
+        class NotesSettings(OperatorSettings):
+            max_lines: int = 10_000
+
+        class NotesSource(BaseDataSource):
+            operator_settings_model = NotesSettings
+            ...   # reads self.operator_settings.max_lines
+
+        # config.yml:  sources: {notes: {class: mypackage.notes:NotesSource, max_lines: 500}}
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_hosts: tuple[str, ...] | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            from sources.network import validate_allowed_hosts
+
+            validate_allowed_hosts(value)
+        return value
+
+
+class Endpoint(NamedTuple):
+    """A host a source connects to (``port`` None when the source does not say)."""
+
+    host: str
+    port: int | None = None
+
+
 class BaseDataSource(abc.ABC):
     """One data source for one sync, built from the connector's configuration.
 
@@ -232,8 +304,17 @@ class BaseDataSource(abc.ABC):
     basic_rules_enabled: ClassVar[bool] = True
     #: True when :meth:`get_access_control` is implemented (document-level security).
     dls_enabled: ClassVar[bool] = False
+    #: The operator settings this source accepts (see :class:`OperatorSettings`).
+    operator_settings_model: ClassVar[type[OperatorSettings]] = OperatorSettings
 
-    def __init__(self, configuration: Mapping[str, Any] | DataSourceConfiguration | None = None):
+    def __init__(self, configuration: Mapping[str, Any] | DataSourceConfiguration | None = None, *,
+                 operator_settings: OperatorSettings | Mapping[str, Any] | None = None):
+        #: What the operator allows this source (config.yml); defaults when built without.
+        if isinstance(operator_settings, self.operator_settings_model):
+            self.operator_settings = operator_settings
+        else:
+            self.operator_settings = self.operator_settings_model.model_validate(
+                operator_settings.model_dump() if isinstance(operator_settings, BaseModel) else (operator_settings or {}))
         if isinstance(configuration, DataSourceConfiguration):
             self.configuration = configuration
         else:
@@ -264,6 +345,17 @@ class BaseDataSource(abc.ABC):
         self._logger = logger
 
     # -- lifecycle -----------------------------------------------------------------
+    def network_endpoints(self) -> Iterable[Endpoint]:
+        """The hosts this source will connect to, read from its configuration, connecting to none.
+
+        A source that reaches the network must list every host its configuration names:
+        the service checks them against the operator's ``allowed_hosts`` before it calls
+        ``validate_config``, ``ping`` or ``get_docs``, and refuses the connector (or fails
+        the job) with the reason. Raise ``SourceConfigError`` when the configuration names
+        no usable host. The default: none (a source that reads no network).
+        """
+        return ()
+
     async def validate_config(self) -> None:
         """Check values beyond the schema (e.g. that a table exists); raise with what to fix."""
 

@@ -2,15 +2,24 @@
 
 Each document has ``_id`` (a hash of the path relative to the folder: stable, short),
 ``path`` (relative), ``file_name``, ``extension``, ``size``, ``_timestamp`` (the file's
-mtime, ISO 8601 UTC) and, once downloaded, either ``body`` (text files, decoded as UTF-8)
-or ``_attachment`` (other files, base64; the pipeline extracts text from PDF, DOCX, HTML).
+mtime, ISO 8601 UTC) and, once downloaded, either ``body`` (plain-text files by extension,
+decoded as UTF-8) or ``_attachment`` (every other file, base64), which the pipeline turns
+into ``body`` text (:mod:`transforms.extract_text`: PDF, DOCX, HTML's visible text, text
+without a known extension), so markup is never indexed as text.
 
 Partitions are top-level subfolders (plus the files at the top), so a big tree is read in
 parallel; files are downloaded lazily, only when new or changed.
 
+The operator decides which folders may be read at all: ``allowed_roots`` in the source's
+``sources:`` entry of config.yml (:class:`DirectorySettings`). The connector's folder is
+resolved (``..``, symlinks) and must lie below one of them; so must every file, resolved
+again when it is listed and when it is opened (a symlink out of a root is skipped, never
+read). With no roots, every directory connector is refused, saying how to allow folders.
+
 Example usage::
 
-    source = DirectoryDataSource({"directory": "/srv/docs", "pattern": "**/*.md"})
+    source = DirectoryDataSource({"directory": "/srv/docs", "pattern": "**/*.md"},
+                                 operator_settings={"allowed_roots": ["/srv"]})
     for doc, download in source.get_docs():
         ...
 """
@@ -18,6 +27,7 @@ Example usage::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -25,11 +35,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sources.base import BaseDataSource, Filter, Partition
+from pydantic import field_validator
+
+from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
 
-__all__ = ["DirectoryDataSource"]
+__all__ = ["DirectoryDataSource", "DirectorySettings"]
 
+_HOW_TO_ALLOW = ("list the folders directory connectors may read in config.yml, e.g. `sources: {dir: {class: "
+                 "sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}}`")
+
+#: Plain text as it is (markup such as HTML is not: its text is extracted by the pipeline).
 _TEXT_EXTENSIONS = {
     ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".log", ".py",
     ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cpp", ".sh", ".toml", ".ini", ".cfg",
@@ -41,11 +57,31 @@ def _iso_mtime(stat: os.stat_result) -> str:
     return datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
 
 
+class DirectorySettings(OperatorSettings):
+    """What the operator allows the directory source (config.yml)."""
+
+    #: Absolute folders below which connectors may read; empty: none (every connector refused).
+    allowed_roots: tuple[str, ...] = ()
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        relative = [root for root in value if not os.path.isabs(os.path.expanduser(root))]
+        if relative:
+            raise ValueError(f"expected absolute folder paths, got {', '.join(repr(r) for r in relative)}")
+        return tuple(os.path.expanduser(root) for root in value)
+
+
+def _within(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
 class DirectoryDataSource(BaseDataSource):
     """Files under a local folder, matched by a glob pattern."""
 
     name = "Directory"
     service_type = "dir"
+    operator_settings_model = DirectorySettings
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
@@ -54,7 +90,8 @@ class DirectoryDataSource(BaseDataSource):
                 "label": "Directory",
                 "order": 1,
                 "type": "str",
-                "tooltip": "Absolute path of the folder to index.",
+                "tooltip": "The folder to index: an absolute path, or one relative to the folder of the "
+                           "service's config file.",
             },
             "pattern": {
                 "label": "File pattern (glob)",
@@ -68,17 +105,38 @@ class DirectoryDataSource(BaseDataSource):
 
     @property
     def root(self) -> Path:
-        return Path(str(self.configuration["directory"] or "")).expanduser()
+        """The folder; a relative one is read from the service's config folder (:func:`config_folder`)."""
+        return config_folder() / Path(str(self.configuration["directory"] or "")).expanduser()
 
     @property
     def pattern(self) -> str:
         return str(self.configuration["pattern"] or "**/*")
 
+    @functools.cached_property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """The operator's roots, resolved (a root that does not exist allows nothing)."""
+        return tuple(os.path.realpath(root) for root in self.operator_settings.allowed_roots)
+
+    def _allowed(self, path: Path | str) -> bool:
+        """Whether ``path``, resolved (``..``, every symlink), lies below an allowed root."""
+        try:
+            return _within(os.path.realpath(path, strict=True), self.allowed_roots)
+        except OSError:  # missing, a symlink loop, unreadable
+            return False
+
     async def validate_config(self) -> None:
         if not str(self.configuration["directory"] or "").strip():
             raise SourceConfigError("Directory: a folder path is required")
-        if Path(self.pattern).is_absolute() or ".." in Path(self.pattern).parts:
-            raise SourceConfigError(f"File pattern: must be relative to the folder, got {self.pattern!r}")
+        pattern = Path(self.pattern)
+        if pattern.is_absolute() or ".." in pattern.parts:
+            raise SourceConfigError(f"File pattern: must be relative to the folder, without '..', got {self.pattern!r}")
+        if not self.operator_settings.allowed_roots:
+            raise SourceConfigError(f"Directory: this service allows no folders; the operator must {_HOW_TO_ALLOW}")
+        resolved = os.path.realpath(self.root)  # a folder that does not exist yet is judged by its path
+        if not _within(resolved, self.allowed_roots):
+            raise SourceConfigError(
+                f"Directory: {self.root} is outside the folders this service may read (resolved to {resolved}); "
+                "the operator lists them in config.yml `allowed_roots` of the source's sources: entry")
 
     async def ping(self) -> None:
         await self.validate_config()
@@ -90,7 +148,13 @@ class DirectoryDataSource(BaseDataSource):
         if not os.access(root, os.R_OK | os.X_OK):
             raise SourceConfigError(f"Directory: {root} is not readable by this service")
 
+    def _check_root(self) -> None:
+        """Refuse a folder outside the roots (checked again when read: it may have been swapped for a symlink)."""
+        if not self._allowed(self.root):
+            raise SourceConfigError(f"Directory: {self.root} is outside the folders this service may read")
+
     def get_partitions(self) -> list[Partition]:
+        self._check_root()
         root = self.root
         if not root.is_dir():
             return [Partition()]
@@ -100,6 +164,7 @@ class DirectoryDataSource(BaseDataSource):
         return [Partition("(top)", {"top": True})] + [Partition(name, {"subfolder": name}) for name in subfolders]
 
     def _files(self, partition: Partition | None) -> Iterator[Path]:
+        self._check_root()
         root = self.root
         if not root.is_dir():
             raise SourceError(f"Directory: {root} is not a readable folder")
@@ -109,6 +174,10 @@ class DirectoryDataSource(BaseDataSource):
         else:
             matches = root.glob(self.pattern)
         for path in sorted(matches):
+            if not self._allowed(path):
+                self._logger.warning("skipping %s: it resolves outside the allowed folders, or not at all",
+                                     path.relative_to(root).as_posix())
+                continue
             if not path.is_file():
                 continue
             parts = path.relative_to(root).parts
@@ -134,36 +203,44 @@ class DirectoryDataSource(BaseDataSource):
                 "size": stat.st_size,
                 "_timestamp": _iso_mtime(stat),
             }
-            yield doc, _FileDownload(str(path), relative)
+            yield doc, _FileDownload(str(path), relative, self.allowed_roots)
 
 
 class _FileDownload:
-    """The lazy download of one file (picklable, cheap to create)."""
+    """The lazy download of one file (picklable, cheap to create).
 
-    def __init__(self, path: str, relative: str):
+    The file opened is checked again (``/proc/self/fd``: the very file, whatever was swapped
+    in since it was listed) against the allowed roots before a byte is read.
+    """
+
+    def __init__(self, path: str, relative: str, roots: tuple[str, ...]):
         self.path = path
         self.relative = relative
+        self.roots = roots
 
     def __call__(self, doit: bool = True, timestamp: str | None = None) -> dict[str, Any] | None:
         if not doit:
             return None
         try:
-            data = Path(self.path).read_bytes()
+            with open(self.path, "rb") as file:
+                opened = _opened_path(file.fileno(), self.path)
+                if not _within(opened, self.roots):
+                    raise SourceError(f"cannot read {self.relative}: it now resolves outside the allowed folders")
+                data = file.read()
         except FileNotFoundError:
             return None  # removed since listed: the next sync deletes it
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
-        if Path(self.path).suffix.lower() in _TEXT_EXTENSIONS or _looks_like_text(data):
+        if Path(self.path).suffix.lower() in _TEXT_EXTENSIONS:
             return {"body": data.decode("utf-8", errors="replace")}
+        # HTML, PDF, DOCX, files without a known extension: the pipeline extracts their text.
         return {"_attachment": base64.b64encode(data).decode("ascii")}
 
 
-def _looks_like_text(data: bytes) -> bool:
-    sample = data[:4096]
-    if b"\x00" in sample:
-        return False
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of an open file (Linux: its /proc/self/fd link), else ``path`` resolved."""
     try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start > len(sample) - 4  # a multibyte char cut at the sample's end
-    return True
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+

@@ -27,24 +27,68 @@ import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from sources.base import DataSourceConfiguration, Doc, Filter, Partition
+from sources.base import DataSourceConfiguration, Doc, Filter, OperatorSettings, Partition
+from sources.errors import ConfigError
+from sources.network import check_endpoints
 
-__all__ = ["SourceDriver", "as_pair", "build_source", "call_get_docs", "call_lazy", "is_async_callable"]
+__all__ = ["SourceDriver", "as_pair", "build_source", "operator_settings_of", "call_get_docs", "call_lazy", "is_async_callable"]
 
 
-def build_source(cls: type[Any], configuration: Mapping[str, Any] | None) -> Any:
-    """An instance of source class ``cls`` for the connector's ``configuration``.
+def build_source(cls: type[Any], configuration: Mapping[str, Any] | None,
+                 operator_settings: OperatorSettings | Mapping[str, Any] | None = None) -> Any:
+    """An instance of source class ``cls`` for the connector's ``configuration``, checked.
 
     ``configuration`` is the connector document's ``configuration`` (field name -> field
     object or bare value). Every source receives a :class:`DataSourceConfiguration`
     completed with its own schema, so ``self.configuration["x"]`` reads the value whether
     or not the class subclasses :class:`~sources.base.BaseDataSource`.
+
+    ``operator_settings`` (the source's ``sources:`` entry in config.yml, validated) become
+    ``source.operator_settings``; the hosts the source names (``network_endpoints()``) are
+    then checked against their ``allowed_hosts``, connecting to nothing, so a refused host
+    raises ``SourceConfigError`` here, before any other call of the source.
     """
-    if isinstance(configuration, DataSourceConfiguration):
-        return cls(configuration=configuration)
-    schema_of = getattr(cls, "get_default_configuration", None)
-    schema = schema_of() if callable(schema_of) else {}
-    return cls(configuration=DataSourceConfiguration(dict(configuration or {}), schema))
+    if not isinstance(configuration, DataSourceConfiguration):
+        schema_of = getattr(cls, "get_default_configuration", None)
+        schema = schema_of() if callable(schema_of) else {}
+        configuration = DataSourceConfiguration(dict(configuration or {}), schema)
+    settings = operator_settings_of(cls, operator_settings)
+    try:
+        accepts = "operator_settings" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        source = cls(configuration=configuration, operator_settings=settings)
+    else:  # a source that overrides __init__ (the original framework's style)
+        source = cls(configuration=configuration)
+        source.operator_settings = settings
+    endpoints = getattr(source, "network_endpoints", None)
+    if callable(endpoints):
+        check_endpoints(endpoints(), settings.allowed_hosts, source_name=str(getattr(cls, "name", cls.__name__)))
+    return source
+
+
+def operator_settings_of(cls: type[Any], given: OperatorSettings | Mapping[str, Any] | None) -> OperatorSettings:
+    """``given`` as the settings model of ``cls`` (:class:`OperatorSettings` for classes without one)."""
+    from pydantic import ValidationError
+
+    model = getattr(cls, "operator_settings_model", OperatorSettings)
+    if isinstance(given, model):
+        return given
+    try:
+        return model.model_validate(given.model_dump() if isinstance(given, OperatorSettings) else dict(given or {}))
+    except ValidationError as exc:
+        raise ConfigError(f"the operator settings of {cls.__name__} are not valid:",
+                          [_problem(error) for error in exc.errors()]) from None
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``path: message`` (list positions as ``[i]``)."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown setting"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path or '(settings)'}: {message}"
 
 
 def is_async_callable(fn: Any) -> bool:

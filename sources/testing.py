@@ -74,8 +74,11 @@ def ping(source: Any) -> Any:
         driver.loop.close()
 
 
-def check_source_contract(cls: type[Any], configuration: Mapping[str, Any]) -> list[Doc]:
+def check_source_contract(cls: type[Any], configuration: Mapping[str, Any],
+                          operator_settings: Mapping[str, Any] | None = None) -> list[Doc]:
     """Assert that ``cls`` meets the source contract; return its documents.
+
+    ``operator_settings``: what config.yml would give the source (e.g. ``allowed_roots``).
 
     Checks: it builds from a configuration; ``ping`` succeeds; partitions are picklable
     (they travel between workers); every document has an ``_id``; ids are unique; reading
@@ -84,18 +87,18 @@ def check_source_contract(cls: type[Any], configuration: Mapping[str, Any]) -> l
     """
     from transforms.normalize import document_id  # ids as the pipeline computes them
 
-    source = build_source(cls, configuration)
+    source = build_source(cls, configuration, operator_settings)
     ping(source)
     partitions = list(source.get_partitions()) if hasattr(source, "get_partitions") else [Partition()]
     for partition in partitions:
         assert pickle.loads(pickle.dumps(partition)) == partition, f"partition {partition!r} does not pickle"
-    by_partition = read_partitions(build_source(cls, configuration))
+    by_partition = read_partitions(build_source(cls, configuration, operator_settings))
     ids = [document_id(doc.get("_id")) for doc in by_partition]
     assert len(ids) == len(set(ids)), f"{cls.__name__}: ids repeat across partitions"
-    whole = read_all(build_source(cls, configuration), partition=None)
+    whole = read_all(build_source(cls, configuration, operator_settings), partition=None)
     assert sorted(document_id(d["_id"]) for d in whole) == sorted(ids), (
         f"{cls.__name__}: its partitions do not cover the source exactly once")
-    SourceDriver(build_source(cls, configuration)).close()  # close without reading
+    SourceDriver(build_source(cls, configuration, operator_settings)).close()  # close without reading
     return by_partition
 
 

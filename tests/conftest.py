@@ -6,6 +6,9 @@ they are skipped; with ``CI=true`` a missing server is a failure, never a silent
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
@@ -23,6 +26,59 @@ def clean_environ(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "*")
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_no_trace(tmp_path_factory, request):
+    """The suite leaves nothing behind (see ``tests/traces.py``).
+
+    Everything that goes to "the temp dir" (job files of the daemons' syncs, work dirs,
+    Beam's own temp dirs, dead letters) and the digest cache ($XDG_CACHE_HOME) go to a
+    folder of this session, removed at its end; our own leftovers found there are
+    reported. The shared Elasticsearch is swept of what tests left (``test-`` prefix).
+    """
+    from tests.traces import Snapshot, sweep
+
+    scratch = tmp_path_factory.mktemp("tmp")
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", "XDG_CACHE_HOME")}
+    os.environ.update(TMPDIR=str(scratch), XDG_CACHE_HOME=str(scratch / "cache"))
+    tempfile.tempdir = str(scratch)
+    client = es_client()
+    try:
+        client.options(request_timeout=3).cluster.health()
+        before = Snapshot.take(client)
+    except Exception:  # noqa: BLE001 - no Elasticsearch: nothing to keep clean there
+        before = None
+    report: list[str] = []
+    request.config.stash[_TRACES] = report
+    yield
+    ours = sorted(path.name for path in scratch.iterdir() if path.name.startswith("elastic-ingest-"))
+    if ours:
+        report.append(f"removed {len(ours)} job or work folder(s) syncs left in the temp dir: {', '.join(ours[:5])}")
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = None
+    shutil.rmtree(scratch, ignore_errors=True)
+    if before is not None:
+        try:
+            report.extend(sweep(client, before))
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: the tests themselves are done
+            report.append(f"could not sweep Elasticsearch: {type(exc).__name__}: {exc}")
+    client.close()
+
+
+_TRACES = pytest.StashKey[list]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    report = config.stash.get(_TRACES, None)
+    if report:
+        terminalreporter.section("traces the tests left (removed unless said otherwise)")
+        for line in report:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ document against them.
 Example usage::
 
     doc = elastic_document("connector-created-by-elastic-cli.json", directory=str(folder))
-    insert_connector(es, connector_id, doc, index_name="search-x")
+    insert_connector(es, connector_id, doc, index_name="test-x")
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
             return False
 
     existed = pipeline_exists()
-    command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions",
+    command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions", "--no-runners",
                "--clients", "2", "--out", str(tmp_path), "--name", "smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -79,6 +79,9 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     for name in ("ceiling", "parallel_bulk", "streaming_bulk", "ours_full"):
         assert methods[name]["mb_per_s"] > 0 and methods[name]["ratio_to_ceiling"] > 0, name
     full, same, changed = methods["ours_full"], methods["ours_nochange"], methods["ours_changed"]
+    # Its connector and jobs are gone with its indices (it may run against a node others use).
+    for name in ("ours_full", "ours_nochange", "ours_nochange_cached", "ours_changed"):
+        assert not es.exists(index=".elastic-connectors-sync-jobs", id=methods[name]["job_id"]), name
     assert full["indexed"] == 300 and full["total"] == 300
     assert same["indexed"] == 0 and same["deleted"] == 0 and same["speedup_vs_full"] > 0
     assert same["index_ops_during"] == {"index_total": 0, "delete_total": 0}
@@ -92,3 +95,26 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "| scenario | method |" in table and "ES ceiling" in table
     assert (tmp_path / "smoke.png").stat().st_size > 1000
+
+
+def test_bench_report_when_runners_compared_then_one_row_per_runner_and_sync_with_memory_by_role():
+    from bench.report import markdown
+    from bench.runners import RUNNER_LABELS
+
+    sync = {"seconds": 5.0, "docs_per_s": 20000.0, "peak_rss_mb": 800.0, "peak_anon_mb": 600.0, "max_processes": 5,
+            "peak_rss_by_role_mb": {"daemon": 224.0, "sync_process": 232.0, "worker_pool": 300.0}, "ok": True}
+    results = {"started_at": "t", "machine": {"cpus": 2, "memory_gb": 1, "es_version": "9", "es_heap_gb": 1,
+                                              "python": "3", "beam": "2", "elasticsearch_py": "9"},
+               "pipeline_settings": "", "options": {"partitions": 2}, "scenarios": [],
+               "runners": {"label": "100k x 1KB", "partitions": 2, "runs": [
+                   {"runner": "local", "label": RUNNER_LABELS["local"], "syncs": {"ours_full": sync}},
+                   {"runner": "prism", "label": RUNNER_LABELS["prism"],
+                    "syncs": {"ours_full": sync, "ours_nochange": {**sync, "ok": False}}},
+                   {"runner": "prism", "label": RUNNER_LABELS["prism"], "skipped": "Prism is not built"}]}}
+
+    rows = [line for line in markdown(results).splitlines() if line.startswith("| ") and "| seconds |" not in line]
+
+    assert len(rows) == 4
+    assert rows[0].startswith(f"| {RUNNER_LABELS['local']} | full sync | 5.0 | 20,000 | 800 | 600 | 5 |")
+    assert "worker_pool 300" in rows[1] and "no-change resync CHECK FAILED" in rows[2]
+    assert "skipped: Prism is not built" in rows[3]

@@ -109,3 +109,45 @@ def test_cli_when_set_env_then_value_read_from_environment_not_arguments(es, tmp
         assert "--set-env directory: environment variable NOT_SET_ANYWHERE is not set" in missing.stderr
     finally:
         es.delete(index=".elastic-connectors", id=connector_id, refresh=True)
+
+
+def test_cli_when_list_with_service_type_then_every_field_described(tmp_path):
+    import json
+
+    from sources.postgresql import PostgreSQLDataSource
+
+    config = write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:1")  # no Elasticsearch needed
+    table = cli("--action", "list", "--service-type", "postgresql", config=config)
+    as_json = cli("--action", "list", "--service-type", "postgresql", "--json", config=config)
+
+    assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
+    described = json.loads(as_json.stdout)
+    assert described["name"] == "PostgreSQL" and described["features"]["incremental_sync"] is True
+    fields = {f["name"]: f for f in described["fields"]}
+    assert list(fields) == sorted(fields, key=lambda n: PostgreSQLDataSource.get_default_configuration()[n]["order"])
+    assert fields["host"]["must_be_given"] is True and fields["host"]["label"] == "Host"
+    assert fields["port"] == {**fields["port"], "type": "int", "default": 5432, "must_be_given": False}
+    assert fields["password"]["sensitive"] is True
+    assert fields["ssl_ca"]["depends_on"] == {"ssl_enabled": True}
+    assert all(f["description"] for f in fields.values()), [n for n, f in fields.items() if not f["description"]]
+    for name, field in fields.items():
+        assert name in table.stdout and field["label"] in table.stdout
+    assert "sensitive" in table.stdout and "(used if ssl_enabled=true)" in table.stdout  # ssl_ca is optional
+
+    unknown = cli("--action", "list", "--service-type", "nope", config=config)
+    assert unknown.returncode == 1 and "unknown service type 'nope'; known: dir, " in unknown.stderr
+
+
+def test_cli_when_create_connector_misses_required_fields_then_refused_naming_them(tmp_path):
+    config = write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:1")  # refused before Elasticsearch
+
+    result = cli("--action", "create-connector", "--service-type", "postgresql", "--index-name", "search-pg",
+                 "--set", "host=db.example.com", config=config)
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("ConfigError: connector not created: postgresql needs a value for username, database "
+                               "(--set FIELD=VALUE"), result.stderr
+    assert "--draft" in lines[0]
+    assert [line.split(" (")[0].strip() for line in lines[1:]] == ["- username", "- database"]
+    assert "Traceback" not in result.stderr

@@ -64,12 +64,12 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     run = _Outputs(config)
     rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "document 1"}
     created = run.json("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
-                       "--index-name", f"search-{connector_id}", "--name", "CLI test", "--set", "count=4",
+                       "--index-name", f"test-{connector_id}", "--name", "CLI test", "--set", "count=4",
                        "--set", f"token={SECRET}", "--schedule", "full=0 0 3 * * ?", "--pipeline", "my-pipeline",
                        "--pipeline-flag", "reduce_whitespace=false", "--rules", json.dumps([rule]))
     assert created == {"id": connector_id, "result": "created"}
     doc = get_connector(es, connector_id).doc
-    assert doc["service_type"] == "slow" and doc["index_name"] == f"search-{connector_id}" and doc["name"] == "CLI test"
+    assert doc["service_type"] == "slow" and doc["index_name"] == f"test-{connector_id}" and doc["name"] == "CLI test"
     assert doc["status"] == "configured" and doc["is_native"] is False and doc["deleted"] is False
     assert doc["configuration"]["count"]["value"] == 4 and doc["configuration"]["token"]["value"] == SECRET
     assert doc["configuration"]["token"]["sensitive"] is True
@@ -81,13 +81,13 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
 
     updated = run.json("--action", "update-connector", "--connector-id", connector_id, "--set", "count=6",
                        "--schedule", "full=off", "--schedule", "incremental=0 */5 * * * ?",
-                       "--index-name", f"search-{connector_id}-2", "--pipeline-flag", "run_ml_inference=false")
+                       "--index-name", f"test-{connector_id}-2", "--pipeline-flag", "run_ml_inference=false")
     assert updated["fields"] == ["configuration", "index_name", "pipeline", "scheduling"]
     doc = get_connector(es, connector_id).doc
     assert doc["configuration"]["count"]["value"] == 6 and doc["configuration"]["token"]["value"] == SECRET
     assert doc["scheduling"]["full"]["enabled"] is False
     assert doc["scheduling"]["incremental"] == {"enabled": True, "interval": "0 */5 * * * ?"}
-    assert doc["index_name"] == f"search-{connector_id}-2"
+    assert doc["index_name"] == f"test-{connector_id}-2"
     assert doc["pipeline"]["run_ml_inference"] is False and doc["pipeline"]["name"] == "my-pipeline"
 
     as_json, as_table = run.parallel((("--action", "connectors", "--connector-id", connector_id, "--json"), 0),
@@ -114,7 +114,7 @@ def test_cli_when_sync_requested_listed_and_canceled_then_jobs_written(es, confi
     configuration, _ = complete_configuration({}, SlowSource.get_default_configuration())
     configuration["token"]["value"] = SECRET
     es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
-        service_type="slow", index_name=f"search-{connector_id}", configuration=configuration))
+        service_type="slow", index_name=f"test-{connector_id}", configuration=configuration))
     full = run.json("--action", "sync", "--connector-id", connector_id)["job_id"]
     access = create_job(es, get_connector(es, connector_id))
     job = get_job(es, full).doc
@@ -159,7 +159,7 @@ def test_cli_when_sync_waits_behind_another_job_of_its_connector_then_wait_says_
 
     configuration, _ = complete_configuration({}, SlowSource.get_default_configuration())
     es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
-        service_type="slow", index_name=f"search-{connector_id}", configuration=configuration))
+        service_type="slow", index_name=f"test-{connector_id}", configuration=configuration))
     running = create_job(es, get_connector(es, connector_id))
     assert claim_job(es, running, "busy-host") is not None  # another service runs it: the connector is locked
 
@@ -226,16 +226,16 @@ def test_cli_when_index_name_breaks_elasticsearch_rules_then_refused_on_create_a
         assert "Invalid value for '--index-name'" in create.stderr and repr(name) in create.stderr, create.stderr
     assert get_connector(es, connector_id) is None
     run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
-        "--index-name", f"search-{connector_id}", "--set", "count=1")
+        "--index-name", f"test-{connector_id}", "--set", "count=1")
     update = run("--action", "update-connector", "--connector-id", connector_id, "--index-name", "Search Me", expect=2)
     assert "'Search Me' contains space" in update.stderr
-    assert get_connector(es, connector_id).doc["index_name"] == f"search-{connector_id}"
+    assert get_connector(es, connector_id).doc["index_name"] == f"test-{connector_id}"
 
 
 def test_cli_when_access_control_for_source_without_dls_then_refused(es, config, connector_id):
     run = _Outputs(config)
     run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
-        "--index-name", f"search-{connector_id}", "--set", "count=1")
+        "--index-name", f"test-{connector_id}", "--set", "count=1")
 
     refused = run("--action", "sync", "--connector-id", connector_id, "--job-type", "access_control", expect=1)
 
@@ -251,7 +251,7 @@ def test_cli_when_sync_wait_and_no_service_serves_the_connector_then_says_so_and
     run = _Outputs(config)
     # Written directly, as Kibana could: a service type no running daemon serves.
     es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
-        service_type="nobody_serves_this", index_name=f"search-{connector_id}"))
+        service_type="nobody_serves_this", index_name=f"test-{connector_id}"))
 
     stopped, kept = run.parallel(
         (("--action", "sync", "--connector-id", connector_id, "--wait", "--unclaimed-after", "1"), 1),
@@ -267,3 +267,78 @@ def test_cli_when_sync_wait_and_no_service_serves_the_connector_then_says_so_and
     assert [j["_source"]["status"] for j in jobs] == ["pending", "pending"]  # another service may still come
     for job in jobs:
         es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)
+
+
+def test_cli_when_create_connector_with_draft_then_saved_as_needs_configuration_until_completed(es, config,
+                                                                                                connector_id):
+    run = _Outputs(config)
+    run("--action", "create-connector", "--connector-id", connector_id, "--service-type", "postgresql",
+        "--index-name", f"search-{connector_id}", "--set", "host=127.0.0.1", "--draft")
+    assert get_connector(es, connector_id).get("status") == "needs_configuration"
+
+    refused = run("--action", "update-connector", "--connector-id", connector_id, "--set", "username=ingest",
+                  expect=1)
+    assert "not updated: postgresql needs a value for database" in refused.stderr
+    run("--action", "update-connector", "--connector-id", connector_id, "--set", "username=ingest",
+        "--set", "database=ingest_test")
+    assert get_connector(es, connector_id).get("status") == "configured"
+
+
+def test_cli_when_sync_wait_interrupted_then_job_goes_on_and_cancel_command_printed(es, config, connector_id):
+    import signal
+    import subprocess
+    import sys
+
+    from launcher.protocol import new_connector
+    from tests.helpers import REPO, wait_for
+
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=new_connector(
+        service_type="nobody_serves_this", index_name=f"search-{connector_id}"))
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "-c", str(config), "--action", "sync", "--connector-id", connector_id,
+         "--wait", "--keep-waiting"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        es.indices.refresh(index=JOBS_INDEX)
+        job = wait_for(lambda: es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})[
+            "hits"]["hits"] or es.indices.refresh(index=JOBS_INDEX) and None, what="the job")[0]
+        wait_for(lambda: waiting.poll() is None and es.count(index=JOBS_INDEX)["count"], what="the wait")
+        import time
+
+        time.sleep(2)  # in the wait loop
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 130, err
+    assert f"stopped waiting; job {job['_id']} goes on (pending). To cancel it: elastic-ingest -c {config} " \
+           f"--action cancel --job-id {job['_id']}" in err
+    assert "Aborted" not in err and "Traceback" not in err
+    assert get_job(es, job["_id"]).status == "pending"
+    es.update(index=JOBS_INDEX, id=job["_id"], doc={"status": "canceled"}, refresh=True)
+
+
+def test_cli_connectors_when_listed_then_index_documents_and_last_sync_counts_apart(es, config, connector_id):
+    from launcher.protocol import new_connector
+
+    index = f"search-{connector_id}"
+    doc = new_connector(service_type="slow", index_name=index)
+    doc.update(last_indexed_document_count=0, last_deleted_document_count=1, last_sync_status="completed")
+    es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True, document=doc)
+    for n in range(3):  # what an earlier sync left: a no-change resync indexes nothing
+        es.index(index=index, id=str(n), document={"n": n})
+    es.indices.refresh(index=index)
+    try:
+        listed = _Outputs(config).json("--action", "connectors", "--connector-id", connector_id)
+        table = cli("--action", "connectors", "--connector-id", connector_id, config=config).stdout
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
+
+    assert listed[0]["index_document_count"] == 3 and listed[0]["last_indexed_document_count"] == 0
+    header = next(line for line in table.splitlines() if "docs in index" in line)
+    row = next(line for line in table.splitlines() if connector_id in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    columns = [c.strip() for c in header.split("┃")[1:-1]]
+    assert dict(zip(columns, cells))["docs in index"] == "3"
+    assert dict(zip(columns, cells))["last sync indexed"] == "0"
+    assert dict(zip(columns, cells))["last sync deleted"] == "1"

@@ -93,3 +93,45 @@ def test_config_when_per_connector_runner_then_overrides_global():
     config = parse_config({"connectors": {"big": {"runner": "FlinkRunner"}}})
     assert config.pipeline_for("big").runner == "FlinkRunner"
     assert config.pipeline_for("other").runner == "FnApiRunner"
+
+
+def test_config_when_paths_are_relative_then_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.crt").write_text("not checked here", encoding="utf-8")
+    monkeypatch.chdir("/")  # as under systemd
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(
+        "elasticsearch: {ca_certs: certs/ca.crt}\n"
+        "pipeline: {dead_letters: ./dead_letters, work_dir: work, digest_cache_dir: ~/cache,\n"
+        "           dataflow: {temp_location: gs://bucket/tmp}}\n", encoding="utf-8")
+
+    config = load_config(config_file)
+
+    assert config.elasticsearch.ca_certs == str(tmp_path / "certs" / "ca.crt")
+    assert config.pipeline.dead_letters == str(tmp_path / "dead_letters")
+    assert config.pipeline.work_dir == str(tmp_path / "work")
+    assert config.pipeline.digest_cache_dir == str(Path.home() / "cache")
+    assert config.pipeline.dataflow.temp_location == "gs://bucket/tmp"
+    assert parse_config({"pipeline": {"dead_letters": "gs://b/dl"}}, path=str(config_file)).pipeline.dead_letters \
+        == "gs://b/dl"
+
+
+def test_readme_config_block_when_compared_with_the_models_then_every_default_is_the_real_one():
+    import re
+
+    import yaml
+
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- config defaults -->\n```yaml\n(.*?)```", readme, re.S).group(1)
+    shown = yaml.safe_load(block)
+    defaults = parse_config({}).model_dump(exclude={"path"})
+    for section in ("prism", "portable", "flink", "dataflow"):  # documented in docs/runners.md
+        defaults["pipeline"].pop(section)
+    # Every setting, with its real default (a section added to the models must be shown too;
+    # an empty mapping the loader fills itself, such as operator settings, need not).
+    defaults = {key: value for key, value in defaults.items() if key in shown or value != {}}
+    assert shown == defaults

@@ -24,7 +24,7 @@ from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.protocol import create_job, get_connector, get_job, new_connector, update_connector, update_job
 from sources.directory import DirectoryDataSource
 from tests.fixtures_sources.slow import SlowSource
-from tests.helpers import REPO, DaemonProcess, index_docs, wait_for, write_config
+from tests.helpers import DIR_SOURCE, REPO, DaemonProcess, index_docs, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ class Pool:
                 tmp / f"{name}.yml",
                 service={"hostname": name, "idling": 0.5, "heartbeat": 5, "job_progress_interval": 1,
                          "cancel_check_interval": 0.5, "job_stale_after": STALE_AFTER, "max_concurrent_syncs": 2},
-                sources={SLOW: "tests.fixtures_sources.slow:SlowSource", DIR: "sources.directory:DirectoryDataSource"},
+                sources={SLOW: "tests.fixtures_sources.slow:SlowSource", DIR: DIR_SOURCE},
                 pipeline={"bulk": {"max_docs": 5}, "direct_num_workers": 1, "direct_running_mode": "in_memory"},
             )
         self.ensure()
@@ -91,7 +91,7 @@ def connectors(es):
 
     def make(service_type: str = SLOW, *, values: dict | None = None, **overrides) -> str:
         connector_id = f"dmn-{uuid.uuid4().hex[:10]}"
-        index = f"dmn-{connector_id}"
+        index = f"test-{connector_id}"
         schema = (SlowSource if service_type == SLOW else DirectoryDataSource).get_default_configuration()
         configuration, _ = complete_configuration({}, schema)
         for key, value in (values or {}).items():
@@ -128,6 +128,10 @@ def _jobs(es, connector_id: str) -> list[dict]:
     es.indices.refresh(index=JOBS_INDEX)
     hits = es.search(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}}, size=500)["hits"]["hits"]
     return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+
+def _indexed(es, job_id: str) -> int:
+    return int(_job(es, job_id).get("indexed_document_count") or 0)
 
 
 def _ended(es, job_id: str, statuses=("completed", "error", "canceled")):
@@ -274,8 +278,8 @@ def test_daemons_when_long_sync_canceled_or_its_connector_deleted_then_job_ends_
     doomed = connectors(values={"count": 400, "delay_ms": 100})
     job_id = create_job(es, get_connector(es, connector))
     doomed_job = create_job(es, get_connector(es, doomed))
-    wait_for(lambda: _running(es, job_id) and _running(es, doomed_job), timeout=90, what="the jobs to start")
-    time.sleep(2)
+    wait_for(lambda: all(_indexed(es, job) >= 5 for job in (job_id, doomed_job)), timeout=90,
+             what="both syncs to index their first documents")
     requested = time.monotonic()
     update_job(es, job_id, {"status": "canceling", "cancelation_requested_at": datetime.now(timezone.utc).isoformat()})
     es.delete(index=CONNECTORS_INDEX, id=doomed, refresh=True)
@@ -300,7 +304,7 @@ def test_daemons_when_sigterm_mid_sync_then_suspended_and_finished_by_the_other(
     connector = connectors(values={"count": 40, "delay_ms": 100})
     job_id = create_job(es, get_connector(es, connector))
     owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
-    time.sleep(1)
+    wait_for(lambda: _indexed(es, job_id) >= 3, timeout=60, what="the sync to index its first documents")
     stopped = time.monotonic()
     daemons.daemons[owner].signal(signal.SIGTERM)
     assert daemons.daemons[owner].process.wait(timeout=40) == 0
@@ -319,7 +323,7 @@ def test_daemons_when_sigkill_mid_sync_then_reaped_and_next_sync_converges(es, d
     connector = connectors(values={"count": 30, "delay_ms": 100})
     job_id = create_job(es, get_connector(es, connector))
     owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
-    time.sleep(1)
+    wait_for(lambda: _indexed(es, job_id) >= 3, timeout=60, what="the sync to index its first documents")
     daemons.daemons[owner].kill_tree()
     killed = time.monotonic()
     job = wait_for(lambda: _ended(es, job_id), timeout=STALE_AFTER + 40, what="the reaper")

@@ -9,9 +9,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sources.directory import DirectoryDataSource
+from sources.directory import DirectoryDataSource as _Directory
 from sources.errors import SourceConfigError
 from sources.testing import ping, read_all, read_partitions
+
+
+def DirectoryDataSource(configuration, roots=None):
+    """The source as config.yml would allow it: reading below the test's folder."""
+    roots = roots or [os.path.dirname(os.path.realpath(configuration["directory"]))]
+    return _Directory(configuration, operator_settings={"allowed_roots": roots})
 
 
 def make_tree(root):
@@ -72,18 +78,55 @@ def test_directory_when_pattern_escapes_folder_then_refused(tmp_path):
 
 def test_directory_when_file_unreadable_then_error_names_file(tmp_path, monkeypatch):
     """Root (CI) reads any file, so permission loss is simulated at the one call that reads."""
-    from pathlib import Path
+    import builtins
 
+    import sources.directory
     from sources.errors import SourceError
 
     make_tree(tmp_path)
-    real_read = Path.read_bytes
 
-    def read_bytes(self):
-        if self.name == "a.txt":
+    def fake_open(path, *args, **kwargs):
+        if str(path).endswith("a.txt"):
             raise PermissionError(13, "Permission denied")
-        return real_read(self)
+        return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(sources.directory, "open", fake_open, raising=False)
     with pytest.raises(SourceError, match="cannot read a.txt: Permission denied"):
         read_all(DirectoryDataSource({"directory": str(tmp_path)}))
+
+
+def test_directory_when_synced_then_every_format_indexed_as_its_text_not_its_markup(es, tmp_path, index_name):
+    """Real files of each format the docs list, through the real pipeline into Elasticsearch."""
+    from tests.helpers import index_docs, run_sync
+    from tests.test_extract_text import make_docx, make_pdf
+
+    html = ("<!DOCTYPE html><html><head><title>Welcome page</title><style>h1 {color: red}</style>"
+            "<script>var tracking = 1;</script></head><body><h1>Hello HTML</h1><p>Some <b>bold</b> words "
+            "&amp; more</p></body></html>")
+    files = {
+        "page.html": html.encode(), "old.htm": html.encode(), "strict.xhtml": html.encode(),
+        "report.pdf": make_pdf("Hello from the PDF", "Second page"),
+        "report.docx": make_docx(),
+        "notes.md": b"# Notes\n\n*emphasis* stays as written", "plain.txt": "caf\u00e9 au lait".encode(),
+        "table.csv": b"a,b\n1,2\n", "data.json": b'{"k": "v"}', "README": b"no extension, plain text\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+
+    outcome = run_sync(index=index_name, configuration={"directory": str(tmp_path)})
+
+    assert outcome["status"] == "completed", outcome.get("error")
+    docs = {doc["path"]: doc for doc in index_docs(es, index_name).values()}
+    assert set(docs) == set(files)
+    assert not [path for path, doc in docs.items() if "_attachment" in doc]
+    for name in ("page.html", "old.htm", "strict.xhtml"):
+        body = docs[name]["body"]
+        assert "Hello HTML" in body and "bold" in body and "& more" in body, body
+        assert "<" not in body and "tracking" not in body and "color: red" not in body, body
+    assert "Hello from the PDF" in docs["report.pdf"]["body"] and "Second page" in docs["report.pdf"]["body"]
+    assert docs["report.docx"]["body"].splitlines() == [
+        "Quarterly report", "Revenue grew in every region.", "north\t42", "Closing words."]
+    assert docs["notes.md"]["body"] == "# Notes\n\n*emphasis* stays as written"
+    assert docs["plain.txt"]["body"] == "caf\u00e9 au lait"
+    assert docs["table.csv"]["body"] == "a,b\n1,2\n" and docs["data.json"]["body"] == '{"k": "v"}'
+    assert docs["README"]["body"] == "no extension, plain text\n"

@@ -41,9 +41,9 @@ def ids(es):
     """A fresh connector id and content index; both removed afterwards."""
     ensure_indices(es)
     connector_id = f"elastic-{uuid.uuid4().hex[:10]}"
-    yield connector_id, f"search-{connector_id}"
+    yield connector_id, f"test-{connector_id}"
     es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
-    es.indices.delete(index=f"search-{connector_id}", ignore_unavailable=True)
+    es.indices.delete(index=f"test-{connector_id}", ignore_unavailable=True)
 
 
 def _daemon(tmp_path: Path, es, connector_id: str) -> Daemon:

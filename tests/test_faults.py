@@ -101,7 +101,8 @@ def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
                  what="the sync to index its first documents")
         stopped = es_script("stop")
         assert stopped.returncode == 0, stopped.stderr
-        time.sleep(2)
+        wait_for(lambda: "cannot check the job document" in daemon.output(), timeout=30,
+                 what="the daemon to notice the outage")
         started = es_script("start")
         assert started.returncode == 0, started.stderr
         own_es.cluster.health(wait_for_status="yellow", timeout="60s")
@@ -121,6 +122,16 @@ def test_sync_when_elasticsearch_restarts_mid_sync_then_next_sync_converges(es_r
     assert second["status"] == "completed", (second.get("error"), es_restart["log"][-3000:])
     assert es_restart["ids"] == _expected_ids(es_restart["count"])
     assert second["total_document_count"] == es_restart["count"]
+
+
+def test_daemon_when_elasticsearch_restarts_then_the_outage_is_logged_when_it_starts_and_ends(es_restart):
+    lines = es_restart["log"].splitlines()
+    started = [line for line in lines if " unreachable: " in line]
+    assert len(started) == 1, "\n".join(started)  # not one line per failed poll or job check
+    assert any(" answers again, after " in line for line in lines), es_restart["log"][-3000:]
+    assert not [line for line in lines if "cannot check the job document" in line]
+    # Not one line per poll: a few may fail otherwise while the node recovers (404s before its indices are back).
+    assert len([line for line in lines if "poll failed" in line]) < 5, es_restart["log"][-3000:]
 
 
 def test_sync_when_elasticsearch_restarts_mid_sync_then_interrupted_job_ends_with_its_own_outcome(es_restart):

@@ -65,9 +65,9 @@ def test_daemon_when_indices_lack_the_protocol_fields_then_mappings_added_and_ex
     (folder / "a.txt").write_text("a", encoding="utf-8")
     connector_id = f"foreign-{uuid.uuid4().hex[:8]}"
     insert_connector(es, connector_id, elastic_document("connector-created-by-elastic-cli.json",
-                                                        directory=str(folder)), index_name=f"search-{connector_id}")
+                                                        directory=str(folder)), index_name=f"test-{connector_id}")
     job_id = insert_job(es, elastic_document("full-job-created-by-elastic-cli.json", directory=str(folder)),
-                        connector_id=connector_id, index_name=f"search-{connector_id}")
+                        connector_id=connector_id, index_name=f"test-{connector_id}")
     assert es.count(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["count"] == 0
 
     assert IndexStore(es).prepare() == []
@@ -77,7 +77,7 @@ def test_daemon_when_indices_lack_the_protocol_fields_then_mappings_added_and_ex
     assert es.count(index=JOBS_INDEX, query={"term": {"connector.id": connector_id}})["count"] == 1
     job = poll_until_job_final(_daemon(tmp_path, es, connector_id), es, job_id)
     assert job["status"] == "completed" and job["indexed_document_count"] == 1, job.get("error")
-    es.indices.delete(index=f"search-{connector_id}", ignore_unavailable=True)
+    es.indices.delete(index=f"test-{connector_id}", ignore_unavailable=True)
 
 
 def test_daemon_when_a_queried_field_has_the_wrong_type_then_one_clear_error_in_healthz_and_log(
@@ -90,7 +90,7 @@ def test_daemon_when_a_queried_field_has_the_wrong_type_then_one_clear_error_in_
                      {"properties": {"status": {"type": "text", "fields": {"keyword": {"type": "keyword"}}}}})
     connector_id = f"foreign-{uuid.uuid4().hex[:8]}"
     job_id = insert_job(es, elastic_document("full-job-created-by-elastic-cli.json", directory="/srv"),
-                        connector_id=connector_id, index_name=f"search-{connector_id}")
+                        connector_id=connector_id, index_name=f"test-{connector_id}")
     daemon = _daemon(tmp_path, es, connector_id, metrics_address="127.0.0.1:0")
     server = serve_metrics("127.0.0.1:0", daemon)
     try:

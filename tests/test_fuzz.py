@@ -262,7 +262,9 @@ def test_daemon_when_bad_connector_and_job_documents_then_errors_recorded_and_go
     }
     ids = [good, *bad_connectors]
     for connector_id in ids:
-        doc = new_connector(service_type=SERVICE_TYPE, index_name=index, configuration=configuration)
+        # Each its own index (one connector per index); the bad documents may override it.
+        doc = new_connector(service_type=SERVICE_TYPE, index_name=index if connector_id == good else
+                            f"test-{connector_id}", configuration=configuration)
         doc["status"] = "configured"
         doc.update(bad_connectors.get(connector_id, {}))
         es.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)

@@ -229,8 +229,8 @@ def test_job_when_documents_rejected_then_dead_letters_counted_located_and_shown
 
     assert waited.returncode == 0, waited.stderr
     job_id = re.search(r"job (\w+) completed", waited.stdout).group(1)
-    assert (f"4 document(s) could not be indexed: elastic-ingest --action dead-letters --job-id {job_id}"
-            in waited.stdout), waited.stdout
+    assert (f"4 document(s) could not be indexed: elastic-ingest -c {service.config} --action dead-letters "
+            f"--job-id {job_id}" in waited.stdout), waited.stdout
     job = get_job(es, job_id).doc
     assert job["indexed_document_count"] == 50 == _in_index(es, index) == job["total_document_count"]
     dead = job["metadata"]["dead_letters"]

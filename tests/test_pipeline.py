@@ -315,6 +315,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
     from transforms.es_client import ElasticsearchConnection
     from transforms.find_deletions import FindDeletions
     from transforms.scan_index import ScanIndex, scan_pages
+    from transforms.work_dir import mark_work_dir
 
     total = 25_000  # 3 pages of 10,000 over 2 slices
     es_helpers.bulk(es, ({"_index": index_name, "_id": f"d{i}", "_source": {"_timestamp": "2024-01-01T00:00:00Z"}}
@@ -330,6 +331,7 @@ def test_scan_index_and_find_deletions_when_index_spans_many_pages_then_exactly_
         mark_seen(seen, indexed.positions(id_digests(ids)))
         return seen
 
+    mark_work_dir(tmp_path)  # what the sync process does with its work directory
     with beam.Pipeline(runner=FnApiRunner()) as p:
         indexed = p | ScanIndex(conn, index_name, slices=2, work_dir=str(tmp_path))
         assert_that(indexed | beam.Map(lambda d: (len(d), set(d.stamps.tolist()))),

@@ -7,6 +7,7 @@ shared with other tests, so every test creates its own connectors and filters by
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from launcher.protocol import (
 )
 from launcher.sync_runner import build_sync_job
 from sources.errors import SyncRulesError
-from tests.helpers import SOURCES, write_config
+from tests.helpers import SOURCES, wait_for, write_config
 
 SLOW = "tests.fixtures_sources.slow:SlowSource"
 INCREMENTAL = "tests.fixtures_sources.slow:IncrementalSlowSource"
@@ -46,7 +47,7 @@ def make_connector(byoc_indices):
 
     def make(service_type: str = "slow", configuration: dict | None = None, **overrides) -> Connector:
         connector_id = f"proto-{uuid.uuid4().hex[:10]}"
-        doc = new_connector(service_type=service_type, index_name=f"proto-idx-{connector_id}")
+        doc = new_connector(service_type=service_type, index_name=f"test-idx-{connector_id}")
         doc["configuration"] = configuration if configuration is not None else {}
         doc.update(overrides)
         byoc_indices.index(index=CONNECTORS_INDEX, id=connector_id, document=doc, refresh=True)
@@ -54,8 +55,12 @@ def make_connector(byoc_indices):
         return get_connector(byoc_indices, connector_id)
 
     yield make
+    from tests.fixtures_security.own_node import delete_jobs_of
+
     for connector_id in created:
         byoc_indices.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+    if created:
+        delete_jobs_of(byoc_indices, created)
 
 
 def _daemon(tmp_path: Path, es, connector_ids, **service) -> Daemon:
@@ -464,6 +469,34 @@ def test_take_back_own_jobs_when_ours_and_orphaned_then_suspended_or_canceled_an
         alive.wait()
 
 
+def test_remove_stale_job_folders_when_job_ended_and_unused_then_removed_and_no_other(es, make_connector, tmp_path):
+    """The folder (job file with secrets, result) a daemon killed after its sync ended leaves behind."""
+    import subprocess
+    import sys
+
+    from launcher.recovery import remove_stale_job_folders
+
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    jobs = {name: create_job(es, connector) for name in ("ended", "running", "in use")}
+    for name in ("ended", "in use"):
+        update_job(es, jobs[name], {"status": "completed"})
+    update_job(es, jobs["running"], {"status": "in_progress"})
+    folders = {}
+    for name, job_id in [*jobs.items(), ("gone", uuid.uuid4().hex), ("not a job", "bench")]:
+        folders[name] = tmp_path / f"elastic-ingest-{job_id}-abcd1234"
+        folders[name].mkdir()
+        (folders[name] / "job.json").write_text("{}")
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folders["in use"] / "job.json")])
+    try:
+        removed = remove_stale_job_folders(IndexStore(es), tmp_path)
+    finally:
+        user.kill()
+        user.wait()
+    assert removed == [folders["ended"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        folders[name].name for name in ("running", "in use", "gone", "not a job"))  # a missing job: after a day
+
+
 def test_service_identity_when_not_configured_then_host_and_config_path(tmp_path):
     from launcher.recovery import ServiceIdentity
 
@@ -482,9 +515,11 @@ def test_release_orphan_locks_when_lock_held_by_no_job_then_released_after_thres
     daemon.claim_jobs = lambda connector_ids: None
     daemon.poll_once()
     assert get_connector(es, connector.id).get("last_sync_status") == "in_progress"  # not yet
-    time.sleep(1.2)
-    daemon.poll_once()
-    assert get_connector(es, connector.id).get("last_sync_status") == "error"
+    def released():
+        daemon.poll_once()
+        return get_connector(es, connector.id).get("last_sync_status") == "error"
+
+    wait_for(released, timeout=20, what="the lock to be released after job_stale_after (1 s)")
 
 
 def test_claim_jobs_when_concurrency_limit_reached_then_jobs_left_pending(es, make_connector, tmp_path):
@@ -507,12 +542,32 @@ def test_poll_when_heartbeat_then_at_start_and_at_most_every_interval(es, make_c
     assert get_connector(es, connector.id).get("last_seen") == first
 
 
-def test_poll_when_elasticsearch_keeps_failing_then_error_budget_stops_daemon(tmp_path):
+def test_poll_when_polls_keep_failing_then_error_budget_stops_daemon(es, tmp_path):
+    config = load_config(write_config(tmp_path / "c.yml", service={"max_errors": 2, "max_errors_span": 60,
+                                                                   "idling": 0.05}))
+    daemon = Daemon(config, es)
+    daemon.served_connectors = lambda: (_ for _ in ()).throw(RuntimeError("a bug"))  # a failure no retry fixes
+    with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*RuntimeError: a bug"):
+        daemon.run()
+
+
+def test_poll_when_elasticsearch_unreachable_then_daemon_waits_and_logs_the_outage_once(tmp_path, caplog):
     config = load_config(write_config(tmp_path / "c.yml", es_url="http://127.0.0.1:9",
                                       service={"max_errors": 2, "max_errors_span": 60, "idling": 0.05}))
     daemon = Daemon(config, Elasticsearch("http://127.0.0.1:9", max_retries=0, request_timeout=2))
-    with pytest.raises(ErrorBudgetExceeded, match=r"3 polls failed within 60s .*max_errors is 2.*Stopping"):
-        daemon.run()
+    runner = threading.Thread(target=daemon.run)
+    with caplog.at_level(logging.INFO, logger="launcher.daemon"):
+        runner.start()
+        try:
+            wait_for(lambda: daemon.outage.failures >= 10, timeout=30, what="ten failed polls")
+            assert runner.is_alive()  # far over max_errors: an outage is waited out, not counted
+            assert "Elasticsearch at http://127.0.0.1:9 unreachable since" in daemon.not_ready
+        finally:
+            daemon.stop()
+            runner.join(timeout=30)
+    lines = [r.getMessage() for r in caplog.records if r.name == "launcher.daemon" and "unreachable" in r.getMessage()]
+    assert len(lines) == 1, lines  # the reminder comes after a minute
+    assert "cannot connect to 127.0.0.1:9: " in lines[0] and "Connection refused" in lines[0], lines
 
 
 def test_poll_when_advanced_snippet_edited_then_source_validates_it(es, make_connector, tmp_path):

@@ -67,7 +67,8 @@ def test_contract_when_directory_source_then_passes(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_text("a")
     (tmp_path / "sub" / "b.md").write_text("b")
-    docs = check_source_contract(DirectoryDataSource, {"directory": {"value": str(tmp_path)}})
+    docs = check_source_contract(DirectoryDataSource, {"directory": {"value": str(tmp_path)}},
+                                 operator_settings={"allowed_roots": [str(tmp_path)]})
     assert sorted(d["body"] for d in docs) == ["a", "b"]
 
 

@@ -231,6 +231,14 @@ def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters():
                     equal_to([("big", "normalize", "ValueError"), ("odd", "normalize", "ValueError")]), label="dead")
 
 
+def test_normalize_when_document_has_its_own_id_field_then_it_is_kept():
+    docs = [{"_id": "orders_7", "id": 7, "name": "seven"}, {"_id": "plain", "name": "no id column"}]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        good, _ = p | beam.Create(docs) | Normalize()
+        assert_that(good | beam.MapTuple(lambda i, data: (i, json.loads(data))), equal_to([
+            ("orders_7", {"id": 7, "name": "seven"}), ("plain", {"id": "plain", "name": "no id column"})]))
+
+
 # -- deletions and dead letters ------------------------------------------------------------
 @pytest.mark.parametrize("on_disk", [False, True], ids=["in_memory", "on_disk"])
 def test_digests_when_same_id_and_timestamp_then_unchanged_and_otherwise_not(tmp_path, on_disk):

@@ -221,7 +221,7 @@ class _NormalizeFn(beam.DoFn):
             if isinstance(body, str):
                 doc["body"] = _reduce_whitespace(body)
         doc.update(self.pipeline_flags)
-        doc["id"] = doc_id
+        doc.setdefault("id", doc_id)  # a source's own ``id`` (a table's id column) is kept as it is
         try:
             # Fast path (orjson: datetimes, UUIDs, enums, NaN as null, non-string keys natively);
             # only values it cannot encode go through json_safe.

@@ -59,6 +59,7 @@ from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, st
 from transforms.normalize import document_id
 from transforms.secrets import SecretRef
 from transforms.sync_rules import BasicRules
+from transforms.work_dir import check_work_dir
 
 __all__ = ["ReadFromSource", "SourceSpec", "DOCS", "SEEN", "DEAD_LETTERS"]
 
@@ -68,7 +69,8 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Everything a worker needs to build the source: its FQN, configuration and rules.
+    """Everything a worker needs to build the source: its FQN, configuration, rules and the
+    operator's settings for it (config.yml; not secrets).
 
     The copy in a pipeline holds no sensitive value (:meth:`by_reference`): :meth:`build`
     reads them, on the worker, from where the sync put them (:mod:`transforms.secrets`).
@@ -82,6 +84,8 @@ class SourceSpec:
     access_control: bool = False
     #: where the sensitive values of ``configuration`` are, when this copy does not hold them
     secrets: SecretRef | None = None
+    #: the operator's settings for the source (its config.yml ``sources:`` entry)
+    operator_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> Any:
         configuration = self.configuration
@@ -89,7 +93,7 @@ class SourceSpec:
             stored = self.secrets.section("source")
             configuration = {name: _with_value(spec, stored[name]) if name in stored else spec
                              for name, spec in configuration.items()}
-        return build_source(load_source_class(self.fqn), configuration)
+        return build_source(load_source_class(self.fqn), configuration, self.operator_settings)
 
     def sensitive_fields(self) -> set[str]:
         """The configuration fields that are secrets: marked ``sensitive`` here or in the source's schema."""
@@ -149,6 +153,8 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions = Metrics.counter("elastic_ingest", "partitions_read")
 
     def setup(self) -> None:
+        if self.record_digests:  # a directory of the sync's work directory
+            check_work_dir(os.path.dirname(self.record_digests))
         self.source = self.spec.build()
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)

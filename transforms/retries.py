@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import tenacity
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, TransportError
 
-from sources.errors import ElasticsearchUnavailable
+from sources.errors import ElasticsearchUnavailable, connection_failure
 
 __all__ = ["retry_with_backoff", "attempt_timeout", "ItemsRejected", "RetrySettings", "RETRIABLE_STATUS"]
 
@@ -63,7 +63,7 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, ApiError):
         return f"HTTP {exc.meta.status} {exc.message}"
     if isinstance(exc, TransportError):  # its str() is only "Connection error"; the message says which
-        return f"{type(exc).__name__}: {exc.message}"
+        return connection_failure(exc) or f"{type(exc).__name__}: {exc.message}"
     return f"{type(exc).__name__}: {exc}"
 
 

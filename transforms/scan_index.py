@@ -13,7 +13,8 @@ sync: a partial scan is never taken for the index's content, so nothing is delet
 it and nothing is cached.
 
 ``ScanIndex`` turns the pages into one :class:`~transforms.digests.IndexDigests` (id and
-``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given), the side input that lets
+``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given: a directory
+marked by :func:`~transforms.work_dir.mark_work_dir`, which each worker checks it sees), the side input that lets
 :class:`~transforms.read_from_source.ReadFromSource` skip unchanged documents and
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
 A missing index reads as empty.
@@ -25,6 +26,7 @@ scan during which nothing was written is kept there.
 
 Example usage::
 
+    mark_work_dir("/tmp/sync-1")
     indexed = p | ScanIndex(conn, "search-docs", slices=2, work_dir="/tmp/sync-1",
                             cache=DigestCache("~/.cache/elastic-ingest/index-digests"))  # one IndexDigests
 """
@@ -49,6 +51,7 @@ from transforms.digest_cache import INDEX_DIGESTS_PREFIX, DigestCache, index_sta
 from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
 from transforms.es_client import ElasticsearchConnection
 from transforms.retries import retry_with_backoff
+from transforms.work_dir import check_work_dir
 from transforms.write_to_elasticsearch import BulkSettings
 
 __all__ = ["ScanIndex", "scan_pages", "PAGE_SIZE"]
@@ -218,6 +221,10 @@ class _DigestIndexFn(beam.DoFn):
         self.conn, self.index, self.slices, self.work_dir = conn, index, slices, work_dir
         self.cache = cache if work_dir is not None else None
         self.from_cache = Metrics.counter("elastic_ingest", "index_digests_from_cache")
+
+    def setup(self) -> None:
+        if self.work_dir is not None:
+            check_work_dir(self.work_dir)  # a worker elsewhere would write digests nobody reads
 
     def _fresh_directory(self) -> str:
         return os.path.join(self.work_dir, f"{INDEX_DIGESTS_PREFIX}{uuid.uuid4().hex}")  # type: ignore[arg-type]

@@ -99,6 +99,7 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
                 "display": "numeric",
                 "default_value": 60,
                 "required": False,
+                "tooltip": "How long to wait for each answer of Cloud Storage.",
             },
             "retry_timeout": {
                 "label": "Retry for at most (seconds)",
@@ -155,6 +156,9 @@ class GoogleCloudStorageDataSource(ObjectStoreSource):
 
     def _backend_endpoint(self) -> str:
         return self.settings.endpoint or "storage.googleapis.com"  # type: ignore[attr-defined]
+
+    def _backend_url(self) -> str:
+        return self.settings.endpoint or "https://storage.googleapis.com"  # type: ignore[attr-defined]
 
     def _backend_buckets(self) -> list[str]:
         return [bucket.name for bucket in self._api.list_buckets(**self._calls)]

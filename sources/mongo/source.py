@@ -79,7 +79,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from sources.base import OP_INDEX, BaseDataSource, Doc, Filter, Partition
+from sources.base import OP_INDEX, BaseDataSource, Doc, Endpoint, Filter, Partition
 from sources._tls import CaFile
 from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_text
@@ -141,14 +141,18 @@ _CONFIGURATION: dict[str, dict[str, Any]] = {
             "Put credentials in Username and Password rather than in the string."
         ),
     },
-    "user": {"label": "Username", "order": 2, "type": "str", "required": False},
-    "password": {"label": "Password", "order": 3, "type": "str", "sensitive": True, "required": False},
-    "database": {"label": "Database", "order": 4, "type": "str"},
-    "collection": {"label": "Collection", "order": 5, "type": "str"},
+    "user": {"label": "Username", "order": 2, "type": "str", "required": False,
+             "tooltip": "The user to log in as (empty: no authentication); it needs the read role on the database."},
+    "password": {"label": "Password", "order": 3, "type": "str", "sensitive": True, "required": False,
+                 "tooltip": "The user's password."},
+    "database": {"label": "Database", "order": 4, "type": "str",
+                 "tooltip": "The database that holds the collection."},
+    "collection": {"label": "Collection", "order": 5, "type": "str",
+                   "tooltip": "The collection to index: one document per MongoDB document."},
     "direct_connection": _toggle(
         "Direct connection", 6, tooltip="Connect to the named host only, without discovering the replica set."
     ),
-    "ssl_enabled": _toggle("SSL/TLS connection", 7),
+    "ssl_enabled": _toggle("SSL/TLS connection", 7, tooltip="Connect with TLS."),
     "ssl_ca": {
         "label": "Certificate authority (.pem)",
         "order": 8,
@@ -261,8 +265,8 @@ class MongoDataSource(BaseDataSource):
     advanced_rules_enabled = True
     incremental_sync_enabled = True
 
-    def __init__(self, configuration: Any = None):
-        super().__init__(configuration)
+    def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
+        super().__init__(configuration, operator_settings=operator_settings)
         self._settings: MongoSettings | None = None
         self._client: pymongo.MongoClient | None = None
         self._ca = CaFile()
@@ -272,6 +276,17 @@ class MongoDataSource(BaseDataSource):
         return {name: dict(spec) for name, spec in _CONFIGURATION.items()}
 
     # -- settings, client and errors -----------------------------------------------------
+    def network_endpoints(self) -> list[Endpoint]:
+        """The hosts the connection string names (a ``mongodb+srv://`` name itself: the members
+        its DNS records and the replica set advertise are the named server's)."""
+        from pymongo.uri_parser import split_hosts
+
+        hosts = self.settings.host.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+        try:
+            return [Endpoint(host, port) for host, port in split_hosts(hosts, default_port=27017)]
+        except (pymongo.errors.PyMongoError, ValueError) as exc:
+            raise SourceConfigError(f"host: {self._scrub(exc)}") from exc
+
     @property
     def settings(self) -> MongoSettings:
         if self._settings is None:

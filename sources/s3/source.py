@@ -90,6 +90,7 @@ class S3DataSource(ObjectStoreSource):
                 "order": 3,
                 "required": False,
                 "sensitive": True,
+                "tooltip": "The secret of the access key ID above.",
             },
             "region": {
                 "label": "Region",
@@ -111,6 +112,7 @@ class S3DataSource(ObjectStoreSource):
                 "display": "numeric",
                 "default_value": 90,
                 "required": False,
+                "tooltip": "How long to wait for an answer of S3 before the request is retried.",
             },
             "max_attempts": {
                 "label": "Maximum attempts per request",
@@ -165,6 +167,10 @@ class S3DataSource(ObjectStoreSource):
     def _backend_endpoint(self) -> str:
         settings: _S3Settings = self.settings  # type: ignore[assignment]
         return settings.endpoint_url or f"AWS ({settings.region})"
+
+    def _backend_url(self) -> str:
+        settings: _S3Settings = self.settings  # type: ignore[assignment]
+        return settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com"
 
     def _backend_buckets(self) -> list[str]:
         if self._api.can_paginate("list_buckets"):

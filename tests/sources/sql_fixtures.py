@@ -329,6 +329,28 @@ class SqlSourceSuite:
         indexed = assert_index_equals_table()
         assert indexed[f"{table}_11"][0] == "changed" and len(indexed) == 39
 
+    def test_sync_when_table_has_an_id_column_then_documents_keep_it_and_id_columns_choose_the_ids(
+            self, new_table, es, index_name):
+        table = new_table("id INTEGER PRIMARY KEY, code VARCHAR(10), name VARCHAR(50)",
+                          [(7, "A-1", "seven"), (8, "B-2", "eight")])
+        configuration = {"host": HOST, "port": self.port, "username": USER, "password": PASSWORD,
+                         "database": DATABASE, "tables": [table]}
+        service_type = self.source_class.service_type
+
+        outcome = run_sync(index=index_name, configuration=configuration, service_type=service_type)
+        assert outcome["status"] == "completed", outcome.get("error")
+        by_primary_key = index_docs(es, index_name)
+        outcome = run_sync(index=index_name, configuration={**configuration, "id_columns": "code"},
+                           service_type=service_type)
+        assert outcome["status"] == "completed", outcome.get("error")
+        by_code = index_docs(es, index_name)
+
+        assert by_primary_key == {
+            f"{table}_7": {**by_primary_key[f"{table}_7"], "id": 7, "code": "A-1", "name": "seven"},
+            f"{table}_8": {**by_primary_key[f"{table}_8"], "id": 8, "code": "B-2", "name": "eight"}}
+        assert {i: (d["id"], d["name"]) for i, d in by_code.items()} == {
+            f"{table}_A-1": (7, "seven"), f"{table}_B-2": (8, "eight")}  # the full sync removed the old ids
+
     # -- errors --------------------------------------------------------------------
     def test_ping_when_password_wrong_then_auth_error_without_password(self, db, caplog):
         secret = "Wr0ng-S3cret-value"

@@ -100,7 +100,7 @@ class TestPostgreSQL(SqlSourceSuite):
         table = new_table(rows=self.simple_rows(range(1, 4)))
         ensure_indices(es)
         connector_id = f"pg-elastic-{uuid.uuid4().hex[:8]}"
-        index = f"search-{connector_id}"
+        index = f"test-{connector_id}"
         connector = elastic_document("connector-created-by-elastic-cli.json")
         connector["service_type"] = "postgresql"
         connector["configuration"], _ = complete_configuration({}, PostgreSQLDataSource.get_default_configuration())
