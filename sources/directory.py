@@ -27,9 +27,11 @@ Example usage::
 from __future__ import annotations
 
 import base64
+import fnmatch
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,7 +75,14 @@ class DirectorySettings(OperatorSettings):
 
 
 def _within(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    """Whether ``path`` is one of ``roots`` or lies below one (a string test: paths already resolved)."""
+    exact, prefixes = _root_prefixes(roots)
+    return path in exact or path.startswith(prefixes)
+
+
+@functools.lru_cache(maxsize=32)
+def _root_prefixes(roots: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    return frozenset(roots), tuple(root.rstrip(os.sep) + os.sep for root in roots)
 
 
 class DirectoryDataSource(BaseDataSource):
@@ -163,12 +172,69 @@ class DirectoryDataSource(BaseDataSource):
             return [Partition()]
         return [Partition("(top)", {"top": True})] + [Partition(name, {"subfolder": name}) for name in subfolders]
 
-    def _files(self, partition: Partition | None) -> Iterator[Path]:
+    def _files(self, partition: Partition | None) -> Iterator[tuple[str, str, os.stat_result]]:
+        """``(path, relative path, stat)`` of each file of ``partition`` the pattern matches."""
         self._check_root()
         root = self.root
         if not root.is_dir():
             raise SourceError(f"Directory: {root} is not a readable folder")
         params = partition.params if partition else {}
+        name_pattern, recursive = _walk_pattern(self.pattern)
+        if name_pattern is None:  # a pattern with folders in it: pathlib's glob, file by file
+            yield from self._globbed(root, params)
+            return
+        if params.get("top"):
+            yield from self._walk(str(root), "", name_pattern, recursive=False)
+        elif "subfolder" in params:
+            if recursive:  # a top-level pattern (``*.md``) matches nothing in a subfolder
+                sub = params["subfolder"]
+                folder = os.path.join(root, sub)
+                if os.path.islink(folder) and not self._allowed(folder):  # swapped since partitioned
+                    self._logger.warning("skipping %s: it resolves outside the allowed folders, or not at all", sub)
+                    return
+                yield from self._walk(folder, sub + "/", name_pattern, recursive=True)
+        else:
+            yield from self._walk(str(root), "", name_pattern, recursive=recursive)
+
+    def _walk(self, folder: str, prefix: str, matches: Any, *, recursive: bool
+              ) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Files under ``folder`` (its path relative to the root is ``prefix``) whose name ``matches``,
+        as ``Path.glob("**/<name>")`` finds them: hidden ones too, sorted by name, symlinked folders
+        not descended, each symlink resolved and kept only within the allowed roots. One ``stat``
+        per file; a folder reached without a symlink lies below the (checked) root by construction."""
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # removed meanwhile
+        except OSError as exc:
+            raise SourceError(f"cannot list {prefix or '.'}: {exc.strerror}") from exc
+        for entry in entries:
+            relative = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    if not matches(entry.name):
+                        continue
+                    if not self._allowed(entry.path):
+                        self._logger.warning("skipping %s: it resolves outside the allowed folders, or not at all",
+                                             relative)
+                        continue
+                    if not entry.is_file():  # a symlinked folder is not descended (as ``**`` does not)
+                        continue
+                elif entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        yield from self._walk(entry.path, relative + "/", matches, recursive=True)
+                    continue
+                elif not entry.is_file(follow_symlinks=False) or not matches(entry.name):
+                    continue  # sockets, fifos, devices; names the pattern does not match
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # removed since listed: the next sync deletes it
+            except OSError as exc:
+                raise SourceError(f"cannot read {relative}: {exc.strerror}") from exc
+            yield entry.path, relative, stat
+
+    def _globbed(self, root: Path, params: dict[str, Any]) -> Iterator[tuple[str, str, os.stat_result]]:
         if "subfolder" in params and self.pattern.startswith("**/"):
             matches = (root / params["subfolder"]).glob(self.pattern)  # only this subtree is walked
         else:
@@ -185,25 +251,43 @@ class DirectoryDataSource(BaseDataSource):
                 continue
             if "subfolder" in params and (len(parts) < 2 or parts[0] != params["subfolder"]):
                 continue
-            yield path
-
-    def get_docs(self, filtering: Filter | None = None, partition: Partition | None = None):
-        root = self.root
-        for path in self._files(partition):
-            relative = path.relative_to(root).as_posix()
             try:
                 stat = path.stat()
             except OSError as exc:
-                raise SourceError(f"cannot read {relative}: {exc.strerror}") from exc
+                raise SourceError(f"cannot read {'/'.join(parts)}: {exc.strerror}") from exc
+            yield str(path), "/".join(parts), stat
+
+    def get_docs(self, filtering: Filter | None = None, partition: Partition | None = None):
+        roots = self.allowed_roots
+        for path, relative, stat in self._files(partition):
+            name = relative.rpartition("/")[2]
+            extension = _suffix(name).lower()
             doc = {
                 "_id": hashlib.sha1(relative.encode("utf-8")).hexdigest(),
                 "path": relative,
-                "file_name": path.name,
-                "extension": path.suffix.lower(),
+                "file_name": name,
+                "extension": extension,
                 "size": stat.st_size,
                 "_timestamp": _iso_mtime(stat),
             }
-            yield doc, _FileDownload(str(path), relative, self.allowed_roots)
+            yield doc, _FileDownload(path, relative, roots, extension)
+
+
+def _suffix(name: str) -> str:
+    """The file name's extension as ``Path.suffix`` gives it (``a.tar.gz``: ``.gz``; ``.bashrc``: none)."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _walk_pattern(pattern: str) -> tuple[Any, bool]:
+    """(a matcher of file names, whether subfolders are searched) for patterns a walk answers:
+    ``**/<name>`` and ``<name>`` where ``<name>`` has no folder in it; ``(None, False)`` for others."""
+    recursive = pattern.startswith("**/")
+    name = pattern[3:] if recursive else pattern
+    if not name or "/" in name or "**" in name:
+        return None, False
+    return re.compile(fnmatch.translate(name)).match, recursive  # case-sensitive, as pathlib on POSIX
 
 
 class _FileDownload:
@@ -213,25 +297,38 @@ class _FileDownload:
     in since it was listed) against the allowed roots before a byte is read.
     """
 
-    def __init__(self, path: str, relative: str, roots: tuple[str, ...]):
+    __slots__ = ("path", "relative", "roots", "extension")
+
+    def __init__(self, path: str, relative: str, roots: tuple[str, ...], extension: str | None = None):
         self.path = path
         self.relative = relative
         self.roots = roots
+        self.extension = _suffix(os.path.basename(path)).lower() if extension is None else extension
+
+    def __getstate__(self) -> tuple[str, str, tuple[str, ...], str]:
+        return self.path, self.relative, self.roots, self.extension
+
+    def __setstate__(self, state: tuple[str, str, tuple[str, ...], str]) -> None:
+        self.path, self.relative, self.roots, self.extension = state
 
     def __call__(self, doit: bool = True, timestamp: str | None = None) -> dict[str, Any] | None:
         if not doit:
             return None
         try:
-            with open(self.path, "rb") as file:
-                opened = _opened_path(file.fileno(), self.path)
-                if not _within(opened, self.roots):
-                    raise SourceError(f"cannot read {self.relative}: it now resolves outside the allowed folders")
-                data = file.read()
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a fifo swapped in: no wait
         except FileNotFoundError:
             return None  # removed since listed: the next sync deletes it
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
-        if Path(self.path).suffix.lower() in _TEXT_EXTENSIONS:
+        try:
+            if not _within(_opened_path(fd, self.path), self.roots):
+                raise SourceError(f"cannot read {self.relative}: it now resolves outside the allowed folders")
+            data = _read_all(fd)
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        if self.extension in _TEXT_EXTENSIONS:
             return {"body": data.decode("utf-8", errors="replace")}
         # HTML, PDF, DOCX, files without a known extension: the pipeline extracts their text.
         return {"_attachment": base64.b64encode(data).decode("ascii")}
@@ -244,3 +341,14 @@ def _opened_path(fd: int, path: str) -> str:
     except OSError:
         return os.path.realpath(path)
 
+
+def _read_all(fd: int) -> bytes:
+    """The whole file: one ``read`` for a small one (the usual case), more while it gives data."""
+    chunk = os.read(fd, 1 << 16)
+    if len(chunk) < 1 << 16:
+        return chunk
+    chunks = [chunk]
+    while chunk:
+        chunk = os.read(fd, 1 << 20)
+        chunks.append(chunk)
+    return b"".join(chunks)

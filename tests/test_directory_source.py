@@ -78,19 +78,19 @@ def test_directory_when_pattern_escapes_folder_then_refused(tmp_path):
 
 def test_directory_when_file_unreadable_then_error_names_file(tmp_path, monkeypatch):
     """Root (CI) reads any file, so permission loss is simulated at the one call that reads."""
-    import builtins
+    import os
 
-    import sources.directory
     from sources.errors import SourceError
 
     make_tree(tmp_path)
+    real_open = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith("a.txt"):
             raise PermissionError(13, "Permission denied")
-        return builtins.open(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(sources.directory, "open", fake_open, raising=False)
+    monkeypatch.setattr(os, "open", fake_open)
     with pytest.raises(SourceError, match="cannot read a.txt: Permission denied"):
         read_all(DirectoryDataSource({"directory": str(tmp_path)}))
 
@@ -130,3 +130,82 @@ def test_directory_when_synced_then_every_format_indexed_as_its_text_not_its_mar
     assert docs["plain.txt"]["body"] == "caf\u00e9 au lait"
     assert docs["table.csv"]["body"] == "a,b\n1,2\n" and docs["data.json"]["body"] == '{"k": "v"}'
     assert docs["README"]["body"] == "no extension, plain text\n"
+
+
+def make_hostile_tree(tmp_path):
+    """A folder with everything a walk can trip on, and ``outside/`` next to it (not allowed)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for folder in (root / "a" / ".h", root / "sub" / "deep", outside):
+        folder.mkdir(parents=True)
+    for name in ("a.txt", ".hidden.txt", "B.md", "a-b.txt", "_u.txt", "README", ".bashrc", "x.tar.gz",
+                 "a/x.txt", "a/.h/y.txt", "sub/deep/c.txt", "sub/deep/.e.md", "sub/a.txt", "outside.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name, encoding="utf-8")
+    (outside / "secret.txt").write_text("secret", encoding="utf-8")
+    os.symlink(root / "a.txt", root / "link-in.txt")
+    os.symlink(outside / "secret.txt", root / "link-out.txt")
+    os.symlink(outside / "secret.txt", root / "sub" / "deep" / "link-out.txt")
+    os.symlink(root / "sub", root / "dirlink-in")
+    os.symlink(outside, root / "sub" / "dirlink-out")
+    os.symlink(root / "missing", root / "broken.txt")
+    os.symlink(root / "loop.txt", root / "loop.txt")
+    os.mkfifo(root / "sub" / "fifo.txt")
+    return root
+
+
+@pytest.mark.parametrize("pattern", ["**/*", "*", "**/*.txt", "*.txt", "**/.*", "**/[ab]*", "**/?.txt", "a.txt",
+                                     "**/x.txt", "README", "**/link*", "**/*.TXT", "sub/**/*.txt", "*/*.txt"])
+def test_directory_walk_when_any_pattern_and_partition_then_lists_exactly_what_pathlib_glob_lists(tmp_path, pattern):
+    """The fast walk (one scandir per folder, one stat per file) against the glob it replaced
+    (still used for patterns with folders in them): same files, same order, same stat."""
+    root = make_hostile_tree(tmp_path)
+    source = DirectoryDataSource({"directory": str(root), "pattern": pattern}, roots=[str(root)])
+    partitions = [None] + list(source.get_partitions())
+    assert len(partitions) == 4  # one read; top-level files, a/, sub/ (symlinked folders are not partitions)
+    for partition in partitions:
+        params = partition.params if partition else {}
+        walked = [(path, relative, stat.st_ino, stat.st_size) for path, relative, stat in source._files(partition)]
+        globbed = [(path, relative, stat.st_ino, stat.st_size)
+                   for path, relative, stat in source._globbed(root, params)]
+        assert walked == globbed, (pattern, params)
+    whole = [relative for _, relative, _ in source._files(None)]
+    assert not [r for r in whole if "link-out" in r or "broken" in r or "loop" in r or "fifo" in r]
+
+
+def test_directory_walk_when_everything_listed_then_hidden_files_in_sorted_order(tmp_path):
+    root = make_hostile_tree(tmp_path)
+    docs = read_all(DirectoryDataSource({"directory": str(root)}, roots=[str(root)]))
+    paths = [d["path"] for d in docs]
+    assert paths == [".bashrc", ".hidden.txt", "B.md", "README", "_u.txt", "a/.h/y.txt", "a/x.txt", "a-b.txt",
+                     "a.txt", "link-in.txt", "outside.txt", "sub/a.txt", "sub/deep/.e.md", "sub/deep/c.txt",
+                     "x.tar.gz"]  # as sorted paths: folder by folder (``a/...`` before ``a-b.txt``)
+    by_path = {d["path"]: d for d in docs}
+    assert by_path["x.tar.gz"]["extension"] == ".gz" and by_path[".bashrc"]["extension"] == ""
+    assert by_path["link-in.txt"]["body"] == "a.txt"  # a symlink within the roots is read through
+
+
+def test_directory_walk_when_partition_folder_swapped_for_symlink_out_of_roots_then_nothing_listed(tmp_path):
+    root = make_hostile_tree(tmp_path)
+    source = DirectoryDataSource({"directory": str(root)}, roots=[str(root)])
+    partition = next(p for p in source.get_partitions() if p.params.get("subfolder") == "a")
+    os.rename(root / "a", tmp_path / "outside" / "a")
+    os.symlink(tmp_path / "outside" / "a", root / "a")
+    assert list(source._files(partition)) == []
+
+
+def test_directory_walk_when_subfolder_unlistable_then_sync_fails_naming_it(tmp_path, monkeypatch):
+    """A folder it cannot list fails the read (its files would otherwise be deleted as gone);
+    root (CI) lists any folder, so the refusal is simulated at the one call that lists."""
+    from sources.errors import SourceError
+
+    make_tree(tmp_path)
+    real_scandir = os.scandir
+
+    def fake_scandir(path):
+        if str(path).endswith("deep"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+    with pytest.raises(SourceError, match="cannot list sub/deep/: Permission denied"):
+        read_all(DirectoryDataSource({"directory": str(tmp_path)}))
