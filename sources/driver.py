@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -93,9 +94,68 @@ def _problem(error: Mapping[str, Any]) -> str:
 
 def is_async_callable(fn: Any) -> bool:
     """Whether calling ``fn`` returns a coroutine (async functions, partials of them, async ``__call__``)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    kind = _kind(fn)
+    if kind is not None and kind in _ASYNC:
+        return _ASYNC[kind]
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    answer = inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(getattr(inner, "__call__", None))
+    if kind is not None:
+        _ASYNC[kind] = answer  # once per kind of download (see _kind), not per document
+    return answer
+
+
+#: Whether a kind of callable is async, by its code (see :func:`_kind`).
+_ASYNC: dict[Any, bool] = {}
+
+
+#: What a kind of lazy download accepts: (``doit``, ``timestamp``), by its code (see :func:`_kind`).
+_ACCEPTS: dict[Any, tuple[bool, bool]] = {}
+
+
+def _kind(lazy: Any) -> Any:
+    """What makes lazy downloads alike for :func:`call_lazy`: a function's code, a method's, a
+    callable object's class. None for others (partials, builtins), inspected each time."""
+    kind = type(lazy)
+    if kind is types.MethodType:
+        lazy = lazy.__func__
+        kind = type(lazy)
+        if kind is not types.FunctionType:
+            return None
+    if kind is types.FunctionType:
+        # A function with attributes may carry its own signature (``__wrapped__`` from
+        # functools.wraps, ``__signature__``): many share one decorator's code, so not cached.
+        return None if lazy.__dict__ else lazy.__code__
+    known = _OBJECT_KINDS.get(kind)
+    if known is None:  # once per class: are its instances callables of their own kind?
+        call = getattr(kind, "__call__", None)
+        known = _OBJECT_KINDS[kind] = not issubclass(kind, (functools.partial, types.BuiltinFunctionType)) and \
+            isinstance(call, types.FunctionType) and not call.__dict__
+    if not known:
+        return None
+    own = getattr(lazy, "__dict__", None)
+    return None if own and ("__wrapped__" in own or "__signature__" in own) else kind
+
+
+#: Per class: whether its instances are lazy downloads alike (a ``__call__`` written in Python).
+_OBJECT_KINDS: dict[type, bool] = {}
+
+
+def _accepts(lazy: Any) -> tuple[bool, bool] | None:
+    """(passes ``doit``, passes ``timestamp``); None when it has no signature (called bare)."""
+    kind = _kind(lazy)
+    if kind is not None and kind in _ACCEPTS:
+        return _ACCEPTS[kind]
+    try:
+        params = inspect.signature(lazy).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepts = ("doit" in params or accepts_any, "timestamp" in params or accepts_any)
+    if kind is not None:
+        _ACCEPTS[kind] = accepts  # one inspection per kind of download, not per document
+    return accepts
 
 
 def call_lazy(lazy: Any, doc: Doc) -> Any:
@@ -103,15 +163,14 @@ def call_lazy(lazy: Any, doc: Doc) -> Any:
 
     Lazy downloads that take no such arguments are called bare. The result may be awaitable.
     """
-    try:
-        params = inspect.signature(lazy).parameters
-    except (TypeError, ValueError):  # builtins without a signature
+    accepts = _accepts(lazy)
+    if accepts is None:
         return lazy()
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    doit, timestamp = accepts
     kwargs: dict[str, Any] = {}
-    if "doit" in params or accepts_any:
+    if doit:
         kwargs["doit"] = True
-    if "timestamp" in params or accepts_any:
+    if timestamp:
         kwargs["timestamp"] = doc.get("_timestamp")
     return lazy(**kwargs)
 

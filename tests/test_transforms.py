@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import json
 import pickle
+import time
 import uuid
 
 import apache_beam as beam
@@ -399,6 +400,58 @@ def test_call_lazy_when_signatures_differ_then_called_with_what_they_accept():
     assert not is_async_callable(lambda: None)
     assert call_lazy(lambda **kw: kw, {"_timestamp": "t"}) == {"doit": True, "timestamp": "t"}
     driver.close()
+
+
+def test_call_lazy_when_one_decorator_wraps_downloads_of_different_signatures_then_each_called_as_it_accepts():
+    """What a kind of download accepts is remembered by its code; a decorator's wrapper shares
+    one code among every function it wraps, so it is inspected each time (its signature is theirs)."""
+    import functools
+
+    def logged(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+        return wrapper
+
+    @logged
+    def with_args(doit=False, timestamp=None):
+        return {"doit": doit, "timestamp": timestamp}
+
+    @logged
+    def bare():
+        return {"body": "bare"}
+
+    class Download:
+        def __call__(self, doit=False):
+            return {"doit": doit}
+
+    for _ in range(2):  # the second round is answered from what the first remembered
+        assert call_lazy(with_args, {"_timestamp": "t"}) == {"doit": True, "timestamp": "t"}
+        assert call_lazy(bare, {"_timestamp": "t"}) == {"body": "bare"}
+        assert call_lazy(Download(), {}) == {"doit": True}
+        assert call_lazy(lambda timestamp=None: {"timestamp": timestamp}, {"_timestamp": "u"}) == {"timestamp": "u"}
+
+
+def test_blocking_downloads_when_one_way_is_faster_then_it_is_used_and_the_other_retried_ever_more_rarely():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transforms.read_from_source import _BlockingDownloads
+
+    pool = ThreadPoolExecutor(4)
+    chooser = _BlockingDownloads(pool, 4, explore=2, max_explore=8)
+    items = [(n, (lambda n=n: {"n": n}), {}) for n in range(8)]
+    chooser.cost = {"pool": 1.0, "inline": 0.001}  # as measured: reading inline is faster
+    ways = []
+    for _ in range(40):
+        ways.append(chooser._way(len(items)))
+        if ways[-1] == chooser._exploring:
+            chooser.cost[ways[-1]] = 2.0
+            chooser._took(ways[-1], time.perf_counter(), 1)
+    retried = [n for n, way in enumerate(ways) if way == "pool"]
+    assert ways[0] == "inline" and retried == [1, 5, 13, 21, 29, 37]  # after 2, 4, then every 8 windows (the most)
+    assert chooser._way(1) == "inline"  # one download: never handed over
+    assert sorted(chooser.start(items)()) == [(n, {"n": n}) for n in range(8)]
+    pool.shutdown()
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -127,6 +127,80 @@ def _with_value(spec: Any, value: Any) -> Any:
     return {**spec, "value": value} if isinstance(spec, Mapping) else value
 
 
+_MIB = 1 << 20
+
+
+def _download_group(items: list[tuple[int, Any, dict[str, Any]]]) -> list[tuple[int, Any]]:
+    """Run sync lazy downloads one after the other (one pool task); (position, result) each."""
+    return [(position, call_lazy(lazy, doc)) for position, lazy, doc in items]
+
+
+class _BlockingDownloads:
+    """Where a worker runs a source's sync lazy downloads: in ``download_concurrency`` groups on
+    the thread pool, or one after the other on the reading thread, whichever measured faster.
+
+    Downloads that wait (a network read) go faster on the pool; downloads that are mostly
+    Python (a file in the page cache: ~10 us) only fight over the GIL there, and a pool task
+    costs more than such a read. The wall time per document of each way is kept as a moving
+    average; the faster is used, and the other tried again after ``explore`` windows, so a
+    change (the cache emptied, a slower disk) is seen. Each retry that confirms the choice
+    doubles that wait (up to ``max_explore``): downloads that wait on the network are run
+    one after the other only rarely.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, concurrency: int, explore: int = 16, max_explore: int = 1024):
+        self.pool, self.concurrency = pool, concurrency
+        self.explore, self.min_explore, self.max_explore = explore, explore, max_explore
+        self.cost: dict[str, float] = {}
+        self.windows = 0
+        self._exploring: str | None = None
+
+    def _way(self, count: int) -> str:
+        if self.concurrency == 1 or count == 1:
+            return "inline"  # a pool of one thread only adds a hand-over
+        self.windows += 1
+        for way in ("pool", "inline"):
+            if way not in self.cost:
+                return way
+        best = min(self.cost, key=self.cost.get)  # type: ignore[arg-type]
+        if self.windows >= self.explore:
+            self.windows = 0
+            self._exploring = "inline" if best == "pool" else "pool"
+            return self._exploring
+        return best
+
+    def start(self, items: list[tuple[int, Any, dict[str, Any]]]) -> Any:
+        """Start ``items``; a callable returning their ``(position, result)`` pairs when done."""
+        if not items:
+            return list
+        way, started = self._way(len(items)), time.perf_counter()
+        if way == "inline":
+            done = _download_group(items)
+
+            def finished() -> list[tuple[int, Any]]:
+                self._took(way, started, len(items))
+                return done
+            return finished
+        groups = min(self.concurrency, len(items))
+        futures = [self.pool.submit(_download_group, items[n::groups]) for n in range(groups)]
+
+        def collected() -> list[tuple[int, Any]]:
+            out = [pair for future in futures for pair in future.result()]
+            self._took(way, started, len(items))
+            return out
+        return collected
+
+    def _took(self, way: str, started: float, count: int) -> None:
+        per_document = (time.perf_counter() - started) / count
+        last = self.cost.get(way)
+        self.cost[way] = per_document if last is None else 0.7 * last + 0.3 * per_document
+        if way == self._exploring:
+            self._exploring = None
+            other = self.cost.get("pool" if way == "inline" else "inline")
+            confirmed = other is not None and self.cost[way] > other  # the retried way is still slower
+            self.explore = min(self.explore * 2, self.max_explore) if confirmed else self.min_explore
+
+
 def _content_size(extra: Mapping[str, Any]) -> int:
     """Bytes of downloaded content (``_attachment`` is base64: 3 bytes per 4 characters)."""
     size = 0
@@ -159,6 +233,7 @@ class _ReadPartitionFn(beam.DoFn):
         self.driver = SourceDriver(self.source)
         self.rules = BasicRules(self.spec.basic_rules)
         self.pool = ThreadPoolExecutor(max_workers=self.download_concurrency, thread_name_prefix="download")
+        self.blocking = _BlockingDownloads(self.pool, self.download_concurrency)
 
     def teardown(self) -> None:
         if getattr(self, "pool", None):
@@ -263,15 +338,36 @@ class _ReadPartitionFn(beam.DoFn):
                 out["_id"] = doc_id
                 yield out
             return
-        window = 2 * self.download_concurrency
-        for start in range(0, len(changed), window):
-            chunk = changed[start:start + window]
+        for chunk in self._windows(changed):
             for (doc_id, doc, _), extra in zip(chunk, self._download_all(chunk)):
                 out = dict(doc)
                 out["_id"] = doc_id
                 if extra:
-                    out.update({k: v for k, v in extra.items() if k not in ("_id", "_timestamp")})
+                    out.update(extra)
+                    if "_id" in extra or "_timestamp" in extra:  # a download never changes what was compared
+                        out["_id"], out["_timestamp"] = doc_id, doc.get("_timestamp")
+                        if "_timestamp" not in doc:
+                            del out["_timestamp"]
                 yield out
+
+    def _windows(self, changed: list[tuple[str, dict[str, Any], Any]]) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
+        """The batch in windows downloaded one at a time, so a worker never holds much more content
+        than ``2 * download_concurrency`` MiB, or documents of undeclared size: their ``size`` counts
+        (1 MiB when not declared), so a window of small files is the whole batch."""
+        budget = 2 * self.download_concurrency * _MIB
+        window: list[tuple[str, dict[str, Any], Any]] = []
+        held = 0
+        for item in changed:
+            doc = item[1]
+            size = doc["size"] if "size" in doc else doc.get("size_in_bytes")
+            size = size if type(size) is int and 0 <= size < _MIB else _MIB
+            if window and held + size > budget:
+                yield window
+                window, held = [], 0
+            window.append(item)
+            held += size
+        if window:
+            yield window
 
     def _download_all(self, changed: list[tuple[str, dict[str, Any], Any]]) -> list[Mapping[str, Any] | None]:
         """Run the batch's lazy downloads, at most ``download_concurrency`` at once.
@@ -281,30 +377,35 @@ class _ReadPartitionFn(beam.DoFn):
         """
         results: list[Any] = [None] * len(changed)
         coroutines: dict[int, Any] = {}
-        futures: dict[int, Any] = {}
+        blocking: list[tuple[int, Any, dict[str, Any]]] = []
+        limit = self.max_download_bytes
         for position, (_, doc, lazy) in enumerate(changed):
-            if lazy is None or self._over_limit(doc.get("size", doc.get("size_in_bytes"))):
+            if lazy is None:
+                continue
+            if limit and self._over_limit(doc["size"] if "size" in doc else doc.get("size_in_bytes")):
                 continue
             if is_async_callable(lazy):
                 coroutines[position] = call_lazy(lazy, doc)
             else:
-                futures[position] = self.pool.submit(call_lazy, lazy, doc)
+                blocking.append((position, lazy, doc))
+        pending = self.blocking.start(blocking)
         for position, value in zip(coroutines, self.driver.gather(list(coroutines.values()),
                                                                    limit=self.download_concurrency)):
             results[position] = value
         late: dict[int, Any] = {}
-        for position, future in futures.items():
-            value = future.result()
-            if inspect.isawaitable(value):  # a sync callable that returned a coroutine
-                late[position] = value
+        for position, value in pending():
+            if value is not None and type(value) is not dict and inspect.isawaitable(value):
+                late[position] = value  # a sync callable that returned a coroutine
             else:
                 results[position] = value
         for position, value in zip(late, self.driver.gather(list(late.values()), limit=self.download_concurrency)):
             results[position] = value
         for position, value in enumerate(results):
-            if value is not None and not isinstance(value, Mapping):
+            if value is None:
+                continue
+            if type(value) is not dict and not isinstance(value, Mapping):
                 raise TypeError(f"a lazy download must return a dict or None, got {type(value).__name__}")
-            if value and self._over_limit(_content_size(value)):
+            if value and limit and self._over_limit(_content_size(value)):
                 results[position] = None
         return results
 
