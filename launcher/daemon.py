@@ -18,7 +18,8 @@ completed, a draft validated, a lock taken) is conditional on the ``_seq_no`` re
 any number of instances can serve the same connectors.
 
 Syncs run in child processes supervised by :class:`~launcher.sync_runner.SyncRunner`
-threads, so a poll never waits for a sync. SIGTERM/SIGINT stop the loop, suspend the
+threads, so a poll never waits for a sync; when one ends, jobs waiting for a free slot
+are claimed at once, not at the next poll. SIGTERM/SIGINT stop the loop, suspend the
 running jobs and exit. At start the daemon waits for Elasticsearch (one line per attempt,
 with backoff); later, while Elasticsearch cannot be reached, polls keep failing and the
 outage is logged once, with a reminder every minute and a line when it ends
@@ -115,6 +116,9 @@ class Daemon:
         self.outage = Outage(_LOGGER, f"Elasticsearch at {config.elasticsearch.host}")
         #: Why the daemon is not serving yet (waiting for Elasticsearch at start), for /healthz.
         self.waiting: str | None = None
+        #: Set when a sync ends: a freed slot is given to a waiting job before the next poll.
+        self._slot_freed = threading.Event()
+        self._served_ids: list[str] = []
         #: Starts sync processes: forked from a warm process (service.warm_sync_processes), else fresh.
         self.processes = SyncProcesses(warm=config.service.warm_sync_processes,
                                        preload=sorted(set(config.sources.values())))
@@ -132,6 +136,7 @@ class Daemon:
     def stop(self, *_: Any) -> None:
         """Ask the loop to stop; running jobs are suspended."""
         self._stop.set()
+        self._slot_freed.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -188,9 +193,28 @@ class Daemon:
                 self.poll_once()
                 if max_polls is not None and self.polls >= max_polls:
                     break
-                self._stop.wait(self.config.service.idling)
+                self._idle(self.config.service.idling)
         finally:
             self.shutdown()
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for the next poll; when a sync ends meanwhile, claim the jobs waiting for a free
+        slot at once (many connectors synced together do not wait a poll each)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._slot_freed.wait(left):
+                return
+            self._slot_freed.clear()
+            if self._stop.is_set() or not self._served_ids:
+                return
+            try:
+                self.claim_jobs(self._served_ids)
+            except Exception as exc:  # noqa: BLE001 - as a failed poll
+                if is_outage(exc):
+                    self.outage.failed(format_error(exc))
+                else:
+                    self._count_error(exc)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -227,7 +251,8 @@ class Daemon:
             self.release_orphan_locks(connectors)
             # Connectors whose document is wrong too: their jobs are claimed and end ``error``
             # with the reason at once, rather than waiting forever.
-            self.claim_jobs([c.id for c in connectors])
+            self._served_ids = [c.id for c in connectors]
+            self.claim_jobs(self._served_ids)
             self.polls += 1
             self.last_successful_poll = time.time()
             self.outage.ended()
@@ -657,6 +682,7 @@ class Daemon:
     def _done(self, runner: SyncRunner) -> None:
         with self._lock:
             self.running.pop(runner.job_id, None)
+        self._slot_freed.set()
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -531,6 +531,26 @@ def test_claim_jobs_when_concurrency_limit_reached_then_jobs_left_pending(es, ma
     assert get_job(es, job_id).status == "pending"
 
 
+def test_daemon_when_a_sync_ends_then_a_job_waiting_for_its_slot_is_claimed_before_the_next_poll(
+        es, make_connector, tmp_path):
+    """One slot, two connectors requested together, a poll every 10 minutes: the second job is
+    claimed when the first sync ends, not at the next poll."""
+    connectors = [make_connector(configuration=_configured(count=1), status="connected") for _ in range(2)]
+    jobs = [create_job(es, connector) for connector in connectors]
+    daemon = _daemon(tmp_path, es, [c.id for c in connectors], max_concurrent_syncs=1, idling=600,
+                     warm_sync_processes=False)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        wait_for(lambda: all(get_job(es, job_id).status == "completed" for job_id in jobs), timeout=60,
+                 what="both jobs completed, one after the other")
+        assert daemon.polls == 1  # the first poll claimed one; the freed slot took the other
+    finally:
+        daemon.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+
+
 def test_poll_when_heartbeat_then_at_start_and_at_most_every_interval(es, make_connector, tmp_path):
     connector = make_connector(configuration=_configured(count=1), status="connected")
     daemon = _daemon(tmp_path, es, [connector.id], heartbeat=300)
