@@ -176,6 +176,8 @@ def test_least_privilege_when_content_privilege_missing_then_job_fails_before_wr
     config = _config(tmp_path, users, user, connector_ids=[connector_id])
     cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow", "--index-name",
         index, "--set", "count=5", config=config, check=True)
+    # The CLI creates the content index with the connector (as Kibana does); the job must create nothing.
+    admin.indices.delete(index=index, ignore_unavailable=True)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         result = cli("--action", "sync", "--connector-id", connector_id, "--wait", "--timeout", "120", "--json",
