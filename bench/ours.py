@@ -80,6 +80,7 @@ class Service:
                          "digest_cache_dir": str(self.workdir / "index-digests"),
                          "content_index": {"number_of_replicas": 0}, **pipeline},
         }
+        self.config = config
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self.process: subprocess.Popen | None = None
         self.sampler: TreeSampler | None = None

@@ -58,14 +58,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"(heap {m['es_heap_gb']} GB, same machine); Python {m['python']}, Beam {m['beam']}, "
         f"elasticsearch-py {m['elasticsearch_py']}.",
         f"Pipeline settings: `{results['pipeline_settings']}`; source partitions: {results['options']['partitions']}.",
+        *_load_lines(m.get("load")),
         "",
         "Throughput counts documents (and their serialized bytes, 1 MB = 10^6 bytes) from the first document "
         "to the last acknowledged one; ours is timed from the job's `started_at` to its `completed_at` "
-        "(whole sync process, start-up included). Peak RSS: ours = daemon + sync process + Beam workers; "
-        "baselines = the benchmark process. Ratio = docs/s over the ceiling's docs/s in the same scenario.",
+        "(whole sync process, start-up included). Peak memory: ours = daemon + warm sync process + sync "
+        "process + Beam workers, as PSS (shared pages divided among the processes sharing them: what the tree "
+        "holds) and RSS (shared pages counted per process); baselines = the benchmark process. CPU per document: "
+        "the service tree's CPU seconds over the documents read, beside Elasticsearch's (its node's process CPU) "
+        "in the same sync. First _bulk: the job claimed -> its first _bulk request sent. Ratio = docs/s over the "
+        "ceiling's docs/s in the same scenario.",
         "",
-        "| scenario | method | seconds | docs/s | MB/s | peak RSS MB | x ceiling | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| scenario | method | seconds | docs/s | MB/s | peak PSS MB | peak RSS MB | CPU us/doc (ES) | "
+        "first _bulk s | x ceiling | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for scenario in results["scenarios"]:
         for key, label in VARIANTS:
@@ -78,8 +84,9 @@ def markdown(results: dict[str, Any]) -> str:
                 if r.get("ratio_to_best_baseline") is not None and scenario.get("best_baseline"):
                     notes.append(f"{r['ratio_to_best_baseline']:.2f}x best baseline "
                                  f"({scenario['best_baseline']['method']})")
-                if r.get("peak_rss_by_role_mb"):
-                    notes.append("peak MB by role " + ", ".join(f"{k} {v:g}" for k, v in r["peak_rss_by_role_mb"].items()))
+                if r.get("peak_pss_by_role_mb"):
+                    notes.append("peak PSS MB by role " + ", ".join(
+                        f"{k} {v:g}" for k, v in r["peak_pss_by_role_mb"].items()))
                 if r.get("peak_anon_mb") is not None:
                     notes.append(f"anonymous (without mapped files) {_fmt(r['peak_anon_mb'])} MB")
                 if key.startswith("ours_nochange"):
@@ -92,11 +99,14 @@ def markdown(results: dict[str, Any]) -> str:
                 notes.append(f"{r.get('clients')} clients")
             if r.get("ok") is False:
                 notes.append("CHECK FAILED")
+            cpu = (f"{_fmt(r.get('cpu_us_per_doc'), 1)} ({_fmt(r.get('es_cpu_us_per_doc'), 1)})"
+                   if r.get("cpu_us_per_doc") is not None else "-")
             lines.append(
-                f"| {scenario['label']} | {label} | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('docs_per_s'))} | "
-                f"{_fmt(r.get('mb_per_s'), 1)} | {_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('ratio_to_ceiling'), 2)} | "
-                f"{'; '.join(notes)} |"
+                f"| {scenario['label']} | {label} | {_fmt(r.get('seconds'), 2)} | {_fmt(r.get('docs_per_s'))} | "
+                f"{_fmt(r.get('mb_per_s'), 1)} | {_fmt(r.get('peak_pss_mb'))} | {_fmt(r.get('peak_rss_mb'))} | {cpu} | "
+                f"{_fmt(r.get('first_bulk_seconds'), 2)} | {_fmt(r.get('ratio_to_ceiling'), 2)} | {'; '.join(notes)} |"
             )
+    lines += _directory_lines(results)
     if results.get("partitions"):
         p = results["partitions"]
         lines += ["", f"Parallel reads ({p['label']}, full sync, ceiling {_fmt(p.get('ceiling_docs_per_s'))} docs/s):", "",
@@ -133,6 +143,76 @@ def markdown(results: dict[str, Any]) -> str:
         for target in results["targets"]:
             lines.append(f"- **{target['status']}** {target['target']}: {target['evidence']}")
     return "\n".join(lines) + "\n"
+
+
+def _load_lines(load: dict[str, Any] | None) -> list[str]:
+    """The machine's load over the run (bench/load.py): how much of it was someone else's."""
+    if not load:
+        return []
+    avg, cpu = load["loadavg_1m"], load["cpu_seconds"]
+    share = load.get("others_cpu_share")
+    return [f"Load during the run ({_fmt(load['wall_seconds'] / 60, 1)} min): 1-minute load average "
+            f"{avg['min']}-{avg['max']} (mean {avg['mean']}, with the benchmark's own work); CPU seconds: the "
+            f"benchmark's processes {cpu['benchmark']}, Elasticsearch {cpu['elasticsearch']}, other processes "
+            f"{cpu['others']} ({_fmt(share * 100 if share is not None else None, 1)}% of the machine's "
+            f"{load['cpus']} CPUs over the run)."]
+
+
+def _directory_lines(results: dict[str, Any]) -> list[str]:
+    """The directory source's folder scenario and the many-connectors scenario, beside Elastic's figures."""
+    lines: list[str] = []
+    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results["scenarios"]
+                if s["doc_size"] <= 4096}
+    for folder in results.get("directory") or []:
+        ceiling = ceilings.get(folder["count"])
+        elastic = folder.get("elastic_service") or {}
+        lines += ["", f"Directory source, {folder['label']} (files written before the clock starts, read from the "
+                      f"page cache; ceiling: the {folder['count']:,} x 1 KB scenario's"
+                      f"{f', {ceiling:,.0f} docs/s' if ceiling else ', not measured'}):", "",
+                  "| sync | seconds | docs/s | MB/s (files) | x ceiling | peak PSS MB | peak RSS MB | CPU us/doc (ES) "
+                  "| notes |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for key, r in folder["results"].items():
+            notes = [f"indexed {_fmt(r.get('indexed'))}, deleted {_fmt(r.get('deleted'))}"]
+            if r.get("speedup_vs_full"):
+                notes.append(f"{r['speedup_vs_full']:.1f}x faster than full")
+            if r.get("timings"):
+                notes.append("sync process " + ", ".join(f"{k} {v:g}" for k, v in r["timings"].items()))
+            if r.get("ok") is False:
+                notes.append("CHECK FAILED")
+            rate = r.get("docs_per_s") if key == "ours_full" else None
+            lines.append(f"| {dict(VARIANTS)[key]} | {_fmt(r.get('seconds'), 2)} | {_fmt(rate)} | "
+                         f"{_fmt(r.get('mb_per_s') if rate else None, 1)} | "
+                         f"{_fmt(rate / ceiling, 2) if rate and ceiling else '-'} | {_fmt(r.get('peak_pss_mb'))} | "
+                         f"{_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('cpu_us_per_doc'), 1)} "
+                         f"({_fmt(r.get('es_cpu_us_per_doc'), 1)}) | {'; '.join(notes)} |")
+        if elastic:
+            lines.append(f"| Elastic's connector service (issue 15, not re-run) | - | {_fmt(elastic['docs_per_s'])} | - | "
+                         f"{_fmt(elastic['docs_per_s'] / ceiling, 2) if ceiling else '-'} | - | "
+                         f"{_fmt(elastic['peak_mb'])} | - | measured side by side by an earlier session |")
+    many = results.get("many_connectors")
+    if many and "seconds" in many:
+        elastic = many["elastic_service"]
+        ceiling = ceilings.get(100_000)
+        lines += ["", f"Many small connectors: {many['connectors']} dir connectors x {many['files']:,} files of ~1 KB, "
+                      "all requested at once (first job created -> last job completed), one service; x ceiling: "
+                      f"over the 100,000 x 1 KB scenario's ceiling{f' ({ceiling:,.0f} docs/s)' if ceiling else ''}:", "",
+                  "| service | syncs at a time | seconds | docs/s | MB/s (files) | x ceiling | peak PSS MB | peak RSS MB "
+                  "| notes |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        roles = ", ".join(f"{k} {v:g}" for k, v in (many.get("peak_pss_by_role_mb") or {}).items())
+
+        def over(rate: float | None) -> str:
+            return _fmt(rate / ceiling, 2) if rate and ceiling else "-"
+        lines.append(f"| elastic-ingest | {many['concurrency']} | {_fmt(many['seconds'], 1)} | {_fmt(many['docs_per_s'])} | "
+                     f"{_fmt(many.get('mb_per_s'), 1)} | {over(many['docs_per_s'])} | {_fmt(many['peak_pss_mb'])} | {_fmt(many['peak_rss_mb'])} | {many['speedup_vs_elastic']:.2f}x "
+                     f"Elastic's throughput; PSS by role {roles}; CPU {many['cpu_seconds']} s, Elasticsearch "
+                     f"{many['es_cpu_seconds']} s{'' if many.get('ok') else '; CHECK FAILED'} |")
+        lines.append(f"| Elastic's connector service (issue 15, not re-run) | {elastic['concurrency']} | "
+                     f"{_fmt(elastic['seconds'], 1)} | {_fmt(elastic['docs_per_s'])} | - | {over(elastic['docs_per_s'])} | "
+                     f"- | {_fmt(elastic['peak_mb'])} | "
+                     "measured side by side on this machine by an earlier session |")
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -12,16 +12,21 @@ cluster, with the same documents, one after the other:
    since the last scan, so its cached digests are used) and ``ours_changed`` (version 1
    of the source: 1% of the documents changed, 1% removed).
 
-Then the same source read as 1, 2 and 4 partitions; the same sync (full, then no change)
+Then the ``dir`` source on a folder of ``--dir`` files of ~1 KB (full sync and no-change
+resync, bench/directory.py), many small ``dir`` connectors requested at once (``--many``,
+beside the figures of Elastic's connector service recorded in issue 15), the same source
+read as 1, 2 and 4 partitions; the same sync (full, then no change)
 on Prism beside the in-process runner, with the memory of every process it runs in
 (``--runners``, on ``--runners-size`` documents, default 100k; see bench/runners.py); and
-optionally a settings sweep (``--tune``). Results: ``bench/results/run-<time>.json`` plus ``latest.json``,
+optionally a settings sweep (``--tune``). Each target of issue 15 is then judged MET or
+MISSED from this run (bench/targets.py), and the machine's load over the run is recorded
+(bench/load.py). Results: ``bench/results/run-<time>.json`` plus ``latest.json``,
 ``latest.md`` (table) and ``latest.png`` (chart). See docs/benchmarks.md.
 
 Example usage::
 
-    python -m bench --es-url http://127.0.0.1:9210                 # 10k and 100k, a few minutes
-    python -m bench --sizes 10k,100k,1M --large 10k                # + 1M x 1KB and 10k x 100KB
+    python -m bench --es-url http://127.0.0.1:9210                 # everything, every target (~30 min)
+    python -m bench --quick                                        # 10k and 100k, small dir scenarios
     python -m bench --sizes 100k --tune --no-partitions            # settings sweep
     python -m bench --set bulk.max_docs=2000 --set direct_num_workers=2
 """
@@ -44,7 +49,10 @@ from typing import Any
 import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
+from bench.directory import folder_scenario, many_connectors
+from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
+from bench.targets import evaluate as evaluate_targets
 from bench.report import annotate, chart, markdown
 from bench.runners import RUNNER_LABELS, PrismServices
 from pipelines.settings import PipelineConfig
@@ -57,6 +65,9 @@ MB = 1_000_000
 #: writes them out); --set overrides them.
 DEFAULT_PIPELINE: dict[str, Any] = PipelineConfig().model_dump(include={
     "runner", "direct_num_workers", "direct_running_mode", "bulk", "read_batch_size", "scan_slices"})
+#: --quick: a run of a few minutes (no 1M, no large documents, small directory scenarios).
+QUICK: dict[str, Any] = {"sizes": "10k,100k", "large": "0", "dir": "10k", "many": "6x500", "no_partitions": True,
+                         "no_runners": True}
 #: The settings sweep of --tune: (name, overrides of the pipeline settings).
 TUNING: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
@@ -174,6 +185,8 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:6]
         self.workdir = Path(tempfile.mkdtemp(prefix="elastic-ingest-bench-"))
         self.pipeline = _merge(DEFAULT_PIPELINE, _dotted(args.set or []))
+        #: service: settings of our daemons (--service KEY=VALUE), e.g. warm_sync_processes=false
+        self.service_overrides = _dotted(args.service or [])
         self.log = args.log
         self.ingest_pipeline = ensure_ingest_pipeline(self.es)
         self.on_progress = None
@@ -197,13 +210,14 @@ class Bench:
         index = f"bench-ours-{tag}-{self.run_id}"
         self.es.indices.delete(index=index, ignore_unavailable=True)
         service = Service(self.es_url, self.workdir / connector_id, pipeline=pipeline, connector_ids=[connector_id],
-                          others=others)
+                          others=others, service=self.service_overrides)
         config = {"count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
                   "partitions": partitions, "version": 0}
         service.create_connector(connector_id, index, config)
         out: dict[str, Any] = {} if into is None else into
         try:
             with service:
+                out["idle"] = service.idle  # the service's memory before its first sync
                 settle(self.es)
                 self.say(f"  ours: full sync of {dataset.label} ({partitions} partition(s))")
                 full = out["ours_full"] = service.sync(self.es, connector_id)
@@ -294,11 +308,14 @@ class Bench:
         if "ours_changed" in results:
             _rates(results["ours_changed"], results["ours_changed"]["expected"]["present"], doc_bytes, ceiling_rate,
                    throughput=False)
+        idle = results.pop("idle", None)
         for key, r in results.items():
             self.say(f"  -> {key}: {r.get('seconds')} s, {r.get('docs_per_s')} docs/s, "
-                     f"x{r.get('ratio_to_ceiling')}, peak {r.get('peak_rss_mb')} MB, ok={r.get('ok')}")
+                     f"x{r.get('ratio_to_ceiling')}, peak {r.get('peak_rss_mb')} MB RSS / {r.get('peak_pss_mb')} MB "
+                     f"PSS, first _bulk {r.get('first_bulk_seconds')} s, CPU {r.get('cpu_us_per_doc')} us/doc "
+                     f"(Elasticsearch {r.get('es_cpu_us_per_doc')}), ok={r.get('ok')}")
         return {"label": dataset.label, "count": dataset.count, "doc_size": dataset.doc_size, "seed": dataset.seed,
-                "doc_bytes": doc_bytes, "partitions": self.args.partitions, "results": results}
+                "doc_bytes": doc_bytes, "partitions": self.args.partitions, "results": results, "idle": idle}
 
     def partitions(self, dataset: Dataset, ceiling_rate: float | None, doc_bytes: int | None) -> dict[str, Any]:
         self.say(f"parallel reads: {dataset.label} as {self.args.partition_counts} partitions")
@@ -374,49 +391,14 @@ class Bench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, str]]:
-    small = sorted((s for s in results["scenarios"] if s["doc_size"] <= 4096), key=lambda s: s["count"])
-    targets = []
-    at_1m = next((s for s in small if s["count"] >= 1_000_000), None)
-    probe = at_1m or (small[-1] if small else None)
-    if probe is not None and probe["results"].get("ours_full", {}).get("ratio_to_ceiling") is not None:
-        ratio = probe["results"]["ours_full"]["ratio_to_ceiling"]
-        status = ("MET" if ratio >= 0.8 else "MISSED") if at_1m else "NOT MEASURED at 1M"
-        best = probe["results"]["ours_full"].get("ratio_to_best_baseline")
-        extra = f" ({best:.2f}x the best baseline)" if best is not None and best != ratio else ""
-        targets.append({"target": "full sync of 1M small docs >= 0.8x ceiling", "status": status,
-                        "evidence": f"{ratio:.2f}x ceiling at {probe['label']}{extra}"})
-    nochange = [(label, s["results"][key]) for s in results["scenarios"]
-                for key, label in (("ours_nochange", s["label"]), ("ours_nochange_cached", f"{s['label']} again (cached)"))
-                if key in s["results"]]
-    if nochange:
-        good = all((r.get("speedup_vs_full") or 0) >= 10 and r.get("ok") for _, r in nochange)
-        evidence = "; ".join(f"{label}: {r.get('speedup_vs_full')}x faster, indexed {r.get('indexed')}, deleted "
-                             f"{r.get('deleted')}, index ops {r.get('index_ops_during')}" for label, r in nochange)
-        targets.append({"target": "no-change resync >= 10x faster than the first sync and writes nothing",
-                        "status": "MET" if good else "MISSED", "evidence": evidence})
-    # The largest peak of any of our syncs of the scenario (first sync and resyncs alike), of
-    # the processes' own (anonymous) memory when measured: a resync's mapped digest files
-    # are the kernel's page cache, reported beside it as RSS.
-    def peak(r: dict[str, Any]) -> float:
-        return r.get("peak_anon_mb") or r.get("peak_rss_mb") or 0
-
-    ours = {s["count"]: (s["label"], [(key[5:], r) for key, r in s["results"].items() if key.startswith("ours_")])
-            for s in small}
-    peaks = {count: max((peak(r) for _, r in syncs), default=0) for count, (_, syncs) in ours.items()}
-    if peaks.get(100_000) and peaks.get(1_000_000):
-        growth = peaks[1_000_000] / peaks[100_000]
-        by_sync = "; ".join(
-            f"{label}: " + ", ".join(f"{name} {r.get('peak_anon_mb', '-')} MB anonymous / {r.get('peak_rss_mb')} MB RSS"
-                                     for name, r in syncs)
-            for label, syncs in (ours[100_000], ours[1_000_000]))
-        targets.append({"target": "peak memory flat from 100k to 1M docs, every sync (growth <= 1.25x)",
-                        "status": "MET" if growth <= 1.25 else "MISSED",
-                        "evidence": f"{peaks[100_000]} MB at 100k, {peaks[1_000_000]} MB at 1M ({growth:.2f}x; {by_sync})"})
-    elif peaks:
-        targets.append({"target": "peak memory flat from 100k to 1M docs", "status": "NOT MEASURED at 1M",
-                        "evidence": ", ".join(f"{c:,} docs: {p} MB" for c, p in sorted(peaks.items()))})
-    return targets
+def _many_shape(text: str | None) -> tuple[int, int] | None:
+    """``--many 24x2000`` as (connectors, files per connector)."""
+    if not text or text.strip().lower() in ("none", "0"):
+        return None
+    connectors, sep, files = text.lower().partition("x")
+    if not sep:
+        raise SystemExit(f"--many: expected CONNECTORSxFILES, e.g. 24x2000, got {text!r}")
+    return parse_count(connectors), parse_count(files)
 
 
 def _checkpoint(results: dict[str, Any], out: Path, stem: str) -> None:
@@ -429,10 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--es-url", default=os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', '9210')}"),
                         help="the benchmark's own Elasticsearch (default: $ES_URL or port $ES_PORT or 9210)")
-    parser.add_argument("--sizes", default="10k,100k",
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes: --sizes 10k,100k --large 0 --dir 10k --many 6x500 --no-partitions "
+                             "--no-runners (options given beside it win)")
+    parser.add_argument("--sizes", default="10k,100k,1M",
                         help="document counts of ~--doc-size documents, e.g. 10k,100k,1M (10M on request); 'none' to skip")
     parser.add_argument("--doc-size", type=int, default=1024, help="bytes per small document (default 1024)")
-    parser.add_argument("--large", default="0", help="count of ~--large-doc-size documents, e.g. 10k (default 0: skip)")
+    parser.add_argument("--large", default="10k", help="count of ~--large-doc-size documents (default 10k; 0: skip)")
     parser.add_argument("--large-doc-size", type=int, default=100 * 1024)
     parser.add_argument("--partitions", type=int, default=2, help="source partitions in the scenarios (default 2)")
     parser.add_argument("--partitions-size", default="100k", help="documents for the parallel-reads runs (0: skip)")
@@ -445,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runners the same sync is compared on: local (FnApiRunner), prism (default: both)")
     parser.add_argument("--runners-size", default="100k", help="documents for the runners comparison")
     parser.add_argument("--no-runners", action="store_true", help="skip the runners comparison")
+    parser.add_argument("--service", action="append", metavar="KEY=VALUE",
+                        help="service setting for our daemons, e.g. warm_sync_processes=false (repeatable)")
+    parser.add_argument("--dir", default="100k", help="files of ~1 KB for the directory source's scenario "
+                                                     "(default 100k; 0: skip)")
+    parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
+                        help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
     parser.add_argument("--tune-variants", default=None,
@@ -460,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:  # its values become the defaults: options given beside it win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
     args.log = sys.stderr
     sizes = [] if args.sizes.strip().lower() in ("", "none", "0") else [parse_count(s) for s in args.sizes.split(",")]
     if any(n > 1_000_000 for n in sizes) and not args.allow_10m:
@@ -474,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--runners: unknown {', '.join(unknown)}; expected some of {', '.join(RUNNER_LABELS)}")
     runners_size = 0 if args.no_runners else parse_count(args.runners_size)
+    dir_count = parse_count(args.dir)
+    many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
     results: dict[str, Any] = {
@@ -484,10 +481,12 @@ def main(argv: list[str] | None = None) -> int:
                     "partitions": args.partitions, "partitions_size": partitions_size,
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
-                    "runners": args.runners if runners_size else [], "runners_size": runners_size},
-        "scenarios": [],
+                    "runners": args.runners if runners_size else [], "runners_size": runners_size,
+                    "dir": dir_count, "many": args.many, "service": bench.service_overrides},
+        "scenarios": [], "directory": [],
     }
     t0 = time.monotonic()
+    load = MachineLoad(bench.es).start()
     stem = args.name or f"run-{started:%Y%m%dT%H%M%SZ}"
     bench.on_progress = lambda current: _checkpoint({**results, "in_progress": current}, Path(args.out), stem)
     try:
@@ -496,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
         for dataset in datasets:
             results["scenarios"].append(bench.scenario(dataset))
+            _checkpoint(results, Path(args.out), stem)
+        if dir_count:
+            results["directory"].append(folder_scenario(bench, count=dir_count))
+            _checkpoint(results, Path(args.out), stem)
+        if many:
+            results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])
             _checkpoint(results, Path(args.out), stem)
         if partitions_size:
             same = next((s for s in results["scenarios"]
@@ -509,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune:
             results["tuning"] = bench.tuning(Dataset(parse_count(args.tune_size), args.doc_size, args.seed))
     finally:
+        results["machine"]["load"] = load.stop()
         bench.close()
     results["finished_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     results["wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -530,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(out / f"{stem}.png", out / "latest.png")
     print(md)
     print(f"results: {out / (stem + '.json')}", file=sys.stderr)
-    failed = [s["label"] + ":" + k for s in results["scenarios"] for k, r in s["results"].items() if r.get("ok") is False]
+    failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"]
+              for k, r in s["results"].items() if r.get("ok") is False]
+    if (results.get("many_connectors") or {}).get("ok") is False:
+        failed.append("many connectors")
     failed += [f"runners {run['runner']}:{k}" for run in (results.get("runners") or {}).get("runs", [])
                for k, r in (run.get("syncs") or {}).items() if r.get("ok") is False]
     if failed:

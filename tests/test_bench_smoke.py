@@ -56,7 +56,8 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
 
     existed = pipeline_exists()
     command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions", "--no-runners",
-               "--clients", "2", "--out", str(tmp_path), "--name", "smoke"]
+               "--large", "0", "--clients", "2", "--dir", "200", "--many", "3x40", "--out", str(tmp_path),
+               "--name", "smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -90,10 +91,26 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert again["index_digests_from_cache"] == 1 and again["indexed"] == 0 and again["deleted"] == 0
     assert changed["indexed"] == changed["expected"]["changed"]
     assert changed["deleted"] == changed["expected"]["removed"]
-    assert full["max_processes"] >= 2  # the daemon and its sync process were sampled
-    assert {t["target"] for t in results["targets"]}
+    assert full["max_processes"] >= 3  # the daemon, its warm process and the sync process were sampled
+    assert set(full["peak_pss_by_role_mb"]) >= {"daemon", "warm_process", "sync_process"}
+    assert 0 < full["peak_pss_mb"] <= full["peak_rss_mb"]
+    assert full["cpu_us_per_doc"] > 0 and full["es_cpu_us_per_doc"] > 0 and full["cpu_seconds"]["sync_process"] > 0
+    assert 0 < full["first_bulk_seconds"] < full["seconds"] and same["first_bulk_seconds"] is None
+    assert scenario["idle"]["daemon"]["pss_mb"] > 0 and scenario["idle"]["warm_process"]["rss_mb"] > 0
+    [folder] = results["directory"]
+    assert folder["results"]["ours_full"]["ok"] and folder["results"]["ours_nochange"]["ok"], folder
+    many = results["many_connectors"]
+    assert many["ok"] and many["connectors"] == 3 and many["docs_per_s"] > 0 and many["peak_pss_mb"] > 0, many
+    statuses = {t["key"]: t["status"] for t in results["targets"]}
+    assert statuses["writes_nothing"] == "MET" and statuses["ratio_1m"] == "NOT MEASURED"
+    assert statuses["fixed_cost"] == "NOT MEASURED" and statuses["many_connectors"] == "NOT MEASURED"  # 3x40
     table = (tmp_path / "smoke.md").read_text()
     assert "| scenario | method |" in table and "ES ceiling" in table
+    assert "Directory source, " in table and "Many small connectors" in table and "Elastic's connector service" in table
+    load = results["machine"]["load"]
+    assert load["loadavg_1m"]["samples"] >= 1 and load["cpu_seconds"]["benchmark"] > 0
+    assert load["cpu_seconds"]["elasticsearch"] > 0 and 0 <= load["others_cpu_share"] <= 1
+    assert "Load during the run" in table and ("**MISSED**" in table or "**MET**" in table)
     assert (tmp_path / "smoke.png").stat().st_size > 1000
 
 
@@ -118,3 +135,37 @@ def test_bench_report_when_runners_compared_then_one_row_per_runner_and_sync_wit
     assert rows[0].startswith(f"| {RUNNER_LABELS['local']} | full sync | 5.0 | 20,000 | 800 | 600 | 5 |")
     assert "worker_pool 300" in rows[1] and "no-change resync CHECK FAILED" in rows[2]
     assert "skipped: Prism is not built" in rows[3]
+
+
+def test_bench_targets_when_scenarios_measured_then_each_met_or_missed_from_the_same_run():
+    from bench.directory import ELASTIC_SERVICE
+    from bench.targets import TARGETS, evaluate
+
+    def scenario(count, full, ceiling, nochange, pss=200.0):
+        return {"label": f"{count}", "count": count, "doc_size": 1024, "results": {
+            "ceiling": {"docs_per_s": ceiling},
+            "ours_full": {"seconds": count / full, "docs_per_s": full, "ratio_to_ceiling": full / ceiling,
+                          "first_bulk_seconds": 0.3, "peak_pss_mb": pss, "peak_rss_mb": pss + 100,
+                          "cpu_us_per_doc": 9.0, "es_cpu_us_per_doc": 40.0, "ok": True},
+            "ours_nochange": {"seconds": nochange, "speedup_vs_full": count / full / nochange, "peak_pss_mb": pss,
+                              "ok": True}},
+            "idle": {"daemon": {"pss_mb": 40.0, "rss_mb": 50.0}}}
+
+    results = {"ingest_pipeline": {"name": "search-default-ingestion"}, "scenarios": [
+        scenario(10_000, 20_000, 40_000, 0.6), scenario(100_000, 30_000, 40_000, 0.5, pss=260.0),
+        scenario(1_000_000, 33_000, 40_000, 2.5)], "directory": []}
+    statuses = {t["key"]: t["status"] for t in evaluate(results)}
+    many = {"connectors": 24, "files": 2000, "seconds": 10.0, "docs_per_s": 4800.0, "speedup_vs_elastic": 3.35,
+            "peak_pss_mb": 290.0, "peak_rss_mb": 500.0, "concurrency": 2, "ok": True,
+            "elastic_service": ELASTIC_SERVICE["many_connectors"]}
+    assert {t["key"]: t["status"] for t in evaluate({**results, "many_connectors": many})}["many_connectors"] == "MET"
+    assert {t["key"]: t["status"] for t in evaluate({**results, "many_connectors": {**many, "peak_pss_mb": 310.0}})
+            }["many_connectors"] == "MISSED"
+
+    assert [key for key, _ in TARGETS] == list(statuses)
+    assert statuses["fixed_cost"] == statuses["resync_10k"] == statuses["ratio_10k"] == "MET"
+    assert statuses["ratio_100k"] == "MET" and statuses["ratio_1m"] == "MET" and statuses["cpu_1m"] == "MET"
+    assert statuses["resync_100k"] == "MET" and statuses["resync_1m"] == "MET"
+    assert statuses["memory_100k_1m"] == "MISSED"  # 260 MB at 100k
+    assert statuses["idle_daemon"] == "MET" and statuses["writes_nothing"] == "MET"
+    assert statuses["dir_100k"] == statuses["many_connectors"] == "NOT MEASURED"
