@@ -387,26 +387,64 @@ def _require(value: str | None, option: str, action: str) -> str:
     return value
 
 
+_UPDATE_ATTEMPTS = 5
+
+
 def action_update_connector(ctx: _Context, *, connector_id: str | None, set_values: tuple[str, ...],
                             schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
                             name: str | None, rules: str | None, pipeline_flags: tuple[str, ...] = (),
                             set_env: tuple[str, ...] = (), draft: bool = False, **_: Any) -> int:
+    """Change a connector: read it, work out the new fields, write them conditionally.
+
+    The write is conditional on the document as read, so a change made meanwhile (the
+    daemon's heartbeat, the end of a sync, Kibana) is never overwritten with stale values;
+    on such a conflict the connector is read again and the change worked out again.
+    """
+    from elasticsearch import ConflictError
+
     connector_id = _require(connector_id, "--connector-id", "update-connector")
-    connector = get_connector(ctx.store, connector_id)
-    if connector is None:
-        raise ConnectorError(f"no connector with id {connector_id!r}")
+    if index_name:
+        check_index_ownership(ctx.store, index_name, connector_id)
+    for attempt in range(_UPDATE_ATTEMPTS):
+        connector = get_connector(ctx.store, connector_id)
+        if connector is None:
+            raise ConnectorError(f"no connector with id {connector_id!r}")
+        updates = _connector_updates(ctx, connector, set_values=set_values, set_env=set_env, schedule=schedule,
+                                     index_name=index_name, pipeline=pipeline, pipeline_flags=pipeline_flags,
+                                     name=name, rules=rules, draft=draft)
+        try:
+            update_connector(ctx.store, connector_id, updates, expected=connector)
+            break
+        except ConflictError:
+            if attempt == _UPDATE_ATTEMPTS - 1:
+                raise ConnectorError(f"connector {connector_id} kept changing while it was updated "
+                                     f"({_UPDATE_ATTEMPTS} attempts); try again") from None
+    if index_name:
+        _create_content_index(ctx, index_name)
+    changed = ", ".join(sorted(set(updates) - {"updated_at"}))
+    if ctx.as_json:
+        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(set(updates) - {"updated_at"})})
+    else:
+        click.echo(f"connector {connector_id} updated: {changed}")
+    return 0
+
+
+def _connector_updates(ctx: _Context, connector: Any, *, set_values: tuple[str, ...], set_env: tuple[str, ...],
+                       schedule: tuple[str, ...], index_name: str | None, pipeline: str | None,
+                       pipeline_flags: tuple[str, ...], name: str | None, rules: str | None,
+                       draft: bool) -> dict[str, Any]:
+    """The fields ``update-connector`` writes, worked out from the connector as read."""
     updates: dict[str, Any] = {}
     if set_values or set_env:
         updates["configuration"] = _configuration_with(ctx.config, connector.service_type,
                                                        connector.get("configuration"), _values(set_values, set_env))
         status = _status_for(updates["configuration"], str(connector.service_type), draft,
-                             f"connector {connector_id} not updated")
+                             f"connector {connector.id} not updated")
         if status == "needs_configuration" or connector.get("status") in ("created", "needs_configuration"):
             updates["status"] = status
     if schedule:
         updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
     if index_name:
-        check_index_ownership(ctx.store, index_name, connector_id)
         updates["index_name"] = index_name
     if name:
         updates["name"] = name
@@ -417,14 +455,7 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
     updates["updated_at"] = now_iso()
-    update_connector(ctx.store, connector_id, updates, expected=connector)
-    if index_name:
-        _create_content_index(ctx, index_name)
-    if ctx.as_json:
-        _echo_json({"id": connector_id, "result": "updated", "fields": sorted(set(updates) - {"updated_at"})})
-    else:
-        click.echo(f"connector {connector_id} updated: {', '.join(sorted(set(updates) - {'updated_at'}))}")
-    return 0
+    return updates
 
 
 def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:

@@ -342,3 +342,36 @@ def test_cli_connectors_when_listed_then_index_documents_and_last_sync_counts_ap
     assert dict(zip(columns, cells))["docs in index"] == "3"
     assert dict(zip(columns, cells))["last sync indexed"] == "0"
     assert dict(zip(columns, cells))["last sync deleted"] == "1"
+
+
+def test_update_connector_when_another_writer_lands_between_read_and_write_then_reread_and_both_kept(
+        es, config, connector_id, monkeypatch):
+    """The daemon's heartbeat (or Kibana) may write the connector while the CLI works out its
+    change: the CLI's conditional write then loses, reads again and succeeds, and neither
+    write is lost (it once failed with ConflictError)."""
+    from launcher import cli as cli_module
+    from launcher.protocol import update_connector
+    from tests.helpers import cli_in_process
+
+    code, _, err = cli_in_process("--action", "create-connector", "--connector-id", connector_id,
+                                  "--service-type", "slow", "--index-name", f"test-{connector_id}",
+                                  "--set", "count=3", config=config)
+    assert code == 0, err
+    reads = []
+    real_get = cli_module.get_connector
+
+    def get_then_someone_writes(store, wanted):
+        connector = real_get(store, wanted)
+        reads.append(connector.seq_no)
+        if len(reads) == 1:  # after the CLI's first read, before its write: a heartbeat lands
+            update_connector(store, wanted, {"last_seen": "2026-11-30T00:00:00+00:00"})
+        return connector
+
+    monkeypatch.setattr(cli_module, "get_connector", get_then_someone_writes)
+    code, out, err = cli_in_process("--action", "update-connector", "--connector-id", connector_id,
+                                    "--set", "count=7", config=config)
+    assert code == 0, err
+    assert len(reads) == 2 and reads[1] > reads[0]
+    doc = get_connector(es, connector_id).doc
+    assert doc["configuration"]["count"]["value"] == 7
+    assert doc["last_seen"] == "2026-11-30T00:00:00+00:00"

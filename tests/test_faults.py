@@ -101,7 +101,8 @@ def es_restart(own_es, tmp_path_factory) -> dict[str, Any]:
                  what="the sync to index its first documents")
         stopped = es_script("stop")
         assert stopped.returncode == 0, stopped.stderr
-        wait_for(lambda: "cannot check the job document" in daemon.output(), timeout=30,
+        # The outage is logged once, by the service (launcher.outage), whoever meets it first.
+        wait_for(lambda: " unreachable: " in daemon.output(), timeout=30,
                  what="the daemon to notice the outage")
         started = es_script("start")
         assert started.returncode == 0, started.stderr

@@ -21,10 +21,13 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -316,8 +319,35 @@ def test_prism_when_daemon_stopped_mid_sync_then_job_suspended_and_resumed_by_th
 
 
 # -- the sync process's own Prism, digests inside the pipeline ------------------------------------
-def test_prism_runner_when_sync_process_starts_prism_then_same_index_as_local_runner(es, index_name):
-    """``runner: PrismRunner``: the sync process starts Prism from the built binary (LOOPBACK workers)."""
+def _orphan_prisms() -> set[int]:
+    """Prism processes Beam started (``--log_kind``) whose parent is gone."""
+    return {p.pid for p in psutil.process_iter(["name", "ppid", "cmdline"])
+            if p.info["name"] == "prism" and p.info["ppid"] == 1 and "--log_kind" in (p.info["cmdline"] or [])}
+
+
+def _in_sync_process(tmp_path: Path, index: str, configuration: dict, **pipeline: Any) -> dict:
+    """One sync in a sync process (``python -m pipelines.run``), as the daemon runs it."""
+    from pipelines.job import SyncJob
+    from pipelines.run import write_job_file
+    from pipelines.settings import PipelineConfig
+    from tests.helpers import ES_URL
+    from transforms.es_client import ElasticsearchConnection
+
+    job = SyncJob(job_id=f"test-{uuid.uuid4().hex[:12]}", connector_id="test-connector", job_type="full",
+                  index_name=index, service_type="memory", source_fqn="sources.testing:MemorySource",
+                  configuration={k: {"value": v} for k, v in configuration.items()})
+    folder = tmp_path / job.job_id
+    folder.mkdir()
+    write_job_file(folder / "job.json", job, PipelineConfig.model_validate(
+        {"dead_letters": str(tmp_path / "dead_letters"), **pipeline}), ElasticsearchConnection(hosts=(ES_URL,)))
+    subprocess.run([sys.executable, "-m", "pipelines.run", str(folder / "job.json"), str(folder / "result.json")],
+                   cwd=REPO, timeout=300, check=False, capture_output=True)
+    return {"job_id": job.job_id, **json.loads((folder / "result.json").read_text(encoding="utf-8"))}
+
+
+def test_prism_runner_when_sync_process_starts_prism_then_same_index_as_local_runner(es, index_name, tmp_path):
+    """``runner: PrismRunner``: the sync process starts Prism from the built binary (LOOPBACK workers),
+    and stops it when it ends."""
     from pipelines.options import default_prism_location
 
     if not default_prism_location().is_file():
@@ -325,17 +355,19 @@ def test_prism_runner_when_sync_process_starts_prism_then_same_index_as_local_ru
     docs = make_docs(30)
     changed = [{**d, "title": "edited", "_timestamp": "2024-09-09T00:00:00+00:00"} for d in docs[:5]]
     local_index, outcomes = f"{index_name}-local", []
+    orphans = _orphan_prisms()
     try:
         for configuration in ({"docs": docs[:20], "partitions": 2}, {"docs": changed + docs[10:], "partitions": 2}):
             local = run_sync(index=local_index, fqn="sources.testing:MemorySource", configuration=configuration)
-            on_prism = run_sync(index=index_name, fqn="sources.testing:MemorySource", configuration=configuration,
-                                runner="PrismRunner")
+            on_prism = _in_sync_process(tmp_path, index_name, configuration, runner="PrismRunner")
             outcomes += [local, on_prism]
             assert on_prism["status"] == "completed", on_prism.get("error")
+            assert on_prism["runner"] == "PrismRunner"
             assert index_docs(es, index_name) == index_docs(es, local_index)
             for name in ("indexed_document_count", "deleted_document_count", "unchanged_document_count"):
                 assert on_prism[name] == local[name], name
         assert (on_prism["indexed_document_count"], on_prism["deleted_document_count"]) == (15, 5)
+        assert _orphan_prisms() <= orphans, "the Prism a sync process started outlived it"
     finally:
         es.indices.delete(index=local_index, ignore_unavailable=True)
         for outcome in outcomes:

@@ -390,6 +390,45 @@ def test_poll_when_draft_edited_then_validated_and_valid_one_activated(es, make_
     assert [r["id"] for r in job["connector"]["filtering"]["rules"]] == ["r1", "DEFAULT"]
 
 
+def test_cron_problems_when_enabled_schedule_is_invalid_then_named_and_disabled_ones_ignored(make_connector):
+    from launcher.scheduled_jobs import cron_problems
+
+    connector = make_connector(scheduling={"full": {"enabled": True, "interval": "every hour"},
+                                           "incremental": {"enabled": False, "interval": "nonsense"},
+                                           "access_control": {"enabled": True, "interval": "0 0 * * * ?"}})
+    problems = cron_problems(connector)
+    assert len(problems) == 1 and problems[0].startswith("scheduling.full.interval: "), problems
+
+
+def test_create_due_jobs_when_another_instance_took_the_fire_time_then_none_from_the_stale_copy(es, make_connector):
+    from launcher.scheduled_jobs import create_due_jobs
+    from tests.fixtures_sources.slow import SlowSource
+
+    connector = make_connector(configuration=_configured(count=1), status="connected",
+                               last_sync_scheduled_at="2020-01-01T00:00:00Z",
+                               scheduling={"full": {"enabled": True, "interval": "0 * * * * ?"}})
+    winner, stale = get_connector(es, connector.id), get_connector(es, connector.id)
+    store = IndexStore(es)
+    created = create_due_jobs(store, winner, SlowSource, created_grace=timedelta(seconds=60))
+    assert len(created) == 1
+    # The stale copy's conditional write conflicts; re-read, the fire time is taken: no second job.
+    assert create_due_jobs(store, stale, SlowSource, created_grace=timedelta(seconds=60)) == []
+    assert stale.get("last_sync_scheduled_at") == winner.get("last_sync_scheduled_at")
+    assert [j["id"] for j in _jobs(es, connector.id)] == created
+
+
+def test_reaper_when_stale_job_runs_here_then_left_alone(es, make_connector, tmp_path):
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    job_id = create_job(es, connector)
+    claim_job(es, job_id, "this-host")
+    update_job(es, job_id, {"last_seen": (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat()})
+    daemon = _daemon(tmp_path, es, [connector.id], job_stale_after=30)
+    daemon.reaper.reap(running={job_id})  # this instance runs it: a heartbeat is merely late
+    assert get_job(es, job_id).status == "in_progress"
+    daemon.reaper.reap(running=set())
+    assert get_job(es, job_id).doc["error"] == "StaleJob: the job has not seen any update for some time"
+
+
 # -- reaper, lock, concurrency, budget ---------------------------------------------------------
 def test_reap_when_job_stale_or_connector_gone_then_error_and_lock_released(es, make_connector, tmp_path):
     stale = make_connector(configuration=_configured(count=1), status="connected")
