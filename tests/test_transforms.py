@@ -270,19 +270,25 @@ def test_index_digests_when_written_on_disk_in_pages_then_the_same_as_in_memory_
 
     ids = [f"doc-{i}" for i in range(50_000)]
     stamps = np.arange(1, len(ids) + 1, dtype=np.uint64)
-    writers = [IndexDigestsWriter(tmp_path / "d"), IndexDigestsWriter(None)]
+    # on disk through the bucket files (more pairs than it holds in memory), on disk sorted at once, in memory
+    writers = [IndexDigestsWriter(tmp_path / "d", spill_records=10_000), IndexDigestsWriter(tmp_path / "held"),
+               IndexDigestsWriter(None)]
     for start in range(0, len(ids), 7_000):  # pages of uneven size, as a scan delivers them
         for writer in writers:
             writer.add(id_digests(ids[start:start + 7_000]), stamps[start:start + 7_000])
-    on_disk, in_memory = (writer.finish() for writer in writers)
-    assert np.array_equal(on_disk.ids, in_memory.ids) and np.array_equal(on_disk.stamps, in_memory.stamps)
-    assert [writer.duplicates for writer in writers] == [0, 0]
+    assert any((tmp_path / "d").glob(".bucket-*")) and not any((tmp_path / "held").glob(".bucket-*"))
+    on_disk, held, in_memory = (writer.finish() for writer in writers)
+    for digests in (on_disk, held):
+        assert np.array_equal(digests.ids, in_memory.ids) and np.array_equal(digests.stamps, in_memory.stamps)
+    assert [writer.duplicates for writer in writers] == [0, 0, 0]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["ids.u64", "stamps.u64"]
     # ids added twice are counted, on disk as in memory (equal ids share a bucket)
-    twice = [IndexDigestsWriter(tmp_path / "twice"), IndexDigestsWriter(None)]
+    twice = [IndexDigestsWriter(tmp_path / "twice", spill_records=500), IndexDigestsWriter(tmp_path / "twice-held"),
+             IndexDigestsWriter(None)]
     for writer in twice:
         writer.add(id_digests(ids[:1000]), stamps[:1000])
         writer.add(id_digests(ids[990:1200] + ids[:3]), stamps[:213])
-    assert [(len(w.finish()), w.duplicates) for w in twice] == [(1213, 13), (1213, 13)]
+    assert [(len(w.finish()), w.duplicates) for w in twice] == [(1213, 13)] * 3
     assert len(np.unique(on_disk.ids)) == len(ids)
     probe = id_digests(["doc-0", "doc-49999", "absent"])
     assert on_disk.stamps[on_disk.positions(probe)[:2]].tolist() == [1, 50_000]

@@ -187,7 +187,9 @@ class IndexDigests:
 class IndexDigestsWriter:
     """Builds :class:`IndexDigests` page by page, sorted on disk (``directory``) or in memory (None).
 
-    On disk, each page's pairs are appended to one of 64 bucket files by the top bits of
+    On disk, pages are held in memory up to ``spill_records`` pairs (4 MiB by default: a
+    small sync's digests are sorted at once and written straight to the two result files);
+    beyond, each page's pairs are appended to one of 64 bucket files by the top bits of
     the id digest (digests are uniform, so buckets are even); :meth:`finish` sorts one
     bucket at a time and appends it to the two result files, which are then sorted.
 
@@ -198,12 +200,14 @@ class IndexDigestsWriter:
     reopened for writing, by anyone.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None):
+    def __init__(self, directory: str | os.PathLike[str] | None, spill_records: int = 1 << 18):
         self.directory = None if directory is None else Path(directory)
+        self.spill_records = spill_records
         self.count = 0
         #: Ids added more than once (counted by :meth:`finish`).
         self.duplicates = 0
         self._pages: list[np.ndarray] = []
+        self._spilled = 0  # pairs appended to the bucket files
         self._buckets: dict[int, Any] = {}
         self._token = uuid.uuid4().hex[:12]  # this writer's own temporary names
         if self.directory is not None:
@@ -218,9 +222,17 @@ class IndexDigestsWriter:
         records = np.empty(len(ids), dtype=_RECORD)
         records["id"], records["stamp"] = ids, stamps
         self.count += len(records)
-        if self.directory is None:
-            self._pages.append(records)
+        self._pages.append(records)
+        if self.directory is not None and self.count - self._spilled > self.spill_records:
+            self._spill()
+
+    def _spill(self) -> None:
+        """The pages held in memory, appended to the bucket files."""
+        if not self._pages:
             return
+        records = np.concatenate(self._pages)
+        self._pages.clear()
+        self._spilled += len(records)
         buckets = (records["id"] >> np.uint64(64 - _BUCKET_BITS)).astype(np.uint8)  # radix-sortable
         order = np.argsort(buckets, kind="stable")
         records, buckets = records[order], buckets[order]
@@ -241,7 +253,16 @@ class IndexDigestsWriter:
             return IndexDigests(count=len(records), arrays=(records["id"].copy(), records["stamp"].copy()))
         written = [self._temporary(name) for name in DIGEST_FILES]
         try:
+            if self._buckets:
+                self._spill()
             with open(written[0], "xb") as ids, open(written[1], "xb") as stamps:
+                if not self._buckets:  # all in memory: sorted at once
+                    records = np.concatenate([np.zeros(0, dtype=_RECORD), *self._pages])
+                    self._pages.clear()
+                    records = records[np.argsort(records["id"])]
+                    self.duplicates = _repeats(records["id"])
+                    np.ascontiguousarray(records["id"]).tofile(ids)
+                    np.ascontiguousarray(records["stamp"]).tofile(stamps)
                 for bucket in sorted(self._buckets):
                     self._buckets[bucket].close()
                     path = self._temporary(f"bucket-{bucket:03d}")
