@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "chart", "VARIANTS"]
+__all__ = ["markdown", "summary", "chart", "VARIANTS"]
 
 VARIANTS = (
     ("ceiling", "ES ceiling (pre-serialized _bulk)"),
@@ -60,6 +60,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Pipeline settings: `{results['pipeline_settings']}`; source partitions: {results['options']['partitions']}.",
         *_load_lines(m.get("load")),
         "",
+        *summary(results),
         "Throughput counts documents (and their serialized bytes, 1 MB = 10^6 bytes) from the first document "
         "to the last acknowledged one; ours is timed from the job's `started_at` to its `completed_at` "
         "(whole sync process, start-up included). Peak memory: ours = daemon + warm sync process + sync "
@@ -143,6 +144,38 @@ def markdown(results: dict[str, Any]) -> str:
         for target in results["targets"]:
             lines.append(f"- **{target['status']}** {target['target']}: {target['evidence']}")
     return "\n".join(lines) + "\n"
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The run in one table (README's performance table is this): each scenario's full sync
+    against its ceiling, its no-change resync, the whole tree's peak PSS, CPU per document."""
+    lines = ["| scenario | ceiling docs/s | ours, full sync | x ceiling | first _bulk | no-change resync | "
+             "peak PSS, whole service (full / resync) | CPU us/doc, ours (Elasticsearch) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [(s["label"], s["results"], (s["results"].get("ceiling") or {}).get("docs_per_s"))
+            for s in results.get("scenarios", [])]
+    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results.get("scenarios", [])
+                if s["doc_size"] <= 4096}
+    rows += [(d["label"], d["results"], ceilings.get(d["count"])) for d in results.get("directory") or []]
+    for label, r, ceiling in rows:
+        full, same = r.get("ours_full") or {}, r.get("ours_nochange") or {}
+        if not full.get("seconds"):
+            continue
+        rate = full.get("docs_per_s")
+        resync = (f"{_fmt(same['seconds'], 2)} s ({same['speedup_vs_full']:.1f}x faster)"
+                  if same.get("seconds") and same.get("speedup_vs_full") else "-")
+        lines.append(f"| {label} | {_fmt(ceiling)} | {_fmt(rate)} docs/s ({_fmt(full['seconds'], 2)} s) | "
+                     f"{_fmt(rate / ceiling, 2) if rate and ceiling else '-'} | {_fmt(full.get('first_bulk_seconds'), 2)} s | "
+                     f"{resync} | {_fmt(full.get('peak_pss_mb'))} / {_fmt(same.get('peak_pss_mb'))} MB | "
+                     f"{_fmt(full.get('cpu_us_per_doc'), 1)} ({_fmt(full.get('es_cpu_us_per_doc'), 1)}) |")
+    many = results.get("many_connectors")
+    if many and many.get("seconds"):
+        lines.append(f"| {many['connectors']} dir connectors x {many['files']:,} files, requested at once | - | "
+                     f"{_fmt(many['docs_per_s'])} docs/s ({_fmt(many['seconds'], 1)} s; "
+                     f"{many['speedup_vs_elastic']:.2f}x Elastic's service) | - | - | - | {_fmt(many['peak_pss_mb'])} MB | "
+                     f"{_fmt(many['cpu_seconds'] / (many['connectors'] * many['files']) * 1e6, 1)} "
+                     f"({_fmt(many['es_cpu_seconds'] / (many['connectors'] * many['files']) * 1e6, 1)}) |")
+    return lines + [""] if len(lines) > 2 else []
 
 
 def _load_lines(load: dict[str, Any] | None) -> list[str]:

@@ -106,6 +106,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert statuses["fixed_cost"] == "NOT MEASURED" and statuses["many_connectors"] == "NOT MEASURED"  # 3x40
     table = (tmp_path / "smoke.md").read_text()
     assert "| scenario | method |" in table and "ES ceiling" in table
+    assert "| 300 x 1KB | " in table and "| scenario | ceiling docs/s | ours, full sync |" in table  # the summary
     assert "Directory source, " in table and "Many small connectors" in table and "Elastic's connector service" in table
     load = results["machine"]["load"]
     assert load["loadavg_1m"]["samples"] >= 1 and load["cpu_seconds"]["benchmark"] > 0
