@@ -127,6 +127,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {run['label']} | skipped: {run['skipped']} | | | | | | |")
                 continue
             for key, sync in run["syncs"].items():
+                if key not in dict(VARIANTS):
+                    continue
                 roles = ", ".join(f"{k} {v:g}" for k, v in (sync.get("peak_rss_by_role_mb") or {}).items())
                 check = "" if sync.get("ok") is not False else " CHECK FAILED"
                 lines.append(f"| {run['label']} | {dict(VARIANTS)[key][6:]}{check} | {_fmt(sync.get('seconds'), 1)} | "

@@ -12,9 +12,10 @@ cluster, with the same documents, one after the other:
    since the last scan, so its cached digests are used) and ``ours_changed`` (version 1
    of the source: 1% of the documents changed, 1% removed).
 
-Then the ``dir`` source on a folder of ``--dir`` files of ~1 KB (full sync and no-change
-resync, bench/directory.py), many small ``dir`` connectors requested at once (``--many``,
-beside the figures of Elastic's connector service recorded in issue 15), the same source
+The ``dir`` source on a folder of ``--dir`` files of ~1 KB (full sync and no-change
+resync, bench/directory.py) and many small ``dir`` connectors requested at once (``--many``,
+beside the figures of Elastic's connector service recorded in issue 15) run right after the
+scenarios of up to 100k small documents, whose ceiling they are compared with. Then the same source
 read as 1, 2 and 4 partitions; the same sync (full, then no change)
 on Prism beside the in-process runner, with the memory of every process it runs in
 (``--runners``, on ``--runners-size`` documents, default 100k; see bench/runners.py); and
@@ -352,6 +353,7 @@ class Bench:
                                   pipeline=prism.pipeline(self.pipeline) if on_prism else self.pipeline,
                                   tag=f"r{name}-{dataset.count}", stop_after="ours_nochange",
                                   others=prism.pids() if on_prism else None)
+                entry["idle"] = syncs.pop("idle", None)  # the service before its first sync, not a sync
                 for key, r in syncs.items():
                     _rates(r, dataset.count, doc_bytes, None, throughput=key == "ours_full")
                     self.say(f"  -> {name} {key}: {r.get('seconds')} s, {r.get('docs_per_s')} docs/s, "
@@ -493,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         datasets = [Dataset(n, args.doc_size, args.seed) for n in sizes]
         if large:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
-        for dataset in datasets:
+        # The directory scenarios right after the ceiling they are compared with (up to 100k
+        # documents of ~1 KB), before the long ones leave the node millions of writes behind.
+        early = [d for d in datasets if d.count <= max(dir_count, 100_000) and d.doc_size == args.doc_size]
+        for dataset in early:
             results["scenarios"].append(bench.scenario(dataset))
             _checkpoint(results, Path(args.out), stem)
         if dir_count:
@@ -502,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])
             _checkpoint(results, Path(args.out), stem)
+        for dataset in datasets:
+            if dataset not in early:
+                results["scenarios"].append(bench.scenario(dataset))
+                _checkpoint(results, Path(args.out), stem)
         if partitions_size:
             same = next((s for s in results["scenarios"]
                          if s["count"] == partitions_size and s["doc_size"] == args.doc_size), None)
