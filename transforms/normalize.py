@@ -163,9 +163,10 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
 
 def _reduce_whitespace(text: str) -> str:
     """Runs of whitespace -> one space, no leading or trailing space (as ``" ".join(text.split())``)."""
-    if text.isascii() and "  " not in text and not _has_ascii_control_space(text) and not text.startswith(" ") \
-            and not text.endswith(" "):
-        return text  # nothing to reduce: a few C-speed scans instead of a split and a join
+    if text.isascii() and "  " not in text and not _has_ascii_control_space(text):
+        # Single spaces only: at most one to drop at each end. A few C-speed scans instead of
+        # a split and a join (``strip`` returns the text itself when there is none).
+        return text.strip(" ")
     return " ".join(text.split())
 
 
