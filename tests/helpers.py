@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +274,21 @@ def wait_job_final(es, job_id: str, timeout: float = 120) -> dict[str, Any]:
         return job if job["status"] in ("completed", "error", "canceled") else None
 
     return wait_for(final, timeout=timeout, interval=0.5, what=f"job {job_id} to end")
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free local port in a thread; yields ``http://127.0.0.1:<port>``.
+
+    For the edge cases a real server cannot play (a URL that is not Elasticsearch, a token
+    endpoint that refuses a key); shut down when the block ends.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

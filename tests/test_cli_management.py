@@ -13,7 +13,7 @@ import pytest
 
 from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.protocol import get_connector, get_job
-from tests.helpers import SOURCES, cli, write_config
+from tests.helpers import SOURCES, cli, local_http_server, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,6 @@ def test_cli_when_input_is_wrong_then_type_and_message_and_exit_1(es, config, co
 
 def test_cli_when_elasticsearch_refuses_credentials_then_host_and_settings_named(tmp_path):
     import http.server
-    import threading
 
     class Refuse(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
@@ -202,15 +201,10 @@ def test_cli_when_elasticsearch_refuses_credentials_then_host_and_settings_named
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with local_http_server(Refuse) as url:
         config = write_config(tmp_path / "c.yml", es_url=url,
                               elasticsearch={"username": "me", "password": SECRET, "max_retries": 0})
         result = cli("--action", "connectors", config=config)
-    finally:
-        server.shutdown()
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("AuthenticationException: ") and url in last and "401" in last

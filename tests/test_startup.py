@@ -22,7 +22,7 @@ import pytest
 
 from launcher.outage import Outage, is_outage
 from sources.errors import connection_failure, format_error
-from tests.helpers import ES_URL, DaemonProcess, cli, wait_for, write_config
+from tests.helpers import ES_URL, DaemonProcess, cli, local_http_server, wait_for, write_config
 from tests.test_observability import _free_port, _get
 
 
@@ -89,12 +89,8 @@ class _NotElasticsearch(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(params=["html", "xml"])
 def other_server(request):
     handler = type("Handler", (_NotElasticsearch,), {"xml": request.param == "xml"})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(handler) as url:
+        yield url
 
 
 # -- unit ---------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import threading
 
 import pytest
 from object_store_fixtures import ObjectStoreContract, GcsStore, server_or_skip
@@ -13,6 +12,7 @@ from object_store_fixtures import ObjectStoreContract, GcsStore, server_or_skip
 from sources.errors import SourceConfigError
 from sources.gcs import GoogleCloudStorageDataSource
 from sources.testing import ping, read_all
+from tests.helpers import local_http_server
 
 GCS_URL = os.environ.get("GCS_URL") or f"http://127.0.0.1:{os.environ.get('GCS_PORT', '4443')}"
 
@@ -89,13 +89,8 @@ def rejecting_token_endpoint():
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Reject)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/token"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with local_http_server(Reject) as url:
+        yield f"{url}/token"
 
 
 def _service_account_key(token_uri: str) -> dict[str, str]:
