@@ -320,7 +320,8 @@ def test_daemons_when_sigterm_mid_sync_then_suspended_and_finished_by_the_other(
 
 
 def test_daemons_when_sigkill_mid_sync_then_reaped_and_next_sync_converges(es, daemons, connectors):
-    connector = connectors(values={"count": 30, "delay_ms": 100})
+    # Long enough (~9 s) that the kill lands mid-sync even when a warm sync process starts at once.
+    connector = connectors(values={"count": 30, "delay_ms": 300})
     job_id = create_job(es, get_connector(es, connector))
     owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
     wait_for(lambda: _indexed(es, job_id) >= 3, timeout=60, what="the sync to index its first documents")
