@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import click
 
 from launcher.config import Config, default_config_path, load_config
 from launcher.configuration import coerce_value, complete_configuration, redact
+from launcher.index_claims import claim_index, release_index
 from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
 from launcher.protocol import (
@@ -336,11 +338,17 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
 
     if connector_id and get_connector(ctx.store, connector_id) is not None:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector")
+    # Our own id, so that the index is claimed in its name before the connector is written.
+    connector_id = connector_id or uuid.uuid4().hex
     check_index_ownership(ctx.store, index_name, connector_id)
+    claim_index(ctx.store, index_name, connector_id)  # atomic: of two creators at once, one wins
     try:
         new_id = ctx.store.create_connector(doc, connector_id)
     except ConflictError:
         raise ConnectorError(f"a connector with id {connector_id!r} already exists; use update-connector") from None
+    except BaseException:
+        release_index(ctx.es, index_name, connector_id)
+        raise
     _create_content_index(ctx, index_name)
     if ctx.as_json:
         _echo_json({"id": new_id, "result": "created"})
@@ -403,22 +411,35 @@ def action_update_connector(ctx: _Context, *, connector_id: str | None, set_valu
     from elasticsearch import ConflictError
 
     connector_id = _require(connector_id, "--connector-id", "update-connector")
+    connector = get_connector(ctx.store, connector_id)
+    if connector is None:
+        raise ConnectorError(f"no connector with id {connector_id!r}")
+    previous_index = connector.index_name
+    moved = bool(index_name) and index_name != previous_index
     if index_name:
         check_index_ownership(ctx.store, index_name, connector_id)
-    for attempt in range(_UPDATE_ATTEMPTS):
-        connector = get_connector(ctx.store, connector_id)
-        if connector is None:
-            raise ConnectorError(f"no connector with id {connector_id!r}")
-        updates = _connector_updates(ctx, connector, set_values=set_values, set_env=set_env, schedule=schedule,
-                                     index_name=index_name, pipeline=pipeline, pipeline_flags=pipeline_flags,
-                                     name=name, rules=rules, draft=draft)
-        try:
-            update_connector(ctx.store, connector_id, updates, expected=connector)
-            break
-        except ConflictError:
-            if attempt == _UPDATE_ATTEMPTS - 1:
-                raise ConnectorError(f"connector {connector_id} kept changing while it was updated "
-                                     f"({_UPDATE_ATTEMPTS} attempts); try again") from None
+        claim_index(ctx.store, index_name, connector_id)
+    try:
+        for attempt in range(_UPDATE_ATTEMPTS):
+            connector = get_connector(ctx.store, connector_id) if attempt else connector
+            if connector is None:
+                raise ConnectorError(f"no connector with id {connector_id!r}")
+            updates = _connector_updates(ctx, connector, set_values=set_values, set_env=set_env, schedule=schedule,
+                                         index_name=index_name, pipeline=pipeline, pipeline_flags=pipeline_flags,
+                                         name=name, rules=rules, draft=draft)
+            try:
+                update_connector(ctx.store, connector_id, updates, expected=connector)
+                break
+            except ConflictError:
+                if attempt == _UPDATE_ATTEMPTS - 1:
+                    raise ConnectorError(f"connector {connector_id} kept changing while it was updated "
+                                         f"({_UPDATE_ATTEMPTS} attempts); try again") from None
+    except BaseException:
+        if moved:
+            release_index(ctx.es, str(index_name), connector_id)
+        raise
+    if moved and isinstance(previous_index, str):
+        release_index(ctx.es, previous_index, connector_id)
     if index_name:
         _create_content_index(ctx, index_name)
     changed = ", ".join(sorted(set(updates) - {"updated_at"}))
@@ -492,8 +513,11 @@ def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
 
 def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "delete-connector")
-    if not ctx.store.delete_connector(connector_id):
+    connector = get_connector(ctx.store, connector_id)
+    if connector is None or not ctx.store.delete_connector(connector_id):
         raise ConnectorError(f"no connector with id {connector_id!r}")
+    if isinstance(connector.index_name, str):
+        release_index(ctx.es, connector.index_name, connector_id)
     if ctx.as_json:
         _echo_json({"id": connector_id, "result": "deleted"})
     else:
@@ -520,7 +544,8 @@ def _documents_in(es: Any, indices: set[str]) -> dict[str, int]:
     """How many documents each index holds now (an index that does not exist is left out)."""
     held = {}
     for index in sorted(indices):
-        answer = es.options(ignore_status=404).count(index=index)
+        # 503: an index another process is creating right now, its shard not started yet.
+        answer = es.options(ignore_status=(404, 503)).count(index=index)
         if isinstance(answer.body, dict) and "count" in answer.body:
             held[index] = int(answer["count"])
     return held

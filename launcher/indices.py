@@ -11,9 +11,10 @@ Used by :class:`launcher.index_store.IndexStore` (direct index access).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
 __all__ = ["CONNECTORS_INDEX", "JOBS_INDEX", "ensure_indices", "indices_exist", "CONNECTORS_MAPPINGS", "JOBS_MAPPINGS",
            "check_mappings", "QUERIED_FIELDS"]
@@ -21,6 +22,8 @@ __all__ = ["CONNECTORS_INDEX", "JOBS_INDEX", "ensure_indices", "indices_exist", 
 CONNECTORS_INDEX = ".elastic-connectors"
 JOBS_INDEX = ".elastic-connectors-sync-jobs"
 _LOGGER = logging.getLogger(__name__)
+#: How long to wait for protocol indices another process is creating to answer.
+SHARD_WAIT_SECONDS = 30.0
 
 _KEYWORD = {"type": "keyword"}
 _DATE = {"type": "date"}
@@ -66,15 +69,34 @@ JOBS_MAPPINGS: dict[str, Any] = {
 }
 
 
-def _ensure(es: Elasticsearch, alias: str, mappings: dict[str, Any]) -> None:
+def _field_mapping(es: Elasticsearch, alias: str, fields: list[str]) -> Any:
+    """``GET alias/_mapping/field/...``, waiting out an index another process is creating.
+
+    Until a new index is ready on the node, Elasticsearch answers a bare 404 (an existing
+    index that lacks the fields answers 200 with empty mappings): we ask again, for at
+    most ``SHARD_WAIT_SECONDS``, waiting for its primaries in between.
+    """
+    deadline = time.monotonic() + SHARD_WAIT_SECONDS
+    while True:
+        try:
+            return es.indices.get_field_mapping(index=alias, fields=fields)
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+        es.options(ignore_status=(404, 408)).cluster.health(index=alias, wait_for_status="yellow", timeout="5s")
+        time.sleep(0.1)
+
+
+def _ensure(es: Elasticsearch, alias: str, mappings: dict[str, Any]) -> bool:
+    """Make ``alias`` resolve; True when this call created its index (and its shards are active)."""
     concrete = f"{alias}-v1"
     if es.indices.exists_alias(name=alias):
-        return
+        return False
     if es.indices.exists(index=alias):
-        return  # a concrete index under the alias name (made by someone else): use it as it is
+        return False  # a concrete index under the alias name (made by someone else): use it as it is
     if es.indices.exists(index=concrete):
         es.indices.put_alias(index=concrete, name=alias, is_write_index=True)
-        return
+        return False
     try:
         es.indices.create(
             index=concrete,
@@ -83,9 +105,11 @@ def _ensure(es: Elasticsearch, alias: str, mappings: dict[str, Any]) -> None:
             aliases={alias: {"is_write_index": True}},
         )
         _LOGGER.info("created %s with alias %s", concrete, alias)
+        return True
     except ApiError as exc:
         if exc.error != "resource_already_exists_exception":
             raise
+        return False  # another process created it meanwhile
 
 
 def indices_exist(es: Elasticsearch) -> bool:
@@ -95,9 +119,20 @@ def indices_exist(es: Elasticsearch) -> bool:
 
 
 def ensure_indices(es: Elasticsearch) -> None:
-    """Make sure ``.elastic-connectors`` and ``.elastic-connectors-sync-jobs`` resolve."""
-    _ensure(es, CONNECTORS_INDEX, CONNECTORS_MAPPINGS)
-    _ensure(es, JOBS_INDEX, JOBS_MAPPINGS)
+    """Make sure ``.elastic-connectors`` and ``.elastic-connectors-sync-jobs`` resolve, and answer.
+
+    An index another process created a moment ago (two commands on a fresh cluster) may
+    not have its primary shard yet: searches fail (503) until it does. So unless both were
+    created here (the create waits for the shards), wait for them (``yellow``, at most
+    ``SHARD_WAIT_SECONDS``; usually an instant answer).
+    """
+    created = [_ensure(es, CONNECTORS_INDEX, CONNECTORS_MAPPINGS), _ensure(es, JOBS_INDEX, JOBS_MAPPINGS)]
+    if not all(created):
+        answer = es.options(ignore_status=(404, 408)).cluster.health(
+            index=f"{CONNECTORS_INDEX},{JOBS_INDEX}", wait_for_status="yellow", timeout=f"{SHARD_WAIT_SECONDS:g}s")
+        if answer.meta.status != 200 or answer.body.get("timed_out"):
+            _LOGGER.warning("%s, %s: their primary shards are not all active (cluster health %s)", CONNECTORS_INDEX,
+                            JOBS_INDEX, answer.body.get("status") if isinstance(answer.body, dict) else "?")
 
 
 # The fields the service queries (terms filters, sorts, aggregations), and the types
@@ -124,8 +159,13 @@ def _protocol_mapping(alias: str, path: str) -> dict[str, Any]:
 
 
 def _mapped_types(es: Elasticsearch, alias: str, fields: list[str]) -> dict[str, dict[str, str | None]]:
-    """``{concrete index: {field: type or None (unmapped)}}`` for the indices behind ``alias``."""
-    result = es.indices.get_field_mapping(index=alias, fields=fields)
+    """``{concrete index: {field: type or None (unmapped)}}`` for the indices behind ``alias``.
+
+    Another process may have created the index a moment ago (two ``create-connector`` on a
+    fresh cluster): until its primary shard starts, Elasticsearch answers this request with
+    a bare 404; :func:`_field_mapping` waits for it.
+    """
+    result = _field_mapping(es, alias, fields)
     types: dict[str, dict[str, str | None]] = {}
     for index, body in result.body.items():
         mapped = body.get("mappings") or {}

@@ -24,6 +24,7 @@ from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
+from launcher.index_claims import CLAIMS_INDEX
 from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX
 from sources.errors import InsufficientPrivileges
 from transforms.progress import PROGRESS_INDEX
@@ -45,6 +46,8 @@ SERVICE_INDICES: dict[tuple[str, ...], tuple[str, ...]] = {
     _CONNECTORS: ("read", "write", "view_index_metadata"),
     _JOBS: ("read", "write", "view_index_metadata"),
     (PROGRESS_INDEX,): ("read", "write", "view_index_metadata", "create_index", "maintenance"),
+    # The CLI's claims of content index names (launcher/index_claims.py).
+    (CLAIMS_INDEX,): ("read", "write", "view_index_metadata", "create_index"),
 }
 
 #: Only on a cluster where the connector and job indices do not exist yet: to create them
@@ -68,7 +71,8 @@ CONTENT_INDEX: tuple[str, ...] = ("read", "write", "create_index", "view_index_m
 def _service_indices(connector_api: bool) -> dict[tuple[str, ...], tuple[str, ...]]:
     if not connector_api:
         return SERVICE_INDICES
-    return {names: privileges for names, privileges in SERVICE_INDICES.items() if names[0] == PROGRESS_INDEX}
+    return {names: privileges for names, privileges in SERVICE_INDICES.items()
+            if names[0] in (PROGRESS_INDEX, CLAIMS_INDEX)}
 
 
 def role_descriptor(content_indices: list[str], *, connector_api: bool = False) -> dict[str, Any]:

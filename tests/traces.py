@@ -29,7 +29,8 @@ __all__ = ["TEST_PREFIX", "Snapshot", "sweep"]
 TEST_PREFIX = "test-"
 _CONNECTORS, _JOBS = ".elastic-connectors", ".elastic-connectors-sync-jobs"
 _PROGRESS = "elastic-ingest-progress"
-_OWNED_WHEN_NEW = (f"{_CONNECTORS}-v1", f"{_JOBS}-v1", _PROGRESS)
+_CLAIMS = "elastic-ingest-index-claims"
+_OWNED_WHEN_NEW = (f"{_CONNECTORS}-v1", f"{_JOBS}-v1", _PROGRESS, _CLAIMS)
 
 
 def _names(es: Any, what: str) -> set[str]:
@@ -53,11 +54,13 @@ class Snapshot:
     connectors: set[str]
     jobs: set[str]
     progress: set[str]
+    claims: set[str]
 
     @classmethod
     def take(cls, es: Any) -> "Snapshot":
         return cls(_names(es, "indices"), _names(es, "pipelines"), _names(es, "connectors"),
-                   set(_ids(es, _JOBS, {"match_all": {}})), set(_ids(es, _PROGRESS, {"match_all": {}})))
+                   set(_ids(es, _JOBS, {"match_all": {}})), set(_ids(es, _PROGRESS, {"match_all": {}})),
+                   set(_ids(es, _CLAIMS, {"match_all": {}})))
 
 
 def _ids(es: Any, index: str, query: dict[str, Any]) -> list[str]:
@@ -100,8 +103,9 @@ def sweep(es: Any, before: Snapshot) -> list[str]:
         {"prefix": {"connector.index_name": TEST_PREFIX}}, {"terms": {"connector.id": connectors}}]}})
         if j not in before.jobs]
     progress = _orphan_progress(es, before, set(jobs))
+    claims = [c for c in _ids(es, _CLAIMS, {"prefix": {"_id": TEST_PREFIX}}) if c not in before.claims]
     for index, ids, what in ((_CONNECTORS, connectors, "connector"), (_JOBS, jobs, "job"),
-                             (_PROGRESS, progress, "progress record")):
+                             (_PROGRESS, progress, "progress record"), (_CLAIMS, claims, "index claim")):
         _delete(es, index, ids)
         if ids:
             report.append(f"removed {len(ids)} {what}(s) tests left")
