@@ -27,10 +27,11 @@ from launcher.index_claims import claim_index, release_index
 from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
 from launcher.protocol import (
-    FINAL_STATUSES, create_job, get_connector, get_job, index_name_problem, new_connector, now_iso, search_connectors,
-    update_connector,
+    DEFAULT_PIPELINE, FINAL_STATUSES, create_job, draft_rules_problem, get_connector, get_job, index_name_problem,
+    new_connector, now_iso, search_connectors, update_connector,
 )
 from launcher.scheduling import validate_cron
+from launcher.store import merged_copy
 from sources.base import CONFIG_DIR_ENV
 from sources.errors import ConfigError, ConnectorError, IngestError, format_error
 from sources.registry import display_name, load_source_class
@@ -330,10 +331,13 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
     doc["status"] = _status_for(configuration, service_type, draft, "connector not created")
     doc["scheduling"] = _scheduling(doc["scheduling"], _pairs(schedule, "--schedule"))
     doc["pipeline"] = _pipeline(doc["pipeline"], pipeline, pipeline_flags)
+    _check_bounds(ctx, service_type, configuration, "connector not created")
+    _check_pipeline(ctx, pipeline, draft)
     if rules is not None:
         from launcher.protocol import Connector
 
         doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
+        _check_draft_rules(ctx, doc, doc["filtering"], draft)
     from elasticsearch import ConflictError
 
     if connector_id and get_connector(ctx.store, connector_id) is not None:
@@ -367,6 +371,40 @@ def _create_content_index(ctx: _Context, index_name: str) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. no privilege to create it: the first sync will say
         _LOGGER.warning("content index %s not created now (the first sync creates it): %s", index_name,
                         format_error(exc))
+
+
+def _check_bounds(ctx: _Context, service_type: str, configuration: dict[str, Any], refused: str) -> None:
+    """Refuse now what the operator's bounds in config.yml would refuse at the first sync: a host
+    outside ``allowed_hosts`` (network sources), a folder outside ``allowed_roots`` (``dir``).
+    Nothing is contacted; a configuration still lacking its values is left to the sync's check."""
+    from launcher.configuration import missing_required, values_of
+    from sources.driver import build_source
+    from sources.errors import SourceConfigError
+
+    if missing_required(configuration):
+        return
+    typed = values_of(configuration)
+    typed_configuration = {name: ({**spec, "value": typed.get(name)} if isinstance(spec, dict) else spec)
+                           for name, spec in configuration.items()}
+    try:
+        source = build_source(_source_class(ctx.config, service_type), typed_configuration,
+                              ctx.config.source_settings.get(service_type, {}))  # checks allowed_hosts
+        check = getattr(source, "check_operator_bounds", None)
+        if callable(check):
+            check()
+    except SourceConfigError as exc:
+        raise ConfigError(f"{refused}: {exc} (config.yml sources: {service_type})") from None
+
+
+def _check_pipeline(ctx: _Context, name: str | None, draft: bool) -> None:
+    """Refuse an ingest pipeline that does not exist (a typo would make every sync index without it);
+    ``--draft`` saves it anyway. Kibana's default, ``search-default-ingestion``, is always accepted."""
+    from transforms.content_index import ingest_pipeline_exists
+
+    if not name or draft or name == DEFAULT_PIPELINE["name"] or ingest_pipeline_exists(ctx.es, name):
+        return
+    raise ConfigError(f"--pipeline: ingest pipeline {name!r} does not exist on {ctx.config.elasticsearch.host}; "
+                      f"create it first (PUT _ingest/pipeline/{name}), or --draft to save the name anyway")
 
 
 def _status_for(configuration: dict[str, Any], service_type: str, draft: bool, refused: str) -> str:
@@ -463,6 +501,8 @@ def _connector_updates(ctx: _Context, connector: Any, *, set_values: tuple[str, 
                              f"connector {connector.id} not updated")
         if status == "needs_configuration" or connector.get("status") in ("created", "needs_configuration"):
             updates["status"] = status
+        _check_bounds(ctx, str(connector.service_type), updates["configuration"],
+                      f"connector {connector.id} not updated")
     if schedule:
         updates["scheduling"] = _scheduling(connector.get("scheduling"), _pairs(schedule, "--schedule"))
     if index_name:
@@ -470,27 +510,53 @@ def _connector_updates(ctx: _Context, connector: Any, *, set_values: tuple[str, 
     if name:
         updates["name"] = name
     if pipeline is not None or pipeline_flags:
+        _check_pipeline(ctx, pipeline, draft)
         updates["pipeline"] = _pipeline(connector.get("pipeline"), pipeline, pipeline_flags)
     if rules is not None:
         updates["filtering"] = _draft_rules(connector, rules)
+        _check_draft_rules(ctx, merged_copy(connector.doc, updates), updates["filtering"], draft)
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
     updates["updated_at"] = now_iso()
     return updates
 
 
-def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
-    """Write rules as an ``edited`` draft, as Kibana does; the daemon validates and activates."""
-    from launcher.protocol import default_filtering
+_RULES_SHAPES = ('a JSON list of basic rules [{"policy": "exclude", "field": "ext", "rule": "equals", "value": ".tmp"}], '
+                 'or {"rules": [...basic rules...], "advanced_snippet": ADVANCED} where ADVANCED is what the source '
+                 'documents (docs/sources/), e.g. [{"tables": ["orders"], "query": "SELECT ..."}] for SQL sources')
+_BASIC_RULE_KEYS = {"id", "policy", "field", "rule", "value", "order", "created_at", "updated_at"}
 
+
+def _parse_rules(rules_json: str) -> tuple[list[dict[str, Any]], Any]:
+    """``--rules`` as ``(basic rules, advanced snippet value)``; a shape it cannot be is refused."""
     try:
         given = json.loads(rules_json)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--rules: expected JSON, {exc}") from None
     if isinstance(given, list):
+        not_basic = [n for n, r in enumerate(given, 1) if not (isinstance(r, dict) and r and set(r) <= _BASIC_RULE_KEYS)]
+        if not_basic:
+            raise ConfigError(f"--rules: rule {not_basic[0]} is not a basic rule (keys: policy, field, rule, value); "
+                              "advanced rules go under advanced_snippet: --rules '{\"advanced_snippet\": [...]}'. "
+                              f"Expected {_RULES_SHAPES}")
         given = {"rules": given}
-    if not isinstance(given, dict):
-        raise ConfigError("--rules: expected a JSON list of rules or {\"rules\": [...], \"advanced_snippet\": {...}}")
+    if not isinstance(given, dict) or not given or set(given) - {"rules", "advanced_snippet"}:
+        raise ConfigError(f"--rules: expected {_RULES_SHAPES}")
+    rules = given.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError(f"--rules: rules must be a list; expected {_RULES_SHAPES}")
+    snippet = given.get("advanced_snippet", {})
+    # Kibana's stored shape, {"value": ..., "created_at": ...}, given back: its value (never nested twice).
+    if isinstance(snippet, dict) and "value" in snippet and set(snippet) <= {"value", "created_at", "updated_at"}:
+        snippet = snippet["value"]
+    return rules, snippet
+
+
+def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
+    """Write rules as an ``edited`` draft, as Kibana does; the daemon validates and activates."""
+    from launcher.protocol import default_filtering
+
+    given_rules, snippet = _parse_rules(rules_json)
     filtering = connector.get("filtering") or default_filtering()
     entry = next((f for f in filtering if isinstance(f, dict) and f.get("domain") == "DEFAULT"), None)
     if entry is None:
@@ -498,17 +564,41 @@ def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
         filtering.append(entry)
     default_rule = default_filtering()[0]["draft"]["rules"][0]
     stamp = now_iso()
-    rules = [r for r in given.get("rules", []) if isinstance(r, dict) and r.get("id") != "DEFAULT"]
+    rules = [r for r in given_rules if isinstance(r, dict) and r.get("id") != "DEFAULT"]
     for order, rule in enumerate(rules, start=1):
+        rule.setdefault("id", f"rule-{order}")
         rule.setdefault("order", order)
         rule.setdefault("created_at", stamp)
         rule.setdefault("updated_at", stamp)
     entry["draft"] = {
         "rules": rules + [{**default_rule, "order": len(rules) + 1}],
-        "advanced_snippet": {"value": given.get("advanced_snippet", {}), "created_at": stamp, "updated_at": stamp},
+        "advanced_snippet": {"value": snippet, "created_at": stamp, "updated_at": stamp},
         "validation": {"state": "edited", "errors": []},
     }
     return filtering
+
+
+def _check_draft_rules(ctx: _Context, connector: dict[str, Any], filtering: list[dict[str, Any]], draft: bool) -> None:
+    """Refuse a draft the daemon would mark invalid: the basic rules, and the advanced rules as the
+    source itself validates them (against its server: tables, queries). ``--draft`` saves it
+    unchecked against the source (the daemon validates it)."""
+    from launcher.index_store import default_domain
+    from launcher.maintenance import advanced_rules_problems
+    from transforms.sync_rules import validate_rules
+
+    rules_draft = (default_domain(filtering) or {}).get("draft") or {}
+    problems = [m for e in validate_rules(rules_draft.get("rules") or []) for m in e.get("messages") or []]
+    snippet = (rules_draft.get("advanced_snippet") or {}).get("value")
+    if snippet:
+        cls = _source_class(ctx.config, str(connector.get("service_type")))
+        if not getattr(cls, "advanced_rules_enabled", False):
+            problems.append(f"advanced_snippet: {display_name(cls)} sources do not support advanced sync rules")
+        elif not draft:
+            problems += [f"advanced_snippet: {m}" for m in advanced_rules_problems(ctx.config, connector, cls, snippet)]
+    if problems:
+        raise ConfigError("--rules: the sync rules are invalid, nothing saved"
+                          + ("" if draft else " (--draft saves advanced rules unchecked, for the service to validate)")
+                          + ":", problems)
 
 
 def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
@@ -530,11 +620,13 @@ def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: An
     held = _documents_in(ctx.es, {c.index_name for c in connectors if isinstance(c.index_name, str)})
     if ctx.as_json:
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))},
-                     "index_document_count": held.get(c.index_name)} for c in connectors])
+                     "index_document_count": held.get(c.index_name), "sync_rules_error": draft_rules_problem(c.doc)}
+                    for c in connectors])
         return 0
     rows = [[c.id, c.get("name"), c.service_type, c.index_name, held.get(c.index_name, "no index"), c.get("status"),
              c.get("last_sync_status"), _when(c.get("last_synced")), c.get("last_indexed_document_count"),
-             c.get("last_deleted_document_count"), c.get("error")] for c in connectors]
+             c.get("last_deleted_document_count"),
+             "; ".join(str(e) for e in (c.get("error"), draft_rules_problem(c.doc)) if e) or None] for c in connectors]
     _table("Connectors", ["id", "name", "service type", "index", "docs in index", "status", "last sync",
                           "last synced", "last sync indexed", "last sync deleted", "error"], rows)
     return 0
@@ -595,7 +687,9 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
         return 0
     rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
              _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
-             j.get("total_document_count"), _dead_letter_count(j), _duration(j), j.get("error")] for j in jobs]
+             j.get("total_document_count"), _dead_letter_count(j), _duration(j),
+             "; ".join([*([str(j["error"])] if j.get("error") else []), *(f"warning: {w}" for w in _warnings(j))])
+             or None] for j in jobs]
     _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
                          "dead letters", "duration", "error"], rows)
     return 0
@@ -604,6 +698,14 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
 def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:
     metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
     return metadata.get("dead_letters") if isinstance(metadata.get("dead_letters"), dict) else {}
+
+
+def _warnings(job: dict[str, Any]) -> list[str]:
+    """What the job did not do as asked, though it ran (``metadata.warnings``: rules it ran without, a missing
+    ingest pipeline)."""
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    warnings = metadata.get("warnings")
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
 def _dead_letter_count(job: dict[str, Any]) -> Any:
@@ -774,6 +876,8 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
         _echo_json({"id": job_id, **{k: v for k, v in doc.items() if k != "connector"}})
     else:
         click.echo(_summary(job_id, doc))
+        for warning in _warnings(doc):
+            click.echo(f"warning: {warning}")
         dead = _dead_letter_count(doc)
         if dead:
             click.echo(f"{dead} document(s) could not be indexed: "

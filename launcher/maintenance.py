@@ -47,7 +47,7 @@ from sources.errors import IndexConflict, IngestError, SecretReferenceError, for
 from sources.registry import load_source_class
 from transforms.sync_rules import validate_rules
 
-__all__ = ["ConnectorMaintenance"]
+__all__ = ["ConnectorMaintenance", "advanced_rules_problems"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +68,26 @@ def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
     typed = values_of(configuration)
     return {name: ({**spec, "value": typed.get(name)} if isinstance(spec, dict) else spec)
             for name, spec in configuration.items()}
+
+
+def advanced_rules_problems(config: Config, connector: Mapping[str, Any], source_class: type,
+                            snippet: Any) -> list[str]:
+    """What the source says is wrong with an advanced-rules snippet (its own failure included),
+    built from the connector document ``connector`` and config.yml's settings for its type."""
+    driver = None
+    try:
+        configuration = resolve_references(connector.get("configuration") or {}, config.secrets)
+        source = build_source(source_class, _typed(configuration),
+                              config.source_settings.get(connector.get("service_type"), {}))
+        driver = SourceDriver(source)
+        if not hasattr(source, "validate_advanced_rules"):
+            return []
+        return list(driver.call(source.validate_advanced_rules, snippet) or [])
+    except Exception as exc:  # noqa: BLE001 - the source's own error: the draft's problem
+        return [format_error(exc)]
+    finally:
+        if driver is not None:
+            driver.close()
 
 
 class ConnectorMaintenance:
@@ -218,20 +238,7 @@ class ConnectorMaintenance:
         self.store.update_filtering_validation(connector.id, validation, activate=not errors, expected=connector)
 
     def _advanced_rules_problems(self, connector: Connector, source_class: type, snippet: Any) -> list[str]:
-        """What the source says is wrong with an advanced-rules snippet (its own failure included)."""
-        driver = None
-        try:
-            configuration = resolve_references(connector.get("configuration") or {}, self.config.secrets)
-            source = build_source(source_class, _typed(configuration), self._settings(connector))
-            driver = SourceDriver(source)
-            if not hasattr(source, "validate_advanced_rules"):
-                return []
-            return list(driver.call(source.validate_advanced_rules, snippet) or [])
-        except Exception as exc:  # noqa: BLE001 - the source's own error: the draft's problem
-            return [format_error(exc)]
-        finally:
-            if driver is not None:
-                driver.close()
+        return advanced_rules_problems(self.config, connector.doc, source_class, snippet)
 
     def _sync_now(self, connector: Connector) -> None:
         if connector.get("sync_now") is not True:

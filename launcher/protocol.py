@@ -35,7 +35,7 @@ __all__ = [
     "job_problems", "create_job", "new_job", "jobs_to_claim", "claim_job", "finish_job", "update_job",
     "update_connector", "job_snapshot", "active_filtering", "snapshot_filtering", "JOB_STATUSES", "FINAL_STATUSES",
     "default_filtering", "new_connector", "replace_connector_object", "release_lock", "index_name_problem",
-    "job_sync_cursor", "CONNECTOR_DEFAULTS", "with_protocol_fields",
+    "job_sync_cursor", "CONNECTOR_DEFAULTS", "with_protocol_fields", "draft_rules_problem",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -188,6 +188,22 @@ def search_connectors(store: ConnectorStore | Any, *, service_types: Iterable[st
                       connector_ids: Iterable[str] | None = None, include_deleted: bool = False) -> list[Connector]:
     return as_store(store).list_connectors(service_types=service_types, connector_ids=connector_ids,
                                            include_deleted=include_deleted)
+
+
+def draft_rules_problem(doc: Mapping[str, Any]) -> str | None:
+    """What is wrong with the connector's sync-rules draft, when the service found it invalid
+    (syncs then go on with the active rules: this says so), else None."""
+    for entry in doc.get("filtering") or []:
+        if isinstance(entry, Mapping) and entry.get("domain", "DEFAULT") == "DEFAULT":
+            draft = entry.get("draft")
+            validation = draft.get("validation") if isinstance(draft, Mapping) else None
+            if not isinstance(validation, Mapping) or validation.get("state") != "invalid":
+                return None
+            errors = validation.get("errors") if isinstance(validation.get("errors"), list) else []
+            messages = [str(m) for e in errors if isinstance(e, Mapping) for m in (e.get("messages") or [])]
+            return ("the sync rules draft is invalid, so syncs use the active rules: "
+                    + ("; ".join(messages) or "no reason given"))
+    return None
 
 
 def active_filtering(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from launcher.outage import Outage, is_outage
 from launcher.privileges import check_privileges
 from launcher.secret_refs import resolve_references
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, connector_problems, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
+    FINAL_STATUSES, Claim, connector_problems, draft_rules_problem, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
 )
 from launcher.store import ConnectorStore, as_store
 from launcher.sync_processes import SyncProcesses
@@ -260,6 +260,10 @@ class SyncRunner(threading.Thread):
         write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection())
         self.metadata = {**self.owner, "runner": pipeline_settings.runner, "worker_pid": None,
                          "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
+        rules_problem = draft_rules_problem(self.claim.connector.doc) if sync_job.job_type != "access_control" else None
+        if rules_problem:  # never silent: the job says what it ran without (jobs, sync --wait), and the log
+            _LOGGER.warning("job %s: connector %s: %s", self.job_id, self.connector_id, rules_problem)
+            self.metadata["warnings"] = [rules_problem]
         env = dict(os.environ)
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         # Temporary files of the sync and its libraries (Beam leaves empty folders behind) go to
@@ -407,6 +411,8 @@ class SyncRunner(threading.Thread):
         self.metadata.update({key: outcome.get(key) for key in (
             "duration_seconds", "source_document_count", "unchanged_document_count", "index_digests_from_cache",
             "cpu_seconds", "first_bulk_sent_at", "timings")})
+        if isinstance(outcome.get("warnings"), list) and outcome["warnings"]:
+            self.metadata["warnings"] = [*self.metadata.get("warnings", []), *map(str, outcome["warnings"])]
         if isinstance(outcome.get("dead_letters"), dict) and outcome["dead_letters"].get("location"):
             self.metadata["dead_letters"] = {"location": outcome["dead_letters"]["location"]}
         self._finish(outcome.get("status", "error"), run=run, total=outcome.get("total_document_count"),

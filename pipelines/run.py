@@ -52,6 +52,8 @@ from transforms.write_to_elasticsearch import FIRST_BULK_METRIC
 
 __all__ = ["run_sync", "write_job_file", "main", "DAEMON_PID_ENV"]
 
+#: Kibana's default ingest pipeline (launcher.protocol.DEFAULT_PIPELINE): its absence is only a notice.
+DEFAULT_INGEST_PIPELINE = "search-default-ingestion"
 _LOGGER = logging.getLogger("pipelines.run")
 MIB = 1024 * 1024
 # Pipelines running in this process: on SIGTERM (the daemon cancels or suspends the job)
@@ -230,7 +232,13 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             return outcome
         ensure_content_index(es, job.index_name, settings.content_index.model_dump())
         if job.ingest_pipeline and not ingest_pipeline_exists(es, job.ingest_pipeline):
-            _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
+            if job.ingest_pipeline == DEFAULT_INGEST_PIPELINE:  # Kibana's default, absent from a bare cluster
+                _LOGGER.info("ingest pipeline %s does not exist; indexing without it", job.ingest_pipeline)
+            else:  # a name somebody chose: never silent
+                warning = (f"ingest pipeline {job.ingest_pipeline!r} does not exist, so this sync indexed without it "
+                           "(create it, or choose another with update-connector --pipeline)")
+                _LOGGER.warning("sync %s: %s", job.job_id, warning)
+                outcome.setdefault("warnings", []).append(warning)
             job.ingest_pipeline = None
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
         cache = _digest_cache(settings) if job.job_type == "full" else None

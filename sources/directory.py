@@ -139,6 +139,10 @@ class DirectoryDataSource(BaseDataSource):
         pattern = Path(self.pattern)
         if pattern.is_absolute() or ".." in pattern.parts:
             raise SourceConfigError(f"File pattern: must be relative to the folder, without '..', got {self.pattern!r}")
+        self.check_operator_bounds()
+
+    def check_operator_bounds(self) -> None:
+        """Refuse a folder outside the operator's ``allowed_roots`` (also called by create/update-connector)."""
         if not self.operator_settings.allowed_roots:
             raise SourceConfigError(f"Directory: this service allows no folders; the operator must {_HOW_TO_ALLOW}")
         resolved = os.path.realpath(self.root)  # a folder that does not exist yet is judged by its path

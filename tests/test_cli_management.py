@@ -63,9 +63,10 @@ class _Outputs:
 def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writes_them(es, config, connector_id):
     run = _Outputs(config)
     rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "document 1"}
+    es.ingest.put_pipeline(id="test-my-pipeline", processors=[])  # a --pipeline must exist
     created = run.json("--action", "create-connector", "--connector-id", connector_id, "--service-type", "slow",
                        "--index-name", f"test-{connector_id}", "--name", "CLI test", "--set", "count=4",
-                       "--set", f"token={SECRET}", "--schedule", "full=0 0 3 * * ?", "--pipeline", "my-pipeline",
+                       "--set", f"token={SECRET}", "--schedule", "full=0 0 3 * * ?", "--pipeline", "test-my-pipeline",
                        "--pipeline-flag", "reduce_whitespace=false", "--rules", json.dumps([rule]))
     assert created == {"id": connector_id, "result": "created"}
     doc = get_connector(es, connector_id).doc
@@ -74,7 +75,7 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["configuration"]["count"]["value"] == 4 and doc["configuration"]["token"]["value"] == SECRET
     assert doc["configuration"]["token"]["sensitive"] is True
     assert doc["scheduling"]["full"] == {"enabled": True, "interval": "0 0 3 * * ?"}
-    assert doc["pipeline"] == {"name": "my-pipeline", "extract_binary_content": True, "reduce_whitespace": False,
+    assert doc["pipeline"] == {"name": "test-my-pipeline", "extract_binary_content": True, "reduce_whitespace": False,
                                "run_ml_inference": True}
     draft = doc["filtering"][0]["draft"]
     assert draft["validation"]["state"] == "edited" and [r["id"] for r in draft["rules"]] == ["r1", "DEFAULT"]
@@ -88,7 +89,7 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["scheduling"]["full"]["enabled"] is False
     assert doc["scheduling"]["incremental"] == {"enabled": True, "interval": "0 */5 * * * ?"}
     assert doc["index_name"] == f"test-{connector_id}-2"
-    assert doc["pipeline"]["run_ml_inference"] is False and doc["pipeline"]["name"] == "my-pipeline"
+    assert doc["pipeline"]["run_ml_inference"] is False and doc["pipeline"]["name"] == "test-my-pipeline"
 
     as_json, as_table = run.parallel((("--action", "connectors", "--connector-id", connector_id, "--json"), 0),
                                      (("--action", "connectors", "--connector-id", connector_id), 0))

@@ -149,12 +149,19 @@ def test_daemon_when_connector_names_a_refused_host_then_check_and_job_fail_and_
     env = {"EI_NET_PASSWORD": "ingest-secret"}
     daemon = DaemonProcess(config, tmp_path / "daemon.log", env=env)
     try:
-        for cid, host, port in ((allowed_id, "127.0.0.1", PG_PORT), (refused_id, "127.0.0.2", listener.port)):
-            values = {"host": host, "port": port, "username": "ingest", "password": "ingest-secret",
+        for cid in (allowed_id, refused_id):
+            values = {"host": "127.0.0.1", "port": PG_PORT, "username": "ingest", "password": "ingest-secret",
                       "database": "ingest_test", "tables": table}
             cli("--action", "create-connector", "--connector-id", cid, "--service-type", "postgresql", "--index-name",
                 indices[cid], *[a for k, v in values.items() for a in ("--set", f"{k}={v}")], config=config,
                 check=True)
+        # The CLI refuses the host at once; another client writing the document is checked by the daemon.
+        updated = cli("--action", "update-connector", "--connector-id", refused_id, "--set", "host=127.0.0.2",
+                      "--set", f"port={listener.port}", config=config)
+        assert updated.returncode == 1 and "host '127.0.0.2' is refused" in updated.stderr, updated.stderr
+        configuration = store.get_connector(refused_id).get("configuration")
+        configuration["host"]["value"], configuration["port"]["value"] = "127.0.0.2", listener.port
+        store.update_connector(refused_id, {"configuration": configuration})
         allowed = cli("--action", "sync", "--connector-id", allowed_id, "--wait", "--timeout", "120", "--json",
                       config=config)
         refused = cli("--action", "sync", "--connector-id", refused_id, "--wait", "--timeout", "120", "--json",
