@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from launcher.config import Config, default_config_path, load_config
+from launcher.config import Config, default_config_path, load_config, unused_local_config
 from launcher.configuration import coerce_value, complete_configuration, redact
 from launcher.index_claims import claim_index, release_index
 from launcher.index_ownership import check_index_ownership
@@ -222,6 +222,8 @@ def action_poll(ctx: _Context, **_: Any) -> int:
     from launcher.daemon import Daemon
 
     config = ctx.config
+    _LOGGER.info("configuration: %s%s", Path(config.path or default_config_path()).resolve(),
+                 "" if ctx.config_file else " (the packaged config.yml: no -c given)")
     # Relative paths of connectors (a directory source's folder) are read from the config
     # file's folder, as config.yml's own are, in the daemon and its sync processes alike.
     os.environ[CONFIG_DIR_ENV] = str(Path(config.path).resolve().parent if config.path
@@ -885,10 +887,16 @@ def _follow(ctx: _Context, job_id: str, timeout: float, keep_waiting: bool = Fal
     return 0 if doc.get("status") == "completed" else 1
 
 
+def _documents(count: Any) -> str:
+    """``1 document``, ``2 documents`` (``1,000 documents``)."""
+    number = int(count or 0)
+    return f"{number:,} document{'' if number == 1 else 's'}"
+
+
 def _summary(job_id: str, doc: dict[str, Any]) -> str:
     """How a job ended, in one sentence."""
     line = (f"job {job_id} {doc.get('status')} in {_duration(doc) or '?'}: "
-            f"{int(doc.get('indexed_document_count') or 0):,} documents indexed, "
+            f"{_documents(doc.get('indexed_document_count'))} indexed, "
             f"{int(doc.get('deleted_document_count') or 0):,} deleted; "
             f"the index holds {int(doc.get('total_document_count') or 0):,}")
     return line + (f". Error: {doc.get('error')}" if doc.get("error") else "")
@@ -962,7 +970,9 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--action", type=click.Choice(list(ACTIONS)), default="poll", show_default=True, help=_ACTION_HELP)
 @click.option("-c", "--config-file", type=click.Path(dir_okay=False), default=None,
-              help="config.yml to use (default: the one shipped with the package)")
+              help="config.yml to use. Without -c: the config.yml shipped with the package (as Elastic's service "
+                   "does), never ./config.yml; when a ./config.yml exists that is not the one read, every action says "
+                   "so on stderr, naming both. The daemon logs the file it loaded")
 @click.option("--debug", is_flag=True, help="debug logging, and tracebacks on errors")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
 @click.option("--connector-id", help="the connector to act on (or to create with this id)")
@@ -1008,6 +1018,14 @@ def _command(action: str, config_file: str | None, debug: bool, as_json: bool, *
     except ConfigError:
         pass
     setup_logging(debug=debug, log_format=log_format)
+    unused = unused_local_config(config_file)
+    if unused is not None:  # never silent: the file beside the user is not the one read
+        note = (f"note: no -c given, so this reads the packaged {default_config_path()}, not {unused} in this folder "
+                f"(use -c {unused.name} to read that one)")
+        if action == "poll":
+            _LOGGER.warning("%s", note)
+        else:
+            click.echo(note, err=True)
     try:
         code = _HANDLERS[action](ctx, **options)
     except (click.UsageError, click.BadParameter):

@@ -57,6 +57,7 @@ from transforms.es_client import ElasticsearchConnection
 
 __all__ = [
     "Config",
+    "unused_local_config",
     "ElasticsearchConfig",
     "SecretsConfig",
     "ServiceConfig",
@@ -222,6 +223,16 @@ def default_config_path() -> Path:
         if candidate.is_file():
             return candidate
     return here / "config.yml"
+
+
+def unused_local_config(given: str | os.PathLike[str] | None, cwd: Path | None = None) -> Path | None:
+    """``./config.yml`` when it exists and is not the file read (no ``-c``, so the packaged one is), else None."""
+    if given:
+        return None
+    local = (cwd or Path.cwd()) / "config.yml"
+    if not local.is_file() or local.resolve() == default_config_path().resolve():
+        return None
+    return local.resolve()
 
 
 def _substitute(value: Any, path: str, problems: list[str]) -> Any:

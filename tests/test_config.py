@@ -135,3 +135,34 @@ def test_readme_config_block_when_compared_with_the_models_then_every_default_is
     # an empty mapping the loader fills itself, such as operator settings, need not).
     defaults = {key: value for key, value in defaults.items() if key in shown or value != {}}
     assert shown == defaults
+
+
+def test_cli_when_a_local_config_yml_is_not_the_one_read_then_every_action_names_both(tmp_path):
+    """Without -c the packaged config.yml is read (as Elastic's service does), never silently."""
+    from tests.helpers import cli
+
+    listed = cli("--action", "list", cwd=tmp_path)  # no ./config.yml here: nothing to say
+    assert listed.returncode == 0 and "note: no -c given" not in listed.stderr, listed.stderr
+    (tmp_path / "config.yml").write_text("sources: {}\n", encoding="utf-8")
+    listed = cli("--action", "list", cwd=tmp_path)
+    assert listed.returncode == 0
+    assert (f"note: no -c given, so this reads the packaged {default_config_path()}, not "
+            f"{(tmp_path / 'config.yml').resolve()} in this folder (use -c config.yml to read that one)"
+            in listed.stderr), listed.stderr
+    assert "dir " in listed.stdout  # the packaged file's sources, not the local empty list
+    chosen = cli("--action", "list", "-c", "config.yml", cwd=tmp_path)
+    assert chosen.returncode == 0 and "note:" not in chosen.stderr and "dir " not in chosen.stdout
+    helped = cli("--help", cwd=tmp_path)
+    assert "never ./config.yml" in " ".join(helped.stdout.split())
+
+
+def test_daemon_when_started_then_logs_the_configuration_file_it_loaded(es, tmp_path):
+    from tests.helpers import DaemonProcess, wait_for, write_config
+
+    config = write_config(tmp_path / "config.yml", service={"connector_ids": ["none-such"]})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: "configuration: " in daemon.output(), timeout=60, what="the configuration line")
+    finally:
+        daemon.stop()
+    assert f"configuration: {config.resolve()}" in daemon.output()

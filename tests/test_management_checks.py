@@ -221,3 +221,11 @@ def test_daemon_when_draft_invalid_and_pipeline_missing_then_the_job_and_connect
         daemon.stop()
     log = daemon.output()
     assert "sync rules draft is invalid" in log and f"ingest pipeline {missing!r} does not exist" in log
+
+
+def test_cli_summary_when_one_document_then_singular():
+    from launcher.cli import _summary
+
+    assert ": 1 document indexed, 0 deleted; the index holds 1" in _summary("j", {
+        "status": "completed", "indexed_document_count": 1, "total_document_count": 1})
+    assert ": 2 documents indexed" in _summary("j", {"status": "completed", "indexed_document_count": 2})

@@ -10,7 +10,8 @@
   ``sync --wait`` commands exactly as written, but for the connector id, the index and the
   one field that names where the data is (the folder, table, collection or bucket), which
   get names of the test's own. The indexed document must have the fields of the page's
-  ``<!-- document -->`` example, and no others.
+  ``<!-- document -->`` example (the pipeline flags every document gets included, with
+  their values), and no others.
 """
 
 from __future__ import annotations
@@ -222,7 +223,11 @@ def test_source_docs_when_example_run_on_the_test_server_then_documents_look_as_
     finally:
         next(data, None)
     documented = documented_document(service_type)
-    assert set(indexed) - PIPELINE_FLAGS == set(documented) - {"_id"}, (indexed, documented)
+    assert set(indexed) == set(documented) - {"_id"}, (indexed, documented)
+    # Every document carries the pipeline flags, as the page shows them (a new connector's defaults).
+    assert {k: indexed[k] for k in PIPELINE_FLAGS} == {k: documented[k] for k in PIPELINE_FLAGS}, indexed
+    if "etag" in documented:  # as the real value: no quotes around it
+        assert isinstance(indexed["etag"], str) and '"' not in indexed["etag"] + documented["etag"], indexed
 
 
 if __name__ == "__main__":  # regenerate the generated parts of every page
