@@ -523,7 +523,8 @@ def _connector_updates(ctx: _Context, connector: Any, *, set_values: tuple[str, 
     return updates
 
 
-_RULES_SHAPES = ('a JSON list of basic rules [{"policy": "exclude", "field": "ext", "rule": "equals", "value": ".tmp"}], '
+_RULES_SHAPES = ('a JSON list of basic rules [{"policy": "exclude", "field": "ext", "rule": "equals", '
+                 '"value": ".tmp"}], '
                  'or {"rules": [...basic rules...], "advanced_snippet": ADVANCED} where ADVANCED is what the source '
                  'documents (docs/sources/), e.g. [{"tables": ["orders"], "query": "SELECT ..."}] for SQL sources')
 _BASIC_RULE_KEYS = {"id", "policy", "field", "rule", "value", "order", "created_at", "updated_at"}
@@ -536,7 +537,8 @@ def _parse_rules(rules_json: str) -> tuple[list[dict[str, Any]], Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--rules: expected JSON, {exc}") from None
     if isinstance(given, list):
-        not_basic = [n for n, r in enumerate(given, 1) if not (isinstance(r, dict) and r and set(r) <= _BASIC_RULE_KEYS)]
+        not_basic = [n for n, r in enumerate(given, 1)
+                     if not (isinstance(r, dict) and r and set(r) <= _BASIC_RULE_KEYS)]
         if not_basic:
             raise ConfigError(f"--rules: rule {not_basic[0]} is not a basic rule (keys: policy, field, rule, value); "
                               "advanced rules go under advanced_snippet: --rules '{\"advanced_snippet\": [...]}'. "
@@ -992,12 +994,15 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
                    "stays needs_configuration (no syncs) until they are set")
 @click.option("--schedule", multiple=True, metavar="TYPE=CRON",
               help="create/update-connector: e.g. full='0 0 * * * ?' (Quartz cron, UTC) or full=off")
-@click.option("--pipeline", help="create/update-connector: ingest pipeline name")
+@click.option("--pipeline", help="create/update-connector: ingest pipeline name; it must exist (unless --draft)")
 @click.option("--pipeline-flag", "pipeline_flags", multiple=True, metavar="FLAG=BOOL",
               help="create/update-connector: extract_binary_content, reduce_whitespace or run_ml_inference "
                    "(repeatable)")
 @click.option("--rules", help="create/update-connector: sync rules as JSON, a list of basic rules or "
-                              "{\"rules\": [...], \"advanced_snippet\": {...}} (a draft; the service validates it)")
+                              "{\"rules\": [...], \"advanced_snippet\": ADVANCED} (ADVANCED: as the source's page "
+                              "in docs/sources shows); "
+                              "checked before saving, advanced rules by the source against its server (--draft: "
+                              "saved unchecked, the service validates it)")
 @click.option("--job-type", type=click.Choice(["full", "incremental", "access_control"]), default="full",
               show_default=True, help="sync: which kind of job (incremental and access_control only for sources "
                                       "that support them: incremental syncs, document-level security)")

@@ -54,7 +54,8 @@ from launcher.outage import Outage, is_outage
 from launcher.privileges import check_privileges
 from launcher.secret_refs import resolve_references
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, connector_problems, draft_rules_problem, finish_job, job_sync_cursor, now_iso, snapshot_filtering,
+    FINAL_STATUSES, Claim, connector_problems, draft_rules_problem, finish_job, job_sync_cursor, now_iso,
+    snapshot_filtering,
 )
 from launcher.store import ConnectorStore, as_store
 from launcher.sync_processes import SyncProcesses
