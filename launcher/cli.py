@@ -338,8 +338,7 @@ def action_create_connector(ctx: _Context, *, service_type: str | None, index_na
     if rules is not None:
         from launcher.protocol import Connector
 
-        doc["filtering"] = _draft_rules(Connector(connector_id or "", doc), rules)
-        _check_draft_rules(ctx, doc, doc["filtering"], draft)
+        doc["filtering"] = _checked_rules(ctx, doc, _draft_rules(Connector(connector_id or "", doc), rules), draft)
     from elasticsearch import ConflictError
 
     if connector_id and get_connector(ctx.store, connector_id) is not None:
@@ -515,8 +514,8 @@ def _connector_updates(ctx: _Context, connector: Any, *, set_values: tuple[str, 
         _check_pipeline(ctx, pipeline, draft)
         updates["pipeline"] = _pipeline(connector.get("pipeline"), pipeline, pipeline_flags)
     if rules is not None:
-        updates["filtering"] = _draft_rules(connector, rules)
-        _check_draft_rules(ctx, merged_copy(connector.doc, updates), updates["filtering"], draft)
+        updates["filtering"] = _checked_rules(ctx, merged_copy(connector.doc, updates), _draft_rules(connector, rules),
+                                              draft)
     if not updates:
         raise click.UsageError("update-connector: nothing to change (use --set, --schedule, --index-name, ...)")
     updates["updated_at"] = now_iso()
@@ -582,11 +581,14 @@ def _draft_rules(connector: Any, rules_json: str) -> list[dict[str, Any]]:
     return filtering
 
 
-def _check_draft_rules(ctx: _Context, connector: dict[str, Any], filtering: list[dict[str, Any]], draft: bool) -> None:
-    """Refuse a draft the daemon would mark invalid: the basic rules, and the advanced rules as the
-    source itself validates them (against its server: tables, queries). ``--draft`` saves it
-    unchecked against the source (the daemon validates it)."""
-    from launcher.index_store import default_domain
+def _checked_rules(ctx: _Context, connector: dict[str, Any], filtering: list[dict[str, Any]],
+                   draft: bool) -> list[dict[str, Any]]:
+    """``filtering`` with its draft checked as the service would: the basic rules, and the advanced
+    rules as the source itself validates them (against its server: tables, queries). An invalid
+    draft is refused; a valid one is activated at once (the next sync uses it), as the service
+    does with a draft it validated. ``--draft`` saves advanced rules unchecked, for the service
+    to validate (``edited``)."""
+    from launcher.index_store import default_domain, filtering_with_validation
     from launcher.maintenance import advanced_rules_problems
     from transforms.sync_rules import validate_rules
 
@@ -603,6 +605,9 @@ def _check_draft_rules(ctx: _Context, connector: dict[str, Any], filtering: list
         raise ConfigError("--rules: the sync rules are invalid, nothing saved"
                           + ("" if draft else " (--draft saves advanced rules unchecked, for the service to validate)")
                           + ":", problems)
+    if snippet and draft:
+        return filtering
+    return filtering_with_validation(filtering, {"state": "valid", "errors": []}, activate=True) or filtering
 
 
 def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:

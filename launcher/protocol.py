@@ -190,13 +190,17 @@ def search_connectors(store: ConnectorStore | Any, *, service_types: Iterable[st
                                            include_deleted=include_deleted)
 
 
-def draft_rules_problem(doc: Mapping[str, Any]) -> str | None:
+def draft_rules_problem(doc: Mapping[str, Any], *, pending: bool = False) -> str | None:
     """What is wrong with the connector's sync-rules draft, when the service found it invalid
-    (syncs then go on with the active rules: this says so), else None."""
+    (syncs then go on with the active rules: this says so), else None. With ``pending``, a draft
+    not validated yet (``edited``: a job that runs now runs without it) is one too."""
     for entry in doc.get("filtering") or []:
         if isinstance(entry, Mapping) and entry.get("domain", "DEFAULT") == "DEFAULT":
             draft = entry.get("draft")
             validation = draft.get("validation") if isinstance(draft, Mapping) else None
+            if pending and isinstance(validation, Mapping) and validation.get("state") == "edited":
+                return ("the sync rules draft was not validated yet (the service validates it at its next poll), so "
+                        "this sync used the active rules")
             if not isinstance(validation, Mapping) or validation.get("state") != "invalid":
                 return None
             errors = validation.get("errors") if isinstance(validation.get("errors"), list) else []

@@ -261,7 +261,8 @@ class SyncRunner(threading.Thread):
         write_job_file(job_file, sync_job, pipeline_settings, self.config.elasticsearch.connection())
         self.metadata = {**self.owner, "runner": pipeline_settings.runner, "worker_pid": None,
                          "dead_letters": {"location": dead_letter_folder(pipeline_settings.dead_letters, self.job_id)}}
-        rules_problem = draft_rules_problem(self.claim.connector.doc) if sync_job.job_type != "access_control" else None
+        rules_problem = (draft_rules_problem(self.claim.connector.doc, pending=True)
+                         if sync_job.job_type != "access_control" else None)
         if rules_problem:  # never silent: the job says what it ran without (jobs, sync --wait), and the log
             _LOGGER.warning("job %s: connector %s: %s", self.job_id, self.connector_id, rules_problem)
             self.metadata["warnings"] = [rules_problem]

@@ -78,7 +78,9 @@ def test_cli_when_connector_created_updated_listed_then_documents_as_kibana_writ
     assert doc["pipeline"] == {"name": "test-my-pipeline", "extract_binary_content": True, "reduce_whitespace": False,
                                "run_ml_inference": True}
     draft = doc["filtering"][0]["draft"]
-    assert draft["validation"]["state"] == "edited" and [r["id"] for r in draft["rules"]] == ["r1", "DEFAULT"]
+    # Validated by the CLI, so active at once (the next sync uses it), as the service does with a valid draft.
+    assert draft["validation"]["state"] == "valid" and [r["id"] for r in draft["rules"]] == ["r1", "DEFAULT"]
+    assert [r["id"] for r in doc["filtering"][0]["active"]["rules"]] == ["r1", "DEFAULT"]
 
     updated = run.json("--action", "update-connector", "--connector-id", connector_id, "--set", "count=6",
                        "--schedule", "full=off", "--schedule", "incremental=0 */5 * * * ?",

@@ -82,6 +82,8 @@ def test_cli_rules_when_advanced_rules_given_then_the_source_validates_them_befo
                         "--set", f"tables={orders_table}", "--rules", json.dumps({"advanced_snippet": rule}))
     assert code == 0, err
     assert _draft(es, connector_id)["advanced_snippet"]["value"] == rule
+    active = get_connector(es, connector_id).get("filtering")[0]["active"]  # checked, so active at once
+    assert active["advanced_snippet"]["value"] == rule and active["validation"]["state"] == "valid"
 
     # Kibana's stored shape given back is stored once, not {"value": {"value": ...}}.
     code, _, err = _run(config, "--action", "update-connector", "--connector-id", connector_id, "--rules",
@@ -108,6 +110,18 @@ def test_cli_rules_when_advanced_rules_given_then_the_source_validates_them_befo
     code, _, err = _run(config, "--action", "update-connector", "--connector-id", connector_id, "--rules",
                         json.dumps(bad))
     assert code == 1 and "rule rule-1: invalid regex" in err, err
+
+    # The saved rule is the one a sync uses: 2 rows of 6, through a real daemon.
+    served = write_config(tmp_path / "served.yml", service={"connector_ids": [connector_id]})
+    daemon = DaemonProcess(served, tmp_path / "daemon.log")
+    try:
+        synced = cli("--action", "sync", "--connector-id", connector_id, "--wait", "--timeout", "120", config=served)
+    finally:
+        daemon.stop()
+    assert synced.returncode == 0, synced.stdout + synced.stderr + daemon.output()
+    assert "2 documents indexed" in synced.stdout and "warning" not in synced.stdout, synced.stdout
+    es.indices.refresh(index=index)
+    assert sorted(hit["_source"]["id"] for hit in es.search(index=index, size=10)["hits"]["hits"]) == [1, 2]
 
 
 def test_cli_rules_when_source_has_no_advanced_rules_then_refused(es, made, tmp_path):
@@ -229,3 +243,15 @@ def test_cli_summary_when_one_document_then_singular():
     assert ": 1 document indexed, 0 deleted; the index holds 1" in _summary("j", {
         "status": "completed", "indexed_document_count": 1, "total_document_count": 1})
     assert ": 2 documents indexed" in _summary("j", {"status": "completed", "indexed_document_count": 2})
+
+
+def test_draft_rules_problem_when_draft_not_validated_yet_then_a_job_says_it_ran_without_it():
+    from launcher.protocol import draft_rules_problem
+
+    doc = new_connector(service_type="dir", index_name="x", configuration={})
+    assert draft_rules_problem(doc, pending=True) is None  # a new connector's draft is valid
+    doc["filtering"][0]["draft"]["validation"] = {"state": "edited", "errors": []}
+    assert draft_rules_problem(doc) is None  # not an error of the connector: the service validates it soon
+    assert "not validated yet" in draft_rules_problem(doc, pending=True)
+    doc["filtering"][0]["draft"]["validation"] = {"state": "invalid", "errors": [{"ids": ["r1"], "messages": ["m"]}]}
+    assert draft_rules_problem(doc) == "the sync rules draft is invalid, so syncs use the active rules: m"
