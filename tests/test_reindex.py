@@ -43,6 +43,9 @@ def table():
 
 @pytest.fixture
 def daemon(es, tmp_path):
+    from launcher.indices import ensure_indices
+
+    ensure_indices(es)  # before the daemon, which creates them too (two creations racing are issue 23's item 3)
     config = write_config(tmp_path / "config.yml", pipeline={"digest_cache": False})
     process = DaemonProcess(config, tmp_path / "daemon.log")
     yield config, process
@@ -103,4 +106,5 @@ def test_sync_when_reindex_with_incremental_job_then_refused(tmp_path):
 
     refused = cli("--action", "sync", "--connector-id", "any", "--job-type", "incremental", "--reindex", config=config)
 
-    assert refused.returncode == 2 and "--reindex" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "--reindex re-writes every document of a full sync" in refused.stderr, \
+        refused.stderr
