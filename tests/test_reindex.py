@@ -1,7 +1,7 @@
 """Re-indexing on demand and after a change of what shapes documents (issue 23, item 1).
 
 A real daemon serves a PostgreSQL connector (the server of ``scripts/servers/postgresql``)
-whose table has no timestamp column: unchanged rows are skipped by content. Changing a
+whose rows keep their ``timestamp_column``: unchanged rows are skipped. Changing a
 pipeline flag with ``update-connector`` must make the next full sync write every document
 again with the new flag, and say why in the job; ``sync --reindex`` (the job's
 ``metadata.reindex``) must write every document again too; a resync after either writes
@@ -34,9 +34,9 @@ def table():
     require_server("PostgreSQL", f"{HOST}:{PORT}", lambda: connect().close())
     name = f"t_{uuid.uuid4().hex[:12]}"
     with connect() as conn:
-        conn.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT, updated_at TIMESTAMP)")
         for i in range(ROWS):
-            conn.execute(f"INSERT INTO {name} VALUES (%s, %s)", (i, f"row  {i}\n  with   spaces"))
+            conn.execute(f"INSERT INTO {name} VALUES (%s, %s, '2020-01-01')", (i, f"row  {i}\n  with   spaces"))
         yield name
         conn.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -68,13 +68,14 @@ def test_sync_when_pipeline_flag_changes_or_reindex_requested_then_every_documen
     cli("--action", "create-connector", "--connector-id", connector_id, "--service-type", "postgresql",
         "--index-name", index_name, "--set", f"host={HOST}", "--set", f"port={PORT}", "--set", f"username={USER}",
         "--set", f"password={PASSWORD}", "--set", f"database={DATABASE}", "--set", f"tables={table}",
+        "--set", "timestamp_column=updated_at",
         config=config, check=True)
 
     first = _sync(config, connector_id)
     assert first["indexed_document_count"] == ROWS and "reindex_reason" not in first["metadata"]
     assert {d["body"] for d in index_docs(es, index_name).values()} == {f"row {i} with spaces" for i in range(ROWS)}
     unchanged = _sync(config, connector_id)
-    assert unchanged["indexed_document_count"] == 0, "unchanged rows of a table without timestamp are skipped"
+    assert unchanged["indexed_document_count"] == 0, "unchanged rows are skipped"
 
     cli("--action", "update-connector", "--connector-id", connector_id, "--pipeline-flag", "reduce_whitespace=false",
         config=config, check=True)
