@@ -44,6 +44,7 @@ Example usage::
 
 from __future__ import annotations
 
+import decimal
 import functools
 import json
 import mmap
@@ -107,7 +108,10 @@ _SORTED_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_
 
 
 def _canonical(value: Any) -> Any:
-    """orjson's fallback: sets sorted (their order changes with each process's hash seed), the rest JSON-safe."""
+    """orjson's fallback: decimals exact (their text), sets sorted (their order changes with each
+    process's hash seed), the rest JSON-safe."""
+    if isinstance(value, decimal.Decimal):
+        return f"decimal:{value}"
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
     return json_safe(value)
@@ -126,14 +130,22 @@ def content_digest(doc: Mapping[str, Any]) -> int:
     return _xxh3(data) or 1
 
 
-@functools.lru_cache(maxsize=64)
-def _shape_key(shape: str) -> np.uint64:
-    return np.uint64(_xxh3(shape))
+#: Each shape's 64-bit key (a scan meets few shapes: one per settings change, at most).
+_SHAPE_KEYS: dict[str, int] = {}
+
+
+def _shape_key(shape: str) -> int:
+    key = _SHAPE_KEYS.get(shape)
+    if key is None:
+        if len(_SHAPE_KEYS) >= 1024:
+            _SHAPE_KEYS.clear()
+        key = _SHAPE_KEYS[shape] = _xxh3(shape)
+    return key
 
 
 def shaped(stamps: np.ndarray, shape: str | None) -> np.ndarray:
     """Timestamp (or content) digests combined with the documents' shape; 0 stays 0 (always sent)."""
-    out = stamps ^ _shape_key(shape or "")
+    out = stamps ^ np.uint64(_shape_key(shape or ""))
     out[out == 0] = 1
     out[stamps == 0] = 0
     return out
@@ -144,7 +156,8 @@ def indexed_stamp(source: Mapping[str, Any] | None) -> int:
     is compared by: the same value :class:`~transforms.read_from_source.ReadFromSource` computes for
     the document the source yields, when nothing changed."""
     source = source or {}
-    stamp = stamp_digest(source.get("_timestamp"))
+    timestamp = source.get("_timestamp")
+    stamp = _text_stamp_digest(timestamp) if type(timestamp) is str and timestamp else stamp_digest(timestamp)
     if not stamp:
         content = source.get(CONTENT_FIELD)
         try:
@@ -154,7 +167,7 @@ def indexed_stamp(source: Mapping[str, Any] | None) -> int:
     if not stamp:
         return 0
     shape = source.get(SHAPE_FIELD)
-    return int(stamp ^ int(_shape_key(shape if isinstance(shape, str) else ""))) or 1
+    return (stamp ^ _shape_key(shape if type(shape) is str else "")) or 1
 
 
 # -- the index's digests ------------------------------------------------------------------
