@@ -48,7 +48,7 @@ ACTIONS: dict[str, str] = {
     "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
     "connectors": "show connectors: status, the documents their index holds, the last sync and its counts "
                   "(--connector-id to show one)",
-    "sync": "request a sync (--connector-id, --job-type); --wait follows it to the end",
+    "sync": "request a sync (--connector-id, --job-type, --reindex); --wait follows it to the end",
     "cancel": "cancel a job (--job-id)",
     "jobs": "show sync jobs: status, counters, duration, error (--connector-id to filter)",
     "dead-letters": "show the documents a job could not index, and why (--job-id)",
@@ -723,8 +723,11 @@ def _dead_letter_count(job: dict[str, Any]) -> Any:
 
 
 def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait: bool, timeout: float,
-                keep_waiting: bool = False, unclaimed_after: float = UNCLAIMED_AFTER, **_: Any) -> int:
+                keep_waiting: bool = False, unclaimed_after: float = UNCLAIMED_AFTER, reindex: bool = False,
+                **_: Any) -> int:
     connector_id = _require(connector_id, "--connector-id", "sync")
+    if reindex and job_type != "full":
+        raise click.UsageError(f"--reindex re-writes every document of a full sync; not with --job-type {job_type}")
     connector = get_connector(ctx.store, connector_id)
     if connector is None or connector.get("deleted"):
         raise ConnectorError(f"no connector with id {connector_id!r}")
@@ -740,7 +743,8 @@ def action_sync(ctx: _Context, *, connector_id: str | None, job_type: str, wait:
         if not supports_access_control(cls):
             raise ConnectorError(f"{display_name(cls)} sources do not support document-level security, so they have "
                                  "no access-control syncs; use --job-type full or incremental", connector_id)
-    job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand")
+    job_id = create_job(ctx.store, connector, job_type=job_type, trigger_method="on_demand",
+                        metadata={"reindex": True} if reindex else None)
     if not wait:
         if ctx.as_json:
             _echo_json({"job_id": job_id})
@@ -906,6 +910,9 @@ def _summary(job_id: str, doc: dict[str, Any]) -> str:
             f"{_documents(doc.get('indexed_document_count'))} indexed, "
             f"{int(doc.get('deleted_document_count') or 0):,} deleted; "
             f"the index holds {int(doc.get('total_document_count') or 0):,}")
+    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    if metadata.get("reindex_reason"):
+        line += f". Re-indexed: {metadata['reindex_reason']}"
     return line + (f". Error: {doc.get('error')}" if doc.get("error") else "")
 
 
@@ -1013,6 +1020,8 @@ _ACTION_HELP = "What to do:\n\n" + "\n\n".join(f"{name}: {text}" for name, text 
                                       "that support them: incremental syncs, document-level security)")
 @click.option("--job-id", help="cancel/dead-letters: the job")
 @click.option("--wait", is_flag=True, help="sync: follow the job with a live progress display until it ends")
+@click.option("--reindex", is_flag=True,
+              help="sync: a full sync that writes every document again, changed or not (job metadata.reindex)")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="sync --wait: give up after seconds")
 @click.option("--unclaimed-after", type=float, default=UNCLAIMED_AFTER, show_default=True,
               help="sync --wait: after this many seconds pending, say who should claim the job and whether it runs")

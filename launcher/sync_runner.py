@@ -67,7 +67,7 @@ from transforms.dead_letter_files import count_dead_letters, dead_letter_folder,
 from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
 from transforms.sync_rules import validate_rules
 
-__all__ = ["SyncRunner", "build_sync_job"]
+__all__ = ["SyncRunner", "build_sync_job", "requested_reindex"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -130,6 +130,10 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
     typed = values_of(configuration)
     merged = {name: ({**spec, "value": typed.get(name, spec.get("value"))} if isinstance(spec, dict) else spec)
               for name, spec in configuration.items()}
+    reindex = requested_reindex(job.doc, claim.connector.id)
+    if reindex and job.job_type != "full":
+        raise ConnectorError(f"metadata.reindex: only full syncs re-index every document; this is a {job.job_type} "
+                             "job", claim.connector.id)
     if job.job_type == "access_control":
         # Identities go to the content index's access-control index (Elastic's name); the
         # connector API's snapshot already names it so.
@@ -155,7 +159,18 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         ingest_pipeline=(pipeline.get("name") or None) if job.job_type != "access_control" else None,
         sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
+        reindex=reindex,
     )
+
+
+def requested_reindex(job_doc: Mapping[str, Any], connector_id: str | None = None) -> bool:
+    """Whether the job document asks for a full sync that writes every document again:
+    ``metadata.reindex: true`` (absent: no; anything but a boolean is refused)."""
+    metadata = job_doc.get("metadata")
+    value = metadata.get("reindex") if isinstance(metadata, Mapping) else None
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise ConnectorError(f"metadata.reindex: expected true or false, got {value!r}", connector_id)
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -266,6 +281,8 @@ class SyncRunner(threading.Thread):
         if rules_problem:  # never silent: the job says what it ran without (jobs, sync --wait), and the log
             _LOGGER.warning("job %s: connector %s: %s", self.job_id, self.connector_id, rules_problem)
             self.metadata["warnings"] = [rules_problem]
+        if sync_job.reindex:
+            self.metadata["reindex"] = True  # the request stays on the job, whose metadata this replaces
         env = dict(os.environ)
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         # Temporary files of the sync and its libraries (Beam leaves empty folders behind) go to
@@ -415,6 +432,8 @@ class SyncRunner(threading.Thread):
             "cpu_seconds", "first_bulk_sent_at", "timings")})
         if isinstance(outcome.get("warnings"), list) and outcome["warnings"]:
             self.metadata["warnings"] = [*self.metadata.get("warnings", []), *map(str, outcome["warnings"])]
+        if outcome.get("reindex_reason"):  # why documents that did not change were written again
+            self.metadata["reindex_reason"] = outcome["reindex_reason"]
         if isinstance(outcome.get("dead_letters"), dict) and outcome["dead_letters"].get("location"):
             self.metadata["dead_letters"] = {"location": outcome["dead_letters"]["location"]}
         self._finish(outcome.get("status", "error"), run=run, total=outcome.get("total_document_count"),

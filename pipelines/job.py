@@ -43,6 +43,8 @@ class SyncJob:
     ingest_pipeline: str | None = None
     sync_cursor: Any = None
     language: str | None = None
+    #: A full sync that writes every document again (job metadata ``reindex: true``; ``sync --reindex``).
+    reindex: bool = False
 
     def __post_init__(self) -> None:
         if self.job_type not in JOB_TYPES:

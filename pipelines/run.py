@@ -16,6 +16,7 @@ process is killed) and its memory is returned when it ends. It:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
 from pipelines.options import runner_and_options, worker_paths, workers_share_this_disk
 from pipelines.settings import PipelineConfig
-from pipelines.sync import build_sync_pipeline, read_digests_dir, source_spec
+from pipelines.sync import build_sync_pipeline, job_shape, read_digests_dir, source_spec
 from sources.driver import SourceDriver, build_source
 from sources.errors import (
     ConfigError, IngestError, SourceConfigError, SourceUnavailable, TooManyErrors, format_error,
@@ -44,6 +45,7 @@ from transforms.content_index import count_documents, ensure_content_index, inge
 from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.digest_cache import DigestCache, IndexState, default_cache_dir, index_state, started_from, store_synced
 from transforms.digests import IndexDigests
+from transforms.document_shape import describe_reshape, reshaped_documents
 from transforms.es_client import ElasticsearchConnection
 from transforms.progress import PROGRESS_INDEX, flush_all, local_totals, read_job_record
 from transforms.secrets import discard_all, worker_secrets
@@ -84,8 +86,9 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
-    """Validate, ping and partition the source; ``(None, cursor)`` when it reports no change."""
+def _plan(job: SyncJob, reindex: bool = False) -> tuple[list[Any] | None, Any]:
+    """Validate, ping and partition the source; ``(None, cursor)`` when it reports no change
+    (never when every document, or some, must be written again: ``reindex``)."""
     source = build_source(load_source_class(job.source_fqn), job.configuration, job.source_settings)
     driver = SourceDriver(source)
     try:
@@ -117,12 +120,36 @@ def _plan(job: SyncJob) -> tuple[list[Any] | None, Any]:
             return [Partition()], None
 
         cursor_of = (lambda: driver.call(source.sync_cursor)) if hasattr(source, "sync_cursor") else (lambda: None)
-        if hasattr(source, "changed") and driver.call(source.changed) is False:
+        if not reindex and hasattr(source, "changed") and driver.call(source.changed) is False:
             return None, cursor_of()
         partitions = list(driver.call(source.get_partitions)) if hasattr(source, "get_partitions") else []
         return partitions or [Partition()], cursor_of()
     finally:
         driver.close()
+
+
+#: The job's ``reindex_reason`` when it asked to write every document again.
+REQUESTED = "requested (job metadata.reindex: true, e.g. sync --reindex): every document is written again"
+
+
+def _shape_and_reason(es: Any, job: SyncJob, settings: PipelineConfig) -> tuple[str | None, str | None]:
+    """The shape of the job's documents, and why a full sync writes documents that did not
+    change (None: it does not; those it writes are new or changed)."""
+    effective = job
+    if job.ingest_pipeline:
+        try:
+            exists = ingest_pipeline_exists(es, job.ingest_pipeline)
+        except Exception:  # noqa: BLE001 - unknown: as configured (the check before indexing says more)
+            exists = True
+        if not exists:  # documents go through no pipeline: their shape says so
+            effective = dataclasses.replace(job, ingest_pipeline=None)
+    shape = job_shape(effective, settings)
+    if job.job_type != "full":
+        return shape, None
+    if job.reindex:
+        return shape, REQUESTED
+    reshaped = reshaped_documents(es, job.index_name, shape) if shape else None
+    return shape, describe_reshape(*reshaped, shape) if reshaped else None
 
 
 def _counters(result: Any) -> dict[str, int]:
@@ -222,7 +249,11 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
     mark = _Marks(timings)
     es = conn.client()
     try:
-        partitions, cursor = _plan(job)
+        shape, reindex_reason = _shape_and_reason(es, job, settings)
+        if reindex_reason:
+            outcome["reindex_reason"] = reindex_reason
+            _LOGGER.info("sync %s: re-indexing: %s", job.job_id, reindex_reason)
+        partitions, cursor = _plan(job, reindex=reindex_reason is not None)
         mark("plan")
         if partitions is None:
             _LOGGER.info("sync %s: %s reports no change since the last sync; nothing to do", job.job_id,
@@ -255,7 +286,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
             pipeline = build_sync_pipeline(job, settings, conn, partitions=partitions, runner=runner,
                                            options=options, progress_interval=progress_interval,
                                            index_empty=index_empty, work_dir=work_dir, digest_cache=cache,
-                                           secrets=secrets)
+                                           secrets=secrets, shape=shape)
             mark("build")
             _LOGGER.info("sync %s: %s sync of %s into %s, %d partition(s), runner %s", job.job_id, job.job_type,
                          job.service_type, job.index_name, len(partitions), settings.runner)

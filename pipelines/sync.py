@@ -29,8 +29,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job import SyncJob
 from pipelines.settings import PipelineConfig
 from sources.base import Partition
+from sources.registry import load_source_class
 from transforms.dead_letter import WriteDeadLetters
 from transforms.digest_cache import DigestCache
+from transforms.document_shape import document_shape
 from transforms.es_client import ElasticsearchConnection
 from transforms.find_deletions import FindDeletions
 from transforms.normalize import Normalize
@@ -40,7 +42,7 @@ from transforms.scan_index import ScanIndex
 from transforms.secrets import SecretRef
 from transforms.write_to_elasticsearch import MIXED, BulkSettings, WriteToElasticsearch
 
-__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir", "source_spec", "one_worker"]
+__all__ = ["build_sync_pipeline", "bulk_settings", "read_digests_dir", "source_spec", "one_worker", "job_shape"]
 
 
 def one_worker(settings: PipelineConfig) -> bool:
@@ -73,6 +75,22 @@ def source_spec(job: SyncJob) -> SourceSpec:
                       access_control=job.job_type == "access_control", operator_settings=job.source_settings)
 
 
+def job_shape(job: SyncJob, settings: PipelineConfig) -> str | None:
+    """The shape of the documents ``job`` writes (:mod:`transforms.document_shape`); None for an
+    access-control sync. ``job.ingest_pipeline``: the pipeline they go through (None when it does
+    not exist). Sensitive configuration values, and those the source declares neutral
+    (``document_neutral_fields``), are left out."""
+    if job.job_type == "access_control":
+        return None
+    spec = source_spec(job)
+    hidden = spec.sensitive_fields() | set(getattr(load_source_class(job.source_fqn), "document_neutral_fields", ()))
+    values = {name: (value.get("value") if isinstance(value, dict) else value)
+              for name, value in job.configuration.items() if name not in hidden}
+    return document_shape(ingest_pipeline=job.ingest_pipeline, pipeline_flags=job.pipeline_flags,
+                          extract_text=settings.extract_text, max_download_bytes=settings.max_download_bytes,
+                          service_type=job.service_type, configuration=values, advanced_rules=job.advanced_rules)
+
+
 def build_sync_pipeline(
     job: SyncJob,
     settings: PipelineConfig,
@@ -86,6 +104,7 @@ def build_sync_pipeline(
     work_dir: str | None = None,
     digest_cache: DigestCache | None = None,
     secrets: SecretRef | None = None,
+    shape: str | None = None,
 ) -> beam.Pipeline:
     """The pipeline for ``job`` (not yet run). ``partitions`` come from the source's planning.
 
@@ -103,12 +122,15 @@ def build_sync_pipeline(
     ``secrets``: where the workers find the Elasticsearch credentials and the source's
     sensitive values (:func:`transforms.secrets.worker_secrets` put them there): the graph
     then holds none of them. None: ``conn`` and the job's configuration hold no secret.
+
+    ``shape``: the documents' shape (:func:`job_shape`), recorded in each and compared by
+    the full sync; with ``job.reindex`` the full sync skips nothing.
     """
     p = beam.Pipeline(runner=runner, options=options)
     conn, spec = conn.by_reference(secrets), source_spec(job).by_reference(secrets)
     write = dict(settings=bulk_settings(settings), pipeline=job.ingest_pipeline, job_id=job.job_id,
                  progress_interval=progress_interval)
-    normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text)
+    normalize = dict(max_document_bytes=settings.max_document_bytes, extract_text=settings.extract_text, shape=shape)
 
     if job.job_type == "incremental":
         changes = p | "Cursor" >> beam.Create([job.sync_cursor]) | "Read" >> ReadChanges(spec, conn, job_id=job.job_id)
@@ -133,6 +155,8 @@ def build_sync_pipeline(
                 record_digests=read_digests_dir(work_dir) if digest_cache is not None and work_dir else None,
                 max_batch_seconds=settings.bulk.max_batch_seconds,
                 spread=not one_worker(settings),
+                shape=shape,
+                reindex=job.reindex,
             )
         )
         docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)

@@ -20,7 +20,8 @@ Documents
 
 Timestamps and incremental syncs
     With ``timestamp_column`` set, a table that has that column gives its documents a
-    ``_timestamp`` (UTC ISO 8601), so unchanged rows are not sent again, and incremental
+    ``_timestamp`` (UTC ISO 8601), so full syncs compare rows by it (without it, by each
+    row's content: see transforms/digests.py), and incremental
     syncs read only rows whose column is at or after the previous sync's start (minus a
     few seconds of overlap, for clocks rounded to the second and transactions that commit
     late). Tables without the column are read whole. The column must be kept up to date by
@@ -130,8 +131,8 @@ def sql_configuration(*, default_port: int, schema: bool) -> dict[str, dict[str,
             "required": False,
             "tooltip": (
                 "A column holding each row's last modification time (e.g. updated_at), kept up to date by a "
-                "trigger or the application. Enables incremental syncs; rows whose value is unchanged are "
-                "not sent again. Deletions are only seen by full syncs."
+                "trigger or the application. Enables incremental syncs, and full syncs compare rows by it "
+                "(without it, by each row's content). Deletions are only seen by full syncs."
             ),
         },
         "id_columns": {
@@ -252,6 +253,7 @@ class SqlDataSource(BaseDataSource):
 
     incremental_sync_enabled = True
     advanced_rules_enabled = True
+    document_neutral_fields = frozenset({"fetch_size", "partition_size", "max_partitions"})
 
     #: Display name of the server in messages, e.g. "PostgreSQL".
     engine: ClassVar[str]

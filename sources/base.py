@@ -302,6 +302,10 @@ class BaseDataSource(abc.ABC):
     advanced_rules_enabled: ClassVar[bool] = False
     #: Basic rules are applied by the service, so every source supports them.
     basic_rules_enabled: ClassVar[bool] = True
+    #: Configuration fields that never change what a document holds (tuning: page sizes,
+    #: partitions), or that are the data itself: changing them does not make the next full sync
+    #: write every document again as other fields do (transforms/document_shape.py).
+    document_neutral_fields: ClassVar[frozenset[str]] = frozenset()
     #: True when :meth:`get_access_control` is implemented (document-level security).
     dls_enabled: ClassVar[bool] = False
     #: The operator settings this source accepts (see :class:`OperatorSettings`).

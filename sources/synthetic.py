@@ -121,6 +121,8 @@ class SyntheticDataSource(BaseDataSource):
 
     name = "Synthetic"
     service_type = "synthetic"
+    #: The data's size and variant, and how it is read: not its shape.
+    document_neutral_fields = frozenset({"count", "partitions", "version", "change_ratio", "remove_ratio"})
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:

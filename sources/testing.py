@@ -127,6 +127,8 @@ class MemorySource(BaseDataSource):
     name = "Memory"
     service_type = "memory"
     incremental_sync_enabled = True
+    #: The documents are the configuration: changing them changes the data, not its shape.
+    document_neutral_fields = frozenset({"docs", "count", "version", "partitions", "fail_after", "changes"})
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:

@@ -124,13 +124,19 @@ def run_sync(
     return outcome
 
 
-def index_docs(es, index: str) -> dict[str, dict[str, Any]]:
-    """Every document of ``index`` as ``{_id: _source}`` (after a refresh)."""
+#: What a full sync compares documents by (transforms/digests.py): left out by ``index_docs`` unless asked.
+SYNC_DIGEST_FIELDS = ("_shape_digest", "_content_digest")
+
+
+def index_docs(es, index: str, *, digests: bool = False) -> dict[str, dict[str, Any]]:
+    """Every document of ``index`` as ``{_id: _source}`` (after a refresh); ``digests``: with
+    the sync's own ``_shape_digest`` and ``_content_digest`` fields (left out by default)."""
     es.indices.refresh(index=index)
     docs: dict[str, dict[str, Any]] = {}
     result = es.search(index=index, size=10000, query={"match_all": {}})
     for hit in result["hits"]["hits"]:
-        docs[hit["_id"]] = hit["_source"]
+        source = hit["_source"]
+        docs[hit["_id"]] = source if digests else {k: v for k, v in source.items() if k not in SYNC_DIGEST_FIELDS}
     assert len(docs) == es.count(index=index)["count"], "index_docs is limited to 10000 documents"
     return docs
 

@@ -112,6 +112,8 @@ def test_digest_cache_when_stored_then_found_only_at_that_state_and_older_entrie
 class IntrudingSource(MemorySource):
     """A MemorySource during whose read someone else writes a document into the index."""
 
+    document_neutral_fields = MemorySource.document_neutral_fields | {"index"}
+
     def get_docs(self, filtering=None, partition=None):
         from elasticsearch import Elasticsearch
 
@@ -357,7 +359,10 @@ def test_full_syncs_when_through_ingest_pipelines_that_apply_every_write_then_di
     es.indices.put_settings(index=index_name, settings={"index.default_pipeline": empty_pipeline,
                                                         "index.final_pipeline": empty_pipeline})
     docs = [{**docs[0], "_timestamp": "2024-07-01T00:00:00+00:00"}] + docs[1:]
-    assert sync(docs) == (1, 1, 0, True)
+    assert sync(docs, ingest_pipeline=empty_pipeline) == (1, 1, 0, True)
+    assert sync(docs, ingest_pipeline=empty_pipeline) == (1, 0, 0, True)
+    # Another pipeline named by the connector: every document is written again, once.
+    assert sync(docs) == (1, 26, 0, True)
     assert sync(docs) == (1, 0, 0, True)
 
 

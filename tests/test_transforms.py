@@ -515,3 +515,53 @@ def test_iso_timestamp_when_text_already_or_not_canonical_then_same_instant_in_c
     expected = dt.datetime.fromisoformat(text).astimezone(dt.timezone.utc).isoformat()
     assert iso_timestamp(text) == expected
     assert iso_timestamp(canonical) == canonical == iso_timestamp(when)
+
+
+# -- content digests and document shapes (issue 23) ----------------------------------------
+def test_content_digest_when_same_document_in_another_process_then_same_digest_and_any_change_another():
+    import subprocess
+    import sys
+
+    from transforms.digests import content_digest
+
+    doc = {"_id": "t_1", "tags": {"b", "a", "c"}, "price": decimal.Decimal("1.25"), "at": dt.datetime(2024, 1, 1),
+           "raw": b"\x00\xff", "nested": {"z": 1, "a": [1, "1"]}}
+    here = content_digest(doc)
+    # Another interpreter has another hash seed: a set's order changes, its digest must not.
+    code = ("import datetime as dt, decimal; from transforms.digests import content_digest; print(content_digest("
+            "{'nested': {'a': [1, '1'], 'z': 1}, 'raw': b'\\x00\\xff', 'at': dt.datetime(2024, 1, 1), "
+            "'price': decimal.Decimal('1.25'), 'tags': {'c', 'a', 'b'}, '_id': 't_1'}))")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=".").stdout.strip()
+    assert int(there) == here
+    for changed in ({**doc, "price": decimal.Decimal("1.26")}, {**doc, "nested": {"z": 1, "a": [1, 1]}},
+                    {**doc, "extra": None}, {k: v for k, v in doc.items() if k != "raw"}):
+        assert content_digest(changed) != here
+
+
+def test_indexed_stamp_when_read_back_then_equal_to_the_read_only_with_the_same_shape():
+    from transforms.digests import CONTENT_FIELD, content_digest, indexed_stamp, shaped, stamp_digest
+    from transforms.document_shape import SHAPE_FIELD, describe_reshape, document_shape
+
+    def shape(**change):
+        settings = dict(ingest_pipeline="search-default-ingestion", pipeline_flags={"_reduce_whitespace": True},
+                        extract_text=True, max_download_bytes=1 << 20, service_type="postgresql",
+                        configuration={"tables": "*"})
+        return document_shape(**{**settings, **change})
+
+    now, other = shape(), shape(pipeline_flags={"_reduce_whitespace": False})
+    row = {"_id": "t_1", "name": "x"}
+    digest = content_digest(row)
+    read = shaped(np.array([digest, stamp_digest("2024-01-01T00:00:00Z"), 0], dtype=np.uint64), now)
+    assert read[2] == 0  # neither timestamp nor content: always sent
+    assert indexed_stamp({CONTENT_FIELD: f"{digest:016x}", SHAPE_FIELD: now}) == read[0]
+    assert indexed_stamp({"_timestamp": "2024-01-01T00:00:00+00:00", SHAPE_FIELD: now}) == read[1]
+    assert indexed_stamp({CONTENT_FIELD: f"{digest:016x}", SHAPE_FIELD: other}) != read[0]
+    assert indexed_stamp({"_timestamp": "2024-01-01T00:00:00+00:00"}) != read[1]  # written before shapes
+    assert indexed_stamp({CONTENT_FIELD: "not hex at all!"}) == 0
+    assert len({now, other, shape(ingest_pipeline=None), shape(configuration={"tables": "a"})}) == 4
+    assert shape(configuration={"tables": "*"}) == now
+    assert "pipeline flags" in describe_reshape(3, other, now)
+    assert "ingest pipeline" in describe_reshape(3, shape(ingest_pipeline=None), now)
+    assert "source configuration" in describe_reshape(3, shape(configuration={"tables": "a"}), now)
+    assert "earlier release" in describe_reshape(3, None, now)

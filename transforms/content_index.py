@@ -27,6 +27,9 @@ CONTENT_MAPPINGS: dict[str, Any] = {
         "_extract_binary_content": {"type": "boolean"},
         "_reduce_whitespace": {"type": "boolean"},
         "_run_ml_inference": {"type": "boolean"},
+        # What a full sync compares documents by (transforms/digests.py, transforms/document_shape.py).
+        "_shape_digest": {"type": "keyword"},
+        "_content_digest": {"type": "keyword", "index": False, "doc_values": False},
     },
 }
 

@@ -11,6 +11,14 @@ Holding ids and timestamps as Python strings costs ~150 bytes per document (1.5 
 * the seen bitmap: one bit per indexed document, set when the source yielded its id
   (:func:`mark_seen`, ORed across workers by :class:`UnionSeen`).
 
+What is compared per document (the "stamp" slot) is the digest of its ``_timestamp``; a
+document without one whose content came with it (no lazy download: a table's row, say)
+is compared by content instead: :func:`content_digest` of the document as the source
+yielded it, which the document keeps in ``_content_digest`` (16 hex digits), so the next
+scan reads it back. Either is then combined with the document's shape (:func:`shaped`,
+:mod:`transforms.document_shape`): a document written with other settings never compares
+as unchanged. 0 stays 0: a document with neither is always sent.
+
 Where all workers share this machine's disk (the local runner; Flink ``[local]``), the
 digests are two files in the sync's work directory, sorted on disk in hash buckets
 (memory: one bucket, ~1/64 of them) and memory-mapped by every reader: the side input is
@@ -36,22 +44,26 @@ Example usage::
 
 from __future__ import annotations
 
+import decimal
 import functools
+import json
 import mmap
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import orjson
 import xxhash
 
-from transforms.normalize import iso_timestamp
+from transforms.document_shape import SHAPE_FIELD
+from transforms.normalize import iso_timestamp, json_safe
 
-__all__ = ["id_digests", "stamp_digest", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
+__all__ = ["id_digests", "stamp_digest", "content_digest", "shaped", "indexed_stamp", "CONTENT_FIELD", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
            "unseen_mask", "UnionSeen", "DIGEST_FILES", "write_records", "read_records"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
@@ -88,6 +100,74 @@ def stamp_digest(value: Any) -> int:
     if isinstance(value, str):
         return _text_stamp_digest(value)  # timestamps repeat: parse each distinct text once
     return _text_stamp_digest(iso_timestamp(value) or "")
+
+
+#: The field a document compared by content keeps its :func:`content_digest` in (16 hex digits).
+CONTENT_FIELD = "_content_digest"
+_SORTED_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+
+
+def _canonical(value: Any) -> Any:
+    """orjson's fallback: decimals exact (their text), sets sorted (their order changes with each
+    process's hash seed), the rest JSON-safe."""
+    if isinstance(value, decimal.Decimal):
+        return f"decimal:{value}"
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return json_safe(value)
+
+
+def content_digest(doc: Mapping[str, Any]) -> int:
+    """The 64-bit digest of a document's content (keys sorted, values as JSON); never 0.
+
+    The same document gives the same digest in every process and on every machine; any
+    change of a value, a key or a type (``1`` and ``"1"``) gives another.
+    """
+    try:
+        data = orjson.dumps(doc, default=_canonical, option=_SORTED_JSON)
+    except (TypeError, ValueError):  # integers over 64 bits, nesting over orjson's limit: the slow way
+        data = json.dumps(json_safe(doc), sort_keys=True, separators=(",", ":"), default=str).encode()
+    return _xxh3(data) or 1
+
+
+#: Each shape's 64-bit key (a scan meets few shapes: one per settings change, at most).
+_SHAPE_KEYS: dict[str, int] = {}
+
+
+def _shape_key(shape: str) -> int:
+    key = _SHAPE_KEYS.get(shape)
+    if key is None:
+        if len(_SHAPE_KEYS) >= 1024:
+            _SHAPE_KEYS.clear()
+        key = _SHAPE_KEYS[shape] = _xxh3(shape)
+    return key
+
+
+def shaped(stamps: np.ndarray, shape: str | None) -> np.ndarray:
+    """Timestamp (or content) digests combined with the documents' shape; 0 stays 0 (always sent)."""
+    out = stamps ^ np.uint64(_shape_key(shape or ""))
+    out[out == 0] = 1
+    out[stamps == 0] = 0
+    return out
+
+
+def indexed_stamp(source: Mapping[str, Any] | None) -> int:
+    """What an indexed document (its ``_source``: ``_timestamp``, ``_content_digest``, ``_shape_digest``)
+    is compared by: the same value :class:`~transforms.read_from_source.ReadFromSource` computes for
+    the document the source yields, when nothing changed."""
+    source = source or {}
+    timestamp = source.get("_timestamp")
+    stamp = _text_stamp_digest(timestamp) if type(timestamp) is str and timestamp else stamp_digest(timestamp)
+    if not stamp:
+        content = source.get(CONTENT_FIELD)
+        try:
+            stamp = int(content, 16) if isinstance(content, str) and len(content) == 16 else 0
+        except ValueError:
+            stamp = 0
+    if not stamp:
+        return 0
+    shape = source.get(SHAPE_FIELD)
+    return (stamp ^ _shape_key(shape if type(shape) is str else "")) or 1
 
 
 # -- the index's digests ------------------------------------------------------------------

@@ -9,6 +9,8 @@ For each document:
   (PDF, DOCX, HTML, text; see :mod:`transforms.extract_text`);
 * the connector's pipeline flags are set (``_extract_binary_content``, ``_reduce_whitespace``,
   ``_run_ml_inference``);
+* with a shape, ``_shape_digest`` records the settings the document is written with
+  (:mod:`transforms.document_shape`);
 * every value is made JSON-safe (datetimes, dates, decimals, bytes, ObjectIds, sets, UUIDs,
   NaN, ...);
 * the document is serialized once, here; a document that cannot be serialized or is larger
@@ -179,7 +181,7 @@ def _has_ascii_control_space(text: str) -> bool:
 
 class _NormalizeFn(beam.DoFn):
     def __init__(self, pipeline_flags: Mapping[str, Any], max_document_bytes: int, extract_text: bool,
-                 operation: str = "index"):
+                 operation: str = "index", shape: str | None = None):
         self.pipeline_flags = dict(pipeline_flags)
         self.max_document_bytes = max_document_bytes
         self.extract_text = extract_text
@@ -189,6 +191,8 @@ class _NormalizeFn(beam.DoFn):
         self.reduce_whitespace = bool(self.pipeline_flags.get("_reduce_whitespace"))
         self.extract_attachments = extract_text and self.pipeline_flags.get("_extract_binary_content", True) is not False
         self.dead = Metrics.counter("elastic_ingest", "dead_letters_normalize")
+        # Set on every document with the flags: the settings it is written with (transforms/document_shape.py).
+        self.fields = {**self.pipeline_flags, **({"_shape_digest": shape} if shape else {})}
 
     # A list, not a generator: one document in, one element out (a generator per document costs more).
     def process(self, element: Any) -> list[Any]:
@@ -221,7 +225,7 @@ class _NormalizeFn(beam.DoFn):
             body = doc.get("body")
             if isinstance(body, str):
                 doc["body"] = _reduce_whitespace(body)
-        doc.update(self.pipeline_flags)
+        doc.update(self.fields)
         doc.setdefault("id", doc_id)  # a source's own ``id`` (a table's id column) is kept as it is
         try:
             # Fast path (orjson: datetimes, UUIDs, enums, NaN as null, non-string keys natively);
@@ -264,10 +268,11 @@ class Normalize(beam.PTransform):
         max_document_bytes: larger serialized documents are dead-lettered.
         extract_text: turn ``_attachment`` content into ``body`` text in the workers (unless the
             connector's ``_extract_binary_content`` flag is false: ``_attachment`` is then kept).
+        shape: set as ``_shape_digest`` on every document (None: not set).
     """
 
     def __init__(self, pipeline_flags: Mapping[str, Any] | None = None, *, max_document_bytes: int = 20 * 1024 * 1024,
-                 extract_text: bool = True, operation: str = "index"):
+                 extract_text: bool = True, operation: str = "index", shape: str | None = None):
         super().__init__()
         if max_document_bytes <= 0:
             raise ValueError("Normalize: max_document_bytes must be positive")
@@ -275,9 +280,11 @@ class Normalize(beam.PTransform):
         self.max_document_bytes = max_document_bytes
         self.extract_text = extract_text
         self.operation = operation
+        self.shape = shape
 
     def expand(self, docs: beam.PCollection):
         results = docs | "Normalize" >> beam.ParDo(
-            _NormalizeFn(self.pipeline_flags, self.max_document_bytes, self.extract_text, self.operation)
+            _NormalizeFn(self.pipeline_flags, self.max_document_bytes, self.extract_text, self.operation,
+                         self.shape)
         ).with_outputs(DEAD_LETTERS, main="docs")
         return results.docs, results[DEAD_LETTERS]

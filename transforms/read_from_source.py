@@ -3,7 +3,8 @@
 ::
 
     partitions --Reshuffle--> read partition (source.get_docs) --> basic sync rules
-        --> batch of read_batch_size --> id and _timestamp digests --> indexed unchanged? skipped
+        --> batch of read_batch_size --> id and _timestamp (or content) digests, with the shape
+        --> indexed unchanged? skipped
         --> changed: lazy download (at most download_concurrency at once, size limit) --> document
 
 Only partition descriptors are reshuffled; documents flow on without a shuffle. The
@@ -12,7 +13,13 @@ closed in ``teardown()``. Skipping unchanged documents compares each batch with 
 index's digests (:class:`~transforms.digests.IndexDigests`, a side input scanned before
 the read): no request per batch, 16 bytes per indexed document. Async lazy downloads run
 on the source's own event loop (where its clients were opened), sync ones on a thread
-pool. Content over ``max_download_bytes`` (declared as ``size`` before, or measured after
+pool. A document without ``_timestamp`` whose content came with it (no lazy download)
+is compared by content: it gets a ``_content_digest`` field
+(:func:`~transforms.digests.content_digest` of the document as the source yielded it),
+so an unchanged row of a table without a timestamp column costs no write. Every
+comparison includes the documents' shape (``shape``, :mod:`transforms.document_shape`):
+a document indexed with other settings is written again. With ``reindex`` nothing is
+skipped (every document is written), and deletions still work. Content over ``max_download_bytes`` (declared as ``size`` before, or measured after
 the download) is left out: the document is indexed with its metadata only.
 
 Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content downloaded,
@@ -55,7 +62,9 @@ from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, c
 from sources.errors import SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
-from transforms.digests import IndexDigests, id_digests, mark_seen, new_seen, stamp_digest, write_records
+from transforms.digests import (
+    CONTENT_FIELD, IndexDigests, content_digest, id_digests, mark_seen, new_seen, shaped, stamp_digest, write_records,
+)
 from transforms.normalize import document_id
 from transforms.secrets import SecretRef
 from transforms.sync_rules import BasicRules
@@ -212,8 +221,10 @@ def _content_size(extra: Mapping[str, Any]) -> int:
 
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
-                 max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None):
+                 max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None,
+                 shape: str | None = None, reindex: bool = False):
         self.spec = spec
+        self.shape, self.reindex = shape, reindex
         self.max_batch_seconds = max_batch_seconds
         self.track_seen = track_seen
         self.record_digests = record_digests
@@ -314,17 +325,22 @@ class _ReadPartitionFn(beam.DoFn):
     def _flush(self, batch: list[tuple[str, dict[str, Any], Any]], indexed: IndexDigests | None) -> Iterator[Any]:
         if not batch:
             return
+        contents = self._by_content(batch) if self.shape is not None else []
         changed = batch
         if indexed or self.record_digests:
             ids = id_digests([doc_id for doc_id, _, _ in batch])
             stamps = np.fromiter(map(stamp_digest, [doc.get("_timestamp") for _, doc, _ in batch]),
                                  dtype=np.uint64, count=len(batch))
+            for position, digest in contents:
+                stamps[position] = digest
+            stamps = shaped(stamps, self.shape)
             if self.record_digests:
                 self._record(ids, stamps)
         if indexed:
             positions = indexed.positions(ids)
             if self.seen is not None:
                 mark_seen(self.seen, positions)
+        if indexed and not self.reindex:
             unchanged = indexed.unchanged(positions, stamps)
             skipped = int(np.count_nonzero(unchanged))
             if skipped:
@@ -349,6 +365,18 @@ class _ReadPartitionFn(beam.DoFn):
                         if "_timestamp" not in doc:
                             del out["_timestamp"]
                 yield out
+
+    @staticmethod
+    def _by_content(batch: list[tuple[str, dict[str, Any], Any]]) -> list[tuple[int, int]]:
+        """``(position, content digest)`` of the batch's documents compared by content (no
+        ``_timestamp``, nothing to download); each gets its digest as ``_content_digest``."""
+        found = []
+        for position, (doc_id, doc, lazy) in enumerate(batch):
+            if lazy is None and doc.get("_timestamp") in (None, ""):
+                digest = content_digest(doc)
+                found.append((position, digest))
+                batch[position] = (doc_id, {**doc, CONTENT_FIELD: f"{digest:016x}"}, lazy)
+        return found
 
     def _windows(self, changed: list[tuple[str, dict[str, Any], Any]]) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
         """The batch in windows downloaded one at a time, so a worker never holds much more content
@@ -431,7 +459,7 @@ class ReadFromSource(beam.PTransform):
         download_concurrency: lazy downloads in flight per worker.
         max_download_bytes: documents declaring a larger ``size`` are not downloaded.
         record_digests: a directory (shared by the workers) where the id and
-            ``_timestamp`` digests of every document read (and kept by the sync rules) are
+            ``_timestamp`` (or content, with the shape) digests of every document read (and kept by the sync rules) are
             written, a file per bundle (:func:`~transforms.digests.read_records`): after
             a clean sync they are the index's (:func:`~transforms.digest_cache.store_synced`).
         max_batch_seconds: a batch is handed on when its first document is this old, even
@@ -439,12 +467,19 @@ class ReadFromSource(beam.PTransform):
             the writer, whose own timer sends them, long before ``batch_size`` are read).
         spread: reshuffle the partitions so that they are read by several workers (False:
             one worker reads them all anyway, and the shuffle would only cost a stage).
+        shape: the shape the documents are written with (:func:`~transforms.document_shape.document_shape`):
+            a document indexed with another is not skipped. None: no shape, and documents are
+            compared by ``_timestamp`` only (an access-control sync's identities).
+        reindex: skip nothing (every document is written again); the ``seen`` bitmaps are
+            still emitted, so deletions work as in any full sync.
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
                  batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
-                 record_digests: str | None = None, max_batch_seconds: float | None = None, spread: bool = True):
+                 record_digests: str | None = None, max_batch_seconds: float | None = None, spread: bool = True,
+                 shape: str | None = None, reindex: bool = False):
         super().__init__()
+        self.shape, self.reindex = shape, reindex
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
         if track_seen and skip_unchanged is None:
@@ -461,7 +496,8 @@ class ReadFromSource(beam.PTransform):
 
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
-                                self.max_download_bytes, self.record_digests, self.max_batch_seconds)
+                                self.max_download_bytes, self.record_digests, self.max_batch_seconds,
+                                self.shape, self.reindex)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         if self.spread:
             partitions = partitions | "SpreadPartitions" >> beam.Reshuffle()

@@ -13,7 +13,7 @@ sync: a partial scan is never taken for the index's content, so nothing is delet
 it and nothing is cached.
 
 ``ScanIndex`` turns the pages into one :class:`~transforms.digests.IndexDigests` (id and
-``_timestamp`` digests, 16 bytes per document, in files of ``work_dir`` when given: a directory
+``_timestamp`` or ``_content_digest`` digests combined with ``_shape_digest``, 16 bytes per document, in files of ``work_dir`` when given: a directory
 marked by :func:`~transforms.work_dir.mark_work_dir`, which each worker checks it sees), the side input that lets
 :class:`~transforms.read_from_source.ReadFromSource` skip unchanged documents and
 :class:`~transforms.find_deletions.FindDeletions` tell whether anything must be deleted.
@@ -48,7 +48,8 @@ from elasticsearch import ApiError, NotFoundError
 
 from sources.errors import ElasticsearchUnavailable, PartialScan
 from transforms.digest_cache import INDEX_DIGESTS_PREFIX, DigestCache, index_state, write_state
-from transforms.digests import IndexDigests, IndexDigestsWriter, id_digests, stamp_digest
+from transforms.digests import CONTENT_FIELD, IndexDigests, IndexDigestsWriter, id_digests, indexed_stamp
+from transforms.document_shape import SHAPE_FIELD
 from transforms.es_client import ElasticsearchConnection
 from transforms.retries import retry_with_backoff
 from transforms.work_dir import check_work_dir
@@ -60,6 +61,8 @@ _LOGGER = logging.getLogger(__name__)
 #: Hits per page: Elasticsearch's default ``index.max_result_window``.
 PAGE_SIZE = 10_000
 _DONE = object()
+#: What a document is compared by (:func:`~transforms.digests.indexed_stamp`): only these fields of ``_source`` travel.
+_COMPARED = ("_timestamp", CONTENT_FIELD, SHAPE_FIELD)
 #: Only what the readers use travels and is parsed (no _index, _score): the hits, and the shard counts checked.
 _PAGE_FIELDS = "pit_id,timed_out,_shards,hits.hits._id,hits.hits._source,hits.hits.sort"
 
@@ -270,9 +273,9 @@ class _DigestIndexFn(beam.DoFn):
     def _scan(self, directory: str | None) -> IndexDigests:
         writer = IndexDigestsWriter(directory)
         try:
-            for hits in scan_pages(self.conn, self.index, slices=self.slices, source=["_timestamp"]):
+            for hits in scan_pages(self.conn, self.index, slices=self.slices, source=_COMPARED):
                 writer.add(id_digests([hit["_id"] for hit in hits]),
-                           np.fromiter((stamp_digest((hit.get("_source") or {}).get("_timestamp")) for hit in hits),
+                           np.fromiter((indexed_stamp(hit.get("_source")) for hit in hits),
                                        dtype=np.uint64, count=len(hits)))
         except BaseException:
             writer.abort()

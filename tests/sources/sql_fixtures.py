@@ -329,6 +329,35 @@ class SqlSourceSuite:
         indexed = assert_index_equals_table()
         assert indexed[f"{table}_11"][0] == "changed" and len(indexed) == 39
 
+    def test_sync_when_no_timestamp_column_then_unchanged_rows_cost_no_write_and_changes_still_apply(
+            self, db, new_table, es, index_name):
+        table = new_table("id INTEGER PRIMARY KEY, name VARCHAR(50), amount NUMERIC(10,2)",
+                          [(i, f"row {i}", Decimal(i) / 4) for i in range(1, 31)])
+        configuration = {"host": HOST, "port": self.port, "username": USER, "password": PASSWORD,
+                         "database": DATABASE, "tables": [table]}  # no timestamp_column: documents lack _timestamp
+
+        def sync() -> dict[str, Any]:
+            outcome = run_sync(index=index_name, configuration=configuration,
+                               service_type=self.source_class.service_type, digest_cache=False)
+            assert outcome["status"] == "completed", outcome.get("error")
+            return outcome
+
+        first = sync()
+        assert first["indexed_document_count"] == 30
+        again = sync()
+        assert (again["indexed_document_count"], again["unchanged_document_count"]) == (0, 30)
+        assert "reindex_reason" not in again
+
+        db.execute(f"UPDATE {table} SET amount = amount + 1 WHERE id = 7")
+        db.execute(f"DELETE FROM {table} WHERE id = 9")
+        changed = sync()
+
+        assert (changed["indexed_document_count"], changed["deleted_document_count"]) == (1, 1)
+        indexed = index_docs(es, index_name, digests=True)
+        assert set(indexed) == set(self.table_as_docs(db, table))
+        assert Decimal(str(indexed[f"{table}_7"]["amount"])) == Decimal("2.75")
+        assert all(len(d["_content_digest"]) == 16 and "_timestamp" not in d for d in indexed.values())
+
     def test_sync_when_table_has_an_id_column_then_documents_keep_it_and_id_columns_choose_the_ids(
             self, new_table, es, index_name):
         table = new_table("id INTEGER PRIMARY KEY, code VARCHAR(10), name VARCHAR(50)",
