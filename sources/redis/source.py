@@ -63,6 +63,8 @@ from typing import Any
 import orjson
 import redis
 import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from sources._tls import CaFile
 from sources.base import BaseDataSource, Doc, Endpoint, Filter, Partition
@@ -77,6 +79,9 @@ _LOGGER = logging.getLogger(__name__)
 ALL_DATABASES = "*"
 #: Attempts to read a key whose type keeps changing between TYPE and the read.
 _TYPE_RETRIES = 5
+#: A command that failed on a broken connection or a timeout is sent again this often (SCAN
+#: with the same cursor and the reads are idempotent); the sync's own retries do the rest.
+_COMMAND_RETRIES = 2
 _JSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
@@ -305,7 +310,8 @@ class RedisDataSource(BaseDataSource):
             options: dict[str, Any] = {
                 "host": s.host, "port": s.port, "db": database, "username": s.username or None,
                 "password": s.password or None, "socket_timeout": s.timeout, "socket_connect_timeout": s.timeout,
-                "client_name": "elastic-ingest", "decode_responses": False,
+                "client_name": "elastic-ingest", "decode_responses": False, "protocol": 2,  # Redis 5 has no HELLO
+                "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), _COMMAND_RETRIES),
             }
             if s.ssl_enabled:
                 options.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True,
@@ -326,7 +332,7 @@ class RedisDataSource(BaseDataSource):
         except SourceError:
             raise
         except redis.exceptions.AuthenticationError as exc:
-            if "required" in str(exc).lower():  # NOAUTH
+            if not s.password:  # NOAUTH
                 raise SourceConfigError(f"password: {where} requires a password (while {action})") from exc
             raise SourceConfigError(
                 f"password: {where} refused the username `{s.username or 'default'}` and password while {action} "
@@ -346,13 +352,16 @@ class RedisDataSource(BaseDataSource):
                 raise SourceConfigError(
                     f"ssl_ca: the certificate of {where} cannot be verified ({text}): set `ssl_ca` to the CA that "
                     "signed it (its names must include the host)") from exc
+            # TLS 1.3 servers check the client certificate after the handshake: the refusal is an
+            # alert, or (as Redis does) a connection closed at the first command.
             if s.ssl_enabled and any(m in text.lower() for m in ("unknown ca", "certificate required",
-                                                                  "bad certificate", "alert")):
+                                                                  "bad certificate", "alert", "eof occurred")):
                 field = "tls_certfile" if s.mutual_tls_enabled else "mutual_tls_enabled"
                 raise SourceConfigError(f"{field}: {where} refused the client certificate ({text})") from exc
             if s.ssl_enabled and ("wrong version number" in text or "record layer failure" in text):
                 raise SourceConfigError(f"ssl_enabled: {where} does not speak TLS on port {s.port} ({text})") from exc
-            raise SourceUnavailable(f"host: cannot reach {where} while {action}: {text}") from exc
+            hint = " (is the port a TLS port? `ssl_enabled` is true)" if s.ssl_enabled and "imeout" in text else ""
+            raise SourceUnavailable(f"host: cannot reach {where} while {action}: {text}{hint}") from exc
         except redis.exceptions.RedisError as exc:
             raise SourceError(f"{where} failed while {action}: {exc}") from exc
 
