@@ -403,3 +403,38 @@ def test_rules_when_parsed_then_types_normalized_and_type_underscore_accepted():
     assert rule_problems({"database": 0}) == [
         'advanced rules must be a list of rules like [{"database": 0, "key_pattern": "user:*", "type": "HASH"}], '
         "got dict"]
+
+
+@pytest.mark.integration
+def test_read_when_a_key_changes_type_or_vanishes_between_type_and_read_then_read_again_or_left_out(dbs):
+    (db13,) = dbs(13)
+    db13.rpush("shifty", "a", "b")
+    db13.set("vanishing", "soon gone")
+    db13.set("steady", "here")
+    src = source(database="13")
+    client = src._client(13)
+    real_pipeline = client.pipeline
+    calls = {"n": 0}
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def execute_then_change(*a: Any, **k: Any) -> Any:
+            answers = execute(*a, **k)
+            calls["n"] += 1
+            if calls["n"] == 1:  # after TYPE, before the values: another client rewrites two keys
+                db13.delete("shifty", "vanishing")
+                db13.hset("shifty", "now", "a hash")
+            return answers
+
+        pipe.execute = execute_then_change
+        return pipe
+
+    client.pipeline = pipeline
+
+    docs = {d["_id"]: d for d in read_all(src)}
+
+    assert calls["n"] >= 2
+    assert sorted(docs) == ["13/shifty", "13/steady"]
+    assert docs["13/shifty"]["key_type"] == "hash" and docs["13/shifty"]["value"] == '{"now":"a hash"}'
