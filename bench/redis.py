@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bench.baselines import Dataset, settle
+from bench.directory import full_sync
 from bench.ours import INGEST_PIPELINE, Service
 
 __all__ = ["write_keys", "redis_scenario", "REDIS_FQN", "REDIS_BENCH_DB"]
@@ -85,11 +86,7 @@ def redis_scenario(bench: Any, *, count: int, size: int = 1024) -> dict[str, Any
         ceiling = results["ceiling"] = bench.ceiling(Dataset(count, size), tag)
         ceiling_rate = ceiling.get("docs_per_s") or (count / ceiling["seconds"] if ceiling.get("seconds") else None)
         with service:
-            settle(bench.es)
-            bench.say(f"  ours: full sync of {count} keys")
-            full = results["ours_full"] = service.sync(bench.es, connector_id)
-            full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
-            full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
+            full = results["ours_full"] = full_sync(bench, service, connector_id, count, "keys")
             full["vs_ceiling"] = round(full["docs_per_s"] / ceiling_rate, 2) if full["docs_per_s"] and ceiling_rate else None
             bench.progress()
             settle(bench.es)

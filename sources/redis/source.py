@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -69,12 +68,10 @@ from redis.retry import Retry
 from sources._tls import CaFile
 from sources.base import BaseDataSource, Doc, Endpoint, Filter, Partition
 from sources.config_values import read_flag, read_int, read_names, read_text
-from sources.errors import SourceConfigError, SourceError, SourceUnavailable, SyncRulesError
+from sources.errors import SourceConfigError, SourceError, SourceUnavailable
 from sources.redis.rules import RedisRule, parse_rules, rule_problems
 
 __all__ = ["RedisDataSource", "RedisSettings", "document_of", "encode_value", "ALL_DATABASES"]
-
-_LOGGER = logging.getLogger(__name__)
 
 ALL_DATABASES = "*"
 #: Attempts to read a key whose type keeps changing between TYPE and the read.
@@ -471,10 +468,7 @@ class RedisDataSource(BaseDataSource):
     def _rules(filtering: Filter | None) -> list[RedisRule] | None:
         if filtering is None or not Filter(filtering).has_advanced_rules():
             return None
-        try:
-            return parse_rules(Filter(filtering).get_advanced_rules())
-        except SyncRulesError:
-            raise
+        return parse_rules(Filter(filtering).get_advanced_rules())  # SyncRulesError naming each bad rule
 
     @staticmethod
     def _reads(params: Mapping[str, Any], rules: list[RedisRule] | None) -> list[tuple[int, list[RedisRule] | None]]:

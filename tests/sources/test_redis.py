@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ import pytest
 import redis
 
 from sources.base import Filter
-from sources.driver import SourceDriver, build_source
+from sources.driver import build_source
 from sources.errors import SourceConfigError, SourceUnavailable, SyncRulesError
 from sources.redis import RedisDataSource
 from sources.redis.rules import glob_regex, parse_rules, rule_problems
 from sources.redis.source import RedisSettings, encode_value
 from sources.testing import check_source_contract, ping, read_all, read_partitions
 from tests.helpers import REPO, index_docs, require_server, run_sync
+from tests.sources.sql_fixtures import call, unused_port
 
 PORT = int(os.environ.get("REDIS_PORT", "6380"))
 TLS_PORT = int(os.environ.get("REDIS_TLS_PORT", "6381"))
@@ -76,14 +76,6 @@ def tls_dir() -> Path:
 
 def source(**overrides: Any) -> RedisDataSource:
     return RedisDataSource({**READER, **overrides})
-
-
-def call(src: RedisDataSource, method: str, *args: Any) -> Any:
-    driver = SourceDriver(src)
-    try:
-        return driver.call(getattr(src, method), *args)
-    finally:
-        driver.close()
 
 
 def fill(client: redis.Redis, tag: str = "") -> None:
@@ -141,12 +133,6 @@ def comparable(docs: list[dict[str, Any]] | dict[str, dict[str, Any]]) -> dict[s
     """Documents by id without ``size_in_bytes`` (Redis's estimate) and the fields the service adds."""
     items = docs.items() if isinstance(docs, dict) else ((d["_id"], d) for d in docs)
     return {i: {k: v for k, v in d.items() if k in ("key", "key_type", "database", "value")} for i, d in items}
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- reading -------------------------------------------------------------------------------
