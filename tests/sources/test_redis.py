@@ -424,3 +424,24 @@ def test_read_when_a_key_changes_type_or_vanishes_between_type_and_read_then_rea
     assert calls["n"] >= 2
     assert sorted(docs) == ["13/shifty", "13/steady"]
     assert docs["13/shifty"]["key_type"] == "hash" and docs["13/shifty"]["value"] == '{"now":"a hash"}'
+
+
+@pytest.mark.integration
+def test_secrets_when_password_and_key_are_references_then_resolved_and_read(dbs, tls_dir, monkeypatch):
+    from launcher.config import SecretsConfig
+    from launcher.secret_refs import resolve_references
+
+    (db14,) = dbs(14)
+    db14.set("by-reference", "yes")
+    monkeypatch.setenv("REDIS_READER_PASSWORD", READER["password"])
+    fields = {name: {**spec, "value": ""} for name, spec in RedisDataSource.get_default_configuration().items()}
+    given = {**READER, "port": TLS_PORT, "database": "14", "ssl_enabled": True, "ssl_ca": str(tls_dir / "ca.crt"),
+             "mutual_tls_enabled": True, "tls_certfile": str(tls_dir / "client.crt"),
+             "password": "${env:REDIS_READER_PASSWORD}", "tls_keyfile": f"${{file:{tls_dir / 'client.key'}}}"}
+    for name, value in given.items():
+        fields[name]["value"] = value
+
+    resolved = resolve_references(fields, SecretsConfig(env=["REDIS_READER_*"], folders=[str(tls_dir)]))
+
+    assert [d["value"] for d in read_all(RedisDataSource(resolved))] == ["yes"]
+    assert resolved["tls_keyfile"]["value"].startswith("-----BEGIN")  # the key's PEM text, from the file
