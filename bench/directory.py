@@ -32,7 +32,7 @@ from bench.baselines import Dataset, settle
 from bench.ours import INGEST_PIPELINE, Service, es_cpu_seconds
 from bench.memory import tree_cpu_seconds
 
-__all__ = ["write_folder", "folder_scenario", "many_connectors", "ELASTIC_SERVICE", "DIR_FQN"]
+__all__ = ["write_folder", "folder_scenario", "many_connectors", "full_sync", "ELASTIC_SERVICE", "DIR_FQN"]
 
 DIR_FQN = "sources.directory:DirectoryDataSource"
 #: Elastic's connector service on the same loads, measured on this machine by an earlier session (issue 15).
@@ -77,6 +77,17 @@ def _create_dir_connector(service: Service, connector_id: str, index: str, folde
                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", "--set", f"directory={folder}")
 
 
+def full_sync(bench: Any, service: Service, connector_id: str, count: int, what: str) -> dict[str, Any]:
+    """A timed full sync of a connector whose source holds ``count`` documents (``what``: files, keys),
+    run once the cluster settled: the daemon's measurement, checked (``ok``) and with ``docs_per_s``."""
+    settle(bench.es)
+    bench.say(f"  ours: full sync of {count} {what}")
+    full = service.sync(bench.es, connector_id)
+    full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
+    full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
+    return full
+
+
 def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10) -> dict[str, Any]:
     """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring)."""
     tag = f"dir{count}"
@@ -93,11 +104,7 @@ def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int
     results = out["results"]
     try:
         with service:
-            settle(bench.es)
-            bench.say(f"  ours: full sync of {count} files")
-            full = results["ours_full"] = service.sync(bench.es, connector_id)
-            full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
-            full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
+            full = results["ours_full"] = full_sync(bench, service, connector_id, count, "files")
             full["mb_per_s"] = round(total / 1e6 / full["seconds"], 2) if full["seconds"] else None  # file bytes
             bench.progress()
             settle(bench.es)

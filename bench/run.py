@@ -51,6 +51,7 @@ import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
 from bench.directory import folder_scenario, many_connectors
+from bench.redis import redis_scenario
 from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
 from bench.targets import evaluate as evaluate_targets
@@ -67,7 +68,8 @@ MB = 1_000_000
 DEFAULT_PIPELINE: dict[str, Any] = PipelineConfig().model_dump(include={
     "runner", "direct_num_workers", "direct_running_mode", "bulk", "read_batch_size", "scan_slices"})
 #: --quick: a run of a few minutes (no 1M, no large documents, small directory scenarios).
-QUICK: dict[str, Any] = {"sizes": "10k,100k", "large": "0", "dir": "10k", "many": "6x500", "no_partitions": True,
+QUICK: dict[str, Any] = {"sizes": "10k,100k", "large": "0", "dir": "10k", "many": "6x500", "redis": "10k",
+                         "no_partitions": True,
                          "no_runners": True}
 #: The settings sweep of --tune: (name, overrides of the pipeline settings).
 TUNING: list[tuple[str, dict[str, Any]]] = [
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="service setting for our daemons, e.g. warm_sync_processes=false (repeatable)")
     parser.add_argument("--dir", default="100k", help="files of ~1 KB for the directory source's scenario "
                                                      "(default 100k; 0: skip)")
+    parser.add_argument("--redis", default="100k", help="keys of ~1 KB for the redis source's scenario, on "
+                                                       "scripts/servers/redis (default 100k; 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
                         help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--runners: unknown {', '.join(unknown)}; expected some of {', '.join(RUNNER_LABELS)}")
     runners_size = 0 if args.no_runners else parse_count(args.runners_size)
     dir_count = parse_count(args.dir)
+    redis_count = parse_count(args.redis)
     many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
-                    "dir": dir_count, "many": args.many, "service": bench.service_overrides},
+                    "dir": dir_count, "redis": redis_count, "many": args.many, "service": bench.service_overrides},
         "scenarios": [], "directory": [],
     }
     t0 = time.monotonic()
@@ -503,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
             _checkpoint(results, Path(args.out), stem)
         if dir_count:
             results["directory"].append(folder_scenario(bench, count=dir_count))
+            _checkpoint(results, Path(args.out), stem)
+        if redis_count:
+            results["redis"] = redis_scenario(bench, count=redis_count)
             _checkpoint(results, Path(args.out), stem)
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])
@@ -547,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out / (stem + '.json')}", file=sys.stderr)
     failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"]
               for k, r in s["results"].items() if r.get("ok") is False]
+    failed += [f"redis:{k}" for k, r in ((results.get("redis") or {}).get("results") or {}).items()
+               if r.get("ok") is False]
     if (results.get("many_connectors") or {}).get("ok") is False:
         failed.append("many connectors")
     failed += [f"runners {run['runner']}:{k}" for run in (results.get("runners") or {}).get("runs", [])

@@ -1,4 +1,5 @@
-"""A CA certificate given as PEM text or as a path, as a file path drivers can use.
+"""A CA certificate (or a client certificate or key) given as PEM text or as a path, as a file
+path drivers can use.
 
 Example usage::
 
@@ -6,6 +7,8 @@ Example usage::
     path = ca.path(settings.ssl_ca)   # PEM text is written to a private temporary file
     ...
     ca.remove()                       # in close(): deletes the temporary file, if any
+
+    key = CaFile(field="tls_keyfile", secret=True)  # another field, named in errors (a secret: never shown)
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ __all__ = ["CaFile"]
 
 
 class CaFile:
-    def __init__(self) -> None:
+    """PEM text or a path in the connector field ``field`` (default ``ssl_ca``), as a file path.
+
+    ``secret``: the field holds a private key, so an error never shows its value."""
+
+    def __init__(self, field: str = "ssl_ca", *, secret: bool = False) -> None:
+        self._field = field
+        self._secret = secret
         self._path: str | None = None
         self._temporary = False
 
@@ -37,7 +46,8 @@ class CaFile:
             elif os.path.isfile(ca):
                 self._path = ca
             else:
-                raise SourceConfigError(f"ssl_ca: neither PEM text nor a readable file: {ca!r}")
+                shown = "(value not shown)" if self._secret else repr(ca if len(ca) <= 200 else ca[:200] + "...")
+                raise SourceConfigError(f"{self._field}: neither PEM text nor a readable file: {shown}")
         return self._path
 
     def remove(self) -> None:

@@ -44,6 +44,7 @@ SOURCES: dict[str, Any] = {
     "google_cloud_storage": "sources.gcs:GoogleCloudStorageDataSource",
     "mysql": "sources.mysql:MySqlDataSource",
     "postgresql": "sources.postgresql:PostgreSQLDataSource",
+    "redis": "sources.redis:RedisDataSource",
 }
 
 

@@ -56,7 +56,8 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
 
     existed = pipeline_exists()
     command = [sys.executable, "-m", "bench", "--es-url", ES_URL, "--sizes", "300", "--no-partitions", "--no-runners",
-               "--large", "0", "--clients", "2", "--dir", "200", "--many", "3x40", "--out", str(tmp_path),
+               "--large", "0", "--clients", "2", "--dir", "200", "--many", "3x40", "--redis", "200",
+               "--out", str(tmp_path),
                "--name", "smoke"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -93,6 +94,9 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert changed["deleted"] == changed["expected"]["removed"]
     assert full["max_processes"] >= 3  # the daemon, its warm process and the sync process were sampled
     assert set(full["peak_pss_by_role_mb"]) >= {"daemon", "warm_process", "sync_process"}
+    keys = results["redis"]["results"]  # the redis source's scenario, on scripts/servers/redis
+    assert keys["ours_full"]["ok"] is True and keys["ours_full"]["indexed"] == 200 and keys["ours_full"]["vs_ceiling"] > 0
+    assert keys["ours_nochange"]["ok"] is True and keys["ours_nochange"]["deleted"] == 0
     assert 0 < full["peak_pss_mb"] <= full["peak_rss_mb"]
     assert full["cpu_us_per_doc"] > 0 and full["es_cpu_us_per_doc"] > 0 and full["cpu_seconds"]["sync_process"] > 0
     assert 0 < full["first_bulk_seconds"] < full["seconds"] and same["first_bulk_seconds"] is None

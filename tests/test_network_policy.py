@@ -96,10 +96,11 @@ def _configuration(service_type: str, port: int) -> dict:
                     "collection": "c"},
         "s3": {"buckets": "b", "endpoint_url": f"http://{where}"},
         "google_cloud_storage": {"buckets": "b", "endpoint": f"http://{where}"},
+        "redis": {"host": "127.0.0.2", "port": port, "password": "p"},
     }[service_type]
 
 
-@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage"])
+@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage", "redis"])
 def test_network_sources_when_host_not_allowed_then_refused_before_any_connection(listener, service_type):
     from tests.helpers import SOURCES
 
@@ -113,7 +114,7 @@ def test_network_sources_when_host_not_allowed_then_refused_before_any_connectio
     assert listener.accepted == 0
 
 
-@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage"])
+@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage", "redis"])
 def test_network_sources_when_host_allowed_or_no_policy_then_built(listener, service_type):
     from tests.helpers import SOURCES
 

@@ -35,7 +35,7 @@ DOCS = REPO / "docs" / "sources"
 _GENERATED = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 #: The field of each source that names where its data is: the test points it at data of its own.
 WHERE = {"dir": "directory", "postgresql": "tables", "mysql": "tables", "mongodb": "collection",
-         "s3": "buckets", "google_cloud_storage": "buckets"}
+         "s3": "buckets", "google_cloud_storage": "buckets", "redis": "database"}
 #: Fields the service adds to every document from the connector's pipeline settings.
 PIPELINE_FLAGS = {"_extract_binary_content", "_reduce_whitespace", "_run_ml_inference"}
 
@@ -172,10 +172,25 @@ def _object_store(store_class: str, url: str) -> Iterator[str]:
         store.drop_bucket(bucket)
 
 
+def _redis(_: Path) -> Iterator[str]:
+    import redis
+
+    database = 20  # the docs example's own database (tests/sources/test_redis.py uses 1 to 19)
+    client = redis.Redis(port=6380, password="redis-secret", db=database, socket_timeout=5)
+    try:
+        client.flushdb()
+        client.hset("user:1", mapping={"name": "Ada", "city": "Zürich"})
+        yield str(database)
+    finally:
+        client.flushdb()
+        client.close()
+
+
 DATA: dict[str, Callable[[Path], Iterator[str]]] = {
     "dir": _where_dir, "postgresql": _postgresql, "mysql": _mysql, "mongodb": _mongodb,
     "s3": lambda _: _object_store("S3Store", "http://127.0.0.1:5002"),
     "google_cloud_storage": lambda _: _object_store("GcsStore", "http://127.0.0.1:4443"),
+    "redis": _redis,
 }
 IDS = {service_type: f"docs-{service_type.replace('_', '-')}-{uuid.uuid4().hex[:8]}" for service_type in SOURCES}
 
