@@ -119,7 +119,7 @@ class AzureBlobStorageDataSource(ObjectStoreSource):
                 "label": "Azure Blob Storage blob endpoint",
                 "order": 3,
                 "required": False,
-                "tooltip": "Empty means https://<account_name>.blob.core.windows.net; for Azurite, "
+                "tooltip": "Empty means https://{account_name}.blob.core.windows.net; for Azurite, "
                 "e.g. http://127.0.0.1:10000/devstoreaccount1.",
             },
             **buckets_field("Names of the containers to index.", term="container", order=4),
