@@ -24,6 +24,7 @@ Example usage::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from bench.baselines import Dataset, settle
 from bench.ours import INGEST_PIPELINE, Service, es_cpu_seconds
 from bench.memory import tree_cpu_seconds
 
-__all__ = ["write_folder", "folder_scenario", "many_connectors", "ELASTIC_SERVICE", "DIR_FQN"]
+__all__ = ["file_texts", "write_folder", "folder_scenario", "many_connectors", "ELASTIC_SERVICE", "DIR_FQN"]
 
 DIR_FQN = "sources.directory:DirectoryDataSource"
 #: Elastic's connector service on the same loads, measured on this machine by an earlier session (issue 15).
@@ -45,20 +46,25 @@ ELASTIC_SERVICE = {
 }
 
 
-def write_folder(root: Path, *, count: int, size: int = 1024, subfolders: int = 10, seed: int = 1) -> int:
-    """``count`` text files of about ``size`` bytes under ``root`` (in ``subfolders`` folders, or
-    flat with 0); their total bytes. The text comes from the synthetic source's word pool."""
+def file_texts(count: int, size: int = 1024, seed: int = 1) -> Iterator[bytes]:
+    """The content of ``count`` text files of ``size`` bytes, from the synthetic source's word pool."""
     from sources.synthetic import _text_pool
 
     pool = _text_pool(seed)
     span = len(pool) - size - 1
+    for i in range(count):
+        offset = (i * 2654435761 + seed) % span
+        yield pool[offset:offset + size].encode("ascii")
+
+
+def write_folder(root: Path, *, count: int, size: int = 1024, subfolders: int = 10, seed: int = 1) -> int:
+    """``count`` text files of about ``size`` bytes under ``root`` (in ``subfolders`` folders, or
+    flat with 0); their total bytes (see :func:`file_texts`)."""
     total = 0
     folders = [root / f"part-{n:02d}" for n in range(subfolders)] if subfolders else [root]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        offset = (i * 2654435761 + seed) % span
-        data = pool[offset:offset + size].encode("ascii")
+    for i, data in enumerate(file_texts(count, size, seed)):
         path = folders[i % len(folders)] / f"file-{i:07d}.txt"
         path.write_bytes(data)
         total += len(data)

@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
+from bench.azure import blobs_scenario
 from bench.directory import folder_scenario, many_connectors
 from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
@@ -438,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default 100k; 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
                         help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
+    parser.add_argument("--azure", default="0", help="blobs of ~1 KB for the azure_blob_storage source's scenario, "
+                                                     "on Azurite (scripts/servers/azurite start), e.g. 100k "
+                                                     "(default 0: skip)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
     parser.add_argument("--tune-variants", default=None,
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--runners: unknown {', '.join(unknown)}; expected some of {', '.join(RUNNER_LABELS)}")
     runners_size = 0 if args.no_runners else parse_count(args.runners_size)
     dir_count = parse_count(args.dir)
+    azure_count = parse_count(args.azure)
     many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
@@ -484,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
-                    "dir": dir_count, "many": args.many, "service": bench.service_overrides},
-        "scenarios": [], "directory": [],
+                    "dir": dir_count, "many": args.many, "azure": azure_count, "service": bench.service_overrides},
+        "scenarios": [], "directory": [], "sources": [],
     }
     t0 = time.monotonic()
     load = MachineLoad(bench.es).start()
@@ -503,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
             _checkpoint(results, Path(args.out), stem)
         if dir_count:
             results["directory"].append(folder_scenario(bench, count=dir_count))
+            _checkpoint(results, Path(args.out), stem)
+        if azure_count:  # the sources on their servers, compared with the same ceiling
+            results["sources"].append(blobs_scenario(bench, count=azure_count))
             _checkpoint(results, Path(args.out), stem)
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])
@@ -545,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(out / f"{stem}.png", out / "latest.png")
     print(md)
     print(f"results: {out / (stem + '.json')}", file=sys.stderr)
-    failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"]
+    failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"] + results["sources"]
               for k, r in s["results"].items() if r.get("ok") is False]
     if (results.get("many_connectors") or {}).get("ok") is False:
         failed.append("many connectors")
