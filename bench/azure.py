@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.baselines import Dataset, settle
-from bench.directory import file_texts
+from bench.baselines import Dataset
+from bench.directory import file_texts, full_then_unchanged
 from bench.ours import INGEST_PIPELINE, Service
 
 __all__ = ["blobs_scenario", "AZURE_FQN", "AZURITE_URL"]
@@ -104,26 +104,15 @@ def blobs_scenario(bench: Any, *, count: int, size: int = 1024, prefixes: int = 
                 *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")])
     out: dict[str, Any] = {"source": "azure_blob_storage", "server": "Azurite (local)",
                            "label": f"{Dataset(count, size).label} blobs (azure_blob_storage, Azurite)",
-                           "count": count, "doc_size": size, "blob_bytes": count * size, "upload": upload,
-                           "results": {}}
-    results = out["results"]
+                           "count": count, "doc_size": size, "blob_bytes": count * size, "upload": upload}
     try:
         with service:
-            settle(bench.es)
-            bench.say(f"  ours: full sync of {count} blobs")
-            full = results["ours_full"] = service.sync(bench.es, connector_id)
-            full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
-            full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
-            full["mb_per_s"] = round(count * size / 1e6 / full["seconds"], 2) if full["seconds"] else None
-            bench.progress()
-            settle(bench.es)
-            bench.say("  ours: no-change resync of the container")
-            same = results["ours_nochange"] = service.sync(bench.es, connector_id)
-            same["ok"] = same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
-            same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
+            out["results"] = full_then_unchanged(bench, service, connector_id, count=count, data_bytes=count * size,
+                                                 what="blobs")
     finally:
         bench.es.indices.delete(index=index, ignore_unavailable=True)
         service.remove_connector(bench.es, connector_id)
+    full, same = out["results"]["ours_full"], out["results"]["ours_nochange"]
     bench.say(f"  -> full {full['seconds']} s ({full['docs_per_s']} docs/s, ok={full['ok']}), "
               f"no-change {same['seconds']} s (ok={same['ok']})")
     return out

@@ -157,8 +157,7 @@ def summary(results: dict[str, Any]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [(s["label"], s["results"], (s["results"].get("ceiling") or {}).get("docs_per_s"))
             for s in results.get("scenarios", [])]
-    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results.get("scenarios", [])
-                if s["doc_size"] <= 4096}
+    ceilings = _small_ceilings(results)
     rows += [(d["label"], d["results"], ceilings.get(d["count"]))
              for d in (results.get("directory") or []) + (results.get("sources") or [])]
     for label, r, ceiling in rows:
@@ -195,6 +194,12 @@ def _load_lines(load: dict[str, Any] | None) -> list[str]:
             f"{load['cpus']} CPUs over the run)."]
 
 
+def _small_ceilings(results: dict[str, Any]) -> dict[int, float | None]:
+    """The ceiling's docs/s of each small-document scenario, by document count."""
+    return {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results.get("scenarios", [])
+            if s["doc_size"] <= 4096}
+
+
 def _sync_table(syncs: dict[str, Any], ceiling: float | None, what: str) -> list[str]:
     """A source scenario's syncs (full, no-change), each against the ceiling of its size."""
     lines = [f"| sync | seconds | docs/s | MB/s ({what}) | x ceiling | peak PSS MB | peak RSS MB | CPU us/doc (ES) "
@@ -220,8 +225,7 @@ def _sync_table(syncs: dict[str, Any], ceiling: float | None, what: str) -> list
 def _source_lines(results: dict[str, Any]) -> list[str]:
     """The sources' scenarios on their own servers (bench/azure.py), beside the ceiling of their size."""
     lines: list[str] = []
-    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results["scenarios"]
-                if s["doc_size"] <= 4096}
+    ceilings = _small_ceilings(results)
     for scenario in results.get("sources") or []:
         ceiling = ceilings.get(scenario["count"])
         upload = scenario.get("upload") or {}
@@ -237,8 +241,7 @@ def _source_lines(results: dict[str, Any]) -> list[str]:
 def _directory_lines(results: dict[str, Any]) -> list[str]:
     """The directory source's folder scenario and the many-connectors scenario, beside Elastic's figures."""
     lines: list[str] = []
-    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results["scenarios"]
-                if s["doc_size"] <= 4096}
+    ceilings = _small_ceilings(results)
     for folder in results.get("directory") or []:
         ceiling = ceilings.get(folder["count"])
         elastic = folder.get("elastic_service") or {}

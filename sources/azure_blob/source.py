@@ -53,13 +53,11 @@ from sources.config_values import read_int, read_text, read_url
 
 __all__ = ["AzureBlobStorageDataSource", "DEFAULT_RETRY_COUNT", "MAX_CONCURRENT_DOWNLOADS"]
 
-_LOGGER = logging.getLogger(__name__)
-
 DEFAULT_RETRY_COUNT = 3
 #: Elastic's limit (and default) for ``concurrent_downloads``.
 MAX_CONCURRENT_DOWNLOADS = 100
 _MAX_PAGE_SIZE = 5000  # List Blobs' maxresults limit
-_CHUNK = 4 * 1024 * 1024  # one GET per 4 MiB: a blob over max_file_size stops after one chunk
+_CHUNK = 4 * 1024 * 1024  # GETs of 4 MiB: a blob that grew past max_file_size is dropped within 4 MiB of it
 _ARCHIVE = "Archive"
 #: Error codes of a key the service does not accept (Azurite answers AuthorizationFailure
 #: with the message of AuthenticationFailed; real Azure's AuthorizationFailure is a refusal).
