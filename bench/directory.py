@@ -24,6 +24,7 @@ Example usage::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from bench.baselines import Dataset, settle
 from bench.ours import INGEST_PIPELINE, Service, es_cpu_seconds
 from bench.memory import tree_cpu_seconds
 
-__all__ = ["write_folder", "folder_scenario", "many_connectors", "full_sync", "ELASTIC_SERVICE", "DIR_FQN"]
+__all__ = ["file_texts", "write_folder", "full_then_unchanged", "folder_scenario", "many_connectors", "ELASTIC_SERVICE", "DIR_FQN"]
 
 DIR_FQN = "sources.directory:DirectoryDataSource"
 #: Elastic's connector service on the same loads, measured on this machine by an earlier session (issue 15).
@@ -45,20 +46,25 @@ ELASTIC_SERVICE = {
 }
 
 
-def write_folder(root: Path, *, count: int, size: int = 1024, subfolders: int = 10, seed: int = 1) -> int:
-    """``count`` text files of about ``size`` bytes under ``root`` (in ``subfolders`` folders, or
-    flat with 0); their total bytes. The text comes from the synthetic source's word pool."""
+def file_texts(count: int, size: int = 1024, seed: int = 1) -> Iterator[bytes]:
+    """The content of ``count`` text files of ``size`` bytes, from the synthetic source's word pool."""
     from sources.synthetic import _text_pool
 
     pool = _text_pool(seed)
     span = len(pool) - size - 1
+    for i in range(count):
+        offset = (i * 2654435761 + seed) % span
+        yield pool[offset:offset + size].encode("ascii")
+
+
+def write_folder(root: Path, *, count: int, size: int = 1024, subfolders: int = 10, seed: int = 1) -> int:
+    """``count`` text files of about ``size`` bytes under ``root`` (in ``subfolders`` folders, or
+    flat with 0); their total bytes (see :func:`file_texts`)."""
     total = 0
     folders = [root / f"part-{n:02d}" for n in range(subfolders)] if subfolders else [root]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        offset = (i * 2654435761 + seed) % span
-        data = pool[offset:offset + size].encode("ascii")
+    for i, data in enumerate(file_texts(count, size, seed)):
         path = folders[i % len(folders)] / f"file-{i:07d}.txt"
         path.write_bytes(data)
         total += len(data)
@@ -77,17 +83,6 @@ def _create_dir_connector(service: Service, connector_id: str, index: str, folde
                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", "--set", f"directory={folder}")
 
 
-def full_sync(bench: Any, service: Service, connector_id: str, count: int, what: str) -> dict[str, Any]:
-    """A timed full sync of a connector whose source holds ``count`` documents (``what``: files, keys),
-    run once the cluster settled: the daemon's measurement, checked (``ok``) and with ``docs_per_s``."""
-    settle(bench.es)
-    bench.say(f"  ours: full sync of {count} {what}")
-    full = service.sync(bench.es, connector_id)
-    full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
-    full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
-    return full
-
-
 def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10) -> dict[str, Any]:
     """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring)."""
     tag = f"dir{count}"
@@ -101,23 +96,35 @@ def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int
     _create_dir_connector(service, connector_id, index, root)
     out: dict[str, Any] = {"label": f"{Dataset(count, size).label} files (dir source)", "count": count,
                            "doc_size": size, "file_bytes": total, "written_in_seconds": written_in, "results": {}}
-    results = out["results"]
     try:
         with service:
-            full = results["ours_full"] = full_sync(bench, service, connector_id, count, "files")
-            full["mb_per_s"] = round(total / 1e6 / full["seconds"], 2) if full["seconds"] else None  # file bytes
-            bench.progress()
-            settle(bench.es)
-            bench.say("  ours: no-change resync of the folder")
-            same = results["ours_nochange"] = service.sync(bench.es, connector_id)
-            same["ok"] = same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
-            same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
+            out["results"] = full_then_unchanged(bench, service, connector_id, count=count, data_bytes=total,
+                                                 what="files")
             out["idle"] = service.idle
     finally:
         bench.es.indices.delete(index=index, ignore_unavailable=True)
         service.remove_connector(bench.es, connector_id)
     out["elastic_service"] = ELASTIC_SERVICE["folder_100k"] if count == 100_000 else None
     return out
+
+
+def full_then_unchanged(bench: Any, service: Service, connector_id: str, *, count: int, data_bytes: int,
+                        what: str) -> dict[str, Any]:
+    """A full sync of ``count`` items (``data_bytes`` of data), then a no-change resync, each checked:
+    ``{"ours_full": ..., "ours_nochange": ...}`` as :meth:`Service.sync` measures them."""
+    settle(bench.es)
+    bench.say(f"  ours: full sync of {count} {what}")
+    full = service.sync(bench.es, connector_id)
+    full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
+    full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
+    full["mb_per_s"] = round(data_bytes / 1e6 / full["seconds"], 2) if full["seconds"] else None
+    bench.progress()
+    settle(bench.es)
+    bench.say(f"  ours: no-change resync of the {what}")
+    same = service.sync(bench.es, connector_id)
+    same["ok"] = same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
+    same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
+    return {"ours_full": full, "ours_nochange": same}
 
 
 def many_connectors(bench: Any, *, connectors: int = 24, files: int = 2000, size: int = 1024) -> dict[str, Any]:

@@ -4,10 +4,10 @@ The keys (a mix of types: 70% strings of ~``size`` bytes, 10% each hashes, lists
 of a few members) are written to database ``REDIS_BENCH_DB`` (30) of the project's test
 server (``scripts/servers/redis``) before the clock starts, then one ``redis`` connector
 (the read-only user `ingest`) is synced through the daemon twice: a full sync, and a
-resync with nothing changed (Redis keeps no modification time, so every key is sent again:
-the resync costs what the first sync costs; a full sync also deletes nothing here).
-The ceiling is Elasticsearch's own ``_bulk`` rate for as many pre-serialized synthetic
-documents of the same average size, measured in the same run (:meth:`Bench.ceiling`).
+resync with nothing changed (Redis keeps no modification time: each key's document is
+compared by its content digest, so the resync reads every key and writes none). The
+ceiling is the same run's ``_bulk`` ceiling of the ``count`` x 1 KB scenario, as for the
+other sources (bench/report.py).
 
 Example usage::
 
@@ -20,8 +20,8 @@ import os
 import time
 from typing import Any
 
-from bench.baselines import Dataset, settle
-from bench.directory import full_sync
+from bench.baselines import Dataset
+from bench.directory import full_then_unchanged
 from bench.ours import INGEST_PIPELINE, Service
 
 __all__ = ["write_keys", "redis_scenario", "REDIS_FQN", "REDIS_BENCH_DB"]
@@ -78,29 +78,21 @@ def redis_scenario(bench: Any, *, count: int, size: int = 1024) -> dict[str, Any
                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", "--set", "host=127.0.0.1",
                 "--set", f"port={_PORT}", "--set", "username=ingest", "--set", "password=ingest-secret",
                 "--set", f"database={REDIS_BENCH_DB}")
-    out: dict[str, Any] = {"label": f"{Dataset(count, size).label} keys (redis source)", "count": count,
-                           "doc_size": size, "value_bytes": total, "written_in_seconds": written_in, "results": {}}
-    results = out["results"]
+    out: dict[str, Any] = {"source": "redis", "server": "redis-server (scripts/servers/redis)",
+                           "label": f"{Dataset(count, size).label} keys (redis source)", "count": count,
+                           "doc_size": size, "value_bytes": total,
+                           "upload": {"uploaded": count, "seconds": written_in, "reused": 0}}
     try:
-        settle(bench.es)
-        ceiling = results["ceiling"] = bench.ceiling(Dataset(count, size), tag)
-        ceiling_rate = ceiling.get("docs_per_s") or (count / ceiling["seconds"] if ceiling.get("seconds") else None)
         with service:
-            full = results["ours_full"] = full_sync(bench, service, connector_id, count, "keys")
-            full["vs_ceiling"] = round(full["docs_per_s"] / ceiling_rate, 2) if full["docs_per_s"] and ceiling_rate else None
-            bench.progress()
-            settle(bench.es)
-            bench.say("  ours: resync, nothing changed (every key is sent again: Redis has no modification times)")
-            same = results["ours_nochange"] = service.sync(bench.es, connector_id)
-            same["ok"] = same["status"] == "completed" and same["deleted"] == 0
-            same["docs_per_s"] = round(count / same["seconds"], 1) if same["seconds"] else None
+            out["results"] = full_then_unchanged(bench, service, connector_id, count=count, data_bytes=total,
+                                                 what="keys")
             out["idle"] = service.idle
     finally:
         bench.es.indices.delete(index=index, ignore_unavailable=True)
         service.remove_connector(bench.es, connector_id)
         admin.flushdb()
         admin.close()
-    bench.say(f"  -> full {results.get('ours_full', {}).get('docs_per_s')} docs/s, "
-              f"{results.get('ours_full', {}).get('vs_ceiling')}x the ceiling "
-              f"({round(ceiling_rate or 0, 1)} docs/s)")
+    full, same = out["results"]["ours_full"], out["results"]["ours_nochange"]
+    bench.say(f"  -> full {full['seconds']} s ({full['docs_per_s']} docs/s, ok={full['ok']}), "
+              f"no-change {same['seconds']} s (ok={same['ok']})")
     return out

@@ -108,6 +108,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(r.get('first_bulk_seconds'), 2)} | {_fmt(r.get('ratio_to_ceiling'), 2)} | {'; '.join(notes)} |"
             )
     lines += _directory_lines(results)
+    lines += _source_lines(results)
     if results.get("partitions"):
         p = results["partitions"]
         lines += ["", f"Parallel reads ({p['label']}, full sync, ceiling {_fmt(p.get('ceiling_docs_per_s'))} docs/s):", "",
@@ -156,9 +157,9 @@ def summary(results: dict[str, Any]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [(s["label"], s["results"], (s["results"].get("ceiling") or {}).get("docs_per_s"))
             for s in results.get("scenarios", [])]
-    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results.get("scenarios", [])
-                if s["doc_size"] <= 4096}
-    rows += [(d["label"], d["results"], ceilings.get(d["count"])) for d in results.get("directory") or []]
+    ceilings = _small_ceilings(results)
+    rows += [(d["label"], d["results"], ceilings.get(d["count"]))
+             for d in (results.get("directory") or []) + (results.get("sources") or [])]
     for label, r, ceiling in rows:
         full, same = r.get("ours_full") or {}, r.get("ours_nochange") or {}
         if not full.get("seconds"):
@@ -193,34 +194,61 @@ def _load_lines(load: dict[str, Any] | None) -> list[str]:
             f"{load['cpus']} CPUs over the run)."]
 
 
+def _small_ceilings(results: dict[str, Any]) -> dict[int, float | None]:
+    """The ceiling's docs/s of each small-document scenario, by document count."""
+    return {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results.get("scenarios", [])
+            if s["doc_size"] <= 4096}
+
+
+def _sync_table(syncs: dict[str, Any], ceiling: float | None, what: str) -> list[str]:
+    """A source scenario's syncs (full, no-change), each against the ceiling of its size."""
+    lines = [f"| sync | seconds | docs/s | MB/s ({what}) | x ceiling | peak PSS MB | peak RSS MB | CPU us/doc (ES) "
+             "| notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for key, r in syncs.items():
+        notes = [f"indexed {_fmt(r.get('indexed'))}, deleted {_fmt(r.get('deleted'))}"]
+        if r.get("speedup_vs_full"):
+            notes.append(f"{r['speedup_vs_full']:.1f}x faster than full")
+        if r.get("timings"):
+            notes.append("sync process " + ", ".join(f"{k} {v:g}" for k, v in r["timings"].items()))
+        if r.get("ok") is False:
+            notes.append("CHECK FAILED")
+        rate = r.get("docs_per_s") if key == "ours_full" else None
+        lines.append(f"| {dict(VARIANTS)[key]} | {_fmt(r.get('seconds'), 2)} | {_fmt(rate)} | "
+                     f"{_fmt(r.get('mb_per_s') if rate else None, 1)} | "
+                     f"{_fmt(rate / ceiling, 2) if rate and ceiling else '-'} | {_fmt(r.get('peak_pss_mb'))} | "
+                     f"{_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('cpu_us_per_doc'), 1)} "
+                     f"({_fmt(r.get('es_cpu_us_per_doc'), 1)}) | {'; '.join(notes)} |")
+    return lines
+
+
+def _source_lines(results: dict[str, Any]) -> list[str]:
+    """The sources' scenarios on their own servers (bench/azure.py), beside the ceiling of their size."""
+    lines: list[str] = []
+    ceilings = _small_ceilings(results)
+    for scenario in results.get("sources") or []:
+        ceiling = ceilings.get(scenario["count"])
+        upload = scenario.get("upload") or {}
+        lines += ["", f"{scenario['label']} ({scenario['server']}, uploaded before the clock starts: "
+                      f"{_fmt(upload.get('uploaded'))} in {_fmt(upload.get('seconds'), 1)} s, "
+                      f"{_fmt(upload.get('reused'))} kept from an earlier run; ceiling: the "
+                      f"{scenario['count']:,} x 1 KB scenario's"
+                      f"{f', {ceiling:,.0f} docs/s' if ceiling else ', not measured'}):", ""]
+        lines += _sync_table(scenario["results"], ceiling, "blobs")
+    return lines
+
+
 def _directory_lines(results: dict[str, Any]) -> list[str]:
     """The directory source's folder scenario and the many-connectors scenario, beside Elastic's figures."""
     lines: list[str] = []
-    ceilings = {s["count"]: (s["results"].get("ceiling") or {}).get("docs_per_s") for s in results["scenarios"]
-                if s["doc_size"] <= 4096}
+    ceilings = _small_ceilings(results)
     for folder in results.get("directory") or []:
         ceiling = ceilings.get(folder["count"])
         elastic = folder.get("elastic_service") or {}
         lines += ["", f"Directory source, {folder['label']} (files written before the clock starts, read from the "
                       f"page cache; ceiling: the {folder['count']:,} x 1 KB scenario's"
-                      f"{f', {ceiling:,.0f} docs/s' if ceiling else ', not measured'}):", "",
-                  "| sync | seconds | docs/s | MB/s (files) | x ceiling | peak PSS MB | peak RSS MB | CPU us/doc (ES) "
-                  "| notes |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for key, r in folder["results"].items():
-            notes = [f"indexed {_fmt(r.get('indexed'))}, deleted {_fmt(r.get('deleted'))}"]
-            if r.get("speedup_vs_full"):
-                notes.append(f"{r['speedup_vs_full']:.1f}x faster than full")
-            if r.get("timings"):
-                notes.append("sync process " + ", ".join(f"{k} {v:g}" for k, v in r["timings"].items()))
-            if r.get("ok") is False:
-                notes.append("CHECK FAILED")
-            rate = r.get("docs_per_s") if key == "ours_full" else None
-            lines.append(f"| {dict(VARIANTS)[key]} | {_fmt(r.get('seconds'), 2)} | {_fmt(rate)} | "
-                         f"{_fmt(r.get('mb_per_s') if rate else None, 1)} | "
-                         f"{_fmt(rate / ceiling, 2) if rate and ceiling else '-'} | {_fmt(r.get('peak_pss_mb'))} | "
-                         f"{_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('cpu_us_per_doc'), 1)} "
-                         f"({_fmt(r.get('es_cpu_us_per_doc'), 1)}) | {'; '.join(notes)} |")
+                      f"{f', {ceiling:,.0f} docs/s' if ceiling else ', not measured'}):", ""]
+        lines += _sync_table(folder["results"], ceiling, "files")
         if elastic:
             lines.append(f"| Elastic's connector service (issue 15, not re-run) | - | {_fmt(elastic['docs_per_s'])} | - | "
                          f"{_fmt(elastic['docs_per_s'] / ceiling, 2) if ceiling else '-'} | - | "

@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
+from bench.azure import blobs_scenario
 from bench.directory import folder_scenario, many_connectors
 from bench.redis import redis_scenario
 from bench.load import MachineLoad
@@ -442,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "scripts/servers/redis (default 100k; 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
                         help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
+    parser.add_argument("--azure", default="0", help="blobs of ~1 KB for the azure_blob_storage source's scenario, "
+                                                     "on Azurite (scripts/servers/azurite start), e.g. 100k "
+                                                     "(default 0: skip)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
     parser.add_argument("--tune-variants", default=None,
@@ -477,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     runners_size = 0 if args.no_runners else parse_count(args.runners_size)
     dir_count = parse_count(args.dir)
     redis_count = parse_count(args.redis)
+    azure_count = parse_count(args.azure)
     many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
@@ -489,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
-                    "dir": dir_count, "redis": redis_count, "many": args.many, "service": bench.service_overrides},
-        "scenarios": [], "directory": [],
+                    "dir": dir_count, "many": args.many, "azure": azure_count, "redis": redis_count, "service": bench.service_overrides},
+        "scenarios": [], "directory": [], "sources": [],
     }
     t0 = time.monotonic()
     load = MachineLoad(bench.es).start()
@@ -509,8 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         if dir_count:
             results["directory"].append(folder_scenario(bench, count=dir_count))
             _checkpoint(results, Path(args.out), stem)
-        if redis_count:
-            results["redis"] = redis_scenario(bench, count=redis_count)
+        if redis_count:  # the sources on their servers, compared with the same ceiling
+            results["sources"].append(redis_scenario(bench, count=redis_count))
+            _checkpoint(results, Path(args.out), stem)
+        if azure_count:
+            results["sources"].append(blobs_scenario(bench, count=azure_count))
             _checkpoint(results, Path(args.out), stem)
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])
@@ -553,10 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(out / f"{stem}.png", out / "latest.png")
     print(md)
     print(f"results: {out / (stem + '.json')}", file=sys.stderr)
-    failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"]
+    failed = [s["label"] + ":" + k for s in results["scenarios"] + results["directory"] + results["sources"]
               for k, r in s["results"].items() if r.get("ok") is False]
-    failed += [f"redis:{k}" for k, r in ((results.get("redis") or {}).get("results") or {}).items()
-               if r.get("ok") is False]
     if (results.get("many_connectors") or {}).get("ok") is False:
         failed.append("many connectors")
     failed += [f"runners {run['runner']}:{k}" for run in (results.get("runners") or {}).get("runs", [])

@@ -169,8 +169,8 @@ def _cpu(results: dict[str, Any]) -> tuple[str, str]:
 
 
 def _writes_nothing(results: dict[str, Any]) -> tuple[str, str]:
-    checked = [(s["label"], key, r) for s in results.get("scenarios", []) + results.get("directory", [])
-               for key, r in _syncs(s) if key.startswith("ours_nochange")]
+    every = results.get("scenarios", []) + results.get("directory", []) + results.get("sources", [])
+    checked = [(s["label"], key, r) for s in every for key, r in _syncs(s) if key.startswith("ours_nochange")]
     if not checked:
         return _not_measured("any scenario")
     bad = [f"{label} {key}" for label, key, r in checked if not r.get("ok")]

@@ -1,9 +1,11 @@
-"""What the object-store sources (S3, Google Cloud Storage) share.
+"""What the object-store sources (S3, Google Cloud Storage, Azure Blob Storage) share.
 
 A bucket is a sorted list of keys, and both services list keys in lexicographic order,
 from any key onwards, one page at a time. Everything that follows from that lives here,
 once; a backend (:mod:`sources.s3`, :mod:`sources.gcs`) only says how to list, read and
 classify errors, by implementing the ``_backend_*`` methods of :class:`ObjectStoreSource`.
+Azure calls a bucket a *container* (:attr:`ObjectStoreSource.bucket_term`): its fields,
+documents, rules and messages say ``container`` where the others say ``bucket``.
 
 Partitions are key ranges, cut at top-level prefixes::
 
@@ -47,6 +49,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import mimetypes
 import posixpath
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -67,6 +70,7 @@ __all__ = [
     "common_fields",
     "buckets_field",
     "read_common_settings",
+    "content_type_of",
     "to_utc",
 ]
 
@@ -74,8 +78,8 @@ DEFAULT_PAGE_SIZE = 1000
 DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
 DEFAULT_MAX_PARTITIONS_PER_BUCKET = 16
 ALL_BUCKETS = "*"
-_RULE_KEYS = frozenset({"bucket", "prefix", "extension"})
 _LISTED_BUCKETS_SHOWN = 20
+_GENERIC_TYPES = frozenset({"binary/octet-stream", "application/octet-stream"})
 
 
 @dataclass(frozen=True)
@@ -125,19 +129,20 @@ class _Rule:
 # -- configuration -------------------------------------------------------------------
 
 
-def buckets_field(tooltip: str) -> dict[str, Any]:
+def buckets_field(tooltip: str, *, term: str = "bucket", order: int = 1) -> dict[str, Any]:
+    """The ``<term>s`` field (``buckets``, ``containers``): the names to index, or ``*``."""
     return {
-        "buckets": {
-            "label": "Buckets",
-            "order": 1,
+        f"{term}s": {
+            "label": f"{term.capitalize()}s",
+            "order": order,
             "type": "list",
             "display": "textarea",
-            "tooltip": tooltip + " Use * for every bucket the credentials can list.",
+            "tooltip": tooltip + f" Use * for every {term} the credentials can list.",
         }
     }
 
 
-def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
+def common_fields(first_order: int, *, term: str = "bucket", max_page_size: int = 1000) -> dict[str, dict[str, Any]]:
     """Listing, size and partition fields, numbered from ``first_order``."""
     fields = {
         "page_size": {
@@ -146,7 +151,7 @@ def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
             "display": "numeric",
             "default_value": DEFAULT_PAGE_SIZE,
             "required": False,
-            "tooltip": "How many objects each listing request returns (1 to 1000).",
+            "tooltip": f"How many objects each listing request returns (1 to {max_page_size}).",
         },
         "max_file_size": {
             "label": "Maximum file size (bytes)",
@@ -156,14 +161,14 @@ def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
             "required": False,
             "tooltip": "Larger objects are indexed without their content.",
         },
-        "max_partitions_per_bucket": {
-            "label": "Maximum partitions per bucket",
+        f"max_partitions_per_{term}": {
+            "label": f"Maximum partitions per {term}",
             "type": "int",
             "display": "numeric",
             "default_value": DEFAULT_MAX_PARTITIONS_PER_BUCKET,
             "required": False,
-            "tooltip": "A bucket is split at its top-level prefixes into at most this many key "
-            "ranges, read in parallel. 1 reads each bucket as a whole.",
+            "tooltip": f"A {term} is split at its top-level prefixes into at most this many key "
+            f"ranges, read in parallel. 1 reads each {term} as a whole.",
         },
     }
     for order, spec in enumerate(fields.values(), start=first_order):
@@ -171,17 +176,25 @@ def common_fields(first_order: int) -> dict[str, dict[str, Any]]:
     return fields
 
 
-def read_common_settings(config: DataSourceConfiguration, problems: list[str]) -> dict[str, Any]:
+def read_common_settings(config: DataSourceConfiguration, problems: list[str], *, term: str = "bucket",
+                         max_page_size: int = 1000) -> dict[str, Any]:
     """The common settings as keyword arguments; appends ``"<field>: <problem>"`` to ``problems``."""
-    buckets = read_names(config, "buckets")
+    buckets = read_names(config, f"{term}s")
     if not buckets:
-        problems.append("buckets: name at least one bucket, or * for all")
+        problems.append(f"{term}s: name at least one {term}, or * for all")
     return {
         "buckets": buckets,
-        "page_size": read_int(config, "page_size", problems, minimum=1, maximum=1000),
+        "page_size": read_int(config, "page_size", problems, minimum=1, maximum=max_page_size),
         "max_file_size": read_int(config, "max_file_size", problems, minimum=1),
-        "max_partitions_per_bucket": read_int(config, "max_partitions_per_bucket", problems, minimum=1),
+        "max_partitions_per_bucket": read_int(config, f"max_partitions_per_{term}", problems, minimum=1),
     }
+
+
+def content_type_of(key: str, declared: str | None) -> str | None:
+    """The declared content type, or one guessed from the key when none (or a generic one) was declared."""
+    if declared and declared not in _GENERIC_TYPES:
+        return declared
+    return mimetypes.guess_type(key)[0]
 
 
 def to_utc(moment: datetime) -> datetime:
@@ -195,15 +208,21 @@ class ObjectStoreSource(BaseDataSource):
     """Objects of one or more buckets as documents; a backend implements ``_backend_*``.
 
     Advanced sync rules: a list of ``{"bucket": str, "prefix": str, "extension": [str]}``
-    (``prefix`` and ``extension`` optional). With rules, only the objects of the named buckets
+    (``prefix`` and ``extension`` optional; the first key is :attr:`bucket_term`,
+    ``"container"`` for Azure). With rules, only the objects of the named buckets
     matching at least one rule are synced; without, every object of every configured bucket.
     """
 
     advanced_rules_enabled = True
     incremental_sync_enabled = True
 
-    #: URL scheme of object URLs, e.g. "s3".
+    #: URL scheme of object URLs, e.g. "s3" (see :meth:`_object_url`).
     url_scheme: ClassVar[str]
+    #: What the service calls a bucket: names the configuration field (``<term>s``), the
+    #: documents' field, the advanced rules' key and the messages.
+    bucket_term: ClassVar[str] = "bucket"
+    #: The most objects one listing request may return (bounds ``page_size``).
+    max_page_size: ClassVar[int] = 1000
     #: The configuration fields to check when credentials are rejected, for messages.
     credential_fields: ClassVar[str]
     #: The configuration field naming the server, for messages.
@@ -270,7 +289,9 @@ class ObjectStoreSource(BaseDataSource):
     def settings(self) -> ObjectStoreSettings:
         """The parsed configuration; raises SourceConfigError listing every problem."""
         problems: list[str] = []
-        settings = self._backend_settings(read_common_settings(self.configuration, problems), problems)
+        common = read_common_settings(self.configuration, problems, term=self.bucket_term,
+                                      max_page_size=self.max_page_size)
+        settings = self._backend_settings(common, problems)
         if problems:
             raise SourceConfigError(
                 f"{self.name}: the configuration is invalid:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -303,12 +324,12 @@ class ObjectStoreSource(BaseDataSource):
     def _check_buckets(self) -> None:
         configured = self.settings.buckets
         if ALL_BUCKETS in configured:
-            with self._translated("list buckets"):
+            with self._translated(f"list {self.bucket_term}s"):
                 self._backend_buckets()
             return
         missing = []
         for bucket in configured:
-            with self._translated(f"read bucket `{bucket}`", bucket=bucket):
+            with self._translated(f"read {self.bucket_term} `{bucket}`", bucket=bucket):
                 if not self._backend_check_bucket(bucket):
                     missing.append(bucket)
         if missing:
@@ -329,7 +350,7 @@ class ObjectStoreSource(BaseDataSource):
         wanted = self.settings.max_partitions_per_bucket
         if wanted <= 1:
             return []
-        with self._translated(f"list the prefixes of bucket `{bucket}`", bucket=bucket):
+        with self._translated(f"list the prefixes of {self.bucket_term} `{bucket}`", bucket=bucket):
             prefixes = sorted(p for p in self._backend_list(bucket, delimiter="/") if isinstance(p, str))
         if len(prefixes) < wanted:
             return prefixes
@@ -340,7 +361,7 @@ class ObjectStoreSource(BaseDataSource):
         configured = self.settings.buckets
         if ALL_BUCKETS not in configured:
             return list(configured)
-        with self._translated("list buckets"):
+        with self._translated(f"list {self.bucket_term}s"):
             return sorted(self._backend_buckets())
 
     def _start_sync(self) -> None:
@@ -393,7 +414,7 @@ class ObjectStoreSource(BaseDataSource):
         for prefix in prefixes:
             if until is not None and prefix > until:
                 continue  # every key under it sorts after the range
-            with self._translated(f"list bucket `{bucket}`", bucket=bucket):
+            with self._translated(f"list {self.bucket_term} `{bucket}`", bucket=bucket):
                 for obj in self._backend_list(bucket, prefix=prefix, start_after=after):
                     if isinstance(obj, str):
                         continue
@@ -414,23 +435,27 @@ class ObjectStoreSource(BaseDataSource):
         return {
             "_id": f"{obj.bucket}/{obj.key}",
             "_timestamp": to_utc(obj.last_modified).isoformat(),
-            "bucket": obj.bucket,
+            self.bucket_term: obj.bucket,
             "key": obj.key,
             "filename": filename,
             "extension": posixpath.splitext(filename)[1].lower(),
             "size_in_bytes": obj.size,
             "content_type": obj.content_type,
             "etag": obj.etag,
-            "url": f"{self.url_scheme}://{obj.bucket}/{obj.key}",
+            "url": self._object_url(obj),
             **obj.extra,
         }
+
+    def _object_url(self, obj: StoredObject) -> str:
+        """Where the object is, for people: ``<url_scheme>://<bucket>/<key>`` unless a backend says otherwise."""
+        return f"{self.url_scheme}://{obj.bucket}/{obj.key}"
 
     def _download(self, obj: StoredObject, doit: bool = False, timestamp: str | None = None) -> dict[str, Any] | None:
         """The lazy download: ``_attachment`` (base64), or None when not wanted or too big."""
         if not doit:
             return None
         limit = self.settings.max_file_size
-        url = f"{self.url_scheme}://{obj.bucket}/{obj.key}"
+        url = self._object_url(obj)
         if obj.size is not None and obj.size > limit:
             self._logger.debug("not downloading %s: %s bytes is over max_file_size (%s)", url, obj.size, limit)
             return None
@@ -453,7 +478,8 @@ class ObjectStoreSource(BaseDataSource):
 
     # -- advanced sync rules ---------------------------------------------------------
     def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
-        return _parse_rules(_snippet(advanced_rules), self.configuration.get("buckets"))[1]
+        return _parse_rules(_snippet(advanced_rules), self.configuration.get(f"{self.bucket_term}s"),
+                            self.bucket_term)[1]
 
     def _rules(self, filtering: Filter | None) -> dict[str, list[_Rule]] | None:
         """Rules by bucket, or None when every object is wanted."""
@@ -462,7 +488,7 @@ class ObjectStoreSource(BaseDataSource):
         snippet = _snippet(filtering.get_advanced_rules())
         if not snippet:
             return None
-        rules, problems = _parse_rules(snippet, self.settings.buckets)
+        rules, problems = _parse_rules(snippet, self.settings.buckets, self.bucket_term)
         if problems:
             raise SyncRulesError(f"{self.name}: invalid advanced sync rules: " + "; ".join(problems))
         by_bucket: dict[str, list[_Rule]] = {}
@@ -499,7 +525,7 @@ class ObjectStoreSource(BaseDataSource):
         if failure == Failure.NO_BUCKET and bucket is not None:
             return SourceConfigError(self._missing_buckets_message([bucket]))
         if failure == Failure.FORBIDDEN:
-            target = f"bucket `{bucket}`" if bucket else "the buckets"
+            target = f"{self.bucket_term} `{bucket}`" if bucket else f"the {self.bucket_term}s"
             return SourceConfigError(
                 f"{self.name}: the credentials may not {action} ({detail}); grant them list and "
                 f"read access to {target}"
@@ -509,17 +535,18 @@ class ObjectStoreSource(BaseDataSource):
     def _missing_buckets_message(self, missing: list[str]) -> str:
         names = ", ".join(f"`{bucket}`" for bucket in missing)
         verb = "does not exist" if len(missing) == 1 else "do not exist"
+        term = self.bucket_term
         try:
             existing = sorted(self._backend_buckets())
         except Exception as exc:  # the listing is a courtesy; the missing bucket is the news
-            self._logger.debug("cannot list buckets for the message: %s", type(exc).__name__)
-            return f"{self.name}: bucket {names} {verb} (and these credentials cannot list buckets)"
+            self._logger.debug("cannot list %ss for the message: %s", term, type(exc).__name__)
+            return f"{self.name}: {term} {names} {verb} (and these credentials cannot list {term}s)"
         if not existing:
-            return f"{self.name}: bucket {names} {verb}; there are no buckets at {self._backend_endpoint()}"
+            return f"{self.name}: {term} {names} {verb}; there are no {term}s at {self._backend_endpoint()}"
         shown = ", ".join(existing[:_LISTED_BUCKETS_SHOWN])
         if len(existing) > _LISTED_BUCKETS_SHOWN:
             shown += f" and {len(existing) - _LISTED_BUCKETS_SHOWN} more"
-        return f"{self.name}: bucket {names} {verb}; buckets are: {shown}"
+        return f"{self.name}: {term} {names} {verb}; {term}s are: {shown}"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -554,14 +581,15 @@ def _snippet(advanced_rules: Any) -> Any:
     return advanced_rules
 
 
-def _parse_rules(snippet: Any, configured_buckets: Any) -> tuple[list[_Rule], list[str]]:
+def _parse_rules(snippet: Any, configured_buckets: Any, term: str = "bucket") -> tuple[list[_Rule], list[str]]:
     if snippet in (None, {}, []):
         return [], []
     if not isinstance(snippet, list):
         return [], [
-            'advanced rules must be a list like [{"bucket": "b", "prefix": "docs/", "extension": [".pdf"]}], '
+            f'advanced rules must be a list like [{{"{term}": "b", "prefix": "docs/", "extension": [".pdf"]}}], '
             f"got {type(snippet).__name__}"
         ]
+    allowed = frozenset({term, "prefix", "extension"})
     if isinstance(configured_buckets, str):
         configured_buckets = configured_buckets.split(",")
     configured = {str(b).strip() for b in configured_buckets or []}
@@ -571,14 +599,14 @@ def _parse_rules(snippet: Any, configured_buckets: Any) -> tuple[list[_Rule], li
         if not isinstance(item, Mapping):
             problems.append(f"{where}: must be an object, got {type(item).__name__}")
             continue
-        unknown = sorted(set(item) - _RULE_KEYS)
+        unknown = sorted(set(item) - allowed)
         if unknown:
-            problems.append(f"{where}: unknown keys {', '.join(unknown)} (allowed: bucket, prefix, extension)")
-        bucket, prefix, extensions = item.get("bucket"), item.get("prefix", ""), item.get("extension", [])
+            problems.append(f"{where}: unknown keys {', '.join(unknown)} (allowed: {term}, prefix, extension)")
+        bucket, prefix, extensions = item.get(term), item.get("prefix", ""), item.get("extension", [])
         if not isinstance(bucket, str) or not bucket.strip():
-            problems.append(f"{where}: `bucket` must be a bucket name")
+            problems.append(f"{where}: `{term}` must be a {term} name")
         elif configured and ALL_BUCKETS not in configured and bucket not in configured:
-            problems.append(f"{where}: bucket `{bucket}` is not one of the configured buckets")
+            problems.append(f"{where}: {term} `{bucket}` is not one of the configured {term}s")
         if not isinstance(prefix, str):
             problems.append(f"{where}: `prefix` must be a string")
         if isinstance(extensions, str):

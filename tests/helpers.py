@@ -42,6 +42,7 @@ SOURCES: dict[str, Any] = {
     "mongodb": "sources.mongo:MongoDataSource",
     "s3": "sources.s3:S3DataSource",
     "google_cloud_storage": "sources.gcs:GoogleCloudStorageDataSource",
+    "azure_blob_storage": "sources.azure_blob:AzureBlobStorageDataSource",
     "mysql": "sources.mysql:MySqlDataSource",
     "postgresql": "sources.postgresql:PostgreSQLDataSource",
     "redis": "sources.redis:RedisDataSource",

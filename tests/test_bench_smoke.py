@@ -94,9 +94,11 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     assert changed["deleted"] == changed["expected"]["removed"]
     assert full["max_processes"] >= 3  # the daemon, its warm process and the sync process were sampled
     assert set(full["peak_pss_by_role_mb"]) >= {"daemon", "warm_process", "sync_process"}
-    keys = results["redis"]["results"]  # the redis source's scenario, on scripts/servers/redis
-    assert keys["ours_full"]["ok"] is True and keys["ours_full"]["indexed"] == 200 and keys["ours_full"]["vs_ceiling"] > 0
-    assert keys["ours_nochange"]["ok"] is True and keys["ours_nochange"]["deleted"] == 0
+    [keys] = results["sources"]  # the redis source's scenario, on scripts/servers/redis
+    assert keys["source"] == "redis" and keys["results"]["ours_full"]["ok"] is True
+    assert keys["results"]["ours_full"]["indexed"] == 200 and keys["results"]["ours_full"]["docs_per_s"] > 0
+    # No modification times in Redis: the content digests make the unchanged resync write nothing.
+    assert keys["results"]["ours_nochange"]["ok"] is True and keys["results"]["ours_nochange"]["indexed"] == 0
     assert 0 < full["peak_pss_mb"] <= full["peak_rss_mb"]
     assert full["cpu_us_per_doc"] > 0 and full["es_cpu_us_per_doc"] > 0 and full["cpu_seconds"]["sync_process"] > 0
     assert 0 < full["first_bulk_seconds"] < full["seconds"] and same["first_bulk_seconds"] is None
@@ -111,6 +113,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "| scenario | method |" in table and "ES ceiling" in table
     assert "| 300 x 1KB | " in table and "| scenario | ceiling docs/s | ours, full sync |" in table  # the summary
+    assert "200 keys (redis source)" in table
     assert "Directory source, " in table and "Many small connectors" in table and "Elastic's connector service" in table
     load = results["machine"]["load"]
     assert load["loadavg_1m"]["samples"] >= 1 and load["cpu_seconds"]["benchmark"] > 0
@@ -174,3 +177,28 @@ def test_bench_targets_when_scenarios_measured_then_each_met_or_missed_from_the_
     assert statuses["memory_100k_1m"] == "MISSED"  # 260 MB at 100k
     assert statuses["idle_daemon"] == "MET" and statuses["writes_nothing"] == "MET"
     assert statuses["dir_100k"] == statuses["many_connectors"] == "NOT MEASURED"
+
+
+def test_bench_report_when_source_scenario_then_its_table_and_summary_row_against_the_ceiling():
+    from bench.report import markdown
+
+    full = {"seconds": 50.0, "docs_per_s": 2000.0, "mb_per_s": 2.0, "indexed": 100000, "deleted": 0, "ok": True,
+            "peak_pss_mb": 300.0, "peak_rss_mb": 400.0, "cpu_us_per_doc": 500.0, "es_cpu_us_per_doc": 40.0}
+    same = {**full, "seconds": 10.0, "indexed": 0, "speedup_vs_full": 5.0, "ok": False}
+    results = {"started_at": "t", "machine": {"cpus": 2, "memory_gb": 1, "es_version": "9", "es_heap_gb": 1,
+                                              "python": "3", "beam": "2", "elasticsearch_py": "9"},
+               "pipeline_settings": "", "options": {"partitions": 2},
+               "scenarios": [{"label": "100k x 1KB", "count": 100000, "doc_size": 1024,
+                              "results": {"ceiling": {"docs_per_s": 8000.0, "seconds": 12.5}}}],
+               "sources": [{"label": "100k x 1KB blobs (azure_blob_storage, Azurite)", "server": "Azurite (local)",
+                            "count": 100000, "doc_size": 1024, "upload": {"uploaded": 0, "seconds": 0.0,
+                                                                          "reused": 100000},
+                            "results": {"ours_full": full, "ours_nochange": same}}]}
+
+    text = markdown(results)
+
+    assert "100k x 1KB blobs (azure_blob_storage, Azurite) (Azurite (local), uploaded before the clock" in text
+    assert "ceiling: the 100,000 x 1 KB scenario's, 8,000 docs/s" in text
+    assert "| ours: full sync | 50.00 | 2,000 | 2.0 | 0.25 |" in text  # 2,000 / 8,000 docs/s
+    assert "CHECK FAILED" in text
+    assert "| 100k x 1KB blobs (azure_blob_storage, Azurite) | 8,000 | 2,000 docs/s (50.00 s) | 0.25 |" in text

@@ -87,6 +87,10 @@ def test_config_when_allowed_hosts_entry_malformed_then_path_and_entry_named(ent
     assert repr(entry) in info.value.problems[0]
 
 
+NETWORK_SOURCES = ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage", "azure_blob_storage",
+                   "redis"]
+
+
 def _configuration(service_type: str, port: int) -> dict:
     where = f"127.0.0.2:{port}"
     return {
@@ -96,11 +100,13 @@ def _configuration(service_type: str, port: int) -> dict:
                     "collection": "c"},
         "s3": {"buckets": "b", "endpoint_url": f"http://{where}"},
         "google_cloud_storage": {"buckets": "b", "endpoint": f"http://{where}"},
+        "azure_blob_storage": {"containers": "c", "account_name": "a", "account_key": "a2V5",
+                               "blob_endpoint": f"http://{where}/a"},
         "redis": {"host": "127.0.0.2", "port": port, "password": "p"},
     }[service_type]
 
 
-@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage", "redis"])
+@pytest.mark.parametrize("service_type", NETWORK_SOURCES)
 def test_network_sources_when_host_not_allowed_then_refused_before_any_connection(listener, service_type):
     from tests.helpers import SOURCES
 
@@ -114,7 +120,7 @@ def test_network_sources_when_host_not_allowed_then_refused_before_any_connectio
     assert listener.accepted == 0
 
 
-@pytest.mark.parametrize("service_type", ["postgresql", "mysql", "mongodb", "s3", "google_cloud_storage", "redis"])
+@pytest.mark.parametrize("service_type", NETWORK_SOURCES)
 def test_network_sources_when_host_allowed_or_no_policy_then_built(listener, service_type):
     from tests.helpers import SOURCES
 

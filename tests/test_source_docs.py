@@ -35,7 +35,8 @@ DOCS = REPO / "docs" / "sources"
 _GENERATED = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 #: The field of each source that names where its data is: the test points it at data of its own.
 WHERE = {"dir": "directory", "postgresql": "tables", "mysql": "tables", "mongodb": "collection",
-         "s3": "buckets", "google_cloud_storage": "buckets", "redis": "database"}
+         "s3": "buckets", "google_cloud_storage": "buckets", "azure_blob_storage": "containers",
+         "redis": "database"}
 #: Fields the service adds to every document from the connector's pipeline settings.
 PIPELINE_FLAGS = {"_extract_binary_content", "_reduce_whitespace", "_run_ml_inference"}
 
@@ -190,6 +191,7 @@ DATA: dict[str, Callable[[Path], Iterator[str]]] = {
     "dir": _where_dir, "postgresql": _postgresql, "mysql": _mysql, "mongodb": _mongodb,
     "s3": lambda _: _object_store("S3Store", "http://127.0.0.1:5002"),
     "google_cloud_storage": lambda _: _object_store("GcsStore", "http://127.0.0.1:4443"),
+    "azure_blob_storage": lambda _: _object_store("AzureStore", "http://127.0.0.1:10000/devstoreaccount1"),
     "redis": _redis,
 }
 IDS = {service_type: f"docs-{service_type.replace('_', '-')}-{uuid.uuid4().hex[:8]}" for service_type in SOURCES}

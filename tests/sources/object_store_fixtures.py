@@ -1,15 +1,18 @@
-"""What the S3 and GCS source tests share: server handles and one contract both must pass.
+"""What the S3, GCS and Azure source tests share: server handles and one contract all must pass.
 
 The servers are real ones started by the project's scripts::
 
-    scripts/servers/s3 start    # moto on 127.0.0.1:${S3_PORT:-5002}
-    scripts/servers/gcs start   # fake-gcs-server on 127.0.0.1:${GCS_PORT:-4443}
+    scripts/servers/s3 start        # moto on 127.0.0.1:${S3_PORT:-5002}
+    scripts/servers/gcs start       # fake-gcs-server on 127.0.0.1:${GCS_PORT:-4443}
+    scripts/servers/azurite start   # Azurite's blob service on 127.0.0.1:${AZURITE_PORT:-10000}
 
-A test module provides a module-scoped ``store`` fixture (an :class:`S3Store` or a
-:class:`GcsStore`: admin access to the server plus a factory of sources pointed at it) and
-subclasses :class:`ObjectStoreContract`, whose tests then run against that server. Every
-test works in buckets of its own, with unique names, dropped afterwards. When a server is
-not running the tests are skipped, or fail when ``CI=true``.
+A test module provides a module-scoped ``store`` fixture (an :class:`S3Store`, a
+:class:`GcsStore` or an :class:`AzureStore`: admin access to the server plus a factory of
+sources pointed at it) and subclasses :class:`ObjectStoreContract`, whose tests then run
+against that server. Every test works in buckets (Azure: containers) of its own, with
+unique names, dropped afterwards; ``store.term`` is the word the source uses for a bucket
+(its field ``<term>s``, its documents' field, its rules' key). When a server is not running
+the tests are skipped, or fail when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from sources.testing import ping, read_all, read_partitions
 from tests.helpers import SOURCES, index_docs, run_sync
 from tests.test_extract_text import make_pdf
 
-__all__ = ["ObjectStoreContract", "S3Store", "GcsStore", "server_or_skip", "unused_port_url"]
+__all__ = ["ObjectStoreContract", "S3Store", "GcsStore", "AzureStore", "server_or_skip", "unused_port_url",
+           "AZURITE_KEY"]
 
 SECRET = "s3cr3t-never-printed"
 _SCRUBBED_ENV = (
@@ -80,6 +84,9 @@ class _Store:
     """Admin access to a test server, and sources (or their configuration) pointed at it."""
 
     service_type: str
+    term = "bucket"
+    #: The secret the sources' configuration holds: never in a message or a repr.
+    secret = SECRET
 
     def config(self, buckets: list[str], **overrides: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -181,6 +188,63 @@ class GcsStore(_Store):
         return {"endpoint": unused_port_url()}
 
 
+#: The Azurite development account's key: public, in Microsoft's documentation.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_ACCOUNT = "devstoreaccount1"
+
+
+class AzureStore(_Store):
+    """Admin access to Azurite's blob service, and Azure Blob Storage sources pointed at it."""
+
+    service_type = "azure_blob_storage"
+    term = "container"
+    secret = AZURITE_KEY
+
+    def __init__(self, url: str):
+        from azure.storage.blob import BlobServiceClient
+
+        self.url = url
+        self.client = BlobServiceClient(
+            url, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}, retry_total=0
+        )
+
+    def create_bucket(self) -> str:
+        return self.client.create_container(_bucket_name()).container_name
+
+    def drop_bucket(self, bucket: str) -> None:
+        self.client.delete_container(bucket)
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str | None = None,
+            metadata: dict[str, str] | None = None) -> None:
+        from azure.storage.blob import ContentSettings
+
+        settings = ContentSettings(content_type=content_type) if content_type else None
+        self.client.get_blob_client(bucket, key).upload_blob(data, overwrite=True, content_settings=settings,
+                                                            metadata=metadata)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.get_blob_client(bucket, key).delete_blob()
+
+    def contents(self, bucket: str) -> dict[str, bytes]:
+        container = self.client.get_container_client(bucket)
+        return {blob.name: container.download_blob(blob.name).readall() for blob in container.list_blobs()}
+
+    def config(self, buckets: list[str], **overrides: Any) -> dict[str, Any]:
+        if "max_partitions_per_bucket" in overrides:  # the contract's name for it
+            overrides["max_partitions_per_container"] = overrides.pop("max_partitions_per_bucket")
+        return {
+            "containers": buckets,
+            "account_name": AZURITE_ACCOUNT,
+            "account_key": AZURITE_KEY,
+            "blob_endpoint": self.url,
+            "retry_count": 0,
+            **overrides,
+        }
+
+    def unreachable_config(self) -> dict[str, Any]:
+        return {"blob_endpoint": unused_port_url() + "/" + AZURITE_ACCOUNT}
+
+
 def _by_id(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ids = [doc["_id"] for doc in docs]
     assert len(ids) == len(set(ids)), f"duplicate ids: {sorted(i for i in ids if ids.count(i) > 1)}"
@@ -228,7 +292,7 @@ class ObjectStoreContract:
         for key, data in objects.items():
             doc = docs[f"{bucket}/{key}"]
             assert _content(doc) == data
-            assert (doc["bucket"], doc["key"], doc["size_in_bytes"]) == (bucket, key, len(data))
+            assert (doc[store.term], doc["key"], doc["size_in_bytes"]) == (bucket, key, len(data))
             assert doc["filename"] == key.rsplit("/", 1)[-1]
             moment = datetime.fromisoformat(doc["_timestamp"])
             assert moment.utcoffset().total_seconds() == 0
@@ -341,9 +405,10 @@ class ObjectStoreContract:
             ping(source)
 
         message = str(caught.value)
-        assert f"bucket `{missing}` does not exist; buckets are: " in message
-        assert bucket in message.split("buckets are: ", 1)[1]
-        with pytest.raises(SourceConfigError, match=f"bucket `{missing}` does not exist"):
+        term = store.term
+        assert f"{term} `{missing}` does not exist; {term}s are: " in message
+        assert bucket in message.split(f"{term}s are: ", 1)[1]
+        with pytest.raises(SourceConfigError, match=f"{term} `{missing}` does not exist"):
             read_all(store.source([missing]))
 
     def test_ping_when_bucket_exists_then_ok(self, store, bucket):
@@ -361,7 +426,7 @@ class ObjectStoreContract:
         message = str(caught.value)
         assert next(iter(config.values())) in message
         assert f"`{source.endpoint_field}`" in message and "running" in message
-        assert SECRET not in message
+        assert store.secret not in message
         assert time.monotonic() - started < 10
 
     def test_validate_config_when_values_invalid_then_every_problem_listed(self, store):
@@ -371,14 +436,14 @@ class ObjectStoreContract:
             ping(source)
 
         message = str(caught.value)
-        for name in ("buckets", "page_size", "max_file_size"):
+        for name in (f"{store.term}s", "page_size", "max_file_size"):
             assert name in message
-        assert SECRET not in message
+        assert store.secret not in message
 
     def test_secrets_when_printed_then_hidden(self, store, bucket):
         source = store.source([bucket])
-        assert SECRET not in repr(source.settings)
-        assert SECRET not in repr(source.configuration)
+        assert store.secret not in repr(source.settings)
+        assert store.secret not in repr(source.configuration)
         schema = type(source).get_default_configuration()
         assert [name for name, spec in schema.items() if spec.get("sensitive")], "a secret field is declared"
         for spec in schema.values():
@@ -391,9 +456,9 @@ class ObjectStoreContract:
         for key in keys:
             store.put(bucket, key, b"x")
         rules = [
-            {"bucket": bucket, "prefix": "docs/", "extension": [".pdf"]},
-            {"bucket": bucket, "prefix": "docs/sub/"},
-            {"bucket": bucket, "prefix": "notes/", "extension": ["md"]},
+            {store.term: bucket, "prefix": "docs/", "extension": [".pdf"]},
+            {store.term: bucket, "prefix": "docs/sub/"},
+            {store.term: bucket, "prefix": "notes/", "extension": ["md"]},
         ]
         filtering = Filter(advanced_rules=rules)
         source = store.source([bucket], max_partitions_per_bucket=3)
@@ -412,14 +477,14 @@ class ObjectStoreContract:
         source = store.source([bucket])
 
         problems = source.validate_advanced_rules(
-            [{"prefix": "x"}, {"bucket": "elsewhere"}, {"bucket": bucket, "extension": 3, "glob": "*"}, "no"]
+            [{"prefix": "x"}, {store.term: "elsewhere"}, {store.term: bucket, "extension": 3, "glob": "*"}, "no"]
         )
 
         assert len(problems) == 5, problems
-        assert any("`bucket` must be" in p for p in problems)
-        assert any("`elsewhere` is not one of the configured buckets" in p for p in problems)
+        assert any(f"`{store.term}` must be" in p for p in problems)
+        assert any(f"`elsewhere` is not one of the configured {store.term}s" in p for p in problems)
         assert any("glob" in p for p in problems) and any("extension" in p for p in problems)
-        assert source.validate_advanced_rules({"bucket": bucket}) != []
+        assert source.validate_advanced_rules({store.term: bucket}) != []
         with pytest.raises(SyncRulesError):
             read_all(source, filtering=Filter(advanced_rules=[{"prefix": "x"}]))
 
