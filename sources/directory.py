@@ -26,7 +26,6 @@ Example usage::
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import functools
 import hashlib
@@ -41,19 +40,12 @@ from pydantic import field_validator
 
 from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
+from sources.file_content import content_fields, file_suffix
 
 __all__ = ["DirectoryDataSource", "DirectorySettings"]
 
 _HOW_TO_ALLOW = ("list the folders directory connectors may read in config.yml, e.g. `sources: {dir: {class: "
                  "sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}}`")
-
-#: Plain text as it is (markup such as HTML is not: its text is extracted by the pipeline).
-_TEXT_EXTENSIONS = {
-    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".log", ".py",
-    ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cpp", ".sh", ".toml", ".ini", ".cfg",
-    ".sql", ".css", ".tex", ".text",
-}
-
 
 def _iso_mtime(stat: os.stat_result) -> str:
     return datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
@@ -261,7 +253,7 @@ class DirectoryDataSource(BaseDataSource):
         roots = self.allowed_roots
         for path, relative, stat in self._files(partition):
             name = relative.rpartition("/")[2]
-            extension = _suffix(name).lower()
+            extension = file_suffix(name).lower()
             doc = {
                 "_id": hashlib.sha1(relative.encode("utf-8")).hexdigest(),
                 "path": relative,
@@ -271,12 +263,6 @@ class DirectoryDataSource(BaseDataSource):
                 "_timestamp": _iso_mtime(stat),
             }
             yield doc, _FileDownload(path, relative, roots, extension)
-
-
-def _suffix(name: str) -> str:
-    """The file name's extension as ``Path.suffix`` gives it (``a.tar.gz``: ``.gz``; ``.bashrc``: none)."""
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 @functools.lru_cache(maxsize=64)
@@ -303,7 +289,7 @@ class _FileDownload:
         self.path = path
         self.relative = relative
         self.roots = roots
-        self.extension = _suffix(os.path.basename(path)).lower() if extension is None else extension
+        self.extension = file_suffix(os.path.basename(path)).lower() if extension is None else extension
 
     def __getstate__(self) -> tuple[str, str, tuple[str, ...], str]:
         return self.path, self.relative, self.roots, self.extension
@@ -328,10 +314,8 @@ class _FileDownload:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        if self.extension in _TEXT_EXTENSIONS:
-            return {"body": data.decode("utf-8", errors="replace")}
         # HTML, PDF, DOCX, files without a known extension: the pipeline extracts their text.
-        return {"_attachment": base64.b64encode(data).decode("ascii")}
+        return content_fields(data, self.extension)
 
 
 def _opened_path(fd: int, path: str) -> str:
