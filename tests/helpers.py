@@ -44,6 +44,7 @@ SOURCES: dict[str, Any] = {
     "google_cloud_storage": "sources.gcs:GoogleCloudStorageDataSource",
     "mysql": "sources.mysql:MySqlDataSource",
     "postgresql": "sources.postgresql:PostgreSQLDataSource",
+    "network_drive": {"class": "sources.network_drive:NetworkDriveDataSource", "identity_roots": [TEST_ROOT]},
 }
 
 

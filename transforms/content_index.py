@@ -27,6 +27,8 @@ CONTENT_MAPPINGS: dict[str, Any] = {
         "_extract_binary_content": {"type": "boolean"},
         "_reduce_whitespace": {"type": "boolean"},
         "_run_ml_inference": {"type": "boolean"},
+        # Document-level security: who may read the document, searched on `.enum` by Elastic's DLS query.
+        "_allow_access_control": {"type": "text", "fields": {"enum": {"type": "keyword", "ignore_above": 2048}}},
     },
 }
 
