@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import uuid
@@ -34,7 +35,7 @@ DOCS = REPO / "docs" / "sources"
 _GENERATED = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 #: The field of each source that names where its data is: the test points it at data of its own.
 WHERE = {"dir": "directory", "postgresql": "tables", "mysql": "tables", "mongodb": "collection",
-         "s3": "buckets", "google_cloud_storage": "buckets"}
+         "s3": "buckets", "google_cloud_storage": "buckets", "network_drive": "drive_path"}
 #: Fields the service adds to every document from the connector's pipeline settings.
 PIPELINE_FLAGS = {"_extract_binary_content", "_reduce_whitespace", "_run_ml_inference"}
 
@@ -171,10 +172,26 @@ def _object_store(store_class: str, url: str) -> Iterator[str]:
         store.drop_bucket(bucket)
 
 
+def _network_drive(_: Path) -> Iterator[str]:
+    import shutil
+
+    share = Path(os.environ.get("SMB_HOME_DIR") or REPO / ".servers" / "samba") / "share"
+    if not share.is_dir():
+        raise FileNotFoundError(f"no Samba share at {share}")
+    folder = share / f"Reports-{uuid.uuid4().hex[:10]}"
+    folder.mkdir()
+    try:
+        (folder / "q3-summary.txt").write_text("Third quarter: revenue up 12% on the year.", encoding="utf-8")
+        yield f"ingest/{folder.name}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 DATA: dict[str, Callable[[Path], Iterator[str]]] = {
     "dir": _where_dir, "postgresql": _postgresql, "mysql": _mysql, "mongodb": _mongodb,
     "s3": lambda _: _object_store("S3Store", "http://127.0.0.1:5002"),
     "google_cloud_storage": lambda _: _object_store("GcsStore", "http://127.0.0.1:4443"),
+    "network_drive": _network_drive,
 }
 IDS = {service_type: f"docs-{service_type.replace('_', '-')}-{uuid.uuid4().hex[:8]}" for service_type in SOURCES}
 

@@ -162,8 +162,11 @@ class NetworkDriveDataSource(BaseDataSource):
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
         return {
-            "username": {"label": "Username", "order": 1, "type": "str"},
-            "password": {"label": "Password", "order": 2, "type": "str", "sensitive": True},
+            "username": {"label": "Username", "order": 1, "type": "str",
+                         "tooltip": "The account that lists and reads the share (DOMAIN\\name or name)."},
+            "password": {"label": "Password", "order": 2, "type": "str", "sensitive": True,
+                         "tooltip": "The account's password, or a ${env:NAME} / ${file:/path} reference the "
+                                    "operator allows."},
             "server_ip": {"label": "SMB IP", "order": 3, "type": "str",
                           "tooltip": "The SMB server's host name or IP address."},
             "server_port": {"label": "SMB port", "order": 4, "type": "int", "display": "numeric",
