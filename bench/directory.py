@@ -77,26 +77,34 @@ def _create_dir_connector(service: Service, connector_id: str, index: str, folde
                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", "--set", f"directory={folder}")
 
 
-def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10) -> dict[str, Any]:
-    """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring)."""
-    tag = f"dir{count}"
-    root = bench.workdir / f"{tag}-files"
-    bench.say(f"directory: writing {count} files of ~{size} bytes in {subfolders} folders")
+def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10,
+                    target: Any = None) -> dict[str, Any]:
+    """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring).
+
+    ``target``: where the folder is and which source reads it (default: a local folder and the
+    ``dir`` source; :class:`bench.network_drive.ShareTarget`: the Samba share).
+    """
+    target = target or LocalFolder()
+    tag = f"{target.tag}{count}"
+    root = target.folder(bench, tag)
+    bench.say(f"{target.source}: writing {count} files of ~{size} bytes in {subfolders} folders")
     started = time.monotonic()
     total = write_folder(root, count=count, size=size, subfolders=subfolders)
     written_in = round(time.monotonic() - started, 1)
     connector_id, index = f"bench-{tag}-{bench.run_id}", f"bench-ours-{tag}-{bench.run_id}"
-    service = _dir_service(bench, bench.workdir / connector_id, [root], [connector_id])
-    _create_dir_connector(service, connector_id, index, root)
-    out: dict[str, Any] = {"label": f"{Dataset(count, size).label} files (dir source)", "count": count,
-                           "doc_size": size, "file_bytes": total, "written_in_seconds": written_in, "results": {}}
+    service = target.service(bench, bench.workdir / connector_id, root, [connector_id])
+    target.create_connector(service, connector_id, index, root)
+    expected = count + target.folder_documents(subfolders)
+    out: dict[str, Any] = {"label": f"{Dataset(count, size).label} files ({target.source} source)", "count": count,
+                           "source": target.source, "doc_size": size, "file_bytes": total,
+                           "written_in_seconds": written_in, "results": {}}
     results = out["results"]
     try:
         with service:
             settle(bench.es)
             bench.say(f"  ours: full sync of {count} files")
             full = results["ours_full"] = service.sync(bench.es, connector_id)
-            full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
+            full["ok"] = full["status"] == "completed" and full["indexed"] == expected and full["total"] == expected
             full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
             full["mb_per_s"] = round(total / 1e6 / full["seconds"], 2) if full["seconds"] else None  # file bytes
             bench.progress()
@@ -109,8 +117,30 @@ def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int
     finally:
         bench.es.indices.delete(index=index, ignore_unavailable=True)
         service.remove_connector(bench.es, connector_id)
-    out["elastic_service"] = ELASTIC_SERVICE["folder_100k"] if count == 100_000 else None
+        target.clean(root)
+    out["elastic_service"] = ELASTIC_SERVICE["folder_100k"] if count == 100_000 and target.source == "dir" else None
     return out
+
+
+class LocalFolder:
+    """The folder scenario's default target: a folder of the benchmark's work directory, the ``dir`` source."""
+
+    source, tag = "dir", "dir"
+
+    def folder(self, bench: Any, tag: str) -> Path:
+        return bench.workdir / f"{tag}-files"
+
+    def service(self, bench: Any, workdir: Path, root: Path, connector_ids: list[str]) -> Service:
+        return _dir_service(bench, workdir, [root], connector_ids)
+
+    def create_connector(self, service: Service, connector_id: str, index: str, root: Path) -> None:
+        _create_dir_connector(service, connector_id, index, root)
+
+    def folder_documents(self, subfolders: int) -> int:
+        return 0  # the dir source indexes files only
+
+    def clean(self, root: Path) -> None:
+        pass  # the work directory goes as a whole
 
 
 def many_connectors(bench: Any, *, connectors: int = 24, files: int = 2000, size: int = 1024) -> dict[str, Any]:

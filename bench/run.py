@@ -13,7 +13,8 @@ cluster, with the same documents, one after the other:
    of the source: 1% of the documents changed, 1% removed).
 
 The ``dir`` source on a folder of ``--dir`` files of ~1 KB (full sync and no-change
-resync, bench/directory.py) and many small ``dir`` connectors requested at once (``--many``,
+resync, bench/directory.py), the same files on the Samba share read by the ``network_drive``
+source over SMB (``--smb``, bench/network_drive.py) and many small ``dir`` connectors requested at once (``--many``,
 beside the figures of Elastic's connector service recorded in issue 15) run right after the
 scenarios of up to 100k small documents, whose ceiling they are compared with. Then the same source
 read as 1, 2 and 4 partitions; the same sync (full, then no change)
@@ -51,6 +52,7 @@ import yaml
 
 from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_bodies, settle
 from bench.directory import folder_scenario, many_connectors
+from bench.network_drive import ShareTarget
 from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
 from bench.targets import evaluate as evaluate_targets
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="service setting for our daemons, e.g. warm_sync_processes=false (repeatable)")
     parser.add_argument("--dir", default="100k", help="files of ~1 KB for the directory source's scenario "
                                                      "(default 100k; 0: skip)")
+    parser.add_argument("--smb", default="0", help="files of ~1 KB on the Samba share for the network_drive "
+                                                  "source's scenario (e.g. 100k; default 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
                         help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--runners: unknown {', '.join(unknown)}; expected some of {', '.join(RUNNER_LABELS)}")
     runners_size = 0 if args.no_runners else parse_count(args.runners_size)
     dir_count = parse_count(args.dir)
+    smb_count = parse_count(args.smb)
     many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
-                    "dir": dir_count, "many": args.many, "service": bench.service_overrides},
+                    "dir": dir_count, "smb": smb_count, "many": args.many, "service": bench.service_overrides},
         "scenarios": [], "directory": [],
     }
     t0 = time.monotonic()
@@ -497,12 +502,15 @@ def main(argv: list[str] | None = None) -> int:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
         # The directory scenarios right after the ceiling they are compared with (up to 100k
         # documents of ~1 KB), before the long ones leave the node millions of writes behind.
-        early = [d for d in datasets if d.count <= max(dir_count, 100_000) and d.doc_size == args.doc_size]
+        early = [d for d in datasets if d.count <= max(dir_count, smb_count, 100_000) and d.doc_size == args.doc_size]
         for dataset in early:
             results["scenarios"].append(bench.scenario(dataset))
             _checkpoint(results, Path(args.out), stem)
         if dir_count:
             results["directory"].append(folder_scenario(bench, count=dir_count))
+            _checkpoint(results, Path(args.out), stem)
+        if smb_count:
+            results["directory"].append(folder_scenario(bench, count=smb_count, target=ShareTarget()))
             _checkpoint(results, Path(args.out), stem)
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])

@@ -65,6 +65,8 @@ __all__ = ["NetworkDriveDataSource", "NetworkDriveSettings"]
 _DIRECTORY = 0x10
 _REPARSE_POINT = 0x400
 _READ_CONTROL = 0x00020000
+_READ_DATA = 0x00000001
+_READ_ATTRIBUTES = 0x00000080
 _SECURITY_INFO_DACL = 0x00000004
 _CHUNK = 1 << 20
 
@@ -343,7 +345,7 @@ class NetworkDriveDataSource(BaseDataSource):
                     # readers are part of the id (a change is a new document, the old one deleted).
                     doc["_id"] += "-" + hashlib.sha256("\n".join(allowed).encode()).hexdigest()[:16]
                 yield doc, (None if is_folder else _Download(self, path, (relative + "/" if relative else "")
-                                                             + entry.name))
+                                                             + entry.name, info.end_of_file))
             if is_folder and recursive and not info.file_attributes & _REPARSE_POINT:
                 child = share_path + "/" + entry.name
                 yield from self._walk(path, (relative + "/" if relative else "") + entry.name, child, patterns,
@@ -361,39 +363,63 @@ class NetworkDriveDataSource(BaseDataSource):
                 raise SourceError(f"Network drive: cannot read the permissions of {relative}: "
                                   f"{exc.strerror or type(exc).__name__}; nothing was deleted") from exc
 
-    def _dacl(self, path: str, is_folder: bool) -> list[tuple[int, int, int, str]] | None:
-        import smbclient
+    def _compound(self, path: str, is_folder: bool, *, read: int = 0, dacl: bool = False) -> tuple[Any, ...]:
+        """One round trip (a compound create, read and/or security query, close): ``read`` bytes
+        from the start of the file, the DACL's ACEs (``None``: no DACL), or both, in that order.
+        smbclient's ``open_file`` would take a round trip for each."""
+        from smbclient._io import SMBDirectoryIO, SMBFileIO, SMBFileTransaction
         from smbprotocol.file_info import InfoType
         from smbprotocol.open import SMB2QueryInfoRequest, SMB2QueryInfoResponse
         from smbprotocol.security_descriptor import SMB2CreateSDBuffer
 
-        with smbclient.open_file(path, mode="rb", buffering=0, file_type="dir" if is_folder else "file",
-                                 desired_access=_READ_CONTROL, **self._kwargs()) as opened:
-            fd = opened.fd
-            request = SMB2QueryInfoRequest()
-            request["info_type"] = InfoType.SMB2_0_INFO_SECURITY
-            request["output_buffer_length"] = 65536
-            request["additional_information"] = _SECURITY_INFO_DACL
-            request["file_id"] = fd.file_id
-            sent = fd.connection.send(request, sid=fd.tree_connect.session.session_id,
-                                      tid=fd.tree_connect.tree_connect_id)
-            answer = SMB2QueryInfoResponse()
-            answer.unpack(fd.connection.receive(sent)["data"].get_value())
-        descriptor = SMB2CreateSDBuffer()
-        descriptor.unpack(answer["buffer"].get_value())
-        dacl = descriptor.get_dacl()
-        if dacl is None:
-            return None
-        return [(ace["ace_type"].get_value(), ace["ace_flags"].get_value(), ace["mask"].get_value(),
-                 str(ace["sid"].get_value())) for ace in dacl["aces"].get_value()]
+        access = (_READ_CONTROL if dacl else 0) | (_READ_DATA | _READ_ATTRIBUTES if read else 0)
+        raw = (SMBDirectoryIO if is_folder else SMBFileIO)(path, mode="r", share_access="rwd", desired_access=access,
+                                                             **self._kwargs())
+        connection = raw.fd.connection
 
-    def read_file(self, path: str, relative: str) -> dict[str, Any] | None:
-        """The content fields of one file; a file the account cannot open is a dead letter."""
+        def aces(sent: Any) -> list[tuple[int, int, int, str]] | None:
+            answer = SMB2QueryInfoResponse()
+            answer.unpack(connection.receive(sent)["data"].get_value())
+            descriptor = SMB2CreateSDBuffer()
+            descriptor.unpack(answer["buffer"].get_value())
+            acl = descriptor.get_dacl()
+            if acl is None:
+                return None
+            return [(ace["ace_type"].get_value(), ace["ace_flags"].get_value(), ace["mask"].get_value(),
+                     str(ace["sid"].get_value())) for ace in acl["aces"].get_value()]
+
+        with SMBFileTransaction(raw) as transaction:
+            if read:
+                transaction += raw.fd.read(0, min(read, connection.max_read_size), send=False)
+            if dacl:
+                request = SMB2QueryInfoRequest()
+                request["info_type"] = InfoType.SMB2_0_INFO_SECURITY
+                request["output_buffer_length"] = 65536
+                request["additional_information"] = _SECURITY_INFO_DACL
+                request["file_id"] = raw.fd.file_id
+                transaction += (request, aces)
+        return transaction.results
+
+    def _dacl(self, path: str, is_folder: bool) -> list[tuple[int, int, int, str]] | None:
+        return self._compound(path, is_folder, dacl=True)[0]
+
+    def read_file(self, path: str, relative: str, size: int | None = None) -> dict[str, Any] | None:
+        """The content fields of one file; a file the account cannot open is a dead letter.
+
+        A small file (``size`` from the listing) is read in one round trip; a bigger one, or one
+        that grew since it was listed, is streamed."""
         import smbclient
 
         self._connect()
+        extension = file_suffix(relative.rpartition("/")[2]).lower()
         with self._translated(f"reading {relative}"):
             try:
+                if size == 0:
+                    return content_fields(b"", extension)
+                if size is not None and size < _CHUNK:
+                    (data,) = self._compound(path, False, read=size + 1)
+                    if len(data) <= size:  # else it grew since listed: streamed below
+                        return content_fields(data, extension)
                 with smbclient.open_file(path, mode="rb", **self._kwargs()) as opened:
                     chunks = []
                     while chunk := opened.read(_CHUNK):
@@ -403,7 +429,7 @@ class NetworkDriveDataSource(BaseDataSource):
                     return None  # removed since listed: the next sync deletes it
                 raise DocumentUnreadable(f"Network drive: cannot read {relative}: "
                                          f"{exc.strerror or type(exc).__name__}") from exc
-        return content_fields(b"".join(chunks), file_suffix(relative.rpartition("/")[2]).lower())
+        return content_fields(b"".join(chunks), extension)
 
     # -- sync rules ----------------------------------------------------------------------------
     def validate_advanced_rules(self, advanced_rules: Any) -> list[str]:
@@ -466,12 +492,12 @@ def _parse_patterns(advanced_rules: Any) -> tuple[list[str], list[str]]:
 class _Download:
     """The lazy download of one file (its source holds the SMB session)."""
 
-    __slots__ = ("source", "path", "relative")
+    __slots__ = ("source", "path", "relative", "size")
 
-    def __init__(self, source: NetworkDriveDataSource, path: str, relative: str):
-        self.source, self.path, self.relative = source, path, relative
+    def __init__(self, source: NetworkDriveDataSource, path: str, relative: str, size: int | None = None):
+        self.source, self.path, self.relative, self.size = source, path, relative, size
 
     def __call__(self, doit: bool = True, timestamp: str | None = None) -> dict[str, Any] | None:
         if not doit:
             return None
-        return self.source.read_file(self.path, self.relative)
+        return self.source.read_file(self.path, self.relative, self.size)
