@@ -41,6 +41,7 @@ from pydantic import field_validator
 from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
 from sources.file_content import content_fields, file_suffix
+from sources.folders import absolute_folders, within
 
 __all__ = ["DirectoryDataSource", "DirectorySettings"]
 
@@ -60,21 +61,7 @@ class DirectorySettings(OperatorSettings):
     @field_validator("allowed_roots")
     @classmethod
     def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        relative = [root for root in value if not os.path.isabs(os.path.expanduser(root))]
-        if relative:
-            raise ValueError(f"expected absolute folder paths, got {', '.join(repr(r) for r in relative)}")
-        return tuple(os.path.expanduser(root) for root in value)
-
-
-def _within(path: str, roots: tuple[str, ...]) -> bool:
-    """Whether ``path`` is one of ``roots`` or lies below one (a string test: paths already resolved)."""
-    exact, prefixes = _root_prefixes(roots)
-    return path in exact or path.startswith(prefixes)
-
-
-@functools.lru_cache(maxsize=32)
-def _root_prefixes(roots: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
-    return frozenset(roots), tuple(root.rstrip(os.sep) + os.sep for root in roots)
+        return absolute_folders(value)
 
 
 class DirectoryDataSource(BaseDataSource):
@@ -121,7 +108,7 @@ class DirectoryDataSource(BaseDataSource):
     def _allowed(self, path: Path | str) -> bool:
         """Whether ``path``, resolved (``..``, every symlink), lies below an allowed root."""
         try:
-            return _within(os.path.realpath(path, strict=True), self.allowed_roots)
+            return within(os.path.realpath(path, strict=True), self.allowed_roots)
         except OSError:  # missing, a symlink loop, unreadable
             return False
 
@@ -134,7 +121,7 @@ class DirectoryDataSource(BaseDataSource):
         if not self.operator_settings.allowed_roots:
             raise SourceConfigError(f"Directory: this service allows no folders; the operator must {_HOW_TO_ALLOW}")
         resolved = os.path.realpath(self.root)  # a folder that does not exist yet is judged by its path
-        if not _within(resolved, self.allowed_roots):
+        if not within(resolved, self.allowed_roots):
             raise SourceConfigError(
                 f"Directory: {self.root} is outside the folders this service may read (resolved to {resolved}); "
                 "the operator lists them in config.yml `allowed_roots` of the source's sources: entry")
@@ -307,7 +294,7 @@ class _FileDownload:
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
         try:
-            if not _within(_opened_path(fd, self.path), self.roots):
+            if not within(_opened_path(fd, self.path), self.roots):
                 raise SourceError(f"cannot read {self.relative}: it now resolves outside the allowed folders")
             data = _read_all(fd)
         except OSError as exc:

@@ -52,6 +52,7 @@ from sources.base import BaseDataSource, Endpoint, Filter, OperatorSettings, Par
 from sources.config_values import read_flag, read_int, read_text
 from sources.errors import DocumentUnreadable, IngestError, SourceConfigError, SourceError, SourceUnavailable
 from sources.file_content import content_fields, file_suffix
+from sources.folders import absolute_folders, within
 from sources.network_drive.security import (
     ACCESS_CONTROL_FIELD,
     NO_ONE,
@@ -80,10 +81,7 @@ class NetworkDriveSettings(OperatorSettings):
     @field_validator("identity_roots")
     @classmethod
     def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        relative = [root for root in value if not os.path.isabs(os.path.expanduser(root))]
-        if relative:
-            raise ValueError(f"expected absolute folder paths, got {', '.join(repr(r) for r in relative)}")
-        return tuple(os.path.expanduser(root) for root in value)
+        return absolute_folders(value)
 
 
 @dataclass(frozen=True)
@@ -208,8 +206,7 @@ class NetworkDriveDataSource(BaseDataSource):
     def _identity_file(self) -> Path:
         path = config_folder() / Path(self.settings.identity_mappings).expanduser()
         resolved = os.path.realpath(path)
-        roots = [os.path.realpath(root) for root in self.operator_settings.identity_roots]
-        if not any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        if not within(resolved, tuple(os.path.realpath(root) for root in self.operator_settings.identity_roots)):
             raise SourceConfigError(
                 f"identity_mappings: {path} is outside the folders this service may read identities from; the "
                 "operator lists them in config.yml `identity_roots` of the network_drive sources: entry")

@@ -339,3 +339,44 @@ def test_access_control_when_dls_off_or_file_outside_roots_then_refused_before_w
         config(drive, use_document_level_security=True, identity_mappings="/etc/passwd"), operator_settings=SETTINGS)
     with pytest.raises(SourceConfigError, match="identity_mappings: /etc/passwd is outside the folders"):
         list(outside.get_access_control())
+
+
+@pytest.mark.integration
+def test_cli_when_access_control_job_requested_then_daemon_writes_the_identities(folder, es, tmp_path):
+    """The whole path: create-connector, a content sync and `sync --job-type access_control`
+    through a real daemon (connector snapshot, job claim, `.search-acl-filter-<index>`)."""
+    from launcher.indices import CONNECTORS_INDEX, ensure_indices
+    from tests.helpers import DaemonProcess, cli, write_config
+
+    root, drive = folder
+    write(root / "alice.txt", "alice only", owner="smbalice", mode=0o600)
+    identities = _identities(tmp_path / "identities.csv")
+    connector_id = f"smb-dls-{uuid.uuid4().hex[:8]}"
+    index = f"test-{connector_id}"
+    ensure_indices(es)
+    config_path = write_config(tmp_path / "config.yml", service={"connector_ids": [connector_id]})
+    daemon = DaemonProcess(config_path, tmp_path / "daemon.log")
+    try:
+        sets = [arg for key, value in config(drive, use_document_level_security="true",
+                                             identity_mappings=str(identities)).items()
+                for arg in ("--set", f"{key}={value}")]
+        created = cli("--action", "create-connector", "--connector-id", connector_id, "--service-type",
+                      "network_drive", "--index-name", index, *sets, config=config_path)
+        assert created.returncode == 0, created.stderr
+        for job_type in ("full", "access_control"):
+            synced = cli("--action", "sync", "--connector-id", connector_id, "--job-type", job_type, "--wait",
+                         config=config_path, timeout=300)
+            assert synced.returncode == 0, synced.stdout + synced.stderr
+
+        (alice_file,) = index_docs(es, index).values()
+        alice = _user_sid(identities, "smbalice")
+        assert alice_file["_allow_access_control"] == [f"sid:{alice}"]
+        acls = index_docs(es, f".search-acl-filter-{index}")
+        assert acls[alice]["identity"]["username"] == "user:smbalice"
+        assert _dls_search(es, index, acls[alice]) == {"alice.txt"}
+        assert _dls_search(es, index, acls[_user_sid(identities, "smbbob")]) == set()
+    finally:
+        daemon.stop()
+        es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=connector_id, refresh=True)
+        for name in (index, f".search-acl-filter-{index}"):
+            es.indices.delete(index=name, ignore_unavailable=True)
