@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sources.base import Filter
-from sources.errors import DocumentUnreadable, SourceConfigError, SourceError
+from sources.errors import DocumentUnreadable, SourceConfigError, SourceError, SourceUnavailable
 from sources.network_drive import NetworkDriveDataSource
 from sources.network_drive.security import parse_identity_mappings, readers
 from sources.testing import check_source_contract, read_all, read_partitions
@@ -206,6 +206,15 @@ def test_ping_when_password_wrong_or_share_missing_then_error_names_the_field_no
         asyncio.run(source("nosuchshare/x").ping())
     with pytest.raises(SourceConfigError, match=r"drive_path: .* does not exist"):
         asyncio.run(source(drive + "/missing").ping())
+
+
+def test_ping_when_nothing_listens_then_unavailable_naming_the_server():
+    with socket.socket() as probe:  # a port just bound and released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = NetworkDriveDataSource(config("ingest", server_port=port))
+    with pytest.raises(SourceUnavailable, match=f"cannot reach 127.0.0.1:{port} while signing in"):
+        asyncio.run(unreachable.ping())
 
 
 def test_configuration_when_invalid_then_every_problem_named():
