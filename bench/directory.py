@@ -83,39 +83,50 @@ def _create_dir_connector(service: Service, connector_id: str, index: str, folde
                 "--index-name", index, "--pipeline", INGEST_PIPELINE, "--json", "--set", f"directory={folder}")
 
 
-def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10) -> dict[str, Any]:
-    """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring)."""
-    tag = f"dir{count}"
-    root = bench.workdir / f"{tag}-files"
-    bench.say(f"directory: writing {count} files of ~{size} bytes in {subfolders} folders")
+def folder_scenario(bench: Any, *, count: int, size: int = 1024, subfolders: int = 10,
+                    target: Any = None) -> dict[str, Any]:
+    """A full sync and a no-change resync of one folder of ``count`` files (see the module docstring).
+
+    ``target``: where the folder is and which source reads it (default: a local folder and the
+    ``dir`` source; :class:`bench.network_drive.ShareTarget`: the Samba share).
+    """
+    target = target or LocalFolder()
+    tag = f"{target.tag}{count}"
+    root = target.folder(bench, tag)
+    bench.say(f"{target.source}: writing {count} files of ~{size} bytes in {subfolders} folders")
     started = time.monotonic()
     total = write_folder(root, count=count, size=size, subfolders=subfolders)
     written_in = round(time.monotonic() - started, 1)
     connector_id, index = f"bench-{tag}-{bench.run_id}", f"bench-ours-{tag}-{bench.run_id}"
-    service = _dir_service(bench, bench.workdir / connector_id, [root], [connector_id])
-    _create_dir_connector(service, connector_id, index, root)
-    out: dict[str, Any] = {"label": f"{Dataset(count, size).label} files (dir source)", "count": count,
-                           "doc_size": size, "file_bytes": total, "written_in_seconds": written_in, "results": {}}
+    service = target.service(bench, bench.workdir / connector_id, root, [connector_id])
+    target.create_connector(service, connector_id, index, root)
+    expected = count + target.folder_documents(subfolders)
+    out: dict[str, Any] = {"label": f"{Dataset(count, size).label} files ({target.source} source)", "count": count,
+                           "source": target.source, "doc_size": size, "file_bytes": total,
+                           "written_in_seconds": written_in, "results": {}}
     try:
         with service:
             out["results"] = full_then_unchanged(bench, service, connector_id, count=count, data_bytes=total,
-                                                 what="files")
+                                                 what="files", expected=expected)
             out["idle"] = service.idle
     finally:
         bench.es.indices.delete(index=index, ignore_unavailable=True)
         service.remove_connector(bench.es, connector_id)
-    out["elastic_service"] = ELASTIC_SERVICE["folder_100k"] if count == 100_000 else None
+        target.clean(root)
+    out["elastic_service"] = ELASTIC_SERVICE["folder_100k"] if count == 100_000 and target.source == "dir" else None
     return out
 
 
 def full_then_unchanged(bench: Any, service: Service, connector_id: str, *, count: int, data_bytes: int,
-                        what: str) -> dict[str, Any]:
+                        what: str, expected: int | None = None) -> dict[str, Any]:
     """A full sync of ``count`` items (``data_bytes`` of data), then a no-change resync, each checked:
-    ``{"ours_full": ..., "ours_nochange": ...}`` as :meth:`Service.sync` measures them."""
+    ``{"ours_full": ..., "ours_nochange": ...}`` as :meth:`Service.sync` measures them. ``expected``:
+    the documents the full sync indexes when not ``count`` (a share's folders are documents too)."""
+    expected = count if expected is None else expected
     settle(bench.es)
     bench.say(f"  ours: full sync of {count} {what}")
     full = service.sync(bench.es, connector_id)
-    full["ok"] = full["status"] == "completed" and full["indexed"] == count and full["total"] == count
+    full["ok"] = full["status"] == "completed" and full["indexed"] == expected and full["total"] == expected
     full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
     full["mb_per_s"] = round(data_bytes / 1e6 / full["seconds"], 2) if full["seconds"] else None
     bench.progress()
@@ -125,6 +136,27 @@ def full_then_unchanged(bench: Any, service: Service, connector_id: str, *, coun
     same["ok"] = same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
     same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
     return {"ours_full": full, "ours_nochange": same}
+
+
+class LocalFolder:
+    """The folder scenario's default target: a folder of the benchmark's work directory, the ``dir`` source."""
+
+    source, tag = "dir", "dir"
+
+    def folder(self, bench: Any, tag: str) -> Path:
+        return bench.workdir / f"{tag}-files"
+
+    def service(self, bench: Any, workdir: Path, root: Path, connector_ids: list[str]) -> Service:
+        return _dir_service(bench, workdir, [root], connector_ids)
+
+    def create_connector(self, service: Service, connector_id: str, index: str, root: Path) -> None:
+        _create_dir_connector(service, connector_id, index, root)
+
+    def folder_documents(self, subfolders: int) -> int:
+        return 0  # the dir source indexes files only
+
+    def clean(self, root: Path) -> None:
+        pass  # the work directory goes as a whole
 
 
 def many_connectors(bench: Any, *, connectors: int = 24, files: int = 2000, size: int = 1024) -> dict[str, Any]:

@@ -245,7 +245,9 @@ def _directory_lines(results: dict[str, Any]) -> list[str]:
     for folder in results.get("directory") or []:
         ceiling = ceilings.get(folder["count"])
         elastic = folder.get("elastic_service") or {}
-        lines += ["", f"Directory source, {folder['label']} (files written before the clock starts, read from the "
+        where = ("Network drive source over SMB (Samba on this machine)" if folder.get("source") == "network_drive"
+                 else "Directory source")
+        lines += ["", f"{where}, {folder['label']} (files written before the clock starts, read from the "
                       f"page cache; ceiling: the {folder['count']:,} x 1 KB scenario's"
                       f"{f', {ceiling:,.0f} docs/s' if ceiling else ', not measured'}):", ""]
         lines += _sync_table(folder["results"], ceiling, "files")

@@ -13,7 +13,8 @@ cluster, with the same documents, one after the other:
    of the source: 1% of the documents changed, 1% removed).
 
 The ``dir`` source on a folder of ``--dir`` files of ~1 KB (full sync and no-change
-resync, bench/directory.py) and many small ``dir`` connectors requested at once (``--many``,
+resync, bench/directory.py), the same files on the Samba share read by the ``network_drive``
+source over SMB (``--smb``, bench/network_drive.py) and many small ``dir`` connectors requested at once (``--many``,
 beside the figures of Elastic's connector service recorded in issue 15) run right after the
 scenarios of up to 100k small documents, whose ceiling they are compared with. Then the same source
 read as 1, 2 and 4 partitions; the same sync (full, then no change)
@@ -53,6 +54,7 @@ from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_b
 from bench.azure import blobs_scenario
 from bench.directory import folder_scenario, many_connectors
 from bench.redis import redis_scenario
+from bench.network_drive import ShareTarget
 from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
 from bench.targets import evaluate as evaluate_targets
@@ -441,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default 100k; 0: skip)")
     parser.add_argument("--redis", default="100k", help="keys of ~1 KB for the redis source's scenario, on "
                                                        "scripts/servers/redis (default 100k; 0: skip)")
+    parser.add_argument("--smb", default="0", help="files of ~1 KB on the Samba share for the network_drive "
+                                                  "source's scenario (e.g. 100k; default 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
                         help="many small dir connectors requested at once (default 24x2000; 'none': skip)")
     parser.add_argument("--azure", default="0", help="blobs of ~1 KB for the azure_blob_storage source's scenario, "
@@ -482,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     dir_count = parse_count(args.dir)
     redis_count = parse_count(args.redis)
     azure_count = parse_count(args.azure)
+    smb_count = parse_count(args.smb)
     many = _many_shape(args.many)
     bench = Bench(args)
     started = datetime.now(timezone.utc)
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                     "partition_counts": args.partition_counts, "clients": args.clients, "seed": args.seed,
                     "tune": args.tune, "baselines": not args.no_baselines, "helpers": not args.no_helpers,
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
-                    "dir": dir_count, "many": args.many, "azure": azure_count, "redis": redis_count, "service": bench.service_overrides},
+                    "dir": dir_count, "many": args.many, "azure": azure_count, "redis": redis_count, "smb": smb_count, "service": bench.service_overrides},
         "scenarios": [], "directory": [], "sources": [],
     }
     t0 = time.monotonic()
@@ -507,12 +512,15 @@ def main(argv: list[str] | None = None) -> int:
             datasets.append(Dataset(large, args.large_doc_size, args.seed))
         # The directory scenarios right after the ceiling they are compared with (up to 100k
         # documents of ~1 KB), before the long ones leave the node millions of writes behind.
-        early = [d for d in datasets if d.count <= max(dir_count, 100_000) and d.doc_size == args.doc_size]
+        early = [d for d in datasets if d.count <= max(dir_count, smb_count, 100_000) and d.doc_size == args.doc_size]
         for dataset in early:
             results["scenarios"].append(bench.scenario(dataset))
             _checkpoint(results, Path(args.out), stem)
         if dir_count:
             results["directory"].append(folder_scenario(bench, count=dir_count))
+            _checkpoint(results, Path(args.out), stem)
+        if smb_count:  # the network drive's folder scenario, beside the dir source's
+            results["directory"].append(folder_scenario(bench, count=smb_count, target=ShareTarget()))
             _checkpoint(results, Path(args.out), stem)
         if redis_count:  # the sources on their servers, compared with the same ceiling
             results["sources"].append(redis_scenario(bench, count=redis_count))

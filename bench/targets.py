@@ -88,7 +88,8 @@ def _ratio(results: dict[str, Any], count: int, floor: float) -> tuple[str, str]
 
 
 def _dir_100k(results: dict[str, Any]) -> tuple[str, str]:
-    folder = next((d for d in results.get("directory", []) if d["count"] == 100_000), None)
+    folder = next((d for d in results.get("directory", [])
+                   if d["count"] == 100_000 and d.get("source", "dir") == "dir"), None)
     ceiling = _ceiling(_small(results, 100_000))
     full = ((folder or {}).get("results") or {}).get("ours_full") or {}
     if not full.get("docs_per_s") or not ceiling:

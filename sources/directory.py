@@ -26,7 +26,6 @@ Example usage::
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import functools
 import hashlib
@@ -41,19 +40,13 @@ from pydantic import field_validator
 
 from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, config_folder
 from sources.errors import SourceConfigError, SourceError
+from sources.file_content import content_fields, file_suffix
+from sources.folders import absolute_folders, within
 
 __all__ = ["DirectoryDataSource", "DirectorySettings"]
 
 _HOW_TO_ALLOW = ("list the folders directory connectors may read in config.yml, e.g. `sources: {dir: {class: "
                  "sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}}`")
-
-#: Plain text as it is (markup such as HTML is not: its text is extracted by the pipeline).
-_TEXT_EXTENSIONS = {
-    ".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".log", ".py",
-    ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cpp", ".sh", ".toml", ".ini", ".cfg",
-    ".sql", ".css", ".tex", ".text",
-}
-
 
 def _iso_mtime(stat: os.stat_result) -> str:
     return datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
@@ -68,21 +61,7 @@ class DirectorySettings(OperatorSettings):
     @field_validator("allowed_roots")
     @classmethod
     def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        relative = [root for root in value if not os.path.isabs(os.path.expanduser(root))]
-        if relative:
-            raise ValueError(f"expected absolute folder paths, got {', '.join(repr(r) for r in relative)}")
-        return tuple(os.path.expanduser(root) for root in value)
-
-
-def _within(path: str, roots: tuple[str, ...]) -> bool:
-    """Whether ``path`` is one of ``roots`` or lies below one (a string test: paths already resolved)."""
-    exact, prefixes = _root_prefixes(roots)
-    return path in exact or path.startswith(prefixes)
-
-
-@functools.lru_cache(maxsize=32)
-def _root_prefixes(roots: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
-    return frozenset(roots), tuple(root.rstrip(os.sep) + os.sep for root in roots)
+        return absolute_folders(value)
 
 
 class DirectoryDataSource(BaseDataSource):
@@ -129,7 +108,7 @@ class DirectoryDataSource(BaseDataSource):
     def _allowed(self, path: Path | str) -> bool:
         """Whether ``path``, resolved (``..``, every symlink), lies below an allowed root."""
         try:
-            return _within(os.path.realpath(path, strict=True), self.allowed_roots)
+            return within(os.path.realpath(path, strict=True), self.allowed_roots)
         except OSError:  # missing, a symlink loop, unreadable
             return False
 
@@ -146,7 +125,7 @@ class DirectoryDataSource(BaseDataSource):
         if not self.operator_settings.allowed_roots:
             raise SourceConfigError(f"Directory: this service allows no folders; the operator must {_HOW_TO_ALLOW}")
         resolved = os.path.realpath(self.root)  # a folder that does not exist yet is judged by its path
-        if not _within(resolved, self.allowed_roots):
+        if not within(resolved, self.allowed_roots):
             raise SourceConfigError(
                 f"Directory: {self.root} is outside the folders this service may read (resolved to {resolved}); "
                 "the operator lists them in config.yml `allowed_roots` of the source's sources: entry")
@@ -265,7 +244,7 @@ class DirectoryDataSource(BaseDataSource):
         roots = self.allowed_roots
         for path, relative, stat in self._files(partition):
             name = relative.rpartition("/")[2]
-            extension = _suffix(name).lower()
+            extension = file_suffix(name).lower()
             doc = {
                 "_id": hashlib.sha1(relative.encode("utf-8")).hexdigest(),
                 "path": relative,
@@ -275,12 +254,6 @@ class DirectoryDataSource(BaseDataSource):
                 "_timestamp": _iso_mtime(stat),
             }
             yield doc, _FileDownload(path, relative, roots, extension)
-
-
-def _suffix(name: str) -> str:
-    """The file name's extension as ``Path.suffix`` gives it (``a.tar.gz``: ``.gz``; ``.bashrc``: none)."""
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 @functools.lru_cache(maxsize=64)
@@ -307,7 +280,7 @@ class _FileDownload:
         self.path = path
         self.relative = relative
         self.roots = roots
-        self.extension = _suffix(os.path.basename(path)).lower() if extension is None else extension
+        self.extension = file_suffix(os.path.basename(path)).lower() if extension is None else extension
 
     def __getstate__(self) -> tuple[str, str, tuple[str, ...], str]:
         return self.path, self.relative, self.roots, self.extension
@@ -325,17 +298,15 @@ class _FileDownload:
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
         try:
-            if not _within(_opened_path(fd, self.path), self.roots):
+            if not within(_opened_path(fd, self.path), self.roots):
                 raise SourceError(f"cannot read {self.relative}: it now resolves outside the allowed folders")
             data = _read_all(fd)
         except OSError as exc:
             raise SourceError(f"cannot read {self.relative}: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        if self.extension in _TEXT_EXTENSIONS:
-            return {"body": data.decode("utf-8", errors="replace")}
         # HTML, PDF, DOCX, files without a known extension: the pipeline extracts their text.
-        return {"_attachment": base64.b64encode(data).decode("ascii")}
+        return content_fields(data, self.extension)
 
 
 def _opened_path(fd: int, path: str) -> str:

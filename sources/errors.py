@@ -13,7 +13,8 @@
     ├── SourceError                  the source failed
     │   ├── SourceConfigError        the connector's configuration values are invalid
     │   ├── SourceUnavailable        cannot reach the backend (retriable)
-    │   └── SourceLoadError          the source's FQN cannot be imported
+    │   ├── SourceLoadError          the source's FQN cannot be imported
+    │   └── DocumentUnreadable       one document's content cannot be read (a dead letter; the sync goes on)
     ├── IndexingError                Elasticsearch refused our writes (or a whole read of the index)
     │   ├── ElasticsearchUnavailable cannot reach Elasticsearch (retriable)
     │   ├── InsufficientPrivileges   the credentials lack privileges the service needs (listed)
@@ -48,6 +49,7 @@ __all__ = [
     "SourceConfigError",
     "SourceUnavailable",
     "SourceLoadError",
+    "DocumentUnreadable",
     "IndexingError",
     "ElasticsearchUnavailable",
     "InsufficientPrivileges",
@@ -123,6 +125,13 @@ class SourceUnavailable(SourceError):
 
 class SourceLoadError(SourceError):
     pass
+
+
+class DocumentUnreadable(SourceError):
+    """Raised by a lazy download when this one document cannot be read (e.g. access denied to
+    the file): the document becomes a dead letter (stage ``download``) and the sync goes on.
+    Its indexed version, if any, is kept (it counts as seen). Any other download failure fails
+    the sync."""
 
 
 class IndexingError(IngestError):

@@ -46,6 +46,7 @@ SOURCES: dict[str, Any] = {
     "mysql": "sources.mysql:MySqlDataSource",
     "postgresql": "sources.postgresql:PostgreSQLDataSource",
     "redis": "sources.redis:RedisDataSource",
+    "network_drive": {"class": "sources.network_drive:NetworkDriveDataSource", "identity_roots": [TEST_ROOT]},
 }
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import uuid
@@ -36,7 +37,7 @@ _GENERATED = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated 
 #: The field of each source that names where its data is: the test points it at data of its own.
 WHERE = {"dir": "directory", "postgresql": "tables", "mysql": "tables", "mongodb": "collection",
          "s3": "buckets", "google_cloud_storage": "buckets", "azure_blob_storage": "containers",
-         "redis": "database"}
+         "redis": "database", "network_drive": "drive_path"}
 #: Fields the service adds to every document from the connector's pipeline settings.
 PIPELINE_FLAGS = {"_extract_binary_content", "_reduce_whitespace", "_run_ml_inference"}
 
@@ -187,12 +188,28 @@ def _redis(_: Path) -> Iterator[str]:
         client.close()
 
 
+def _network_drive(_: Path) -> Iterator[str]:
+    import shutil
+
+    share = Path(os.environ.get("SMB_HOME_DIR") or REPO / ".servers" / "samba") / "share"
+    if not share.is_dir():
+        raise FileNotFoundError(f"no Samba share at {share}")
+    folder = share / f"Reports-{uuid.uuid4().hex[:10]}"
+    folder.mkdir()
+    try:
+        (folder / "q3-summary.txt").write_text("Third quarter: revenue up 12% on the year.", encoding="utf-8")
+        yield f"ingest/{folder.name}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 DATA: dict[str, Callable[[Path], Iterator[str]]] = {
     "dir": _where_dir, "postgresql": _postgresql, "mysql": _mysql, "mongodb": _mongodb,
     "s3": lambda _: _object_store("S3Store", "http://127.0.0.1:5002"),
     "google_cloud_storage": lambda _: _object_store("GcsStore", "http://127.0.0.1:4443"),
     "azure_blob_storage": lambda _: _object_store("AzureStore", "http://127.0.0.1:10000/devstoreaccount1"),
     "redis": _redis,
+    "network_drive": _network_drive,
 }
 IDS = {service_type: f"docs-{service_type.replace('_', '-')}-{uuid.uuid4().hex[:8]}" for service_type in SOURCES}
 

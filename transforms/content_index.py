@@ -30,6 +30,8 @@ CONTENT_MAPPINGS: dict[str, Any] = {
         # What a full sync compares documents by (transforms/digests.py, transforms/document_shape.py).
         "_shape_digest": {"type": "keyword"},
         "_content_digest": {"type": "keyword", "index": False, "doc_values": False},
+        # Document-level security: who may read the document, searched on `.enum` by Elastic's DLS query.
+        "_allow_access_control": {"type": "text", "fields": {"enum": {"type": "keyword", "ignore_above": 2048}}},
     },
 }
 

@@ -26,7 +26,9 @@ Outputs (a ``DoOutputsTuple``): ``docs`` (new or changed documents, content down
 ``_id`` normalized), ``seen`` (one packed bitmap per bundle, a bit per indexed document,
 set when the source yielded it and the sync rules kept it, for
 :class:`~transforms.find_deletions.FindDeletions`; only with ``track_seen``) and
-``dead_letters``. Any read failure fails the pipeline, and so no deletion is made. With
+``dead_letters`` (documents without a usable ``_id``, and those whose lazy download raised
+:class:`~sources.errors.DocumentUnreadable`: one unreadable file). Any other read failure fails
+the pipeline, and so no deletion is made. With
 ``record_digests``, the id and ``_timestamp`` digests of every document read are also
 written to files there (for the digest cache, after a clean sync).
 
@@ -59,7 +61,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from sources.base import Filter, Partition
 from sources.driver import SourceDriver, as_pair, build_source, call_get_docs, call_lazy, is_async_callable
-from sources.errors import SourceError
+from sources.errors import DocumentUnreadable, SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
 from transforms.digests import (
@@ -140,8 +142,23 @@ _MIB = 1 << 20
 
 
 def _download_group(items: list[tuple[int, Any, dict[str, Any]]]) -> list[tuple[int, Any]]:
-    """Run sync lazy downloads one after the other (one pool task); (position, result) each."""
-    return [(position, call_lazy(lazy, doc)) for position, lazy, doc in items]
+    """Run sync lazy downloads one after the other (one pool task); (position, result) each
+    (a :class:`~sources.errors.DocumentUnreadable` raised is the result: that document's dead letter)."""
+    return [(position, _lazy_result(lazy, doc)) for position, lazy, doc in items]
+
+
+def _lazy_result(lazy: Any, doc: dict[str, Any]) -> Any:
+    try:
+        return call_lazy(lazy, doc)
+    except DocumentUnreadable as exc:
+        return exc
+
+
+async def _awaited_result(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except DocumentUnreadable as exc:
+        return exc
 
 
 class _BlockingDownloads:
@@ -356,6 +373,10 @@ class _ReadPartitionFn(beam.DoFn):
             return
         for chunk in self._windows(changed):
             for (doc_id, doc, _), extra in zip(chunk, self._download_all(chunk)):
+                if isinstance(extra, DocumentUnreadable):  # this file only: a dead letter, the sync goes on
+                    yield pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(
+                        doc, doc_id=doc_id, operation="index", stage="download", error=extra))
+                    continue
                 out = dict(doc)
                 out["_id"] = doc_id
                 if extra:
@@ -413,7 +434,7 @@ class _ReadPartitionFn(beam.DoFn):
             if limit and self._over_limit(doc["size"] if "size" in doc else doc.get("size_in_bytes")):
                 continue
             if is_async_callable(lazy):
-                coroutines[position] = call_lazy(lazy, doc)
+                coroutines[position] = _awaited_result(call_lazy(lazy, doc))
             else:
                 blocking.append((position, lazy, doc))
         pending = self.blocking.start(blocking)
@@ -426,10 +447,11 @@ class _ReadPartitionFn(beam.DoFn):
                 late[position] = value  # a sync callable that returned a coroutine
             else:
                 results[position] = value
-        for position, value in zip(late, self.driver.gather(list(late.values()), limit=self.download_concurrency)):
+        late_results = self.driver.gather([_awaited_result(v) for v in late.values()], limit=self.download_concurrency)
+        for position, value in zip(late, late_results):
             results[position] = value
         for position, value in enumerate(results):
-            if value is None:
+            if value is None or isinstance(value, DocumentUnreadable):
                 continue
             if type(value) is not dict and not isinstance(value, Mapping):
                 raise TypeError(f"a lazy download must return a dict or None, got {type(value).__name__}")
