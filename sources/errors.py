@@ -35,6 +35,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "IngestError",
+    "StreamPositionLost",
     "ConfigError",
     "NotElasticsearch",
     "AuthenticationException",
@@ -123,6 +124,11 @@ class SourceUnavailable(SourceError):
 
 class SourceLoadError(SourceError):
     pass
+
+
+class StreamPositionLost(SourceError):
+    """A continuous sync's stored position can no longer be served (a replication slot dropped or
+    invalidated, a binlog purged): the next run takes a new snapshot."""
 
 
 class IndexingError(IngestError):
