@@ -43,6 +43,8 @@ class SyncJob:
     ingest_pipeline: str | None = None
     sync_cursor: Any = None
     language: str | None = None
+    #: An incremental job of a connector whose ``continuous_sync`` is on: an unbounded stream.
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         if self.job_type not in JOB_TYPES:
