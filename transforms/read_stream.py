@@ -1,7 +1,7 @@
 """ReadStream: a continuous sync's unbounded read, as a splittable DoFn.
 
 One element (an impulse) in; out, without end, the source's changes as
-``(op, doc, position, committed_at)`` tuples: first the snapshot's documents (``index`` at the
+``(op, doc, position, committed_at, generation)`` tuples: first the snapshot's documents (``index`` at the
 snapshot's position) and a ``sweep`` marker (remove what the snapshot did not write), then
 the changes of :meth:`sources.streaming.ChangeStream.changes`. Sync rules apply as in
 other syncs: a document they exclude becomes a ``delete``.
@@ -14,6 +14,12 @@ connections, the snapshot being read) is kept per job in this process between ca
 source is acknowledged, at each call, at the position the writer's acknowledgements allow
 (:mod:`transforms.stream_ledger`), and the stream's state (position, lag, conflicts) is
 stored at most every second as the job's ``stream`` record for the daemon.
+
+At least once, whatever the runner: when changes never reach Elasticsearch (a runner that
+dropped a bundle's output: seen on Prism 2.77 under load) the ledger notices (a change still
+unwritten :data:`LOST_AFTER` seconds after later ones were written) and the stream is opened
+again at the position Elasticsearch acknowledged, under a new ``generation`` (what the
+writer acknowledges for an older one is ignored); the versions make the replay harmless.
 
 Runs on Prism, Dataflow (Runner v2) and any runner honouring deferred remainders; not on
 FnApiRunner (batch only) nor the Python BundleBasedDirectRunner (docs/runners.md).
@@ -41,7 +47,7 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.normalize import document_id
 from transforms.progress import write_job_record
 from transforms.read_from_source import SourceSpec
-from transforms.stream_ledger import ledger
+from transforms.stream_ledger import ledger, new_ledger
 from transforms.sync_rules import BasicRules
 
 __all__ = ["ReadStream", "SWEEP", "STREAM_RECORD"]
@@ -53,6 +59,18 @@ STREAM_RECORD = "stream"
 _LOGGER = logging.getLogger(__name__)
 _END = 2**62
 _SNAPSHOT_CHUNK = 2000  # snapshot documents per call
+#: Seconds a change may stay unwritten after later ones were written before it counts as lost.
+LOST_AFTER = 10.0
+
+
+class _OneStreamTracker(OffsetRestrictionTracker):
+    """Checkpoints (``defer_remainder``) only: a runner's dynamic split (Prism asks for them) would
+    have two bundles read one stream at once."""
+
+    def try_split(self, fraction_of_remainder: float) -> Any:
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
 
 
 class _Forever(RestrictionProvider):
@@ -60,7 +78,7 @@ class _Forever(RestrictionProvider):
         return OffsetRange(0, _END)
 
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
+        return _OneStreamTracker(restriction)
 
     def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
         return 1
@@ -72,12 +90,13 @@ class _Forever(RestrictionProvider):
 class _Open:
     """A job's open stream in this process, between calls."""
 
-    def __init__(self, source: Any, stream: Any):
-        self.source, self.stream = source, stream
+    def __init__(self, source: Any, stream: Any, generation: int):
+        self.source, self.stream, self.generation = source, stream, generation
         self.snapshot = stream.snapshot() if stream.snapshot_position else None
         self.sweep_at = stream.snapshot_position
         self.last_record = 0.0
         self.last_ack = 0
+        self.lock = threading.Lock()  # one read of the stream at a time, whatever the runner does
 
 
 _OPEN: dict[str, _Open] = {}
@@ -106,21 +125,21 @@ class _ReadStreamFn(beam.DoFn):
     def setup(self) -> None:
         self.rules = BasicRules(self.spec.basic_rules)
         self.es = self.conn.client()
-        self.book = ledger(self.job_id)
 
     def teardown(self) -> None:
         es = getattr(self, "es", None)
         if es is not None:
             es.close()
 
-    def _open(self) -> _Open:
+    def _open(self, *, again: bool = False) -> _Open:
         with _OPEN_LOCK:
-            entry = _OPEN.get(self.job_id)
+            entry = None if again else _OPEN.get(self.job_id)
         if entry is None:
+            book = new_ledger(self.job_id) if again else ledger(self.job_id)
             source = self.spec.build()
             stream = source.open_change_stream(self.cursor or None, filtering=self.spec.filtering(),
                                                stream_id=self.stream_id)
-            entry = _Open(source, stream)
+            entry = _Open(source, stream, book.generation)
             with _OPEN_LOCK:
                 _OPEN[self.job_id] = entry
             _LOGGER.info("continuous sync %s: stream open%s", self.job_id,
@@ -129,25 +148,43 @@ class _ReadStreamFn(beam.DoFn):
 
     def process(self, element: Any, tracker=beam.DoFn.RestrictionParam(_Forever()),
                 _watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider()),
-                ) -> Iterator[tuple[str, dict[str, Any], int, float | None]]:
+                ) -> Iterator[tuple[str, dict[str, Any], int, float | None, int]]:
         offset = tracker.current_restriction().start
         if not tracker.try_claim(offset):
             return
         try:
             entry = self._open()
-            yield from self._read(entry)
-            self._acknowledge(entry)
+            with entry.lock:
+                self.book = ledger(self.job_id)
+                if self.book.lost(LOST_AFTER):
+                    entry = self._reopen(entry)
+                out = list(self._read(entry))
+                self._acknowledge(entry)
+            yield from out
         except SourceError:
             raise
         except Exception as exc:
             raise SourceError(f"continuous read of {self.spec.fqn} failed: {type(exc).__name__}: {exc}") from exc
         tracker.defer_remainder(Duration.of(self.poll_seconds / 4))
 
-    def _read(self, entry: _Open) -> Iterator[tuple[str, dict[str, Any], int, float | None]]:
+    def _reopen(self, entry: _Open) -> _Open:
+        """Changes were lost on the way to Elasticsearch (see StreamLedger.lost): read again from the
+        position Elasticsearch acknowledged (a snapshot not fully acknowledged is taken again)."""
+        _LOGGER.warning("continuous sync %s: %d change(s) never reached Elasticsearch; reading again from the "
+                        "acknowledged position", self.job_id, self.book.pending())
+        try:
+            entry.stream.close()
+        except Exception:  # noqa: BLE001 - opened again below
+            pass
+        fresh = self._open(again=True)
+        self.book = ledger(self.job_id)
+        return fresh
+
+    def _read(self, entry: _Open) -> Iterator[tuple[str, dict[str, Any], int, float | None, int]]:
         if entry.snapshot is not None:
             count = 0
             for doc in entry.snapshot:
-                out = self._change("index", doc, entry.sweep_at, None)
+                out = self._change("index", doc, entry.sweep_at, None, entry.generation)
                 if out is not None:
                     yield out
                 count += 1
@@ -155,14 +192,14 @@ class _ReadStreamFn(beam.DoFn):
                     return
             entry.snapshot = None
             self.book.emitted(entry.sweep_at)
-            yield SWEEP, {}, entry.sweep_at, None
+            yield SWEEP, {}, entry.sweep_at, None, entry.generation
             return
         for change in entry.stream.changes(self.poll_seconds):
-            out = self._change(change.op, change.doc, change.position, change.committed_at)
+            out = self._change(change.op, change.doc, change.position, change.committed_at, entry.generation)
             if out is not None:
                 yield out
 
-    def _change(self, op: str, doc: dict[str, Any], position: int, committed_at: float | None):
+    def _change(self, op: str, doc: dict[str, Any], position: int, committed_at: float | None, generation: int):
         if op not in STREAM_OPS:
             raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(STREAM_OPS)}")
         if not isinstance(position, int) or position <= 0:
@@ -173,7 +210,7 @@ class _ReadStreamFn(beam.DoFn):
             if op == "index" and self.rules and not self.rules.should_index(doc):
                 op, doc = "delete", {"_id": doc["_id"]}
         self.book.emitted(position)
-        return op, doc, position, committed_at
+        return op, doc, position, committed_at, generation
 
     def _acknowledge(self, entry: _Open) -> None:
         confirmable = self.book.confirmable()

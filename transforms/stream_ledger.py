@@ -25,14 +25,18 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-__all__ = ["StreamLedger", "ledger"]
+__all__ = ["StreamLedger", "ledger", "new_ledger"]
 
 
 class StreamLedger:
     """Emitted and acknowledged changes of one continuous sync (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int = 0) -> None:
+        #: Which opening of the stream this ledger counts (changes of another are ignored).
+        self.generation = generation
         self._lock = threading.Lock()
+        self._emitted_at: dict[int, float] = {}  # outstanding position -> when it was first emitted
+        self._passed_at: dict[int, float] = {}  # outstanding position -> when a later position was done
         self._outstanding: OrderedDict[int, int] = OrderedDict()  # position -> changes not yet done
         self._order: deque[int] = deque()  # distinct positions emitted, oldest first, not yet confirmable
         self._early: dict[int, int] = {}  # done before the reader recorded them (another thread's race)
@@ -48,6 +52,7 @@ class StreamLedger:
         with self._lock:
             if not self._order or self._order[-1] != position:
                 self._order.append(position)
+            self._emitted_at.setdefault(position, time.monotonic())
             early = self._early.pop(position, 0)
             left = self._outstanding.get(position, 0) + count - early
             if left > 0:
@@ -75,6 +80,11 @@ class StreamLedger:
             if positions:
                 self._advance()
                 self.acknowledged_at = now
+                highest, clock = max(positions), time.monotonic()
+                for waiting in self._outstanding:
+                    if waiting >= highest:
+                        break
+                    self._passed_at.setdefault(waiting, clock)
             for committed in committed_at or ():
                 lag = max(0.0, now - committed)
                 self.lag_seconds = lag
@@ -84,8 +94,19 @@ class StreamLedger:
     def _advance(self) -> None:
         """Under the lock: positions emitted in order, every change of them done, are confirmable."""
         while self._order and self._order[0] not in self._outstanding:
-            self._confirmable = max(self._confirmable, self._order.popleft())
+            done = self._order.popleft()
+            self._emitted_at.pop(done, None)
+            self._passed_at.pop(done, None)
+            self._confirmable = max(self._confirmable, done)
 
+    def lost(self, after: float) -> bool:
+        """Whether changes were lost on the way to Elasticsearch: the oldest outstanding position has
+        waited ``after`` seconds since a later one was written (a runner that dropped a bundle's output;
+        the reader then reads again from the acknowledged position)."""
+        with self._lock:
+            oldest = next(iter(self._outstanding), None)
+            passed = self._passed_at.get(oldest) if oldest is not None else None
+            return passed is not None and time.monotonic() - passed >= after
     def confirmable(self) -> int:
         """The highest position whose changes, and all earlier ones, are in Elasticsearch (0: none)."""
         with self._lock:
@@ -117,4 +138,14 @@ def ledger(job_id: str) -> StreamLedger:
         book = _LEDGERS.get(job_id)
         if book is None:
             book = _LEDGERS[job_id] = StreamLedger()
+        return book
+
+
+def new_ledger(job_id: str) -> StreamLedger:
+    """A fresh ledger for ``job_id`` (the stream was opened again), of the next generation."""
+    with _LEDGERS_LOCK:
+        old = _LEDGERS.get(job_id)
+        book = _LEDGERS[job_id] = StreamLedger((old.generation + 1) if old else 0)
+        if old is not None:
+            book.version_conflicts = old.version_conflicts
         return book

@@ -1,6 +1,6 @@
 """WriteVersioned: a continuous sync's batched, versioned ``_bulk`` writes.
 
-Elements are ``(key, (op, doc_id, json_bytes_or_None, position, committed_at))`` (one key
+Elements are ``(key, (op, doc_id, json_bytes_or_None, position, committed_at, generation))`` (one key
 per job: a stateful DoFn keeps the batch in Beam state). A batch is sent when it holds
 ``max_docs`` changes, and otherwise on a processing-time timer ``flush_seconds`` after its
 first change. Every write carries ``version=<position>, version_type=external``: a change
@@ -58,7 +58,7 @@ __all__ = ["WriteVersioned", "GC_DELETES"]
 GC_DELETES = "1h"
 _LOGGER = logging.getLogger(__name__)
 
-Item = tuple[str, str | None, bytes | None, int, float | None]
+Item = tuple[str, str | None, bytes | None, int, float | None, int]
 
 
 class _WriteVersionedFn(beam.DoFn):
@@ -80,7 +80,6 @@ class _WriteVersionedFn(beam.DoFn):
     def setup(self) -> None:
         self.es = self.conn.client(max_retries=0)
         self.progress = ProgressReporter(self.es, self.job_id)
-        self.book = ledger(self.job_id)
 
     def teardown(self) -> None:
         if getattr(self, "progress", None):
@@ -121,7 +120,7 @@ class _WriteVersionedFn(beam.DoFn):
         if not items:
             return []
         lines: list[bytes] = []
-        for op, doc_id, data, position, _ in items:
+        for op, doc_id, data, position, _, _ in items:
             lines.append(orjson.dumps({op: {"_id": doc_id, "version": position, "version_type": "external"}}))
             if op == "index":
                 lines.append(data or b"{}")
@@ -147,7 +146,7 @@ class _WriteVersionedFn(beam.DoFn):
                 pending = retry
                 lines = []
                 for number in retry:
-                    op, doc_id, data, position, _ = items[number]
+                    op, doc_id, data, position, _, _ = items[number]
                     lines.append(orjson.dumps({op: {"_id": doc_id, "version": position, "version_type": "external"}}))
                     if op == "index":
                         lines.append(data or b"{}")
@@ -163,10 +162,12 @@ class _WriteVersionedFn(beam.DoFn):
         done: Counter[int] = Counter()
         committed: list[float] = []
         indexed = deleted = volume = conflicts = 0
-        for number, (op, doc_id, data, position, committed_at) in enumerate(items):
+        book = ledger(self.job_id)
+        for number, (op, doc_id, data, position, committed_at, generation) in enumerate(items):
             result = results[number]
             status = result.get("status", 500)
-            done[position] += 1
+            if generation == book.generation:
+                done[position] += 1
             if committed_at:
                 committed.append(committed_at)
             if status < 300:
@@ -191,7 +192,7 @@ class _WriteVersionedFn(beam.DoFn):
         self.failed.inc(len(letters))
         self.progress.add(indexed_document_count=indexed, indexed_document_bytes=volume,
                           deleted_document_count=deleted, dead_letter_count=len(letters))
-        self.book.done(dict(done), committed_at=committed[-1:], conflicts=conflicts)
+        book.done(dict(done), committed_at=committed[-1:], conflicts=conflicts)
         if conflicts:
             _LOGGER.info("continuous sync %s: %d change(s) older than the indexed documents were refused "
                          "(version conflicts)", self.job_id, conflicts)
@@ -200,7 +201,7 @@ class _WriteVersionedFn(beam.DoFn):
     def _remove(self, item: Item) -> None:
         """A truncate (documents whose fields hold the given values) or a sweep (documents older than
         the snapshot), deleted with the version before the change's: later writes are kept."""
-        op, _doc_id, data, position, committed_at = item
+        op, _doc_id, data, position, committed_at, generation = item
         self.es.indices.refresh(index=self.index)
         match = orjson.loads(data) if data else {}
         if op == OP_TRUNCATE:
@@ -231,13 +232,16 @@ class _WriteVersionedFn(beam.DoFn):
         self.deleted.inc(deleted)
         self.conflicts.inc(conflicts)
         self.progress.add(deleted_document_count=deleted)
-        self.book.done({position: 1}, committed_at=[committed_at] if committed_at else None, conflicts=0)
+        book = ledger(self.job_id)
+        if generation == book.generation:
+            book.done({position: 1}, committed_at=[committed_at] if committed_at else None)
         _LOGGER.info("continuous sync %s: %s removed %d document(s)", self.job_id,
                      "the snapshot's sweep" if op == SWEEP else f"truncate of {match}", deleted)
 
 
 class _NormalizeChangeFn(beam.DoFn):
-    """``(op, doc, position, committed_at)`` -> ``(key, (op, doc_id, json_bytes, position, committed_at))``,
+    """``(op, doc, position, committed_at, generation)`` -> ``(key, (op, doc_id, json_bytes, position,
+    committed_at, generation))``,
     serialized as other syncs do (:mod:`transforms.normalize`); a document that cannot be is dead-lettered."""
 
     def __init__(self, job_id: str, pipeline_flags: dict[str, Any], max_document_bytes: int, extract_text: bool):
@@ -246,24 +250,23 @@ class _NormalizeChangeFn(beam.DoFn):
         self.job_id = job_id
         self.inner = _NormalizeFn(pipeline_flags, max_document_bytes, extract_text, operation="mixed")
 
-    def setup(self) -> None:
-        self.book = ledger(self.job_id)
-
-    def process(self, change: tuple[str, dict[str, Any], int, float | None]) -> Iterator[Any]:
-        op, doc, position, committed_at = change
+    def process(self, change: tuple[str, dict[str, Any], int, float | None, int]) -> Iterator[Any]:
+        op, doc, position, committed_at, generation = change
         if op in (OP_TRUNCATE, SWEEP):
-            yield self.job_id, (op, None, orjson.dumps(doc), position, committed_at)
+            yield self.job_id, (op, None, orjson.dumps(doc), position, committed_at, generation)
             return
         for out in self.inner.process((op, doc)):
             if isinstance(out, beam.pvalue.TaggedOutput):  # dead-lettered: done as far as the stream goes
-                self.book.done({position: 1})
+                book = ledger(self.job_id)
+                if generation == book.generation:
+                    book.done({position: 1})
                 yield beam.pvalue.TaggedOutput("dead_letters", out.value)
             else:
-                yield self.job_id, (out[0], out[1], out[2], position, committed_at)
+                yield self.job_id, (out[0], out[1], out[2], position, committed_at, generation)
 
 
 class WriteVersioned(beam.PTransform):
-    """Changes in (``(op, doc, position, committed_at)``), dead letters out (see the module docstring)."""
+    """Changes in (``(op, doc, position, committed_at, generation)``), dead letters out (see the module docstring)."""
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, job_id: str, settings: BulkSettings,
                  pipeline: str | None = None, pipeline_flags: dict[str, Any] | None = None,

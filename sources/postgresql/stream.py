@@ -125,6 +125,24 @@ def _slot(cur: Any, name: str) -> tuple[str, str | None] | None:
     return (row[0], row[1]) if row else None
 
 
+def _drop_slot(cur: Any, name: str) -> bool:
+    """Drop the slot (True) if there is one; a stream that just stopped may hold it for a moment,
+    one still holding it is ended first."""
+    for attempt in range(50):
+        cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,))
+        row = cur.fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            if attempt >= 10:
+                cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            time.sleep(0.1)
+            continue
+        cur.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        return True
+    raise SourceError(f"replication slot {name} is still in use by another session")
+
+
 def drop_stream(source: Any, stream_id: str) -> bool:
     """Drop the connector's slot and publication (True when something was dropped)."""
     name = stream_name(stream_id)
@@ -132,18 +150,7 @@ def drop_stream(source: Any, stream_id: str) -> bool:
     dropped = False
     try:
         with _errors(source, f"dropping replication slot and publication {name}"), conn.cursor() as cur:
-            for _ in range(50):  # a stream that just stopped may hold the slot for a moment
-                cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,))
-                row = cur.fetchone()
-                if row is None:
-                    break
-                if row[0] is not None:
-                    cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                    time.sleep(0.1)
-                    continue
-                cur.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-                dropped = True
-                break
+            dropped = _drop_slot(cur, name)
             cur.execute(f'DROP PUBLICATION IF EXISTS "{name}"')
             dropped = dropped or cur.statusmessage == "DROP PUBLICATION"
     finally:
@@ -204,7 +211,7 @@ class PgChangeStream(ChangeStream):
                 # The slot that held our position is gone: say so once; the next run snapshots again.
                 _set_comment(cur, self.name, {"tables": tables, "snapshot": "lost"})
                 if slot is not None:
-                    cur.execute("SELECT pg_drop_replication_slot(%s)", (self.name,))
+                    _drop_slot(cur, self.name)
                 raise StreamPositionLost(
                     f"replication slot {self.name} on PostgreSQL at {self.source.settings.address} "
                     f"{'was invalidated (max_slot_wal_keep_size)' if slot else 'no longer exists'}: changes made since "
@@ -215,7 +222,7 @@ class PgChangeStream(ChangeStream):
                 self._sent = self._acked
                 return
             if slot is not None:  # a snapshot that never finished: start over
-                cur.execute("SELECT pg_drop_replication_slot(%s)", (self.name,))
+                _drop_slot(cur, self.name)
             qualified = ", ".join(self.source._qualified(t) for t in tables)
             if comment is None:
                 cur.execute(f'CREATE PUBLICATION "{self.name}" FOR TABLE {qualified}')
@@ -284,6 +291,8 @@ class PgChangeStream(ChangeStream):
                     done = self._handle(message.payload)
                     if done:
                         out.extend(done)
+                        # Received, not yet in Elasticsearch: the idle confirmation must not pass it.
+                        self._last_emitted = done[-1].position
                         if len(out) >= _MAX_CHANGES:
                             break
                     continue
@@ -292,8 +301,6 @@ class PgChangeStream(ChangeStream):
                 if left <= 0 or (out and not self._txn and not self._txn_extra):
                     break
                 select.select([self._repl], [], [], min(left, 0.05))
-        if out:
-            self._last_emitted = out[-1].position
         return out
 
     def _handle(self, payload: bytes) -> list[Change] | None:
@@ -427,7 +434,7 @@ class PgChangeStream(ChangeStream):
         if not self._started:
             return
         now = time.monotonic()
-        idle = self._acked >= self._last_emitted and not self._txn_extra
+        idle = self._acked >= self._last_emitted and not self._txn_extra and not self.snapshot_position
         wal_end = getattr(self._cur, "wal_end", 0) or 0
         if idle and wal_end > self._acked and now - self._last_idle >= _IDLE_CONFIRM_EVERY:
             # Everything sent is in Elasticsearch: the WAL up to the server's end is of no use to us.
