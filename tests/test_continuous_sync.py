@@ -220,16 +220,20 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drop
         conn.execute(f"UPDATE {items} SET id = 1000000 WHERE id = 11")  # the key changed
     tables.assert_equal()
     assert f"{items}_999999" not in tables.indexed() and f"{tags}_1" not in tables.indexed()
+    assert index_docs(es, tables.index)[f"{items}_10"]["note"].startswith("toast ")
 
     # Versions come from the source position: a document changed by the stream carries a higher
     # one than the snapshot's, and the snapshot's copy sent again (a replay) does not win.
+    pg.execute(f"UPDATE {items} SET name = 'versioned' WHERE id = 12")
+    wait_for(lambda: es.get(index=tables.index, id=f"{items}_12")["_source"]["name"] == "versioned", timeout=30,
+             what="the update indexed")
     snapshot_doc = es.get(index=tables.index, id=f"{items}_2000")
-    changed = es.get(index=tables.index, id=f"{items}_10")
+    changed = es.get(index=tables.index, id=f"{items}_12")
     assert changed["_version"] > snapshot_doc["_version"] > 1
-    replay = es.options(ignore_status=409).index(index=tables.index, id=f"{items}_10", version=snapshot_doc["_version"],
+    replay = es.options(ignore_status=409).index(index=tables.index, id=f"{items}_12", version=snapshot_doc["_version"],
                                                  version_type="external", document={"name": "stale"})
     assert replay.meta.status == 409
-    assert es.get(index=tables.index, id=f"{items}_10")["_source"]["name"] == "toast kept"
+    assert es.get(index=tables.index, id=f"{items}_12")["_source"]["name"] == "versioned"
 
     # Live counters, heartbeat, position and lag in the job.
     time.sleep(1.5)  # the next progress report
