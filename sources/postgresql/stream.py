@@ -417,11 +417,11 @@ class PgChangeStream(ChangeStream):
 
     # -- acknowledgement -----------------------------------------------------------------
     def acknowledge(self, position: int) -> None:
+        if self._snapshot_position_acked(position):
+            with _errors(self.source, f"recording publication {self.name}'s snapshot"), self._sql.cursor() as cur:
+                _set_comment(cur, self.name, {"tables": sorted(self.tables), "snapshot": "complete"})
         if position > self._acked:
             self._acked = position
-            if self._snapshot_position_acked(position):
-                with _errors(self.source, f"recording publication {self.name}'s snapshot"), self._sql.cursor() as cur:
-                    _set_comment(cur, self.name, {"tables": sorted(self.tables), "snapshot": "complete"})
             self._send_feedback()
 
     def _snapshot_position_acked(self, position: int) -> bool:
