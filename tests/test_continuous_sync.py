@@ -242,6 +242,8 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drop
     stream = job["metadata"]["stream"]
     assert stream["snapshot"] == "done" and stream["lag_seconds"] is not None and stream["pending_changes"] == 0
     assert tables.slot() is not None and tables.publication() is not None
+    shown = cli("--action", "jobs", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
 
     # Turned off: the job ends, the slot and the publication are dropped, later changes are not applied.
     result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
