@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
+import urllib.request
 import time
 import uuid
 from pathlib import Path
@@ -54,11 +56,14 @@ def daemon(tmp_path_factory, pg):
     if not default_prism_location().is_file():
         skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
     folder = tmp_path_factory.mktemp("continuous")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
     config = write_config(folder / "config.yml", sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
                           service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5})
+                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
     process = DaemonProcess(config, folder / "daemon.log")
-    holder = {"process": process, "config": config, "folder": folder}
+    holder = {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
     yield holder
     holder["process"].stop()
 
@@ -236,14 +241,20 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drop
     assert es.get(index=tables.index, id=f"{items}_12")["_source"]["name"] == "versioned"
 
     # Live counters, heartbeat, position and lag in the job.
-    time.sleep(1.5)  # the next progress report
-    job = wait_for(reported, timeout=30, what="the stream's state in the job")
+    def settled():  # everything read was acknowledged by Elasticsearch, as the job reports it
+        current = reported()
+        return current if current and current["metadata"]["stream"]["pending_changes"] == 0 else None
+
+    job = wait_for(settled, timeout=30, what="the stream's state in the job, nothing pending")
     assert job["indexed_document_count"] >= 3050 and job["deleted_document_count"] > 0 and job["last_seen"]
     stream = job["metadata"]["stream"]
-    assert stream["snapshot"] == "done" and stream["lag_seconds"] is not None and stream["pending_changes"] == 0
+    assert stream["snapshot"] == "done" and stream["lag_seconds"] is not None and stream["cursor"]["lsn"]
     assert tables.slot() is not None and tables.publication() is not None
     shown = cli("--action", "jobs", "--connector-id", tables.connector_id, config=daemon["config"])
     assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
+    metrics = urllib.request.urlopen(daemon["metrics"] + "/metrics", timeout=10).read().decode()
+    assert f'elastic_ingest_stream_lag_seconds{{connector="{tables.connector_id}"}}' in metrics
+    assert "elastic_ingest_streaming_connectors 1.0" in metrics
 
     # Turned off: the job ends, the slot and the publication are dropped, later changes are not applied.
     result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
