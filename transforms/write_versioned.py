@@ -61,6 +61,17 @@ _LOGGER = logging.getLogger(__name__)
 Item = tuple[str, str | None, bytes | None, int, float | None, int]
 
 
+def _body(items: list[Item], numbers: Any) -> bytes:
+    """The NDJSON ``_bulk`` body of ``items[n]`` for each n of ``numbers``, each with its external version."""
+    lines: list[bytes] = []
+    for number in numbers:
+        op, doc_id, data, position, _, _ = items[number]
+        lines.append(orjson.dumps({op: {"_id": doc_id, "version": position, "version_type": "external"}}))
+        if op == "index":
+            lines.append(data or b"{}")
+    return b"\n".join(lines) + b"\n"
+
+
 class _WriteVersionedFn(beam.DoFn):
     BATCH = BagStateSpec("batch", PickleCoder())
     ARMED = ReadModifyWriteStateSpec("armed", PickleCoder())
@@ -119,12 +130,7 @@ class _WriteVersionedFn(beam.DoFn):
     def _send(self, items: list[Item]) -> list[DeadLetter]:
         if not items:
             return []
-        lines: list[bytes] = []
-        for op, doc_id, data, position, _, _ in items:
-            lines.append(orjson.dumps({op: {"_id": doc_id, "version": position, "version_type": "external"}}))
-            if op == "index":
-                lines.append(data or b"{}")
-        body = b"\n".join(lines) + b"\n"
+        body = _body(items, range(len(items)))
         deadline = time.monotonic() + self.settings.max_retry_seconds
         answer: dict[str, Any] = {}
         pending = list(range(len(items)))
@@ -143,14 +149,7 @@ class _WriteVersionedFn(beam.DoFn):
                 else:
                     results[number] = result
             if retry:
-                pending = retry
-                lines = []
-                for number in retry:
-                    op, doc_id, data, position, _, _ = items[number]
-                    lines.append(orjson.dumps({op: {"_id": doc_id, "version": position, "version_type": "external"}}))
-                    if op == "index":
-                        lines.append(data or b"{}")
-                body = b"\n".join(lines) + b"\n"
+                pending, body = retry, _body(items, retry)
                 raise ItemsRejected(len(retry), self.index)
 
         retry_with_backoff(attempt, self.settings, on_retry=self.retries.inc, deadline=deadline,
