@@ -694,7 +694,7 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     if ctx.as_json:
         _echo_json(jobs)
         return 0
-    rows = [[j["id"], j["connector"].get("id"), j.get("job_type"), j.get("trigger_method"), j.get("status"),
+    rows = [[j["id"], j["connector"].get("id"), _job_kind(j), j.get("trigger_method"), j.get("status"),
              _when(j.get("created_at")), j.get("indexed_document_count"), j.get("deleted_document_count"),
              j.get("total_document_count"), _dead_letter_count(j), _duration(j),
              "; ".join([*([str(j["error"])] if j.get("error") else []), *(f"warning: {w}" for w in _warnings(j))])
@@ -702,6 +702,16 @@ def action_jobs(ctx: _Context, *, connector_id: str | None, **_: Any) -> int:
     _table("Sync jobs", ["id", "connector", "type", "trigger", "status", "created", "indexed", "deleted", "total",
                          "dead letters", "duration", "error"], rows)
     return 0
+
+
+def _job_kind(job: dict[str, Any]) -> str:
+    """The job type; a continuous sync says so, with its lag (commit -> Elasticsearch acknowledgement)."""
+    metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
+    if metadata.get("continuous") is not True:
+        return str(job.get("job_type") or "")
+    stream = metadata.get("stream") if isinstance(metadata.get("stream"), dict) else {}
+    lag = stream.get("lag_seconds")
+    return f"{job.get('job_type')} (continuous" + (f", lag {lag:.2f}s)" if isinstance(lag, (int, float)) else ")")
 
 
 def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from datetime import timedelta
 from typing import Any
 
 from launcher.config import Config
+from launcher.continuous_jobs import RETRY_AFTER, ensure_continuous_job, release_if_off
 from launcher.configuration import complete_configuration, validate_configuration, values_of
 from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
@@ -150,6 +151,18 @@ class ConnectorMaintenance:
         if not schedule_problems:
             grace = timedelta(seconds=max(60.0, 3 * self.config.service.idling))
             create_due_jobs(self.store, connector, source_class, created_grace=grace)
+            self._continuous(connector, source_class)
+
+    def _continuous(self, connector: Connector, source_class: type) -> None:
+        """Keep the connector's continuous job (launcher/continuous_jobs.py); release its stream once off."""
+        retry_after = min(RETRY_AFTER, max(5.0, 10 * self.config.service.idling))
+        if ensure_continuous_job(self.store, connector, source_class, retry_after=retry_after) is not None:
+            return
+        try:
+            configuration = _typed(resolve_references(connector.get("configuration") or {}, self.config.secrets))
+            release_if_off(self.store, connector, source_class, configuration, self._settings(connector))
+        except Exception as exc:  # noqa: BLE001 - retried next poll
+            _LOGGER.warning("connector %s: could not release its stream: %s", connector.id, format_error(exc))
 
     def set_error_quietly(self, connector: Connector, message: str) -> None:
         """Put ``message`` on the connector; a failure to write it is logged, not raised."""

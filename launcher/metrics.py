@@ -26,6 +26,9 @@ name                                                   type     meaning
 ``documents_deleted_total``                            counter  documents deleted by those jobs
 ``dead_letters_total``                                 counter  documents dead-lettered by those jobs
 ``bulk_retries_total``                                 counter  ``_bulk`` requests/items retried
+``streaming_connectors``                               gauge    continuous syncs running here
+``stream_lag_seconds{connector}``                      gauge    a continuous sync's commit -> ack lag
+``stream_version_conflicts{connector}``                gauge    older changes refused (replays)
 =====================================================  =======  ====================================
 
 The per-instance counters are added when each run of a job ends, from that run's own
@@ -152,8 +155,27 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
     docs = Gauge("elastic_ingest_indexed_documents", "documents indexed by finished jobs (whole cluster)",
                  registry=registry)
     job_metrics = JobMetrics(registry)
+    streaming = Gauge("elastic_ingest_streaming_connectors", "continuous syncs running in this instance",
+                      registry=registry)
+    lag = Gauge("elastic_ingest_stream_lag_seconds", "a continuous sync's lag, source commit -> Elasticsearch "
+                "acknowledgement (last batch)", ["connector"], registry=registry)
+    conflicts = Gauge("elastic_ingest_stream_version_conflicts", "changes a continuous sync found older than the "
+                      "indexed document (replays)", ["connector"], registry=registry)
+
+    def collect_streams() -> None:
+        runners = [r for r in list(daemon.running.values()) if getattr(r, "continuous", False)]
+        streaming.set(len(runners))
+        lag.clear()
+        conflicts.clear()
+        for runner in runners:
+            state = (getattr(runner, "metadata", {}) or {}).get("stream") or {}
+            if isinstance(state.get("lag_seconds"), (int, float)):
+                lag.labels(connector=runner.connector_id).set(state["lag_seconds"])
+            if isinstance(state.get("version_conflicts"), int):
+                conflicts.labels(connector=runner.connector_id).set(state["version_conflicts"])
 
     def collect_jobs() -> None:
+        collect_streams()
         try:
             counts, indexed = daemon.store.job_totals()
         except Exception:  # noqa: BLE001 - scraped again later

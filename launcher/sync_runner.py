@@ -48,6 +48,7 @@ from elasticsearch import ConnectionError as ESConnectionError
 
 from launcher.config import Config
 from launcher.configuration import values_of, with_secrets
+from launcher.continuous_jobs import is_continuous, release_stream, stream_should_stop
 from launcher.counters import Counters
 from launcher.index_ownership import check_index_ownership
 from launcher.outage import Outage, is_outage
@@ -64,7 +65,7 @@ from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
 from sources.registry import display_name, load_source_class
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
-from transforms.progress import PROGRESS_INDEX, delete_progress, read_progress
+from transforms.progress import PROGRESS_INDEX, delete_progress, read_job_record, read_progress
 from transforms.sync_rules import validate_rules
 
 __all__ = ["SyncRunner", "build_sync_job", "requested_reindex"]
@@ -160,6 +161,7 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
         sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
         language=snapshot.get("language"),
         reindex=reindex,
+        continuous=job.job_type == "incremental" and is_continuous(job.doc),
     )
 
 
@@ -209,6 +211,10 @@ class SyncRunner(threading.Thread):
         self.index_name: str | None = None
         #: The service's record of Elasticsearch outages (logged there once, not by every supervisor).
         self.outage = outage
+        #: A continuous sync (launcher/continuous_jobs.py): it runs until stopped.
+        self.continuous = claim.job.job_type == "incremental" and is_continuous(claim.job.doc)
+        #: Why a continuous sync was ended by the service (None: it was not).
+        self.stream_ended: str | None = None
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -228,6 +234,16 @@ class SyncRunner(threading.Thread):
                     process.wait(timeout=5)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
+
+    def _reap_group(self) -> None:
+        """Once the sync process ended (a SIGKILL included), end what it started and left behind in its
+        process group (the Prism a continuous sync runs on would otherwise run on, orphaned)."""
+        process = self.process
+        if process is not None and process.poll() is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     # -- the thread ----------------------------------------------------------------
     def run(self) -> None:
@@ -283,6 +299,9 @@ class SyncRunner(threading.Thread):
             self.metadata["warnings"] = [rules_problem]
         if sync_job.reindex:
             self.metadata["reindex"] = True  # the request stays on the job, whose metadata this replaces
+        if self.continuous:
+            self.metadata.update({key: self.claim.job.doc["metadata"].get(key)
+                                  for key in ("continuous", "config_fingerprint")}, runner="PrismRunner")
         env = dict(os.environ)
         env[DAEMON_PID_ENV] = str(os.getpid())  # the sync stops if this daemon dies, even before it starts
         # Temporary files of the sync and its libraries (Beam leaves empty folders behind) go to
@@ -307,7 +326,9 @@ class SyncRunner(threading.Thread):
                 except (ESConnectionError, TransportError, ApiError) as exc:
                     # Elasticsearch is away: the sync goes on (it retries its own writes); so do we.
                     self._es_failed("cannot check the job document", exc)
-                if canceled or gone or lost:
+                if self.continuous and not (canceled or gone or lost):
+                    self.stream_ended = self._stream_check()
+                if canceled or gone or lost or self.stream_ended:
                     self._stop_process()
                     break
             if now - last_progress >= service.job_progress_interval:
@@ -317,6 +338,7 @@ class SyncRunner(threading.Thread):
                 self.process.wait(timeout=0.2)  # returns as soon as the sync ends
             except subprocess.TimeoutExpired:
                 pass
+        self._reap_group()
         try:
             if self._suspend.is_set():
                 self._stop_process()
@@ -333,6 +355,9 @@ class SyncRunner(threading.Thread):
                 return
             if canceled:
                 self._finish("canceled", run=self._stopped_run())
+                return
+            if self.stream_ended:
+                self._end_stream(self.stream_ended)
                 return
             self._finish_from_result(result_file)
         finally:
@@ -353,6 +378,31 @@ class SyncRunner(threading.Thread):
         if connector is None or connector.get("deleted"):
             return False, "the connector was deleted while the job ran", None
         return job.status == "canceling", None, None
+
+    def _stream_check(self) -> str | None:
+        """Why this continuous sync should end now (launcher/continuous_jobs.py), None: it goes on."""
+        connector = self.store.get_connector(self.connector_id)
+        job = self.store.get_job(self.job_id)
+        if connector is None or job is None:
+            return None  # the next check says it is gone
+        return stream_should_stop(self.store, job.doc, connector)
+
+    def _end_stream(self, reason: str) -> None:
+        """End a continuous sync the service stopped: ``completed`` with the reason in its metadata;
+        turned off, the source releases what it kept for the stream."""
+        _LOGGER.info("job %s: continuous sync ended: %s", self.job_id, reason)
+        self.metadata["stream_ended"] = reason
+        if reason.startswith("continuous_sync was turned off"):
+            try:
+                connector = self.store.get_connector(self.connector_id)
+                claim = Claim(self.claim.job, connector) if connector is not None else self.claim
+                sync_job = build_sync_job(self.config, claim)
+                release_stream(load_source_class(sync_job.source_fqn), sync_job.configuration,
+                               sync_job.source_settings, self.connector_id)
+                self.metadata["stream_released"] = True
+            except Exception as exc:  # noqa: BLE001 - the daemon's maintenance retries (release_if_off)
+                _LOGGER.warning("job %s: could not release the stream: %s", self.job_id, format_error(exc))
+        self._finish("completed", run=self._stopped_run())
 
     # -- counters ------------------------------------------------------------------
     def _stopped_run(self, local: dict[str, Any] | None = None) -> Counters:
@@ -394,6 +444,8 @@ class SyncRunner(threading.Thread):
 
     def _write_progress(self) -> None:
         run = Counters.of_progress(read_progress(self.es, self.job_id))
+        if self.continuous:
+            self._read_stream_state()
         counters, metadata = self._job_counters(run)
         try:
             self.store.job_stats(self.job_id, counters, metadata=metadata)
@@ -401,6 +453,17 @@ class SyncRunner(threading.Thread):
             pass  # noticed by the next check
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next time
             self._es_failed("could not write progress", exc)
+
+    def _read_stream_state(self) -> None:
+        """A continuous sync's position and lag (its ``stream`` record) into the job's metadata."""
+        from transforms.read_stream import STREAM_RECORD
+
+        try:
+            self.metadata["stream"] = read_job_record(self.es, self.job_id, STREAM_RECORD)
+        except LookupError:
+            pass  # not written yet (the snapshot's first second)
+        except Exception as exc:  # noqa: BLE001 - next time
+            self._es_failed("could not read the stream's state", exc)
 
     def _es_failed(self, what: str, exc: BaseException) -> None:
         """A request to Elasticsearch failed: an outage is the service's to log (once, see

@@ -45,6 +45,8 @@ class SyncJob:
     language: str | None = None
     #: A full sync that writes every document again (job metadata ``reindex: true``; ``sync --reindex``).
     reindex: bool = False
+    #: An incremental job of a connector whose ``continuous_sync`` is on: an unbounded stream.
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         if self.job_type not in JOB_TYPES:

@@ -42,7 +42,7 @@ from pipelines.settings import PipelineConfig, PortableConfig, PrismConfig
 from sources.errors import ConfigError
 
 __all__ = ["runner_and_options", "option_args", "validate_runner_settings", "default_flink_job_server_jar",
-           "default_prism_location", "workers_share_this_disk", "worker_paths"]
+           "default_prism_location", "streaming_runner_and_options", "streaming_settings", "workers_share_this_disk", "worker_paths"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _LOGGER = logging.getLogger(__name__)
@@ -320,6 +320,25 @@ def _unreachable(settings: PipelineConfig) -> list[str]:
         problems.append(f"{path}.environment_config: no worker pool answers at {env.environment_config} "
                         "(scripts/prism start runs one on localhost:9271)")
     return problems
+
+
+def streaming_settings(settings: PipelineConfig) -> PipelineConfig:
+    """``settings`` as a continuous sync runs them: Prism with LOOPBACK workers."""
+    prism = settings.prism.model_copy(update={"environment_type": "LOOPBACK", "environment_config": None})
+    return settings.model_copy(update={"runner": "PrismRunner", "prism": prism})
+
+
+def streaming_runner_and_options(settings: PipelineConfig, *, job_name: str) -> tuple[Any, PipelineOptions]:
+    """The runner and options of a continuous sync: always Prism (``pipeline.prism``), with
+    LOOPBACK workers, in streaming mode, whatever ``pipeline.runner`` says for batch syncs.
+
+    FnApiRunner runs pipelines in batch mode and the Python BundleBasedDirectRunner fails on
+    splittable DoFns (Beam 2.77, docs/runners.md); the stream's reader and writer meet in
+    the sync process (:mod:`transforms.stream_ledger`), hence LOOPBACK.
+    """
+    streaming = streaming_settings(settings)
+    validate_runner_settings(streaming, job_name=job_name)
+    return "PrismRunner", PipelineOptions(option_args(streaming, job_name=job_name) + ["--streaming"])
 
 
 def runner_and_options(settings: PipelineConfig, *, job_name: str) -> tuple[Any, PipelineOptions]:

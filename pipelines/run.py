@@ -75,6 +75,9 @@ def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
             result.cancel()
         except Exception as exc:  # noqa: BLE001 - a runner that cannot cancel: we exit anyway
             _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))
+    from transforms.read_stream import close_streams
+
+    close_streams()  # a continuous sync's last acknowledgement reaches the source
     for path in list(_WORK_DIRS):  # dying of the signal skips the `finally` blocks
         _remove_work_dir(path)
     discard_all()  # the secrets put for the workers (a file, a Secret Manager secret)
@@ -108,6 +111,12 @@ def _plan(job: SyncJob, reindex: bool = False) -> tuple[list[Any] | None, Any]:
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise SourceUnavailable(f"the source cannot be reached: {exc} ({type(exc).__name__})") from exc
+        if job.continuous:
+            from sources.streaming import supports_continuous_sync
+
+            if not supports_continuous_sync(type(source)):
+                raise SourceConfigError(f"{type(source).__name__} does not support continuous syncs")
+            return [], None
         if job.job_type == "incremental":
             if not getattr(source, "incremental_sync_enabled", False):
                 raise SourceConfigError(f"{type(source).__name__} does not support incremental syncs")
@@ -271,6 +280,9 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                 _LOGGER.warning("sync %s: %s", job.job_id, warning)
                 outcome.setdefault("warnings", []).append(warning)
             job.ingest_pipeline = None
+        if job.continuous:
+            _run_stream(job, settings, conn, es, outcome, mark, work_root)
+            return outcome
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
         cache = _digest_cache(settings) if job.job_type == "full" else None
         state = index_state(es, job.index_name) if cache is not None else None
@@ -338,6 +350,42 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
         outcome["duration_seconds"] = round(time.monotonic() - started, 3)
         es.close()
     return outcome
+
+
+def _run_stream(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection, es: Any,
+                outcome: dict[str, Any], mark: "_Marks", work_root: str | None) -> None:
+    """A continuous sync (pipelines/stream.py): runs until the process is stopped, or fails."""
+    from pipelines.options import streaming_runner_and_options, streaming_settings
+    from pipelines.stream import build_stream_pipeline, prepare_stream_index
+    from sources.errors import StreamPositionLost
+    from transforms.read_stream import close_streams
+
+    prepare_stream_index(es, job.index_name)
+    runner, options = streaming_runner_and_options(settings, job_name=f"sync-{job.job_id}")
+    outcome["runner"] = "PrismRunner"
+    settings = streaming_settings(settings)
+    with (_work_dir(settings, job.job_id, work_root) as work_dir,
+          worker_secrets({"elasticsearch": conn.secret_values(), "source": source_spec(job).secret_values()},
+                         settings, work_dir=work_dir, job_id=job.job_id) as secrets):
+        pipeline = build_stream_pipeline(job, settings, conn, runner=runner, options=options, secrets=secrets)
+        mark("build")
+        _LOGGER.info("sync %s: continuous sync of %s into %s on Prism", job.job_id, job.service_type, job.index_name)
+        result = pipeline.run()
+        _RUNNING[job.job_id] = result
+        try:
+            result.wait_until_finish()
+        except Exception as exc:
+            cause = _root_cause(exc)
+            if isinstance(cause, StreamPositionLost) or "StreamPositionLost" in str(exc):
+                outcome["sync_cursor"] = {}  # the next run takes a new snapshot
+            raise
+        finally:
+            _RUNNING.pop(job.job_id, None)
+            close_streams()
+        mark("run")
+    outcome.update(_job_counters(_counters(result)))
+    outcome["dead_letters"] = _dead_letters_written(settings.dead_letters, job.job_id)
+    outcome["status"] = "completed"
 
 
 class _Marks:

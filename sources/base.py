@@ -50,6 +50,11 @@ validated at load against the class's ``operator_settings_model`` (a subclass of
 source that connects to hosts lists them in ``network_endpoints()``; the service checks
 them against ``allowed_hosts`` before the source does anything else.
 
+Continuous syncs (``continuous_sync_enabled = True``, :mod:`sources.streaming`): the service
+calls ``open_change_stream(cursor)`` and applies the stream's snapshot and changes as they
+come, acknowledging positions Elasticsearch acknowledged; ``release_change_stream(cursor)``
+when the user turns the connector's ``continuous_sync`` field off.
+
 docs/source-contract.md has the whole contract, step by step, and a larger example (with
 partitions and an incremental sync); ``sources.testing.check_source_contract`` is the
 suite every source must pass.
@@ -308,6 +313,8 @@ class BaseDataSource(abc.ABC):
     document_neutral_fields: ClassVar[frozenset[str]] = frozenset()
     #: True when :meth:`get_access_control` is implemented (document-level security).
     dls_enabled: ClassVar[bool] = False
+    #: True when :meth:`open_change_stream` is implemented (continuous sync, :mod:`sources.streaming`).
+    continuous_sync_enabled: ClassVar[bool] = False
     #: The operator settings this source accepts (see :class:`OperatorSettings`).
     operator_settings_model: ClassVar[type[OperatorSettings]] = OperatorSettings
 
@@ -413,6 +420,17 @@ class BaseDataSource(abc.ABC):
         ``_allow_access_control``, the identities allowed to read it. May be async.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support document-level security")
+
+    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
+                           stream_id: str = "default") -> Any:
+        """A :class:`sources.streaming.ChangeStream` resuming at ``cursor`` (None: the first run,
+        which starts with a snapshot). ``stream_id`` (the connector's id) names what the backend
+        keeps for the stream. Raise :class:`sources.errors.StreamPositionLost` when the
+        backend cannot serve ``cursor`` any more. Only called when ``continuous_sync_enabled``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support continuous syncs")
+
+    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
+        """Drop what the backend keeps for the stream (called when continuous sync is turned off)."""
 
     def sync_cursor(self) -> dict[str, Any] | None:
         """The cursor to store after this sync (None: keep none).

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "IngestError",
+    "StreamPositionLost",
     "ConfigError",
     "NotElasticsearch",
     "AuthenticationException",
@@ -132,6 +133,11 @@ class DocumentUnreadable(SourceError):
     the file): the document becomes a dead letter (stage ``download``) and the sync goes on.
     Its indexed version, if any, is kept (it counts as seen). Any other download failure fails
     the sync."""
+
+
+class StreamPositionLost(SourceError):
+    """A continuous sync's stored position can no longer be served (a replication slot dropped or
+    invalidated, a binlog purged): the next run takes a new snapshot."""
 
 
 class IndexingError(IngestError):

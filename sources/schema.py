@@ -127,7 +127,14 @@ def features_markdown(cls: type) -> str:
         "(basic sync rules: yes, applied by the service)",
         f"- document-level security (access-control syncs): {'yes' if features['document_level_security'] else 'no'}",
         f"- parallel partitions: {'yes' if partitions else 'no (one partition)'}",
+        f"- continuous sync (change capture, `continuous_sync`): {'yes' if _streams(cls) else 'no'}",
     ])
+
+
+def _streams(cls: type) -> bool:
+    from sources.streaming import supports_continuous_sync
+
+    return supports_continuous_sync(cls)
 
 
 def _defined_methods(cls: type) -> set[str]:

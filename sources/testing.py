@@ -2,6 +2,7 @@
 
 * :func:`read_all` / :func:`read_partitions` read a source the way the pipeline does
   (same driver, same calling conventions), in one process;
+* :func:`check_change_stream` checks a continuous-sync source's stream against its backend;
 * :func:`check_source_contract` is the suite every source must pass (ping, picklable
   partitions, unique string-able ids, partitions that cover the source exactly once,
   ``close`` called);
@@ -20,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sources.base import BaseDataSource, Doc, Filter, Partition
 from sources.driver import SourceDriver, as_pair, build_source, call_get_docs
 from sources.errors import SourceError
 
-__all__ = ["read_all", "read_partitions", "ping", "check_source_contract", "MemorySource", "make_docs"]
+__all__ = ["read_all", "read_partitions", "ping", "check_source_contract", "check_change_stream", "MemorySource", "make_docs"]
 
 
 def read_all(
@@ -100,6 +102,75 @@ def check_source_contract(cls: type[Any], configuration: Mapping[str, Any],
         f"{cls.__name__}: its partitions do not cover the source exactly once")
     SourceDriver(build_source(cls, configuration, operator_settings)).close()  # close without reading
     return by_partition
+
+
+def check_change_stream(cls: type[Any], configuration: Mapping[str, Any], make_changes: Callable[[], int], *,
+                        operator_settings: Mapping[str, Any] | None = None, stream_id: str = "contract-check",
+                        timeout: float = 30.0) -> tuple[list[Doc], list[Any]]:
+    """Assert that ``cls`` meets the streaming contract (:mod:`sources.streaming`) against its real
+    backend; return the snapshot's documents and the changes read.
+
+    ``make_changes()`` changes the backend (it runs after the stream opened, before its snapshot
+    is read) and returns how many changes the stream must yield at least. Checks: the source
+    says it streams and has the ``continuous_sync`` toggle; a first stream takes a snapshot at a
+    positive position, with unique ids; its changes come in order (positions never go back,
+    after the snapshot's), with known operations, at most one per document per position, and a
+    JSON cursor; opened again after :meth:`~sources.streaming.ChangeStream.acknowledge`, the
+    stream takes no snapshot and yields nothing already acknowledged; ``release_change_stream``
+    leaves nothing behind (the next stream snapshots again). The stream is released at the end.
+    """
+    import json
+
+    from sources.streaming import CONTINUOUS_SYNC_FIELD, STREAM_OPS, supports_continuous_sync
+
+    assert supports_continuous_sync(cls), f"{cls.__name__}: continuous_sync_enabled and open_change_stream needed"
+    field = cls.get_default_configuration().get(CONTINUOUS_SYNC_FIELD) or {}
+    assert field.get("type") == "bool" and field.get("display") == "toggle" and field.get("default_value") is False, (
+        f"{cls.__name__}: the {CONTINUOUS_SYNC_FIELD} field must be a toggle, off by default")
+    source = build_source(cls, configuration, operator_settings)
+    source.release_change_stream(None, stream_id=stream_id)
+    stream = source.open_change_stream(None, stream_id=stream_id)
+    try:
+        assert stream.snapshot_position > 0, f"{cls.__name__}: a first stream must take a snapshot"
+        expected = make_changes()
+        snapshot = list(stream.snapshot())
+        ids = [doc["_id"] for doc in snapshot]
+        assert len(ids) == len(set(ids)), f"{cls.__name__}: the snapshot repeats ids"
+        changes: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(changes) < expected and time.monotonic() < deadline:
+            changes.extend(stream.changes(0.5))
+        assert len(changes) >= expected, f"{cls.__name__}: {len(changes)} changes read, {expected} expected"
+        last = stream.snapshot_position
+        seen: set[tuple[int, str]] = set()
+        for change in changes:
+            assert change.op in STREAM_OPS, f"unknown operation {change.op!r}"
+            assert change.position >= last, f"positions go back: {change.position} after {last}"
+            last = change.position
+            key = (change.position, json.dumps(change.doc.get("_id", change.doc), sort_keys=True, default=str))
+            assert key not in seen, f"two changes of one document at position {change.position}"
+            seen.add(key)
+        stream.acknowledge(last)
+        json.dumps(stream.cursor())
+        cursor = stream.cursor()
+    finally:
+        stream.close()
+    again = source.open_change_stream(cursor, stream_id=stream_id)
+    try:
+        assert again.snapshot_position == 0, f"{cls.__name__}: an acknowledged stream must not snapshot again"
+        replayed = again.changes(1.0)
+        assert all(c.position > last for c in replayed), f"{cls.__name__}: acknowledged changes came again"
+    finally:
+        again.close()
+        source.release_change_stream(cursor, stream_id=stream_id)
+    fresh = source.open_change_stream(None, stream_id=stream_id)
+    try:
+        assert fresh.snapshot_position > 0, f"{cls.__name__}: after release_change_stream a stream snapshots again"
+    finally:
+        fresh.close()
+        source.release_change_stream(None, stream_id=stream_id)
+        SourceDriver(source).close()
+    return snapshot, changes
 
 
 def make_docs(count: int, *, version: int = 0, prefix: str = "doc") -> list[Doc]:

@@ -26,7 +26,10 @@ from typing import Any
 
 import psycopg
 
-from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings
+from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings, _advanced_rules
+from sources.base import Filter
+from sources.errors import SourceConfigError
+from sources.streaming import with_continuous_sync_field
 
 __all__ = ["PostgreSQLDataSource"]
 
@@ -41,6 +44,7 @@ class PostgreSQLDataSource(SqlDataSource):
     engine = "PostgreSQL"
     default_port = 5432
     has_schema = True
+    continuous_sync_enabled = True
     _DRIVER_ERROR = psycopg.Error
     _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
     _NOW_SQL = "SELECT now()"
@@ -52,6 +56,27 @@ class PostgreSQLDataSource(SqlDataSource):
         "SELECT datname FROM pg_database "
         "WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT')"
     )
+
+    @classmethod
+    def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
+        return with_continuous_sync_field(super().get_default_configuration(), order=15)
+
+    # -- continuous sync (sources/postgresql/stream.py) ----------------------------------
+    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
+                           stream_id: str = "default") -> Any:
+        """The connector's logical-replication stream (slot and publication named after ``stream_id``)."""
+        from sources.postgresql.stream import PgChangeStream
+
+        if _advanced_rules(filtering):
+            raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
+                                    "capture; remove them or turn continuous_sync off")
+        return PgChangeStream(self, stream_id, cursor)
+
+    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
+        """Drop the connector's replication slot and publication (WAL is no longer kept for it)."""
+        from sources.postgresql.stream import drop_stream
+
+        drop_stream(self, stream_id)
 
     def _connect(self, settings: SqlSettings, database: str | None) -> psycopg.Connection:
         ssl: dict[str, Any] = {}

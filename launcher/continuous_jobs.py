@@ -1,0 +1,140 @@
+"""Continuous-sync jobs: keep exactly one streaming job for each connector that wants one.
+
+A connector wants one while its configuration's ``continuous_sync`` field is on, its source
+supports continuous syncs (:func:`sources.streaming.supports_continuous_sync`) and it is
+``connected``. At each poll :func:`ensure_continuous_job` creates an ``incremental`` job
+(metadata ``continuous: true`` and a fingerprint of the configuration) when the connector
+has no job pending, running or suspended, except:
+
+* the newest job is a continuous job that was ``canceled`` with the same configuration:
+  a cancel stays until the configuration changes or a sync is requested (a newer job);
+* the newest job is a continuous job that failed less than :data:`RETRY_AFTER` seconds ago
+  (the source is down: one attempt every so often, not one per poll; the daemon passes
+  ten polls, at least 5 s).
+
+While a continuous job runs, :func:`stream_should_stop` tells its supervisor to end it:
+``continuous_sync`` turned off (the stream's resources are then released:
+:func:`release_stream`), the configuration changed (a new job starts with it), or another
+job of the connector waits (a full sync requested: the stream ends, the full sync runs,
+then a new stream resumes from the committed position).
+
+Example usage::
+
+    ensure_continuous_job(store, connector, source_class)   # the new job's id, or None
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from launcher.configuration import values_of
+from launcher.protocol import create_job
+from launcher.store import Connector, ConnectorStore
+from sources.streaming import CONTINUOUS_SYNC_FIELD, continuous_sync_on, supports_continuous_sync
+
+__all__ = ["ensure_continuous_job", "is_continuous", "configuration_fingerprint", "stream_should_stop",
+           "release_stream", "release_if_off", "RETRY_AFTER"]
+
+_LOGGER = logging.getLogger(__name__)
+#: Seconds between two continuous jobs of a connector whose stream failed.
+RETRY_AFTER = 30.0
+_ACTIVE = ("pending", "in_progress", "canceling", "suspended")
+
+
+def configuration_fingerprint(configuration: Mapping[str, Any] | None) -> str:
+    """What identifies a connector's configuration values (sensitive ones included, hashed)."""
+    values = values_of(configuration or {}) if isinstance(configuration, Mapping) else {}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_continuous(job_doc: Mapping[str, Any]) -> bool:
+    metadata = job_doc.get("metadata")
+    return isinstance(metadata, Mapping) and metadata.get("continuous") is True
+
+
+def _seconds_since(stamp: Any) -> float:
+    try:
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - when).total_seconds()
+
+
+def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_class: type, *,
+                          retry_after: float = RETRY_AFTER) -> str | None:
+    """Create the connector's continuous job when it wants one and has none (see the module docstring)."""
+    configuration = connector.get("configuration")
+    if (not supports_continuous_sync(source_class) or not continuous_sync_on(configuration)
+            or connector.get("status") != "connected"):
+        return None
+    newest = store.list_jobs(connector_ids=[connector.id], size=1, newest_first=True)
+    latest = newest[0] if newest else None
+    fingerprint = configuration_fingerprint(configuration)
+    if latest is not None:
+        if latest.status in _ACTIVE:
+            return None
+        metadata = latest.doc.get("metadata") if isinstance(latest.doc.get("metadata"), Mapping) else {}
+        if is_continuous(latest.doc):
+            if latest.status == "canceled" and metadata.get("config_fingerprint") == fingerprint:
+                return None  # canceled: stays stopped until the configuration changes or a sync is requested
+            if latest.status == "error" and _seconds_since(latest.doc.get("completed_at")) < retry_after:
+                return None
+    job_id = create_job(store, connector, job_type="incremental", trigger_method="scheduled",
+                        metadata={"continuous": True, "config_fingerprint": fingerprint})
+    _LOGGER.info("connector %s: continuous sync job %s", connector.id, job_id)
+    return job_id
+
+
+def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connector: Connector) -> str | None:
+    """Why a running continuous job should end now (None: it goes on)."""
+    configuration = connector.get("configuration")
+    if not continuous_sync_on(configuration):
+        return f"{CONTINUOUS_SYNC_FIELD} was turned off"
+    metadata = job_doc.get("metadata") if isinstance(job_doc.get("metadata"), Mapping) else {}
+    wanted = metadata.get("config_fingerprint")
+    if wanted and wanted != configuration_fingerprint(configuration):
+        return "the configuration changed; a new continuous job starts with it"
+    waiting = store.list_jobs(connector_ids=[connector.id], statuses=["pending"], size=1)
+    if waiting:
+        return f"a {waiting[0].job_type} sync was requested; the stream resumes after it"
+    return None
+
+
+def release_stream(source_class: type, configuration: Mapping[str, Any], settings: Mapping[str, Any],
+                   connector_id: str) -> None:
+    """Drop what the source keeps for the connector's stream (``continuous_sync`` turned off)."""
+    from sources.driver import build_source
+
+    from sources.driver import SourceDriver
+
+    source = build_source(source_class, configuration, settings)
+    driver = SourceDriver(source)
+    try:
+        driver.call(source.release_change_stream, None, stream_id=connector_id)
+    finally:
+        driver.close()
+    _LOGGER.info("connector %s: continuous sync off; the source released its stream", connector_id)
+
+
+def release_if_off(store: ConnectorStore, connector: Connector, source_class: type, configuration: Mapping[str, Any],
+                   settings: Mapping[str, Any]) -> bool:
+    """When ``continuous_sync`` is off and the connector's newest job is an ended continuous job whose
+    stream was not released yet (it was canceled, or failed, before the toggle): release it now."""
+    if not supports_continuous_sync(source_class) or continuous_sync_on(connector.get("configuration")):
+        return False
+    newest = store.list_jobs(connector_ids=[connector.id], size=1, newest_first=True)
+    if not newest or not is_continuous(newest[0].doc) or newest[0].status in _ACTIVE:
+        return False
+    job = newest[0]
+    if job.doc["metadata"].get("stream_released"):
+        return False
+    release_stream(source_class, configuration, settings, connector.id)
+    store.update_job(job.id, {"metadata": {**job.doc["metadata"], "stream_released": True}})
+    return True

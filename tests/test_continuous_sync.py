@@ -1,0 +1,320 @@
+"""Continuous sync (issue 20) through a real daemon, on Prism, from the project's PostgreSQL.
+
+One daemon serves this module's PostgreSQL connectors (a service type of its own, so no
+other test's daemon claims them). Each test has its own tables and connector; every test
+ends comparing the content index with the tables, row by row.
+
+Needs PostgreSQL from ``scripts/servers/postgresql`` (wal_level=logical, the test role with
+REPLICATION) and the Prism binary from ``scripts/prism build``; locally the tests skip
+without them, under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import urllib.request
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.indices import CONNECTORS_INDEX, ensure_indices
+from pipelines.options import default_prism_location
+from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+psycopg = pytest.importorskip("psycopg")
+PORT = int(os.environ.get("PG_PORT", "5433"))
+RUN = uuid.uuid4().hex[:6]
+SERVICE = f"pgstream_{RUN}"
+DSN = f"host={HOST} port={PORT} user={USER} password={PASSWORD} dbname={DATABASE}"
+
+
+@pytest.fixture(scope="module")
+def pg():
+    try:
+        conn = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        skip_or_fail(f"PostgreSQL on 127.0.0.1:{PORT} not available (scripts/servers/postgresql start): {exc}")
+    level = conn.execute("show wal_level").fetchone()[0]
+    if level != "logical":
+        skip_or_fail(f"PostgreSQL runs with wal_level={level}; scripts/servers/postgresql start sets logical")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, pg):
+    if not default_prism_location().is_file():
+        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
+    folder = tmp_path_factory.mktemp("continuous")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    config = write_config(folder / "config.yml", sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
+                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
+                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
+    process = DaemonProcess(config, folder / "daemon.log")
+    holder = {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
+    yield holder
+    holder["process"].stop()
+
+
+class Tables:
+    """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
+
+    def __init__(self, pg: Any, es: Any, config: Path):
+        self.pg, self.es, self.config = pg, es, config
+        self.suffix = uuid.uuid4().hex[:6]
+        self.items, self.tags = f"cs_items_{self.suffix}", f"cs_tags_{self.suffix}"
+        self.connector_id = f"test-cs-{self.suffix}"
+        self.index = f"test-cs-{self.suffix}"
+        pg.execute(f"CREATE TABLE {self.items} (id INT PRIMARY KEY, name TEXT, amount NUMERIC(10,2), note TEXT)")
+        pg.execute(f"CREATE TABLE {self.tags} (id INT PRIMARY KEY, label TEXT)")
+
+    def create_connector(self) -> None:
+        ensure_indices(self.es)
+        result = cli("--action", "create-connector", "--connector-id", self.connector_id, "--service-type", SERVICE,
+                     "--index-name", self.index, "--set", f"host={HOST}", "--set", f"port={PORT}",
+                     "--set", f"username={USER}", "--set", f"password={PASSWORD}", "--set", f"database={DATABASE}",
+                     "--set", f"tables={self.items},{self.tags}", "--set", "continuous_sync=true",
+                     config=self.config)
+        assert result.returncode == 0, result.stderr
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for row in self.pg.execute(f"SELECT id, name, amount, note FROM {self.items}"):
+            out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
+                                             "amount": None if row[2] is None else float(row[2]), "note": row[3]}
+        for row in self.pg.execute(f"SELECT id, label FROM {self.tags}"):
+            out[f"{self.tags}_{row[0]}"] = {"id": row[0], "label": row[1]}
+        return out
+
+    def indexed(self) -> dict[str, dict[str, Any]]:
+        docs = index_docs(self.es, self.index)
+        out = {}
+        for doc_id, doc in docs.items():
+            if doc.get("table") == self.items:
+                out[doc_id] = {"id": doc["id"], "name": doc["name"],
+                               "amount": None if doc["amount"] is None else float(doc["amount"]), "note": doc["note"]}
+            else:
+                out[doc_id] = {"id": doc["id"], "label": doc["label"]}
+        return out
+
+    def equal(self) -> bool:
+        try:
+            return self.indexed() == self.rows()
+        except Exception:  # noqa: BLE001 - no index yet
+            return False
+
+    def assert_equal(self, timeout: float = 60) -> None:
+        try:
+            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
+        except AssertionError:
+            rows, docs = self.rows(), self.indexed()
+            missing = sorted(set(rows) - set(docs))[:5]
+            extra = sorted(set(docs) - set(rows))[:5]
+            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
+            stream = [(j["status"], (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
+            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
+                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {stream}") from None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
+        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
+                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
+        return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+    def running(self) -> dict[str, Any] | None:
+        found = [j for j in self.jobs() if j["status"] == "in_progress"]
+        return found[0] if found else None
+
+    def slot(self) -> tuple | None:
+        return self.pg.execute("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s",
+                               (f"elastic_ingest_{self.connector_id.replace('-', '_')}",)).fetchone()
+
+    def publication(self) -> tuple | None:
+        return self.pg.execute("SELECT pubname FROM pg_publication WHERE pubname = %s",
+                               (f"elastic_ingest_{self.connector_id.replace('-', '_')}",)).fetchone()
+
+    def drop(self) -> None:
+        self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)
+        self.es.options(ignore_status=404).indices.delete(index=self.index)
+        name = f"elastic_ingest_{self.connector_id.replace('-', '_')}"
+        for _ in range(50):
+            row = self.pg.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+            if row is None:
+                break
+            if row[0] is None:
+                self.pg.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                break
+            self.pg.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            time.sleep(0.2)
+        self.pg.execute(f'DROP PUBLICATION IF EXISTS "{name}"')
+        self.pg.execute(f"DROP TABLE IF EXISTS {self.items}, {self.tags}")
+
+
+@pytest.fixture
+def tables(pg, es, daemon):
+    made = Tables(pg, es, daemon["config"])
+    yield made
+    made.drop()
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes on ``items`` from a connection of its own until stopped."""
+
+    def __init__(self, tables: Tables, start: int):
+        super().__init__(daemon=True)
+        self.tables, self.next_id = tables, start
+        self.stop_event = threading.Event()
+        self.writes = 0
+
+    def run(self) -> None:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            items = self.tables.items
+            while not self.stop_event.is_set():
+                n = self.next_id
+                conn.execute(f"INSERT INTO {items} VALUES (%s, %s, %s, %s)", (n, f"new {n}", n / 4, None))
+                conn.execute(f"UPDATE {items} SET name = %s, amount = amount + 1 WHERE id = %s", (f"upd {n}", n - 3))
+                conn.execute(f"DELETE FROM {items} WHERE id = %s", (n - 7,))
+                self.next_id += 1
+                self.writes += 3
+                time.sleep(0.01)
+
+    def halt(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drops_the_slot(pg, es, daemon, tables):
+    items, tags = tables.items, tables.tags
+    pg.execute(f"INSERT INTO {items} SELECT i, 'row ' || i, i * 1.5, repeat('x', 10) FROM generate_series(1, 3000) i")
+    pg.execute(f"INSERT INTO {tags} SELECT i, 'tag ' || i FROM generate_series(1, 50) i")
+    writer = Writer(tables, 5000)
+    writer.start()  # writes go on while the snapshot is taken: the handoff must lose nothing
+    tables.create_connector()
+    job = wait_for(tables.running, timeout=90, what="the continuous job in_progress")
+    assert job["job_type"] == "incremental" and job["metadata"]["continuous"] is True
+
+    def reported():
+        current = tables.running()
+        stream = (current or {}).get("metadata", {}).get("stream") or {}
+        return current if stream.get("cursor") and stream.get("snapshot") == "done" else None
+
+    wait_for(reported, timeout=90, what="the snapshot done, in the job's metadata")
+    time.sleep(1)  # and changes streamed after it
+    writer.halt()
+    assert writer.writes > 0
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        with conn.transaction():  # inserted then deleted in one transaction: absent
+            conn.execute(f"INSERT INTO {items} VALUES (999999, 'ghost', 1, NULL)")
+            conn.execute(f"DELETE FROM {items} WHERE id = 999999")
+        conn.execute(f"TRUNCATE {tags}")
+        conn.execute(f"INSERT INTO {tags} VALUES (7, 'after the truncate')")
+        conn.execute(f"UPDATE {items} SET note = repeat('toast ', 20000) WHERE id = 10")  # a TOASTed value
+        conn.execute(f"UPDATE {items} SET name = 'toast kept' WHERE id = 10")  # ... left out of this update
+        conn.execute(f"UPDATE {items} SET id = 1000000 WHERE id = 11")  # the key changed
+    tables.assert_equal()
+    assert f"{items}_999999" not in tables.indexed() and f"{tags}_1" not in tables.indexed()
+    assert index_docs(es, tables.index)[f"{items}_10"]["note"].startswith("toast ")
+
+    # Versions come from the source position: a document changed by the stream carries a higher
+    # one than the snapshot's, and the snapshot's copy sent again (a replay) does not win.
+    pg.execute(f"UPDATE {items} SET name = 'versioned' WHERE id = 12")
+    wait_for(lambda: es.get(index=tables.index, id=f"{items}_12")["_source"]["name"] == "versioned", timeout=30,
+             what="the update indexed")
+    snapshot_doc = es.get(index=tables.index, id=f"{items}_2000")
+    changed = es.get(index=tables.index, id=f"{items}_12")
+    assert changed["_version"] > snapshot_doc["_version"] > 1
+    replay = es.options(ignore_status=409).index(index=tables.index, id=f"{items}_12", version=snapshot_doc["_version"],
+                                                 version_type="external", document={"name": "stale"})
+    assert replay.meta.status == 409
+    assert es.get(index=tables.index, id=f"{items}_12")["_source"]["name"] == "versioned"
+
+    # Live counters, heartbeat, position and lag in the job.
+    def settled():  # everything read was acknowledged by Elasticsearch, as the job reports it
+        current = reported()
+        return current if current and current["metadata"]["stream"]["pending_changes"] == 0 else None
+
+    job = wait_for(settled, timeout=30, what="the stream's state in the job, nothing pending")
+    assert job["indexed_document_count"] >= 3050 and job["deleted_document_count"] > 0 and job["last_seen"]
+    stream = job["metadata"]["stream"]
+    assert stream["snapshot"] == "done" and stream["lag_seconds"] is not None and stream["cursor"]["lsn"]
+    assert tables.slot() is not None and tables.publication() is not None
+    shown = cli("--action", "jobs", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
+    metrics = urllib.request.urlopen(daemon["metrics"] + "/metrics", timeout=10).read().decode()
+    assert f'elastic_ingest_stream_lag_seconds{{connector="{tables.connector_id}"}}' in metrics
+    assert "elastic_ingest_streaming_connectors 1.0" in metrics
+
+    # Turned off: the job ends, the slot and the publication are dropped, later changes are not applied.
+    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
+                 "continuous_sync=false", config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    ended = wait_for(lambda: [j for j in tables.jobs() if j["id"] == job["id"] and j["status"] == "completed"],
+                     timeout=60, what="the continuous job completed")[0]
+    assert ended["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
+    wait_for(lambda: tables.slot() is None and tables.publication() is None, timeout=30, what="slot dropped")
+    pg.execute(f"INSERT INTO {items} VALUES (2000000, 'after off', 1, NULL)")
+    time.sleep(3)
+    assert f"{items}_2000000" not in index_docs(es, tables.index)
+    assert not [j for j in tables.jobs() if j["status"] in ("pending", "in_progress")]
+
+
+def test_continuous_sync_when_canceled_killed_or_suspended_then_resumes_from_the_acknowledged_position(
+        pg, es, daemon, tables):
+    items = tables.items
+    pg.execute(f"INSERT INTO {items} SELECT i, 'row ' || i, i, NULL FROM generate_series(1, 500) i")
+    tables.create_connector()
+    first = wait_for(tables.running, timeout=90, what="the continuous job in_progress")
+    tables.assert_equal()
+
+    # Cancel: the job ends canceled, and no other starts while the configuration stays the same.
+    result = cli("--action", "cancel", "--job-id", first["id"], config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "canceled"],
+             timeout=30, what="the job canceled")
+    pg.execute(f"UPDATE {items} SET name = 'while canceled' WHERE id = 1")
+    time.sleep(4)  # eight polls
+    assert [j["status"] for j in tables.jobs()] == ["canceled"]
+
+    # A sync requested: it runs, then the stream starts again from the slot's position.
+    result = cli("--action", "sync", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    second = wait_for(lambda: [j for j in tables.jobs()[2:] if j["status"] == "in_progress"
+                               and (j.get("metadata") or {}).get("continuous")], timeout=120,
+                      what="a new continuous job after the requested sync")[0]
+    tables.assert_equal()
+
+    # kill -9 of the sync process, with writes while it is down: a new job resumes from the slot.
+    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    pg.execute(f"INSERT INTO {items} SELECT i, 'while down ' || i, i, NULL FROM generate_series(600, 700) i")
+    pg.execute(f"DELETE FROM {items} WHERE id BETWEEN 100 AND 150")
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == second["id"] and j["status"] == "error"],
+             timeout=60, what="the killed job ended")
+    third = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["id"] != second["id"]],
+                     timeout=90, what="the stream started again")[0]
+    tables.assert_equal()
+
+    # SIGTERM: the job is suspended, writes go on meanwhile, the next daemon resumes the same job.
+    assert daemon["process"].stop() == 0
+    assert [j["status"] for j in tables.jobs() if j["id"] == third["id"]] == ["suspended"]
+    pg.execute(f"UPDATE {items} SET name = 'while stopped' WHERE id BETWEEN 200 AND 260")
+    daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "in_progress"],
+             timeout=90, what="the suspended job resumed")
+    tables.assert_equal()
+    docs = index_docs(es, tables.index)
+    assert docs[f"{items}_200"]["name"] == "while stopped" and f"{items}_120" not in docs
+    assert json.dumps(docs).count("while down") == 101

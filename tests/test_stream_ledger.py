@@ -1,0 +1,48 @@
+"""StreamLedger: the source is acknowledged only up to what Elasticsearch acknowledged, in any order."""
+
+from __future__ import annotations
+
+import time
+
+from transforms.stream_ledger import StreamLedger, ledger, new_ledger
+
+
+def test_ledger_when_later_positions_written_first_then_confirmable_waits_for_the_oldest():
+    book = StreamLedger()
+    for position in (100, 100, 120, 130):
+        book.emitted(position)
+
+    book.done({120: 1, 130: 1})
+    assert book.confirmable() == 0 and book.pending() == 2
+    book.done({100: 1})
+    assert book.confirmable() == 0  # one change of position 100 is still unwritten
+    book.done({100: 1})
+    assert book.confirmable() == 130 and book.pending() == 0
+
+
+def test_ledger_when_written_before_recorded_then_counted_once_recorded():
+    book = StreamLedger()
+    book.emitted(10)
+    book.done({10: 1, 20: 1})  # the writer answered before the reader recorded 20
+    assert book.confirmable() == 10
+    book.emitted(20)
+    assert book.confirmable() == 20 and book.pending() == 0
+
+
+def test_ledger_when_a_change_stays_unwritten_after_later_ones_then_it_is_lost():
+    book = StreamLedger()
+    book.emitted(1)
+    book.emitted(2)
+    assert not book.lost(0.0)  # nothing later written yet: maybe just slow
+    book.done({2: 1}, committed_at=[time.time() - 0.5], conflicts=1)
+    assert book.lost(0.0) and not book.lost(60.0)
+    state = book.state()
+    assert state["pending_changes"] == 1 and state["version_conflicts"] == 1 and state["lag_seconds"] >= 0.5
+
+
+def test_ledger_when_stream_opened_again_then_a_new_generation_keeps_the_conflict_count():
+    first = ledger("job-ledger-test")
+    first.done({}, conflicts=3)
+    second = new_ledger("job-ledger-test")
+    assert second.generation == first.generation + 1 and second.version_conflicts == 3
+    assert ledger("job-ledger-test") is second

@@ -1,0 +1,151 @@
+"""StreamLedger: which source positions Elasticsearch has acknowledged, for a continuous sync.
+
+The reader of a continuous sync records each change it emits (:meth:`StreamLedger.emitted`);
+the writer records each change Elasticsearch acknowledged, or that was dead-lettered
+(:meth:`StreamLedger.done`), in whatever order its batches answer. The position the source
+may be acknowledged at (:meth:`StreamLedger.confirmable`) is the highest one whose changes,
+and every earlier position's, are all done: nothing the source forgets was not written.
+
+Reader and writer meet here within one process: the Prism runner's LOOPBACK workers (the
+continuous sync's runner, docs/runners.md) run every stage of the sync in the sync
+process. Ledgers are per job (:func:`ledger`).
+
+Example usage::
+
+    book = ledger("job-1")
+    book.emitted(100); book.emitted(100); book.emitted(120)
+    book.done({120: 1}); book.confirmable()   # 0: position 100 is not written yet
+    book.done({100: 2}); book.confirmable()   # 120
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+__all__ = ["StreamLedger", "ledger", "new_ledger"]
+
+
+class StreamLedger:
+    """Emitted and acknowledged changes of one continuous sync (see the module docstring)."""
+
+    def __init__(self, generation: int = 0) -> None:
+        #: Which opening of the stream this ledger counts (changes of another are ignored).
+        self.generation = generation
+        self._lock = threading.Lock()
+        self._emitted_at: dict[int, float] = {}  # outstanding position -> when it was first emitted
+        self._passed_at: dict[int, float] = {}  # outstanding position -> when a later position was done
+        self._outstanding: OrderedDict[int, int] = OrderedDict()  # position -> changes not yet done
+        self._order: deque[int] = deque()  # distinct positions emitted, oldest first, not yet confirmable
+        self._early: dict[int, int] = {}  # done before the reader recorded them (another thread's race)
+        self._confirmable = 0
+        #: Changes Elasticsearch refused as older than the indexed version (a replay, a reordering).
+        self.version_conflicts = 0
+        #: Seconds from the source's commit to Elasticsearch's acknowledgement, of the last batch.
+        self.lag_seconds: float | None = None
+        self.acknowledged_at: float | None = None
+        self.lags: list[float] = []  # recent lags, for p50/p99 (bounded)
+
+    def emitted(self, position: int, count: int = 1) -> None:
+        with self._lock:
+            if not self._order or self._order[-1] != position:
+                self._order.append(position)
+            self._emitted_at.setdefault(position, time.monotonic())
+            early = self._early.pop(position, 0)
+            left = self._outstanding.get(position, 0) + count - early
+            if left > 0:
+                self._outstanding[position] = left
+            else:
+                self._outstanding.pop(position, None)
+                if left < 0:
+                    self._early[position] = -left
+            self._advance()
+
+    def done(self, positions: dict[int, int], *, committed_at: list[float] | None = None,
+             conflicts: int = 0) -> None:
+        """``positions``: position -> changes of it now written (or dead-lettered)."""
+        now = time.time()
+        with self._lock:
+            self.version_conflicts += conflicts
+            for position, count in positions.items():
+                left = self._outstanding.get(position)
+                if left is None:
+                    self._early[position] = self._early.get(position, 0) + count
+                elif left - count > 0:
+                    self._outstanding[position] = left - count
+                else:
+                    del self._outstanding[position]
+            if positions:
+                self._advance()
+                self.acknowledged_at = now
+                highest, clock = max(positions), time.monotonic()
+                for waiting in self._outstanding:
+                    if waiting >= highest:
+                        break
+                    self._passed_at.setdefault(waiting, clock)
+            for committed in committed_at or ():
+                lag = max(0.0, now - committed)
+                self.lag_seconds = lag
+                self.lags.append(lag)
+            del self.lags[:-2000]
+
+    def _advance(self) -> None:
+        """Under the lock: positions emitted in order, every change of them done, are confirmable."""
+        while self._order and self._order[0] not in self._outstanding:
+            done = self._order.popleft()
+            self._emitted_at.pop(done, None)
+            self._passed_at.pop(done, None)
+            self._confirmable = max(self._confirmable, done)
+
+    def lost(self, after: float) -> bool:
+        """Whether changes were lost on the way to Elasticsearch: the oldest outstanding position has
+        waited ``after`` seconds since a later one was written (a runner that dropped a bundle's output;
+        the reader then reads again from the acknowledged position)."""
+        with self._lock:
+            oldest = next(iter(self._outstanding), None)
+            passed = self._passed_at.get(oldest) if oldest is not None else None
+            return passed is not None and time.monotonic() - passed >= after
+    def confirmable(self) -> int:
+        """The highest position whose changes, and all earlier ones, are in Elasticsearch (0: none)."""
+        with self._lock:
+            return self._confirmable
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(self._outstanding.values())
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            lags = sorted(self.lags)
+            return {
+                "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+                "lag_p50_seconds": round(lags[len(lags) // 2], 3) if lags else None,
+                "lag_p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3) if lags else None,
+                "version_conflicts": self.version_conflicts,
+                "pending_changes": sum(self._outstanding.values()),
+            }
+
+
+_LEDGERS: dict[str, StreamLedger] = {}
+_LEDGERS_LOCK = threading.Lock()
+
+
+def ledger(job_id: str) -> StreamLedger:
+    """The ledger of ``job_id`` in this process (made on first use)."""
+    with _LEDGERS_LOCK:
+        book = _LEDGERS.get(job_id)
+        if book is None:
+            book = _LEDGERS[job_id] = StreamLedger()
+        return book
+
+
+def new_ledger(job_id: str) -> StreamLedger:
+    """A fresh ledger for ``job_id`` (the stream was opened again), of the next generation."""
+    with _LEDGERS_LOCK:
+        old = _LEDGERS.get(job_id)
+        book = _LEDGERS[job_id] = StreamLedger((old.generation + 1) if old else 0)
+        if old is not None:
+            book.version_conflicts = old.version_conflicts
+        return book
