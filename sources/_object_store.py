@@ -49,6 +49,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import hashlib
 import mimetypes
 import posixpath
 import threading
@@ -432,9 +433,16 @@ class ObjectStoreSource(BaseDataSource):
 
     def _doc(self, obj: StoredObject) -> dict[str, Any]:
         filename = posixpath.basename(obj.key.rstrip("/")) or obj.key
+        timestamp = to_utc(obj.last_modified).isoformat()
+        # Listings give last-modified times to the second: an object rewritten in the second a
+        # sync read it would look unchanged by time alone. With an etag, full syncs compare the
+        # etag and the time (docs/source-contract.md, `_content_digest`).
+        compared = {"_content_digest": hashlib.blake2b(f"{obj.etag}|{timestamp}".encode(), digest_size=8).hexdigest()
+                    } if obj.etag else {}
         return {
             "_id": f"{obj.bucket}/{obj.key}",
-            "_timestamp": to_utc(obj.last_modified).isoformat(),
+            "_timestamp": timestamp,
+            **compared,
             self.bucket_term: obj.bucket,
             "key": obj.key,
             "filename": filename,

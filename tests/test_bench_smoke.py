@@ -113,7 +113,7 @@ def test_bench_smoke_run_writes_the_expected_results(es, tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "| scenario | method |" in table and "ES ceiling" in table
     assert "| 300 x 1KB | " in table and "| scenario | ceiling docs/s | ours, full sync |" in table  # the summary
-    assert "200 keys (redis source)" in table
+    assert "200 x 1KB keys (redis source)" in table
     assert "Directory source, " in table and "Many small connectors" in table and "Elastic's connector service" in table
     load = results["machine"]["load"]
     assert load["loadavg_1m"]["samples"] >= 1 and load["cpu_seconds"]["benchmark"] > 0

@@ -135,7 +135,7 @@ def test_cli_when_list_with_service_type_then_every_field_described(tmp_path):
     assert "sensitive" in table.stdout and "(used if ssl_enabled=true)" in table.stdout  # ssl_ca is optional
 
     unknown = cli("--action", "list", "--service-type", "nope", config=config)
-    assert unknown.returncode == 1 and "unknown service type 'nope'; known: dir, " in unknown.stderr
+    assert unknown.returncode == 1 and "unknown service type 'nope'; known: azure_blob_storage, dir, " in unknown.stderr
 
 
 def test_cli_when_create_connector_misses_required_fields_then_refused_naming_them(tmp_path):

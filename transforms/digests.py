@@ -63,7 +63,7 @@ import xxhash
 from transforms.document_shape import SHAPE_FIELD
 from transforms.normalize import iso_timestamp, json_safe
 
-__all__ = ["id_digests", "stamp_digest", "content_digest", "shaped", "indexed_stamp", "CONTENT_FIELD", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
+__all__ = ["id_digests", "stamp_digest", "content_digest", "shaped", "document_stamp", "indexed_stamp", "CONTENT_FIELD", "IndexDigests", "IndexDigestsWriter", "new_seen", "mark_seen", "seen_count",
            "unseen_mask", "UnionSeen", "DIGEST_FILES", "write_records", "read_records"]
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
@@ -151,19 +151,27 @@ def shaped(stamps: np.ndarray, shape: str | None) -> np.ndarray:
     return out
 
 
+def document_stamp(doc: Mapping[str, Any]) -> int:
+    """What a document is compared by, before its shape: its ``_content_digest`` when it has one
+    (16 hex digits: set by the service for documents without ``_timestamp``, or by a source whose
+    timestamps are too coarse to tell two versions apart, e.g. an object store's etag with its
+    one-second last-modified time), else the digest of its ``_timestamp``; 0: always sent."""
+    content = doc.get(CONTENT_FIELD)
+    if type(content) is str and len(content) == 16:
+        try:
+            return int(content, 16)
+        except ValueError:
+            pass
+    timestamp = doc.get("_timestamp")
+    return _text_stamp_digest(timestamp) if type(timestamp) is str and timestamp else stamp_digest(timestamp)
+
+
 def indexed_stamp(source: Mapping[str, Any] | None) -> int:
     """What an indexed document (its ``_source``: ``_timestamp``, ``_content_digest``, ``_shape_digest``)
     is compared by: the same value :class:`~transforms.read_from_source.ReadFromSource` computes for
     the document the source yields, when nothing changed."""
     source = source or {}
-    timestamp = source.get("_timestamp")
-    stamp = _text_stamp_digest(timestamp) if type(timestamp) is str and timestamp else stamp_digest(timestamp)
-    if not stamp:
-        content = source.get(CONTENT_FIELD)
-        try:
-            stamp = int(content, 16) if isinstance(content, str) and len(content) == 16 else 0
-        except ValueError:
-            stamp = 0
+    stamp = document_stamp(source)
     if not stamp:
         return 0
     shape = source.get(SHAPE_FIELD)

@@ -65,7 +65,7 @@ from sources.errors import DocumentUnreadable, SourceError
 from sources.registry import load_source_class
 from transforms.dead_letter import DeadLetter
 from transforms.digests import (
-    CONTENT_FIELD, IndexDigests, content_digest, id_digests, mark_seen, new_seen, shaped, stamp_digest, write_records,
+    CONTENT_FIELD, IndexDigests, content_digest, document_stamp, id_digests, mark_seen, new_seen, shaped, write_records,
 )
 from transforms.normalize import document_id
 from transforms.secrets import SecretRef
@@ -346,8 +346,7 @@ class _ReadPartitionFn(beam.DoFn):
         changed = batch
         if indexed or self.record_digests:
             ids = id_digests([doc_id for doc_id, _, _ in batch])
-            stamps = np.fromiter(map(stamp_digest, [doc.get("_timestamp") for _, doc, _ in batch]),
-                                 dtype=np.uint64, count=len(batch))
+            stamps = np.fromiter((document_stamp(doc) for _, doc, _ in batch), dtype=np.uint64, count=len(batch))
             for position, digest in contents:
                 stamps[position] = digest
             stamps = shaped(stamps, self.shape)
@@ -394,7 +393,10 @@ class _ReadPartitionFn(beam.DoFn):
         found = []
         for position, (doc_id, doc, lazy) in enumerate(batch):
             if lazy is None and doc.get("_timestamp") in (None, ""):
-                digest = content_digest(doc)
+                try:
+                    digest = content_digest(doc)
+                except (TypeError, ValueError):  # not representable as JSON: sent, and dead-lettered with its reason
+                    continue
                 found.append((position, digest))
                 batch[position] = (doc_id, {**doc, CONTENT_FIELD: f"{digest:016x}"}, lazy)
         return found

@@ -313,6 +313,21 @@ class ObjectStoreContract:
         assert {doc["key"]: _content(doc) for doc in docs.values()} == expected
         assert expected["dir/1.txt"] == b"version 2 of 1" and "dir/2.txt" not in expected
 
+    def test_read_when_object_rewritten_then_compared_by_etag_not_only_by_the_second(self, store, bucket):
+        from transforms.digests import document_stamp
+
+        store.put(bucket, "same.txt", b"version 1")
+        [first] = read_all(store.source([bucket]), download=False)
+        [again] = read_all(store.source([bucket]), download=False)
+        store.put(bucket, "same.txt", b"version 2")  # often within the second: listings give whole seconds
+        [second] = read_all(store.source([bucket]), download=False)
+
+        assert document_stamp(again) == document_stamp(first)  # unchanged: skipped by the next full sync
+        assert first["etag"] != second["etag"]
+        # Even when both versions list the same second, the full sync sees the change.
+        assert document_stamp(second) != document_stamp(first)
+        assert document_stamp({**second, "_timestamp": first["_timestamp"]}) != document_stamp(first)
+
     def test_read_when_more_objects_than_a_page_then_all_read(self, store, bucket):
         keys = [f"p/{i:02d}" for i in range(7)] + [f"{i}.txt" for i in range(4)]
         for key in keys:
