@@ -21,16 +21,20 @@ PostgreSQL from ``scripts/servers/postgresql`` and Prism from ``scripts/prism bu
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import time
+import urllib.request
 from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.options import default_prism_location
 from tests.fixtures_security.own_node import FAULT_ES_URL, es_script, fast_refresh
-from tests.helpers import DaemonProcess, child_pids, index_docs, skip_or_fail, wait_for, write_config
+from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
 from tests.test_continuous_sync import DSN, PORT, SERVICE, Tables, Writer, psycopg
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -224,4 +228,57 @@ def test_continuous_sync_when_sigterm_then_suspended_and_resumed_by_next_start(r
     tables.assert_equal(timeout=90)
     _assert_resumed_not_resnapshotted(tables, versions, lsn)
     assert len(tables.jobs()) == 1, "the suspended job was resumed, not replaced"
+
+
+
+def test_streaming_connector_when_running_then_connectors_jobs_metrics_and_healthz_show_its_lag_and_position(
+        recovery, tables):
+    job = _start_streaming(tables)
+    tables.pg.execute(f"UPDATE {tables.items} SET name = 'observed' WHERE id <= 50")
+
+    def reported():  # the job's record shows the 50 updates acknowledged, nothing pending
+        current = tables.running() or {}
+        stream = (current.get("metadata") or {}).get("stream") or {}
+        return current if (stream.get("changes_applied") or 0) >= 50 and stream.get("pending_changes") == 0 else None
+
+    try:
+        current = wait_for(reported, timeout=60, what="the stream's counts in the job")
+    except AssertionError:
+        raise AssertionError(f"the job's stream state: {(tables.running() or {}).get('metadata')}") from None
+    stream = current["metadata"]["stream"]
+    assert stream["acknowledged_at"] and stream["cursor"]["lsn"] and stream["version_conflicts"] == 0
+
+    config = recovery["config"]
+    shown = cli("--action", "connectors", "--connector-id", tables.connector_id, config=config)
+    assert shown.returncode == 0, shown.stderr
+    assert "continuous sync" in shown.stdout and "streaming, lag " in shown.stdout and "at lsn=" in shown.stdout
+    as_json = json.loads(cli("--json", "--action", "connectors", "--connector-id", tables.connector_id,
+                             config=config).stdout)
+    summary = as_json[0]["stream"]
+    assert summary["job_id"] == job["id"] and summary["status"] == "in_progress"
+    assert summary["position"].startswith("lsn=") and summary["lag_seconds"] is not None
+    assert summary["changes_applied"] >= 50 and summary["acknowledged_at"]
+    jobs = cli("--action", "jobs", "--connector-id", tables.connector_id, config=config)
+    assert "incremental (continuous, lag " in jobs.stdout and "at lsn=" in jobs.stdout, jobs.stdout
+    jobs_json = json.loads(cli("--json", "--action", "jobs", "--connector-id", tables.connector_id,
+                               config=config).stdout)
+    assert jobs_json[0]["metadata"]["stream"]["cursor"]["lsn"]
+
+    def metric(text: str, name: str) -> float | None:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels.get("connector") == tables.connector_id:
+                    return sample.value
+        return None
+
+    text = urllib.request.urlopen(recovery["metrics"] + "/metrics", timeout=10).read().decode()
+    assert metric(text, "elastic_ingest_stream_changes_applied") >= 50
+    assert metric(text, "elastic_ingest_stream_version_conflicts") == 0
+    assert metric(text, "elastic_ingest_stream_pending_changes") == 0
+    assert metric(text, "elastic_ingest_stream_lag_seconds") is not None
+    assert abs(metric(text, "elastic_ingest_stream_last_acknowledged_timestamp_seconds") - time.time()) < 3600
+    health = urllib.request.urlopen(recovery["metrics"] + "/healthz", timeout=10).read().decode()
+    lines = health.splitlines()
+    assert lines[0] == "ok"
+    assert f"streaming {tables.connector_id}: streaming, lag " in health and "last acknowledged " in health, health
 
