@@ -21,11 +21,13 @@ PostgreSQL from ``scripts/servers/postgresql`` and Prism from ``scripts/prism bu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -35,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines.options import default_prism_location
 from tests.fixtures_security.own_node import FAULT_ES_URL, es_script, fast_refresh
 from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
-from tests.test_continuous_sync import DSN, PORT, SERVICE, Tables, Writer, psycopg
+from tests.test_continuous_sync import SERVICE, Tables, Writer, pg  # noqa: F401 - pg: the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,19 +47,7 @@ WRITER_START = 10_000
 
 
 @pytest.fixture(scope="module")
-def pg_conn():
-    try:
-        conn = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        skip_or_fail(f"PostgreSQL on 127.0.0.1:{PORT} not available (scripts/servers/postgresql start): {exc}")
-    if conn.execute("show wal_level").fetchone()[0] != "logical":
-        skip_or_fail("PostgreSQL does not run with wal_level=logical; scripts/servers/postgresql start sets it")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture(scope="module")
-def recovery(own_es, pg_conn, tmp_path_factory):
+def recovery(own_es, pg, tmp_path_factory):
     if not default_prism_location().is_file():
         skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
     folder = tmp_path_factory.mktemp("continuous-recovery")
@@ -77,10 +67,10 @@ def recovery(own_es, pg_conn, tmp_path_factory):
 
 
 @pytest.fixture
-def tables(pg_conn, own_es, recovery):
-    made = Tables(pg_conn, own_es, recovery["config"])
-    pg_conn.execute(f"INSERT INTO {made.items} SELECT i, 'row ' || i, i, NULL FROM generate_series(1, {ROWS}) i")
-    pg_conn.execute(f"INSERT INTO {made.tags} SELECT i, 'tag ' || i FROM generate_series(1, 20) i")
+def tables(pg, own_es, recovery):
+    made = Tables(pg, own_es, recovery["config"])
+    pg.execute(f"INSERT INTO {made.items} SELECT i, 'row ' || i, i, NULL FROM generate_series(1, {ROWS}) i")
+    pg.execute(f"INSERT INTO {made.tags} SELECT i, 'tag ' || i FROM generate_series(1, 20) i")
     yield made
     made.drop()
 
@@ -125,6 +115,18 @@ def _writes_while_down(tables: Tables) -> None:
     pg.execute(f"UPDATE {tables.tags} SET label = 'changed while down' WHERE id <= 5")
 
 
+@contextlib.contextmanager
+def _under_writes(tables: Tables) -> Iterator[Writer]:
+    """A writer busy on ``items`` (300 writes done) for the block; stopped after it."""
+    writer = Writer(tables, WRITER_START)
+    writer.start()
+    try:
+        wait_for(lambda: writer.writes >= 300, timeout=60, what="writes under way")
+        yield writer
+    finally:
+        writer.halt()
+
+
 def _sync_processes(daemon: DaemonProcess) -> list[psutil.Process]:
     pids = wait_for(lambda: child_pids(daemon.process.pid), timeout=30, what="the sync process")
     return [psutil.Process(pid) for pid in pids]
@@ -132,10 +134,7 @@ def _sync_processes(daemon: DaemonProcess) -> list[psutil.Process]:
 
 def test_continuous_sync_when_sync_process_killed_during_writes_then_resumes_from_the_slot(recovery, tables):
     first = _start_streaming(tables)
-    writer = Writer(tables, WRITER_START)
-    writer.start()
-    try:
-        wait_for(lambda: writer.writes >= 300, timeout=60, what="writes under way")
+    with _under_writes(tables) as writer:
         versions, lsn = _untouched_versions(tables), _confirmed_lsn(tables)
         for process in _sync_processes(recovery["process"]):
             process.kill()
@@ -146,18 +145,13 @@ def test_continuous_sync_when_sync_process_killed_during_writes_then_resumes_fro
         assert second["metadata"]["continuous"] is True
         written = writer.writes
         wait_for(lambda: writer.writes >= written + 300, timeout=60, what="writes after the restart")
-    finally:
-        writer.halt()
     tables.assert_equal(timeout=120)
     _assert_resumed_not_resnapshotted(tables, versions, lsn)
 
 
 def test_continuous_sync_when_daemon_killed_and_rows_change_while_down_then_restart_catches_up(recovery, tables):
     job = _start_streaming(tables)
-    writer = Writer(tables, WRITER_START)
-    writer.start()
-    try:
-        wait_for(lambda: writer.writes >= 300, timeout=60, what="writes under way")
+    with _under_writes(tables):
         daemon = recovery["process"]
         syncs = _sync_processes(daemon)
         family = syncs + [child for process in syncs for child in process.children(recursive=True)]
@@ -166,8 +160,6 @@ def test_continuous_sync_when_daemon_killed_and_rows_change_while_down_then_rest
         daemon.signal(signal.SIGKILL)  # the daemon only: what it started must notice and stop by itself
         daemon.process.wait(timeout=30)
         daemon.log.close()
-    finally:
-        writer.halt()
     # Nothing outlives the daemon: not the sync process (it watches its parent), not Prism.
     gone, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, f"still running after the daemon was killed: {[p.cmdline() for p in alive]}"
@@ -188,10 +180,7 @@ def test_continuous_sync_when_daemon_killed_and_rows_change_while_down_then_rest
 
 def test_continuous_sync_when_elasticsearch_restarts_while_streaming_then_index_ends_equal(recovery, tables):
     _start_streaming(tables)
-    writer = Writer(tables, WRITER_START)
-    writer.start()
-    try:
-        wait_for(lambda: writer.writes >= 300, timeout=60, what="writes under way")
+    with _under_writes(tables) as writer:
         versions, lsn = _untouched_versions(tables), _confirmed_lsn(tables)
         stopped = es_script("stop")
         assert stopped.returncode == 0, stopped.stderr
@@ -204,8 +193,6 @@ def test_continuous_sync_when_elasticsearch_restarts_while_streaming_then_index_
         fast_refresh(tables.es)
         written = writer.writes
         wait_for(lambda: writer.writes >= written + 300, timeout=60, what="writes after the restart")
-    finally:
-        writer.halt()
     tables.assert_equal(timeout=180)
     _assert_resumed_not_resnapshotted(tables, versions, lsn)
     assert [j for j in tables.jobs() if j["status"] == "in_progress"], "no stream runs after the restart"
