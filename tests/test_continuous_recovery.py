@@ -76,10 +76,17 @@ def tables(pg, own_es, recovery):
 
 
 def _start_streaming(tables: Tables) -> dict[str, Any]:
-    """Create the connector, wait for the snapshot to be in the index; the running job."""
+    """Create the connector, wait for the snapshot to be in the index and acknowledged (a stream stopped
+    before it acknowledged its snapshot takes it again, by design); the running job."""
     tables.create_connector()
     job = wait_for(tables.running, timeout=120, what="the continuous job in_progress")
     tables.assert_equal(timeout=90)
+
+    def acknowledged() -> bool:  # the record is written after the source was acknowledged
+        stream = ((tables.running() or {}).get("metadata") or {}).get("stream") or {}
+        return stream.get("snapshot") == "done" and stream.get("pending_changes") == 0
+
+    wait_for(acknowledged, timeout=60, what="the snapshot acknowledged")
     return job
 
 
