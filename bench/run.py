@@ -54,6 +54,7 @@ from bench.baselines import Dataset, ceiling, helpers_bulk, index_ops, prepare_b
 from bench.azure import blobs_scenario
 from bench.directory import folder_scenario, many_connectors
 from bench.redis import redis_scenario
+from bench.stream import stream_markdown, stream_scenario
 from bench.network_drive import ShareTarget
 from bench.load import MachineLoad
 from bench.ours import REPO, Service, ensure_ingest_pipeline
@@ -414,6 +415,11 @@ def _checkpoint(results: dict[str, Any], out: Path, stem: str) -> None:
     (out / f"{stem}.partial.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
 
 
+#: --stream-only: the continuous sync's scenario and nothing else.
+STREAM_ONLY: dict[str, Any] = {"stream": True, "sizes": "none", "large": "0", "dir": "0", "many": "none", "redis": "0",
+                               "no_partitions": True, "no_runners": True}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--es-url", default=os.environ.get("ES_URL", f"http://127.0.0.1:{os.environ.get('ES_PORT', '9210')}"),
@@ -450,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--azure", default="0", help="blobs of ~1 KB for the azure_blob_storage source's scenario, "
                                                      "on Azurite (scripts/servers/azurite start), e.g. 100k "
                                                      "(default 0: skip)")
+    parser.add_argument("--stream", action="store_true",
+                        help="also run the continuous sync's scenario on PostgreSQL (bench/stream.py; off by default)")
+    parser.add_argument("--stream-only", action="store_true", help="the continuous sync's scenario only")
+    parser.add_argument("--stream-duration", type=float, default=300, help="seconds of sustained load (default 300)")
+    parser.add_argument("--stream-rate", type=float, default=2000, help="changes/s of the sustained load (default 2000)")
+    parser.add_argument("--stream-latency-rate", type=float, default=200, help="changes/s of the latency phase")
+    parser.add_argument("--stream-latency-seconds", type=float, default=30, help="seconds of the latency phase")
+    parser.add_argument("--stream-rows", default="20k", help="rows of ~1 KB in the table before the stream starts")
+    parser.add_argument("--stream-no-kill", action="store_true", help="skip the kill -9 under load")
     parser.add_argument("--tune", action="store_true", help="also run the settings sweep on --tune-size")
     parser.add_argument("--tune-size", default="100k")
     parser.add_argument("--tune-variants", default=None,
@@ -469,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:  # its values become the defaults: options given beside it win
         parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    if args.stream_only:
+        parser.set_defaults(**STREAM_ONLY)
         args = parser.parse_args(argv)
     args.log = sys.stderr
     sizes = [] if args.sizes.strip().lower() in ("", "none", "0") else [parse_count(s) for s in args.sizes.split(",")]
@@ -546,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
             _checkpoint(results, Path(args.out), stem)
         if args.tune:
             results["tuning"] = bench.tuning(Dataset(parse_count(args.tune_size), args.doc_size, args.seed))
+        if args.stream:
+            results["stream"] = stream_scenario(
+                bench, rows=parse_count(args.stream_rows), latency_rate=args.stream_latency_rate,
+                latency_seconds=args.stream_latency_seconds, rate=args.stream_rate, duration=args.stream_duration,
+                kill=not args.stream_no_kill)
     finally:
         results["machine"]["load"] = load.stop()
         bench.close()
@@ -559,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(results, indent=2, default=str)
     (out / f"{stem}.json").write_text(text, encoding="utf-8")
     (out / f"{stem}.partial.json").unlink(missing_ok=True)
-    md = markdown(results)
+    md = markdown(results) + stream_markdown(results.get("stream"))
     (out / f"{stem}.md").write_text(md, encoding="utf-8")
     if results["scenarios"]:
         chart(results, out / f"{stem}.png")

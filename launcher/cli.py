@@ -23,6 +23,7 @@ import click
 
 from launcher.config import Config, default_config_path, load_config, unused_local_config
 from launcher.configuration import coerce_value, complete_configuration, redact
+from launcher.continuous_jobs import describe_stream, is_continuous, stream_state, stream_summary
 from launcher.index_claims import claim_index, release_index
 from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
@@ -627,18 +628,32 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
 def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:
     connectors = search_connectors(ctx.store, connector_ids=[connector_id] if connector_id else None)
     held = _documents_in(ctx.es, {c.index_name for c in connectors if isinstance(c.index_name, str)})
+    streams = _streams_of(ctx, [c.id for c in connectors])
     if ctx.as_json:
         _echo_json([{"id": c.id, **{**c.doc, "configuration": redact(c.get("configuration"))},
-                     "index_document_count": held.get(c.index_name), "sync_rules_error": draft_rules_problem(c.doc)}
-                    for c in connectors])
+                     "index_document_count": held.get(c.index_name), "sync_rules_error": draft_rules_problem(c.doc),
+                     "stream": streams.get(c.id)} for c in connectors])
         return 0
     rows = [[c.id, c.get("name"), c.service_type, c.index_name, held.get(c.index_name, "no index"), c.get("status"),
              c.get("last_sync_status"), _when(c.get("last_synced")), c.get("last_indexed_document_count"),
-             c.get("last_deleted_document_count"),
+             c.get("last_deleted_document_count"), describe_stream(streams[c.id]) if c.id in streams else None,
              "; ".join(str(e) for e in (c.get("error"), draft_rules_problem(c.doc)) if e) or None] for c in connectors]
     _table("Connectors", ["id", "name", "service type", "index", "docs in index", "status", "last sync",
-                          "last synced", "last sync indexed", "last sync deleted", "error"], rows)
+                          "last synced", "last sync indexed", "last sync deleted", "continuous sync", "error"], rows)
     return 0
+
+
+def _streams_of(ctx: _Context, connector_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Connector id -> its running (or suspended) continuous job's summary: lag, position, last acknowledgement."""
+    if not connector_ids:
+        return {}
+    found = ctx.store.list_jobs(connector_ids=connector_ids, statuses=["in_progress", "suspended", "canceling"],
+                                size=max(100, 3 * len(connector_ids)), newest_first=True)
+    streams: dict[str, dict[str, Any]] = {}
+    for job in found:
+        if is_continuous(job.doc) and job.connector_id not in streams:
+            streams[job.connector_id] = stream_summary(job.id, job.status, stream_state(job.doc))
+    return streams
 
 
 def _documents_in(es: Any, indices: set[str]) -> dict[str, int]:
@@ -709,9 +724,10 @@ def _job_kind(job: dict[str, Any]) -> str:
     metadata = job.get("metadata") if isinstance(job.get("metadata"), dict) else {}
     if metadata.get("continuous") is not True:
         return str(job.get("job_type") or "")
-    stream = metadata.get("stream") if isinstance(metadata.get("stream"), dict) else {}
-    lag = stream.get("lag_seconds")
-    return f"{job.get('job_type')} (continuous" + (f", lag {lag:.2f}s)" if isinstance(lag, (int, float)) else ")")
+    summary = stream_summary(str(job.get("id")), job.get("status"), stream_state(job))
+    lag, position = summary["lag_seconds"], summary["position"]
+    return (f"{job.get('job_type')} (continuous" + (f", lag {lag:.2f}s" if isinstance(lag, (int, float)) else "")
+            + (f", at {position}" if position else "") + ")")
 
 
 def _dead_letters_of(job: dict[str, Any]) -> dict[str, Any]:

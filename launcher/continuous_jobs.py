@@ -38,7 +38,7 @@ from launcher.store import Connector, ConnectorStore
 from sources.streaming import CONTINUOUS_SYNC_FIELD, continuous_sync_on, supports_continuous_sync
 
 __all__ = ["ensure_continuous_job", "is_continuous", "configuration_fingerprint", "stream_should_stop",
-           "release_stream", "release_if_off", "RETRY_AFTER"]
+           "release_stream", "release_if_off", "stream_state", "stream_summary", "describe_stream", "RETRY_AFTER"]
 
 _LOGGER = logging.getLogger(__name__)
 #: Seconds between two continuous jobs of a connector whose stream failed.
@@ -55,6 +55,45 @@ def configuration_fingerprint(configuration: Mapping[str, Any] | None) -> str:
 def is_continuous(job_doc: Mapping[str, Any]) -> bool:
     metadata = job_doc.get("metadata")
     return isinstance(metadata, Mapping) and metadata.get("continuous") is True
+
+
+def stream_state(job_doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stream`` record a continuous job keeps in its metadata (position, lag, counts), or ``{}``."""
+    metadata = job_doc.get("metadata")
+    state = metadata.get("stream") if isinstance(metadata, Mapping) else None
+    return dict(state) if isinstance(state, Mapping) else {}
+
+
+def _position(cursor: Any) -> str | None:
+    """The source's position from a stream's cursor, short (``lsn=0/3700000``); None when unknown."""
+    if not isinstance(cursor, Mapping) or not cursor:
+        return None
+    names = [k for k in ("lsn", "gtid", "position", "file", "checkpoint") if k in cursor] or sorted(cursor)
+    return " ".join(f"{k}={cursor[k]}" for k in names)[:80]
+
+
+def stream_summary(job_id: str, status: Any, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``connectors``, ``/healthz`` and ``/metrics`` show of a streaming connector's job."""
+    return {"job_id": job_id, "status": status, "snapshot": state.get("snapshot"),
+            "lag_seconds": state.get("lag_seconds"), "position": _position(state.get("cursor")),
+            "acknowledged_at": state.get("acknowledged_at"), "changes_applied": state.get("changes_applied"),
+            "version_conflicts": state.get("version_conflicts"), "pending_changes": state.get("pending_changes")}
+
+
+def describe_stream(summary: Mapping[str, Any]) -> str:
+    """One line: ``streaming, lag 0.24s, at lsn=0/3700000, last acknowledged 2026-...`` (what is known)."""
+    status = summary.get("status")
+    words = ["streaming" if status == "in_progress" else str(status)]
+    if summary.get("snapshot") == "reading":
+        words.append("taking its snapshot")
+    lag = summary.get("lag_seconds")
+    if isinstance(lag, (int, float)):
+        words.append(f"lag {lag:.2f}s")
+    if summary.get("position"):
+        words.append(f"at {summary['position']}")
+    if summary.get("acknowledged_at"):
+        words.append(f"last acknowledged {summary['acknowledged_at']}")
+    return ", ".join(words)
 
 
 def _seconds_since(stamp: Any) -> float:

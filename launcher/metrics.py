@@ -29,7 +29,15 @@ name                                                   type     meaning
 ``streaming_connectors``                               gauge    continuous syncs running here
 ``stream_lag_seconds{connector}``                      gauge    a continuous sync's commit -> ack lag
 ``stream_version_conflicts{connector}``                gauge    older changes refused (replays)
+``stream_changes_applied{connector}``                  gauge    changes Elasticsearch acknowledged
+``stream_pending_changes{connector}``                  gauge    changes read, not yet acknowledged
+``stream_last_acknowledged_timestamp_seconds{conn..}``  gauge    Unix time of the last acknowledgement
 =====================================================  =======  ====================================
+
+The ``stream_`` gauges are those of this instance's running continuous syncs (the job's run:
+they start from zero when the job is resumed). ``/healthz`` adds one line per such sync
+after ``ok`` (or after the reason of a 503): ``streaming <connector>: streaming, lag 0.24s,
+at lsn=0/3700000, last acknowledged <ISO time>``.
 
 The per-instance counters are added when each run of a job ends, from that run's own
 counters (:class:`launcher.counters.Counters`: Beam's for a run that reached its end, the
@@ -56,7 +64,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from sources.errors import ConfigError
 
-__all__ = ["serve_metrics", "MetricsServer", "JobMetrics"]
+__all__ = ["serve_metrics", "MetricsServer", "JobMetrics", "streaming_runners"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -161,18 +169,28 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
                 "acknowledgement (last batch)", ["connector"], registry=registry)
     conflicts = Gauge("elastic_ingest_stream_version_conflicts", "changes a continuous sync found older than the "
                       "indexed document (replays)", ["connector"], registry=registry)
+    applied = Gauge("elastic_ingest_stream_changes_applied", "changes of a continuous sync Elasticsearch acknowledged "
+                    "(this run of its job)", ["connector"], registry=registry)
+    pending = Gauge("elastic_ingest_stream_pending_changes", "changes a continuous sync read and Elasticsearch did "
+                    "not acknowledge yet", ["connector"], registry=registry)
+    acknowledged = Gauge("elastic_ingest_stream_last_acknowledged_timestamp_seconds", "when Elasticsearch last "
+                         "acknowledged a continuous sync's changes", ["connector"], registry=registry)
+    by_field = {"lag_seconds": lag, "version_conflicts": conflicts, "changes_applied": applied,
+                "pending_changes": pending}
 
     def collect_streams() -> None:
-        runners = [r for r in list(daemon.running.values()) if getattr(r, "continuous", False)]
+        runners = streaming_runners(daemon)
         streaming.set(len(runners))
-        lag.clear()
-        conflicts.clear()
+        for gauge in (*by_field.values(), acknowledged):
+            gauge.clear()
         for runner in runners:
-            state = (getattr(runner, "metadata", {}) or {}).get("stream") or {}
-            if isinstance(state.get("lag_seconds"), (int, float)):
-                lag.labels(connector=runner.connector_id).set(state["lag_seconds"])
-            if isinstance(state.get("version_conflicts"), int):
-                conflicts.labels(connector=runner.connector_id).set(state["version_conflicts"])
+            state = _stream_of(runner)
+            for field, gauge in by_field.items():
+                if isinstance(state.get(field), (int, float)):
+                    gauge.labels(connector=runner.connector_id).set(state[field])
+            when = _epoch(state.get("acknowledged_at"))
+            if when is not None:
+                acknowledged.labels(connector=runner.connector_id).set(when)
 
     def collect_jobs() -> None:
         collect_streams()
@@ -185,6 +203,34 @@ def _registry(daemon: Any) -> tuple[CollectorRegistry, JobMetrics, Any]:
         docs.set(indexed)
 
     return registry, job_metrics, collect_jobs
+
+
+def streaming_runners(daemon: Any) -> list[Any]:
+    """The daemon's running continuous syncs (their supervisors)."""
+    return [r for r in list(daemon.running.values()) if getattr(r, "continuous", False)]
+
+
+def _stream_of(runner: Any) -> dict[str, Any]:
+    state = (getattr(runner, "metadata", None) or {}).get("stream")
+    return state if isinstance(state, dict) else {}
+
+
+def _epoch(stamp: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() if stamp else None
+    except ValueError:
+        return None
+
+
+def _streams_text(daemon: Any) -> str:
+    """One line per running continuous sync, for ``/healthz``."""
+    from launcher.continuous_jobs import describe_stream, stream_summary
+
+    return "".join(f"streaming {runner.connector_id}: "
+                   f"{describe_stream(stream_summary(runner.job_id, 'in_progress', _stream_of(runner)))}\n"
+                   for runner in sorted(streaming_runners(daemon), key=lambda r: str(r.connector_id)))
 
 
 def _not_ready(daemon: Any, stale_after: float) -> str | None:
@@ -215,7 +261,8 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 reason = _not_ready(daemon, stale_after)
-                body = b"ok\n" if reason is None else (reason.rstrip("\n") + "\n").encode()
+                body = ("ok\n" if reason is None else reason.rstrip("\n") + "\n") + _streams_text(daemon)
+                body = body.encode()
                 self._reply(200 if reason is None else 503, body, "text/plain; charset=utf-8")
             elif path == "/metrics":
                 collect_jobs()

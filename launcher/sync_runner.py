@@ -321,13 +321,14 @@ class SyncRunner(threading.Thread):
                 last_check = now
                 try:
                     canceled, gone, lost = self._check_job()
+                    if self.continuous and not (canceled or gone or lost):
+                        self.stream_ended = self._stream_check()
                     if self.outage is not None:
                         self.outage.ended()
                 except (ESConnectionError, TransportError, ApiError) as exc:
                     # Elasticsearch is away: the sync goes on (it retries its own writes); so do we.
+                    # A continuous sync too: its check reads the connector and the waiting jobs.
                     self._es_failed("cannot check the job document", exc)
-                if self.continuous and not (canceled or gone or lost):
-                    self.stream_ended = self._stream_check()
                 if canceled or gone or lost or self.stream_ended:
                     self._stop_process()
                     break

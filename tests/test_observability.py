@@ -48,6 +48,41 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 # -- unit: the endpoint and the formatter ---------------------------------------------------
+def test_healthz_and_metrics_when_a_continuous_sync_runs_then_its_lag_position_and_counts_are_shown():
+    from launcher.metrics import serve_metrics
+
+    state = {"lag_seconds": 0.31, "cursor": {"slot": "s", "lsn": "0/3700000"}, "snapshot": "done",
+             "changes_applied": 42, "version_conflicts": 2, "pending_changes": 3,
+             "acknowledged_at": "2026-12-05T18:00:00.000+00:00"}
+    stream = SimpleNamespace(continuous=True, connector_id="pg-1", job_id="job-1", metadata={"stream": state})
+    batch = SimpleNamespace(continuous=False, connector_id="other", job_id="job-2", metadata={})
+    daemon = SimpleNamespace(running={"job-1": stream, "job-2": batch}, polls=1, last_successful_poll=time.time(),
+                             _errors=[], _done=lambda runner: None,
+                             config=SimpleNamespace(service=SimpleNamespace(idling=1.0)),
+                             store=SimpleNamespace(job_totals=lambda: ({}, 0)))
+    server = serve_metrics("127.0.0.1:0", daemon)
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        code, text = _get(f"{base}/healthz")
+        assert code == 200 and text.splitlines() == [
+            "ok", "streaming pg-1: streaming, lag 0.31s, at lsn=0/3700000, last acknowledged "
+                  "2026-12-05T18:00:00.000+00:00"]
+        samples = _samples(_get(f"{base}/metrics")[1])
+        pg = (("connector", "pg-1"),)
+        assert samples[("elastic_ingest_streaming_connectors", ())] == 1
+        assert samples[("elastic_ingest_stream_lag_seconds", pg)] == 0.31
+        assert samples[("elastic_ingest_stream_changes_applied", pg)] == 42
+        assert samples[("elastic_ingest_stream_version_conflicts", pg)] == 2
+        assert samples[("elastic_ingest_stream_pending_changes", pg)] == 3
+        assert samples[("elastic_ingest_stream_last_acknowledged_timestamp_seconds", pg)] == 1796493600.0
+        assert not [key for key in samples if ("connector", "other") in key[1]]
+        daemon.last_successful_poll = time.time() - 3600  # unhealthy: the reason, then the streams still
+        code, text = _get(f"{base}/healthz")
+        assert code == 503 and text.splitlines()[1].startswith("streaming pg-1: streaming, lag 0.31s")
+    finally:
+        server.shutdown()
+
+
 def test_healthz_when_no_successful_poll_then_503_and_when_recent_then_200():
     from launcher.metrics import serve_metrics
 

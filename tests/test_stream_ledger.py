@@ -33,7 +33,8 @@ def test_ledger_when_a_change_stays_unwritten_after_later_ones_then_it_is_lost()
     book = StreamLedger()
     book.emitted(1)
     book.emitted(2)
-    assert not book.lost(0.0)  # nothing later written yet: maybe just slow
+    book.writing(+1)
+    assert not book.lost(0.0)  # a write under way: maybe just slow
     book.done({2: 1}, committed_at=[time.time() - 0.5], conflicts=1)
     assert book.lost(0.0) and not book.lost(60.0)
     state = book.state()
@@ -46,3 +47,15 @@ def test_ledger_when_stream_opened_again_then_a_new_generation_keeps_the_conflic
     second = new_ledger("job-ledger-test")
     assert second.generation == first.generation + 1 and second.version_conflicts == 3
     assert ledger("job-ledger-test") is second
+
+
+def test_ledger_when_the_tail_stays_unwritten_and_no_write_is_under_way_then_it_is_lost():
+    book = StreamLedger()
+    book.emitted(5)  # the last change of a stream gone idle: nothing later will pass it
+    assert not book.lost(60.0)
+    book.writing(+1)
+    assert not book.lost(0.0)  # a writer retrying through an outage is not stuck
+    book.writing(-1)
+    assert book.lost(0.0) and not book.lost(60.0)  # its write ended, the change was not in it
+    book.done({5: 1})
+    assert not book.lost(0.0) and book.confirmable() == 5

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from datetime import datetime, timezone
 from typing import Any
 
 __all__ = ["StreamLedger", "ledger", "new_ledger"]
@@ -43,10 +44,14 @@ class StreamLedger:
         self._confirmable = 0
         #: Changes Elasticsearch refused as older than the indexed version (a replay, a reordering).
         self.version_conflicts = 0
+        #: Changes Elasticsearch acknowledged (written, deleted, refused as older, or dead-lettered).
+        self.changes_applied = 0
         #: Seconds from the source's commit to Elasticsearch's acknowledgement, of the last batch.
         self.lag_seconds: float | None = None
         self.acknowledged_at: float | None = None
         self.lags: list[float] = []  # recent lags, for p50/p99 (bounded)
+        self._writing = 0  # _bulk requests under way (a writer retrying through an outage is not stuck)
+        self._last_done = 0.0  # monotonic time of the last done()
 
     def emitted(self, position: int, count: int = 1) -> None:
         with self._lock:
@@ -68,7 +73,9 @@ class StreamLedger:
         """``positions``: position -> changes of it now written (or dead-lettered)."""
         now = time.time()
         with self._lock:
+            self._last_done = time.monotonic()
             self.version_conflicts += conflicts
+            self.changes_applied += sum(positions.values())
             for position, count in positions.items():
                 left = self._outstanding.get(position)
                 if left is None:
@@ -99,14 +106,30 @@ class StreamLedger:
             self._passed_at.pop(done, None)
             self._confirmable = max(self._confirmable, done)
 
+    def writing(self, delta: int) -> None:
+        """A ``_bulk`` request starts (+1) or ends (-1): while one is under way nothing counts as lost."""
+        with self._lock:
+            self._writing = max(0, self._writing + delta)
+            self._last_done = time.monotonic()
+
     def lost(self, after: float) -> bool:
-        """Whether changes were lost on the way to Elasticsearch: the oldest outstanding position has
-        waited ``after`` seconds since a later one was written (a runner that dropped a bundle's output;
-        the reader then reads again from the acknowledged position)."""
+        """Whether changes were lost on the way to Elasticsearch (a runner that dropped a bundle's output
+        or a timer; the reader then reads again from the acknowledged position): the oldest outstanding
+        position has waited ``after`` seconds since a later one was written, or, at the tail of the
+        stream (nothing later to write), ``after`` seconds since it was emitted while no write was
+        under way or done."""
         with self._lock:
             oldest = next(iter(self._outstanding), None)
-            passed = self._passed_at.get(oldest) if oldest is not None else None
-            return passed is not None and time.monotonic() - passed >= after
+            if oldest is None:
+                return False
+            now = time.monotonic()
+            passed = self._passed_at.get(oldest)
+            if passed is not None and now - passed >= after:
+                return True
+            emitted = self._emitted_at.get(oldest)
+            return (self._writing == 0 and emitted is not None and now - emitted >= after
+                    and now - self._last_done >= after)
+
     def confirmable(self) -> int:
         """The highest position whose changes, and all earlier ones, are in Elasticsearch (0: none)."""
         with self._lock:
@@ -124,6 +147,9 @@ class StreamLedger:
                 "lag_p50_seconds": round(lags[len(lags) // 2], 3) if lags else None,
                 "lag_p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3) if lags else None,
                 "version_conflicts": self.version_conflicts,
+                "changes_applied": self.changes_applied,
+                "acknowledged_at": None if self.acknowledged_at is None else datetime.fromtimestamp(
+                    self.acknowledged_at, timezone.utc).isoformat(timespec="milliseconds"),
                 "pending_changes": sum(self._outstanding.values()),
             }
 
@@ -147,5 +173,6 @@ def new_ledger(job_id: str) -> StreamLedger:
         old = _LEDGERS.get(job_id)
         book = _LEDGERS[job_id] = StreamLedger((old.generation + 1) if old else 0)
         if old is not None:
-            book.version_conflicts = old.version_conflicts
+            book.version_conflicts, book.changes_applied = old.version_conflicts, old.changes_applied
+            book.acknowledged_at = old.acknowledged_at
         return book

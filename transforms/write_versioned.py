@@ -57,6 +57,8 @@ __all__ = ["WriteVersioned", "GC_DELETES"]
 #: How long Elasticsearch remembers a deleted document's version on a continuously synced index.
 GC_DELETES = "1h"
 _LOGGER = logging.getLogger(__name__)
+#: Seconds past its flush time after which a batch is sent by the next change (its timer was lost).
+_OVERDUE = 1.0
 
 Item = tuple[str, str | None, bytes | None, int, float | None, int]
 
@@ -109,15 +111,19 @@ class _WriteVersionedFn(beam.DoFn):
             self._remove(item)
             return
         batch.add(item)
-        count = (armed.read() or 0) + 1
-        if count >= self.settings.max_docs:
+        count, due = armed.read() or (0, None)
+        count += 1
+        now = time.time()
+        # Overdue: the runner lost the batch's timer (seen on Prism after a long blocked bundle).
+        if count >= self.settings.max_docs or (due is not None and now >= due + _OVERDUE):
             yield from self._send(list(batch.read()))
             batch.clear()
             armed.clear()
             return
         if count == 1:
-            flush.set(Timestamp.now() + Duration.of(self.flush_seconds))
-        armed.write(count)
+            due = now + self.flush_seconds
+            flush.set(Timestamp.of(due))
+        armed.write((count, due))
 
     @on_timer(FLUSH)
     def on_flush(self, batch=beam.DoFn.StateParam(BATCH), armed=beam.DoFn.StateParam(ARMED)) -> Iterator[DeadLetter]:
@@ -152,8 +158,13 @@ class _WriteVersionedFn(beam.DoFn):
                 pending, body = retry, _body(items, retry)
                 raise ItemsRejected(len(retry), self.index)
 
-        retry_with_backoff(attempt, self.settings, on_retry=self.retries.inc, deadline=deadline,
-                           what=f"versioned _bulk to {self.index}")
+        book = ledger(self.job_id)
+        book.writing(+1)
+        try:
+            retry_with_backoff(attempt, self.settings, on_retry=self.retries.inc, deadline=deadline,
+                               what=f"versioned _bulk to {self.index}")
+        finally:
+            book.writing(-1)
         return self._count(items, results)
 
     def _count(self, items: list[Item], results: dict[int, dict[str, Any]]) -> list[DeadLetter]:
