@@ -173,6 +173,8 @@ class _ReadStreamFn(beam.DoFn):
         _LOGGER.warning("continuous sync %s: %d change(s) never reached Elasticsearch; reading again from the "
                         "acknowledged position", self.job_id, self.book.pending())
         try:
+            # From the position Elasticsearch acknowledged (sources that keep none server-side need it).
+            self.cursor = entry.stream.cursor() or self.cursor
             entry.stream.close()
         except Exception:  # noqa: BLE001 - opened again below
             pass

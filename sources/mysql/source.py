@@ -30,7 +30,10 @@ import pymysql
 import pymysql.cursors
 from pymysql.constants import FIELD_TYPE
 
-from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings
+from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings, _advanced_rules
+from sources.base import Filter
+from sources.errors import SourceConfigError
+from sources.streaming import with_continuous_sync_field
 
 __all__ = ["MySqlDataSource"]
 
@@ -47,6 +50,7 @@ class MySqlDataSource(SqlDataSource):
     service_type = "mysql"
     engine = "MySQL"
     default_port = 3306
+    continuous_sync_enabled = True
     _DRIVER_ERROR = pymysql.Error
     _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
     _NOW_SQL = "SELECT UTC_TIMESTAMP(6)"
@@ -55,6 +59,25 @@ class MySqlDataSource(SqlDataSource):
         "SELECT schema_name FROM information_schema.schemata "
         "WHERE schema_name NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys')"
     )
+
+    @classmethod
+    def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
+        return with_continuous_sync_field(super().get_default_configuration(), order=15)
+
+    # -- continuous sync (sources/mysql/stream.py) ----------------------------------------
+    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
+                           stream_id: str = "default") -> Any:
+        """The connector's binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot."""
+        from sources.mysql.stream import MySqlChangeStream
+
+        if _advanced_rules(filtering):
+            raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
+                                    "capture; remove them or turn continuous_sync off")
+        return MySqlChangeStream(self, stream_id, cursor)
+
+    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
+        """Nothing to release: the server keeps no state for a binlog reader (its files expire with
+        ``expire_logs_days`` whoever reads them); the position is the connector's ``sync_cursor``."""
 
     def _connect(self, settings: SqlSettings, database: str | None) -> pymysql.Connection:
         conn = pymysql.connect(
