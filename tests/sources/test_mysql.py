@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pymysql
 import pytest
+from mysql_binlog import purge_binlog, require_binlog
 from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id
 
 from sources.mysql import MySqlDataSource
@@ -73,35 +74,6 @@ class TestMySql(SqlSourceSuite):
 def _stream_config(table: str) -> dict:
     return {"host": HOST, "port": PORT, "username": USER, "password": PASSWORD, "database": DATABASE,
             "tables": [table]}
-
-
-def require_binlog(conn) -> None:
-    """Skip (fail under CI=true) when the server writes no row-based binlog."""
-    from tests.helpers import skip_or_fail
-
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@log_bin, @@binlog_format, @@binlog_row_image")
-        log_bin, row_format, image = cur.fetchone()
-    if (log_bin, row_format, image) != (1, "ROW", "FULL"):
-        skip_or_fail(f"MariaDB on 127.0.0.1:{PORT} runs with log_bin={log_bin}, binlog_format={row_format}, "
-                     f"binlog_row_image={image}: restart it with scripts/servers/mysql start (it turns the binlog on)")
-
-
-def purge_binlog(conn, file: str) -> None:
-    """Rotate the binlog and purge every file before the new one, ``file`` included (the server
-    keeps a file a replica still reads: wait for the stream's dump thread to go)."""
-    with conn.cursor() as cur:
-        cur.execute("FLUSH BINARY LOGS")
-        cur.execute("SHOW MASTER STATUS")
-        current = cur.fetchone()[0]
-        deadline = time.monotonic() + 30
-        while True:
-            cur.execute(f"PURGE BINARY LOGS TO '{current}'")
-            cur.execute("SHOW BINARY LOGS")
-            if file not in [row[0] for row in cur.fetchall()]:
-                return
-            assert time.monotonic() < deadline, f"binlog file {file} could not be purged"
-            time.sleep(0.2)
 
 
 class TestMySqlChangeStream:

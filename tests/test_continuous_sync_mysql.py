@@ -1,0 +1,330 @@
+"""Continuous sync (issue 20) of the ``mysql`` source through a real daemon, on Prism, from MariaDB.
+
+The MariaDB sibling of tests/test_continuous_sync.py: one daemon serves this module's
+connectors (a service type of its own); each test has its own tables and connector and ends
+comparing the content index with the tables, row by row. The position is the binlog's
+(sources/mysql/stream.py), kept in the connector's ``sync_cursor``.
+
+Needs MariaDB from ``scripts/servers/mysql`` (MYSQL_PORT; row-based binlog, the test user
+with REPLICATION SLAVE, BINLOG MONITOR, and RELOAD/BINLOG ADMIN to rotate and purge the
+binlog) and the Prism binary from ``scripts/prism build``; locally the tests skip without
+them, under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.indices import CONNECTORS_INDEX, ensure_indices
+from pipelines.options import default_prism_location
+from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.sources.mysql_binlog import purge_binlog, require_binlog
+from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+pymysql = pytest.importorskip("pymysql")
+PORT = int(os.environ.get("MYSQL_PORT", "3307"))
+SERVICE = f"mystream_{uuid.uuid4().hex[:6]}"
+
+
+def connect() -> Any:
+    return pymysql.connect(host=HOST, port=PORT, user=USER, password=PASSWORD, database=DATABASE, autocommit=True,
+                           charset="utf8mb4", connect_timeout=3)
+
+
+def run(conn: Any, *statements: str) -> None:
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def db():
+    try:
+        conn = connect()
+    except pymysql.Error as exc:
+        skip_or_fail(f"MariaDB on 127.0.0.1:{PORT} not available (scripts/servers/mysql start): {exc}")
+    require_binlog(conn)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, db):
+    if not default_prism_location().is_file():
+        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
+    folder = tmp_path_factory.mktemp("continuous-mysql")
+    config = write_config(folder / "config.yml", sources={SERVICE: "sources.mysql:MySqlDataSource"},
+                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
+                                   "cancel_check_interval": 0.5})
+    holder = {"process": DaemonProcess(config, folder / "daemon.log"), "config": config, "folder": folder}
+    yield holder
+    holder["process"].stop()
+
+
+class Tables:
+    """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
+
+    def __init__(self, db: Any, es: Any, config: Path):
+        self.db, self.es, self.config = db, es, config
+        self.suffix = uuid.uuid4().hex[:6]
+        self.items, self.tags = f"cs_items_{self.suffix}", f"cs_tags_{self.suffix}"
+        self.connector_id = f"test-mycs-{self.suffix}"
+        self.index = f"test-mycs-{self.suffix}"
+        run(db, f"CREATE TABLE {self.items} (id INT PRIMARY KEY, name VARCHAR(64), amount DECIMAL(10,2), note TEXT)",
+            f"CREATE TABLE {self.tags} (id INT PRIMARY KEY, label VARCHAR(64))")
+
+    def create_connector(self) -> None:
+        ensure_indices(self.es)
+        result = cli("--action", "create-connector", "--connector-id", self.connector_id, "--service-type", SERVICE,
+                     "--index-name", self.index, "--set", f"host={HOST}", "--set", f"port={PORT}",
+                     "--set", f"username={USER}", "--set", f"password={PASSWORD}", "--set", f"database={DATABASE}",
+                     "--set", f"tables={self.items},{self.tags}", "--set", "continuous_sync=true",
+                     config=self.config)
+        assert result.returncode == 0, result.stderr
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        with self.db.cursor() as cur:
+            cur.execute(f"SELECT id, name, amount, note FROM {self.items}")
+            for row in cur.fetchall():
+                out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
+                                                 "amount": None if row[2] is None else float(row[2]), "note": row[3]}
+            cur.execute(f"SELECT id, label FROM {self.tags}")
+            for row in cur.fetchall():
+                out[f"{self.tags}_{row[0]}"] = {"id": row[0], "label": row[1]}
+        return out
+
+    def indexed(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for doc_id, doc in index_docs(self.es, self.index).items():
+            if doc.get("table") == self.items:
+                out[doc_id] = {"id": doc["id"], "name": doc["name"],
+                               "amount": None if doc["amount"] is None else float(doc["amount"]), "note": doc["note"]}
+            else:
+                out[doc_id] = {"id": doc["id"], "label": doc["label"]}
+        return out
+
+    def equal(self) -> bool:
+        try:
+            return self.indexed() == self.rows()
+        except Exception:  # noqa: BLE001 - no index yet
+            return False
+
+    def assert_equal(self, timeout: float = 60) -> None:
+        try:
+            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
+        except AssertionError:
+            rows, docs = self.rows(), self.indexed()
+            missing = sorted(set(rows) - set(docs))[:5]
+            extra = sorted(set(docs) - set(rows))[:5]
+            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
+            states = [(j["status"], j.get("error"), (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
+            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
+                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {states}") from None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
+        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
+                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
+        return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+    def running(self) -> dict[str, Any] | None:
+        found = [j for j in self.jobs() if j["status"] == "in_progress"]
+        return found[0] if found else None
+
+    def streaming(self) -> dict[str, Any] | None:
+        """The running job once its snapshot is in Elasticsearch (its position reported)."""
+        current = self.running()
+        stream = (current or {}).get("metadata", {}).get("stream") or {}
+        return current if stream.get("cursor") and stream.get("snapshot") == "done" else None
+
+    def stored_cursor(self) -> dict[str, Any]:
+        return self.es.get(index=CONNECTORS_INDEX, id=self.connector_id)["_source"].get("sync_cursor") or {}
+
+    def drop(self) -> None:
+        self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)
+        self.es.options(ignore_status=404).indices.delete(index=self.index)
+        run(self.db, f"DROP TABLE IF EXISTS {self.items}, {self.tags}")
+
+
+@pytest.fixture
+def tables(db, es, daemon):
+    made = Tables(db, es, daemon["config"])
+    yield made
+    made.drop()
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes on ``items`` from a connection of its own until stopped."""
+
+    def __init__(self, tables: Tables, start: int):
+        super().__init__(daemon=True)
+        self.tables, self.next_id = tables, start
+        self.stop_event = threading.Event()
+        self.writes = 0
+
+    def run(self) -> None:
+        conn = connect()
+        items = self.tables.items
+        with conn.cursor() as cur:
+            while not self.stop_event.is_set():
+                n = self.next_id
+                cur.execute(f"INSERT INTO {items} VALUES (%s, %s, %s, %s)", (n, f"new {n}", n / 4, None))
+                cur.execute(f"UPDATE {items} SET name = %s, amount = amount + 1 WHERE id = %s", (f"upd {n}", n - 3))
+                cur.execute(f"DELETE FROM {items} WHERE id = %s", (n - 7,))
+                self.next_id += 1
+                self.writes += 3
+                time.sleep(0.01)
+        conn.close()
+
+    def halt(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+def _insert_rows(db: Any, table: str, ids: range, name: str) -> None:
+    with db.cursor() as cur:
+        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s, %s)", [(i, f"{name} {i}", i * 1.5, "x" * 10)
+                                                                          for i in ids])
+
+
+def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_stops(db, es, daemon, tables):
+    items, tags = tables.items, tables.tags
+    _insert_rows(db, items, range(1, 3001), "row")
+    with db.cursor() as cur:
+        cur.executemany(f"INSERT INTO {tags} VALUES (%s, %s)", [(i, f"tag {i}") for i in range(1, 51)])
+    writer = Writer(tables, 5000)
+    writer.start()  # writes go on while the snapshot is taken: the handoff must lose nothing
+    tables.create_connector()
+    job = wait_for(tables.running, timeout=90, what="the continuous job in_progress")
+    assert job["job_type"] == "incremental" and job["metadata"]["continuous"] is True
+    wait_for(tables.streaming, timeout=90, what="the snapshot done, in the job's metadata")
+    time.sleep(1)  # and changes streamed after it
+    writer.halt()
+    assert writer.writes > 0
+    conn = connect()
+    try:
+        conn.begin()  # inserted then deleted in one transaction: absent
+        run(conn, f"INSERT INTO {items} VALUES (999999, 'ghost', 1, NULL)", f"DELETE FROM {items} WHERE id = 999999")
+        conn.commit()
+        run(conn, f"TRUNCATE TABLE {tags}", f"INSERT INTO {tags} VALUES (7, 'after the truncate')",
+            f"UPDATE {items} SET id = 1000000 WHERE id = 11",  # the key changed
+            "FLUSH BINARY LOGS",  # a new binlog file: versions keep growing
+            f"UPDATE {items} SET note = 'next file' WHERE id = 12")
+    finally:
+        conn.close()
+    tables.assert_equal()
+    docs = tables.indexed()
+    assert f"{items}_999999" not in docs and f"{tags}_1" not in docs and f"{items}_11" not in docs
+
+    # Versions come from the binlog position: a changed document carries a higher one than the
+    # snapshot's, and the snapshot's copy sent again (a replay) does not win.
+    snapshot_doc = es.get(index=tables.index, id=f"{items}_2000")
+    changed = es.get(index=tables.index, id=f"{items}_12")
+    assert changed["_version"] > snapshot_doc["_version"] > 2**32
+    replay = es.options(ignore_status=409).index(index=tables.index, id=f"{items}_12", version=snapshot_doc["_version"],
+                                                 version_type="external", document={"name": "stale"})
+    assert replay.meta.status == 409
+    assert es.get(index=tables.index, id=f"{items}_12")["_source"]["note"] == "next file"
+
+    # The acknowledged position is the connector's sync_cursor (what the next run resumes from).
+    def settled():
+        current = tables.streaming()
+        return current if current and current["metadata"]["stream"]["pending_changes"] == 0 else None
+
+    job = wait_for(settled, timeout=30, what="the stream's state in the job, nothing pending")
+    assert job["indexed_document_count"] >= 3050 and job["deleted_document_count"] > 0 and job["last_seen"]
+    cursor = wait_for(lambda: (c := tables.stored_cursor()) and c.get("file", "").endswith(
+        f"{(changed['_version'] >> 32):06d}") and c, timeout=30, what="the position in the connector's sync_cursor")
+    assert (cursor["pos"] + (int(cursor["file"].rsplit(".", 1)[1]) << 32)) >= changed["_version"]
+    shown = cli("--action", "jobs", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
+
+    # Turned off: the job ends and later changes are not applied.
+    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
+                 "continuous_sync=false", config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    ended = wait_for(lambda: [j for j in tables.jobs() if j["id"] == job["id"] and j["status"] == "completed"],
+                     timeout=60, what="the continuous job completed")[0]
+    assert ended["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
+    run(db, f"INSERT INTO {items} VALUES (2000000, 'after off', 1, NULL)")
+    time.sleep(3)
+    assert f"{items}_2000000" not in index_docs(es, tables.index)
+    assert not [j for j in tables.jobs() if j["status"] in ("pending", "in_progress")]
+
+
+def test_continuous_sync_when_canceled_killed_or_binlog_purged_then_resumes_or_snapshots_again(
+        db, es, daemon, tables):
+    items = tables.items
+    _insert_rows(db, items, range(1, 501), "row")
+    tables.create_connector()
+    first = wait_for(tables.streaming, timeout=90, what="the continuous job streaming")
+    tables.assert_equal()
+    untouched = es.get(index=tables.index, id=f"{items}_400")["_version"]
+
+    # Cancel: the job ends canceled, and no other starts while the configuration stays the same.
+    result = cli("--action", "cancel", "--job-id", first["id"], config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "canceled"],
+             timeout=30, what="the job canceled")
+    run(db, f"UPDATE {items} SET name = 'while canceled' WHERE id = 1")
+    time.sleep(4)  # eight polls
+    assert [j["status"] for j in tables.jobs()] == ["canceled"]
+
+    # The configuration changes: a new stream resumes from the stored binlog position (no new snapshot).
+    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=300",
+                 config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    second = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["id"] != first["id"]],
+                      timeout=90, what="a new continuous job")[0]
+    tables.assert_equal()
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched  # not snapshot again
+
+    # kill -9 of the sync process, with writes while it is down: a new job resumes from the sync_cursor.
+    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _insert_rows(db, items, range(600, 701), "while down")
+    run(db, f"DELETE FROM {items} WHERE id BETWEEN 100 AND 150")
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == second["id"] and j["status"] == "error"],
+             timeout=60, what="the killed job ended")
+    third = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress"
+                              and j["id"] not in (first["id"], second["id"])], timeout=90,
+                     what="the stream started again")[0]
+    tables.assert_equal()
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
+
+    # The binlog the stored position points into is purged while no stream runs: one clear
+    # error, then a new snapshot that also removes what vanished meanwhile.
+    result = cli("--action", "cancel", "--job-id", third["id"], config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "canceled"],
+             timeout=30, what="the job canceled")
+    stored = tables.stored_cursor()
+    assert stored.get("file"), stored
+    run(db, f"DELETE FROM {items} WHERE id BETWEEN 200 AND 260", f"UPDATE {items} SET name = 'while lost' WHERE id = 5")
+    purge_binlog(db, stored["file"])
+    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=400",
+                 config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    failed = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "error" and "StreamPositionLost" in
+                               str(j.get("error"))], timeout=90, what="the lost position reported")[0]
+    assert f"binlog position {stored['file']}:{stored['pos']} is no longer" in failed["error"]
+    assert "new snapshot" in failed["error"] and PASSWORD not in failed["error"]
+    wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["created_at"] >
+                      failed["created_at"]], timeout=120, what="a new stream after the lost position")
+    tables.assert_equal()
+    docs = index_docs(es, tables.index)
+    assert f"{items}_230" not in docs and docs[f"{items}_5"]["name"] == "while lost"
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] > untouched  # a new snapshot wrote it again
