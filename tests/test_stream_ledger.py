@@ -46,3 +46,14 @@ def test_ledger_when_stream_opened_again_then_a_new_generation_keeps_the_conflic
     second = new_ledger("job-ledger-test")
     assert second.generation == first.generation + 1 and second.version_conflicts == 3
     assert ledger("job-ledger-test") is second
+
+
+def test_ledger_when_changes_stay_unwritten_and_nothing_is_written_then_stalled():
+    book = StreamLedger()
+    assert not book.stalled(0.0)  # nothing outstanding
+    book.emitted(5, count=3)
+    assert book.stalled(0.0) and not book.stalled(60.0)  # a dropped end of a snapshot, the source idle after
+    book.done({5: 2})
+    assert not book.stalled(60.0) and book.stalled(0.0)  # the writer is making progress: not yet
+    book.done({5: 1})
+    assert not book.stalled(0.0) and book.confirmable() == 5

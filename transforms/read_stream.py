@@ -19,7 +19,9 @@ At least once, whatever the runner: when changes never reach Elasticsearch (a ru
 dropped a bundle's output: seen on Prism 2.77 under load) the ledger notices (a change still
 unwritten :data:`LOST_AFTER` seconds after later ones were written) and the stream is opened
 again at the position Elasticsearch acknowledged, under a new ``generation`` (what the
-writer acknowledges for an older one is ignored); the versions make the replay harmless.
+writer acknowledges for an older one is ignored); the versions make the replay harmless. So
+it is when nothing was written after the lost changes (the end of a snapshot, then an idle
+source): changes unwritten :data:`STALLED_AFTER` seconds while the writer acknowledged nothing.
 
 Runs on Prism, Dataflow (Runner v2) and any runner honouring deferred remainders; not on
 FnApiRunner (batch only) nor the Python BundleBasedDirectRunner (docs/runners.md).
@@ -61,6 +63,8 @@ _END = 2**62
 _SNAPSHOT_CHUNK = 2000  # snapshot documents per call
 #: Seconds a change may stay unwritten after later ones were written before it counts as lost.
 LOST_AFTER = 10.0
+#: Seconds changes may stay unwritten while the writer acknowledges nothing before they count as lost.
+STALLED_AFTER = 30.0
 
 
 class _OneStreamTracker(OffsetRestrictionTracker):
@@ -156,7 +160,7 @@ class _ReadStreamFn(beam.DoFn):
             entry = self._open()
             with entry.lock:
                 self.book = ledger(self.job_id)
-                if self.book.lost(LOST_AFTER):
+                if self.book.lost(LOST_AFTER) or self.book.stalled(STALLED_AFTER):
                     entry = self._reopen(entry)
                 out = list(self._read(entry))
                 self._acknowledge(entry)

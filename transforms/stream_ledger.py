@@ -47,6 +47,7 @@ class StreamLedger:
         self.lag_seconds: float | None = None
         self.acknowledged_at: float | None = None
         self.lags: list[float] = []  # recent lags, for p50/p99 (bounded)
+        self._last_done_at: float | None = None  # when the writer last acknowledged something (monotonic)
 
     def emitted(self, position: int, count: int = 1) -> None:
         with self._lock:
@@ -80,6 +81,7 @@ class StreamLedger:
             if positions:
                 self._advance()
                 self.acknowledged_at = now
+                self._last_done_at = time.monotonic()
                 highest, clock = max(positions), time.monotonic()
                 for waiting in self._outstanding:
                     if waiting >= highest:
@@ -107,6 +109,18 @@ class StreamLedger:
             oldest = next(iter(self._outstanding), None)
             passed = self._passed_at.get(oldest) if oldest is not None else None
             return passed is not None and time.monotonic() - passed >= after
+    def stalled(self, after: float) -> bool:
+        """Whether changes were lost with nothing written after them: changes are outstanding, the
+        oldest for ``after`` seconds, and the writer acknowledged nothing for as long (a dropped bundle
+        at the end of a snapshot, or before the source went idle, that :meth:`lost` cannot see)."""
+        with self._lock:
+            oldest = next(iter(self._outstanding), None)
+            if oldest is None:
+                return False
+            now = time.monotonic()
+            last_done = self._last_done_at if self._last_done_at is not None else self._emitted_at.get(oldest, now)
+            return now - self._emitted_at.get(oldest, now) >= after and now - last_done >= after
+
     def confirmable(self) -> int:
         """The highest position whose changes, and all earlier ones, are in Elasticsearch (0: none)."""
         with self._lock:

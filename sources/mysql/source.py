@@ -30,10 +30,7 @@ import pymysql
 import pymysql.cursors
 from pymysql.constants import FIELD_TYPE
 
-from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings, _advanced_rules
-from sources.base import Filter
-from sources.errors import SourceConfigError
-from sources.streaming import with_continuous_sync_field
+from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings
 
 __all__ = ["MySqlDataSource"]
 
@@ -60,19 +57,10 @@ class MySqlDataSource(SqlDataSource):
         "WHERE schema_name NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys')"
     )
 
-    @classmethod
-    def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
-        return with_continuous_sync_field(super().get_default_configuration(), order=15)
-
-    # -- continuous sync (sources/mysql/stream.py) ----------------------------------------
-    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
-                           stream_id: str = "default") -> Any:
+    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
         """The connector's binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot."""
         from sources.mysql.stream import MySqlChangeStream
 
-        if _advanced_rules(filtering):
-            raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
-                                    "capture; remove them or turn continuous_sync off")
         return MySqlChangeStream(self, stream_id, cursor)
 
     def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:

@@ -93,12 +93,7 @@ class MySqlChangeStream(ChangeStream):
         self.source = source
         self.stream_id = stream_id
         self.database = source.settings.database
-        self.tables = {t.name: t for t in source._selected_tables()}
-        missing_keys = sorted(name for name, t in self.tables.items() if not t.primary_key)
-        if missing_keys:
-            raise SourceConfigError(
-                f"continuous_sync: table(s) {', '.join(missing_keys)} have no primary key; a deleted row's document "
-                "is found by its key. Add a primary key or leave these tables out of `tables`")
+        self.tables = {t.name: t for t in source._keyed_tables("a deleted row's document is found by its key")}
         self._mappers: dict[str, tuple[list[str], _RowMapper]] = {}
         self._server_id = 0
         self._file = ""  # a binlog file name of this server (for its base and padding)
@@ -218,7 +213,7 @@ class MySqlChangeStream(ChangeStream):
         self._reader = BinLogStreamReader(
             connection_settings=settings, server_id=_replica_id(self._server_id, self.stream_id),
             resume_stream=True, log_file=file, log_pos=offset, blocking=True, slave_heartbeat=1,
-            only_schemas=[self.database], only_tables=list(self.tables), freeze_schema=True,
+            only_schemas=[self.database], only_tables=list(self.tables), freeze_schema=True, enable_logging=False,
             only_events=[MariadbGtidEvent, QueryEvent, XidEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
         self._thread = threading.Thread(target=self._run, name=f"binlog-{self.stream_id}", daemon=True)
         self._thread.start()

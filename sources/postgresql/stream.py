@@ -181,12 +181,8 @@ class PgChangeStream(ChangeStream):
     def __init__(self, source: Any, stream_id: str, cursor: dict[str, Any] | None):
         self.source = source
         self.name = stream_name(stream_id)
-        self.tables = {t.name: t for t in source._selected_tables()}
-        missing_keys = sorted(name for name, t in self.tables.items() if not t.primary_key)
-        if missing_keys:
-            raise SourceConfigError(
-                f"continuous_sync: table(s) {', '.join(missing_keys)} have no primary key; PostgreSQL refuses UPDATE "
-                "and DELETE on a published table without one. Add a primary key or leave these tables out of `tables`")
+        self.tables = {t.name: t for t in source._keyed_tables(
+            "PostgreSQL refuses UPDATE and DELETE on a published table without one")}
         self._sql = _connect(source, replication=False)
         self._repl = _connect(source, replication=True)
         self._cur = self._repl.cursor()
