@@ -13,19 +13,20 @@ them, under CI=true they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
-import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from launcher.indices import CONNECTORS_INDEX, ensure_indices
+from launcher.indices import CONNECTORS_INDEX
 from pipelines.options import default_prism_location
+from tests.continuous_fixtures import StreamTables, Writer
 from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
@@ -72,89 +73,27 @@ def daemon(tmp_path_factory, db):
     holder["process"].stop()
 
 
-class Tables:
-    """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
+class Tables(StreamTables):
+    """One test's tables and connector on MariaDB (see tests/continuous_fixtures.py)."""
+
+    prefix = "mycs"
 
     def __init__(self, db: Any, es: Any, config: Path):
-        self.db, self.es, self.config = db, es, config
-        self.suffix = uuid.uuid4().hex[:6]
-        self.items, self.tags = f"cs_items_{self.suffix}", f"cs_tags_{self.suffix}"
-        self.connector_id = f"test-mycs-{self.suffix}"
-        self.index = f"test-mycs-{self.suffix}"
+        super().__init__(es, config, service=SERVICE, port=PORT)
+        self.db = db
         run(db, f"CREATE TABLE {self.items} (id INT PRIMARY KEY, name VARCHAR(64), amount DECIMAL(10,2), note TEXT)",
             f"CREATE TABLE {self.tags} (id INT PRIMARY KEY, label VARCHAR(64))")
 
-    def create_connector(self) -> None:
-        ensure_indices(self.es)
-        result = cli("--action", "create-connector", "--connector-id", self.connector_id, "--service-type", SERVICE,
-                     "--index-name", self.index, "--set", f"host={HOST}", "--set", f"port={PORT}",
-                     "--set", f"username={USER}", "--set", f"password={PASSWORD}", "--set", f"database={DATABASE}",
-                     "--set", f"tables={self.items},{self.tags}", "--set", "continuous_sync=true",
-                     config=self.config)
-        assert result.returncode == 0, result.stderr
-
-    def rows(self) -> dict[str, dict[str, Any]]:
-        out = {}
+    def fetch(self, sql: str) -> list[tuple]:
         with self.db.cursor() as cur:
-            cur.execute(f"SELECT id, name, amount, note FROM {self.items}")
-            for row in cur.fetchall():
-                out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
-                                                 "amount": None if row[2] is None else float(row[2]), "note": row[3]}
-            cur.execute(f"SELECT id, label FROM {self.tags}")
-            for row in cur.fetchall():
-                out[f"{self.tags}_{row[0]}"] = {"id": row[0], "label": row[1]}
-        return out
-
-    def indexed(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for doc_id, doc in index_docs(self.es, self.index).items():
-            if doc.get("table") == self.items:
-                out[doc_id] = {"id": doc["id"], "name": doc["name"],
-                               "amount": None if doc["amount"] is None else float(doc["amount"]), "note": doc["note"]}
-            else:
-                out[doc_id] = {"id": doc["id"], "label": doc["label"]}
-        return out
-
-    def equal(self) -> bool:
-        try:
-            return self.indexed() == self.rows()
-        except Exception:  # noqa: BLE001 - no index yet
-            return False
-
-    def assert_equal(self, timeout: float = 60) -> None:
-        try:
-            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
-        except AssertionError:
-            rows, docs = self.rows(), self.indexed()
-            missing = sorted(set(rows) - set(docs))[:5]
-            extra = sorted(set(docs) - set(rows))[:5]
-            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
-            states = [(j["status"], j.get("error"), (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
-            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
-                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {states}") from None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
-        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
-                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
-        return [{"id": h["_id"], **h["_source"]} for h in hits]
-
-    def running(self) -> dict[str, Any] | None:
-        found = [j for j in self.jobs() if j["status"] == "in_progress"]
-        return found[0] if found else None
-
-    def streaming(self) -> dict[str, Any] | None:
-        """The running job once its snapshot is in Elasticsearch (its position reported)."""
-        current = self.running()
-        stream = (current or {}).get("metadata", {}).get("stream") or {}
-        return current if stream.get("cursor") and stream.get("snapshot") == "done" else None
+            cur.execute(sql)
+            return list(cur.fetchall())
 
     def stored_cursor(self) -> dict[str, Any]:
         return self.es.get(index=CONNECTORS_INDEX, id=self.connector_id)["_source"].get("sync_cursor") or {}
 
     def drop(self) -> None:
-        self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)
-        self.es.options(ignore_status=404).indices.delete(index=self.index)
+        self.drop_connector()
         run(self.db, f"DROP TABLE IF EXISTS {self.items}, {self.tags}")
 
 
@@ -165,32 +104,15 @@ def tables(db, es, daemon):
     made.drop()
 
 
-class Writer(threading.Thread):
-    """Inserts, updates and deletes on ``items`` from a connection of its own until stopped."""
-
-    def __init__(self, tables: Tables, start: int):
-        super().__init__(daemon=True)
-        self.tables, self.next_id = tables, start
-        self.stop_event = threading.Event()
-        self.writes = 0
-
-    def run(self) -> None:
-        conn = connect()
-        items = self.tables.items
+@contextlib.contextmanager
+def session() -> Iterator[Any]:
+    """A cursor on a connection of its own (for the writer thread)."""
+    conn = connect()
+    try:
         with conn.cursor() as cur:
-            while not self.stop_event.is_set():
-                n = self.next_id
-                cur.execute(f"INSERT INTO {items} VALUES (%s, %s, %s, %s)", (n, f"new {n}", n / 4, None))
-                cur.execute(f"UPDATE {items} SET name = %s, amount = amount + 1 WHERE id = %s", (f"upd {n}", n - 3))
-                cur.execute(f"DELETE FROM {items} WHERE id = %s", (n - 7,))
-                self.next_id += 1
-                self.writes += 3
-                time.sleep(0.01)
+            yield cur
+    finally:
         conn.close()
-
-    def halt(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=30)
 
 
 def _insert_rows(db: Any, table: str, ids: range, name: str) -> None:
@@ -204,7 +126,7 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_stop
     _insert_rows(db, items, range(1, 3001), "row")
     with db.cursor() as cur:
         cur.executemany(f"INSERT INTO {tags} VALUES (%s, %s)", [(i, f"tag {i}") for i in range(1, 51)])
-    writer = Writer(tables, 5000)
+    writer = Writer(tables, 5000, session)
     writer.start()  # writes go on while the snapshot is taken: the handoff must lose nothing
     tables.create_connector()
     job = wait_for(tables.running, timeout=90, what="the continuous job in_progress")
