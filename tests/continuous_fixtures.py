@@ -20,7 +20,28 @@ from launcher.indices import CONNECTORS_INDEX, ensure_indices
 from tests.helpers import cli, index_docs, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
-__all__ = ["StreamTables", "Writer"]
+__all__ = ["StreamTables", "Writer", "start_stream_daemon"]
+
+
+def start_stream_daemon(folder: Path, service: str, fqn: str) -> dict[str, Any]:
+    """A daemon serving ``service`` (source ``fqn``) with fast polls and its own /metrics port:
+    ``{"process", "config", "folder", "metrics"}`` (stop ``holder["process"]`` at the end).
+    Skips (fails under CI=true) without the Prism binary."""
+    import socket
+
+    from pipelines.options import default_prism_location
+    from tests.helpers import DaemonProcess, skip_or_fail, write_config
+
+    if not default_prism_location().is_file():
+        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    config = write_config(folder / "config.yml", sources={service: fqn},
+                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
+                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
+    process = DaemonProcess(config, folder / "daemon.log")
+    return {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
 
 
 class StreamTables(abc.ABC):

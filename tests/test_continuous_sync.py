@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import urllib.request
 import time
 import uuid
@@ -23,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.options import default_prism_location
-from tests.continuous_fixtures import StreamTables, Writer
-from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
+from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,17 +50,8 @@ def pg():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, pg):
-    if not default_prism_location().is_file():
-        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
-    folder = tmp_path_factory.mktemp("continuous")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
-    config = write_config(folder / "config.yml", sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
-                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
-    process = DaemonProcess(config, folder / "daemon.log")
-    holder = {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
+    holder = start_stream_daemon(tmp_path_factory.mktemp("continuous"), SERVICE,
+                                 "sources.postgresql:PostgreSQLDataSource")
     yield holder
     holder["process"].stop()
 

@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX
-from pipelines.options import default_prism_location
-from tests.continuous_fixtures import StreamTables, Writer
-from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
+from tests.helpers import child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
@@ -62,13 +61,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, db):
-    if not default_prism_location().is_file():
-        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
-    folder = tmp_path_factory.mktemp("continuous-mysql")
-    config = write_config(folder / "config.yml", sources={SERVICE: "sources.mysql:MySqlDataSource"},
-                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5})
-    holder = {"process": DaemonProcess(config, folder / "daemon.log"), "config": config, "folder": folder}
+    holder = start_stream_daemon(tmp_path_factory.mktemp("continuous-mysql"), SERVICE, "sources.mysql:MySqlDataSource")
     yield holder
     holder["process"].stop()
 

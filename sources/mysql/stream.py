@@ -179,6 +179,9 @@ class MySqlChangeStream(ChangeStream):
                 "snapshot (binlog_snapshot_file/position: MariaDB does, MySQL does not); continuous_sync needs MariaDB")
         self._start_at = (str(file), int(offset))
         self._file = self._start_at[0]
+        with contextlib.suppress(SourceError, IndexError):  # the snapshot's GTID, for the cursor
+            self._gtid = str(source._query("SELECT BINLOG_GTID_POS(%s, %s)", self._start_at,
+                                           action="reading the snapshot's GTID")[0][0] or "")
         self.snapshot_position = binlog_version(*self._start_at)
         _LOGGER.info("stream %s: snapshot at binlog %s:%s of %d table(s)", self.stream_id, file, offset,
                      len(self.tables))

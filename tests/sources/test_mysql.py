@@ -9,7 +9,7 @@ from decimal import Decimal
 import pymysql
 import pytest
 from mysql_binlog import purge_binlog, require_binlog
-from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id
+from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id, stream_config
 
 from sources.mysql import MySqlDataSource
 from sources.testing import read_all
@@ -72,8 +72,7 @@ class TestMySql(SqlSourceSuite):
 
 # -- continuous sync (sources/mysql/stream.py) ------------------------------------------------
 def _stream_config(table: str) -> dict:
-    return {"host": HOST, "port": PORT, "username": USER, "password": PASSWORD, "database": DATABASE,
-            "tables": [table]}
+    return stream_config(PORT, table)
 
 
 class TestMySqlChangeStream:
@@ -179,7 +178,7 @@ class TestMySqlChangeStream:
         stream.acknowledge(stream.snapshot_position)  # the snapshot is in Elasticsearch
         cursor = stream.cursor()
         stream.close()
-        assert cursor["file"] and cursor["pos"] > 4 and cursor["server_id"] > 0
+        assert cursor["file"] and cursor["pos"] > 4 and cursor["server_id"] > 0 and cursor["gtid"].startswith("0-1-")
         purge_binlog(conn, cursor["file"])
 
         with pytest.raises(StreamPositionLost, match=f"binlog position {cursor['file']}:{cursor['pos']} is no longer "
