@@ -26,7 +26,7 @@ import pytest
 
 from launcher.indices import CONNECTORS_INDEX
 from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
-from tests.helpers import child_pids, cli, index_docs, skip_or_fail, wait_for
+from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
@@ -179,7 +179,7 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_stop
     assert not [j for j in tables.jobs() if j["status"] in ("pending", "in_progress")]
 
 
-def test_continuous_sync_when_canceled_killed_or_binlog_purged_then_resumes_or_snapshots_again(
+def test_continuous_sync_when_canceled_killed_suspended_or_binlog_purged_then_resumes_or_snapshots_again(
         db, es, daemon, tables):
     items = tables.items
     _insert_rows(db, items, range(1, 501), "row")
@@ -217,6 +217,17 @@ def test_continuous_sync_when_canceled_killed_or_binlog_purged_then_resumes_or_s
     third = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress"
                               and j["id"] not in (first["id"], second["id"])], timeout=90,
                      what="the stream started again")[0]
+    tables.assert_equal()
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
+
+    # SIGTERM: the job is suspended, writes go on meanwhile, the next daemon resumes the same job
+    # from the connector's sync_cursor (not the cursor the job was first claimed with).
+    assert daemon["process"].stop() == 0
+    assert [j["status"] for j in tables.jobs() if j["id"] == third["id"]] == ["suspended"]
+    run(db, f"UPDATE {items} SET name = 'while stopped' WHERE id BETWEEN 300 AND 320")
+    daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
+    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "in_progress"],
+             timeout=90, what="the suspended job resumed")
     tables.assert_equal()
     assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
 
