@@ -271,6 +271,15 @@ class SqlDataSource(BaseDataSource):
     _ESTIMATED_ROWS_SQL: ClassVar[str] = ""
     #: Run on a connection to the default database: the names of the databases.
     _LIST_DATABASES_SQL: ClassVar[str] = ""
+    #: Parameter (namespace) -> rows (table, column) of every primary key, in key order.
+    _PRIMARY_KEYS_SQL: ClassVar[str] = (
+        "SELECT kcu.table_name, kcu.column_name "
+        "FROM information_schema.table_constraints tc "
+        "JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name "
+        "AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name "
+        "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s "
+        "ORDER BY kcu.table_name, kcu.ordinal_position"
+    )
 
     def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
         super().__init__(configuration, operator_settings=operator_settings)
@@ -471,15 +480,7 @@ class SqlDataSource(BaseDataSource):
             ):
                 columns.setdefault(table, {})[column] = str(data_type).lower()
             keys: dict[str, list[str]] = {}
-            for table, column in self._query(
-                "SELECT kcu.table_name, kcu.column_name "
-                "FROM information_schema.table_constraints tc "
-                "JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name "
-                "AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name "
-                "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s "
-                "ORDER BY kcu.table_name, kcu.ordinal_position",
-                (ns,),
-            ):
+            for table, column in self._query(self._PRIMARY_KEYS_SQL, (ns,)):
                 keys.setdefault(table, []).append(column)
             json_columns = self._json_columns(ns, columns)
             self._tables = {

@@ -56,6 +56,12 @@ class MySqlDataSource(SqlDataSource):
         "SELECT schema_name FROM information_schema.schemata "
         "WHERE schema_name NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys')"
     )
+    # A primary key is always named PRIMARY. (MariaDB shows TABLE_CONSTRAINTS to a user with only
+    # SELECT on the tables as empty: joining it would lose every key, and ids become row hashes.)
+    _PRIMARY_KEYS_SQL = (
+        "SELECT table_name, column_name FROM information_schema.key_column_usage "
+        "WHERE table_schema = %s AND constraint_name = 'PRIMARY' ORDER BY table_name, ordinal_position"
+    )
 
     def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
         """The connector's binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot."""

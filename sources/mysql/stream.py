@@ -308,7 +308,7 @@ class MySqlChangeStream(ChangeStream):
             txn.add(Change("index", doc, 0), event.table)
 
     def _error(self, exc: Exception) -> SourceError:
-        reason = self.source._scrub(" ".join(str(exc).split()))
+        reason = self.source._reason(exc)
         code = exc.args[0] if isinstance(exc, pymysql.Error) and exc.args and isinstance(exc.args[0], int) else None
         if code == _BINLOG_GONE:
             return StreamPositionLost(
