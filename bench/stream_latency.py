@@ -13,9 +13,11 @@ each with a unique value). A poller notes, for every change:
 Both are measured from the moment the writer's commit returned, at 20 ms resolution (the
 poller's period). Prints p50/p95/p99/max as JSON.
 
-Example usage::
+Example usage (alone, or as a ``scripts/bench`` scenario: its JSON's ``stream_latency``)::
 
     MYSQL_PORT=3317 python -m bench.stream_latency --es-url http://127.0.0.1:9231 --rate 200 --seconds 30
+    scripts/bench --sizes none --large 0 --dir 0 --many none --redis 0 --no-partitions --no-runners \
+        --stream-latency 30
 """
 
 from __future__ import annotations
