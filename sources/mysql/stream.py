@@ -216,7 +216,7 @@ class MySqlChangeStream(ChangeStream):
         self._reader = BinLogStreamReader(
             connection_settings=settings, server_id=_replica_id(self._server_id, self.stream_id),
             resume_stream=True, log_file=file, log_pos=offset, blocking=True, slave_heartbeat=1,
-            only_schemas=[self.database], only_tables=list(self.tables), freeze_schema=True, enable_logging=False,
+            only_schemas=[self.database], only_tables=list(self.tables), enable_logging=False,
             only_events=[MariadbGtidEvent, QueryEvent, XidEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
         self._thread = threading.Thread(target=self._run, name=f"binlog-{self.stream_id}", daemon=True)
         self._thread.start()

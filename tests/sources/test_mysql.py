@@ -166,6 +166,24 @@ class TestMySqlChangeStream:
         assert len({c.position for c in changes[:3]}) == 1  # one transaction, one position
         assert changes[5].position >> 32 == (changes[4].position >> 32) + 1  # the next binlog file sorts after
 
+    def test_change_stream_when_column_added_while_streaming_then_rows_carry_it(self, table):
+        conn, name = table
+        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
+        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
+        try:
+            list(stream.snapshot())
+            self.run(conn, f"ALTER TABLE {name} ADD COLUMN extra INT DEFAULT 7",
+                     f"INSERT INTO {name} (id, label, extra) VALUES (2, 'two', 9)",
+                     f"UPDATE {name} SET label = 'uno' WHERE id = 1")
+            changes: list = []
+            deadline = time.monotonic() + 20
+            while len(changes) < 2 and time.monotonic() < deadline:
+                changes.extend(stream.changes(0.5))
+        finally:
+            stream.close()
+        assert [(c.doc["_id"], c.doc["label"], c.doc["extra"]) for c in changes] == [
+            (f"{name}_2", "two", 9), (f"{name}_1", "uno", 7)]
+
     def test_change_stream_when_binlog_purged_then_one_clear_error_and_the_next_stream_snapshots(self, table):
         from sources.errors import StreamPositionLost
 
