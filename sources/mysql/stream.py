@@ -107,7 +107,6 @@ class MySqlChangeStream(ChangeStream):
         self._reader: BinLogStreamReader | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
-        self._behind: int | None = None
         self._open(cursor)
 
     # -- setup ---------------------------------------------------------------------------
