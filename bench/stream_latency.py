@@ -127,9 +127,9 @@ def measure(es_url: str, *, port: int, rate: float, seconds: float, rows: int) -
         writes, next_id, begin = 0, rows, time.monotonic()
         with db.cursor() as cur:
             while time.monotonic() - begin < seconds:
-                due = begin + writes / rate
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
+                delay = begin + writes / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
                 value = f"v{writes}"
                 if writes % 2:
                     doc_id = writes // 2 % rows

@@ -75,6 +75,15 @@ def _stream_config(table: str) -> dict:
     return stream_config(PORT, table)
 
 
+def read_changes(stream, count: int, timeout: float = 20) -> list:
+    """At least ``count`` changes of ``stream`` (fewer when ``timeout`` seconds pass first)."""
+    changes: list = []
+    deadline = time.monotonic() + timeout
+    while len(changes) < count and time.monotonic() < deadline:
+        changes.extend(stream.changes(0.5))
+    return changes
+
+
 class TestMySqlChangeStream:
     """The streaming contract on the real server (row-based binlog, scripts/servers/mysql)."""
 
@@ -129,9 +138,7 @@ class TestMySqlChangeStream:
         try:
             (snapshot,) = list(stream.snapshot())
             self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (2, {values})")
-            changes = []
-            while not changes:
-                changes = stream.changes(1.0)
+            changes = read_changes(stream, 1)
         finally:
             stream.close()
         streamed = changes[0].doc
@@ -154,10 +161,7 @@ class TestMySqlChangeStream:
             conn.commit()
             self.run(conn, f"TRUNCATE TABLE {name}", f"INSERT INTO {name} (id, label) VALUES (7, 'after')",
                      "FLUSH BINARY LOGS", f"INSERT INTO {name} (id, label) VALUES (8, 'next binlog file')")
-            changes: list = []
-            deadline = time.monotonic() + 20
-            while len(changes) < 6 and time.monotonic() < deadline:
-                changes.extend(stream.changes(0.5))
+            changes = read_changes(stream, 6)
         finally:
             stream.close()
         assert [(c.op, c.doc.get("_id") or c.doc) for c in changes] == [
@@ -175,10 +179,7 @@ class TestMySqlChangeStream:
             self.run(conn, f"ALTER TABLE {name} ADD COLUMN extra INT DEFAULT 7",
                      f"INSERT INTO {name} (id, label, extra) VALUES (2, 'two', 9)",
                      f"UPDATE {name} SET label = 'uno' WHERE id = 1")
-            changes: list = []
-            deadline = time.monotonic() + 20
-            while len(changes) < 2 and time.monotonic() < deadline:
-                changes.extend(stream.changes(0.5))
+            changes = read_changes(stream, 2)
         finally:
             stream.close()
         assert [(c.doc["_id"], c.doc["label"], c.doc["extra"]) for c in changes] == [
