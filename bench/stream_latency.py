@@ -10,6 +10,9 @@ each with a unique value). A poller notes, for every change:
   answers a realtime get from the indexing buffer: the ``_bulk`` that wrote it was acknowledged);
 * searchable: the first ``_search`` that finds it (the index's default 1 s refresh).
 
+An update of a row whose previous change was not seen yet replaces it (``superseded_untimed``:
+the earlier one is not timed); ``not_acknowledged``: changes never seen within 60 s of the end.
+
 Both are measured from the moment the writer's commit returned, at 20 ms resolution (the
 poller's period). Prints p50/p95/p99/max as JSON.
 
@@ -124,7 +127,7 @@ def measure(es_url: str, *, port: int, rate: float, seconds: float, rows: int) -
         snapshot_seconds = time.monotonic() - started
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        writes, next_id, begin = 0, rows, time.monotonic()
+        writes, superseded, next_id, begin = 0, 0, rows, time.monotonic()
         with db.cursor() as cur:
             while time.monotonic() - begin < seconds:
                 delay = begin + writes / rate - time.monotonic()
@@ -140,7 +143,9 @@ def measure(es_url: str, *, port: int, rate: float, seconds: float, rows: int) -
                     cur.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", (doc_id, value, "y" * 200))
                 now = time.monotonic()
                 with lock:
-                    pending[f"{table}_{doc_id}"] = unsearched[f"{table}_{doc_id}"] = (value, now)
+                    key = f"{table}_{doc_id}"
+                    superseded += key in pending  # its earlier change is not timed (a later one replaced it)
+                    pending[key] = unsearched[key] = (value, now)
                 writes += 1
         elapsed = time.monotonic() - begin
         stop_deadline[0] = time.monotonic() + 60
@@ -148,7 +153,8 @@ def measure(es_url: str, *, port: int, rate: float, seconds: float, rows: int) -
         poller.join(timeout=90)
         return {"source": "mysql (MariaDB binlog)", "rate_target": rate, "rate_achieved": round(writes / elapsed, 1),
                 "changes": writes, "seconds": round(elapsed, 1), "snapshot_rows": rows,
-                "snapshot_seconds": round(snapshot_seconds, 1), "lost": len(pending),
+                "snapshot_seconds": round(snapshot_seconds, 1), "not_acknowledged": len(pending),
+                "superseded_untimed": superseded,
                 "commit_to_acknowledged_s": _percentiles(acked), "commit_to_searchable_s": _percentiles(searchable)}
     finally:
         stop.set()
