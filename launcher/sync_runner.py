@@ -158,11 +158,22 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             "_run_ml_inference": bool(pipeline.get("run_ml_inference", False)),
         } if job.job_type != "access_control" else {},
         ingest_pipeline=(pipeline.get("name") or None) if job.job_type != "access_control" else None,
-        sync_cursor=job_sync_cursor(job.doc, claim.connector) if job.job_type == "incremental" else None,
+        sync_cursor=_starting_cursor(job, claim),
         language=snapshot.get("language"),
         reindex=reindex,
         continuous=job.job_type == "incremental" and is_continuous(job.doc),
     )
+
+
+def _starting_cursor(job: Any, claim: Claim) -> Any:
+    """Where an incremental job starts; a continuous one from the connector's cursor as it is now
+    (the stream's last acknowledged position, kept there while it runs), not the one of its claim."""
+    if job.job_type != "incremental":
+        return None
+    if is_continuous(job.doc):
+        current = claim.connector.get("sync_cursor")
+        return current if isinstance(current, dict) else None
+    return job_sync_cursor(job.doc, claim.connector)
 
 
 def requested_reindex(job_doc: Mapping[str, Any], connector_id: str | None = None) -> bool:
@@ -215,6 +226,8 @@ class SyncRunner(threading.Thread):
         self.continuous = claim.job.job_type == "incremental" and is_continuous(claim.job.doc)
         #: Why a continuous sync was ended by the service (None: it was not).
         self.stream_ended: str | None = None
+        #: The continuous sync's position last stored as the connector's ``sync_cursor``.
+        self.stream_cursor: dict[str, Any] | None = None
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -462,9 +475,27 @@ class SyncRunner(threading.Thread):
         try:
             self.metadata["stream"] = read_job_record(self.es, self.job_id, STREAM_RECORD)
         except LookupError:
-            pass  # not written yet (the snapshot's first second)
+            return  # not written yet (the snapshot's first second)
         except Exception as exc:  # noqa: BLE001 - next time
             self._es_failed("could not read the stream's state", exc)
+            return
+        cursor = self.metadata["stream"].get("cursor") if isinstance(self.metadata["stream"], dict) else None
+        if isinstance(cursor, dict) and cursor and cursor != self.stream_cursor:
+            self._store_cursor(cursor)
+
+    def _store_cursor(self, cursor: dict[str, Any]) -> None:
+        """Keep a continuous sync's acknowledged position as the connector's ``sync_cursor`` (a source
+        whose server keeps no position for it, e.g. a MySQL binlog, resumes from there; ``{}``: the
+        position was lost, the next stream takes a new snapshot)."""
+        if not self.connector_id:
+            return
+        try:
+            self.store.replace_connector_object(self.connector_id, "sync_cursor", cursor)
+            self.stream_cursor = cursor
+        except NotFoundError:
+            pass  # the connector was deleted: noticed by the next check
+        except Exception as exc:  # noqa: BLE001 - stored again at the next progress write
+            self._es_failed("could not store the stream's position", exc)
 
     def _es_failed(self, what: str, exc: BaseException) -> None:
         """A request to Elasticsearch failed: an outage is the service's to log (once, see
@@ -500,6 +531,8 @@ class SyncRunner(threading.Thread):
             self.metadata["reindex_reason"] = outcome["reindex_reason"]
         if isinstance(outcome.get("dead_letters"), dict) and outcome["dead_letters"].get("location"):
             self.metadata["dead_letters"] = {"location": outcome["dead_letters"]["location"]}
+        if self.continuous and outcome.get("sync_cursor") == {}:
+            self._store_cursor({})  # the stream's position was lost: the next one takes a new snapshot
         self._finish(outcome.get("status", "error"), run=run, total=outcome.get("total_document_count"),
                      error=outcome.get("error"), sync_cursor=outcome.get("sync_cursor"))
 

@@ -63,6 +63,7 @@ from sources._tls import CaFile
 from sources.cursors import CURSOR_OVERLAP, cursor_timestamp, timestamp_cursor
 from sources.config_values import read_flag, read_int, read_names, read_text
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable
+from sources.streaming import with_continuous_sync_field
 
 __all__ = ["SqlDataSource", "SqlSettings", "TableInfo", "sql_configuration"]
 
@@ -270,6 +271,15 @@ class SqlDataSource(BaseDataSource):
     _ESTIMATED_ROWS_SQL: ClassVar[str] = ""
     #: Run on a connection to the default database: the names of the databases.
     _LIST_DATABASES_SQL: ClassVar[str] = ""
+    #: Parameter (namespace) -> rows (table, column) of every primary key, in key order.
+    _PRIMARY_KEYS_SQL: ClassVar[str] = (
+        "SELECT kcu.table_name, kcu.column_name "
+        "FROM information_schema.table_constraints tc "
+        "JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name "
+        "AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name "
+        "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s "
+        "ORDER BY kcu.table_name, kcu.ordinal_position"
+    )
 
     def __init__(self, configuration: Any = None, *, operator_settings: Any = None):
         super().__init__(configuration, operator_settings=operator_settings)
@@ -280,7 +290,31 @@ class SqlDataSource(BaseDataSource):
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
-        return sql_configuration(default_port=cls.default_port, schema=cls.has_schema)
+        fields = sql_configuration(default_port=cls.default_port, schema=cls.has_schema)
+        return with_continuous_sync_field(fields, order=15) if cls.continuous_sync_enabled else fields
+
+    # -- continuous sync (a dialect with ``continuous_sync_enabled`` implements _change_stream) ----
+    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
+                           stream_id: str = "default") -> Any:
+        """The connector's change stream (see the dialect's ``stream`` module), from ``cursor``."""
+        if _advanced_rules(filtering):
+            raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
+                                    "capture; remove them or turn continuous_sync off")
+        return self._change_stream(cursor, stream_id)
+
+    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
+        """The dialect's :class:`~sources.streaming.ChangeStream`."""
+        raise NotImplementedError(f"{type(self).__name__} does not support continuous syncs")
+
+    def _keyed_tables(self, why: str) -> list[TableInfo]:
+        """The selected tables, refused when one has no primary key (``why`` the stream needs one)."""
+        tables = self._selected_tables()
+        missing = sorted(t.name for t in tables if not t.primary_key)
+        if missing:
+            raise SourceConfigError(
+                f"continuous_sync: table(s) {', '.join(missing)} have no primary key; {why}. Add a primary key or "
+                "leave these tables out of `tables`")
+        return tables
 
     # -- dialect hooks ---------------------------------------------------------------
     @abc.abstractmethod
@@ -446,15 +480,7 @@ class SqlDataSource(BaseDataSource):
             ):
                 columns.setdefault(table, {})[column] = str(data_type).lower()
             keys: dict[str, list[str]] = {}
-            for table, column in self._query(
-                "SELECT kcu.table_name, kcu.column_name "
-                "FROM information_schema.table_constraints tc "
-                "JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name "
-                "AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name "
-                "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = %s "
-                "ORDER BY kcu.table_name, kcu.ordinal_position",
-                (ns,),
-            ):
+            for table, column in self._query(self._PRIMARY_KEYS_SQL, (ns,)):
                 keys.setdefault(table, []).append(column)
             json_columns = self._json_columns(ns, columns)
             self._tables = {

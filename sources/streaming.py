@@ -79,6 +79,7 @@ __all__ = [
     "with_continuous_sync_field",
     "supports_continuous_sync",
     "continuous_sync_on",
+    "TransactionChanges",
 ]
 
 #: Remove every document whose fields hold the change's ``doc`` values (a truncated table).
@@ -154,6 +155,52 @@ class ChangeStream(abc.ABC):
 
     def close(self) -> None:
         """Release connections (the backend keeps the position)."""
+
+
+class TransactionChanges:
+    """One source transaction's changes while it is read, for :meth:`ChangeStream.changes`.
+
+    At most one change per document (a later one replaces an earlier one, and moves to the
+    end: a row inserted then deleted is one delete); a truncate voids what the transaction
+    did to that table before it, and what follows it stays. :meth:`commit` gives them all
+    the transaction's position::
+
+        txn = TransactionChanges()
+        txn.add(Change("index", {"_id": "t_1"}, 0), "t")
+        txn.add(Change("delete", {"_id": "t_1"}, 0), "t")
+        txn.commit(42, committed_at=None)   # [Change("delete", {"_id": "t_1"}, 42)]
+    """
+
+    def __init__(self) -> None:
+        self._changes: dict[Any, Change] = {}  # document id (or a truncate's key) -> change, in order
+        self._tables: dict[Any, str] = {}  # document id -> its table
+
+    def __bool__(self) -> bool:
+        return bool(self._changes)
+
+    def clear(self) -> None:
+        """Forget what was read (a transaction begins)."""
+        self._changes, self._tables = {}, {}
+
+    def add(self, change: Change, table: str) -> None:
+        """A row change of ``table`` (``change.doc`` has the document's ``_id``)."""
+        doc_id = change.doc["_id"]
+        self._changes.pop(doc_id, None)
+        self._changes[doc_id] = change
+        self._tables[doc_id] = table
+
+    def truncate(self, table: str, doc: dict[str, Any] | None = None) -> None:
+        """``table`` was emptied: its documents go (``doc``: the truncate's fields, default ``{"table": table}``)."""
+        for doc_id in [k for k, t in self._tables.items() if t == table]:
+            del self._tables[doc_id]
+            self._changes.pop(doc_id, None)
+        self._changes[(OP_TRUNCATE, len(self._changes), table)] = Change(OP_TRUNCATE, doc or {"table": table}, 0)
+
+    def commit(self, position: int, committed_at: float | None) -> list[Change]:
+        """The transaction's changes, in order, at ``position``; then it is cleared."""
+        out = [c._replace(position=position, committed_at=committed_at) for c in self._changes.values()]
+        self.clear()
+        return out
 
 
 def supports_continuous_sync(source_class: type) -> bool:

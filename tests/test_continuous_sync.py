@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import threading
 import urllib.request
 import time
 import uuid
@@ -24,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from launcher.indices import CONNECTORS_INDEX, ensure_indices
-from pipelines.options import default_prism_location
-from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
+from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,89 +50,23 @@ def pg():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, pg):
-    if not default_prism_location().is_file():
-        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
-    folder = tmp_path_factory.mktemp("continuous")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
-    config = write_config(folder / "config.yml", sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
-                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
-    process = DaemonProcess(config, folder / "daemon.log")
-    holder = {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
+    holder = start_stream_daemon(tmp_path_factory.mktemp("continuous"), SERVICE,
+                                 "sources.postgresql:PostgreSQLDataSource")
     yield holder
     holder["process"].stop()
 
 
-class Tables:
-    """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
+class Tables(StreamTables):
+    """One test's tables and connector on PostgreSQL (see tests/continuous_fixtures.py)."""
 
     def __init__(self, pg: Any, es: Any, config: Path):
-        self.pg, self.es, self.config = pg, es, config
-        self.suffix = uuid.uuid4().hex[:6]
-        self.items, self.tags = f"cs_items_{self.suffix}", f"cs_tags_{self.suffix}"
-        self.connector_id = f"test-cs-{self.suffix}"
-        self.index = f"test-cs-{self.suffix}"
+        super().__init__(es, config, service=SERVICE, port=PORT)
+        self.pg = pg
         pg.execute(f"CREATE TABLE {self.items} (id INT PRIMARY KEY, name TEXT, amount NUMERIC(10,2), note TEXT)")
         pg.execute(f"CREATE TABLE {self.tags} (id INT PRIMARY KEY, label TEXT)")
 
-    def create_connector(self) -> None:
-        ensure_indices(self.es)
-        result = cli("--action", "create-connector", "--connector-id", self.connector_id, "--service-type", SERVICE,
-                     "--index-name", self.index, "--set", f"host={HOST}", "--set", f"port={PORT}",
-                     "--set", f"username={USER}", "--set", f"password={PASSWORD}", "--set", f"database={DATABASE}",
-                     "--set", f"tables={self.items},{self.tags}", "--set", "continuous_sync=true",
-                     config=self.config)
-        assert result.returncode == 0, result.stderr
-
-    def rows(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for row in self.pg.execute(f"SELECT id, name, amount, note FROM {self.items}"):
-            out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
-                                             "amount": None if row[2] is None else float(row[2]), "note": row[3]}
-        for row in self.pg.execute(f"SELECT id, label FROM {self.tags}"):
-            out[f"{self.tags}_{row[0]}"] = {"id": row[0], "label": row[1]}
-        return out
-
-    def indexed(self) -> dict[str, dict[str, Any]]:
-        docs = index_docs(self.es, self.index)
-        out = {}
-        for doc_id, doc in docs.items():
-            if doc.get("table") == self.items:
-                out[doc_id] = {"id": doc["id"], "name": doc["name"],
-                               "amount": None if doc["amount"] is None else float(doc["amount"]), "note": doc["note"]}
-            else:
-                out[doc_id] = {"id": doc["id"], "label": doc["label"]}
-        return out
-
-    def equal(self) -> bool:
-        try:
-            return self.indexed() == self.rows()
-        except Exception:  # noqa: BLE001 - no index yet
-            return False
-
-    def assert_equal(self, timeout: float = 60) -> None:
-        try:
-            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
-        except AssertionError:
-            rows, docs = self.rows(), self.indexed()
-            missing = sorted(set(rows) - set(docs))[:5]
-            extra = sorted(set(docs) - set(rows))[:5]
-            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
-            stream = [(j["status"], (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
-            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
-                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {stream}") from None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
-        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
-                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
-        return [{"id": h["_id"], **h["_source"]} for h in hits]
-
-    def running(self) -> dict[str, Any] | None:
-        found = [j for j in self.jobs() if j["status"] == "in_progress"]
-        return found[0] if found else None
+    def fetch(self, sql: str) -> list[tuple]:
+        return list(self.pg.execute(sql))
 
     def slot(self) -> tuple | None:
         return self.pg.execute("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s",
@@ -146,8 +77,7 @@ class Tables:
                                (f"elastic_ingest_{self.connector_id.replace('-', '_')}",)).fetchone()
 
     def drop(self) -> None:
-        self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)
-        self.es.options(ignore_status=404).indices.delete(index=self.index)
+        self.drop_connector()
         name = f"elastic_ingest_{self.connector_id.replace('-', '_')}"
         for _ in range(50):
             row = self.pg.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
@@ -169,37 +99,16 @@ def tables(pg, es, daemon):
     made.drop()
 
 
-class Writer(threading.Thread):
-    """Inserts, updates and deletes on ``items`` from a connection of its own until stopped."""
-
-    def __init__(self, tables: Tables, start: int):
-        super().__init__(daemon=True)
-        self.tables, self.next_id = tables, start
-        self.stop_event = threading.Event()
-        self.writes = 0
-
-    def run(self) -> None:
-        with psycopg.connect(DSN, autocommit=True) as conn:
-            items = self.tables.items
-            while not self.stop_event.is_set():
-                n = self.next_id
-                conn.execute(f"INSERT INTO {items} VALUES (%s, %s, %s, %s)", (n, f"new {n}", n / 4, None))
-                conn.execute(f"UPDATE {items} SET name = %s, amount = amount + 1 WHERE id = %s", (f"upd {n}", n - 3))
-                conn.execute(f"DELETE FROM {items} WHERE id = %s", (n - 7,))
-                self.next_id += 1
-                self.writes += 3
-                time.sleep(0.01)
-
-    def halt(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=30)
+def session() -> Any:
+    """A connection of its own (for the writer thread)."""
+    return psycopg.connect(DSN, autocommit=True)
 
 
 def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drops_the_slot(pg, es, daemon, tables):
     items, tags = tables.items, tables.tags
     pg.execute(f"INSERT INTO {items} SELECT i, 'row ' || i, i * 1.5, repeat('x', 10) FROM generate_series(1, 3000) i")
     pg.execute(f"INSERT INTO {tags} SELECT i, 'tag ' || i FROM generate_series(1, 50) i")
-    writer = Writer(tables, 5000)
+    writer = Writer(tables, 5000, session)
     writer.start()  # writes go on while the snapshot is taken: the handoff must lose nothing
     tables.create_connector()
     job = wait_for(tables.running, timeout=90, what="the continuous job in_progress")

@@ -59,3 +59,14 @@ def test_ledger_when_the_tail_stays_unwritten_and_no_write_is_under_way_then_it_
     assert book.lost(0.0) and not book.lost(60.0)  # its write ended, the change was not in it
     book.done({5: 1})
     assert not book.lost(0.0) and book.confirmable() == 5
+
+
+def test_ledger_when_changes_stay_unwritten_and_nothing_is_written_then_stalled():
+    book = StreamLedger()
+    assert not book.stalled(0.0)  # nothing outstanding
+    book.emitted(5, count=3)
+    assert book.stalled(0.0) and not book.stalled(60.0)  # a dropped end of a snapshot, the source idle after
+    book.done({5: 2})
+    assert not book.stalled(60.0) and book.stalled(0.0)  # the writer is making progress: not yet
+    book.done({5: 1})
+    assert not book.stalled(0.0) and book.confirmable() == 5

@@ -19,7 +19,10 @@ At least once, whatever the runner: when changes never reach Elasticsearch (a ru
 dropped a bundle's output: seen on Prism 2.77 under load) the ledger notices (a change still
 unwritten :data:`LOST_AFTER` seconds after later ones were written) and the stream is opened
 again at the position Elasticsearch acknowledged, under a new ``generation`` (what the
-writer acknowledges for an older one is ignored); the versions make the replay harmless.
+writer acknowledges for an older one is ignored); the versions make the replay harmless. So
+it is when nothing was written after the lost changes (the end of a snapshot, then an idle
+source): changes unwritten :data:`LOST_AFTER` seconds while no ``_bulk`` was under way and the
+writer acknowledged nothing (a writer retrying through an Elasticsearch outage is not stuck).
 
 Runs on Prism, Dataflow (Runner v2) and any runner honouring deferred remainders; not on
 FnApiRunner (batch only) nor the Python BundleBasedDirectRunner (docs/runners.md).
@@ -173,6 +176,8 @@ class _ReadStreamFn(beam.DoFn):
         _LOGGER.warning("continuous sync %s: %d change(s) never reached Elasticsearch; reading again from the "
                         "acknowledged position", self.job_id, self.book.pending())
         try:
+            # From the position Elasticsearch acknowledged (sources that keep none server-side need it).
+            self.cursor = entry.stream.cursor() or self.cursor
             entry.stream.close()
         except Exception:  # noqa: BLE001 - opened again below
             pass

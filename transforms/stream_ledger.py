@@ -126,9 +126,19 @@ class StreamLedger:
             passed = self._passed_at.get(oldest)
             if passed is not None and now - passed >= after:
                 return True
-            emitted = self._emitted_at.get(oldest)
-            return (self._writing == 0 and emitted is not None and now - emitted >= after
-                    and now - self._last_done >= after)
+        return self.stalled(after)
+
+    def stalled(self, after: float) -> bool:
+        """Whether changes were lost with nothing written after them: changes are outstanding, the
+        oldest for ``after`` seconds, no ``_bulk`` is under way and the writer acknowledged nothing for
+        as long (a dropped bundle at the end of a snapshot, or before the source went idle)."""
+        with self._lock:
+            oldest = next(iter(self._outstanding), None)
+            if oldest is None or self._writing:
+                return False
+            now = time.monotonic()
+            emitted = self._emitted_at.get(oldest, now)
+            return now - emitted >= after and now - max(self._last_done, emitted) >= after
 
     def confirmable(self) -> int:
         """The highest position whose changes, and all earlier ones, are in Elasticsearch (0: none)."""

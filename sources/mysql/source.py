@@ -47,6 +47,7 @@ class MySqlDataSource(SqlDataSource):
     service_type = "mysql"
     engine = "MySQL"
     default_port = 3306
+    continuous_sync_enabled = True
     _DRIVER_ERROR = pymysql.Error
     _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
     _NOW_SQL = "SELECT UTC_TIMESTAMP(6)"
@@ -55,6 +56,22 @@ class MySqlDataSource(SqlDataSource):
         "SELECT schema_name FROM information_schema.schemata "
         "WHERE schema_name NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys')"
     )
+    # A primary key is always named PRIMARY. (MariaDB shows TABLE_CONSTRAINTS to a user with only
+    # SELECT on the tables as empty: joining it would lose every key, and ids become row hashes.)
+    _PRIMARY_KEYS_SQL = (
+        "SELECT table_name, column_name FROM information_schema.key_column_usage "
+        "WHERE table_schema = %s AND constraint_name = 'PRIMARY' ORDER BY table_name, ordinal_position"
+    )
+
+    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
+        """The connector's binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot."""
+        from sources.mysql.stream import MySqlChangeStream
+
+        return MySqlChangeStream(self, stream_id, cursor)
+
+    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
+        """Nothing to release: the server keeps no state for a binlog reader (its files expire with
+        ``expire_logs_days`` whoever reads them); the position is the connector's ``sync_cursor``."""
 
     def _connect(self, settings: SqlSettings, database: str | None) -> pymysql.Connection:
         conn = pymysql.connect(

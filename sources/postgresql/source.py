@@ -26,10 +26,7 @@ from typing import Any
 
 import psycopg
 
-from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings, _advanced_rules
-from sources.base import Filter
-from sources.errors import SourceConfigError
-from sources.streaming import with_continuous_sync_field
+from sources._sql import CONNECT_TIMEOUT, SqlDataSource, SqlSettings
 
 __all__ = ["PostgreSQLDataSource"]
 
@@ -57,19 +54,11 @@ class PostgreSQLDataSource(SqlDataSource):
         "WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT')"
     )
 
-    @classmethod
-    def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
-        return with_continuous_sync_field(super().get_default_configuration(), order=15)
-
     # -- continuous sync (sources/postgresql/stream.py) ----------------------------------
-    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
-                           stream_id: str = "default") -> Any:
+    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
         """The connector's logical-replication stream (slot and publication named after ``stream_id``)."""
         from sources.postgresql.stream import PgChangeStream
 
-        if _advanced_rules(filtering):
-            raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
-                                    "capture; remove them or turn continuous_sync off")
         return PgChangeStream(self, stream_id, cursor)
 
     def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:

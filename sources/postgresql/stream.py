@@ -43,7 +43,7 @@ import psycopg2.extras
 
 from sources._sql import TableInfo, _key_part, _RowMapper
 from sources.errors import SourceConfigError, SourceError, SourceUnavailable, StreamPositionLost
-from sources.streaming import OP_TRUNCATE, Change, ChangeStream
+from sources.streaming import Change, ChangeStream, TransactionChanges
 
 __all__ = ["PgChangeStream", "stream_name", "drop_stream", "lsn_text", "parse_lsn"]
 
@@ -181,12 +181,8 @@ class PgChangeStream(ChangeStream):
     def __init__(self, source: Any, stream_id: str, cursor: dict[str, Any] | None):
         self.source = source
         self.name = stream_name(stream_id)
-        self.tables = {t.name: t for t in source._selected_tables()}
-        missing_keys = sorted(name for name, t in self.tables.items() if not t.primary_key)
-        if missing_keys:
-            raise SourceConfigError(
-                f"continuous_sync: table(s) {', '.join(missing_keys)} have no primary key; PostgreSQL refuses UPDATE "
-                "and DELETE on a published table without one. Add a primary key or leave these tables out of `tables`")
+        self.tables = {t.name: t for t in source._keyed_tables(
+            "PostgreSQL refuses UPDATE and DELETE on a published table without one")}
         self._sql = _connect(source, replication=False)
         self._repl = _connect(source, replication=True)
         self._cur = self._repl.cursor()
@@ -195,9 +191,7 @@ class PgChangeStream(ChangeStream):
         self._started = False
         self._acked = self._sent = self._last_emitted = 0
         self._last_feedback = self._last_idle = 0.0
-        self._txn: dict[str, Change] = {}  # this transaction's change of each document
-        self._txn_extra: list[Change] = []  # this transaction's changes, in order
-        self._txn_tables: dict[str, str] = {}  # document id -> its table
+        self._txn = TransactionChanges()
         self._open(cursor)
 
     # -- setup ---------------------------------------------------------------------------
@@ -298,7 +292,7 @@ class PgChangeStream(ChangeStream):
                     continue
                 self._send_feedback()
                 left = deadline - time.monotonic()
-                if left <= 0 or (out and not self._txn and not self._txn_extra):
+                if left <= 0 or (out and not self._txn):
                     break
                 select.select([self._repl], [], [], min(left, 0.05))
         return out
@@ -306,13 +300,10 @@ class PgChangeStream(ChangeStream):
     def _handle(self, payload: bytes) -> list[Change] | None:
         kind = payload[:1]
         if kind == b"B":
-            self._txn, self._txn_extra, self._txn_tables = {}, [], {}
+            self._txn.clear()
         elif kind == b"C":
             _flags, _commit, end_lsn, ts = struct.unpack_from("!BQQq", payload, 1)
-            committed = _PG_EPOCH + ts / 1e6
-            changes = [c._replace(position=end_lsn, committed_at=committed) for c in self._txn_extra]
-            self._txn, self._txn_extra, self._txn_tables = {}, [], {}
-            return changes
+            return self._txn.commit(end_lsn, _PG_EPOCH + ts / 1e6)
         elif kind == b"R":
             self._relation(payload)
         elif kind in (b"I", b"U", b"D"):
@@ -362,8 +353,8 @@ class PgChangeStream(ChangeStream):
             old, offset = _tuple(payload, offset + 1)
         if kind == b"D":
             values, _ = self._values(relation, old or [])
-            self._add(Change("delete", {"_id": relation.doc_id(dict(zip(relation.names, values, strict=True)))}, 0),
-                      relation.name)
+            self._txn.add(Change("delete", {"_id": relation.doc_id(dict(zip(relation.names, values, strict=True)))},
+                                 0), relation.name)
             return
         offset += 1  # 'N'
         new, offset = _tuple(payload, offset)
@@ -373,13 +364,13 @@ class PgChangeStream(ChangeStream):
             old_values, _ = self._values(relation, old)
             old_id = relation.doc_id(dict(zip(relation.names, old_values, strict=True)))
             if old_id != relation.doc_id(by_name):
-                self._add(Change("delete", {"_id": old_id}, 0), relation.name)
+                self._txn.add(Change("delete", {"_id": old_id}, 0), relation.name)
         if partial:
             row = self._reread(relation, by_name)
             if row is None:  # deleted since: its delete follows
                 return
             values = row
-        self._add(Change("index", relation.mapper(values), 0), relation.name)
+        self._txn.add(Change("index", relation.mapper(values), 0), relation.name)
 
     def _reread(self, relation: _Relation, values: dict[str, Any]) -> list[Any] | None:
         columns = ", ".join(self.source._quote(c) for c in relation.names)
@@ -397,23 +388,7 @@ class PgChangeStream(ChangeStream):
             relation = self._relations.get(relid)
             if relation is None:
                 continue
-            # What this transaction did to the table before is void; what follows stays.
-            gone = {doc_id for doc_id, table in self._txn_tables.items() if table == relation.name}
-            self._txn_extra = [c for c in self._txn_extra if c.op == OP_TRUNCATE or c.doc["_id"] not in gone]
-            for doc_id in gone:
-                self._txn.pop(doc_id, None)
-                self._txn_tables.pop(doc_id, None)
-            self._txn_extra.append(Change(OP_TRUNCATE, {"table": relation.name}, 0))
-
-    def _add(self, change: Change, table: str) -> None:
-        """One change per document per transaction: a later one replaces an earlier one."""
-        doc_id = change.doc["_id"]
-        self._txn_tables[doc_id] = table
-        earlier = self._txn.get(doc_id)
-        if earlier is not None:
-            self._txn_extra.remove(earlier)
-        self._txn[doc_id] = change
-        self._txn_extra.append(change)
+            self._txn.truncate(relation.name)
 
     # -- acknowledgement -----------------------------------------------------------------
     def acknowledge(self, position: int) -> None:
@@ -434,7 +409,7 @@ class PgChangeStream(ChangeStream):
         if not self._started:
             return
         now = time.monotonic()
-        idle = self._acked >= self._last_emitted and not self._txn_extra and not self.snapshot_position
+        idle = self._acked >= self._last_emitted and not self._txn and not self.snapshot_position
         wal_end = getattr(self._cur, "wal_end", 0) or 0
         if idle and wal_end > self._acked and now - self._last_idle >= _IDLE_CONFIRM_EVERY:
             # Everything sent is in Elasticsearch: the WAL up to the server's end is of no use to us.

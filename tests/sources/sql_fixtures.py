@@ -51,6 +51,12 @@ def require_server(engine: str, port: int, script: str) -> None:
         pytest.skip(message)
 
 
+def stream_config(port: int, table: str) -> dict[str, Any]:
+    """A connector configuration streaming one table of the test database (continuous-sync tests)."""
+    return {"host": HOST, "port": port, "username": USER, "password": PASSWORD, "database": DATABASE,
+            "tables": [table]}
+
+
 def call(source: Any, method: str, *args: Any) -> Any:
     """Run one (possibly async) method of ``source``, then close it."""
     driver = SourceDriver(source)

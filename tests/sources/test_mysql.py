@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from decimal import Decimal
 
 import pymysql
 import pytest
-from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id
+from mysql_binlog import purge_binlog, require_binlog
+from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id, stream_config
 
 from sources.mysql import MySqlDataSource
 from sources.testing import read_all
@@ -66,3 +68,154 @@ class TestMySql(SqlSourceSuite):
         (doc,) = read_all(self.source(tables=[table]), filtering={"advanced_rules": rule})
 
         assert doc["doc"] == {"k": [1, "two"]}
+
+
+# -- continuous sync (sources/mysql/stream.py) ------------------------------------------------
+def _stream_config(table: str) -> dict:
+    return stream_config(PORT, table)
+
+
+def read_changes(stream, count: int, timeout: float = 20) -> list:
+    """At least ``count`` changes of ``stream`` (fewer when ``timeout`` seconds pass first)."""
+    changes: list = []
+    deadline = time.monotonic() + timeout
+    while len(changes) < count and time.monotonic() < deadline:
+        changes.extend(stream.changes(0.5))
+    return changes
+
+
+class TestMySqlChangeStream:
+    """The streaming contract on the real server (row-based binlog, scripts/servers/mysql)."""
+
+    @pytest.fixture
+    def table(self):
+        from sql_fixtures import require_server
+
+        require_server("MySQL", PORT, "mysql")
+        name = "cs_" + os.urandom(5).hex()
+        conn = TestMySql.connect()
+        require_binlog(conn)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, label VARCHAR(50), price DECIMAL(12,4), "
+                        "at_ts TIMESTAMP(6) NULL, clock TIME, doc JSON, tags SET('x','y','z'), bits BIT(8), "
+                        "raw VARBINARY(16), big BIGINT UNSIGNED)")
+        yield conn, name
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.close()
+
+    @staticmethod
+    def run(conn, *statements: str) -> None:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+
+    def test_change_stream_when_contract_checked_then_ordered_changes_after_the_snapshot(self, table):
+        from sources.testing import check_change_stream
+
+        conn, name = table
+        self.run(conn, *(f"INSERT INTO {name} (id, label) VALUES ({i}, 'row {i}')" for i in range(1, 21)))
+
+        def make_changes() -> int:  # while the snapshot is open: none of these is in it
+            self.run(conn, f"INSERT INTO {name} (id, label) VALUES (100, 'new')",
+                     f"UPDATE {name} SET label = 'changed' WHERE id = 1", f"DELETE FROM {name} WHERE id = 2")
+            return 3
+
+        snapshot, changes = check_change_stream(MySqlDataSource, _stream_config(name), make_changes, stream_id=name)
+
+        assert sorted(d["_id"] for d in snapshot) == sorted(f"{name}_{i}" for i in range(1, 21))  # not 100
+        assert [(c.op, c.doc["_id"]) for c in changes] == [
+            ("index", f"{name}_100"), ("index", f"{name}_1"), ("delete", f"{name}_2")]
+        assert changes[1].doc["label"] == "changed" and all(c.committed_at for c in changes)
+        assert changes[0].position < changes[1].position < changes[2].position
+
+    def test_change_stream_when_row_streamed_then_values_as_the_snapshot_reads_them(self, table):
+        conn, name = table
+        values = ("'héllo', 1234.5678, '2024-02-29 13:14:15.5', '25:03:04', '{\"a\": [1, {\"b\": null}]}', 'x,z', "
+                  "b'10100101', X'00FF10', 18446744073709551615")
+        self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (1, {values})")
+        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
+        try:
+            (snapshot,) = list(stream.snapshot())
+            self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (2, {values})")
+            changes = read_changes(stream, 1)
+        finally:
+            stream.close()
+        streamed = changes[0].doc
+        assert {**streamed, "id": 1, "_id": snapshot["_id"]} == snapshot
+        assert snapshot["price"] == Decimal("1234.5678") and snapshot["at_ts"] == "2024-02-29T13:14:15.500000"
+        assert snapshot["doc"] == {"a": [1, {"b": None}]} and snapshot["tags"] == "x,z"
+        assert snapshot["bits"] == b"\xa5" and snapshot["clock"] == "25:03:04" and snapshot["big"] == 2**64 - 1
+
+    def test_change_stream_when_transaction_and_truncate_then_one_change_per_row_and_table_emptied(self, table):
+        from sources.streaming import OP_TRUNCATE
+
+        conn, name = table
+        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one'), (2, 'two')")
+        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
+        try:
+            list(stream.snapshot())
+            conn.begin()
+            self.run(conn, f"INSERT INTO {name} (id, label) VALUES (3, 'ghost')", f"DELETE FROM {name} WHERE id = 3",
+                     f"UPDATE {name} SET id = 20 WHERE id = 2")
+            conn.commit()
+            self.run(conn, f"TRUNCATE TABLE {name}", f"INSERT INTO {name} (id, label) VALUES (7, 'after')",
+                     "FLUSH BINARY LOGS", f"INSERT INTO {name} (id, label) VALUES (8, 'next binlog file')")
+            changes = read_changes(stream, 6)
+        finally:
+            stream.close()
+        assert [(c.op, c.doc.get("_id") or c.doc) for c in changes] == [
+            ("delete", f"{name}_3"), ("delete", f"{name}_2"), ("index", f"{name}_20"),
+            (OP_TRUNCATE, {"table": name}), ("index", f"{name}_7"), ("index", f"{name}_8")]
+        assert len({c.position for c in changes[:3]}) == 1  # one transaction, one position
+        assert changes[5].position >> 32 == (changes[4].position >> 32) + 1  # the next binlog file sorts after
+
+    def test_change_stream_when_column_added_while_streaming_then_rows_carry_it(self, table):
+        conn, name = table
+        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
+        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
+        try:
+            list(stream.snapshot())
+            self.run(conn, f"ALTER TABLE {name} ADD COLUMN extra INT DEFAULT 7",
+                     f"INSERT INTO {name} (id, label, extra) VALUES (2, 'two', 9)",
+                     f"UPDATE {name} SET label = 'uno' WHERE id = 1")
+            changes = read_changes(stream, 2)
+        finally:
+            stream.close()
+        assert [(c.doc["_id"], c.doc["label"], c.doc["extra"]) for c in changes] == [
+            (f"{name}_2", "two", 9), (f"{name}_1", "uno", 7)]
+
+    def test_change_stream_when_binlog_purged_then_one_clear_error_and_the_next_stream_snapshots(self, table):
+        from sources.errors import StreamPositionLost
+
+        conn, name = table
+        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
+        source = MySqlDataSource(_stream_config(name))
+        stream = source.open_change_stream(None, stream_id=name)
+        list(stream.snapshot())
+        stream.changes(0.2)
+        stream.acknowledge(stream.snapshot_position)  # the snapshot is in Elasticsearch
+        cursor = stream.cursor()
+        stream.close()
+        assert cursor["file"] and cursor["pos"] > 4 and cursor["server_id"] > 0 and cursor["gtid"].startswith("0-1-")
+        purge_binlog(conn, cursor["file"])
+
+        with pytest.raises(StreamPositionLost, match=f"binlog position {cursor['file']}:{cursor['pos']} is no longer "
+                                                     ".*purged.*new snapshot"):
+            source.open_change_stream(cursor, stream_id=name)
+        again = source.open_change_stream({}, stream_id=name)  # the service cleared the cursor
+        try:
+            assert again.snapshot_position > 0 and [d["_id"] for d in again.snapshot()] == [f"{name}_1"]
+        finally:
+            again.close()
+
+    def test_change_stream_when_table_has_no_primary_key_then_refused_naming_it(self, table):
+        from sources.errors import SourceConfigError
+
+        conn, name = table
+        self.run(conn, f"CREATE TABLE {name}_nokey (v TEXT)")
+        try:
+            with pytest.raises(SourceConfigError, match=f"table\\(s\\) {name}_nokey have no primary key"):
+                MySqlDataSource(_stream_config(f"{name}_nokey")).open_change_stream(None, stream_id=name)
+        finally:
+            self.run(conn, f"DROP TABLE {name}_nokey")

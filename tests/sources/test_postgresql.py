@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id
+from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id, stream_config
 
 from sources.errors import SourceError
 from sources.postgresql import PostgreSQLDataSource
@@ -137,8 +137,7 @@ class TestPostgreSQL(SqlSourceSuite):
 
 # -- continuous sync (sources/postgresql/stream.py) -------------------------------------------
 def _stream_config(table: str) -> dict:
-    return {"host": HOST, "port": PORT, "username": USER, "password": PASSWORD, "database": DATABASE,
-            "tables": [table]}
+    return stream_config(PORT, table)
 
 
 class TestPostgreSQLChangeStream:
