@@ -51,8 +51,9 @@ def prepare_stream_index(es: Any, index: str) -> None:
 
 def build_stream_pipeline(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection, *,
                           runner: Any = None, options: Any = None, secrets: Any = None,
-                          spec: Any = None) -> beam.Pipeline:
-    """The unbounded pipeline of a continuous sync (not yet run)."""
+                          spec: Any = None, shape: str | None = None) -> beam.Pipeline:
+    """The unbounded pipeline of a continuous sync (not yet run); ``shape``: the documents' shape
+    (:func:`pipelines.sync.job_shape`), recorded in each as a full sync records it."""
     from pipelines.sync import bulk_settings, source_spec
 
     p = beam.Pipeline(runner=runner, options=options)
@@ -64,6 +65,6 @@ def build_stream_pipeline(job: SyncJob, settings: PipelineConfig, conn: Elastics
     dead = changes | "Write" >> WriteVersioned(
         conn, job.index_name, job_id=job.job_id, settings=bulk_settings(settings), pipeline=job.ingest_pipeline,
         pipeline_flags=job.pipeline_flags, max_document_bytes=settings.max_document_bytes,
-        extract_text=settings.extract_text, flush_seconds=FLUSH_SECONDS)
+        extract_text=settings.extract_text, flush_seconds=FLUSH_SECONDS, shape=shape)
     _ = dead | "DeadLetters" >> WriteDeadLetters(settings.dead_letters, job_id=job.job_id)
     return p
