@@ -61,7 +61,7 @@ def build_stream_pipeline(job: SyncJob, settings: PipelineConfig, conn: Elastics
     spec = (spec or source_spec(job)).by_reference(secrets)
     changes = p | "Impulse" >> beam.Impulse() | "Read" >> ReadStream(
         spec, conn, job_id=job.job_id, stream_id=job.connector_id, cursor=job.sync_cursor, poll_seconds=POLL_SECONDS,
-        index=job.index_name)
+        index=job.index_name, max_download_bytes=settings.max_download_bytes)
     dead = changes | "Write" >> WriteVersioned(
         conn, job.index_name, job_id=job.job_id, settings=bulk_settings(settings), pipeline=job.ingest_pipeline,
         pipeline_flags=job.pipeline_flags, max_document_bytes=settings.max_document_bytes,

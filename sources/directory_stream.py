@@ -222,6 +222,8 @@ class DirChangeStream(ChangeStream):
     def _read(self, path: str, relative: str, stat: os.stat_result) -> dict[str, Any] | None:
         """The file's whole document (content included), None when it vanished before it was read."""
         doc, download = self.source.document(path, relative, stat)
+        if self.max_download_bytes and stat.st_size > self.max_download_bytes:
+            return doc  # too large to download: its metadata only, as a full sync indexes it
         try:
             content = download()
         except SourceError as exc:

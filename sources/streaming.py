@@ -141,6 +141,10 @@ class ChangeStream(abc.ABC):
 
     #: The version of the snapshot's documents (0: no snapshot was taken by this stream).
     snapshot_position: int = 0
+    #: Set by the service right after opening (its ``pipeline.max_download_bytes``; 0: no limit): a
+    #: stream that downloads content (files) leaves out content larger than this, keeping the
+    #: document's other fields, as full syncs do.
+    max_download_bytes: int = 0
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
         """The documents of a consistent snapshot when this stream started without a usable

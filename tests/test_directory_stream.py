@@ -190,3 +190,33 @@ def test_directory_matches_when_any_pattern_then_selects_what_the_listing_select
     listed = {relative for _, relative, _ in source._files(None)}
     every = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert {relative for relative in every if source.matches(relative)} == listed
+
+
+def test_directory_stream_when_the_index_matches_the_folder_then_a_rescan_writes_nothing(folder):
+    source = _source(folder)
+    listed = [doc for doc, _ in source.get_docs()]
+    stream = source.open_change_stream(None)
+    try:
+        stream.attach_index(lambda fields: iter([(d["_id"], {k: d[k] for k in fields}, 7) for d in listed]))
+        assert stream.changes(1.0) == []
+        _write(folder / "f0.txt", "then one change")
+        changes = _drain(stream, lambda out: bool(out))
+    finally:
+        stream.close()
+    assert [(c.op, c.doc["path"], c.doc["body"]) for c in changes] == [("index", "f0.txt", "then one change")]
+
+
+def test_directory_stream_when_a_file_is_larger_than_the_download_limit_then_its_metadata_only(folder):
+    source = _source(folder)
+    stream = source.open_change_stream(None)
+    stream.max_download_bytes = 10  # as the service sets it (pipeline.max_download_bytes)
+    try:
+        list(stream.snapshot())
+        _write(folder / "big.txt", "more than ten bytes")
+        _write(folder / "small.txt", "small")
+        changes = _drain(stream, lambda out: {"big.txt", "small.txt"} <= set(_by_path(out)))
+    finally:
+        stream.close()
+    last = _by_path(changes)
+    assert "body" not in last["big.txt"].doc and last["big.txt"].doc["size"] == 19
+    assert last["small.txt"].doc["body"] == "small"

@@ -141,9 +141,10 @@ def index_reader(es: Any, index: str | None) -> Callable[[Sequence[str]], Iterat
 
 class _ReadStreamFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, job_id: str, stream_id: str,
-                 cursor: Any, poll_seconds: float, index: str | None = None):
+                 cursor: Any, poll_seconds: float, index: str | None = None, max_download_bytes: int = 0):
         self.spec, self.conn, self.job_id, self.stream_id = spec, conn, job_id, stream_id
         self.cursor, self.poll_seconds, self.index = cursor, poll_seconds, index
+        self.max_download_bytes = max_download_bytes
         self.read_count = Metrics.counter("elastic_ingest", "source_documents")
 
     def setup(self) -> None:
@@ -163,6 +164,7 @@ class _ReadStreamFn(beam.DoFn):
             source = self.spec.build()
             stream = source.open_change_stream(self.cursor or None, filtering=self.spec.filtering(),
                                                stream_id=self.stream_id)
+            stream.max_download_bytes = self.max_download_bytes
             stream.attach_index(index_reader(self.es, self.index))
             entry = _Open(source, stream, book.generation)
             with _OPEN_LOCK:
@@ -258,11 +260,14 @@ class ReadStream(beam.PTransform):
     """An impulse in; the source's changes out, without end (see the module docstring)."""
 
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, *, job_id: str, stream_id: str,
-                 cursor: Any = None, poll_seconds: float = 0.2, index: str | None = None):
+                 cursor: Any = None, poll_seconds: float = 0.2, index: str | None = None,
+                 max_download_bytes: int = 0):
         super().__init__()
         self.spec, self.conn, self.job_id, self.stream_id = spec, conn, job_id, stream_id
         self.cursor, self.poll_seconds, self.index = cursor, poll_seconds, index
+        self.max_download_bytes = max_download_bytes
 
     def expand(self, impulse: beam.PCollection) -> beam.PCollection:
         return impulse | "ReadStream" >> beam.ParDo(_ReadStreamFn(
-            self.spec, self.conn, self.job_id, self.stream_id, self.cursor, self.poll_seconds, self.index))
+            self.spec, self.conn, self.job_id, self.stream_id, self.cursor, self.poll_seconds, self.index,
+            self.max_download_bytes))
