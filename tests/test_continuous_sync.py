@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import urllib.request
 import time
@@ -25,8 +24,8 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
-from pipelines.options import default_prism_location
-from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.continuous_fixtures import StreamedConnector, stream_daemon
+from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,30 +52,20 @@ def pg():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, pg):
-    if not default_prism_location().is_file():
-        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
-    folder = tmp_path_factory.mktemp("continuous")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
-    config = write_config(folder / "config.yml", sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
-                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
-    process = DaemonProcess(config, folder / "daemon.log")
-    holder = {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
+    holder = stream_daemon(tmp_path_factory.mktemp("continuous"), {SERVICE: "sources.postgresql:PostgreSQLDataSource"})
     yield holder
     holder["process"].stop()
 
 
-class Tables:
+class Tables(StreamedConnector):
     """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
 
+    what = "the tables"
+
     def __init__(self, pg: Any, es: Any, config: Path):
-        self.pg, self.es, self.config = pg, es, config
-        self.suffix = uuid.uuid4().hex[:6]
+        super().__init__(es, config, "test-cs")
+        self.pg = pg
         self.items, self.tags = f"cs_items_{self.suffix}", f"cs_tags_{self.suffix}"
-        self.connector_id = f"test-cs-{self.suffix}"
-        self.index = f"test-cs-{self.suffix}"
         pg.execute(f"CREATE TABLE {self.items} (id INT PRIMARY KEY, name TEXT, amount NUMERIC(10,2), note TEXT)")
         pg.execute(f"CREATE TABLE {self.tags} (id INT PRIMARY KEY, label TEXT)")
 
@@ -89,7 +78,7 @@ class Tables:
                      config=self.config)
         assert result.returncode == 0, result.stderr
 
-    def rows(self) -> dict[str, dict[str, Any]]:
+    def expected(self) -> dict[str, dict[str, Any]]:
         out = {}
         for row in self.pg.execute(f"SELECT id, name, amount, note FROM {self.items}"):
             out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
@@ -108,34 +97,6 @@ class Tables:
             else:
                 out[doc_id] = {"id": doc["id"], "label": doc["label"]}
         return out
-
-    def equal(self) -> bool:
-        try:
-            return self.indexed() == self.rows()
-        except Exception:  # noqa: BLE001 - no index yet
-            return False
-
-    def assert_equal(self, timeout: float = 60) -> None:
-        try:
-            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
-        except AssertionError:
-            rows, docs = self.rows(), self.indexed()
-            missing = sorted(set(rows) - set(docs))[:5]
-            extra = sorted(set(docs) - set(rows))[:5]
-            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
-            stream = [(j["status"], (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
-            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
-                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {stream}") from None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
-        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
-                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
-        return [{"id": h["_id"], **h["_source"]} for h in hits]
-
-    def running(self) -> dict[str, Any] | None:
-        found = [j for j in self.jobs() if j["status"] == "in_progress"]
-        return found[0] if found else None
 
     def slot(self) -> tuple | None:
         return self.pg.execute("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s",

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
-from pipelines.options import default_prism_location
 from sources.directory import file_id
-from tests.helpers import DIR_SOURCE, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.continuous_fixtures import StreamedConnector, stream_daemon
+from tests.helpers import DIR_SOURCE, DaemonProcess, child_pids, cli, index_docs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,25 +34,19 @@ SERVICE = f"dirstream_{RUN}"
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    if not default_prism_location().is_file():
-        skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
-    folder = tmp_path_factory.mktemp("continuous-dir")
-    config = write_config(folder / "config.yml", sources={SERVICE: DIR_SOURCE},
-                          service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5})
-    holder = {"process": DaemonProcess(config, folder / "daemon.log"), "config": config, "folder": folder}
+    holder = stream_daemon(tmp_path_factory.mktemp("continuous-dir"), {SERVICE: DIR_SOURCE})
     yield holder
     holder["process"].stop()
 
 
-class Folder:
-    """One test's folder, its connector and its index."""
+class Folder(StreamedConnector):
+    """One test's folder, its connector and its index (documents compared as ``(path, size, text)``)."""
+
+    what = "the folder"
 
     def __init__(self, root: Path, es: Any, config: Path):
-        self.root, self.es, self.config = root, es, config
-        self.suffix = uuid.uuid4().hex[:6]
-        self.connector_id = f"test-csd-{self.suffix}"
-        self.index = f"test-csd-{self.suffix}"
+        super().__init__(es, config, "test-csd")
+        self.root = root
 
     def write(self, relative: str, text: str) -> None:
         path = self.root / relative
@@ -65,7 +60,7 @@ class Folder:
                      config=self.config)
         assert result.returncode == 0, result.stderr
 
-    def files(self) -> dict[str, tuple[str, int, str]]:
+    def expected(self) -> dict[str, tuple[str, int, str]]:
         out = {}
         for path in self.root.rglob("*"):
             if path.is_file():
@@ -76,34 +71,6 @@ class Folder:
     def indexed(self) -> dict[str, tuple[str, int, str]]:
         return {doc_id: (doc["path"], doc["size"], doc.get("body") or "")
                 for doc_id, doc in index_docs(self.es, self.index).items()}
-
-    def equal(self) -> bool:
-        try:
-            return self.indexed() == self.files()
-        except Exception:  # noqa: BLE001 - no index yet
-            return False
-
-    def assert_equal(self, timeout: float = 60) -> None:
-        try:
-            wait_for(self.equal, timeout=timeout, what="the index equal to the folder")
-        except AssertionError:
-            files, docs = self.files(), self.indexed()
-            missing = sorted(files[k][0] for k in set(files) - set(docs))[:5]
-            extra = sorted(docs[k][0] for k in set(docs) - set(files))[:5]
-            wrong = [(files[k], docs[k]) for k in files if k in docs and docs[k] != files[k]][:5]
-            jobs = [(j["status"], (j.get("metadata") or {}).get("stream"), j.get("error")) for j in self.jobs()]
-            raise AssertionError(f"index differs from the folder: missing {missing}, extra {extra}, different "
-                                 f"{wrong}; jobs {jobs}") from None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
-        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
-                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
-        return [{"id": h["_id"], **h["_source"]} for h in hits]
-
-    def running(self) -> dict[str, Any] | None:
-        found = [j for j in self.jobs() if j["status"] == "in_progress" and (j.get("metadata") or {}).get("continuous")]
-        return found[0] if found else None
 
     def drop(self) -> None:
         self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)
@@ -190,6 +157,10 @@ def test_continuous_sync_dir_when_files_change_then_index_follows_and_a_full_syn
     assert job["indexed_document_count"] >= 300 and job["deleted_document_count"] > 0
     assert job["metadata"]["stream"]["cursor"]["position"] > 0
     assert job["metadata"]["stream"]["cursor"]["folder"] == str(folder.root)
+    shown = cli("--action", "jobs", "--connector-id", folder.connector_id, config=daemon["config"])
+    assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
+    metrics = urllib.request.urlopen(daemon["metrics"] + "/metrics", timeout=10).read().decode()
+    assert f'elastic_ingest_stream_lag_seconds{{connector="{folder.connector_id}"}}' in metrics
 
     # A full sync requested meanwhile: it finds every document as the stream wrote it, and the
     # stream resumes after it.
