@@ -181,6 +181,8 @@ def test_continuous_sync_dir_when_files_change_then_index_follows_and_a_full_syn
     wait_for(lambda: not folder.running(), timeout=60, what="the continuous job ended")
     ended = [j for j in folder.jobs() if (j.get("metadata") or {}).get("stream_ended")]
     assert ended and ended[-1]["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
+    stored = es.get(index=CONNECTORS_INDEX, id=folder.connector_id)["_source"]["sync_cursor"]
+    assert stored["folder"] == str(folder.root) and stored["position"] >= job["metadata"]["stream"]["cursor"]["position"]
     folder.write("after-off.txt", "not synced")
     time.sleep(3)
     assert file_id("after-off.txt") not in index_docs(es, folder.index)
