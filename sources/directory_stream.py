@@ -98,6 +98,8 @@ class _Events(FileSystemEventHandler):
         for path in paths:
             relative = stream.relative(os.fsdecode(path))
             if relative is None:
+                if kind in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED) and event.is_directory:
+                    stream.request_rescan()  # the folder itself went: its listing fails the job
                 continue
             if event.is_directory:
                 if kind == EVENT_TYPE_MODIFIED:
@@ -128,6 +130,7 @@ class DirChangeStream(ChangeStream):
         self._known: dict[str, tuple[Any, Any]] = {}  # indexed path -> its stamp, as this stream knows it
         self._rescan: str | None = "cursor" if cursor else None  # what the next rescan compares with
         self.rescans = 0
+        self._identity = _identity(self.root)
         self._observer = self._watch()
         self._snapshot: Iterator[dict[str, Any]] | None = None
         if cursor is None:  # no index attached yet: the contract's first snapshot (attach_index may drop it)
@@ -203,7 +206,8 @@ class DirChangeStream(ChangeStream):
         for path, relative, stat in self.source._files(None):
             doc = self._read(path, relative, stat)
             if doc is not None:
-                self._known[relative] = _stamp(doc)
+                with self._lock:
+                    self._known[relative] = _stamp(doc)
                 yield doc
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
@@ -260,13 +264,16 @@ class DirChangeStream(ChangeStream):
         position = self._tick()  # taken before the read: a later read gets a higher version
         found = self._current(relative)
         doc = self._read(found[0], relative, found[1]) if found else None
-        if doc is not None:
-            self._known[relative] = _stamp(doc)
-            return Change("index", doc, position, committed_at)
-        if found is not None:  # unreadable (logged): left as indexed
-            return None
-        if self._known.pop(relative, None) is None:
-            return None  # never indexed
+        if doc is None and found is not None and not os.path.lexists(found[0]):
+            found = None  # deleted before it was read: gone
+        with self._lock:
+            if doc is not None:
+                self._known[relative] = _stamp(doc)
+                return Change("index", doc, position, committed_at)
+            if found is not None:  # unreadable (logged): left as indexed
+                return None
+            if self._known.pop(relative, None) is None:
+                return None  # never indexed
         return Change("delete", {"_id": file_id(relative)}, position, committed_at)
 
     def _compare(self, kind: str) -> None:
@@ -294,7 +301,18 @@ class DirChangeStream(ChangeStream):
         _LOGGER.info("continuous sync of %s: rescan (%s) of %d file(s) in %.2f s: %d new or changed, %d gone",
                      self.root, kind, len(listed), time.monotonic() - started, len(changed), len(gone))
 
+    def _check_folder(self) -> None:
+        """The watched folder must still be the one watched (inotify follows the folder, not its path)."""
+        now = _identity(self.root)
+        if now is None:
+            raise SourceError(f"Directory: {self.root} is not a readable folder any more (moved or deleted while "
+                              "watched); nothing is deleted from the index, the stream starts again once it is back")
+        if now != self._identity:
+            raise SourceError(f"Directory: {self.root} was replaced by another folder while watched; the stream "
+                              "starts again and compares the new one with the index")
+
     def changes(self, timeout: float) -> list[Change]:
+        self._check_folder()
         deadline = time.monotonic() + timeout
         with self._lock:
             kind, self._rescan = self._rescan, None
@@ -346,3 +364,11 @@ class DirChangeStream(ChangeStream):
             with contextlib.suppress(RuntimeError):
                 observer.join(timeout=5)
 
+
+def _identity(folder: str) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``, None when it is not a folder any more."""
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if stat_module.S_ISDIR(stat.st_mode) else None

@@ -19,6 +19,7 @@ from watchdog.events import EventsLostEvent
 import sources.directory_stream as directory_stream
 from sources.directory import DirectoryDataSource, file_id
 from sources.directory_stream import DirChangeStream
+from sources.errors import SourceError
 from sources.testing import check_change_stream
 
 pytestmark = pytest.mark.integration
@@ -220,3 +221,29 @@ def test_directory_stream_when_a_file_is_larger_than_the_download_limit_then_its
     last = _by_path(changes)
     assert "body" not in last["big.txt"].doc and last["big.txt"].doc["size"] == 19
     assert last["small.txt"].doc["body"] == "small"
+
+
+def _changes_until_error(stream: DirChangeStream) -> tuple[list[Any], Exception | None]:
+    out: list[Any] = []
+    for _ in range(20):
+        try:
+            out.extend(stream.changes(0.5))
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            return out, exc
+    return out, None
+
+
+@pytest.mark.parametrize("how", ["moved away", "re-created"])
+def test_directory_stream_when_the_folder_itself_goes_then_the_stream_fails_without_deleting(folder, how):
+    stream = _source(folder).open_change_stream(None)
+    try:
+        list(stream.snapshot())
+        os.rename(folder, folder.parent / "elsewhere")
+        if how == "re-created":  # a new folder at the same path: not the one watched
+            _write(folder / "f0.txt", "another folder")
+        changes, error = _changes_until_error(stream)
+    finally:
+        stream.close()
+    assert [c for c in changes if c.op == "delete"] == []
+    assert isinstance(error, SourceError)
+    assert ("not a readable folder any more" if how == "moved away" else "replaced by another folder") in str(error)
