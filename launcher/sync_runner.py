@@ -402,8 +402,10 @@ class SyncRunner(threading.Thread):
         return stream_should_stop(self.store, job.doc, connector)
 
     def _end_stream(self, reason: str) -> None:
-        """End a continuous sync the service stopped: ``completed`` with the reason in its metadata;
-        turned off, the source releases what it kept for the stream."""
+        """End a continuous sync the service stopped: ``completed`` with the reason in its metadata,
+        and the stream's last reported cursor (acknowledged by Elasticsearch) as the connector's
+        ``sync_cursor``, where the next continuous job starts from; turned off, the source
+        releases what it kept for the stream."""
         _LOGGER.info("job %s: continuous sync ended: %s", self.job_id, reason)
         self.metadata["stream_ended"] = reason
         if reason.startswith("continuous_sync was turned off"):
@@ -416,7 +418,8 @@ class SyncRunner(threading.Thread):
                 self.metadata["stream_released"] = True
             except Exception as exc:  # noqa: BLE001 - the daemon's maintenance retries (release_if_off)
                 _LOGGER.warning("job %s: could not release the stream: %s", self.job_id, format_error(exc))
-        self._finish("completed", run=self._stopped_run())
+        cursor = (self.metadata.get("stream") or {}).get("cursor")
+        self._finish("completed", run=self._stopped_run(), sync_cursor=cursor if isinstance(cursor, dict) else None)
 
     # -- counters ------------------------------------------------------------------
     def _stopped_run(self, local: dict[str, Any] | None = None) -> Counters:

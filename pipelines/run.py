@@ -281,7 +281,7 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
                 outcome.setdefault("warnings", []).append(warning)
             job.ingest_pipeline = None
         if job.continuous:
-            _run_stream(job, settings, conn, es, outcome, mark, work_root)
+            _run_stream(job, settings, conn, es, outcome, mark, work_root, shape=shape)
             return outcome
         runner, options = runner_and_options(settings, job_name=f"sync-{job.job_id}")
         cache = _digest_cache(settings) if job.job_type == "full" else None
@@ -353,8 +353,9 @@ def run_sync(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnecti
 
 
 def _run_stream(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection, es: Any,
-                outcome: dict[str, Any], mark: "_Marks", work_root: str | None) -> None:
-    """A continuous sync (pipelines/stream.py): runs until the process is stopped, or fails."""
+                outcome: dict[str, Any], mark: "_Marks", work_root: str | None, shape: str | None = None) -> None:
+    """A continuous sync (pipelines/stream.py): runs until the process is stopped, or fails. ``shape``:
+    the documents' shape, recorded in each as a full sync does (so it finds them unchanged)."""
     from pipelines.options import streaming_runner_and_options, streaming_settings
     from pipelines.stream import build_stream_pipeline, prepare_stream_index
     from sources.errors import StreamPositionLost
@@ -367,7 +368,8 @@ def _run_stream(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConne
     with (_work_dir(settings, job.job_id, work_root) as work_dir,
           worker_secrets({"elasticsearch": conn.secret_values(), "source": source_spec(job).secret_values()},
                          settings, work_dir=work_dir, job_id=job.job_id) as secrets):
-        pipeline = build_stream_pipeline(job, settings, conn, runner=runner, options=options, secrets=secrets)
+        pipeline = build_stream_pipeline(job, settings, conn, runner=runner, options=options, secrets=secrets,
+                                         shape=shape)
         mark("build")
         _LOGGER.info("sync %s: continuous sync of %s into %s on Prism", job.job_id, job.service_type, job.index_name)
         result = pipeline.run()

@@ -51,18 +51,20 @@ def prepare_stream_index(es: Any, index: str) -> None:
 
 def build_stream_pipeline(job: SyncJob, settings: PipelineConfig, conn: ElasticsearchConnection, *,
                           runner: Any = None, options: Any = None, secrets: Any = None,
-                          spec: Any = None) -> beam.Pipeline:
-    """The unbounded pipeline of a continuous sync (not yet run)."""
+                          spec: Any = None, shape: str | None = None) -> beam.Pipeline:
+    """The unbounded pipeline of a continuous sync (not yet run); ``shape``: the documents' shape
+    (:func:`pipelines.sync.job_shape`), recorded in each as a full sync records it."""
     from pipelines.sync import bulk_settings, source_spec
 
     p = beam.Pipeline(runner=runner, options=options)
     conn = conn.by_reference(secrets)
     spec = (spec or source_spec(job)).by_reference(secrets)
     changes = p | "Impulse" >> beam.Impulse() | "Read" >> ReadStream(
-        spec, conn, job_id=job.job_id, stream_id=job.connector_id, cursor=job.sync_cursor, poll_seconds=POLL_SECONDS)
+        spec, conn, job_id=job.job_id, stream_id=job.connector_id, cursor=job.sync_cursor, poll_seconds=POLL_SECONDS,
+        index=job.index_name, max_download_bytes=settings.max_download_bytes)
     dead = changes | "Write" >> WriteVersioned(
         conn, job.index_name, job_id=job.job_id, settings=bulk_settings(settings), pipeline=job.ingest_pipeline,
         pipeline_flags=job.pipeline_flags, max_document_bytes=settings.max_document_bytes,
-        extract_text=settings.extract_text, flush_seconds=FLUSH_SECONDS)
+        extract_text=settings.extract_text, flush_seconds=FLUSH_SECONDS, shape=shape)
     _ = dead | "DeadLetters" >> WriteDeadLetters(settings.dead_letters, job_id=job.job_id)
     return p

@@ -42,13 +42,15 @@ from sources.base import BaseDataSource, Filter, OperatorSettings, Partition, co
 from sources.errors import SourceConfigError, SourceError
 from sources.file_content import content_fields, file_suffix
 from sources.folders import absolute_folders, within
+from sources.streaming import with_continuous_sync_field
 
-__all__ = ["DirectoryDataSource", "DirectorySettings"]
+__all__ = ["DirectoryDataSource", "DirectorySettings", "file_id", "iso_mtime"]
 
 _HOW_TO_ALLOW = ("list the folders directory connectors may read in config.yml, e.g. `sources: {dir: {class: "
                  "sources.directory:DirectoryDataSource, allowed_roots: [/srv/docs]}}`")
 
-def _iso_mtime(stat: os.stat_result) -> str:
+def iso_mtime(stat: os.stat_result) -> str:
+    """A file's mtime as its document's ``_timestamp`` (ISO 8601, UTC)."""
     return datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
 
 
@@ -70,10 +72,11 @@ class DirectoryDataSource(BaseDataSource):
     name = "Directory"
     service_type = "dir"
     operator_settings_model = DirectorySettings
+    continuous_sync_enabled = True
 
     @classmethod
     def get_default_configuration(cls) -> dict[str, dict[str, Any]]:
-        return {
+        return with_continuous_sync_field({
             "directory": {
                 "label": "Directory",
                 "order": 1,
@@ -89,7 +92,7 @@ class DirectoryDataSource(BaseDataSource):
                 "required": False,
                 "tooltip": "Which files to index, relative to the folder, e.g. **/*.md",
             },
-        }
+        }, order=3)
 
     @property
     def root(self) -> Path:
@@ -241,19 +244,58 @@ class DirectoryDataSource(BaseDataSource):
             yield str(path), "/".join(parts), stat
 
     def get_docs(self, filtering: Filter | None = None, partition: Partition | None = None):
-        roots = self.allowed_roots
         for path, relative, stat in self._files(partition):
-            name = relative.rpartition("/")[2]
-            extension = file_suffix(name).lower()
-            doc = {
-                "_id": hashlib.sha1(relative.encode("utf-8")).hexdigest(),
-                "path": relative,
-                "file_name": name,
-                "extension": extension,
-                "size": stat.st_size,
-                "_timestamp": _iso_mtime(stat),
-            }
-            yield doc, _FileDownload(path, relative, roots, extension)
+            yield self.document(path, relative, stat)
+
+    def document(self, path: str, relative: str, stat: os.stat_result) -> tuple[dict[str, Any], "_FileDownload"]:
+        """The document of the file at ``path`` (``relative`` to the folder) without its content, and
+        its lazy download (what a full sync yields; the continuous sync builds the same)."""
+        name = relative.rpartition("/")[2]
+        extension = file_suffix(name).lower()
+        doc = {
+            "_id": file_id(relative),
+            "path": relative,
+            "file_name": name,
+            "extension": extension,
+            "size": stat.st_size,
+            "_timestamp": iso_mtime(stat),
+        }
+        return doc, _FileDownload(path, relative, self.allowed_roots, extension)
+
+    def matches(self, relative: str) -> bool:
+        """Whether the file at ``relative`` (a path below the folder) is one the pattern selects,
+        as a full sync's listing selects it."""
+        return _glob_match(tuple(relative.split("/")), tuple(self.pattern.split("/")))
+
+    # -- continuous sync (sources/directory_stream.py) -----------------------------------
+    def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
+                           stream_id: str = "default") -> Any:
+        """The folder's changes: inotify watches (watchdog) plus a rescan compared with the index."""
+        from sources.directory_stream import DirChangeStream
+
+        return DirChangeStream(self, cursor)
+
+    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
+        """Nothing to release: the watches belong to the open stream (closed with it) and the
+        folder keeps nothing for the connector."""
+        self._logger.info("continuous sync of %s off: nothing is kept for it outside the stream", self.root)
+
+
+def file_id(relative: str) -> str:
+    """The document id of the file at ``relative`` (a hash of the path below the folder)."""
+    return hashlib.sha1(relative.encode("utf-8")).hexdigest()
+
+
+def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a file's path parts match a glob's parts as ``Path.glob`` selects files (``**``: any
+    number of folders; a glob ending in ``**`` selects folders only)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        if len(pattern) == 1:
+            return False
+        return any(_glob_match(parts[start:], pattern[1:]) for start in range(len(parts)))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
 
 
 @functools.lru_cache(maxsize=64)

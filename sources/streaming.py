@@ -20,6 +20,11 @@ A :class:`ChangeStream` then serves, in this order:
    order (an empty list when the source is idle). Each :class:`Change` has a ``position``: a
    positive integer that grows with the commit order, used as the Elasticsearch document's
    external version, so an older change replayed after a newer one never wins.
+   A source whose backend keeps no log of its changes (a folder) may instead compare itself with
+   what the index holds: right after opening a stream, before reading ``snapshot_position``,
+   the service calls :meth:`ChangeStream.attach_index` with a reader of the content index; the
+   stream may then find what changed while no stream ran and yield it as changes (no
+   snapshot, no sweep).
 3. :meth:`ChangeStream.acknowledge`: called with a position once Elasticsearch acknowledged
    every write up to it; the source may then let its backend forget what came before.
 4. :meth:`ChangeStream.close`.
@@ -66,12 +71,13 @@ checks a source's stream against a real backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 __all__ = [
     "Change",
     "ChangeStream",
+    "IndexReader",
     "OP_TRUNCATE",
     "STREAM_OPS",
     "CONTINUOUS_SYNC_FIELD",
@@ -111,6 +117,11 @@ def with_continuous_sync_field(schema: dict[str, dict[str, Any]], order: int = 5
     return {**schema, CONTINUOUS_SYNC_FIELD: continuous_sync_field(order)}
 
 
+#: ``read_index(fields)``: ``(_id, {field: value}, version)`` of every document the content index
+#: holds (refreshed first, read whole: it raises rather than return part of the index).
+IndexReader = Callable[[Sequence[str]], Iterator[tuple[str, dict[str, Any], int]]]
+
+
 class Change(NamedTuple):
     """One change of a source, in commit order.
 
@@ -131,11 +142,21 @@ class ChangeStream(abc.ABC):
 
     #: The version of the snapshot's documents (0: no snapshot was taken by this stream).
     snapshot_position: int = 0
+    #: Set by the service right after opening (its ``pipeline.max_download_bytes``; 0: no limit): a
+    #: stream that downloads content (files) leaves out content larger than this, keeping the
+    #: document's other fields, as full syncs do.
+    max_download_bytes: int = 0
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
         """The documents of a consistent snapshot when this stream started without a usable
         position (read it whole before calling :meth:`changes`); else nothing."""
         return iter(())
+
+    def attach_index(self, read_index: IndexReader) -> None:
+        """Called by the service right after the stream opened, before ``snapshot_position`` is read:
+        ``read_index`` reads what the content index holds (:data:`IndexReader`). A source without a
+        change log compares it with the backend to find what changed while no stream ran (and may
+        then set ``snapshot_position`` to 0). Default: unused."""
 
     @abc.abstractmethod
     def changes(self, timeout: float) -> list[Change]:

@@ -1,14 +1,26 @@
-"""What the SQL continuous-sync tests share (tests/test_continuous_sync.py for PostgreSQL,
-tests/test_continuous_sync_mysql.py for MariaDB): one test's tables and connector, the
-comparison of the content index with the tables row by row, and a writer thread.
+"""What the continuous-sync tests share: one connector's jobs, its index compared with its
+source, and for the SQL sources (tests/test_continuous_sync.py for PostgreSQL,
+tests/test_continuous_sync_mysql.py for MariaDB; both take the same SQL here: ``%s``
+parameters, ``INT``/``NUMERIC``/``TEXT``) one test's tables and a writer thread.
 
-Both servers take the same SQL here (``%s`` parameters, ``INT``/``NUMERIC``/``TEXT``).
+A test's helper subclasses :class:`StreamedConnector` with ``es``, ``connector_id`` and
+``index`` set, and says what the source holds (:meth:`StreamedConnector.expected`) and what the
+index holds (:meth:`StreamedConnector.indexed`), both as ``{document id: comparable value}``.
+
+Example usage::
+
+    class Folder(StreamedConnector):
+        def expected(self): ...   # {id: (path, size, text)} of the files
+        def indexed(self): ...    # the same, from the index
+
+    folder.assert_equal()         # waits until equal; else says what is missing, extra or different
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -17,44 +29,92 @@ from pathlib import Path
 from typing import Any
 
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
-from tests.helpers import cli, index_docs, wait_for
+from pipelines.options import default_prism_location
+from tests.helpers import DaemonProcess, cli, index_docs, skip_or_fail, wait_for, write_config
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
-__all__ = ["StreamTables", "Writer", "start_stream_daemon"]
+__all__ = ["StreamTables", "StreamedConnector", "SYNC_JOBS", "Writer", "stream_daemon"]
+
+SYNC_JOBS = ".elastic-connectors-sync-jobs"
 
 
-def start_stream_daemon(folder: Path, service: str, fqn: str) -> dict[str, Any]:
-    """A daemon serving ``service`` (source ``fqn``) with fast polls and its own /metrics port:
-    ``{"process", "config", "folder", "metrics"}`` (stop ``holder["process"]`` at the end).
-    Skips (fails under CI=true) without the Prism binary."""
-    import socket
-
-    from pipelines.options import default_prism_location
-    from tests.helpers import DaemonProcess, skip_or_fail, write_config
-
+def stream_daemon(folder: Path, sources: dict[str, Any]) -> dict[str, Any]:
+    """A daemon for continuous syncs (fast polls, 1 s progress, its /metrics on a free port), as a
+    holder: ``process`` (:class:`~tests.helpers.DaemonProcess`: stop it), ``config``, ``folder``,
+    ``metrics`` (the URL). Skipped (failed under CI=true) without the Prism binary."""
     if not default_prism_location().is_file():
         skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    config = write_config(folder / "config.yml", sources={service: fqn},
+    config = write_config(folder / "config.yml", sources=sources,
                           service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
                                    "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
     process = DaemonProcess(config, folder / "daemon.log")
     return {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
 
 
-class StreamTables(abc.ABC):
+class StreamedConnector:
+    """A continuous-sync test's connector: its jobs, and its index compared with the source."""
+
+    what = "the source"
+
+    def __init__(self, es: Any, config: Path, prefix: str):
+        """``prefix``-<6 hex digits> names the connector and its index; ``config``: the daemon's."""
+        self.es, self.config = es, config
+        self.suffix = uuid.uuid4().hex[:6]
+        self.connector_id = self.index = f"{prefix}-{self.suffix}"
+
+    def expected(self) -> dict[str, Any]:
+        """``{document id: value}`` of what the source holds now."""
+        raise NotImplementedError
+
+    def indexed(self) -> dict[str, Any]:
+        """``{document id: value}`` of what the index holds now (same values as :meth:`expected`)."""
+        raise NotImplementedError
+
+    def equal(self) -> bool:
+        try:
+            return self.indexed() == self.expected()
+        except Exception:  # noqa: BLE001 - no index yet
+            return False
+
+    def assert_equal(self, timeout: float = 60) -> None:
+        """Wait until the index equals the source; else fail saying how they differ."""
+        try:
+            wait_for(self.equal, timeout=timeout, what=f"the index equal to {self.what}")
+        except AssertionError:
+            want, docs = self.expected(), self.indexed()
+            missing = sorted(set(want) - set(docs))[:5]
+            extra = sorted(set(docs) - set(want))[:5]
+            wrong = [(k, want[k], docs[k]) for k in want if k in docs and docs[k] != want[k]][:5]
+            jobs = [(j["status"], (j.get("metadata") or {}).get("stream"), j.get("error")) for j in self.jobs()]
+            raise AssertionError(f"index differs from {self.what}: missing {missing}, extra {extra}, different "
+                                 f"{wrong}; jobs {jobs}") from None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The connector's jobs, oldest first."""
+        self.es.indices.refresh(index=SYNC_JOBS)
+        hits = self.es.search(index=SYNC_JOBS, size=50, sort=[{"created_at": "asc"}],
+                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
+        return [{"id": h["_id"], **h["_source"]} for h in hits]
+
+    def running(self) -> dict[str, Any] | None:
+        """The connector's job in progress, if any."""
+        found = [j for j in self.jobs() if j["status"] == "in_progress"]
+        return found[0] if found else None
+
+
+class StreamTables(StreamedConnector, abc.ABC):
     """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
 
     prefix = "cs"
+    what = "the tables"
 
     def __init__(self, es: Any, config: Path, *, service: str, port: int):
-        self.es, self.config, self.service, self.port = es, config, service, port
-        self.suffix = uuid.uuid4().hex[:6]
+        super().__init__(es, config, f"test-{self.prefix}")
+        self.service, self.port = service, port
         self.items, self.tags = f"{self.prefix}_items_{self.suffix}", f"{self.prefix}_tags_{self.suffix}"
-        self.connector_id = f"test-{self.prefix}-{self.suffix}"
-        self.index = f"test-{self.prefix}-{self.suffix}"
 
     @abc.abstractmethod
     def fetch(self, sql: str) -> list[tuple]:
@@ -69,7 +129,7 @@ class StreamTables(abc.ABC):
                      config=self.config)
         assert result.returncode == 0, result.stderr
 
-    def rows(self) -> dict[str, dict[str, Any]]:
+    def expected(self) -> dict[str, dict[str, Any]]:
         out = {}
         for row in self.fetch(f"SELECT id, name, amount, note FROM {self.items}"):
             out[f"{self.items}_{row[0]}"] = {"id": row[0], "name": row[1],
@@ -88,34 +148,6 @@ class StreamTables(abc.ABC):
             else:
                 out[doc_id] = {"id": doc["id"], "label": doc["label"]}
         return out
-
-    def equal(self) -> bool:
-        try:
-            return self.indexed() == self.rows()
-        except Exception:  # noqa: BLE001 - no index yet
-            return False
-
-    def assert_equal(self, timeout: float = 60) -> None:
-        try:
-            wait_for(self.equal, timeout=timeout, what="the index equal to the tables")
-        except AssertionError:
-            rows, docs = self.rows(), self.indexed()
-            missing = sorted(set(rows) - set(docs))[:5]
-            extra = sorted(set(docs) - set(rows))[:5]
-            wrong = [k for k in rows if k in docs and docs[k] != rows[k]][:5]
-            stream = [(j["status"], j.get("error"), (j.get("metadata") or {}).get("stream")) for j in self.jobs()]
-            raise AssertionError(f"index differs from the tables: missing {missing}, extra {extra}, different "
-                                 f"{[(k, rows[k], docs[k]) for k in wrong]}; jobs {stream}") from None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        self.es.indices.refresh(index=".elastic-connectors-sync-jobs")
-        hits = self.es.search(index=".elastic-connectors-sync-jobs", size=50, sort=[{"created_at": "asc"}],
-                              query={"term": {"connector.id": self.connector_id}})["hits"]["hits"]
-        return [{"id": h["_id"], **h["_source"]} for h in hits]
-
-    def running(self) -> dict[str, Any] | None:
-        found = [j for j in self.jobs() if j["status"] == "in_progress"]
-        return found[0] if found else None
 
     def streaming(self) -> dict[str, Any] | None:
         """The running job once its snapshot is in Elasticsearch (its position reported)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
+from tests.continuous_fixtures import StreamTables, Writer, stream_daemon
 from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
@@ -50,8 +50,7 @@ def pg():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, pg):
-    holder = start_stream_daemon(tmp_path_factory.mktemp("continuous"), SERVICE,
-                                 "sources.postgresql:PostgreSQLDataSource")
+    holder = stream_daemon(tmp_path_factory.mktemp("continuous"), {SERVICE: "sources.postgresql:PostgreSQLDataSource"})
     yield holder
     holder["process"].stop()
 

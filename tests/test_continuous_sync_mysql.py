@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX
-from tests.continuous_fixtures import StreamTables, Writer, start_stream_daemon
+from tests.continuous_fixtures import StreamTables, Writer, stream_daemon
 from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
@@ -61,7 +61,7 @@ def db():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, db):
-    holder = start_stream_daemon(tmp_path_factory.mktemp("continuous-mysql"), SERVICE, "sources.mysql:MySqlDataSource")
+    holder = stream_daemon(tmp_path_factory.mktemp("continuous-mysql"), {SERVICE: "sources.mysql:MySqlDataSource"})
     yield holder
     holder["process"].stop()
 

@@ -9,7 +9,9 @@ other syncs: a document they exclude becomes a ``delete``.
 Each call of ``process`` reads for at most ``poll_seconds`` (or one chunk of the snapshot),
 emits what it read, and defers the rest of its (infinite) offset restriction by
 ``poll_seconds / 4``: the runner calls it again, so the stream is read in short bundles and
-each reaches the writer at once. The watermark follows the wall clock. The stream itself (its
+each reaches the writer at once. Right after opening, the stream is given a reader of the
+content index (:func:`index_reader`, for sources that compare themselves with it, e.g. a
+folder). The watermark follows the wall clock. The stream itself (its
 connections, the snapshot being read) is kept per job in this process between calls; the
 source is acknowledged, at each call, at the position the writer's acknowledgements allow
 (:mod:`transforms.stream_ledger`), and the stream's state (position, lag, conflicts) is
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -43,6 +45,8 @@ from apache_beam.io.watermark_estimators import WalltimeWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
+from elasticsearch import NotFoundError
+from elasticsearch.helpers import scan
 
 from sources.errors import SourceError
 from sources.streaming import STREAM_OPS
@@ -53,7 +57,7 @@ from transforms.read_from_source import SourceSpec
 from transforms.stream_ledger import ledger, new_ledger
 from transforms.sync_rules import BasicRules
 
-__all__ = ["ReadStream", "SWEEP", "STREAM_RECORD"]
+__all__ = ["ReadStream", "SWEEP", "STREAM_RECORD", "index_reader"]
 
 #: After a snapshot: remove every document of a version lower than the snapshot's position.
 SWEEP = "sweep"
@@ -118,11 +122,32 @@ def close_streams() -> None:
             pass
 
 
+def index_reader(es: Any, index: str | None) -> Callable[[Sequence[str]], Iterator[tuple[str, dict[str, Any], int]]]:
+    """A :data:`sources.streaming.IndexReader` of ``index``: every document's ``_id``, the requested
+    ``_source`` fields and version, after a refresh; a shard that fails raises (never part of the
+    index); a missing index reads as empty."""
+
+    def read(fields: Sequence[str]) -> Iterator[tuple[str, dict[str, Any], int]]:
+        if not index:
+            return
+        try:
+            es.indices.refresh(index=index)
+        except NotFoundError:
+            return
+        for hit in scan(es, index=index, query={"query": {"match_all": {}}, "version": True,
+                                                "_source": list(fields) or False},
+                        size=1000, raise_on_error=True):
+            yield hit["_id"], hit.get("_source") or {}, int(hit.get("_version") or 0)
+
+    return read
+
+
 class _ReadStreamFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, job_id: str, stream_id: str,
-                 cursor: Any, poll_seconds: float):
+                 cursor: Any, poll_seconds: float, index: str | None = None, max_download_bytes: int = 0):
         self.spec, self.conn, self.job_id, self.stream_id = spec, conn, job_id, stream_id
-        self.cursor, self.poll_seconds = cursor, poll_seconds
+        self.cursor, self.poll_seconds, self.index = cursor, poll_seconds, index
+        self.max_download_bytes = max_download_bytes
         self.read_count = Metrics.counter("elastic_ingest", "source_documents")
 
     def setup(self) -> None:
@@ -142,6 +167,8 @@ class _ReadStreamFn(beam.DoFn):
             source = self.spec.build()
             stream = source.open_change_stream(self.cursor or None, filtering=self.spec.filtering(),
                                                stream_id=self.stream_id)
+            stream.max_download_bytes = self.max_download_bytes
+            stream.attach_index(index_reader(self.es, self.index))
             entry = _Open(source, stream, book.generation)
             with _OPEN_LOCK:
                 _OPEN[self.job_id] = entry
@@ -238,11 +265,14 @@ class ReadStream(beam.PTransform):
     """An impulse in; the source's changes out, without end (see the module docstring)."""
 
     def __init__(self, spec: SourceSpec, conn: ElasticsearchConnection, *, job_id: str, stream_id: str,
-                 cursor: Any = None, poll_seconds: float = 0.2):
+                 cursor: Any = None, poll_seconds: float = 0.2, index: str | None = None,
+                 max_download_bytes: int = 0):
         super().__init__()
         self.spec, self.conn, self.job_id, self.stream_id = spec, conn, job_id, stream_id
-        self.cursor, self.poll_seconds = cursor, poll_seconds
+        self.cursor, self.poll_seconds, self.index = cursor, poll_seconds, index
+        self.max_download_bytes = max_download_bytes
 
     def expand(self, impulse: beam.PCollection) -> beam.PCollection:
-        return impulse | "ReadStream" >> beam.ParDo(
-            _ReadStreamFn(self.spec, self.conn, self.job_id, self.stream_id, self.cursor, self.poll_seconds))
+        return impulse | "ReadStream" >> beam.ParDo(_ReadStreamFn(
+            self.spec, self.conn, self.job_id, self.stream_id, self.cursor, self.poll_seconds, self.index,
+            self.max_download_bytes))

@@ -23,7 +23,9 @@ acknowledged change is recorded in the job's :mod:`transforms.stream_ledger`, wh
 reader what the source may be acknowledged at, and counted in the job's progress records.
 
 Ingest pipelines: ``pipeline`` is named in each request; Elasticsearch runs it before the
-versioned write, so versions apply to what the pipeline produced.
+versioned write, so versions apply to what the pipeline produced. With ``shape`` each document
+records it (``_shape_digest``) as a full sync's do, so a full sync finds the stream's documents
+unchanged.
 """
 
 from __future__ import annotations
@@ -254,11 +256,12 @@ class _NormalizeChangeFn(beam.DoFn):
     committed_at, generation))``,
     serialized as other syncs do (:mod:`transforms.normalize`); a document that cannot be is dead-lettered."""
 
-    def __init__(self, job_id: str, pipeline_flags: dict[str, Any], max_document_bytes: int, extract_text: bool):
+    def __init__(self, job_id: str, pipeline_flags: dict[str, Any], max_document_bytes: int, extract_text: bool,
+                 shape: str | None = None):
         from transforms.normalize import _NormalizeFn
 
         self.job_id = job_id
-        self.inner = _NormalizeFn(pipeline_flags, max_document_bytes, extract_text, operation="mixed")
+        self.inner = _NormalizeFn(pipeline_flags, max_document_bytes, extract_text, operation="mixed", shape=shape)
 
     def process(self, change: tuple[str, dict[str, Any], int, float | None, int]) -> Iterator[Any]:
         op, doc, position, committed_at, generation = change
@@ -280,15 +283,17 @@ class WriteVersioned(beam.PTransform):
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, job_id: str, settings: BulkSettings,
                  pipeline: str | None = None, pipeline_flags: dict[str, Any] | None = None,
-                 max_document_bytes: int = 20 * 1024 * 1024, extract_text: bool = True, flush_seconds: float = 0.2):
+                 max_document_bytes: int = 20 * 1024 * 1024, extract_text: bool = True, flush_seconds: float = 0.2,
+                 shape: str | None = None):
         super().__init__()
+        self.shape = shape
         self.conn, self.index, self.job_id, self.settings, self.pipeline = conn, index, job_id, settings, pipeline
         self.pipeline_flags = dict(pipeline_flags or {})
         self.max_document_bytes, self.extract_text, self.flush_seconds = max_document_bytes, extract_text, flush_seconds
 
     def expand(self, changes: beam.PCollection) -> beam.PCollection:
         normalized = changes | "Normalize" >> beam.ParDo(_NormalizeChangeFn(
-            self.job_id, self.pipeline_flags, self.max_document_bytes, self.extract_text)).with_outputs(
+            self.job_id, self.pipeline_flags, self.max_document_bytes, self.extract_text, self.shape)).with_outputs(
             "dead_letters", main="changes")
         written = normalized.changes | "Bulk" >> beam.ParDo(_WriteVersionedFn(
             self.conn, self.index, self.settings, self.pipeline, self.job_id, self.flush_seconds)
