@@ -41,11 +41,13 @@ def test_ledger_when_a_change_stays_unwritten_after_later_ones_then_it_is_lost()
     assert state["pending_changes"] == 1 and state["version_conflicts"] == 1 and state["lag_seconds"] >= 0.5
 
 
-def test_ledger_when_stream_opened_again_then_a_new_generation_keeps_the_conflict_count():
+def test_ledger_when_stream_opened_again_then_a_new_generation_keeps_the_conflict_count_and_lag():
     first = ledger("job-ledger-test")
-    first.done({}, conflicts=3)
+    first.emitted(1)
+    first.done({1: 1}, conflicts=3, committed_at=[time.time() - 0.5])
     second = new_ledger("job-ledger-test")
     assert second.generation == first.generation + 1 and second.version_conflicts == 3
+    assert second.state()["lag_seconds"] >= 0.5  # a reopened stream still reports the lag it measured
     assert ledger("job-ledger-test") is second
 
 

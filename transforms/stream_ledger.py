@@ -185,4 +185,5 @@ def new_ledger(job_id: str) -> StreamLedger:
         if old is not None:
             book.version_conflicts, book.changes_applied = old.version_conflicts, old.changes_applied
             book.acknowledged_at = old.acknowledged_at
+            book.lag_seconds, book.lags = old.lag_seconds, list(old.lags)  # the job keeps reporting its lag
         return book
