@@ -449,10 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default 100k; 0: skip)")
     parser.add_argument("--redis", default="100k", help="keys of ~1 KB for the redis source's scenario, on "
                                                        "scripts/servers/redis (default 100k; 0: skip)")
-    parser.add_argument("--stream-latency", type=float, default=0.0, metavar="SECONDS",
-                        help="seconds of --stream-rate changes/s through a mysql connector's continuous sync, on "
-                             "scripts/servers/mysql (MYSQL_PORT; default 0: skip; bench/stream_latency.py)")
-    parser.add_argument("--stream-rate", type=float, default=200.0, help="changes per second (default 200)")
+    parser.add_argument("--mysql-stream", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds of --stream-latency-rate changes/s through a mysql connector's continuous "
+                             "sync, on scripts/servers/mysql (MYSQL_PORT; default 0: skip; bench/stream_latency.py)")
     parser.add_argument("--smb", default="0", help="files of ~1 KB on the Samba share for the network_drive "
                                                   "source's scenario (e.g. 100k; default 0: skip)")
     parser.add_argument("--many", default="24x2000", metavar="CONNECTORSxFILES",
@@ -550,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         if azure_count:
             results["sources"].append(blobs_scenario(bench, count=azure_count))
             _checkpoint(results, Path(args.out), stem)
-        if args.stream_latency > 0:  # commit -> acknowledged / searchable of a continuous sync
+        if args.mysql_stream > 0:  # commit -> acknowledged / searchable of a continuous sync
             from bench.stream_latency import measure
 
             results["stream_latency"] = measure(args.es_url, port=int(os.environ.get("MYSQL_PORT", "3307")),
-                                                rate=args.stream_rate, seconds=args.stream_latency, rows=10_000)
+                                                rate=args.stream_latency_rate, seconds=args.mysql_stream, rows=10_000)
             _checkpoint(results, Path(args.out), stem)
         if many:
             results["many_connectors"] = many_connectors(bench, connectors=many[0], files=many[1])

@@ -20,7 +20,7 @@ Example usage (alone, or as a ``scripts/bench`` scenario: its JSON's ``stream_la
 
     MYSQL_PORT=3317 python -m bench.stream_latency --es-url http://127.0.0.1:9231 --rate 200 --seconds 30
     scripts/bench --sizes none --large 0 --dir 0 --many none --redis 0 --no-partitions --no-runners \
-        --stream-latency 30
+        --mysql-stream 30
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_cli_when_create_connector_with_unknown_field_then_fields_listed(es, tmp
     result = cli("--action", "create-connector", "--service-type", "dir", "--index-name", "x",
                  "--set", "folder=/tmp", config=config)
     assert result.returncode == 1
-    assert "folder: not a field of dir; fields are: directory, pattern" in result.stderr
+    assert "folder: not a field of dir; fields are: continuous_sync, directory, pattern" in result.stderr
 
 
 def test_cli_when_set_env_then_value_read_from_environment_not_arguments(es, tmp_path):

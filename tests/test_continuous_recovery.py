@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines.options import default_prism_location
 from tests.fixtures_security.own_node import FAULT_ES_URL, es_script, fast_refresh
 from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
-from tests.test_continuous_sync import SERVICE, Tables, Writer, pg  # noqa: F401 - pg: the fixture
+from tests.test_continuous_sync import SERVICE, Tables, Writer, pg, session  # noqa: F401 - pg: the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,7 +125,7 @@ def _writes_while_down(tables: Tables) -> None:
 @contextlib.contextmanager
 def _under_writes(tables: Tables) -> Iterator[Writer]:
     """A writer busy on ``items`` (300 writes done) for the block; stopped after it."""
-    writer = Writer(tables, WRITER_START)
+    writer = Writer(tables, WRITER_START, session)
     writer.start()
     try:
         wait_for(lambda: writer.writes >= 300, timeout=60, what="writes under way")
@@ -230,10 +230,12 @@ def test_streaming_connector_when_running_then_connectors_jobs_metrics_and_healt
     job = _start_streaming(tables)
     tables.pg.execute(f"UPDATE {tables.items} SET name = 'observed' WHERE id <= 50")
 
-    def reported():  # the job's record shows the 50 updates acknowledged, nothing pending
+    def reported():  # the job's record shows the 50 updates acknowledged (their lag measured), nothing pending
         current = tables.running() or {}
         stream = (current.get("metadata") or {}).get("stream") or {}
-        return current if (stream.get("changes_applied") or 0) >= 50 and stream.get("pending_changes") == 0 else None
+        # The snapshot's rows count as applied changes too; only streamed changes carry a commit time.
+        done = stream.get("lag_seconds") is not None and stream.get("pending_changes") == 0
+        return current if done and (stream.get("changes_applied") or 0) >= 50 else None
 
     try:
         current = wait_for(reported, timeout=60, what="the stream's counts in the job")
@@ -250,7 +252,7 @@ def test_streaming_connector_when_running_then_connectors_jobs_metrics_and_healt
                              config=config).stdout)
     summary = as_json[0]["stream"]
     assert summary["job_id"] == job["id"] and summary["status"] == "in_progress"
-    assert summary["position"].startswith("lsn=") and summary["lag_seconds"] is not None
+    assert summary["position"].startswith("lsn=") and summary["lag_seconds"] is not None, (summary, stream)
     assert summary["changes_applied"] >= 50 and summary["acknowledged_at"]
     jobs = cli("--action", "jobs", "--connector-id", tables.connector_id, config=config)
     assert "incremental (continuous, lag " in jobs.stdout, jobs.stdout
