@@ -400,9 +400,14 @@ def claim_job(store: ConnectorStore | Any, job_id: str, hostname: str) -> Claim 
         except (ConflictError, NotFoundError):
             store.update_connector(connector.id, previous)
             continue
-        job.doc.update(claimed)
-        if cursor is not None and isinstance(job.doc.get("connector"), dict):
-            job.doc["connector"]["sync_cursor"] = cursor
+        # As Elasticsearch merged the claim into the stored job: the cursor joins the job's
+        # ``connector`` snapshot, which keeps its rules, pipeline and configuration (replacing the
+        # snapshot with ``{"sync_cursor": ...}`` made an incremental job with a cursor run without
+        # its sync rules: issue 20).
+        job.doc.update({key: value for key, value in claimed.items() if key != "connector"})
+        if cursor is not None:
+            snapshot = job.doc.get("connector")
+            job.doc["connector"] = {**(snapshot if isinstance(snapshot, dict) else {}), "sync_cursor": cursor}
         # ``before`` is the state before the lock: an access-control job gives it back.
         return Claim(job, before)
     return None

@@ -709,6 +709,33 @@ def test_job_snapshot_when_sensitive_values_then_left_out_and_read_back_from_the
     assert sync_job.configuration["count"]["value"] == 2
 
 
+def test_claim_job_when_incremental_with_a_cursor_then_the_snapshot_keeps_rules_and_pipeline(es, make_connector,
+                                                                                          tmp_path):
+    # The claim records the cursor in the job's connector snapshot; the claimed job must still carry
+    # the rest of the snapshot (a continuous stream restarted after a full sync ran without its
+    # basic rules and indexed excluded files: issue 20).
+    rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "x", "order": 1}
+    default = {"id": "DEFAULT", "policy": "include", "field": "_", "rule": "regex", "value": ".*", "order": 2}
+    active = {"rules": [rule, default], "advanced_snippet": {"value": {}}, "validation": {"state": "valid", "errors": []}}
+    connector = make_connector(service_type="incremental_slow", configuration=_configured(count=1),
+                               status="connected", sync_cursor={"position": 42},
+                               pipeline={"name": "test-my-pipeline", "extract_binary_content": False,
+                                         "reduce_whitespace": True, "run_ml_inference": True},
+                               filtering=[{"domain": "DEFAULT", "active": active, "draft": active}])
+    job_id = create_job(es, connector, job_type="incremental")
+    claim = claim_job(es, job_id, "host-a")
+    assert claim is not None
+    stored = get_job(es, job_id).doc["connector"]
+    assert stored["sync_cursor"] == {"position": 42} and stored["filtering"]["rules"] == [rule, default]
+    assert claim.job.doc["connector"] == stored  # what the service runs is what the job document says
+    config = load_config(write_config(tmp_path / "c.yml", sources={"incremental_slow": INCREMENTAL}))
+    sync_job = build_sync_job(config, claim)
+    assert sync_job.basic_rules == [rule, default] and sync_job.sync_cursor == {"position": 42}
+    assert sync_job.ingest_pipeline == "test-my-pipeline"
+    assert sync_job.pipeline_flags == {"_extract_binary_content": False, "_reduce_whitespace": True,
+                                       "_run_ml_inference": True}
+
+
 def test_build_sync_job_when_snapshot_pipeline_not_an_object_then_connector_error(tmp_path):
     from sources.errors import ConnectorError
 
