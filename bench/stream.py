@@ -214,6 +214,21 @@ def _job(es: Any, connector_id: str, status: str = "in_progress") -> dict[str, A
     return {"id": hits[0]["_id"], **hits[0]["_source"]} if hits else None
 
 
+def _job_by_id(es: Any, job_id: str | None) -> dict[str, Any]:
+    found = es.options(ignore_status=404).get(index=".elastic-connectors-sync-jobs", id=job_id) if job_id else None
+    return dict(found["_source"]) if found is not None and found.get("found") else {}
+
+
+def _after(stamp: Any, wall: float) -> float | None:
+    """Seconds from the wall-clock time ``wall`` to the ISO 8601 ``stamp`` (None: no stamp)."""
+    from datetime import datetime
+
+    try:
+        return round(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() - wall, 1)
+    except ValueError:
+        return None
+
+
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -370,7 +385,7 @@ def stream_scenario(bench: Any, *, rows: int = 20_000, size: int = 1024, latency
                         old = _job(bench.es, connector_id)
                         for victim in victims:
                             victim.kill()
-                        killed.update(at=time.monotonic(), pids=[v.pid for v in victims],
+                        killed.update(at=time.monotonic(), wall=time.time(), pids=[v.pid for v in victims],
                                       job=(old or {}).get("id"))
 
                 kill_clock = time.monotonic()
@@ -379,9 +394,9 @@ def stream_scenario(bench: Any, *, rows: int = 20_000, size: int = 1024, latency
                 probe.drain()
                 stop_lsn = admin.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
 
-                def restarted() -> bool:
+                def restarted() -> dict[str, Any] | None:
                     job = _job(bench.es, connector_id)
-                    return bool(job and job["id"] != killed.get("job"))
+                    return job if job and job["id"] != killed.get("job") else None
 
                 def caught_up() -> bool:
                     row = admin.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
@@ -390,19 +405,26 @@ def stream_scenario(bench: Any, *, rows: int = 20_000, size: int = 1024, latency
 
                 if not killed:
                     raise RuntimeError(f"the sync process was not killed (the writer: {writer.error or 'ended early'})")
-                _wait(restarted, 180, "a new continuous job after the kill")
-                resumed = time.monotonic()
+                new_job = _wait(restarted, 180, "a new continuous job after the kill")
+                old_job = _job_by_id(bench.es, killed["job"])
                 _wait(caught_up, 600, "the slot confirmed up to where the writer stopped", interval=0.1)
                 done = time.monotonic()
                 comparison = _wait(lambda: (c := _compare(admin, bench.es, table, index))["equal"] and c, 120,
                                    "the index equal to the table", interval=2.0)
                 out["kill"] = {"rate_achieved": writer.achieved, "writer_error": writer.error,
                                "killed_pids": killed.get("pids"),
-                               "new_job_after_kill_seconds": round(resumed - killed["at"], 1),
+                               # From the job documents' stamps (the load goes on meanwhile, so waiting
+                               # for the new job starts only after it): when the killed job ended, and
+                               # when the new one was claimed (in_progress).
+                               "killed_job": {"status": old_job.get("status"), "error": old_job.get("error")},
+                               "killed_job_ended_after_kill_seconds": _after(old_job.get("completed_at"),
+                                                                             killed["wall"]),
+                               "new_job_after_kill_seconds": _after(new_job.get("started_at"), killed["wall"]),
                                "caught_up_after_kill_seconds": round(done - killed["at"], 1),
                                "caught_up_after_writes_stopped_seconds": round(done - stopped, 1),
                                "comparison": comparison}
-                bench.say(f"  -> kill -9: new job after {out['kill']['new_job_after_kill_seconds']} s, caught up "
+                bench.say(f"  -> kill -9: the job ended after {out['kill']['killed_job_ended_after_kill_seconds']} s, "
+                          f"a new job after {out['kill']['new_job_after_kill_seconds']} s, caught up "
                           f"{out['kill']['caught_up_after_writes_stopped_seconds']} s after the writes stopped; "
                           f"index equal to the table: {comparison['equal']} ({comparison['rows']} rows)")
             else:
@@ -458,7 +480,8 @@ def stream_markdown(result: dict[str, Any] | None) -> str:
     kill = result.get("kill") or {}
     if kill:
         comparison = kill["comparison"]
-        lines += ["", f"kill -9 of the sync process at {kill['rate_achieved']:.0f} changes/s: a new job after "
+        lines += ["", f"kill -9 of the sync process at {kill['rate_achieved']:.0f} changes/s: the killed job ended "
+                      f"{kill.get('killed_job_ended_after_kill_seconds')} s after the kill, a new job ran after "
                       f"{kill['new_job_after_kill_seconds']} s, caught up {kill['caught_up_after_kill_seconds']} s "
                       f"after the kill ({kill['caught_up_after_writes_stopped_seconds']} s after the writes stopped); "
                       f"the index equal to the table row by row: {comparison['equal']} ({comparison['rows']} rows)."]

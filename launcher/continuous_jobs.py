@@ -2,15 +2,21 @@
 
 A connector wants one while its configuration's ``continuous_sync`` field is on, its source
 supports continuous syncs (:func:`sources.streaming.supports_continuous_sync`) and it is
-``connected``. At each poll :func:`ensure_continuous_job` creates an ``incremental`` job
-(metadata ``continuous: true`` and a fingerprint of the configuration) when the connector
-has no job pending, running or suspended, except:
+``connected``, or in ``error`` only because its newest job failed (the job's end wrote its
+error on the connector: a stream whose sync process was killed is started again without
+waiting for the service's next check of the connector, up to ``service.heartbeat`` later; a
+connector whose own check failed, its configuration or ping, gets no stream until it passes).
+At each poll :func:`ensure_continuous_job` creates an ``incremental`` job (metadata
+``continuous: true`` and a fingerprint of the configuration) when the connector has no job
+pending, running or suspended, except:
 
 * the newest job is a continuous job that was ``canceled`` with the same configuration:
   a cancel stays until the configuration changes or a sync is requested (a newer job);
-* the newest job is a continuous job that failed less than :data:`RETRY_AFTER` seconds ago
-  (the source is down: one attempt every so often, not one per poll; the daemon passes
-  ten polls, at least 5 s).
+* the newest job is a continuous job that failed after running less than
+  :data:`RETRY_AFTER` seconds, less than :data:`RETRY_AFTER` seconds ago (the source is
+  down: one attempt every so often, not one per poll; the daemon passes ten polls, at least
+  5 s). A stream that had run longer (then was killed, or lost its source) is started again
+  at the next poll: if that attempt fails at once, the next waits.
 
 While a continuous job runs, :func:`stream_should_stop` tells its supervisor to end it:
 ``continuous_sync`` turned off (the stream's resources are then released:
@@ -96,14 +102,31 @@ def describe_stream(summary: Mapping[str, Any]) -> str:
     return ", ".join(words)
 
 
-def _seconds_since(stamp: Any) -> float:
+def _when(stamp: Any) -> datetime | None:
+    """An ISO 8601 stamp (UTC when it names no zone); None when it is not one."""
     try:
         when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
     except ValueError:
-        return float("inf")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - when).total_seconds()
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _seconds_since(stamp: Any) -> float:
+    when = _when(stamp)
+    return float("inf") if when is None else (datetime.now(timezone.utc) - when).total_seconds()
+
+
+def _seconds_between(start: Any, end: Any) -> float:
+    """Seconds from ``start`` to ``end`` (ISO 8601 stamps); 0 when either is missing or unreadable."""
+    begun, ended = _when(start), _when(end)
+    return (ended - begun).total_seconds() if begun is not None and ended is not None else 0.0
+
+
+def _failed_by_its_job(connector: Connector, latest: Any) -> bool:
+    """Whether the connector is in ``error`` only because its newest job failed (the job's end
+    wrote the job's error on the connector), not because of its own check."""
+    return (latest is not None and latest.status == "error" and connector.get("status") == "error"
+            and connector.get("error") == latest.doc.get("error"))
 
 
 def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_class: type, *,
@@ -111,10 +134,12 @@ def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_cl
     """Create the connector's continuous job when it wants one and has none (see the module docstring)."""
     configuration = connector.get("configuration")
     if (not supports_continuous_sync(source_class) or not continuous_sync_on(configuration)
-            or connector.get("status") != "connected"):
+            or connector.get("status") not in ("connected", "error")):
         return None
     newest = store.list_jobs(connector_ids=[connector.id], size=1, newest_first=True)
     latest = newest[0] if newest else None
+    if connector.get("status") == "error" and not _failed_by_its_job(connector, latest):
+        return None  # its configuration or ping failed: the service's check says when it passes
     fingerprint = configuration_fingerprint(configuration)
     if latest is not None:
         if latest.status in _ACTIVE:
@@ -123,7 +148,9 @@ def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_cl
         if is_continuous(latest.doc):
             if latest.status == "canceled" and metadata.get("config_fingerprint") == fingerprint:
                 return None  # canceled: stays stopped until the configuration changes or a sync is requested
-            if latest.status == "error" and _seconds_since(latest.doc.get("completed_at")) < retry_after:
+            ran = _seconds_between(latest.doc.get("started_at"), latest.doc.get("completed_at"))
+            if (latest.status == "error" and ran < retry_after
+                    and _seconds_since(latest.doc.get("completed_at")) < retry_after):
                 return None
     job_id = create_job(store, connector, job_type="incremental", trigger_method="scheduled",
                         metadata={"continuous": True, "config_fingerprint": fingerprint})

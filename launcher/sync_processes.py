@@ -72,6 +72,11 @@ class WarmProcess:
             self.returncode = returncode
         self._ended.set()
 
+    @property
+    def orphaned(self) -> bool:
+        """Whether the warm process died before this child: its ``returncode`` is then unknown."""
+        return self._orphaned
+
     def _lost_parent(self) -> None:
         """The warm process died: nobody reports this child's end any more; watch its pid."""
         self._orphaned = True

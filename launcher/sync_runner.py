@@ -186,6 +186,23 @@ def requested_reindex(job_doc: Mapping[str, Any], connector_id: str | None = Non
     raise ConnectorError(f"metadata.reindex: expected true or false, got {value!r}", connector_id)
 
 
+def _ended_without_result(process: Any) -> str:
+    """How a sync process that wrote no result ended (``returncode`` as ``subprocess.Popen`` gives it: -N
+    for signal N; unknown for a warm process's child whose parent died before it could tell)."""
+    code = getattr(process, "returncode", None)
+    if code is None or getattr(process, "orphaned", False):
+        return "the sync process ended without a result, and how is unknown (the warm process that started it is gone)"
+    if code >= 0:
+        return f"the sync process ended with exit code {code} and no result"
+    try:
+        name = f"{signal.Signals(-code).name} (signal {-code}"
+    except ValueError:
+        name = f"signal {-code} (unknown"
+    name += ": kill -9 or the kernel's out-of-memory killer)" if code == -signal.SIGKILL else ")"
+    return (f"the sync process was killed by {name} before it reported its result; the counters are what its workers "
+            "had reported")
+
+
 def _unavailable(exc: BaseException) -> bool:
     """Elasticsearch away or not ready yet (no connection, a timeout, 429 or 5xx: shards still recovering)."""
     if isinstance(exc, ApiError):
@@ -519,9 +536,8 @@ class SyncRunner(threading.Thread):
         try:
             outcome = json.loads(result_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            code = self.process.returncode if self.process else None
             self._finish("error", run=self._stopped_run(),
-                         error=f"SyncProcessError: the sync process ended with exit code {code} and no result")
+                         error=f"SyncProcessError: {_ended_without_result(self.process)}")
             return
         # Exact (Beam metrics) when the pipeline reached its end; else what the workers reported.
         run = Counters.of_outcome(outcome) or self._stopped_run(outcome.get("progress"))

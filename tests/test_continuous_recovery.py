@@ -13,6 +13,11 @@ breaks something the hard way, and ends comparing the content index with the tab
 ``_version`` the first snapshot gave them (a new snapshot would have written them again with
 a higher one) and the slot's ``confirmed_flush_lsn`` never goes back.
 
+The daemon runs with the service's shipped ``heartbeat`` (300 s: how often it checks a
+connector again) and warm sync processes on (each sync forked from the warm process, not the
+daemon's child), as a user's does: a stream killed with -9 was once started again only after
+that heartbeat, when the daemon checked the connector its failure had put in ``error``.
+
 These tests stop Elasticsearch, so they use the private node of
 :mod:`tests.fixtures_security.own_node` (``FAULT_ES_PORT``, default 9220). They need
 PostgreSQL from ``scripts/servers/postgresql`` and Prism from ``scripts/prism build``
@@ -34,6 +39,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from launcher.config import ServiceConfig
 from pipelines.options import default_prism_location
 from tests.fixtures_security.own_node import FAULT_ES_URL, es_script, fast_refresh
 from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
@@ -57,7 +63,8 @@ def recovery(own_es, pg, tmp_path_factory):
     config = write_config(
         folder / "config.yml", es_url=FAULT_ES_URL, sources={SERVICE: "sources.postgresql:PostgreSQLDataSource"},
         elasticsearch={"request_timeout": 10, "max_retries": 1},
-        service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1, "cancel_check_interval": 0.5,
+        service={"idling": 0.5, "heartbeat": ServiceConfig.model_fields["heartbeat"].default,
+                 "warm_sync_processes": True, "job_progress_interval": 1, "cancel_check_interval": 0.5,
                  "max_errors": 100000, "metrics_address": f"127.0.0.1:{metrics_port}"},
         pipeline={"bulk": {"initial_backoff": 0.2, "max_backoff": 2, "max_retries": 60}})
     holder = {"process": DaemonProcess(config, folder / "daemon-1.log"), "config": config, "folder": folder,
@@ -143,12 +150,16 @@ def test_continuous_sync_when_sync_process_killed_during_writes_then_resumes_fro
     first = _start_streaming(tables)
     with _under_writes(tables) as writer:
         versions, lsn = _untouched_versions(tables), _confirmed_lsn(tables)
-        for process in _sync_processes(recovery["process"]):
+        victims = _sync_processes(recovery["process"])
+        assert all("pipelines.fork_server" in " ".join(p.parent().cmdline()) for p in victims), "not forked warm"
+        for process in victims:
             process.kill()
-        wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "error"],
-                 timeout=60, what="the killed job ended")
+        ended = wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "error"],
+                         timeout=60, what="the killed job ended")[0]
+        assert ended["error"].startswith("SyncProcessError: the sync process was killed by SIGKILL"), ended["error"]
+        # Well before the heartbeat (300 s): the connector the failure put in error is not waited for.
         second = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress"
-                                   and j["id"] != first["id"]], timeout=120, what="the stream started again")[0]
+                                   and j["id"] != first["id"]], timeout=90, what="the stream started again")[0]
         assert second["metadata"]["continuous"] is True
         written = writer.writes
         wait_for(lambda: writer.writes >= written + 300, timeout=60, what="writes after the restart")

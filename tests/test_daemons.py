@@ -9,6 +9,7 @@ directory source (to check that the index converges to the source).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher.configuration import complete_configuration
@@ -24,7 +26,7 @@ from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, ensure_indices
 from launcher.protocol import create_job, get_connector, get_job, new_connector, update_connector, update_job
 from sources.directory import DirectoryDataSource
 from tests.fixtures_sources.slow import SlowSource
-from tests.helpers import DIR_SOURCE, REPO, DaemonProcess, index_docs, wait_for, write_config
+from tests.helpers import DIR_SOURCE, REPO, DaemonProcess, child_pids, index_docs, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -317,6 +319,42 @@ def test_daemons_when_sigterm_mid_sync_then_suspended_and_finished_by_the_other(
     docs = index_docs(es, _connector(es, connector)["index_name"])
     assert sorted(docs) == sorted(f"doc-{n}" for n in range(40))
     assert job["total_document_count"] == 40
+
+
+def test_daemons_when_sync_process_killed_mid_sync_then_error_saying_so_at_once_and_counters_exact(
+        es, daemons, connectors):
+    from transforms.progress import PROGRESS_INDEX, read_progress
+
+    connector = connectors(values={"count": 400, "delay_ms": 50})
+    job_id = create_job(es, get_connector(es, connector))
+    owner = wait_for(lambda: (_running(es, job_id) or {}).get("worker_hostname"), timeout=90, what="a claim")
+    wait_for(lambda: _indexed(es, job_id) >= 10, timeout=60, what="the sync to index its first documents")
+    daemon = daemons.daemons[owner]
+    [pid] = wait_for(lambda: child_pids(daemon.process.pid), timeout=30, what="the sync process")
+    assert "pipelines.fork_server" in " ".join(psutil.Process(pid).parent().cmdline())  # forked warm, not the daemon's
+    index = _connector(es, connector)["index_name"]
+
+    def frozen_between_bulks() -> int | None:
+        """Stopped (SIGSTOP) while no ``_bulk`` is in flight: the index holds what its workers reported."""
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a request already sent completes meanwhile
+        es.indices.refresh(index=f"{index},{PROGRESS_INDEX}")
+        held, reported = es.count(index=index)["count"], read_progress(es, job_id)["indexed_document_count"]
+        if held == reported:
+            return held
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+        return None
+
+    held = wait_for(frozen_between_bulks, timeout=60, what="a moment without a _bulk in flight")
+    os.kill(pid, signal.SIGKILL)
+    job = wait_for(lambda: _ended(es, job_id), timeout=30, what="the killed job ended")
+    assert job["status"] == "error", job
+    assert job["error"].startswith("SyncProcessError: the sync process was killed by SIGKILL (signal 9"), job["error"]
+    assert 10 <= held < 400 and es.count(index=index)["count"] == held
+    assert (job["indexed_document_count"], job["total_document_count"]) == (held, held), (job, held)
+    doc = wait_for(lambda: _connector_once(es, connector, "error"), timeout=10, what="the lock released")
+    assert doc["last_sync_error"] == job["error"] and doc["last_indexed_document_count"] == held
 
 
 def test_daemons_when_sigkill_mid_sync_then_reaped_and_next_sync_converges(es, daemons, connectors):

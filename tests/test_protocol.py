@@ -716,7 +716,8 @@ def test_claim_job_when_incremental_with_a_cursor_then_the_snapshot_keeps_rules_
     # basic rules and indexed excluded files: issue 20).
     rule = {"id": "r1", "policy": "exclude", "field": "title", "rule": "equals", "value": "x", "order": 1}
     default = {"id": "DEFAULT", "policy": "include", "field": "_", "rule": "regex", "value": ".*", "order": 2}
-    active = {"rules": [rule, default], "advanced_snippet": {"value": {}}, "validation": {"state": "valid", "errors": []}}
+    active = {"rules": [rule, default], "advanced_snippet": {"value": {}},
+              "validation": {"state": "valid", "errors": []}}
     connector = make_connector(service_type="incremental_slow", configuration=_configured(count=1),
                                status="connected", sync_cursor={"position": 42},
                                pipeline={"name": "test-my-pipeline", "extract_binary_content": False,
@@ -734,6 +735,39 @@ def test_claim_job_when_incremental_with_a_cursor_then_the_snapshot_keeps_rules_
     assert sync_job.ingest_pipeline == "test-my-pipeline"
     assert sync_job.pipeline_flags == {"_extract_binary_content": False, "_reduce_whitespace": True,
                                        "_run_ml_inference": True}
+
+
+def test_ensure_continuous_job_when_connector_in_error_then_only_its_own_job_failure_starts_a_stream(
+        es, make_connector):
+    # A stream's failure puts the connector in error (the job's error); waiting for the service's next
+    # check of the connector (service.heartbeat, 300 s) to start it again was the 280 s seen after a
+    # kill -9 (issue 20). A connector whose own check failed gets no stream.
+    from launcher.continuous_jobs import ensure_continuous_job
+    from launcher.protocol import now_iso
+    from sources.directory import DirectoryDataSource
+
+    def ago(seconds: float) -> str:
+        return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat()
+
+    def connector_with(newest: dict, **fields) -> Connector:
+        connector = make_connector(service_type="dir", configuration={"continuous_sync": {"value": True}},
+                                   status="error", **fields)
+        job_id = create_job(es, connector, job_type="incremental", metadata={"continuous": True})
+        update_job(es, job_id, {"status": "error", **newest})
+        return get_connector(es, connector.id)
+
+    store = IndexStore(es)
+    killed = "SyncProcessError: the sync process was killed by SIGKILL (signal 9: ...)"
+    long_run = {"error": killed, "started_at": ago(600), "completed_at": now_iso()}
+    assert ensure_continuous_job(store, connector_with(long_run, error=killed), DirectoryDataSource, retry_after=30)
+    assert ensure_continuous_job(store, connector_with(long_run, error="Invalid configuration: Directory: ..."),
+                                 DirectoryDataSource, retry_after=30) is None
+    # One that failed soon after it started (its source down) waits retry_after after its end.
+    short_run = {"error": killed, "started_at": ago(3), "completed_at": ago(1)}
+    assert ensure_continuous_job(store, connector_with(short_run, error=killed), DirectoryDataSource,
+                                 retry_after=30) is None
+    short_run = {"error": killed, "started_at": ago(45), "completed_at": ago(40)}
+    assert ensure_continuous_job(store, connector_with(short_run, error=killed), DirectoryDataSource, retry_after=30)
 
 
 def test_build_sync_job_when_snapshot_pipeline_not_an_object_then_connector_error(tmp_path):
