@@ -50,6 +50,7 @@ import abc
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import ssl
@@ -271,6 +272,10 @@ class SqlDataSource(BaseDataSource):
     _ESTIMATED_ROWS_SQL: ClassVar[str] = ""
     #: Run on a connection to the default database: the names of the databases.
     _LIST_DATABASES_SQL: ClassVar[str] = ""
+    #: ``"module:Class"`` of the dialect's :class:`~sources.streaming.ChangeStream`, built as
+    #: ``Class(source, stream_id, cursor)``; imported on first use, so only continuous syncs load
+    #: the replication client. Empty: no continuous sync.
+    _CHANGE_STREAM: ClassVar[str] = ""
     #: Parameter (namespace) -> rows (table, column) of every primary key, in key order.
     _PRIMARY_KEYS_SQL: ClassVar[str] = (
         "SELECT kcu.table_name, kcu.column_name "
@@ -293,18 +298,17 @@ class SqlDataSource(BaseDataSource):
         fields = sql_configuration(default_port=cls.default_port, schema=cls.has_schema)
         return with_continuous_sync_field(fields, order=15) if cls.continuous_sync_enabled else fields
 
-    # -- continuous sync (a dialect with ``continuous_sync_enabled`` implements _change_stream) ----
+    # -- continuous sync (a dialect with ``continuous_sync_enabled`` names its _CHANGE_STREAM) ----
     def open_change_stream(self, cursor: dict[str, Any] | None, filtering: Filter | None = None, *,
                            stream_id: str = "default") -> Any:
         """The connector's change stream (see the dialect's ``stream`` module), from ``cursor``."""
         if _advanced_rules(filtering):
             raise SourceConfigError("continuous_sync: advanced sync rules (queries) cannot be followed by change "
                                     "capture; remove them or turn continuous_sync off")
-        return self._change_stream(cursor, stream_id)
-
-    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
-        """The dialect's :class:`~sources.streaming.ChangeStream`."""
-        raise NotImplementedError(f"{type(self).__name__} does not support continuous syncs")
+        if not self._CHANGE_STREAM:
+            raise NotImplementedError(f"{type(self).__name__} does not support continuous syncs")
+        module, _, name = self._CHANGE_STREAM.partition(":")
+        return getattr(importlib.import_module(module), name)(self, stream_id, cursor)
 
     def _keyed_tables(self, why: str) -> list[TableInfo]:
         """The selected tables, refused when one has no primary key (``why`` the stream needs one)."""

@@ -14,26 +14,37 @@ Example usage::
         def indexed(self): ...    # the same, from the index
 
     folder.assert_equal()         # waits until equal; else says what is missing, extra or different
+
+A test module's daemon is one line, ``daemon = stream_daemon_fixture("continuous-x", {SERVICE: FQN})``;
+the steps the tests of cancel, kill -9 and SIGTERM share are methods of :class:`StreamedConnector`
+(:meth:`~StreamedConnector.cancel`, :meth:`~StreamedConnector.request_sync`, :func:`kill_sync` then
+:meth:`~StreamedConnector.restarted_after_kill`, :meth:`~StreamedConnector.stop_daemon` then
+:meth:`~StreamedConnector.start_daemon_again`).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
 from pipelines.options import default_prism_location
-from tests.helpers import DaemonProcess, cli, index_docs, skip_or_fail, wait_for, write_config
+from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for, write_config
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
-__all__ = ["StreamTables", "StreamedConnector", "SYNC_JOBS", "Writer", "stream_daemon"]
+__all__ = ["StreamTables", "StreamedConnector", "SYNC_JOBS", "Writer", "kill_sync", "stream_daemon",
+           "stream_daemon_fixture"]
 
 SYNC_JOBS = ".elastic-connectors-sync-jobs"
 
@@ -52,6 +63,29 @@ def stream_daemon(folder: Path, sources: dict[str, Any]) -> dict[str, Any]:
                                    "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
     process = DaemonProcess(config, folder / "daemon.log")
     return {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
+
+
+def stream_daemon_fixture(name: str, sources: dict[str, Any], *, after: str | None = None) -> Any:
+    """A module's ``daemon`` fixture: :func:`stream_daemon` in a folder ``name`` of the session's
+    temp dir, stopped when the module is done (whichever process ``daemon["process"]`` is then).
+    ``after``: a fixture set up first (the source's server, which skips the module when missing)."""
+
+    @pytest.fixture(scope="module")
+    def daemon(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Any]]:
+        if after:
+            request.getfixturevalue(after)
+        holder = stream_daemon(tmp_path_factory.mktemp(name), sources)
+        yield holder
+        holder["process"].stop()
+
+    return daemon
+
+
+def kill_sync(daemon: dict[str, Any]) -> None:
+    """kill -9 of the daemon's sync process(es), as a crash or an OOM kill would."""
+    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
 
 
 class StreamedConnector:
@@ -104,6 +138,52 @@ class StreamedConnector:
         found = [j for j in self.jobs() if j["status"] == "in_progress"]
         return found[0] if found else None
 
+    def wait_job(self, job_id: str, status: str, *, timeout: float, what: str) -> dict[str, Any]:
+        """The job ``job_id`` once its status is ``status`` (fails after ``timeout`` seconds)."""
+        return wait_for(lambda: [j for j in self.jobs() if j["id"] == job_id and j["status"] == status],
+                        timeout=timeout, what=what)[0]
+
+    def command(self, *args: str) -> None:
+        """``elastic-ingest ARGS`` with the daemon's configuration; it must succeed."""
+        result = cli(*args, config=self.config)
+        assert result.returncode == 0, result.stderr
+
+    def cancel(self, job: dict[str, Any]) -> None:
+        """``--action cancel`` of ``job``: the job ends canceled."""
+        self.command("--action", "cancel", "--job-id", job["id"])
+        self.wait_job(job["id"], "canceled", timeout=30, what="the job canceled")
+
+    def request_sync(self) -> dict[str, Any]:
+        """``--action sync`` after a canceled first job: the sync runs, then the stream starts again
+        (a continuous job after those two); the index equals the source. Returns the new job."""
+        self.command("--action", "sync", "--connector-id", self.connector_id)
+        job = wait_for(lambda: [j for j in self.jobs()[2:] if j["status"] == "in_progress"
+                                and (j.get("metadata") or {}).get("continuous")], timeout=120,
+                       what="a new continuous job after the requested sync")[0]
+        self.assert_equal()
+        return job
+
+    def restarted_after_kill(self, killed: dict[str, Any], *earlier: dict[str, Any]) -> dict[str, Any]:
+        """After :func:`kill_sync`: the ``killed`` job ends ``error``, a new one (neither ``killed`` nor
+        ``earlier``) runs and the index equals the source. Returns the new job."""
+        self.wait_job(killed["id"], "error", timeout=60, what="the killed job ended")
+        old = {job["id"] for job in (killed, *earlier)}
+        job = wait_for(lambda: [j for j in self.jobs() if j["status"] == "in_progress" and j["id"] not in old],
+                       timeout=90, what="the stream started again")[0]
+        self.assert_equal()
+        return job
+
+    def stop_daemon(self, daemon: dict[str, Any], job: dict[str, Any]) -> None:
+        """SIGTERM to the daemon: it exits 0 and leaves ``job`` suspended."""
+        assert daemon["process"].stop() == 0
+        assert [j["status"] for j in self.jobs() if j["id"] == job["id"]] == ["suspended"]
+
+    def start_daemon_again(self, daemon: dict[str, Any], job: dict[str, Any]) -> None:
+        """A new daemon (``daemon["process"]``): it resumes the suspended ``job``; the index equals the source."""
+        daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
+        self.wait_job(job["id"], "in_progress", timeout=90, what="the suspended job resumed")
+        self.assert_equal()
+
 
 class StreamTables(StreamedConnector, abc.ABC):
     """One test's tables (``items``: the busy one; ``tags``: the one truncated) and its connector."""
@@ -119,6 +199,10 @@ class StreamTables(StreamedConnector, abc.ABC):
     @abc.abstractmethod
     def fetch(self, sql: str) -> list[tuple]:
         """Every row of a query on the test's database."""
+
+    @abc.abstractmethod
+    def execute(self, sql: str) -> None:
+        """One statement on the test's database (autocommit)."""
 
     def create_connector(self) -> None:
         ensure_indices(self.es)
@@ -154,6 +238,20 @@ class StreamTables(StreamedConnector, abc.ABC):
         current = self.running()
         stream = (current or {}).get("metadata", {}).get("stream") or {}
         return current if stream.get("cursor") and stream.get("snapshot") == "done" else None
+
+    def turn_off(self, job: dict[str, Any]) -> None:
+        """``continuous_sync=false``: the continuous ``job`` completes, saying why."""
+        self.command("--action", "update-connector", "--connector-id", self.connector_id, "--set",
+                     "continuous_sync=false")
+        ended = self.wait_job(job["id"], "completed", timeout=60, what="the continuous job completed")
+        assert ended["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
+
+    def assert_not_followed(self) -> None:
+        """After :meth:`turn_off`: a row inserted is not indexed, and no job is pending or running."""
+        self.execute(f"INSERT INTO {self.items} VALUES (2000000, 'after off', 1, NULL)")
+        time.sleep(3)
+        assert f"{self.items}_2000000" not in index_docs(self.es, self.index)
+        assert not [j for j in self.jobs() if j["status"] in ("pending", "in_progress")]
 
     def drop_connector(self) -> None:
         self.es.options(ignore_status=404).delete(index=CONNECTORS_INDEX, id=self.connector_id, refresh=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import urllib.request
 import time
 import uuid
@@ -22,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.continuous_fixtures import StreamTables, Writer, stream_daemon
-from tests.helpers import ES_URL, DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
+from tests.continuous_fixtures import StreamTables, Writer, kill_sync, stream_daemon_fixture
+from tests.helpers import ES_URL, cli, index_docs, skip_or_fail, wait_for
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,11 +47,8 @@ def pg():
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, pg):
-    holder = stream_daemon(tmp_path_factory.mktemp("continuous"), {SERVICE: "sources.postgresql:PostgreSQLDataSource"})
-    yield holder
-    holder["process"].stop()
+daemon = stream_daemon_fixture("continuous", {SERVICE: "sources.postgresql:PostgreSQLDataSource"},
+                               after="pg")
 
 
 class Tables(StreamTables):
@@ -66,6 +62,9 @@ class Tables(StreamTables):
 
     def fetch(self, sql: str) -> list[tuple]:
         return list(self.pg.execute(sql))
+
+    def execute(self, sql: str) -> None:
+        self.pg.execute(sql)
 
     def slot(self) -> tuple | None:
         return self.pg.execute("SELECT slot_name, active FROM pg_replication_slots WHERE slot_name = %s",
@@ -165,17 +164,9 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drop
     assert "elastic_ingest_streaming_connectors 1.0" in metrics
 
     # Turned off: the job ends, the slot and the publication are dropped, later changes are not applied.
-    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
-                 "continuous_sync=false", config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    ended = wait_for(lambda: [j for j in tables.jobs() if j["id"] == job["id"] and j["status"] == "completed"],
-                     timeout=60, what="the continuous job completed")[0]
-    assert ended["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
+    tables.turn_off(job)
     wait_for(lambda: tables.slot() is None and tables.publication() is None, timeout=30, what="slot dropped")
-    pg.execute(f"INSERT INTO {items} VALUES (2000000, 'after off', 1, NULL)")
-    time.sleep(3)
-    assert f"{items}_2000000" not in index_docs(es, tables.index)
-    assert not [j for j in tables.jobs() if j["status"] in ("pending", "in_progress")]
+    tables.assert_not_followed()
 
 
 def test_continuous_sync_when_canceled_killed_or_suspended_then_resumes_from_the_acknowledged_position(
@@ -187,42 +178,24 @@ def test_continuous_sync_when_canceled_killed_or_suspended_then_resumes_from_the
     tables.assert_equal()
 
     # Cancel: the job ends canceled, and no other starts while the configuration stays the same.
-    result = cli("--action", "cancel", "--job-id", first["id"], config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "canceled"],
-             timeout=30, what="the job canceled")
+    tables.cancel(first)
     pg.execute(f"UPDATE {items} SET name = 'while canceled' WHERE id = 1")
     time.sleep(4)  # eight polls
     assert [j["status"] for j in tables.jobs()] == ["canceled"]
 
     # A sync requested: it runs, then the stream starts again from the slot's position.
-    result = cli("--action", "sync", "--connector-id", tables.connector_id, config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    second = wait_for(lambda: [j for j in tables.jobs()[2:] if j["status"] == "in_progress"
-                               and (j.get("metadata") or {}).get("continuous")], timeout=120,
-                      what="a new continuous job after the requested sync")[0]
-    tables.assert_equal()
+    second = tables.request_sync()
 
     # kill -9 of the sync process, with writes while it is down: a new job resumes from the slot.
-    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    kill_sync(daemon)
     pg.execute(f"INSERT INTO {items} SELECT i, 'while down ' || i, i, NULL FROM generate_series(600, 700) i")
     pg.execute(f"DELETE FROM {items} WHERE id BETWEEN 100 AND 150")
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == second["id"] and j["status"] == "error"],
-             timeout=60, what="the killed job ended")
-    third = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["id"] != second["id"]],
-                     timeout=90, what="the stream started again")[0]
-    tables.assert_equal()
+    third = tables.restarted_after_kill(second)
 
     # SIGTERM: the job is suspended, writes go on meanwhile, the next daemon resumes the same job.
-    assert daemon["process"].stop() == 0
-    assert [j["status"] for j in tables.jobs() if j["id"] == third["id"]] == ["suspended"]
+    tables.stop_daemon(daemon, third)
     pg.execute(f"UPDATE {items} SET name = 'while stopped' WHERE id BETWEEN 200 AND 260")
-    daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "in_progress"],
-             timeout=90, what="the suspended job resumed")
-    tables.assert_equal()
+    tables.start_daemon_again(daemon, third)
     docs = index_docs(es, tables.index)
     assert docs[f"{items}_200"]["name"] == "while stopped" and f"{items}_120" not in docs
     assert json.dumps(docs).count("while down") == 101

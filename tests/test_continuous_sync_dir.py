@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 import urllib.request
@@ -24,8 +23,8 @@ import pytest
 
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
 from sources.directory import file_id
-from tests.continuous_fixtures import StreamedConnector, stream_daemon
-from tests.helpers import DIR_SOURCE, DaemonProcess, child_pids, cli, index_docs, wait_for
+from tests.continuous_fixtures import StreamedConnector, kill_sync, stream_daemon_fixture
+from tests.helpers import DIR_SOURCE, cli, index_docs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,11 +32,7 @@ RUN = uuid.uuid4().hex[:6]
 SERVICE = f"dirstream_{RUN}"
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    holder = stream_daemon(tmp_path_factory.mktemp("continuous-dir"), {SERVICE: DIR_SOURCE})
-    yield holder
-    holder["process"].stop()
+daemon = stream_daemon_fixture("continuous-dir", {SERVICE: DIR_SOURCE})
 
 
 class Folder(StreamedConnector):
@@ -174,8 +169,7 @@ def test_continuous_sync_dir_when_files_change_then_index_follows_and_a_full_syn
     # A full sync requested meanwhile: it finds every document as the stream wrote it (the excluded
     # files stay out), and the stream resumes after it, the basic rule still applied: its rescan
     # finds the excluded files in the folder and not in the index, and leaves them out.
-    result = cli("--action", "sync", "--connector-id", folder.connector_id, config=daemon["config"])
-    assert result.returncode == 0, result.stderr
+    folder.command("--action", "sync", "--connector-id", folder.connector_id)
     full = wait_for(lambda: [j for j in folder.jobs() if j["job_type"] == "full" and j["status"] == "completed"],
                     timeout=120, what="the requested full sync completed")[0]
     assert full["indexed_document_count"] == 0 and full["deleted_document_count"] == 0, full
@@ -188,9 +182,8 @@ def test_continuous_sync_dir_when_files_change_then_index_follows_and_a_full_syn
     assert not {file_id(p) for p in ("a/excluded.log", "a/file-108.log", "a/after-full.log")} & set(docs)
 
     # Turned off: the job ends, later changes are not applied.
-    result = cli("--action", "update-connector", "--connector-id", folder.connector_id, "--set",
-                 "continuous_sync=false", config=daemon["config"])
-    assert result.returncode == 0, result.stderr
+    folder.command("--action", "update-connector", "--connector-id", folder.connector_id, "--set",
+                   "continuous_sync=false")
     wait_for(lambda: not folder.running(), timeout=60, what="the continuous job ended")
     ended = [j for j in folder.jobs() if (j.get("metadata") or {}).get("stream_ended")]
     assert ended and ended[-1]["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
@@ -211,49 +204,31 @@ def test_continuous_sync_dir_when_canceled_killed_or_stopped_then_a_rescan_finds
     folder.assert_equal()
 
     # Cancel: the job ends canceled, changes are not applied, no other job starts.
-    result = cli("--action", "cancel", "--job-id", first["id"], config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: [j for j in folder.jobs() if j["id"] == first["id"] and j["status"] == "canceled"],
-             timeout=30, what="the job canceled")
+    folder.cancel(first)
     folder.write("f/file-1.txt", "while canceled")
     time.sleep(4)  # eight polls
     assert [j["status"] for j in folder.jobs()] == ["canceled"]
     assert index_docs(es, folder.index)[file_id("f/file-1.txt")]["body"] == "file 1"
 
     # A sync requested: it runs, then the stream starts again.
-    result = cli("--action", "sync", "--connector-id", folder.connector_id, config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    second = wait_for(lambda: [j for j in folder.jobs()[2:] if j["status"] == "in_progress"
-                               and (j.get("metadata") or {}).get("continuous")], timeout=120,
-                      what="a new continuous job after the requested sync")[0]
-    folder.assert_equal()
+    second = folder.request_sync()
 
     # kill -9 of the sync process, with changes while it is down: the next job's rescan finds them.
-    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    kill_sync(daemon)
     for i in range(200, 230):
         folder.write(f"g/down-{i}.txt", f"while down {i}")
     for i in range(10, 20):
         (folder.root / f"f/file-{i}.txt").unlink()
     folder.write("f/file-2.txt", "changed while down")
-    wait_for(lambda: [j for j in folder.jobs() if j["id"] == second["id"] and j["status"] == "error"],
-             timeout=60, what="the killed job ended")
-    third = wait_for(lambda: [j for j in folder.jobs() if j["status"] == "in_progress" and j["id"] != second["id"]],
-                     timeout=90, what="the stream started again")[0]
-    folder.assert_equal()
+    third = folder.restarted_after_kill(second)
 
     # SIGTERM: the job is suspended, changes are made meanwhile, the next daemon resumes the same job.
-    assert daemon["process"].stop() == 0
-    assert [j["status"] for j in folder.jobs() if j["id"] == third["id"]] == ["suspended"]
+    folder.stop_daemon(daemon, third)
     for i in range(40, 60):
         folder.write(f"f/file-{i}.txt", f"while stopped {i}")
     os.rename(folder.root / "g", folder.root / "g-renamed")
     (folder.root / "f/file-3.txt").unlink()
-    daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
-    wait_for(lambda: [j for j in folder.jobs() if j["id"] == third["id"] and j["status"] == "in_progress"],
-             timeout=90, what="the suspended job resumed")
-    folder.assert_equal()
+    folder.start_daemon_again(daemon, third)
     docs = index_docs(es, folder.index)
     assert docs[file_id("f/file-40.txt")]["body"] == "while stopped 40" and file_id("f/file-3.txt") not in docs
     assert sum(1 for doc in docs.values() if doc["path"].startswith("g-renamed/")) == 30

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +24,8 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX
-from tests.continuous_fixtures import StreamTables, Writer, stream_daemon
-from tests.helpers import DaemonProcess, child_pids, cli, index_docs, skip_or_fail, wait_for
+from tests.continuous_fixtures import StreamTables, Writer, kill_sync, stream_daemon_fixture
+from tests.helpers import cli, index_docs, skip_or_fail, wait_for
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
 from tests.sources.sql_fixtures import DATABASE, HOST, PASSWORD, USER
 
@@ -59,11 +58,7 @@ def db():
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, db):
-    holder = stream_daemon(tmp_path_factory.mktemp("continuous-mysql"), {SERVICE: "sources.mysql:MySqlDataSource"})
-    yield holder
-    holder["process"].stop()
+daemon = stream_daemon_fixture("continuous-mysql", {SERVICE: "sources.mysql:MySqlDataSource"}, after="db")
 
 
 class Tables(StreamTables):
@@ -81,6 +76,9 @@ class Tables(StreamTables):
         with self.db.cursor() as cur:
             cur.execute(sql)
             return list(cur.fetchall())
+
+    def execute(self, sql: str) -> None:
+        run(self.db, sql)
 
     def stored_cursor(self) -> dict[str, Any]:
         return self.es.get(index=CONNECTORS_INDEX, id=self.connector_id)["_source"].get("sync_cursor") or {}
@@ -167,16 +165,8 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_stop
     assert shown.returncode == 0 and "incremental (continuous, lag " in shown.stdout, shown.stdout + shown.stderr
 
     # Turned off: the job ends and later changes are not applied.
-    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set",
-                 "continuous_sync=false", config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    ended = wait_for(lambda: [j for j in tables.jobs() if j["id"] == job["id"] and j["status"] == "completed"],
-                     timeout=60, what="the continuous job completed")[0]
-    assert ended["metadata"]["stream_ended"].startswith("continuous_sync was turned off")
-    run(db, f"INSERT INTO {items} VALUES (2000000, 'after off', 1, NULL)")
-    time.sleep(3)
-    assert f"{items}_2000000" not in index_docs(es, tables.index)
-    assert not [j for j in tables.jobs() if j["status"] in ("pending", "in_progress")]
+    tables.turn_off(job)
+    tables.assert_not_followed()
 
 
 def test_continuous_sync_when_canceled_killed_suspended_or_binlog_purged_then_resumes_or_snapshots_again(
@@ -189,61 +179,40 @@ def test_continuous_sync_when_canceled_killed_suspended_or_binlog_purged_then_re
     untouched = es.get(index=tables.index, id=f"{items}_400")["_version"]
 
     # Cancel: the job ends canceled, and no other starts while the configuration stays the same.
-    result = cli("--action", "cancel", "--job-id", first["id"], config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == first["id"] and j["status"] == "canceled"],
-             timeout=30, what="the job canceled")
+    tables.cancel(first)
     run(db, f"UPDATE {items} SET name = 'while canceled' WHERE id = 1")
     time.sleep(4)  # eight polls
     assert [j["status"] for j in tables.jobs()] == ["canceled"]
 
     # The configuration changes: a new stream resumes from the stored binlog position (no new snapshot).
-    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=300",
-                 config=daemon["config"])
-    assert result.returncode == 0, result.stderr
+    tables.command("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=300")
     second = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["id"] != first["id"]],
                       timeout=90, what="a new continuous job")[0]
     tables.assert_equal()
     assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched  # not snapshot again
 
     # kill -9 of the sync process, with writes while it is down: a new job resumes from the sync_cursor.
-    pids = wait_for(lambda: child_pids(daemon["process"].process.pid), timeout=30, what="the sync process")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    kill_sync(daemon)
     _insert_rows(db, items, range(600, 701), "while down")
     run(db, f"DELETE FROM {items} WHERE id BETWEEN 100 AND 150")
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == second["id"] and j["status"] == "error"],
-             timeout=60, what="the killed job ended")
-    third = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress"
-                              and j["id"] not in (first["id"], second["id"])], timeout=90,
-                     what="the stream started again")[0]
-    tables.assert_equal()
+    third = tables.restarted_after_kill(second, first)
     assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
 
     # SIGTERM: the job is suspended, writes go on meanwhile, the next daemon resumes the same job
     # from the connector's sync_cursor (not the cursor the job was first claimed with).
-    assert daemon["process"].stop() == 0
-    assert [j["status"] for j in tables.jobs() if j["id"] == third["id"]] == ["suspended"]
+    tables.stop_daemon(daemon, third)
     run(db, f"UPDATE {items} SET name = 'while stopped' WHERE id BETWEEN 300 AND 320")
-    daemon["process"] = DaemonProcess(daemon["config"], daemon["folder"] / "daemon-2.log")
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "in_progress"],
-             timeout=90, what="the suspended job resumed")
-    tables.assert_equal()
+    tables.start_daemon_again(daemon, third)
     assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
 
     # The binlog the stored position points into is purged while no stream runs: one clear
     # error, then a new snapshot that also removes what vanished meanwhile.
-    result = cli("--action", "cancel", "--job-id", third["id"], config=daemon["config"])
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: [j for j in tables.jobs() if j["id"] == third["id"] and j["status"] == "canceled"],
-             timeout=30, what="the job canceled")
+    tables.cancel(third)
     stored = tables.stored_cursor()
     assert stored.get("file"), stored
     run(db, f"DELETE FROM {items} WHERE id BETWEEN 200 AND 260", f"UPDATE {items} SET name = 'while lost' WHERE id = 5")
     purge_binlog(db, stored["file"])
-    result = cli("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=400",
-                 config=daemon["config"])
-    assert result.returncode == 0, result.stderr
+    tables.command("--action", "update-connector", "--connector-id", tables.connector_id, "--set", "fetch_size=400")
     failed = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "error" and "StreamPositionLost" in
                                str(j.get("error"))], timeout=90, what="the lost position reported")[0]
     assert f"binlog position {stored['file']}:{stored['pos']} is no longer" in failed["error"]

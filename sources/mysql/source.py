@@ -48,6 +48,11 @@ class MySqlDataSource(SqlDataSource):
     engine = "MySQL"
     default_port = 3306
     continuous_sync_enabled = True
+    # The binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot. Nothing to
+    # release when continuous sync is turned off: the server keeps no state for a binlog reader
+    # (its files expire with ``expire_logs_days`` whoever reads them); the position is the
+    # connector's ``sync_cursor``.
+    _CHANGE_STREAM = "sources.mysql.stream:MySqlChangeStream"
     _DRIVER_ERROR = pymysql.Error
     _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
     _NOW_SQL = "SELECT UTC_TIMESTAMP(6)"
@@ -62,16 +67,6 @@ class MySqlDataSource(SqlDataSource):
         "SELECT table_name, column_name FROM information_schema.key_column_usage "
         "WHERE table_schema = %s AND constraint_name = 'PRIMARY' ORDER BY table_name, ordinal_position"
     )
-
-    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
-        """The connector's binlog stream, from ``cursor`` (``{"file", "pos", ...}``) or a new snapshot."""
-        from sources.mysql.stream import MySqlChangeStream
-
-        return MySqlChangeStream(self, stream_id, cursor)
-
-    def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
-        """Nothing to release: the server keeps no state for a binlog reader (its files expire with
-        ``expire_logs_days`` whoever reads them); the position is the connector's ``sync_cursor``."""
 
     def _connect(self, settings: SqlSettings, database: str | None) -> pymysql.Connection:
         conn = pymysql.connect(

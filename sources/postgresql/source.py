@@ -42,6 +42,8 @@ class PostgreSQLDataSource(SqlDataSource):
     default_port = 5432
     has_schema = True
     continuous_sync_enabled = True
+    # The logical-replication stream (slot and publication named after ``stream_id``).
+    _CHANGE_STREAM = "sources.postgresql.stream:PgChangeStream"
     _DRIVER_ERROR = psycopg.Error
     _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
     _NOW_SQL = "SELECT now()"
@@ -53,13 +55,6 @@ class PostgreSQLDataSource(SqlDataSource):
         "SELECT datname FROM pg_database "
         "WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT')"
     )
-
-    # -- continuous sync (sources/postgresql/stream.py) ----------------------------------
-    def _change_stream(self, cursor: dict[str, Any] | None, stream_id: str) -> Any:
-        """The connector's logical-replication stream (slot and publication named after ``stream_id``)."""
-        from sources.postgresql.stream import PgChangeStream
-
-        return PgChangeStream(self, stream_id, cursor)
 
     def release_change_stream(self, cursor: dict[str, Any] | None, *, stream_id: str = "default") -> None:
         """Drop the connector's replication slot and publication (WAL is no longer kept for it)."""

@@ -1,7 +1,8 @@
 """The integration suite both SQL sources pass, against the servers of ``scripts/servers/``.
 
 ``test_postgresql.py`` and ``test_mysql.py`` each subclass :class:`SqlSourceSuite` and say
-how to connect; every test here then runs against both servers. Each test creates its own
+how to connect; every test here then runs against both servers. Their change-stream tests
+(continuous sync) subclass :class:`ChangeStreamSuite` the same way. Each test creates its own
 tables (unique names) and drops them afterwards. When a server is not reachable its tests
 are skipped, or fail when ``CI=true``.
 
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -420,3 +422,73 @@ class SqlSourceSuite:
         with pytest.raises(SourceConfigError) as raised:
             call(self.source(host="", port="many", fetch_size=0), "validate_config")
         assert all(field in str(raised.value) for field in ("host: required", "port:", "fetch_size:"))
+
+
+def read_changes(stream: Any, count: int, timeout: float = 20) -> list:
+    """At least ``count`` changes of ``stream`` (fewer when ``timeout`` seconds pass first)."""
+    changes: list = []
+    deadline = time.monotonic() + timeout
+    while len(changes) < count and time.monotonic() < deadline:
+        changes.extend(stream.changes(0.5))
+    return changes
+
+
+@pytest.mark.integration
+class ChangeStreamSuite:
+    """Change-stream tests every SQL source passes. Subclasses set ``source_class`` and ``port``, and
+    define ``run`` and a ``table`` fixture giving ``(connection, name)`` of a new table with at
+    least the columns ``id`` (its primary key) and ``label``."""
+
+    source_class: ClassVar[type]
+    port: ClassVar[int]
+
+    @staticmethod
+    def run(conn: Any, *statements: str) -> None:
+        """Execute ``statements`` on ``conn`` (autocommit)."""
+        raise NotImplementedError
+
+    def stream_source(self, table: str) -> Any:
+        return self.source_class(stream_config(self.port, table))
+
+    def snapshot_and_changes(self, name: str, make_changes: Callable[[], Any], count: int) -> tuple[list, list]:
+        """A new stream of table ``name``: its snapshot, then at least ``count`` changes that
+        ``make_changes()`` made after it (fewer after 20 s); the stream is closed."""
+        stream = self.stream_source(name).open_change_stream(None, stream_id=name)
+        try:
+            snapshot = list(stream.snapshot())
+            make_changes()
+            return snapshot, read_changes(stream, count)
+        finally:
+            stream.close()
+
+    def acknowledged_stream(self, conn: Any, name: str) -> tuple[Any, dict[str, Any]]:
+        """Row 1 in table ``name``, then a stream whose snapshot Elasticsearch acknowledged, closed:
+        the source and the stream's last cursor."""
+        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
+        source = self.stream_source(name)
+        stream = source.open_change_stream(None, stream_id=name)
+        try:
+            list(stream.snapshot())
+            stream.changes(0.2)
+            stream.acknowledge(stream.snapshot_position)  # the snapshot is in Elasticsearch
+            return source, stream.cursor()
+        finally:
+            stream.close()
+
+    @staticmethod
+    def assert_snapshots_again(source: Any, cursor: dict[str, Any], name: str) -> None:
+        """A stream opened at ``cursor`` (after its position was lost) takes a new snapshot: row 1."""
+        again = source.open_change_stream(cursor, stream_id=name)
+        try:
+            assert again.snapshot_position > 0 and [d["_id"] for d in again.snapshot()] == [f"{name}_1"]
+        finally:
+            again.close()
+
+    def test_change_stream_when_table_has_no_primary_key_then_refused_naming_it(self, table):
+        conn, name = table
+        self.run(conn, f"CREATE TABLE {name}_nokey (v TEXT)")
+        try:
+            with pytest.raises(SourceConfigError, match=f"table\\(s\\) {name}_nokey have no primary key"):
+                self.stream_source(f"{name}_nokey").open_change_stream(None, stream_id=name)
+        finally:
+            self.run(conn, f"DROP TABLE {name}_nokey")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from decimal import Decimal
 
 import pymysql
 import pytest
 from mysql_binlog import purge_binlog, require_binlog
-from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id, stream_config
+from sql_fixtures import DATABASE, HOST, PASSWORD, USER, ChangeStreamSuite, SqlSourceSuite, by_id, stream_config
 
 from sources.mysql import MySqlDataSource
 from sources.testing import read_all
@@ -71,21 +70,11 @@ class TestMySql(SqlSourceSuite):
 
 
 # -- continuous sync (sources/mysql/stream.py) ------------------------------------------------
-def _stream_config(table: str) -> dict:
-    return stream_config(PORT, table)
-
-
-def read_changes(stream, count: int, timeout: float = 20) -> list:
-    """At least ``count`` changes of ``stream`` (fewer when ``timeout`` seconds pass first)."""
-    changes: list = []
-    deadline = time.monotonic() + timeout
-    while len(changes) < count and time.monotonic() < deadline:
-        changes.extend(stream.changes(0.5))
-    return changes
-
-
-class TestMySqlChangeStream:
+class TestMySqlChangeStream(ChangeStreamSuite):
     """The streaming contract on the real server (row-based binlog, scripts/servers/mysql)."""
+
+    source_class = MySqlDataSource
+    port = PORT
 
     @pytest.fixture
     def table(self):
@@ -121,7 +110,8 @@ class TestMySqlChangeStream:
                      f"UPDATE {name} SET label = 'changed' WHERE id = 1", f"DELETE FROM {name} WHERE id = 2")
             return 3
 
-        snapshot, changes = check_change_stream(MySqlDataSource, _stream_config(name), make_changes, stream_id=name)
+        snapshot, changes = check_change_stream(MySqlDataSource, stream_config(PORT, name), make_changes,
+                                                stream_id=name)
 
         assert sorted(d["_id"] for d in snapshot) == sorted(f"{name}_{i}" for i in range(1, 21))  # not 100
         assert [(c.op, c.doc["_id"]) for c in changes] == [
@@ -134,13 +124,8 @@ class TestMySqlChangeStream:
         values = ("'héllo', 1234.5678, '2024-02-29 13:14:15.5', '25:03:04', '{\"a\": [1, {\"b\": null}]}', 'x,z', "
                   "b'10100101', X'00FF10', 18446744073709551615")
         self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (1, {values})")
-        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
-        try:
-            (snapshot,) = list(stream.snapshot())
-            self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (2, {values})")
-            changes = read_changes(stream, 1)
-        finally:
-            stream.close()
+        (snapshot,), changes = self.snapshot_and_changes(
+            name, lambda: self.run(conn, "SET time_zone = '+00:00'", f"INSERT INTO {name} VALUES (2, {values})"), 1)
         streamed = changes[0].doc
         assert {**streamed, "id": 1, "_id": snapshot["_id"]} == snapshot
         assert snapshot["price"] == Decimal("1234.5678") and snapshot["at_ts"] == "2024-02-29T13:14:15.500000"
@@ -152,18 +137,16 @@ class TestMySqlChangeStream:
 
         conn, name = table
         self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one'), (2, 'two')")
-        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
-        try:
-            list(stream.snapshot())
+
+        def make_changes() -> None:
             conn.begin()
             self.run(conn, f"INSERT INTO {name} (id, label) VALUES (3, 'ghost')", f"DELETE FROM {name} WHERE id = 3",
                      f"UPDATE {name} SET id = 20 WHERE id = 2")
             conn.commit()
             self.run(conn, f"TRUNCATE TABLE {name}", f"INSERT INTO {name} (id, label) VALUES (7, 'after')",
                      "FLUSH BINARY LOGS", f"INSERT INTO {name} (id, label) VALUES (8, 'next binlog file')")
-            changes = read_changes(stream, 6)
-        finally:
-            stream.close()
+
+        _, changes = self.snapshot_and_changes(name, make_changes, 6)
         assert [(c.op, c.doc.get("_id") or c.doc) for c in changes] == [
             ("delete", f"{name}_3"), ("delete", f"{name}_2"), ("index", f"{name}_20"),
             (OP_TRUNCATE, {"table": name}), ("index", f"{name}_7"), ("index", f"{name}_8")]
@@ -173,15 +156,10 @@ class TestMySqlChangeStream:
     def test_change_stream_when_column_added_while_streaming_then_rows_carry_it(self, table):
         conn, name = table
         self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
-        stream = MySqlDataSource(_stream_config(name)).open_change_stream(None, stream_id=name)
-        try:
-            list(stream.snapshot())
-            self.run(conn, f"ALTER TABLE {name} ADD COLUMN extra INT DEFAULT 7",
-                     f"INSERT INTO {name} (id, label, extra) VALUES (2, 'two', 9)",
-                     f"UPDATE {name} SET label = 'uno' WHERE id = 1")
-            changes = read_changes(stream, 2)
-        finally:
-            stream.close()
+        _, changes = self.snapshot_and_changes(name, lambda: self.run(
+            conn, f"ALTER TABLE {name} ADD COLUMN extra INT DEFAULT 7",
+            f"INSERT INTO {name} (id, label, extra) VALUES (2, 'two', 9)",
+            f"UPDATE {name} SET label = 'uno' WHERE id = 1"), 2)
         assert [(c.doc["_id"], c.doc["label"], c.doc["extra"]) for c in changes] == [
             (f"{name}_2", "two", 9), (f"{name}_1", "uno", 7)]
 
@@ -189,33 +167,11 @@ class TestMySqlChangeStream:
         from sources.errors import StreamPositionLost
 
         conn, name = table
-        self.run(conn, f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
-        source = MySqlDataSource(_stream_config(name))
-        stream = source.open_change_stream(None, stream_id=name)
-        list(stream.snapshot())
-        stream.changes(0.2)
-        stream.acknowledge(stream.snapshot_position)  # the snapshot is in Elasticsearch
-        cursor = stream.cursor()
-        stream.close()
+        source, cursor = self.acknowledged_stream(conn, name)
         assert cursor["file"] and cursor["pos"] > 4 and cursor["server_id"] > 0 and cursor["gtid"].startswith("0-1-")
         purge_binlog(conn, cursor["file"])
 
         with pytest.raises(StreamPositionLost, match=f"binlog position {cursor['file']}:{cursor['pos']} is no longer "
                                                      ".*purged.*new snapshot"):
             source.open_change_stream(cursor, stream_id=name)
-        again = source.open_change_stream({}, stream_id=name)  # the service cleared the cursor
-        try:
-            assert again.snapshot_position > 0 and [d["_id"] for d in again.snapshot()] == [f"{name}_1"]
-        finally:
-            again.close()
-
-    def test_change_stream_when_table_has_no_primary_key_then_refused_naming_it(self, table):
-        from sources.errors import SourceConfigError
-
-        conn, name = table
-        self.run(conn, f"CREATE TABLE {name}_nokey (v TEXT)")
-        try:
-            with pytest.raises(SourceConfigError, match=f"table\\(s\\) {name}_nokey have no primary key"):
-                MySqlDataSource(_stream_config(f"{name}_nokey")).open_change_stream(None, stream_id=name)
-        finally:
-            self.run(conn, f"DROP TABLE {name}_nokey")
+        self.assert_snapshots_again(source, {}, name)  # the service cleared the cursor

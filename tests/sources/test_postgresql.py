@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from sql_fixtures import DATABASE, HOST, PASSWORD, USER, SqlSourceSuite, by_id, stream_config
+from sql_fixtures import DATABASE, HOST, PASSWORD, USER, ChangeStreamSuite, SqlSourceSuite, by_id, stream_config
 
 from sources.errors import SourceError
 from sources.postgresql import PostgreSQLDataSource
@@ -136,12 +136,11 @@ class TestPostgreSQL(SqlSourceSuite):
 
 
 # -- continuous sync (sources/postgresql/stream.py) -------------------------------------------
-def _stream_config(table: str) -> dict:
-    return stream_config(PORT, table)
-
-
-class TestPostgreSQLChangeStream:
+class TestPostgreSQLChangeStream(ChangeStreamSuite):
     """The streaming contract on the real server (wal_level=logical, scripts/servers/postgresql)."""
+
+    source_class = PostgreSQLDataSource
+    port = PORT
 
     @pytest.fixture
     def table(self):
@@ -152,9 +151,14 @@ class TestPostgreSQLChangeStream:
         conn.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, label TEXT, price NUMERIC(12,4), "
                      "at_zone TIMESTAMPTZ, doc JSONB, words TEXT[], raw BYTEA)")
         yield conn, name
-        PostgreSQLDataSource(_stream_config(name)).release_change_stream(None, stream_id=name)
+        self.stream_source(name).release_change_stream(None, stream_id=name)
         conn.execute(f"DROP TABLE IF EXISTS {name}")
         conn.close()
+
+    @staticmethod
+    def run(conn, *statements: str) -> None:
+        for statement in statements:
+            conn.execute(statement)
 
     def test_change_stream_when_contract_checked_then_ordered_changes_after_the_snapshot(self, table):
         from sources.testing import check_change_stream
@@ -170,7 +174,7 @@ class TestPostgreSQLChangeStream:
             # the stream's truncate then removes those documents anyway. The daemon test has one.)
             return 3
 
-        snapshot, changes = check_change_stream(PostgreSQLDataSource, _stream_config(name), make_changes,
+        snapshot, changes = check_change_stream(PostgreSQLDataSource, stream_config(PORT, name), make_changes,
                                                 stream_id=name)
 
         assert sorted(d["_id"] for d in snapshot) == sorted(f"{name}_{i}" for i in range(1, 21))  # not 100
@@ -183,16 +187,8 @@ class TestPostgreSQLChangeStream:
         values = ("héllo", "1234.5678", "2024-02-29 13:14:15+02", '{"a": [1, {"b": null}]}', '{"a","b c"}',
                   "\\x00ff10")
         conn.execute(f"INSERT INTO {name} VALUES (1, %s, %s, %s, %s, %s, %s)", values)
-        source = PostgreSQLDataSource(_stream_config(name))
-        stream = source.open_change_stream(None, stream_id=name)
-        try:
-            (snapshot,) = list(stream.snapshot())
-            conn.execute(f"INSERT INTO {name} VALUES (2, %s, %s, %s, %s, %s, %s)", values)
-            changes = []
-            while not changes:
-                changes = stream.changes(1.0)
-        finally:
-            stream.close()
+        (snapshot,), changes = self.snapshot_and_changes(
+            name, lambda: conn.execute(f"INSERT INTO {name} VALUES (2, %s, %s, %s, %s, %s, %s)", values), 1)
         streamed = changes[0].doc
         assert {**streamed, "id": 1, "_id": snapshot["_id"]} == snapshot
         assert snapshot["price"] == Decimal("1234.5678") and snapshot["at_zone"] == "2024-02-29T11:14:15+00:00"
@@ -202,13 +198,7 @@ class TestPostgreSQLChangeStream:
         from sources.errors import StreamPositionLost
 
         conn, name = table
-        conn.execute(f"INSERT INTO {name} (id, label) VALUES (1, 'one')")
-        source = PostgreSQLDataSource(_stream_config(name))
-        stream = source.open_change_stream(None, stream_id=name)
-        list(stream.snapshot())
-        stream.changes(0.2)
-        stream.acknowledge(stream.snapshot_position)  # the snapshot is in Elasticsearch
-        stream.close()
+        source, _ = self.acknowledged_stream(conn, name)
         slot = f"elastic_ingest_{name}"
         for _ in range(50):
             if conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
@@ -218,19 +208,4 @@ class TestPostgreSQLChangeStream:
 
         with pytest.raises(StreamPositionLost, match=f"replication slot {slot} .* no longer exists.*new snapshot"):
             source.open_change_stream({"slot": slot}, stream_id=name)
-        again = source.open_change_stream({"slot": slot}, stream_id=name)
-        try:
-            assert again.snapshot_position > 0 and [d["_id"] for d in again.snapshot()] == [f"{name}_1"]
-        finally:
-            again.close()
-
-    def test_change_stream_when_table_has_no_primary_key_then_refused_naming_it(self, table):
-        from sources.errors import SourceConfigError
-
-        conn, name = table
-        conn.execute(f"CREATE TABLE {name}_nokey (v TEXT)")
-        try:
-            with pytest.raises(SourceConfigError, match=f"table\\(s\\) {name}_nokey have no primary key"):
-                PostgreSQLDataSource(_stream_config(f"{name}_nokey")).open_change_stream(None, stream_id=name)
-        finally:
-            conn.execute(f"DROP TABLE {name}_nokey")
+        self.assert_snapshots_again(source, {"slot": slot}, name)
