@@ -22,8 +22,8 @@ from typing import Any
 import click
 
 from launcher.config import Config, default_config_path, load_config, unused_local_config
-from launcher.configuration import coerce_value, complete_configuration, redact
-from launcher.continuous_jobs import describe_stream, is_continuous, stream_state, stream_summary
+from launcher.configuration import coerce_value, complete_configuration, redact, typed_fields
+from launcher.continuous_jobs import describe_stream, is_continuous, release_deleted, stream_state, stream_summary
 from launcher.index_claims import claim_index, release_index
 from launcher.index_ownership import check_index_ownership
 from launcher.logs import setup_logging
@@ -46,7 +46,8 @@ ACTIONS: dict[str, str] = {
     "create-connector": "register a connector (--service-type, --index-name, --set, --schedule, --pipeline, --rules); "
                         "every required field needs a value, unless --draft",
     "update-connector": "change a connector (--connector-id and --set / --schedule / --index-name / --pipeline / --rules)",
-    "delete-connector": "delete a connector (--connector-id); its indexed documents stay",
+    "delete-connector": "delete a connector (--connector-id); its indexed documents stay, what its source keeps "
+                        "for a continuous sync (a replication slot) is released",
     "connectors": "show connectors: status, the documents their index holds, the last sync and its counts "
                   "(--connector-id to show one)",
     "sync": "request a sync (--connector-id, --job-type, --reindex); --wait follows it to the end",
@@ -379,17 +380,14 @@ def _check_bounds(ctx: _Context, service_type: str, configuration: dict[str, Any
     """Refuse now what the operator's bounds in config.yml would refuse at the first sync: a host
     outside ``allowed_hosts`` (network sources), a folder outside ``allowed_roots`` (``dir``).
     Nothing is contacted; a configuration still lacking its values is left to the sync's check."""
-    from launcher.configuration import missing_required, values_of
+    from launcher.configuration import missing_required
     from sources.driver import build_source
     from sources.errors import SourceConfigError
 
     if missing_required(configuration):
         return
-    typed = values_of(configuration)
-    typed_configuration = {name: ({**spec, "value": typed.get(name)} if isinstance(spec, dict) else spec)
-                           for name, spec in configuration.items()}
     try:
-        source = build_source(_source_class(ctx.config, service_type), typed_configuration,
+        source = build_source(_source_class(ctx.config, service_type), typed_fields(configuration),
                               ctx.config.source_settings.get(service_type, {}))  # checks allowed_hosts
         check = getattr(source, "check_operator_bounds", None)
         if callable(check):
@@ -618,11 +616,31 @@ def action_delete_connector(ctx: _Context, *, connector_id: str | None, **_: Any
         raise ConnectorError(f"no connector with id {connector_id!r}")
     if isinstance(connector.index_name, str):
         release_index(ctx.es, connector.index_name, connector_id)
+    try:
+        stream = _release_deleted_stream(ctx, connector)
+    except Exception as exc:  # noqa: BLE001 - the connector is gone: say what is left, and fail
+        click.echo(f"connector {connector_id} deleted, but what its source keeps for its continuous sync could not "
+                   f"be released: {format_error(exc)}. Release it by hand (docs/sources/{connector.service_type}.md, "
+                   "continuous sync)", err=True)
+        return 1
     if ctx.as_json:
-        _echo_json({"id": connector_id, "result": "deleted"})
+        _echo_json({"id": connector_id, "result": "deleted", **({"stream": stream} if stream else {})})
     else:
-        click.echo(f"connector {connector_id} deleted")
+        click.echo(f"connector {connector_id} deleted" + (f"; {stream}" if stream else ""))
     return 0
+
+
+def _release_deleted_stream(ctx: _Context, connector: Any) -> str | None:
+    """What became of the stream a deleted connector's source kept (a PostgreSQL replication slot
+    keeps WAL until dropped): launcher.continuous_jobs.release_deleted; None: it did not stream."""
+    from launcher.secret_refs import resolve_references
+
+    service_type = str(connector.service_type)
+    if service_type not in ctx.config.sources:
+        return None
+    configuration = typed_fields(resolve_references(connector.get("configuration") or {}, ctx.config.secrets))
+    return release_deleted(ctx.store, connector, _source_class(ctx.config, service_type), configuration,
+                           ctx.config.source_settings.get(service_type, {}))
 
 
 def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: Any) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from sources.base import FIELD_DEFAULTS
 
 __all__ = ["complete_configuration", "validate_configuration", "missing_required", "redact", "coerce_value",
-           "values_of", "without_secrets", "with_secrets"]
+           "values_of", "typed_fields", "without_secrets", "with_secrets"]
 
 _TYPES = {"str", "int", "bool", "list"}
 
@@ -189,6 +189,13 @@ def values_of(configuration: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError:
             out[name] = value
     return out
+
+
+def typed_fields(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration (field objects) with each field's value converted to its declared type."""
+    typed = values_of(configuration)
+    return {name: ({**spec, "value": typed.get(name)} if isinstance(spec, dict) else spec)
+            for name, spec in configuration.items()}
 
 
 def redact(configuration: Any) -> Any:

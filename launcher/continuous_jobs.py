@@ -22,7 +22,9 @@ While a continuous job runs, :func:`stream_should_stop` tells its supervisor to 
 ``continuous_sync`` turned off (the stream's resources are then released:
 :func:`release_stream`), the configuration changed (a new job starts with it), or another
 job of the connector waits (a full sync requested: the stream ends, the full sync runs,
-then a new stream resumes from the committed position).
+then a new stream resumes from the committed position). A connector deleted releases its
+stream too (:func:`release_deleted`, for ``delete-connector``; the supervisor of a job still
+running releases it when it stops the job), or a PostgreSQL slot would keep WAL forever.
 
 Example usage::
 
@@ -44,7 +46,8 @@ from launcher.store import Connector, ConnectorStore
 from sources.streaming import CONTINUOUS_SYNC_FIELD, continuous_sync_on, supports_continuous_sync
 
 __all__ = ["ensure_continuous_job", "is_continuous", "configuration_fingerprint", "stream_should_stop",
-           "release_stream", "release_if_off", "stream_state", "stream_summary", "describe_stream", "RETRY_AFTER"]
+           "release_stream", "release_if_off", "release_deleted", "stream_state", "stream_summary",
+           "describe_stream", "RETRY_AFTER"]
 
 _LOGGER = logging.getLogger(__name__)
 #: Seconds between two continuous jobs of a connector whose stream failed.
@@ -174,11 +177,10 @@ def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connec
 
 
 def release_stream(source_class: type, configuration: Mapping[str, Any], settings: Mapping[str, Any],
-                   connector_id: str) -> None:
-    """Drop what the source keeps for the connector's stream (``continuous_sync`` turned off)."""
-    from sources.driver import build_source
-
-    from sources.driver import SourceDriver
+                   connector_id: str, *, why: str = "continuous sync off") -> None:
+    """Drop what the source keeps for the connector's stream (``continuous_sync`` turned off, or
+    the connector deleted: ``why``)."""
+    from sources.driver import SourceDriver, build_source
 
     source = build_source(source_class, configuration, settings)
     driver = SourceDriver(source)
@@ -186,7 +188,27 @@ def release_stream(source_class: type, configuration: Mapping[str, Any], setting
         driver.call(source.release_change_stream, None, stream_id=connector_id)
     finally:
         driver.close()
-    _LOGGER.info("connector %s: continuous sync off; the source released its stream", connector_id)
+    _LOGGER.info("connector %s: %s; the source released its stream", connector_id, why)
+
+
+def release_deleted(store: ConnectorStore, connector: Connector, source_class: type,
+                    configuration: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
+    """Once ``connector`` is deleted: release what its source keeps for its stream, and say what was
+    done (None: it does not stream). A continuous job still running is the business of the service
+    running it, which stops the job (its connector is gone) and releases the stream then."""
+    if not supports_continuous_sync(source_class):
+        return None
+    newest = store.list_jobs(connector_ids=[connector.id], size=1, newest_first=True)
+    unreleased = bool(newest) and is_continuous(newest[0].doc) and not newest[0].doc["metadata"].get(
+        "stream_released")
+    if not unreleased and not continuous_sync_on(connector.get("configuration")):
+        return None
+    running = store.list_jobs(connector_ids=[connector.id], statuses=["in_progress", "canceling"], size=1)
+    if running:
+        return (f"the service running its continuous sync (job {running[0].id}) stops it and releases what the "
+                "source keeps for the stream")
+    release_stream(source_class, configuration, settings, connector.id, why="connector deleted")
+    return "what the source kept for its continuous sync was released"
 
 
 def release_if_off(store: ConnectorStore, connector: Connector, source_class: type, configuration: Mapping[str, Any],

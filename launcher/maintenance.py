@@ -36,7 +36,7 @@ from typing import Any
 
 from launcher.config import Config
 from launcher.continuous_jobs import RETRY_AFTER, ensure_continuous_job, release_if_off
-from launcher.configuration import complete_configuration, validate_configuration, values_of
+from launcher.configuration import complete_configuration, typed_fields, validate_configuration
 from launcher.index_ownership import check_index_ownership
 from launcher.index_store import default_domain
 from launcher.protocol import CONNECTOR_DEFAULTS, connector_problems, create_job, with_protocol_fields
@@ -64,13 +64,6 @@ def _fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _typed(configuration: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration with each field's value converted to its declared type."""
-    typed = values_of(configuration)
-    return {name: ({**spec, "value": typed.get(name)} if isinstance(spec, dict) else spec)
-            for name, spec in configuration.items()}
-
-
 def advanced_rules_problems(config: Config, connector: Mapping[str, Any], source_class: type,
                             snippet: Any) -> list[str]:
     """What the source says is wrong with an advanced-rules snippet (its own failure included),
@@ -78,7 +71,7 @@ def advanced_rules_problems(config: Config, connector: Mapping[str, Any], source
     driver = None
     try:
         configuration = resolve_references(connector.get("configuration") or {}, config.secrets)
-        source = build_source(source_class, _typed(configuration),
+        source = build_source(source_class, typed_fields(configuration),
                               config.source_settings.get(connector.get("service_type"), {}))
         driver = SourceDriver(source)
         if not hasattr(source, "validate_advanced_rules"):
@@ -159,7 +152,7 @@ class ConnectorMaintenance:
         if ensure_continuous_job(self.store, connector, source_class, retry_after=retry_after) is not None:
             return
         try:
-            configuration = _typed(resolve_references(connector.get("configuration") or {}, self.config.secrets))
+            configuration = typed_fields(resolve_references(connector.get("configuration") or {}, self.config.secrets))
             release_if_off(self.store, connector, source_class, configuration, self._settings(connector))
         except Exception as exc:  # noqa: BLE001 - retried next poll
             _LOGGER.warning("connector %s: could not release its stream: %s", connector.id, format_error(exc))
@@ -216,7 +209,7 @@ class ConnectorMaintenance:
             self._set_error(connector, "Invalid configuration: " + "; ".join(problems))
             return
         try:
-            source = build_source(source_class, _typed(configuration), self._settings(connector))
+            source = build_source(source_class, typed_fields(configuration), self._settings(connector))
             driver = SourceDriver(source)
             try:
                 if hasattr(source, "validate_config"):

@@ -71,6 +71,8 @@ from transforms.sync_rules import validate_rules
 __all__ = ["SyncRunner", "build_sync_job", "requested_reindex"]
 
 _LOGGER = logging.getLogger(__name__)
+#: Why a job ends when its connector document disappears (a continuous job then releases its stream).
+_CONNECTOR_DELETED = "the connector was deleted while the job ran"
 
 
 def build_sync_job(config: Config, claim: Claim) -> SyncJob:
@@ -382,6 +384,8 @@ class SyncRunner(threading.Thread):
                 _LOGGER.warning("job %s: %s; stopped without writing its end state", self.job_id, lost)
                 return
             if gone:
+                if self.continuous and gone == _CONNECTOR_DELETED:
+                    self._release_stream(self.claim, why="connector deleted")
                 self._finish("error", run=self._stopped_run(), error=format_error(JobGone(gone)))
                 return
             if canceled:
@@ -407,7 +411,7 @@ class SyncRunner(threading.Thread):
             return False, None, f"the job was claimed by {job.doc.get('worker_hostname')}"
         connector = self.store.get_connector(self.connector_id)
         if connector is None or connector.get("deleted"):
-            return False, "the connector was deleted while the job ran", None
+            return False, _CONNECTOR_DELETED, None
         return job.status == "canceling", None, None
 
     def _stream_check(self) -> str | None:
@@ -426,17 +430,22 @@ class SyncRunner(threading.Thread):
         _LOGGER.info("job %s: continuous sync ended: %s", self.job_id, reason)
         self.metadata["stream_ended"] = reason
         if reason.startswith("continuous_sync was turned off"):
-            try:
-                connector = self.store.get_connector(self.connector_id)
-                claim = Claim(self.claim.job, connector) if connector is not None else self.claim
-                sync_job = build_sync_job(self.config, claim)
-                release_stream(load_source_class(sync_job.source_fqn), sync_job.configuration,
-                               sync_job.source_settings, self.connector_id)
-                self.metadata["stream_released"] = True
-            except Exception as exc:  # noqa: BLE001 - the daemon's maintenance retries (release_if_off)
-                _LOGGER.warning("job %s: could not release the stream: %s", self.job_id, format_error(exc))
+            connector = self.store.get_connector(self.connector_id)
+            self._release_stream(Claim(self.claim.job, connector) if connector is not None else self.claim)
         cursor = (self.metadata.get("stream") or {}).get("cursor")
         self._finish("completed", run=self._stopped_run(), sync_cursor=cursor if isinstance(cursor, dict) else None)
+
+    def _release_stream(self, claim: Claim, why: str = "continuous sync off") -> None:
+        """Drop what the source keeps for this stream (``claim``: the job and its connector's
+        configuration); a failure is logged (turned off, the daemon's maintenance retries:
+        release_if_off)."""
+        try:
+            sync_job = build_sync_job(self.config, claim)
+            release_stream(load_source_class(sync_job.source_fqn), sync_job.configuration,
+                           sync_job.source_settings, self.connector_id, why=why)
+            self.metadata["stream_released"] = True
+        except Exception as exc:  # noqa: BLE001 - reported; the job still ends
+            _LOGGER.warning("job %s: could not release the stream (%s): %s", self.job_id, why, format_error(exc))
 
     # -- counters ------------------------------------------------------------------
     def _stopped_run(self, local: dict[str, Any] | None = None) -> Counters:

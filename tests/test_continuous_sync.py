@@ -199,3 +199,30 @@ def test_continuous_sync_when_canceled_killed_or_suspended_then_resumes_from_the
     docs = index_docs(es, tables.index)
     assert docs[f"{items}_200"]["name"] == "while stopped" and f"{items}_120" not in docs
     assert json.dumps(docs).count("while down") == 101
+
+
+def test_continuous_sync_when_connector_deleted_then_slot_and_publication_are_dropped(pg, es, daemon, tables):
+    pg.execute(f"INSERT INTO {tables.items} SELECT i, 'row ' || i, i, NULL FROM generate_series(1, 50) i")
+    tables.create_connector()
+    job = wait_for(tables.streaming, timeout=90, what="the continuous job streaming")
+    assert tables.slot() is not None and tables.publication() is not None
+
+    # Deleted while it streams: the service stops the job, then drops the slot and the publication
+    # (a slot left behind keeps the server's WAL forever).
+    shown = cli("--action", "delete-connector", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert shown.returncode == 0, shown.stderr
+    ended = tables.wait_job(job["id"], "error", timeout=60, what="the continuous job ended")
+    wait_for(lambda: tables.slot() is None and tables.publication() is None, timeout=30,
+             what="the slot and the publication dropped")
+    assert "the connector was deleted" in ended["error"] and ended["metadata"]["stream_released"] is True
+    assert f"job {job['id']}) stops it and releases" in shown.stdout, shown.stdout
+
+    # Deleted while its stream is canceled (the slot stays meanwhile): the CLI drops them itself.
+    tables.create_connector()
+    second = wait_for(lambda: (j := tables.streaming()) and j["id"] != job["id"] and j, timeout=90,
+                      what="a new stream")
+    tables.cancel(second)
+    assert tables.slot() is not None
+    shown = cli("--action", "delete-connector", "--connector-id", tables.connector_id, config=daemon["config"])
+    assert shown.returncode == 0 and "continuous sync was released" in shown.stdout, shown.stdout + shown.stderr
+    assert tables.slot() is None and tables.publication() is None
