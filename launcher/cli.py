@@ -662,10 +662,12 @@ def action_connectors(ctx: _Context, *, connector_id: str | None = None, **_: An
 
 
 def _streams_of(ctx: _Context, connector_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Connector id -> its running (or suspended) continuous job's summary: lag, position, last acknowledgement."""
+    """Connector id -> its continuous job's summary (running, suspended, or pending: not claimed yet): lag,
+    position, last acknowledgement."""
     if not connector_ids:
         return {}
-    found = ctx.store.list_jobs(connector_ids=connector_ids, statuses=["in_progress", "suspended", "canceling"],
+    found = ctx.store.list_jobs(connector_ids=connector_ids,
+                                statuses=["in_progress", "suspended", "canceling", "pending"],
                                 size=max(100, 3 * len(connector_ids)), newest_first=True)
     streams: dict[str, dict[str, Any]] = {}
     for job in found:

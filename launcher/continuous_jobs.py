@@ -92,7 +92,9 @@ def stream_summary(job_id: str, status: Any, state: Mapping[str, Any]) -> dict[s
 def describe_stream(summary: Mapping[str, Any]) -> str:
     """One line: ``streaming, lag 0.24s, at lsn=0/3700000, last acknowledged 2026-...`` (what is known)."""
     status = summary.get("status")
-    words = ["streaming" if status == "in_progress" else str(status)]
+    words = ["streaming" if status == "in_progress" else
+             "pending (not claimed yet: waits for a service with a free sync slot)" if status == "pending"
+             else str(status)]
     if summary.get("snapshot") == "reading":
         words.append("taking its snapshot")
     lag = summary.get("lag_seconds")

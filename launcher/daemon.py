@@ -12,7 +12,9 @@ The daemon's loop only orchestrates; each concern is a unit of its own. One poll
     take back this service's own jobs a crash left behind (launcher.recovery)
     end stale jobs, release locks no job holds (launcher.reaper)
     claim pending/suspended jobs while fewer than max_concurrent_syncs run
-        (launcher.protocol.claim_job) and supervise each (launcher.sync_runner)
+        (launcher.protocol.claim_job) and supervise each (launcher.sync_runner); a
+        continuous sync holds its slot until it is stopped, so when streams hold every
+        slot, the jobs left waiting are named (log, /healthz) with the setting to raise
 
 Every write that decides something (a fire time taken, sync_now reset, a configuration
 completed, a draft validated, a lock taken) is conditional on the ``_seq_no`` read, so
@@ -95,6 +97,10 @@ class Daemon:
         #: Set when a sync ends: a freed slot is given to a waiting job before the next poll.
         self._slot_freed = threading.Event()
         self._served_ids: list[str] = []
+        #: Jobs waiting while continuous syncs hold every sync slot, for /healthz (None: no such wait).
+        self.slots_held: str | None = None
+        self._slots_checked = float("-inf")
+        self._told_waiting: set[str] = set()
         #: Starts sync processes: forked from a warm process (service.warm_sync_processes), else fresh.
         self.processes = SyncProcesses(warm=config.service.warm_sync_processes,
                                        preload=sorted(set(config.sources.values())))
@@ -361,6 +367,10 @@ class Daemon:
     def claim_jobs(self, connector_ids: list[str]) -> None:
         with self._lock:
             free = self.config.service.max_concurrent_syncs - len(self.running)
+        if free > 0:
+            self.slots_held = None
+        elif not self._stop.is_set():
+            self._note_slots_held(connector_ids)
         if free <= 0 or self._stop.is_set():
             return
         for job in jobs_to_claim(self.store, connector_ids):
@@ -379,6 +389,33 @@ class Daemon:
                 self.running[job.id] = runner
             runner.start()
             free -= 1
+
+    def _note_slots_held(self, connector_ids: list[str]) -> None:
+        """Every sync slot is taken. When continuous syncs hold them all (they run until stopped),
+        name the jobs left waiting and the setting to raise, once per job in the log and in
+        /healthz while it lasts: else they would wait in silence, for as long as the streams run.
+        A job of a streaming connector is not counted: its stream makes room for it."""
+        now = time.monotonic()
+        if now - self._slots_checked < max(5.0, self.config.service.idling):
+            return
+        self._slots_checked = now
+        with self._lock:
+            runners = list(self.running.values())
+        streaming = {str(r.connector_id) for r in runners if getattr(r, "continuous", False)}
+        waiting = [job for job in jobs_to_claim(self.store, connector_ids) if job.connector_id not in streaming]
+        if not waiting or len(streaming) < len(runners):  # a batch sync ends, and frees its slot
+            self.slots_held = None
+            return
+        limit = self.config.service.max_concurrent_syncs
+        names = ", ".join(f"{job.id} ({job.connector_id})" for job in waiting[:5]) + (", ..." if len(waiting) > 5
+                                                                                       else "")
+        self.slots_held = (f"{len(waiting)} job(s) wait for a sync slot: all {limit} "
+                           f"(service.max_concurrent_syncs) are held by continuous syncs, which run until stopped "
+                           f"({', '.join(sorted(streaming))}); raise service.max_concurrent_syncs. Waiting: {names}")
+        new = [job for job in waiting if job.id not in self._told_waiting]
+        self._told_waiting = {job.id for job in waiting}
+        if new:
+            _LOGGER.warning("%s", self.slots_held)
 
     def _fail_unclaimed(self, job: Job, message: str) -> None:
         try:

@@ -261,7 +261,9 @@ def serve_metrics(address: str, daemon: Any) -> MetricsServer:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 reason = _not_ready(daemon, stale_after)
-                body = ("ok\n" if reason is None else reason.rstrip("\n") + "\n") + _streams_text(daemon)
+                held = getattr(daemon, "slots_held", None)
+                body = (("ok\n" if reason is None else reason.rstrip("\n") + "\n") + _streams_text(daemon)
+                        + (f"{held}\n" if held else ""))
                 body = body.encode()
                 self._reply(200 if reason is None else 503, body, "text/plain; charset=utf-8")
             elif path == "/metrics":

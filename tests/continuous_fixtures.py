@@ -49,10 +49,10 @@ __all__ = ["StreamTables", "StreamedConnector", "SYNC_JOBS", "Writer", "kill_syn
 SYNC_JOBS = ".elastic-connectors-sync-jobs"
 
 
-def stream_daemon(folder: Path, sources: dict[str, Any]) -> dict[str, Any]:
-    """A daemon for continuous syncs (fast polls, 1 s progress, its /metrics on a free port), as a
-    holder: ``process`` (:class:`~tests.helpers.DaemonProcess`: stop it), ``config``, ``folder``,
-    ``metrics`` (the URL). Skipped (failed under CI=true) without the Prism binary."""
+def stream_daemon(folder: Path, sources: dict[str, Any], service: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A daemon for continuous syncs (fast polls, 1 s progress, its /metrics on a free port; ``service``:
+    other settings), as a holder: ``process`` (:class:`~tests.helpers.DaemonProcess`: stop it), ``config``,
+    ``folder``, ``metrics`` (the URL). Skipped (failed under CI=true) without the Prism binary."""
     if not default_prism_location().is_file():
         skip_or_fail(f"no Prism binary at {default_prism_location()} (scripts/prism build)")
     with socket.socket() as probe:
@@ -60,21 +60,23 @@ def stream_daemon(folder: Path, sources: dict[str, Any]) -> dict[str, Any]:
         metrics_port = probe.getsockname()[1]
     config = write_config(folder / "config.yml", sources=sources,
                           service={"idling": 0.5, "heartbeat": 2, "job_progress_interval": 1,
-                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}"})
+                                   "cancel_check_interval": 0.5, "metrics_address": f"127.0.0.1:{metrics_port}",
+                                   **(service or {})})
     process = DaemonProcess(config, folder / "daemon.log")
     return {"process": process, "config": config, "folder": folder, "metrics": f"http://127.0.0.1:{metrics_port}"}
 
 
-def stream_daemon_fixture(name: str, sources: dict[str, Any], *, after: str | None = None) -> Any:
-    """A module's ``daemon`` fixture: :func:`stream_daemon` in a folder ``name`` of the session's
-    temp dir, stopped when the module is done (whichever process ``daemon["process"]`` is then).
-    ``after``: a fixture set up first (the source's server, which skips the module when missing)."""
+def stream_daemon_fixture(name: str, sources: dict[str, Any], *, after: str | None = None,
+                          service: dict[str, Any] | None = None) -> Any:
+    """A module's ``daemon`` fixture: :func:`stream_daemon` (with ``service``) in a folder ``name`` of
+    the session's temp dir, stopped when the module is done (whichever process ``daemon["process"]``
+    is then). ``after``: a fixture set up first (the source's server, which skips the module when missing)."""
 
     @pytest.fixture(scope="module")
     def daemon(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Any]]:
         if after:
             request.getfixturevalue(after)
-        holder = stream_daemon(tmp_path_factory.mktemp(name), sources)
+        holder = stream_daemon(tmp_path_factory.mktemp(name), sources, service)
         yield holder
         holder["process"].stop()
 
