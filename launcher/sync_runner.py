@@ -255,10 +255,16 @@ class SyncRunner(threading.Thread):
         self._stop_process()
 
     def _stop_process(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s. A continuous sync's process alone gets the SIGTERM: it
+        cancels its pipeline on the Prism it started (which must still run to hear it), then ends
+        its process group itself (pipelines/run.py); a batch sync's whole group gets it."""
         process = self.process
         if process is not None and process.poll() is None:
             try:
-                os.killpg(process.pid, signal.SIGTERM)
+                if self.continuous:
+                    os.kill(process.pid, signal.SIGTERM)
+                else:
+                    os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=5)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:

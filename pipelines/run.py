@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,13 +66,24 @@ _RUNNING: dict[str, Any] = {}
 _WORK_DIRS: set[str] = set()
 
 
+def _quiet_stopped_workers() -> None:
+    """Once the sync is told to stop: Beam's worker threads (LOOPBACK, in this process) see their
+    gRPC streams close as the pipeline is cancelled and would log it as errors with tracebacks,
+    dozens of lines for a stop the daemon asked for, and Prism's own log (``PrismJobServer``) the
+    cancelled bundles as failed. Silence them: the process exits next."""
+    threading.excepthook = lambda _args: None
+    for name in ("apache_beam.runners.worker", "PrismJobServer"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _cancel_running_and_exit(signum: int, _frame: Any) -> None:
+    _quiet_stopped_workers()
     # The workers of this process write what Elasticsearch acknowledged since their last
     # report: the daemon takes a stopped job's counters from those reports.
     flush_all(timeout=2.0)
     for job_id, result in list(_RUNNING.items()):
         try:
-            _LOGGER.warning("sync %s: stopping (signal %d); cancelling the pipeline", job_id, signum)
+            _LOGGER.info("sync %s: stopping (signal %d); cancelling the pipeline", job_id, signum)
             result.cancel()
         except Exception as exc:  # noqa: BLE001 - a runner that cannot cancel: we exit anyway
             _LOGGER.warning("sync %s: could not cancel the pipeline: %s", job_id, format_error(exc))

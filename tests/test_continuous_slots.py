@@ -109,3 +109,10 @@ def test_continuous_sync_when_streams_hold_every_slot_then_waiting_jobs_are_name
     wait_for(lambda: _status(es, second, "in_progress"), timeout=120, what="the second stream running")
     wait_for(lambda: "raise service.max_concurrent_syncs" not in urllib.request.urlopen(
         daemon["metrics"] + "/healthz", timeout=10).read().decode(), timeout=30, what="/healthz without the wait")
+
+    # A stream the service stopped (turned off) ends quietly: no error, no traceback in the log.
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert f"job {stream_job['id']}: continuous sync ended: continuous_sync was turned off" in text
+    noise = [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line
+             or "could not cancel" in line]
+    assert not noise, "\n".join(noise[:10])
