@@ -30,6 +30,7 @@ from pipelines.job import SyncJob
 from pipelines.settings import PipelineConfig
 from sources.base import Partition
 from sources.registry import load_source_class
+from sources.streaming import CONTINUOUS_SYNC_FIELD
 from transforms.dead_letter import WriteDeadLetters
 from transforms.digest_cache import DigestCache
 from transforms.document_shape import document_shape
@@ -78,12 +79,14 @@ def source_spec(job: SyncJob) -> SourceSpec:
 def job_shape(job: SyncJob, settings: PipelineConfig) -> str | None:
     """The shape of the documents ``job`` writes (:mod:`transforms.document_shape`); None for an
     access-control sync. ``job.ingest_pipeline``: the pipeline they go through (None when it does
-    not exist). Sensitive configuration values, and those the source declares neutral
-    (``document_neutral_fields``), are left out."""
+    not exist). Sensitive configuration values, those the source declares neutral
+    (``document_neutral_fields``) and ``continuous_sync`` (how the service syncs, not what a
+    document holds: turning it on or off must not rewrite the index) are left out."""
     if job.job_type == "access_control":
         return None
     spec = source_spec(job)
-    hidden = spec.sensitive_fields() | set(getattr(load_source_class(job.source_fqn), "document_neutral_fields", ()))
+    hidden = (spec.sensitive_fields() | {CONTINUOUS_SYNC_FIELD}
+              | set(getattr(load_source_class(job.source_fqn), "document_neutral_fields", ())))
     values = {name: (value.get("value") if isinstance(value, dict) else value)
               for name, value in job.configuration.items() if name not in hidden}
     return document_shape(ingest_pipeline=job.ingest_pipeline, pipeline_flags=job.pipeline_flags,

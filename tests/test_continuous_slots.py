@@ -4,7 +4,8 @@ A continuous sync holds one of the daemon's ``service.max_concurrent_syncs`` slo
 is stopped. When streams hold them all, the jobs left waiting (another connector's full
 sync, another connector's stream) must be named, with the setting to raise, in the log and
 in ``/healthz``, and ``connectors`` must show a stream not started yet as pending: before,
-they waited in silence for as long as the streams ran.
+they waited in silence for as long as the streams ran. And turning a stream off is no change
+of what a document holds: the next full sync finds the stream's documents unchanged.
 
 Needs the Prism binary from ``scripts/prism build``; locally the tests skip without it, under
 CI=true they fail.
@@ -116,3 +117,23 @@ def test_continuous_sync_when_streams_hold_every_slot_then_waiting_jobs_are_name
     noise = [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line
              or "could not cancel" in line]
     assert not noise, "\n".join(noise[:10])
+
+
+def test_continuous_sync_when_turned_off_then_a_full_sync_finds_the_streamed_documents_unchanged(
+        es, daemon, connectors):
+    streamed = connectors("toggled", continuous=True)
+    job = wait_for(lambda: _status(es, streamed, "in_progress"), timeout=90, what="the stream running")[0]
+    wait_for(lambda: es.indices.exists(index=streamed) and es.count(index=streamed)["count"] == 1, timeout=60,
+             what="the stream's rescan indexed the folder")
+
+    result = cli("--action", "update-connector", "--connector-id", streamed, "--set", "continuous_sync=false",
+                 config=daemon["config"])
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: [j for j in _jobs(es, streamed) if j["id"] == job["id"] and j["status"] == "completed"],
+             timeout=60, what="the stream ended")
+    result = cli("--json", "--action", "sync", "--connector-id", streamed, "--wait", config=daemon["config"],
+                 timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    full = json.loads(result.stdout)
+    assert full["status"] == "completed" and full["job_type"] == "full", full
+    assert full["indexed_document_count"] == 0 and "reindex_reason" not in full["metadata"], full["metadata"]

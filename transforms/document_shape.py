@@ -19,7 +19,7 @@ Sensitive configuration values (passwords, keys) are left out of the shape: rota
 credential does not change what a document holds, and re-writing a whole index for it
 would only cost. No secret ever enters a digest. Nor do the fields a source declares
 ``document_neutral_fields`` (page sizes, partitions: how it is read, not what a document
-holds).
+holds), nor ``continuous_sync`` (whether the service streams the source).
 
 Example usage::
 
