@@ -174,7 +174,9 @@ def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connec
         return "the configuration changed; a new continuous job starts with it"
     waiting = store.list_jobs(connector_ids=[connector.id], statuses=["pending"], size=1)
     if waiting:
-        return f"a {waiting[0].job_type} sync was requested; the stream resumes after it"
+        kind = str(waiting[0].job_type)
+        article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
+        return f"{article} {kind} sync was requested; the stream resumes after it"
     return None
 
 
