@@ -132,6 +132,10 @@ class ServiceConfig(_Section):
     """The daemon: polling, heartbeats, concurrency and the error budget."""
 
     idling: float = Field(5.0, gt=0, description="seconds between two polls")
+    job_check_interval: float = Field(
+        0.25, gt=0, description="seconds between two looks for new jobs between polls (one small search of the "
+                                "jobs each; never more often than polls), so that a requested sync starts "
+                                "within about this long rather than within a poll interval")
     heartbeat: float = Field(300.0, gt=0, description="seconds between connector heartbeats")
     max_concurrent_syncs: int = Field(2, ge=1)
     max_errors: int = Field(20, ge=1, description="poll failures tolerated within max_errors_span")

@@ -1,7 +1,8 @@
 """The daemon: poll the BYOC indices, keep connectors current, schedule, claim, supervise.
 
 The daemon's loop only orchestrates; each concern is a unit of its own. One poll, every
-``service.idling`` seconds::
+``service.idling`` seconds (between polls, waiting jobs are looked for every
+``service.job_check_interval`` seconds, and when a sync ends)::
 
     prepare the protocol's storage (launcher.store: the indices, or the connector API)
     heartbeat (connector last_seen, at most every service.heartbeat s)
@@ -190,16 +191,27 @@ class Daemon:
             self.shutdown()
 
     def _idle(self, seconds: float) -> None:
-        """Wait for the next poll; when a sync ends meanwhile, claim the jobs waiting for a free
-        slot at once (many connectors synced together do not wait a poll each)."""
+        """Wait for the next poll. Meanwhile, every ``service.job_check_interval`` seconds and
+        at once when a sync ends (a slot freed), claim the jobs waiting: a sync requested
+        between polls starts within about that interval, and many connectors synced together
+        do not wait a poll each. Connectors' maintenance (schedules, checks, drafts) stays
+        once per poll."""
         deadline = time.monotonic() + seconds
+        check = min(self.config.service.job_check_interval, seconds)
         while not self._stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or not self._slot_freed.wait(left):
+            if left <= 0:
                 return
-            self._slot_freed.clear()
+            if self._slot_freed.wait(min(left, check)):
+                self._slot_freed.clear()
+            elif left <= check:
+                return  # the poll comes now: it claims too
             if self._stop.is_set() or not self._served_ids:
                 return
+            with self._lock:
+                full = len(self.running) >= self.config.service.max_concurrent_syncs
+            if full or self.outage.ongoing:
+                continue  # nothing to claim with; an outage is retried by the polls, not 4 times a second
             try:
                 self.claim_jobs(self._served_ids)
             except Exception as exc:  # noqa: BLE001 - as a failed poll

@@ -590,6 +590,29 @@ def test_daemon_when_a_sync_ends_then_a_job_waiting_for_its_slot_is_claimed_befo
     assert not runner.is_alive()
 
 
+def test_daemon_when_a_sync_is_requested_between_polls_then_it_is_claimed_within_the_job_check_interval(
+        es, make_connector, tmp_path):
+    """A poll every 10 minutes: a job requested after the first poll starts within about
+    ``job_check_interval`` (0.25 s), not at the next poll; the connectors' maintenance stays one per poll."""
+    connector = make_connector(configuration=_configured(count=1), status="connected")
+    daemon = _daemon(tmp_path, es, [connector.id], idling=600, warm_sync_processes=False)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        wait_for(lambda: daemon.polls == 1, timeout=60, what="the first poll")
+        requested = time.monotonic()
+        job_id = create_job(es, connector)
+        wait_for(lambda: get_job(es, job_id).status != "pending", timeout=10, what="the job claimed between polls")
+        claimed_after = time.monotonic() - requested
+        wait_for(lambda: get_job(es, job_id).status == "completed", timeout=60, what="the job completed")
+        assert daemon.polls == 1, "claimed by the check between polls, not by a second poll"
+        assert claimed_after < 5, claimed_after  # the next poll would have come after 600 s
+    finally:
+        daemon.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+
+
 def test_poll_when_heartbeat_then_at_start_and_at_most_every_interval(es, make_connector, tmp_path):
     connector = make_connector(configuration=_configured(count=1), status="connected")
     daemon = _daemon(tmp_path, es, [connector.id], heartbeat=300)
