@@ -129,12 +129,16 @@ def full_then_unchanged(bench: Any, service: Service, connector_id: str, *, coun
     full["ok"] = full["status"] == "completed" and full["indexed"] == expected and full["total"] == expected
     full["docs_per_s"] = round(count / full["seconds"], 1) if full["seconds"] else None
     full["mb_per_s"] = round(data_bytes / 1e6 / full["seconds"], 2) if full["seconds"] else None
+    created = full.get("seconds_from_created")
+    full["docs_per_s_from_created"] = round(count / created, 1) if created else None
     bench.progress()
     settle(bench.es)
     bench.say(f"  ours: no-change resync of the {what}")
     same = service.sync(bench.es, connector_id)
     same["ok"] = same["status"] == "completed" and same["indexed"] == 0 and same["deleted"] == 0
     same["speedup_vs_full"] = round(full["seconds"] / same["seconds"], 2) if same["seconds"] else None
+    if full.get("seconds_from_created") and same.get("seconds_from_created"):  # on the user's clock
+        same["speedup_vs_full_from_created"] = round(full["seconds_from_created"] / same["seconds_from_created"], 2)
     return {"ours_full": full, "ours_nochange": same}
 
 

@@ -35,8 +35,8 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None, profiler: 
     command = [sys.executable]
     if profile_to is not None and profiler == "pyinstrument":
         command += ["-m", "pyinstrument", "-r", "text", "-o", str(profile_to)]
-    elif profile_to is not None:  # every thread, on-CPU samples only, as collapsed stacks
-        command = ["py-spy", "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads",
+    elif profile_to is not None:  # every thread, while it holds the GIL (the Python work), as collapsed stacks
+        command = ["py-spy", "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "--gil",
                    "-o", str(profile_to.with_suffix(".collapsed")), "--", sys.executable]
     command += ["-m", "pipelines.run", str(job_file), str(result_file)]
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)

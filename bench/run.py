@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runners": args.runners if runners_size else [], "runners_size": runners_size,
                     "dir": dir_count, "many": args.many, "azure": azure_count, "redis": redis_count, "smb": smb_count, "service": bench.service_overrides},
         "scenarios": [], "directory": [], "sources": [],
+        "service_idling": bench.service_overrides.get("idling", 1),
     }
     t0 = time.monotonic()
     load = MachineLoad(bench.es).start()

@@ -1,4 +1,4 @@
-"""The performance targets (issue 15), each judged MET or MISSED from one benchmark run.
+"""The performance targets (issues 15 and 22), each judged MET or MISSED from one benchmark run.
 
 Every target is read from the results of the run it is printed with: the ceiling it is
 compared with was measured in the same run, on the same cluster. A target whose scenario
@@ -34,6 +34,11 @@ TARGETS = (
     ("idle_daemon", "idle daemon <= 80 MB (the daemon process alone; it imports neither Beam nor a source)"),
     ("cpu_1m", "our CPU per document <= 10 us at 1M (CPU of the service tree / documents)"),
     ("writes_nothing", "every no-change resync writes nothing (counters 0, index_total/delete_total unchanged)"),
+    # Issue 22: on the user's clock (from the job document's creation), and cheaper per document.
+    ("dir_100k_created", "directory source, 100k x 1 KB files: full sync >= 0.5x the ceiling timed from the job's "
+                         "creation, and its no-change resync >= 5x faster on the same clock"),
+    ("cpu_dir", "our CPU per document <= 20 us on the directory source (100k files)"),
+    ("first_bulk_created", "job created -> first _bulk sent: p50 <= 0.6 s at idling: 1 (every sync that wrote)"),
 )
 
 
@@ -178,6 +183,45 @@ def _writes_nothing(results: dict[str, Any]) -> tuple[str, str]:
     return _status(not bad), ("all" if not bad else "failed: " + ", ".join(bad)) + f" ({len(checked)} resyncs)"
 
 
+def _dir_folder(results: dict[str, Any]) -> dict[str, Any]:
+    folder = next((d for d in results.get("directory", [])
+                   if d["count"] == 100_000 and d.get("source", "dir") == "dir"), None)
+    return (folder or {}).get("results") or {}
+
+
+def _dir_100k_created(results: dict[str, Any]) -> tuple[str, str]:
+    syncs = _dir_folder(results)
+    full, same = syncs.get("ours_full") or {}, syncs.get("ours_nochange") or {}
+    ceiling = _ceiling(_small(results, 100_000))
+    if not full.get("docs_per_s_from_created") or not ceiling or not same.get("speedup_vs_full_from_created"):
+        return _not_measured("--dir 100k with the 100k scenario's ceiling (--sizes 100k)")
+    ratio, speedup = full["docs_per_s_from_created"] / ceiling, same["speedup_vs_full_from_created"]
+    return _status(ratio >= 0.5 and speedup >= 5), (
+        f"{ratio:.2f}x: {full['docs_per_s_from_created']:,.0f} docs/s ({full['seconds_from_created']:.2f} s from "
+        f"creation, {full['seconds']:.2f} s from started_at) against {ceiling:,.0f} docs/s; resync "
+        f"{same['seconds_from_created']:.2f} s from creation = {speedup:.1f}x faster")
+
+
+def _cpu_dir(results: dict[str, Any]) -> tuple[str, str]:
+    full = _dir_folder(results).get("ours_full") or {}
+    if full.get("cpu_us_per_doc") is None:
+        return _not_measured("--dir 100k")
+    return _status(full["cpu_us_per_doc"] <= 20), (
+        f"{full['cpu_us_per_doc']:.1f} us per file ({full.get('cpu_seconds')} s by role); Elasticsearch "
+        f"{full.get('es_cpu_us_per_doc'):.1f} us per document in the same sync")
+
+
+def _first_bulk_created(results: dict[str, Any]) -> tuple[str, str]:
+    every = results.get("scenarios", []) + results.get("directory", [])
+    values = sorted(r["first_bulk_from_created_seconds"] for s in every for _, r in _syncs(s)
+                    if r.get("first_bulk_from_created_seconds") is not None)
+    if not values:
+        return _not_measured("any scenario that writes (--sizes 10k)")
+    p50 = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:len(values) // 2 + 1]) / 2
+    return _status(p50 <= 0.6), (f"p50 {p50:.2f} s over {len(values)} syncs (min {values[0]:.2f}, max "
+                                 f"{values[-1]:.2f}); idling {results.get('service_idling', 'as configured')}")
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, str]]:
     """Each target of :data:`TARGETS` with its status and the evidence from ``results``."""
     judges = {
@@ -186,7 +230,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, str]]:
         "ratio_1m": lambda r: _ratio(r, 1_000_000, 0.8), "dir_100k": _dir_100k,
         "resync_100k": lambda r: _resync(r, 100_000, 5), "resync_1m": lambda r: _resync(r, 1_000_000, 10),
         "many_connectors": _many, "memory_100k_1m": _memory, "idle_daemon": _idle, "cpu_1m": _cpu,
-        "writes_nothing": _writes_nothing,
+        "writes_nothing": _writes_nothing, "dir_100k_created": _dir_100k_created, "cpu_dir": _cpu_dir,
+        "first_bulk_created": _first_bulk_created,
     }
     out = []
     for key, text in TARGETS:

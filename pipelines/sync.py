@@ -160,10 +160,11 @@ def build_sync_pipeline(
                 spread=not one_worker(settings),
                 shape=shape,
                 reindex=job.reindex,
+                batched=True,  # lists of documents from the read to the writer: Beam's cost per batch
             )
         )
-        docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, **normalize)
-        index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, **write)
+        docs, normalize_dead = read.docs | "Normalize" >> Normalize(job.pipeline_flags, batched=True, **normalize)
+        index_dead = docs | "Index" >> WriteToElasticsearch(conn, job.index_name, batched=True, **write)
         dead_letters = [read.dead_letters, normalize_dead, index_dead]
         if indexed is not None:
             stale = p | "FindDeletions" >> FindDeletions(conn, job.index_name, seen=read.seen, indexed=indexed,

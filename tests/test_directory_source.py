@@ -209,3 +209,26 @@ def test_directory_walk_when_subfolder_unlistable_then_sync_fails_naming_it(tmp_
     monkeypatch.setattr(os, "scandir", fake_scandir)
     with pytest.raises(SourceError, match="cannot list sub/deep/: Permission denied"):
         read_all(DirectoryDataSource({"directory": str(tmp_path)}))
+
+
+def test_iso_mtime_when_any_mtime_then_exactly_what_datetime_gives(tmp_path):
+    """The fast ``_timestamp`` of a file is datetime's own text, to the microsecond (a differing
+    one would make the next sync write every file again): random instants, the rounding edges
+    (half a microsecond, a second's last microsecond), negative times, and real files' mtimes."""
+    import math
+    import random
+    from types import SimpleNamespace
+
+    from sources.directory import iso_mtime
+
+    rng = random.Random(7)
+    instants = [rng.uniform(-2e9, 4e9) for _ in range(50_000)]
+    instants += [math.floor(t) + k / 1e6 for t in instants[:500] for k in (0, 1, 499_999, 500_000, 999_999)]
+    instants += [1796527279.9999995, 1796527279.0000005, 1e9 + 0.5e-6, 0.0, -0.5e-6]
+    for n in range(20):
+        (tmp_path / f"f{n}").write_text("x")
+        os.utime(tmp_path / f"f{n}", ns=(0, rng.randrange(0, 4 * 10**18)))
+        instants.append(os.stat(tmp_path / f"f{n}").st_mtime)
+    wrong = [t for t in instants if iso_mtime(SimpleNamespace(st_mtime=t))
+             != datetime.fromtimestamp(t, tz=timezone.utc).isoformat()]
+    assert not wrong, wrong[:5]

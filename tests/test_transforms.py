@@ -130,7 +130,10 @@ class _FakeBulkClient:
     def options(self, **_):
         return self
 
-    def bulk(self, operations, index=None, pipeline=None):
+    def close(self):
+        pass
+
+    def bulk(self, operations, index=None, pipeline=None, filter_path=None):
         actions = [json.loads(line) for line in operations.splitlines()[::2]]
         ids = [next(iter(a.values()))["_id"] for a in actions]
         self.sent.append(ids)
@@ -158,6 +161,23 @@ def test_bulk_write_when_some_items_429_then_only_those_resent_and_others_dead_l
     assert [(le.doc_id, le.stage, le.error_type, le.error_message) for le in letters] == [
         ("c", "write", "document_parsing_exception", "rejected c")]
     assert json.loads(letters[0].document) == {"v": "c"}
+
+
+def test_bulk_write_when_batched_then_lists_fill_requests_of_max_docs_in_order():
+    """``batched``: elements are lists (Normalize's output in a full sync); requests still hold
+    at most ``max_docs`` items, in the order read, across lists."""
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index", BulkSettings(max_docs=2, max_in_flight=1), None,
+                      None, 1, batched=True)
+    fn.setup()
+    try:
+        fn.es, fn.progress = _FakeBulkClient([{}, {"c": 400}, {}]), None
+        fn.start_bundle()
+        out = [*(fn.process([(i, json.dumps({"v": i}).encode()) for i in "abc"]) or ()),
+               *(fn.process([("d", b"{}"), ("e", b"{}")]) or ()), *fn.finish_bundle()]
+        assert fn.es.sent == [["a", "b"], ["c", "d"], ["e"]]
+        assert [letter.value.doc_id for letter in out] == ["c"]  # the rejected one, as a dead letter
+    finally:
+        fn.teardown()
 
 
 def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
@@ -217,14 +237,21 @@ def test_iso_timestamp_when_given_various_forms_then_utc_iso():
     assert iso_timestamp(None) is None
 
 
-def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters():
+@pytest.mark.parametrize("batched", [False, True])
+def test_normalize_when_documents_flow_then_json_bytes_and_dead_letters(batched):
+    """One document per element, or (batched, as a full sync reads) lists of them: the same
+    documents and dead letters come out (lists for the writer, dead letters one by one)."""
     docs = [
         {"_id": 1, "_timestamp": dt.datetime(2024, 1, 1), "body": "  a \n b ", "when": dt.date(2024, 5, 6)},
         {"_id": "big", "text": "x" * 3000},
         {"_id": "odd", "thing": object()},
     ]
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        good, dead = p | beam.Create(docs) | Normalize({"_reduce_whitespace": True}, max_document_bytes=2048)
+        elements = p | beam.Create([docs[:2], docs[2:]] if batched else docs)
+        good, dead = elements | Normalize({"_reduce_whitespace": True}, max_document_bytes=2048, batched=batched)
+        if batched:
+            assert_that(good | "Sizes" >> beam.Map(len), equal_to([1]), label="one list with the one good document")
+            good = good | beam.FlatMap(lambda normalized: normalized)
         assert_that(good | beam.MapTuple(lambda i, data: (i, json.loads(data))), equal_to([(
             "1", {"_timestamp": "2024-01-01T00:00:00+00:00", "body": "a b", "when": "2024-05-06",
                   "_reduce_whitespace": True, "id": "1"})]), label="good")

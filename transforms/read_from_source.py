@@ -239,8 +239,9 @@ def _content_size(extra: Mapping[str, Any]) -> int:
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
                  max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None,
-                 shape: str | None = None, reindex: bool = False):
+                 shape: str | None = None, reindex: bool = False, batched: bool = False):
         self.spec = spec
+        self.batched = batched
         self.shape, self.reindex = shape, reindex
         self.max_batch_seconds = max_batch_seconds
         self.track_seen = track_seen
@@ -324,9 +325,9 @@ class _ReadPartitionFn(beam.DoFn):
                 if len(batch) >= batch_size or (max_seconds and clock() - batch_started >= max_seconds):
                     self.read_count.inc(read)
                     read = 0
-                    yield from self._flush(batch, indexed)
+                    yield from self._emit(batch, indexed)
                     batch = []
-            yield from self._flush(batch, indexed)
+            yield from self._emit(batch, indexed)
         except SourceError:
             raise
         except Exception as exc:
@@ -338,6 +339,20 @@ class _ReadPartitionFn(beam.DoFn):
                 self.read_count.inc(read)
             iterator.close()
         self.partitions.inc()
+
+    def _emit(self, batch: list[tuple[str, dict[str, Any], Any]], indexed: IndexDigests | None) -> Iterator[Any]:
+        """The batch's documents: one element each, or (``batched``) one list of them; dead letters one by one."""
+        if not self.batched:
+            yield from self._flush(batch, indexed)
+            return
+        docs = []
+        for out in self._flush(batch, indexed):
+            if type(out) is dict:
+                docs.append(out)
+            else:
+                yield out
+        if docs:
+            yield docs
 
     def _flush(self, batch: list[tuple[str, dict[str, Any], Any]], indexed: IndexDigests | None) -> Iterator[Any]:
         if not batch:
@@ -496,14 +511,17 @@ class ReadFromSource(beam.PTransform):
             compared by ``_timestamp`` only (an access-control sync's identities).
         reindex: skip nothing (every document is written again); the ``seen`` bitmaps are
             still emitted, so deletions work as in any full sync.
+        batched: ``docs`` elements are lists of documents (up to ``batch_size``, as read and
+            compared), for ``Normalize(batched=True)``: Beam's cost per element is then paid
+            per batch, not per document.
     """
 
     def __init__(self, spec: SourceSpec, *, skip_unchanged: beam.PCollection | None = None, track_seen: bool = False,
                  batch_size: int = 500, download_concurrency: int = 8, max_download_bytes: int = 10 * 1024 * 1024,
                  record_digests: str | None = None, max_batch_seconds: float | None = None, spread: bool = True,
-                 shape: str | None = None, reindex: bool = False):
+                 shape: str | None = None, reindex: bool = False, batched: bool = False):
         super().__init__()
-        self.shape, self.reindex = shape, reindex
+        self.shape, self.reindex, self.batched = shape, reindex, batched
         if batch_size < 1 or download_concurrency < 1:
             raise ValueError("ReadFromSource: batch_size and download_concurrency must be positive")
         if track_seen and skip_unchanged is None:
@@ -521,7 +539,7 @@ class ReadFromSource(beam.PTransform):
     def expand(self, partitions: beam.PCollection):
         read = _ReadPartitionFn(self.spec, self.track_seen, self.batch_size, self.download_concurrency,
                                 self.max_download_bytes, self.record_digests, self.max_batch_seconds,
-                                self.shape, self.reindex)
+                                self.shape, self.reindex, self.batched)
         side = {} if self.skip_unchanged is None else {"indexed": beam.pvalue.AsSingleton(self.skip_unchanged)}
         if self.spread:
             partitions = partitions | "SpreadPartitions" >> beam.Reshuffle()

@@ -102,7 +102,8 @@ def _concrete_indices(es: Any, name: str) -> frozenset[str]:
 
 class _BulkWriteFn(beam.DoFn):
     def __init__(self, conn: ElasticsearchConnection, index: str, operation: str, settings: BulkSettings,
-                 pipeline: str | None, job_id: str | None, progress_interval: float):
+                 pipeline: str | None, job_id: str | None, progress_interval: float, batched: bool = False):
+        self.batched = batched
         self.conn = conn
         self.index = index
         self.operation = operation
@@ -153,6 +154,8 @@ class _BulkWriteFn(beam.DoFn):
             self.buffer, self.buffer_bytes, self.in_flight = [], 0, []
 
     def process(self, element: Any) -> Iterator[Any] | None:
+        if self.batched:
+            return self._process_batch(element)
         operation = self.operation
         if operation == "index" or operation == "update":
             op, (doc_id, data) = operation, element
@@ -173,6 +176,24 @@ class _BulkWriteFn(beam.DoFn):
         if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
             return self._collect()
         return None  # no output (most elements): no generator made
+
+    def _process_batch(self, items: list[tuple[str, bytes]]) -> Iterator[Any] | None:
+        """A list of ``(doc_id, json_bytes)`` (``Normalize(batched=True)``), buffered under one lock."""
+        op, max_bytes, max_docs = self.operation, self.settings.max_bytes, self.settings.max_docs
+        with self.lock:
+            for doc_id, data in items:
+                size = len(data) + len(doc_id) + 64
+                if self.buffer and self.buffer_bytes + size > max_bytes:
+                    self._submit()
+                if not self.buffer:
+                    self.buffer_since = time.monotonic()
+                self.buffer.append((op, doc_id, data))
+                self.buffer_bytes += size
+                if len(self.buffer) >= max_docs:
+                    self._submit()
+        if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
+            return self._collect()
+        return None
 
     def finish_bundle(self) -> Iterator[Any]:
         with self.lock:
@@ -293,7 +314,7 @@ class _BulkWriteFn(beam.DoFn):
             items_failed = False
             timeout = attempt_timeout(deadline, self.conn.request_timeout)
             response = self._client(timeout).bulk(index=self.index, operations=self._actions(pending),
-                                                  pipeline=self.pipeline)
+                                                  pipeline=self.pipeline, filter_path=_ANSWER_FIELDS)
             retry = self._answered(pending, response, letters, stats)
             if retry:
                 pending, items_failed = retry, True
@@ -358,6 +379,12 @@ class _BulkWriteFn(beam.DoFn):
         return retry
 
 
+#: What ``_answered`` reads of a ``_bulk`` answer: the rest (``_version``, ``_seq_no``, ``_shards``,
+#: ...) is left out by Elasticsearch, a smaller answer to receive and parse (every item keeps its
+#: ``status``, so the items stay in the request's order).
+_ANSWER_FIELDS = "errors,items.*.status,items.*.result,items.*._index,items.*._id,items.*.error"
+
+
 class WriteToElasticsearch(beam.PTransform):
     """Write documents (or deletions) to one index with ``_bulk``; returns the dead letters.
 
@@ -373,12 +400,17 @@ class WriteToElasticsearch(beam.PTransform):
         job_id: when set, live counters are reported for the daemon after every acknowledged
             request (see ``transforms.progress``).
         progress_interval: the least seconds between two progress reports of one worker.
+        batched: elements are lists of ``(doc_id, json_bytes)`` (``Normalize(batched=True)``;
+            operation ``"index"`` or ``"update"``).
     """
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, operation: str = "index",
                  settings: BulkSettings = BulkSettings(), pipeline: str | None = None,
-                 job_id: str | None = None, progress_interval: float = 0.0):
+                 job_id: str | None = None, progress_interval: float = 0.0, batched: bool = False):
         super().__init__()
+        if batched and operation not in ("index", "update"):
+            raise ValueError("WriteToElasticsearch: batched is for operation 'index' or 'update'")
+        self.batched = batched
         if operation not in ("index", "update", "delete", MIXED):
             raise ValueError(
                 f"WriteToElasticsearch: operation must be 'index', 'update', 'delete' or 'mixed', got {operation!r}")
@@ -393,6 +425,6 @@ class WriteToElasticsearch(beam.PTransform):
     def expand(self, elements: beam.PCollection) -> beam.PCollection:
         results = elements | "Bulk" >> beam.ParDo(
             _BulkWriteFn(self.conn, self.index, self.operation, self.settings, self.pipeline, self.job_id,
-                         self.progress_interval)
+                         self.progress_interval, self.batched)
         ).with_outputs(DEAD_LETTERS, main="written")
         return results[DEAD_LETTERS]
