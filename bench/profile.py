@@ -35,10 +35,13 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None, profiler: 
     command = [sys.executable]
     if profile_to is not None and profiler == "pyinstrument":
         command += ["-m", "pyinstrument", "-r", "text", "-o", str(profile_to)]
+    elif profile_to is not None and profiler == "tracemalloc":  # the Python heap at its largest
+        command = [sys.executable, "-m", "bench.trace_memory", str(job_file), str(result_file), str(profile_to)]
     elif profile_to is not None:  # every thread, while it holds the GIL (the Python work), as collapsed stacks
         command = ["py-spy", "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "--gil",
                    "-o", str(profile_to.with_suffix(".collapsed")), "--", sys.executable]
-    command += ["-m", "pipelines.run", str(job_file), str(result_file)]
+    if profiler != "tracemalloc" or profile_to is None:
+        command += ["-m", "pipelines.run", str(job_file), str(result_file)]
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"}  # as the daemon starts it
     subprocess.run(command, cwd=REPO, check=False, env=env)
@@ -92,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--resync", action="store_true", help="sync once unprofiled, then profile the resync")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
-    parser.add_argument("--profiler", choices=["pyinstrument", "py-spy"], default="pyinstrument",
-                        help="py-spy: every thread's on-CPU samples (Beam's, the bulk threads'), summarized by function")
+    parser.add_argument("--profiler", choices=["pyinstrument", "py-spy", "tracemalloc"], default="pyinstrument",
+                        help="py-spy: every thread's samples while it holds the GIL (Beam's, the bulk threads'), "
+                             "summarized by function; tracemalloc: the Python heap's allocation sites at its largest")
     parser.add_argument("--no-profile", action="store_true", help="time only (CPU seconds, peak RSS), no pyinstrument")
     parser.add_argument("--index", help="sync into this index and keep it (default: a fresh one, deleted after)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
