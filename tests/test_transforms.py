@@ -592,3 +592,16 @@ def test_indexed_stamp_when_read_back_then_equal_to_the_read_only_with_the_same_
     assert "ingest pipeline" in describe_reshape(3, shape(ingest_pipeline=None), now)
     assert "source configuration" in describe_reshape(3, shape(configuration={"tables": "a"}), now)
     assert "earlier release" in describe_reshape(3, None, now)
+
+
+def test_client_when_bulk_body_already_encoded_then_sent_as_it_is_and_other_bodies_as_before():
+    """The writer's NDJSON body goes out as the very bytes object it built (no copies); a list of
+    actions (as other callers give) is still encoded by elasticsearch-py's rules."""
+    es = ElasticsearchConnection().client()
+    ndjson = es.transport.serializers.serializers
+    body = b'{"index":{"_id":"a"}}\n{"v":1}\n'
+    for mimetype in ("application/x-ndjson", "application/vnd.elasticsearch+x-ndjson"):
+        assert ndjson[mimetype].dumps(body) is body
+        assert ndjson[mimetype].dumps([{"index": {"_id": "a"}}, {"v": 1}]) == body
+        assert ndjson[mimetype].dumps(b'{"v":1}') == b'{"v":1}\n'  # no final newline: added, as before
+    es.close()

@@ -19,11 +19,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elasticsearch import Elasticsearch
-from elasticsearch.serializer import OrjsonSerializer
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from transforms.secrets import SecretRef
 
 __all__ = ["ElasticsearchConnection"]
+
+
+class _NdjsonBody(NdjsonSerializer):
+    """NDJSON request bodies: one already encoded (bytes ending with a newline, as the ``_bulk``
+    writer builds it) is sent as it is, where elasticsearch-py's serializer copies it twice
+    (into a bytearray, then into bytes: ~2 MB of copying per 1,000-document request);
+    anything else as elasticsearch-py sends it."""
+
+    def dumps(self, data: Any) -> bytes:
+        if type(data) is bytes and data.endswith(b"\n"):
+            return data
+        return super().dumps(data)
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,9 @@ class ElasticsearchConnection:
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "retry_on_status": (502, 503, 504),
-            "serializer": OrjsonSerializer(),  # bulk responses and scan pages parse ~3x faster
+            # Responses (bulk answers, scan pages) parse ~3x faster with orjson; bodies the
+            # writer encoded go as they are.
+            "serializers": {"application/json": OrjsonSerializer(), "application/x-ndjson": _NdjsonBody()},
         }
         if api_key:
             kwargs["api_key"] = api_key
