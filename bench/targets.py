@@ -38,7 +38,8 @@ TARGETS = (
     ("dir_100k_created", "directory source, 100k x 1 KB files: full sync >= 0.5x the ceiling timed from the job's "
                          "creation, and its no-change resync >= 5x faster on the same clock"),
     ("cpu_dir", "our CPU per document <= 20 us on the directory source (100k files)"),
-    ("first_bulk_created", "job created -> first _bulk sent: p50 <= 0.6 s at idling: 1 (every sync that wrote)"),
+    ("first_bulk_created", "job created -> first _bulk sent: p50 <= 0.6 s at idling: 1 (the full syncs; a resync "
+                           "writes when it meets its first change)"),
 )
 
 
@@ -213,10 +214,10 @@ def _cpu_dir(results: dict[str, Any]) -> tuple[str, str]:
 
 def _first_bulk_created(results: dict[str, Any]) -> tuple[str, str]:
     every = results.get("scenarios", []) + results.get("directory", [])
-    values = sorted(r["first_bulk_from_created_seconds"] for s in every for _, r in _syncs(s)
-                    if r.get("first_bulk_from_created_seconds") is not None)
+    values = sorted(r["first_bulk_from_created_seconds"] for s in every for key, r in _syncs(s)
+                    if key == "ours_full" and r.get("first_bulk_from_created_seconds") is not None)
     if not values:
-        return _not_measured("any scenario that writes (--sizes 10k)")
+        return _not_measured("any full sync (--sizes 10k)")
     p50 = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:len(values) // 2 + 1]) / 2
     return _status(p50 <= 0.6), (f"p50 {p50:.2f} s over {len(values)} syncs (min {values[0]:.2f}, max "
                                  f"{values[-1]:.2f}); idling {results.get('service_idling', 'as configured')}")

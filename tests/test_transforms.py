@@ -180,6 +180,25 @@ def test_bulk_write_when_batched_then_lists_fill_requests_of_max_docs_in_order()
         fn.teardown()
 
 
+def test_bulk_write_when_batched_then_the_first_list_is_sent_at_once_and_later_ones_fill_requests():
+    """A sync's fixed cost ends at its first write: the first list goes without waiting for
+    ``max_docs`` documents; later lists fill requests up to ``max_docs``."""
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index", BulkSettings(max_docs=1000, max_in_flight=4), None,
+                      None, 1, batched=True)
+    fn.setup()
+    try:
+        fn.es, fn.progress = _FakeBulkClient([{}, {}]), None
+        fn.start_bundle()
+        fn.process([(i, b"{}") for i in "abc"])
+        assert fn.in_flight and fn.first_sent_at is not None  # sent, before any other list came
+        fn.process([("d", b"{}")])
+        fn.process([("e", b"{}")])
+        list(fn.finish_bundle())
+        assert fn.es.sent == [["a", "b", "c"], ["d", "e"]]
+    finally:
+        fn.teardown()
+
+
 def test_bulk_write_when_items_keep_failing_with_429_then_job_fails():
     fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index",
                       BulkSettings(initial_backoff=0.001, max_retries=2), None, None, 1)

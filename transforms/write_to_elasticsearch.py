@@ -191,6 +191,8 @@ class _BulkWriteFn(beam.DoFn):
                 self.buffer_bytes += size
                 if len(self.buffer) >= max_docs:
                     self._submit()
+            if self.first_sent_at is None:
+                self._submit()  # the first request goes with the first list: a sync starts writing at once
         if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
             return self._collect()
         return None
