@@ -49,6 +49,7 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None, profiler: 
     outcome = json.loads(result_file.read_text())
     outcome["wall_seconds"] = round(time.monotonic() - started, 2)
     outcome["cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
+    outcome["cpu_system_seconds"] = round(after.ru_stime - before.ru_stime, 2)  # in the kernel (syscalls)
     outcome["max_rss_mb_so_far"] = round(after.ru_maxrss / 1024, 1)  # the largest child yet (Linux: KiB)
     return outcome
 
