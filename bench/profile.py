@@ -42,6 +42,8 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None, profiler: 
                    "-o", str(profile_to.with_suffix(".collapsed")), "--", sys.executable]
     if profiler != "tracemalloc" or profile_to is None:
         command += ["-m", "pipelines.run", str(job_file), str(result_file)]
+    if os.environ.get("BENCH_PROFILE_WRAP"):  # a wrapper script instead of -m pipelines.run (experiments)
+        command = [sys.executable, os.environ["BENCH_PROFILE_WRAP"], str(job_file), str(result_file)]
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, "ELASTIC_INGEST_LOG_LEVEL": "WARNING"}  # as the daemon starts it
     subprocess.run(command, cwd=REPO, check=False, env=env)
