@@ -528,6 +528,24 @@ def test_read_from_source_when_content_over_size_limit_then_document_kept_withou
             [[i in indexed.positions(id_digests(["small", "declared-big"])) for i in range(3)]]), label="seen")
 
 
+def test_read_from_source_when_batched_then_a_list_per_download_window_never_a_whole_batch_of_large_files(tmp_path):
+    """``batched``: documents leave the read as lists, one per download window, so a batch of
+    large files is never held whole (2 x download_concurrency MiB per window: two 1.5 MB files)."""
+    from sources.base import Partition
+    from transforms.read_from_source import ReadFromSource, SourceSpec
+
+    for n in range(6):
+        (tmp_path / f"big-{n}.txt").write_bytes(b"x" * 1_500_000)
+    (tmp_path / "small.txt").write_text("small")
+    spec = SourceSpec("sources.directory:DirectoryDataSource", {"directory": {"value": str(tmp_path)}},
+                      operator_settings={"allowed_roots": [str(tmp_path)]})
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        read = p | beam.Create([Partition()]) | ReadFromSource(spec, batch_size=500, download_concurrency=1,
+                                                               batched=True)
+        assert_that(read.docs | beam.Map(lambda docs: sorted(d["file_name"] for d in docs)), equal_to([
+            ["big-0.txt", "big-1.txt"], ["big-2.txt", "big-3.txt"], ["big-4.txt", "big-5.txt"], ["small.txt"]]))
+
+
 def test_normalize_when_attachment_then_text_extracted_unless_connector_says_not_to():
     import base64
 

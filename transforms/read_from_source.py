@@ -236,6 +236,10 @@ def _content_size(extra: Mapping[str, Any]) -> int:
     return size
 
 
+#: Marks the end of a download window in ``_flush``'s output (never leaves the DoFn).
+_WINDOW_END = object()
+
+
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, spec: SourceSpec, track_seen: bool, batch_size: int, download_concurrency: int,
                  max_download_bytes: int, record_digests: str | None = None, max_batch_seconds: float | None = None,
@@ -341,14 +345,22 @@ class _ReadPartitionFn(beam.DoFn):
         self.partitions.inc()
 
     def _emit(self, batch: list[tuple[str, dict[str, Any], Any]], indexed: IndexDigests | None) -> Iterator[Any]:
-        """The batch's documents: one element each, or (``batched``) one list of them; dead letters one by one."""
+        """The batch's documents: one element each, or (``batched``) a list per download window
+        (so a list never holds more content than a window: a batch of large files is not held
+        whole); dead letters one by one."""
         if not self.batched:
-            yield from self._flush(batch, indexed)
+            for out in self._flush(batch, indexed):
+                if out is not _WINDOW_END:
+                    yield out
             return
-        docs = []
+        docs: list[dict[str, Any]] = []
         for out in self._flush(batch, indexed):
             if type(out) is dict:
                 docs.append(out)
+            elif out is _WINDOW_END:
+                if docs:
+                    yield docs
+                    docs = []
             else:
                 yield out
         if docs:
@@ -400,6 +412,7 @@ class _ReadPartitionFn(beam.DoFn):
                         if "_timestamp" not in doc:
                             del out["_timestamp"]
                 yield out
+            yield _WINDOW_END
 
     @staticmethod
     def _by_content(batch: list[tuple[str, dict[str, Any], Any]]) -> list[tuple[int, int]]:
