@@ -15,6 +15,9 @@ Incremental sync::
 
 (index, update and delete operations stay one ordered stream: one id indexed then
 deleted in the same sync ends deleted.)
+
+A full sync's documents travel from the read to the writer as lists (one per read batch,
+or per download window), so Beam's cost per element is paid per list, not per document.
 """
 
 from __future__ import annotations
