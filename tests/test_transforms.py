@@ -642,3 +642,37 @@ def test_client_when_bulk_body_already_encoded_then_sent_as_it_is_and_other_bodi
         assert ndjson[mimetype].dumps([{"index": {"_id": "a"}}, {"v": 1}]) == body
         assert ndjson[mimetype].dumps(b'{"v":1}') == b'{"v":1}\n'  # no final newline: added, as before
     es.close()
+
+
+def test_is_canonical_when_fuzzed_timestamps_then_same_answer_as_parsing_each_whole():
+    """The canonical-timestamp check (its date and time checked once per second seen) answers as
+    parsing the whole text would, on real instants and on one-character corruptions of them."""
+    import random
+
+    from transforms.normalize import _is_canonical
+
+    def parsed(text: str) -> bool:  # the definition: what iso_timestamp returns for a UTC instant
+        if len(text) not in (25, 32) or not text.endswith("+00:00") or text[19] not in "+." or not text.isascii():
+            return False
+        if len(text) == 32 and text[20:26] == "000000":
+            return False
+        try:
+            value = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return False
+        return value.isoformat() == text
+
+    rng = random.Random(5)
+    instants = [dt.datetime.fromtimestamp(rng.uniform(-1e10, 4e10), tz=dt.timezone.utc).isoformat()
+                for _ in range(5000)]
+    corrupted = []
+    for text in instants[:2000]:
+        for _ in range(3):
+            chars = list(text)
+            chars[rng.randrange(len(chars))] = rng.choice("0123456789-:T.+Z x\u0663\u00b2")
+            corrupted.append("".join(chars))
+    cases = instants + corrupted + ["2024-02-30T00:00:00+00:00", "2024-01-01T00:00:00.000000+00:00",
+                                    "2024-01-01T00:00:00+01:00", "2024-01-01 00:00:00+00:00"]
+    assert sum(map(_is_canonical, cases)) > 5000  # the instants, and corruptions that stay valid
+    wrong = [text for text in cases for _ in range(2) if _is_canonical(text) != parsed(text)]
+    assert not wrong, wrong[:5]

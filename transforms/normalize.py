@@ -73,18 +73,47 @@ def document_id(value: Any) -> str:
 
 
 def _is_canonical(text: str) -> bool:
-    """``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``: what ``iso_timestamp`` returns for any UTC instant."""
-    if len(text) not in (25, 32) or not text.endswith("+00:00") or text[19] not in "+.":
+    """``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``: what ``iso_timestamp`` returns for any UTC instant.
+
+    The date and time (the first 19 characters) are checked once per second of time seen
+    lately (files written together, rows of one import share it); the fraction and offset
+    each time."""
+    size = len(text)
+    if size == 25:
+        if text[19:] != "+00:00":
+            return False
+    elif size == 32:
+        fraction = text[20:26]
+        # isoformat() leaves out zero microseconds; isdecimal() alone would take other scripts' digits
+        if text[19] != "." or text[26:] != "+00:00" or not (fraction.isascii() and fraction.isdecimal()) \
+                or fraction == "000000":
+            return False
+    else:
         return False
-    if len(text) == 32 and text[20:26] == "000000":  # isoformat() leaves out zero microseconds
-        return False
-    if text[4] != "-" or text[7] != "-" or text[10] != "T" or text[13] != ":" or text[16] != ":":
+    head = text[:19]
+    valid = _VALID_SECONDS.get(head)
+    if valid is None:
+        valid = _valid_seconds(head)
+        if len(_VALID_SECONDS) >= 4096:
+            _VALID_SECONDS.clear()
+        _VALID_SECONDS[head] = valid
+    return valid
+
+
+def _valid_seconds(head: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS``, a real date and time."""
+    if not head.isascii() or head[4] != "-" or head[7] != "-" or head[10] != "T" or head[13] != ":" \
+            or head[16] != ":":
         return False
     try:
-        dt.datetime.fromisoformat(text)
+        dt.datetime.fromisoformat(head)
     except ValueError:
         return False
     return True
+
+
+#: Date-and-time prefixes checked lately, and whether they were valid.
+_VALID_SECONDS: dict[str, bool] = {}
 
 
 #: Canonical timestamps seen lately (many documents share one: a batch import, a synthetic source).
