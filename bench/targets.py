@@ -166,13 +166,18 @@ def _idle(results: dict[str, Any]) -> tuple[str, str]:
         + (f"; its warm sync process {warm['pss_mb']:.0f} MB PSS / {warm['rss_mb']:.0f} MB RSS" if warm else ""))
 
 
+def _cpu_per_document(full: dict[str, Any], limit: float, how: str, unit: str = "document") -> tuple[str, str]:
+    """Our CPU per document of one full sync, against ``limit`` microseconds."""
+    if full.get("cpu_us_per_doc") is None:
+        return _not_measured(how)
+    return _status(full["cpu_us_per_doc"] <= limit), (
+        f"{full['cpu_us_per_doc']:.1f} us per {unit} ({full.get('cpu_seconds')} s by role); Elasticsearch "
+        f"{full.get('es_cpu_us_per_doc'):.1f} us per document in the same sync")
+
+
 def _cpu(results: dict[str, Any]) -> tuple[str, str]:
     full = ((_small(results, 1_000_000) or {}).get("results") or {}).get("ours_full") or {}
-    if full.get("cpu_us_per_doc") is None:
-        return _not_measured("the 1M scenario (--sizes 1M)")
-    return _status(full["cpu_us_per_doc"] <= 10), (
-        f"{full['cpu_us_per_doc']:.1f} us per document ({full.get('cpu_seconds')} s by role); Elasticsearch "
-        f"{full.get('es_cpu_us_per_doc'):.1f} us per document in the same sync")
+    return _cpu_per_document(full, 10, "the 1M scenario (--sizes 1M)")
 
 
 def _writes_nothing(results: dict[str, Any]) -> tuple[str, str]:
@@ -204,12 +209,7 @@ def _dir_100k_created(results: dict[str, Any]) -> tuple[str, str]:
 
 
 def _cpu_dir(results: dict[str, Any]) -> tuple[str, str]:
-    full = _dir_folder(results).get("ours_full") or {}
-    if full.get("cpu_us_per_doc") is None:
-        return _not_measured("--dir 100k")
-    return _status(full["cpu_us_per_doc"] <= 20), (
-        f"{full['cpu_us_per_doc']:.1f} us per file ({full.get('cpu_seconds')} s by role); Elasticsearch "
-        f"{full.get('es_cpu_us_per_doc'):.1f} us per document in the same sync")
+    return _cpu_per_document(_dir_folder(results).get("ours_full") or {}, 20, "--dir 100k", "file")
 
 
 def _first_bulk_created(results: dict[str, Any]) -> tuple[str, str]:
