@@ -189,12 +189,32 @@ def test_bulk_write_when_batched_then_the_first_list_is_sent_at_once_and_later_o
     try:
         fn.es, fn.progress = _FakeBulkClient([{}, {}]), None
         fn.start_bundle()
-        fn.process([(i, b"{}") for i in "abc"])
-        assert fn.in_flight and fn.first_sent_at is not None  # sent, before any other list came
-        fn.process([("d", b"{}")])
-        fn.process([("e", b"{}")])
+        list(fn.process([(i, b"{}") for i in "abc"]))
+        assert fn.first_sent_at is not None and not fn.buffer  # sent, before any other list came
+        list(fn.process([("d", b"{}")]))
+        list(fn.process([("e", b"{}")]))
         list(fn.finish_bundle())
         assert fn.es.sent == [["a", "b", "c"], ["d", "e"]]
+    finally:
+        fn.teardown()
+
+
+def test_bulk_write_when_batched_list_spans_many_requests_then_never_more_than_max_in_flight():
+    """A list of ten documents with ``max_docs=1`` makes ten requests: each waits for a free
+    place, as single documents do, rather than all ten queued at once (whose retries, were
+    Elasticsearch down, would run one after another, each with its whole deadline)."""
+    fn = _BulkWriteFn(ElasticsearchConnection(), "idx", "index", BulkSettings(max_docs=1, max_in_flight=2), None,
+                      None, 1, batched=True)
+    fn.setup()
+    try:
+        fn.es, fn.progress = _FakeBulkClient([{}] * 10), None
+        already_in_flight = []
+        submit = fn.pool.submit
+        fn.pool.submit = lambda *args: (already_in_flight.append(len(fn.in_flight)), submit(*args))[1]
+        fn.start_bundle()
+        list(fn.process([(str(i), b"{}") for i in range(10)]))
+        list(fn.finish_bundle())
+        assert len(fn.es.sent) == 10 and max(already_in_flight) < 2, already_in_flight
     finally:
         fn.teardown()
 

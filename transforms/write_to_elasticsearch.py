@@ -177,25 +177,32 @@ class _BulkWriteFn(beam.DoFn):
             return self._collect()
         return None  # no output (most elements): no generator made
 
-    def _process_batch(self, items: list[tuple[str, bytes]]) -> Iterator[Any] | None:
-        """A list of ``(doc_id, json_bytes)`` (``Normalize(batched=True)``), buffered under one lock."""
+    def _process_batch(self, items: list[tuple[str, bytes]]) -> Iterator[Any]:
+        """A list of ``(doc_id, json_bytes)`` (``Normalize(batched=True)``), buffered under one lock
+        until a request is sent; after each, as for single documents, at most ``max_in_flight``
+        requests stay in flight (a list larger than ``max_docs`` never queues requests beyond,
+        whose retries would then run one after another, each with its whole deadline)."""
         op, max_bytes, max_docs = self.operation, self.settings.max_bytes, self.settings.max_docs
-        with self.lock:
-            for doc_id, data in items:
-                size = len(data) + len(doc_id) + 64
-                if self.buffer and self.buffer_bytes + size > max_bytes:
-                    self._submit()
-                if not self.buffer:
-                    self.buffer_since = time.monotonic()
-                self.buffer.append((op, doc_id, data))
-                self.buffer_bytes += size
-                if len(self.buffer) >= max_docs:
-                    self._submit()
-            if self.first_sent_at is None:
-                self._submit()  # the first request goes with the first list: a sync starts writing at once
-        if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
-            return self._collect()
-        return None
+        position, count = 0, len(items)
+        while position < count:
+            with self.lock:
+                sent = len(self.in_flight)
+                while position < count and len(self.in_flight) == sent:
+                    doc_id, data = items[position]
+                    position += 1
+                    size = len(data) + len(doc_id) + 64
+                    if self.buffer and self.buffer_bytes + size > max_bytes:
+                        self._submit()
+                    if not self.buffer:
+                        self.buffer_since = time.monotonic()
+                    self.buffer.append((op, doc_id, data))
+                    self.buffer_bytes += size
+                    if len(self.buffer) >= max_docs:
+                        self._submit()
+                if position >= count and self.first_sent_at is None:
+                    self._submit()  # the first request goes with the first list: a sync starts writing at once
+            if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
+                yield from self._collect()
 
     def finish_bundle(self) -> Iterator[Any]:
         with self.lock:
