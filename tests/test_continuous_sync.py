@@ -31,6 +31,7 @@ psycopg = pytest.importorskip("psycopg")
 PORT = int(os.environ.get("PG_PORT", "5433"))
 RUN = uuid.uuid4().hex[:6]
 SERVICE = f"pgstream_{RUN}"
+SERVICE_FQN = "sources.postgresql:PostgreSQLDataSource"
 DSN = f"host={HOST} port={PORT} user={USER} password={PASSWORD} dbname={DATABASE}"
 
 
@@ -47,7 +48,7 @@ def pg():
     conn.close()
 
 
-daemon = stream_daemon_fixture("continuous", {SERVICE: "sources.postgresql:PostgreSQLDataSource"},
+daemon = stream_daemon_fixture("continuous", {SERVICE: SERVICE_FQN},
                                after="pg")
 
 
@@ -167,6 +168,74 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_drop
     tables.turn_off(job)
     wait_for(lambda: tables.slot() is None and tables.publication() is None, timeout=30, what="slot dropped")
     tables.assert_not_followed()
+
+
+def test_stream_reader_when_a_snapshot_chunk_is_written_before_the_next_is_read_then_a_restart_reads_it_again(
+        pg, es, tmp_path):
+    """The source hears the snapshot is in Elasticsearch only once all of it is (and its sweep).
+
+    The snapshot is read a chunk at a time, every document at one position; Prism may run the
+    writer on a chunk before the reader's next call. Before the fix, the ledger then found that
+    position confirmable, the reader acknowledged it, and PostgreSQL recorded the snapshot as
+    complete: a stream stopped (kill -9, a stream opened again) before the next chunks were
+    written resumed from the slot and never indexed them. Driven here call by call, the
+    writer's part played by the test (real PostgreSQL, the real reader)."""
+    from apache_beam.io.restriction_trackers import OffsetRange
+    from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+
+    from tests.helpers import ES_URL
+    from transforms.es_client import ElasticsearchConnection
+    from transforms.read_from_source import SourceSpec
+    from transforms.read_stream import _END, _SNAPSHOT_CHUNK, SWEEP, _OneStreamTracker, _ReadStreamFn, close_streams
+    from transforms.stream_ledger import ledger
+
+    tables = Tables(pg, es, tmp_path / "unused.yml")
+    rows = 2 * _SNAPSHOT_CHUNK + 500
+    pg.execute(f"INSERT INTO {tables.items} SELECT i, 'row ' || i, i, NULL FROM generate_series(1, {rows}) i")
+    spec = SourceSpec(SERVICE_FQN, {"host": HOST, "port": PORT, "username": USER, "password": PASSWORD,
+                                    "database": DATABASE, "tables": [tables.items]})
+
+    def reader(job_id: str) -> Any:
+        fn = _ReadStreamFn(spec, ElasticsearchConnection(hosts=(ES_URL,)), job_id, tables.connector_id, None, 0.2,
+                           tables.index)
+        fn.setup()
+        return fn
+
+    def call(fn: Any) -> list[tuple]:
+        tracker = RestrictionTrackerView(ThreadsafeRestrictionTracker(_OneStreamTracker(OffsetRange(0, _END))))
+        return list(fn.process(None, tracker=tracker, _watermark=None))
+
+    def reopened_snapshot() -> int:
+        """Documents of the snapshot a stream opened now takes (0: it resumes from the slot)."""
+        stream = spec.build().open_change_stream(None, stream_id=tables.connector_id)
+        try:
+            return sum(1 for _ in stream.snapshot()) if stream.snapshot_position else 0
+        finally:
+            stream.close()
+
+    try:
+        fn = reader(f"handoff-{tables.suffix}-1")
+        first = call(fn)
+        position = first[0][2]
+        assert len(first) == _SNAPSHOT_CHUNK and {item[2] for item in first} == {position}
+        ledger(fn.job_id).done({position: len(first)})  # the writer wrote the first chunk ...
+        assert len(call(fn)) == _SNAPSHOT_CHUNK  # ... before the reader read the second (which it acknowledges after)
+        close_streams()  # the sync process stops: nothing more is written
+        fn.teardown()
+        assert reopened_snapshot() == rows, "the snapshot was recorded as done with most of it never written"
+
+        # Every chunk and the sweep written: the snapshot is done, the next stream resumes from the slot.
+        fn = reader(f"handoff-{tables.suffix}-2")
+        emitted = [item for _ in range(3) for item in call(fn)]
+        assert len(emitted) == rows + 1 and emitted[-1][0] == SWEEP
+        ledger(fn.job_id).done({emitted[-1][2]: len(emitted)})
+        call(fn)  # acknowledges what the ledger allows
+        close_streams()
+        fn.teardown()
+        assert reopened_snapshot() == 0
+    finally:
+        close_streams()
+        tables.drop()
 
 
 def test_continuous_sync_when_canceled_killed_or_suspended_then_resumes_from_the_acknowledged_position(

@@ -72,3 +72,19 @@ def test_ledger_when_changes_stay_unwritten_and_nothing_is_written_then_stalled(
     assert not book.stalled(60.0) and book.stalled(0.0)  # the writer is making progress: not yet
     book.done({5: 1})
     assert not book.stalled(0.0) and book.confirmable() == 5
+
+
+def test_ledger_when_a_held_snapshot_is_written_a_chunk_at_a_time_then_confirmable_only_after_its_sweep():
+    book = StreamLedger()
+    book.hold(50)  # a snapshot being read: every document at position 50
+    book.emitted(50, count=2000)
+    book.done({50: 2000})  # the first chunk written before the next one is read
+    assert book.confirmable() == 0 and book.pending() == 0 and not book.lost(0.0)
+    book.emitted(50, count=500)  # the last chunk
+    book.emitted(50)  # the sweep
+    book.release()
+    book.emitted(60)  # a change streamed after the snapshot
+    book.done({60: 1, 50: 500})
+    assert book.confirmable() == 0  # the sweep is not written yet
+    book.done({50: 1})
+    assert book.confirmable() == 60 and book.pending() == 0

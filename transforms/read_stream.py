@@ -9,10 +9,12 @@ other syncs: a document they exclude becomes a ``delete``.
 Each call of ``process`` reads for at most ``poll_seconds`` (or one chunk of the snapshot),
 emits what it read, and defers the rest of its (infinite) offset restriction by
 ``poll_seconds / 4``: the runner calls it again, so the stream is read in short bundles and
-each reaches the writer at once. Right after opening, the stream is given a reader of the
-content index (:func:`index_reader`, for sources that compare themselves with it, e.g. a
-folder). The watermark follows the wall clock. The stream itself (its
-connections, the snapshot being read) is kept per job in this process between calls; the
+each reaches the writer at once. The snapshot's position is held in the ledger until its sweep
+is emitted (:meth:`transforms.stream_ledger.StreamLedger.hold`): the source hears the snapshot
+is in Elasticsearch once all of it is, not once the chunks read so far are. Right after
+opening, the stream is given a reader of the content index (:func:`index_reader`, for
+sources that compare themselves with it, e.g. a folder). The watermark follows the wall
+clock. The stream itself (its connections, the snapshot being read) is kept per job in this process between calls; the
 source is acknowledged, at each call, at the position the writer's acknowledgements allow
 (:mod:`transforms.stream_ledger`), and the stream's state (position, lag, conflicts) is
 stored at most every second as the job's ``stream`` record for the daemon.
@@ -170,6 +172,8 @@ class _ReadStreamFn(beam.DoFn):
             stream.max_download_bytes = self.max_download_bytes
             stream.attach_index(index_reader(self.es, self.index))
             entry = _Open(source, stream, book.generation)
+            if entry.snapshot is not None:
+                book.hold(entry.sweep_at)  # confirmable only once the whole snapshot and its sweep are written
             with _OPEN_LOCK:
                 _OPEN[self.job_id] = entry
             _LOGGER.info("continuous sync %s: stream open%s", self.job_id,
@@ -224,6 +228,7 @@ class _ReadStreamFn(beam.DoFn):
                     return
             entry.snapshot = None
             self.book.emitted(entry.sweep_at)
+            self.book.release()  # every document of the snapshot was emitted, the sweep last
             yield SWEEP, {}, entry.sweep_at, None, entry.generation
             return
         for change in entry.stream.changes(self.poll_seconds):

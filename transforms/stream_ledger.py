@@ -6,6 +6,14 @@ the writer records each change Elasticsearch acknowledged, or that was dead-lett
 may be acknowledged at (:meth:`StreamLedger.confirmable`) is the highest one whose changes,
 and every earlier position's, are all done: nothing the source forgets was not written.
 
+A snapshot's documents all share one position and are emitted a chunk at a time: the writer
+may have written every document emitted so far before the next chunk is read. The reader
+therefore holds the snapshot's position (:meth:`StreamLedger.hold`) while it reads the
+snapshot, and releases it (:meth:`StreamLedger.release`) with the sweep, the snapshot's last
+change: the position is confirmable only once the whole snapshot and its sweep are written
+(else the source would record the snapshot as done, and a restart or a stream opened again
+would never read the rest of it).
+
 Reader and writer meet here within one process: the Prism runner's LOOPBACK workers (the
 continuous sync's runner, docs/runners.md) run every stage of the sync in the sync
 process. Ledgers are per job (:func:`ledger`).
@@ -42,6 +50,7 @@ class StreamLedger:
         self._order: deque[int] = deque()  # distinct positions emitted, oldest first, not yet confirmable
         self._early: dict[int, int] = {}  # done before the reader recorded them (another thread's race)
         self._confirmable = 0
+        self._held: int | None = None  # a position more changes are still to come for (a snapshot's)
         #: Changes Elasticsearch refused as older than the indexed version (a replay, a reordering).
         self.version_conflicts = 0
         #: Changes Elasticsearch acknowledged (written, deleted, refused as older, or dead-lettered).
@@ -98,12 +107,31 @@ class StreamLedger:
                 self.lags.append(lag)
             del self.lags[:-2000]
 
+    def hold(self, position: int) -> None:
+        """More changes of ``position`` are still to come (a snapshot being read a chunk at a time):
+        neither it nor any later position is confirmable until :meth:`release`, however many of
+        those emitted so far are done."""
+        with self._lock:
+            self._held = position
+            if not self._order or self._order[-1] != position:
+                self._order.append(position)
+
+    def release(self) -> None:
+        """Every change of the held position was emitted (:meth:`emitted` first): it becomes
+        confirmable once they are all done."""
+        with self._lock:
+            self._held = None
+            self._advance()
+
     def _advance(self) -> None:
         """Under the lock: positions emitted in order, every change of them done, are confirmable."""
         while self._order and self._order[0] not in self._outstanding:
-            done = self._order.popleft()
+            done = self._order[0]
             self._emitted_at.pop(done, None)
             self._passed_at.pop(done, None)
+            if done == self._held:
+                break  # written so far, more to come
+            self._order.popleft()
             self._confirmable = max(self._confirmable, done)
 
     def writing(self, delta: int) -> None:
