@@ -235,6 +235,39 @@ class StreamTables(StreamedConnector, abc.ABC):
                 out[doc_id] = {"id": doc["id"], "label": doc["label"]}
         return out
 
+    def source_position(self) -> int:
+        """Where the source stands now, as the stream counts positions (PostgreSQL: its WAL's
+        end; MariaDB: its binlog's)."""
+        raise NotImplementedError
+
+    def cursor_position(self, cursor: dict[str, Any]) -> int:
+        """The position a stream's cursor (its job's ``metadata.stream.cursor``) says Elasticsearch
+        acknowledged everything up to."""
+        raise NotImplementedError
+
+    def caught_up(self, *, stalled_after: float = 60) -> dict[str, Any]:
+        """Wait until the running stream's snapshot and every change the source holds now are in
+        Elasticsearch: its job reports an acknowledged position at or past the source's present
+        one (the reader acknowledges a position only once Elasticsearch acknowledged every write
+        up to it). However loaded the machine, this fails only when the stream's state (position,
+        changes applied, pending) stopped moving for ``stalled_after`` seconds. Returns the job."""
+        target = self.source_position()
+        seen: Any = None
+        moved = time.monotonic()
+        while True:
+            job = self.running()
+            state = (job or {}).get("metadata", {}).get("stream") or {}
+            cursor = state.get("cursor")
+            if job and cursor and state.get("snapshot") == "done" and self.cursor_position(cursor) >= target:
+                return job
+            now = (job or {}).get("id"), cursor, state.get("changes_applied"), state.get("pending_changes")
+            if now != seen:
+                seen, moved = now, time.monotonic()
+            elif time.monotonic() - moved > stalled_after:
+                raise AssertionError(f"the stream stopped short of the source's position {target} for "
+                                     f"{stalled_after:g}s: job {now[0]}, state {state}")
+            time.sleep(0.25)
+
     def streaming(self) -> dict[str, Any] | None:
         """The running job once its snapshot is in Elasticsearch (its position reported)."""
         current = self.running()
