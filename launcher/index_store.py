@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from elasticsearch import NotFoundError
+from elasticsearch import ConflictError, NotFoundError
 
 from launcher.es_warnings import log_elasticsearch_warnings_once
 from launcher.indices import CONNECTORS_INDEX, JOBS_INDEX, check_mappings, ensure_indices
@@ -123,10 +123,25 @@ class IndexStore(ConnectorStore):
             expected.version = result["_version"]
 
     def replace_connector_object(self, connector_id: str, name: str, value: Any) -> None:
-        # A partial update merges objects key by key: clearing the field first replaces it.
-        if isinstance(value, Mapping):
-            self.es.update(index=CONNECTORS_INDEX, id=connector_id, doc={name: None}, retry_on_conflict=UPDATE_RETRIES)
-        self.update_connector(connector_id, {name: value})
+        # A partial update merges objects key by key, so the document is written whole, with the
+        # field replaced, conditionally on the version read (retried when another write came
+        # first). Clearing the field, then writing it, left the connector without it in between,
+        # and for good when the second write failed: a continuous sync's stored position gone,
+        # the next stream took a new snapshot instead of resuming. (No script: a minimal
+        # Elasticsearch has no painless.)
+        if not isinstance(value, Mapping):
+            self.update_connector(connector_id, {name: value})
+            return
+        for attempt in range(UPDATE_RETRIES):
+            current = self.es.get(index=CONNECTORS_INDEX, id=connector_id)
+            try:
+                self.es.index(index=CONNECTORS_INDEX, id=connector_id, refresh=True,
+                              document={**current["_source"], name: dict(value)},
+                              if_seq_no=current["_seq_no"], if_primary_term=current["_primary_term"])
+                return
+            except ConflictError:
+                if attempt == UPDATE_RETRIES - 1:
+                    raise
 
     def check_in(self, connector_id: str, *, expected: Connector | None = None) -> None:
         from launcher.protocol import now_iso

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from launcher.indices import CONNECTORS_INDEX
+from sources.mysql.stream import binlog_version
 from tests.continuous_fixtures import StreamTables, Writer, kill_sync, stream_daemon_fixture
 from tests.helpers import cli, index_docs, skip_or_fail, wait_for
 from tests.sources.mysql_binlog import purge_binlog, require_binlog
@@ -79,6 +80,18 @@ class Tables(StreamTables):
 
     def execute(self, sql: str) -> None:
         run(self.db, sql)
+
+    def source_position(self) -> int:
+        file, offset = self.fetch("SHOW MASTER STATUS")[0][:2]
+        return binlog_version(file, offset)
+
+    def cursor_position(self, cursor: dict[str, Any]) -> int:
+        return binlog_version(cursor["file"], cursor["pos"])
+
+    def job_errors(self) -> list[tuple]:
+        """Each job's status, start cursor and error: why a stream took a new snapshot (a purged
+        binlog on this shared server, a cursor missing from the connector) when it should resume."""
+        return [(j["status"], (j.get("connector") or {}).get("sync_cursor"), j.get("error")) for j in self.jobs()]
 
     def stored_cursor(self) -> dict[str, Any]:
         return self.es.get(index=CONNECTORS_INDEX, id=self.connector_id)["_source"].get("sync_cursor") or {}
@@ -137,6 +150,7 @@ def test_continuous_sync_when_rows_change_then_index_follows_and_toggle_off_stop
             f"UPDATE {items} SET note = 'next file' WHERE id = 12")
     finally:
         conn.close()
+    tables.caught_up()  # the snapshot and every change so far acknowledged by Elasticsearch
     tables.assert_equal()
     docs = tables.indexed()
     assert f"{items}_999999" not in docs and f"{tags}_1" not in docs and f"{items}_11" not in docs
@@ -189,21 +203,21 @@ def test_continuous_sync_when_canceled_killed_suspended_or_binlog_purged_then_re
     second = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["id"] != first["id"]],
                       timeout=90, what="a new continuous job")[0]
     tables.assert_equal()
-    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched  # not snapshot again
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched, tables.job_errors()  # no snapshot
 
     # kill -9 of the sync process, with writes while it is down: a new job resumes from the sync_cursor.
     kill_sync(daemon)
     _insert_rows(db, items, range(600, 701), "while down")
     run(db, f"DELETE FROM {items} WHERE id BETWEEN 100 AND 150")
     third = tables.restarted_after_kill(second, first)
-    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched, tables.job_errors()
 
     # SIGTERM: the job is suspended, writes go on meanwhile, the next daemon resumes the same job
     # from the connector's sync_cursor (not the cursor the job was first claimed with).
     tables.stop_daemon(daemon, third)
     run(db, f"UPDATE {items} SET name = 'while stopped' WHERE id BETWEEN 300 AND 320")
     tables.start_daemon_again(daemon, third)
-    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched
+    assert es.get(index=tables.index, id=f"{items}_400")["_version"] == untouched, tables.job_errors()
 
     # The binlog the stored position points into is purged while no stream runs: one clear
     # error, then a new snapshot that also removes what vanished meanwhile.

@@ -164,6 +164,34 @@ def test_finish_job_when_completed_then_connector_last_fields_and_cursor_replace
     assert doc["sync_cursor"] == {"shared": "new"}  # replaced, not merged
 
 
+def test_replace_connector_object_when_read_meanwhile_then_the_old_or_the_new_cursor_never_none(es, make_connector):
+    """A continuous sync stores its acknowledged position as the connector's sync_cursor every
+    second; the next job (after a kill -9) starts from whatever it reads there. The field was
+    cleared, then written: a read in between, or after a failed second write, found no cursor,
+    and a MariaDB stream took a new snapshot instead of resuming from its binlog position."""
+    connector = make_connector(configuration=_configured(count=1), status="connected",
+                               sync_cursor={"pos": 0, "old_key": True})
+    store = IndexStore(es)
+    seen: list = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(es.get(index=CONNECTORS_INDEX, id=connector.id)["_source"].get("sync_cursor"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        for position in range(1, 101):
+            store.replace_connector_object(connector.id, "sync_cursor", {"pos": position})
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+    assert len(seen) > 10 and [c for c in seen if not c] == []
+    assert [c for c in seen if c["pos"] and "old_key" in c] == []  # replaced, never merged
+    assert get_connector(es, connector.id).get("sync_cursor") == {"pos": 100}
+
+
 def test_finish_job_when_error_or_canceled_then_cursor_kept_and_status_set(es, make_connector):
     connector = make_connector(configuration=_configured(count=1), status="connected", sync_cursor={"keep": True})
     job_id = create_job(es, connector)
