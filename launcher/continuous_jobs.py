@@ -22,9 +22,12 @@ While a continuous job runs, :func:`stream_should_stop` tells its supervisor to 
 ``continuous_sync`` turned off (the stream's resources are then released:
 :func:`release_stream`), the configuration changed (a new job starts with it), or another
 job of the connector waits (a full sync requested: the stream ends, the full sync runs,
-then a new stream resumes from the committed position). A connector deleted releases its
-stream too (:func:`release_deleted`, for ``delete-connector``; the supervisor of a job still
-running releases it when it stops the job), or a PostgreSQL slot would keep WAL forever.
+then a new stream resumes from the committed position); not for a job the source cannot run
+(an incremental job of a source without incremental syncs, e.g. one made by Elastic's CLI for
+a ``dir`` connector), which the daemon ends ``error`` at once while the stream goes on. A
+connector deleted releases its stream too (:func:`release_deleted`, for ``delete-connector``;
+the supervisor of a job still running releases it when it stops the job), or a PostgreSQL
+slot would keep WAL forever.
 
 Example usage::
 
@@ -41,7 +44,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from launcher.configuration import values_of
-from launcher.protocol import create_job
+from launcher.protocol import create_job, job_refusal
 from launcher.store import Connector, ConnectorStore
 from sources.streaming import CONTINUOUS_SYNC_FIELD, continuous_sync_on, supports_continuous_sync
 
@@ -163,8 +166,11 @@ def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_cl
     return job_id
 
 
-def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connector: Connector) -> str | None:
-    """Why a running continuous job should end now (None: it goes on)."""
+def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connector: Connector, *,
+                       source_class: type | None = None) -> str | None:
+    """Why a running continuous job should end now (None: it goes on). With ``source_class``, a
+    waiting job the source cannot run at all (:func:`launcher.protocol.job_refusal`: the daemon
+    ends it at once) does not stop the stream."""
     configuration = connector.get("configuration")
     if not continuous_sync_on(configuration):
         return f"{CONTINUOUS_SYNC_FIELD} was turned off"
@@ -172,7 +178,8 @@ def stream_should_stop(store: ConnectorStore, job_doc: Mapping[str, Any], connec
     wanted = metadata.get("config_fingerprint")
     if wanted and wanted != configuration_fingerprint(configuration):
         return "the configuration changed; a new continuous job starts with it"
-    waiting = store.list_jobs(connector_ids=[connector.id], statuses=["pending"], size=1)
+    waiting = [job for job in store.list_jobs(connector_ids=[connector.id], statuses=["pending"], size=10)
+               if source_class is None or job_refusal(job.doc, source_class) is None]
     if waiting:
         kind = str(waiting[0].job_type)
         article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"

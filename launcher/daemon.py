@@ -51,13 +51,14 @@ from elasticsearch import ConnectionError as ESConnectionError
 from launcher.config import Config
 from launcher.maintenance import ConnectorMaintenance
 from launcher.outage import Outage, is_outage, wait_backoff
-from launcher.protocol import Connector, Job, claim_job, job_problems, jobs_to_claim, now_iso
+from launcher.protocol import Connector, Job, claim_job, job_problems, job_refusal, jobs_to_claim, now_iso
 from launcher.reaper import Reaper
 from launcher.recovery import OwnJobs, ServiceIdentity
 from launcher.store import ConnectorStore, open_store
 from launcher.sync_processes import SyncProcesses
 from launcher.sync_runner import SyncRunner
 from sources.errors import IngestError, format_error
+from sources.registry import load_source_class
 
 __all__ = ["Daemon", "ErrorBudgetExceeded"]
 
@@ -383,14 +384,22 @@ class Daemon:
             self.slots_held = None
         elif not self._stop.is_set():
             self._note_slots_held(connector_ids)
-        if free <= 0 or self._stop.is_set():
+        if self._stop.is_set():
             return
+        # Every poll, slots free or not: a job its source cannot run ends at once, without waiting
+        # for a slot, nor for the connector's running job (a continuous sync goes on).
         for job in jobs_to_claim(self.store, connector_ids):
-            if free <= 0 or self._stop.is_set():
+            if self._stop.is_set():
                 break
             problems = job_problems(job.doc)
             if problems:
                 self._fail_unclaimed(job, "; ".join(problems))
+                continue
+            refusal = self._refusal(job)
+            if refusal:
+                self._refuse(job, refusal)
+                continue
+            if free <= 0:
                 continue
             claim = claim_job(self.store, job.id, self.hostname)
             if claim is None:
@@ -428,6 +437,37 @@ class Daemon:
         self._told_waiting = {job.id for job in waiting}
         if new:
             _LOGGER.warning("%s", self.slots_held)
+
+    def _refusal(self, job: Job) -> str | None:
+        """Why ``job``'s source cannot run it at all (:func:`launcher.protocol.job_refusal`), None: it can
+        (or its source is not known here: claiming it says so)."""
+        if job.job_type not in ("incremental", "access_control"):
+            return None
+        snapshot = job.doc.get("connector")
+        service_type = snapshot.get("service_type") if isinstance(snapshot, Mapping) else None
+        fqn = self.config.sources.get(service_type) if isinstance(service_type, str) else None
+        try:
+            return job_refusal(job.doc, load_source_class(fqn)) if fqn else None
+        except Exception:  # noqa: BLE001 - a source that cannot be loaded: the claim ends the job saying why
+            return None
+
+    def _refuse(self, job: Job, reason: str) -> None:
+        """End a job its source cannot run: ``error`` with ``reason``, the connector's lock untouched
+        (its running job, e.g. a continuous sync, goes on); an access-control job is reported on
+        the connector's ``last_access_control_sync_*``, as when it ends after a claim."""
+        stamp, error = now_iso(), f"ConnectorError: {reason}"
+        try:
+            self.store.end_job(job, "error", {"error": error, "completed_at": stamp, "last_seen": stamp},
+                               expected=job)
+        except (ConflictError, NotFoundError):
+            return  # claimed, canceled or deleted meanwhile
+        _LOGGER.warning("job %s of connector %s: %s", job.id, job.connector_id, reason)
+        if job.job_type == "access_control" and job.connector_id:
+            try:
+                self.store.update_connector(job.connector_id, {"last_access_control_sync_status": "error",
+                                                               "last_access_control_sync_error": error})
+            except NotFoundError:
+                pass
 
     def _fail_unclaimed(self, job: Job, message: str) -> None:
         try:

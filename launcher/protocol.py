@@ -32,7 +32,7 @@ from launcher.store import FINAL_STATUSES, JOB_STATUSES, Connector, ConnectorSto
 
 __all__ = [
     "now_iso", "Connector", "Job", "Claim", "get_connector", "get_job", "search_connectors", "connector_problems",
-    "job_problems", "create_job", "new_job", "jobs_to_claim", "claim_job", "finish_job", "update_job",
+    "job_problems", "job_refusal", "create_job", "new_job", "jobs_to_claim", "claim_job", "finish_job", "update_job",
     "update_connector", "job_snapshot", "active_filtering", "snapshot_filtering", "JOB_STATUSES", "FINAL_STATUSES",
     "default_filtering", "new_connector", "replace_connector_object", "release_lock", "index_name_problem",
     "job_sync_cursor", "CONNECTOR_DEFAULTS", "with_protocol_fields", "draft_rules_problem",
@@ -174,6 +174,29 @@ def job_problems(doc: Mapping[str, Any]) -> list[str]:
         if index is not None and not isinstance(index, str):
             problems.append(f"connector.index_name: expected a string, got {type(index).__name__}")
     return problems
+
+
+def job_refusal(doc: Mapping[str, Any], source_class: type) -> str | None:
+    """Why a job of ``source_class``'s connector cannot run at all (None: it can): an incremental
+    job of a source without incremental syncs, an access-control job of one without
+    document-level security. A continuous sync's own incremental job is not one (the daemon
+    creates it for sources that stream). The daemon ends such a job at once, before claiming it:
+    it neither waits for a sync slot nor stops the connector's continuous sync."""
+    from sources.base import supports_job_type
+    from sources.registry import display_name
+
+    job_type = doc.get("job_type", "full")
+    metadata = doc.get("metadata")
+    if job_type == "incremental" and isinstance(metadata, Mapping) and metadata.get("continuous") is True:
+        return None
+    if job_type not in ("incremental", "access_control") or supports_job_type(source_class, job_type):
+        return None
+    if job_type == "incremental":
+        return (f"the {display_name(source_class)} source does not support incremental syncs, so this incremental "
+                "job ended without running (a continuous sync of the connector goes on); run a full sync instead")
+    return (f"{display_name(source_class)} sources do not support document-level security, so there are no "
+            "identities to sync; this access-control job ended without touching any index. Run full or "
+            "incremental syncs for this connector")
 
 
 def get_connector(store: ConnectorStore | Any, connector_id: str) -> Connector | None:

@@ -26,7 +26,7 @@ from elasticsearch import ConflictError
 from launcher.protocol import create_job
 from launcher.scheduling import SCHEDULED_AT_FIELD, due_fire_time, validate_cron
 from launcher.store import Connector, ConnectorStore
-from sources.base import supports_access_control
+from sources.base import supports_job_type
 
 __all__ = ["cron_problems", "create_due_jobs"]
 
@@ -50,14 +50,6 @@ def cron_problems(connector: Connector) -> list[str]:
     return problems
 
 
-def _schedulable(job_type: str, source_class: type) -> bool:
-    if job_type == "incremental":
-        return bool(getattr(source_class, "incremental_sync_enabled", False))
-    if job_type == "access_control":
-        return supports_access_control(source_class)
-    return True
-
-
 def create_due_jobs(store: ConnectorStore, connector: Connector, source_class: type, *,
                     created_grace: timedelta) -> list[str]:
     """Create the scheduled jobs that are due now; the ids of those this instance created.
@@ -68,7 +60,7 @@ def create_due_jobs(store: ConnectorStore, connector: Connector, source_class: t
     """
     created = []
     for job_type, field in SCHEDULED_AT_FIELD.items():
-        if not _schedulable(job_type, source_class):
+        if not supports_job_type(source_class, job_type):
             continue
         for _ in range(3):
             entry = _enabled_entry(connector, job_type)

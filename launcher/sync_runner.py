@@ -55,14 +55,14 @@ from launcher.outage import Outage, is_outage
 from launcher.privileges import check_privileges
 from launcher.secret_refs import resolve_references
 from launcher.protocol import (
-    FINAL_STATUSES, Claim, connector_problems, draft_rules_problem, finish_job, job_sync_cursor, now_iso,
-    snapshot_filtering,
+    FINAL_STATUSES, Claim, connector_problems, draft_rules_problem, finish_job, job_refusal, job_sync_cursor,
+    now_iso, snapshot_filtering,
 )
 from launcher.store import ConnectorStore, as_store
 from launcher.sync_processes import SyncProcesses
 from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
-from sources.base import ACCESS_CONTROL_INDEX_PREFIX, supports_access_control
-from sources.registry import display_name, load_source_class
+from sources.base import ACCESS_CONTROL_INDEX_PREFIX
+from sources.registry import load_source_class
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
 from transforms.progress import PROGRESS_INDEX, delete_progress, read_job_record, read_progress
@@ -96,14 +96,10 @@ def build_sync_job(config: Config, claim: Claim) -> SyncJob:
             f"service_type {service_type!r} is not in config.yml sources (known: {', '.join(sorted(config.sources))})",
             claim.connector.id,
         )
-    if job.job_type == "access_control":
-        source_class = load_source_class(fqn)
-        if not supports_access_control(source_class):
-            # Ended here, before a sync process starts: no index is touched.
-            raise ConnectorError(
-                f"{display_name(source_class)} sources do not support document-level security, so there are no "
-                "identities to sync; this access-control job ended without touching any index. Run full or "
-                "incremental syncs for this connector", claim.connector.id)
+    if job.job_type in ("incremental", "access_control"):
+        refusal = job_refusal(job.doc, load_source_class(fqn))
+        if refusal:  # (the daemon refuses these before claiming them) ended here: no index is touched
+            raise ConnectorError(refusal, claim.connector.id)
     active = snapshot_filtering(snapshot)
     rules = active["rules"]
     if not isinstance(rules, list):
@@ -247,6 +243,8 @@ class SyncRunner(threading.Thread):
         self.stream_ended: str | None = None
         #: The continuous sync's position last stored as the connector's ``sync_cursor``.
         self.stream_cursor: dict[str, Any] | None = None
+        #: The source class's FQN (once the job was built).
+        self.source_fqn: str | None = None
 
     # -- control -------------------------------------------------------------------
     def suspend(self) -> None:
@@ -323,7 +321,7 @@ class SyncRunner(threading.Thread):
         # Relative to the daemon's working directory, recorded absolute: the CLI reads it from anywhere.
         pipeline_settings = pipeline_settings.model_copy(
             update={"dead_letters": dead_letter_location(pipeline_settings.dead_letters)})
-        self.index_name = sync_job.index_name
+        self.index_name, self.source_fqn = sync_job.index_name, sync_job.source_fqn
         self._delete_progress()  # a run counts from zero: an earlier run's leftovers are not ours
         workdir = Path(tempfile.mkdtemp(prefix=f"elastic-ingest-{self.job_id}-"))
         job_file, result_file = workdir / "job.json", workdir / "result.json"
@@ -426,7 +424,8 @@ class SyncRunner(threading.Thread):
         job = self.store.get_job(self.job_id)
         if connector is None or job is None:
             return None  # the next check says it is gone
-        return stream_should_stop(self.store, job.doc, connector)
+        return stream_should_stop(self.store, job.doc, connector,
+                                  source_class=load_source_class(self.source_fqn) if self.source_fqn else None)
 
     def _end_stream(self, reason: str) -> None:
         """End a continuous sync the service stopped: ``completed`` with the reason in its metadata,

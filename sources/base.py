@@ -113,6 +113,7 @@ __all__ = [
     "FIELD_DEFAULTS",
     "ACCESS_CONTROL_INDEX_PREFIX",
     "supports_access_control",
+    "supports_job_type",
     "CONFIG_DIR_ENV",
     "config_folder",
 ]
@@ -460,3 +461,15 @@ def supports_access_control(source_class: type) -> bool:
     method = getattr(source_class, "get_access_control", None)
     return (getattr(source_class, "dls_enabled", False) is True and callable(method)
             and method is not getattr(BaseDataSource, "get_access_control"))
+
+
+def supports_job_type(source_class: type, job_type: str) -> bool:
+    """Whether ``source_class`` runs jobs of ``job_type``: ``full`` always, ``incremental`` with
+    ``incremental_sync_enabled`` (a continuous sync's own incremental job is the streaming
+    contract's business, :func:`sources.streaming.supports_continuous_sync`), ``access_control``
+    with document-level security (:func:`supports_access_control`)."""
+    if job_type == "incremental":
+        return bool(getattr(source_class, "incremental_sync_enabled", False))
+    if job_type == "access_control":
+        return supports_access_control(source_class)
+    return job_type == "full"

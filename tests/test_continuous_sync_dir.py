@@ -24,6 +24,7 @@ import pytest
 from launcher.indices import CONNECTORS_INDEX, ensure_indices
 from sources.directory import file_id
 from tests.continuous_fixtures import StreamedConnector, kill_sync, stream_daemon_fixture
+from tests.elastic_documents import elastic_document, insert_job
 from tests.helpers import DIR_SOURCE, cli, index_docs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -232,3 +233,30 @@ def test_continuous_sync_dir_when_canceled_killed_or_stopped_then_a_rescan_finds
     docs = index_docs(es, folder.index)
     assert docs[file_id("f/file-40.txt")]["body"] == "while stopped 40" and file_id("f/file-3.txt") not in docs
     assert sum(1 for doc in docs.values() if doc["path"].startswith("g-renamed/")) == 30
+
+
+def test_continuous_sync_dir_when_elastic_cli_requests_an_incremental_sync_then_refused_at_once_and_the_stream_goes_on(
+        es, daemon, folder):
+    """Elastic's CLI (``connectors job start -t incremental``) writes an incremental job for any
+    connector; a folder has no incremental syncs. The job ends ``error`` saying so, without
+    stopping the running stream (it stopped the stream first, then failed in the sync process)."""
+    for i in range(20):
+        folder.write(f"a/file-{i}.txt", f"file {i}")
+    folder.create_connector()
+    stream = wait_for(folder.running, timeout=90, what="the continuous job in_progress")
+    folder.assert_equal()
+
+    doc = elastic_document("full-job-created-by-elastic-cli.json", directory=str(folder.root))
+    doc["connector"]["service_type"] = SERVICE  # the connector's, as Elastic's CLI copies it
+    requested = insert_job(es, doc, connector_id=folder.connector_id, index_name=folder.index,
+                           job_type="incremental")
+    refused = folder.wait_job(requested, "error", timeout=30, what="the incremental job refused")
+    assert "does not support incremental syncs" in refused["error"] and refused.get("started_at") is None, refused
+
+    # The stream never stopped: the same job runs, holding the connector's lock, and follows the folder.
+    time.sleep(2)  # four of its supervisor's checks
+    assert [j["id"] for j in folder.jobs() if j["status"] == "in_progress"] == [stream["id"]]
+    assert not [j for j in folder.jobs() if (j.get("metadata") or {}).get("stream_ended")]
+    assert es.get(index=CONNECTORS_INDEX, id=folder.connector_id)["_source"]["last_sync_status"] == "in_progress"
+    folder.write("b/after.txt", "written after the refused job")
+    folder.assert_equal()
