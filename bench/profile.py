@@ -38,7 +38,8 @@ def _sync(job_file: Path, result_file: Path, profile_to: Path | None, profiler: 
     elif profile_to is not None and profiler == "tracemalloc":  # the Python heap at its largest
         command = [sys.executable, "-m", "bench.trace_memory", str(job_file), str(result_file), str(profile_to)]
     elif profile_to is not None:  # every thread, while it holds the GIL (the Python work), as collapsed stacks
-        command = ["py-spy", "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "--gil",
+        py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")  # the bench extra's, beside python
+        command = [py_spy if os.path.exists(py_spy) else "py-spy", "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "--gil",
                    "-o", str(profile_to.with_suffix(".collapsed")), "--", sys.executable]
     if profiler != "tracemalloc" or profile_to is None:
         command += ["-m", "pipelines.run", str(job_file), str(result_file)]
