@@ -75,7 +75,7 @@ def summarize_collapsed(collapsed: str, top: int = 45) -> str:
             own[frames[-1]] = own.get(frames[-1], 0) + n
         for frame in set(frames):
             total[frame] = total.get(frame, 0) + n
-    lines = [f"{samples} on-CPU samples", "", "self %  function"]
+    lines = [f"{samples} samples of a thread holding the GIL", "", "self %  function"]
     lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
     lines += ["", "total %  function"]
     lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in sorted(total.items(), key=lambda x: -x[1])[:top]]
