@@ -94,8 +94,7 @@ def _ratio(results: dict[str, Any], count: int, floor: float) -> tuple[str, str]
 
 
 def _dir_100k(results: dict[str, Any]) -> tuple[str, str]:
-    folder = next((d for d in results.get("directory", [])
-                   if d["count"] == 100_000 and d.get("source", "dir") == "dir"), None)
+    folder = _dir_scenario(results)
     ceiling = _ceiling(_small(results, 100_000))
     full = ((folder or {}).get("results") or {}).get("ours_full") or {}
     if not full.get("docs_per_s") or not ceiling:
@@ -189,10 +188,14 @@ def _writes_nothing(results: dict[str, Any]) -> tuple[str, str]:
     return _status(not bad), ("all" if not bad else "failed: " + ", ".join(bad)) + f" ({len(checked)} resyncs)"
 
 
+def _dir_scenario(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``dir`` source's 100k-file scenario of the run, if it ran."""
+    return next((d for d in results.get("directory", [])
+                 if d["count"] == 100_000 and d.get("source", "dir") == "dir"), None)
+
+
 def _dir_folder(results: dict[str, Any]) -> dict[str, Any]:
-    folder = next((d for d in results.get("directory", [])
-                   if d["count"] == 100_000 and d.get("source", "dir") == "dir"), None)
-    return (folder or {}).get("results") or {}
+    return (_dir_scenario(results) or {}).get("results") or {}
 
 
 def _dir_100k_created(results: dict[str, Any]) -> tuple[str, str]:

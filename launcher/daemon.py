@@ -380,15 +380,16 @@ class Daemon:
     def claim_jobs(self, connector_ids: list[str]) -> None:
         with self._lock:
             free = self.config.service.max_concurrent_syncs - len(self.running)
-        if free > 0:
-            self.slots_held = None
-        elif not self._stop.is_set():
-            self._note_slots_held(connector_ids)
         if self._stop.is_set():
             return
         # Every poll, slots free or not: a job its source cannot run ends at once, without waiting
         # for a slot, nor for the connector's running job (a continuous sync goes on).
-        for job in jobs_to_claim(self.store, connector_ids):
+        waiting = jobs_to_claim(self.store, connector_ids)
+        if free > 0:
+            self.slots_held = None
+        else:
+            self._note_slots_held(waiting)
+        for job in waiting:
             if self._stop.is_set():
                 break
             problems = job_problems(job.doc)
@@ -411,7 +412,7 @@ class Daemon:
             runner.start()
             free -= 1
 
-    def _note_slots_held(self, connector_ids: list[str]) -> None:
+    def _note_slots_held(self, jobs: list[Job]) -> None:
         """Every sync slot is taken. When continuous syncs hold them all (they run until stopped),
         name the jobs left waiting and the setting to raise, once per job in the log and in
         /healthz while it lasts: else they would wait in silence, for as long as the streams run.
@@ -423,7 +424,7 @@ class Daemon:
         with self._lock:
             runners = list(self.running.values())
         streaming = {str(r.connector_id) for r in runners if getattr(r, "continuous", False)}
-        waiting = [job for job in jobs_to_claim(self.store, connector_ids) if job.connector_id not in streaming]
+        waiting = [job for job in jobs if job.connector_id not in streaming]
         if not waiting or len(streaming) < len(runners):  # a batch sync ends, and frees its slot
             self.slots_held = None
             return
@@ -455,12 +456,9 @@ class Daemon:
         """End a job its source cannot run: ``error`` with ``reason``, the connector's lock untouched
         (its running job, e.g. a continuous sync, goes on); an access-control job is reported on
         the connector's ``last_access_control_sync_*``, as when it ends after a claim."""
-        stamp, error = now_iso(), f"ConnectorError: {reason}"
-        try:
-            self.store.end_job(job, "error", {"error": error, "completed_at": stamp, "last_seen": stamp},
-                               expected=job)
-        except (ConflictError, NotFoundError):
-            return  # claimed, canceled or deleted meanwhile
+        error = f"ConnectorError: {reason}"
+        if not self._end_unclaimed(job, error, last_seen=True):
+            return
         _LOGGER.warning("job %s of connector %s: %s", job.id, job.connector_id, reason)
         if job.job_type == "access_control" and job.connector_id:
             try:
@@ -470,12 +468,19 @@ class Daemon:
                 pass
 
     def _fail_unclaimed(self, job: Job, message: str) -> None:
-        try:
-            self.store.end_job(job, "error", {"error": f"InvalidJob: {message}", "completed_at": now_iso()},
-                               expected=job)
+        if self._end_unclaimed(job, f"InvalidJob: {message}"):
             _LOGGER.warning("job %s: %s", job.id, message)
+
+    def _end_unclaimed(self, job: Job, error: str, *, last_seen: bool = False) -> bool:
+        """End a job that was never claimed ``error``, conditionally on the job as read; False when it
+        was claimed, canceled or deleted meanwhile."""
+        stamp = now_iso()
+        try:
+            self.store.end_job(job, "error", {"error": error, "completed_at": stamp,
+                                              **({"last_seen": stamp} if last_seen else {})}, expected=job)
         except (ConflictError, NotFoundError):
-            pass
+            return False
+        return True
 
     def _done(self, runner: SyncRunner) -> None:
         with self._lock:

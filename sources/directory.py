@@ -60,16 +60,14 @@ def iso_mtime(stat: os.stat_result) -> str:
     micros = round((mtime - seconds) * 1e6)
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, micros - 1_000_000
-    text = _SECOND_TEXT.get(seconds)
-    if text is None:
-        if len(_SECOND_TEXT) >= 4096:
-            _SECOND_TEXT.clear()
-        text = _SECOND_TEXT[seconds] = datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()[:19]
+    text = _second_text(seconds)
     return f"{text}.{micros:06d}+00:00" if micros else f"{text}+00:00"
 
 
-#: ``YYYY-MM-DDTHH:MM:SS`` of recent mtimes' whole seconds.
-_SECOND_TEXT: dict[int, str] = {}
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a whole second (UTC), remembered for the seconds seen lately."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()[:19]
 
 
 class DirectorySettings(OperatorSettings):

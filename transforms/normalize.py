@@ -29,6 +29,7 @@ import base64
 import datetime as dt
 import decimal
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -90,18 +91,12 @@ def _is_canonical(text: str) -> bool:
             return False
     else:
         return False
-    head = text[:19]
-    valid = _VALID_SECONDS.get(head)
-    if valid is None:
-        valid = _valid_seconds(head)
-        if len(_VALID_SECONDS) >= 4096:
-            _VALID_SECONDS.clear()
-        _VALID_SECONDS[head] = valid
-    return valid
+    return _valid_seconds(text[:19])
 
 
+@functools.lru_cache(maxsize=4096)
 def _valid_seconds(head: str) -> bool:
-    """``YYYY-MM-DDTHH:MM:SS``, a real date and time."""
+    """``YYYY-MM-DDTHH:MM:SS``, a real date and time (remembered for the seconds seen lately)."""
     if not head.isascii() or head[4] != "-" or head[7] != "-" or head[10] != "T" or head[13] != ":" \
             or head[16] != ":":
         return False
@@ -111,9 +106,6 @@ def _valid_seconds(head: str) -> bool:
         return False
     return True
 
-
-#: Date-and-time prefixes checked lately, and whether they were valid.
-_VALID_SECONDS: dict[str, bool] = {}
 
 
 #: Canonical timestamps seen lately (many documents share one: a batch import, a synthetic source).

@@ -163,16 +163,8 @@ class _BulkWriteFn(beam.DoFn):
             op, doc_id, data = "delete", (element if isinstance(element, str) else element[0]), None
         else:
             op, doc_id, data = element
-        size = len(data or b"") + len(doc_id) + 64
         with self.lock:
-            if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
-                self._submit()
-            if not self.buffer:
-                self.buffer_since = time.monotonic()
-            self.buffer.append((op, doc_id, data))
-            self.buffer_bytes += size
-            if len(self.buffer) >= self.settings.max_docs:
-                self._submit()
+            self._add(op, doc_id, data)
         if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
             return self._collect()
         return None  # no output (most elements): no generator made
@@ -182,7 +174,7 @@ class _BulkWriteFn(beam.DoFn):
         until a request is sent; after each, as for single documents, at most ``max_in_flight``
         requests stay in flight (a list larger than ``max_docs`` never queues requests beyond,
         whose retries would then run one after another, each with its whole deadline)."""
-        op, max_bytes, max_docs = self.operation, self.settings.max_bytes, self.settings.max_docs
+        op, add = self.operation, self._add
         position, count = 0, len(items)
         while position < count:
             with self.lock:
@@ -190,19 +182,24 @@ class _BulkWriteFn(beam.DoFn):
                 while position < count and len(self.in_flight) == sent:
                     doc_id, data = items[position]
                     position += 1
-                    size = len(data) + len(doc_id) + 64
-                    if self.buffer and self.buffer_bytes + size > max_bytes:
-                        self._submit()
-                    if not self.buffer:
-                        self.buffer_since = time.monotonic()
-                    self.buffer.append((op, doc_id, data))
-                    self.buffer_bytes += size
-                    if len(self.buffer) >= max_docs:
-                        self._submit()
+                    add(op, doc_id, data)
                 if position >= count and self.first_sent_at is None:
                     self._submit()  # the first request goes with the first list: a sync starts writing at once
             if self.in_flight and (self.answered or len(self.in_flight) >= self.max_in_flight):
                 yield from self._collect()
+
+    def _add(self, op: str, doc_id: str, data: bytes | None) -> None:
+        """Buffer one operation (under ``self.lock``); send the buffer when it reaches ``max_bytes``
+        (before this one) or ``max_docs`` (with it)."""
+        size = len(data or b"") + len(doc_id) + 64
+        if self.buffer and self.buffer_bytes + size > self.settings.max_bytes:
+            self._submit()
+        if not self.buffer:
+            self.buffer_since = time.monotonic()
+        self.buffer.append((op, doc_id, data))
+        self.buffer_bytes += size
+        if len(self.buffer) >= self.settings.max_docs:
+            self._submit()
 
     def finish_bundle(self) -> Iterator[Any]:
         with self.lock:
