@@ -17,7 +17,7 @@ pipeline, index name, name,             ``_scheduling``, ``_pipeline``, ``_index
 service type, API key, native flag      ``_service_type``, ``_api_key_id``, ``_native``
 sync rules (draft), validation          ``PUT _connector/<id>/_filtering``, ``_filtering/_validation``,
                                         ``_filtering/_activate``
-last sync, cursor, scheduled times      ``PUT _connector/<id>/_last_sync``
+last sync, scheduled times              ``PUT _connector/<id>/_last_sync``
 create a job                            ``POST _connector/_sync_job``
 read a job / list jobs                  ``GET _connector/_sync_job/<id>`` / ``GET _connector/_sync_job``
 claim a job                             ``PUT _connector/_sync_job/<id>/_claim``
@@ -34,6 +34,8 @@ Elastic's own service does the same:
   checks it is still what the decision was made on, and updates it with ``if_seq_no`` /
   ``if_primary_term``. Other conditional writes (a configuration completed, a draft
   validated, a CLI update) are checked the same way, then sent through the endpoints;
+* **an object replaced whole** (``sync_cursor``): ``_last_sync`` merges objects key by key,
+  so the document is written whole, conditionally on the version read;
 * **job end states** ``completed``, ``canceled``, ``suspended`` and their times (the API
   has only ``_error`` and ``_cancel``), and fields no endpoint takes (``sync_now``,
   ``custom_scheduling``, ``language``, ``updated_at``, ``api_key_secret_id`` alone);
@@ -246,10 +248,10 @@ class ConnectorApiStore(ConnectorStore):
             self._direct.update_connector(connector_id, rest)
 
     def replace_connector_object(self, connector_id: str, name: str, value: Any) -> None:
-        if name == "sync_cursor" and isinstance(value, Mapping):
-            self._direct.update_connector(connector_id, {name: None})  # _last_sync merges objects too
-            self.es.connector.last_sync(connector_id=connector_id, sync_cursor=dict(value))
-            return
+        # Directly, in one conditional write of the whole document (IndexStore's): ``_last_sync``
+        # merges objects key by key, so replacing a ``sync_cursor`` through it took two writes
+        # (clear, then set), and a process killed between them left the connector without its
+        # continuous sync's position (the next stream took a new snapshot).
         self._direct.replace_connector_object(connector_id, name, value)
 
     def check_in(self, connector_id: str, *, expected: Connector | None = None) -> None:

@@ -12,11 +12,16 @@ pending, running or suspended, except:
 
 * the newest job is a continuous job that was ``canceled`` with the same configuration:
   a cancel stays until the configuration changes or a sync is requested (a newer job);
+* the newest job is a continuous job that failed with ``SourceConfigError`` (the source
+  refused the connector's configuration, e.g. a ``timestamp_column`` no table has) with the
+  same configuration: no attempt can pass until the configuration changes (or a sync is
+  requested); the connector shows the error meanwhile;
 * the newest job is a continuous job that failed after running less than
-  :data:`RETRY_AFTER` seconds, less than :data:`RETRY_AFTER` seconds ago (the source is
-  down: one attempt every so often, not one per poll; the daemon passes ten polls, at least
-  5 s). A stream that had run longer (then was killed, or lost its source) is started again
-  at the next poll: if that attempt fails at once, the next waits.
+  :data:`RETRY_AFTER` seconds, less than the back-off ago (the source is down: one attempt
+  every so often, not one per poll; the daemon passes ten polls, at least 5 s, doubled for
+  each failed attempt before in a row, at most :data:`MAX_RETRY_AFTER`). A stream that had
+  run longer (then was killed, or lost its source) is started again at the next poll: if
+  that attempt fails at once, the next waits.
 
 While a continuous job runs, :func:`stream_should_stop` tells its supervisor to end it:
 ``continuous_sync`` turned off (the stream's resources are then released:
@@ -53,8 +58,12 @@ __all__ = ["ensure_continuous_job", "is_continuous", "configuration_fingerprint"
            "describe_stream", "RETRY_AFTER"]
 
 _LOGGER = logging.getLogger(__name__)
-#: Seconds between two continuous jobs of a connector whose stream failed.
+#: Seconds between two continuous jobs of a connector whose stream failed (doubled for each
+#: quick failure in a row, up to MAX_RETRY_AFTER).
 RETRY_AFTER = 30.0
+MAX_RETRY_AFTER = 600.0
+#: A failure no new attempt can get past while the configuration stays the same.
+_CONFIGURATION_ERRORS = ("SourceConfigError:",)
 _ACTIVE = ("pending", "in_progress", "canceling", "suspended")
 
 
@@ -137,6 +146,11 @@ def _failed_by_its_job(connector: Connector, latest: Any) -> bool:
             and connector.get("error") == latest.doc.get("error"))
 
 
+def _quick_failure(job: Any, within: float) -> bool:
+    """Whether ``job`` failed after running less than ``within`` seconds."""
+    return _seconds_between(job.doc.get("started_at"), job.doc.get("completed_at")) < within
+
+
 def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_class: type, *,
                           retry_after: float = RETRY_AFTER) -> str | None:
     """Create the connector's continuous job when it wants one and has none (see the module docstring)."""
@@ -144,7 +158,7 @@ def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_cl
     if (not supports_continuous_sync(source_class) or not continuous_sync_on(configuration)
             or connector.get("status") not in ("connected", "error")):
         return None
-    newest = store.list_jobs(connector_ids=[connector.id], size=1, newest_first=True)
+    newest = store.list_jobs(connector_ids=[connector.id], size=8, newest_first=True)
     latest = newest[0] if newest else None
     if connector.get("status") == "error" and not _failed_by_its_job(connector, latest):
         return None  # its configuration or ping failed: the service's check says when it passes
@@ -156,10 +170,18 @@ def ensure_continuous_job(store: ConnectorStore, connector: Connector, source_cl
         if is_continuous(latest.doc):
             if latest.status == "canceled" and metadata.get("config_fingerprint") == fingerprint:
                 return None  # canceled: stays stopped until the configuration changes or a sync is requested
-            ran = _seconds_between(latest.doc.get("started_at"), latest.doc.get("completed_at"))
-            if (latest.status == "error" and ran < retry_after
-                    and _seconds_since(latest.doc.get("completed_at")) < retry_after):
-                return None
+            if (latest.status == "error" and str(latest.doc.get("error") or "").startswith(_CONFIGURATION_ERRORS)
+                    and metadata.get("config_fingerprint") == fingerprint):
+                return None  # the configuration was refused: only a new one (or a sync requested) can pass
+            if latest.status == "error" and _quick_failure(latest, retry_after):
+                failures = 0
+                for job in newest:  # quick failures of continuous jobs in a row, newest first
+                    if not (is_continuous(job.doc) and job.status == "error" and _quick_failure(job, retry_after)):
+                        break
+                    failures += 1
+                wait = min(MAX_RETRY_AFTER, retry_after * 2 ** (failures - 1))
+                if _seconds_since(latest.doc.get("completed_at")) < wait:
+                    return None
     job_id = create_job(store, connector, job_type="incremental", trigger_method="scheduled",
                         metadata={"continuous": True, "config_fingerprint": fingerprint})
     _LOGGER.info("connector %s: continuous sync job %s", connector.id, job_id)

@@ -63,9 +63,10 @@ from launcher.sync_processes import SyncProcesses
 from pipelines.job import DAEMON_PID_ENV, SyncJob, write_job_file
 from sources.base import ACCESS_CONTROL_INDEX_PREFIX
 from sources.registry import load_source_class
+from sources.streaming import continuous_sync_on
 from sources.errors import ConnectorError, JobGone, SyncRulesError, UnknownServiceType, format_error
 from transforms.dead_letter_files import count_dead_letters, dead_letter_folder, dead_letter_location
-from transforms.progress import PROGRESS_INDEX, delete_progress, read_job_record, read_progress
+from transforms.progress import PROGRESS_INDEX, STREAM_RECORD, delete_progress, read_job_record, read_progress
 from transforms.sync_rules import validate_rules
 
 __all__ = ["SyncRunner", "build_sync_job", "requested_reindex"]
@@ -174,6 +175,26 @@ def _starting_cursor(job: Any, claim: Claim) -> Any:
     return job_sync_cursor(job.doc, claim.connector)
 
 
+#: Counts in a continuous job's ``metadata.stream`` that add up over its runs (a job suspended,
+#: then resumed, keeps counting from where it stood).
+_STREAM_TOTALS = ("version_conflicts", "changes_applied")
+
+
+def _stream_totals(job_doc: Mapping[str, Any]) -> dict[str, int]:
+    """The stream totals a (resumed) continuous job reported so far, from its metadata."""
+    metadata = job_doc.get("metadata")
+    state = metadata.get("stream") if isinstance(metadata, Mapping) else None
+    if not isinstance(state, Mapping):
+        return {key: 0 for key in _STREAM_TOTALS}
+    totals = {}
+    for key in _STREAM_TOTALS:
+        try:
+            totals[key] = max(0, int(state.get(key) or 0))
+        except (TypeError, ValueError):  # written by something else: counted from here
+            totals[key] = 0
+    return totals
+
+
 def requested_reindex(job_doc: Mapping[str, Any], connector_id: str | None = None) -> bool:
     """Whether the job document asks for a full sync that writes every document again:
     ``metadata.reindex: true`` (absent: no; anything but a boolean is refused)."""
@@ -243,6 +264,8 @@ class SyncRunner(threading.Thread):
         self.stream_ended: str | None = None
         #: The continuous sync's position last stored as the connector's ``sync_cursor``.
         self.stream_cursor: dict[str, Any] | None = None
+        #: A resumed continuous job's earlier runs' stream totals (each run's ledger starts at 0).
+        self.stream_carried = _stream_totals(claim.job.doc) if self.continuous else {}
         #: The source class's FQN (once the job was built).
         self.source_fqn: str | None = None
 
@@ -389,7 +412,11 @@ class SyncRunner(threading.Thread):
                 return
             if gone:
                 if self.continuous and gone == _CONNECTOR_DELETED:
+                    # Deleted on purpose: the stream ends (completed, the reason in its metadata as
+                    # when continuous_sync is turned off), not as a failure.
                     self._release_stream(self.claim, why="connector deleted")
+                    self._end_stream("the connector was deleted")
+                    return
                 self._finish("error", run=self._stopped_run(), error=format_error(JobGone(gone)))
                 return
             if canceled:
@@ -474,12 +501,13 @@ class SyncRunner(threading.Thread):
         written = count_dead_letters(location)
         return max(0, written - self.carried.dead_letters) if written is not None else 0
 
-    def _index_count(self) -> int | None:
+    def _index_count(self, *, refresh: bool = True) -> int | None:
         """What the content index holds now (None: it cannot be counted)."""
         if not self.index_name:
             return None
         try:
-            self.es.indices.refresh(index=self.index_name, ignore_unavailable=True)
+            if refresh:
+                self.es.indices.refresh(index=self.index_name, ignore_unavailable=True)
             return int(self.es.count(index=self.index_name)["count"])
         except Exception:  # noqa: BLE001 - no index yet
             return None
@@ -492,9 +520,15 @@ class SyncRunner(threading.Thread):
 
     def _write_progress(self) -> None:
         run = Counters.of_progress(read_progress(self.es, self.job_id))
+        total = None
         if self.continuous:
             self._read_stream_state()
+            # A continuous job never reaches the end where a bounded one counts the index: it
+            # reports what the index holds as it goes (as of the last refresh), not 0.
+            total = self._index_count(refresh=False)
         counters, metadata = self._job_counters(run)
+        if total is not None:
+            counters["total_document_count"] = total
         try:
             self.store.job_stats(self.job_id, counters, metadata=metadata)
         except NotFoundError:
@@ -504,10 +538,12 @@ class SyncRunner(threading.Thread):
 
     def _read_stream_state(self) -> None:
         """A continuous sync's position and lag (its ``stream`` record) into the job's metadata."""
-        from transforms.read_stream import STREAM_RECORD
-
         try:
-            self.metadata["stream"] = read_job_record(self.es, self.job_id, STREAM_RECORD)
+            state = read_job_record(self.es, self.job_id, STREAM_RECORD)
+            if isinstance(state, dict):
+                state = {**state, **{key: int(state.get(key) or 0) + earlier
+                                     for key, earlier in self.stream_carried.items()}}
+            self.metadata["stream"] = state
         except LookupError:
             return  # not written yet (the snapshot's first second)
         except Exception as exc:  # noqa: BLE001 - next time
@@ -616,6 +652,12 @@ class SyncRunner(threading.Thread):
             total = self._index_count() if total is None else total  # e.g. Elasticsearch was away at the end
             if total is not None:
                 counters["total_document_count"] = total
+        if sync_cursor is not None and not self.continuous and \
+                continuous_sync_on(self.claim.connector.get("configuration")):
+            # The connector's sync_cursor is its stream's position (where the stream resumes after
+            # this sync): a bounded sync's own cursor (e.g. a timestamp) would replace it, and the
+            # stream would take a whole new snapshot.
+            sync_cursor = None
         finish_job(self.store, self.job_id, self.connector_id or None, status, counters=counters, error=error,
                    sync_cursor=sync_cursor, metadata=metadata, job_type=self.claim.job.job_type,
                    previous_sync_status=self.claim.connector.get("last_sync_status"))

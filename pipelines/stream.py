@@ -4,8 +4,8 @@
 
     Impulse -> ReadStream (splittable DoFn: snapshot, sweep, then changes; deferred remainders,
                wall-clock watermark; acknowledges the source at what Elasticsearch acknowledged)
-            -> WriteVersioned (normalize; key by job; batched versioned _bulk in Beam state,
-               flushed on a processing-time timer or at max_docs; truncate/sweep as versioned deletes)
+            -> WriteVersioned (normalize; batched versioned _bulk, sent at max_docs/max_bytes and at
+               the end of each bundle, one read of the source; truncate/sweep as versioned deletes)
             -> WriteDeadLetters
 
 The pipeline never ends by itself: the daemon stops the sync process (cancel, suspend,
@@ -28,11 +28,9 @@ from transforms.es_client import ElasticsearchConnection
 from transforms.read_stream import ReadStream
 from transforms.write_versioned import GC_DELETES, WriteVersioned
 
-__all__ = ["build_stream_pipeline", "prepare_stream_index", "FLUSH_SECONDS", "POLL_SECONDS"]
+__all__ = ["build_stream_pipeline", "prepare_stream_index", "POLL_SECONDS"]
 
 _LOGGER = logging.getLogger(__name__)
-#: The longest a change waits in the writer's batch (its processing-time timer).
-FLUSH_SECONDS = 0.1
 #: The longest one read of the stream waits for changes.
 POLL_SECONDS = 0.2
 
@@ -65,6 +63,6 @@ def build_stream_pipeline(job: SyncJob, settings: PipelineConfig, conn: Elastics
     dead = changes | "Write" >> WriteVersioned(
         conn, job.index_name, job_id=job.job_id, settings=bulk_settings(settings), pipeline=job.ingest_pipeline,
         pipeline_flags=job.pipeline_flags, max_document_bytes=settings.max_document_bytes,
-        extract_text=settings.extract_text, flush_seconds=FLUSH_SECONDS, shape=shape)
+        extract_text=settings.extract_text, shape=shape)
     _ = dead | "DeadLetters" >> WriteDeadLetters(settings.dead_letters, job_id=job.job_id)
     return p

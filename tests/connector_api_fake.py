@@ -119,11 +119,14 @@ class FakeConnectorCluster:
             seq = self.seq[(index, parts[2])]
             return 200, {"_index": index, "_id": parts[2], "found": True, "_source": copy.deepcopy(doc),
                          "_seq_no": seq, "_primary_term": 1, "_version": seq}
-        if method == "POST" and len(parts) == 3 and parts[1] == "_update":
+        if method in ("POST", "PUT") and len(parts) == 3 and parts[1] in ("_update", "_doc"):
             if "if_seq_no" in query and int(query["if_seq_no"]) != self.seq.get((index, parts[2])):
                 return 409, {"error": {"type": "version_conflict_engine_exception", "reason": "conflict"},
                              "status": 409}
-            return self._update(index, parts[2], body.get("doc") or {})
+            if parts[1] == "_update":
+                return self._update(index, parts[2], body.get("doc") or {})
+            seq = self._write(index, parts[2], copy.deepcopy(body))  # the whole document, as sent
+            return 200, {"result": "updated", "_id": parts[2], "_seq_no": seq, "_primary_term": 1, "_version": seq}
         if method == "POST" and parts[1:] == ["_search"] and index == _JOBS:
             counts: dict[str, int] = {}
             for doc in self.docs[_JOBS].values():

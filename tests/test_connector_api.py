@@ -8,6 +8,8 @@ server (tests/test_protocol.py, tests/test_elastic_compat.py, ...).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from elasticsearch import ConflictError
 
@@ -223,7 +225,7 @@ def test_job_life_when_through_api_then_stats_error_cancel_and_last_sync_endpoin
         ("connector.sync_job_cancel", "PUT", f"/_connector/_sync_job/{second.id}/_cancel")]
 
 
-def test_finish_job_when_completed_through_api_then_cursor_replaced_through_last_sync(es, store):
+def test_finish_job_when_completed_through_api_then_cursor_replaced_in_one_conditional_write(es, store):
     connector = _connector(store, status="connected")
     update_connector(store, "c1", {"sync_cursor": {"old": 1, "stale": True}})
     job_id = create_job(store, connector)
@@ -239,8 +241,12 @@ def test_finish_job_when_completed_through_api_then_cursor_replaced_through_last
     assert job["status"] == "completed"
     end = next(r for r in _since(es, start) if r.path == f"{JOBS}/_update/{job_id}")
     assert end.body["doc"]["status"] == "completed"  # no endpoint for completed: the document, as Elastic's service
-    assert any(r.endpoint == "connector.last_sync" and r.body.get("sync_cursor") == {"timestamp": "t2"}
-               for r in _since(es, start))
+    cursor_writes = [r for r in _since(es, start) if "sync_cursor" in json.dumps(r.body or {})
+                     and r.method in ("PUT", "POST")]
+    # One write, conditional on the version read: never a connector without its cursor in between.
+    assert len(cursor_writes) == 1 and cursor_writes[0].path == f"/.elastic-connectors/_doc/c1"
+    assert cursor_writes[0].query.get("if_seq_no") is not None
+    assert cursor_writes[0].body["sync_cursor"] == {"timestamp": "t2"}
 
 
 def test_release_lock_and_check_in_when_through_api_then_conditional_update_and_check_in_endpoint(es, store):

@@ -237,3 +237,39 @@ def test_continuous_sync_when_canceled_killed_suspended_or_binlog_purged_then_re
     docs = index_docs(es, tables.index)
     assert f"{items}_230" not in docs and docs[f"{items}_5"]["name"] == "while lost"
     assert es.get(index=tables.index, id=f"{items}_400")["_version"] > untouched  # a new snapshot wrote it again
+
+
+def test_full_sync_of_a_streaming_connector_with_timestamp_column_then_stream_keeps_its_binlog_position(
+        db, es, daemon, tables):
+    # A full sync of a connector with ``timestamp_column`` ends with a timestamp cursor. Stored as
+    # the connector's ``sync_cursor``, it replaced the stream's binlog position, and the stream
+    # after the sync took a whole new snapshot instead of resuming where it stood.
+    items = tables.items
+    _insert_rows(db, items, range(1, 301), "row")
+    run(db, f"ALTER TABLE {items} ADD COLUMN updated_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6) "
+            "ON UPDATE CURRENT_TIMESTAMP(6)")
+    tables.create_connector()
+    wait_for(tables.streaming, timeout=90, what="the continuous job streaming")
+    tables.command("--action", "update-connector", "--connector-id", tables.connector_id,
+                   "--set", "timestamp_column=updated_at")
+    restarted = wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress"
+                                  and (j.get("connector") or {}).get("configuration", {}).get(
+                                      "timestamp_column", {}).get("value") == "updated_at"],
+                         timeout=90, what="the stream with the new configuration")[0]
+    tables.caught_up()
+    tables.cancel(restarted)
+    stream_cursor = tables.stored_cursor()
+    assert stream_cursor.get("file"), stream_cursor
+
+    run(db, f"UPDATE {items} SET name = 'before the sync' WHERE id = 3")
+    tables.command("--action", "sync", "--connector-id", tables.connector_id)
+    full = wait_for(lambda: [j for j in tables.jobs() if j["job_type"] == "full" and j["status"] == "completed"],
+                    timeout=120, what="the requested full sync completed")[0]
+    after_full = es.get(index=tables.index, id=f"{items}_200")["_version"]
+    wait_for(lambda: [j for j in tables.jobs() if j["status"] == "in_progress" and j["created_at"] > full["created_at"]
+                      and (j.get("metadata") or {}).get("continuous")], timeout=120, what="the stream again")
+    assert tables.stored_cursor().get("file"), tables.stored_cursor()  # a binlog position, not a timestamp
+    run(db, f"UPDATE {items} SET name = 'after the sync' WHERE id = 4")
+    tables.caught_up()
+    tables.assert_equal()
+    assert es.get(index=tables.index, id=f"{items}_200")["_version"] == after_full, tables.job_errors()  # resumed

@@ -821,6 +821,42 @@ def test_ensure_continuous_job_when_connector_in_error_then_only_its_own_job_fai
     assert ensure_continuous_job(store, connector_with(short_run, error=killed), DirectoryDataSource, retry_after=30)
 
 
+def test_ensure_continuous_job_when_stream_keeps_failing_then_waits_longer_and_a_refused_configuration_waits(
+        es, make_connector):
+    # A stream refused by its source's configuration check was started again every 5 s, each attempt a
+    # new job failing the same way (issue 20, seen with a timestamp_column no table has).
+    from launcher.continuous_jobs import configuration_fingerprint, ensure_continuous_job
+    from sources.directory import DirectoryDataSource
+
+    def ago(seconds: float) -> str:
+        return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat()
+
+    configuration = {"continuous_sync": {"value": True}}
+    fingerprint = configuration_fingerprint(configuration)
+    store = IndexStore(es)
+
+    def failed_jobs(*failures: tuple[str, float]) -> Connector:
+        """A connector whose continuous jobs failed (error, ended seconds ago), oldest first, each after 1 s."""
+        connector = make_connector(service_type="dir", configuration=configuration, status="error")
+        for error, ended in failures:
+            job_id = create_job(es, connector, job_type="incremental",
+                                metadata={"continuous": True, "config_fingerprint": fingerprint})
+            update_job(es, job_id, {"status": "error", "error": error, "created_at": ago(ended + 1),
+                                    "started_at": ago(ended + 1), "completed_at": ago(ended)})
+        update_connector(es, connector.id, {"error": failures[-1][0]})
+        return get_connector(es, connector.id)
+
+    refused = "SourceConfigError: timestamp_column: no synced table has a column `updated_at`"
+    assert ensure_continuous_job(store, failed_jobs((refused, 3600)), DirectoryDataSource, retry_after=30) is None
+    down = "SourceUnavailable: connection refused"
+    assert ensure_continuous_job(store, failed_jobs((down, 40)), DirectoryDataSource, retry_after=30)
+    # Three quick failures in a row: the next attempt waits 30 * 2**2 = 120 s after the last.
+    assert ensure_continuous_job(store, failed_jobs((down, 500), (down, 300), (down, 100)), DirectoryDataSource,
+                                 retry_after=30) is None
+    assert ensure_continuous_job(store, failed_jobs((down, 500), (down, 300), (down, 130)), DirectoryDataSource,
+                                 retry_after=30)
+
+
 def test_build_sync_job_when_snapshot_pipeline_not_an_object_then_connector_error(tmp_path):
     from sources.errors import ConnectorError
 

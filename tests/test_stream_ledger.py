@@ -88,3 +88,21 @@ def test_ledger_when_a_held_snapshot_is_written_a_chunk_at_a_time_then_confirmab
     assert book.confirmable() == 0  # the sweep is not written yet
     book.done({50: 1})
     assert book.confirmable() == 60 and book.pending() == 0
+
+
+def test_ledger_lag_when_a_change_waits_then_grows_and_when_idle_after_a_spike_then_zero(monkeypatch):
+    import transforms.stream_ledger as module
+
+    book = StreamLedger()
+    book.emitted(1)
+    book.done({1: 1}, committed_at=[time.time() - 8.0])  # one slow batch: 8 s behind
+    assert book.state()["lag_seconds"] >= 8.0  # just acknowledged: that is the lag now
+    monkeypatch.setattr(module, "IDLE_AFTER", 0.0)
+    time.sleep(0.01)
+    state = book.state()
+    # Nothing outstanding since: caught up, not still 8 s behind; the last batch's lag stays readable.
+    assert state["lag_seconds"] == 0.0 and state["last_batch_lag_seconds"] >= 8.0
+
+    book.emitted(2)  # read, never acknowledged (a write stuck in an outage)
+    book._emitted_at[2] -= 30.0  # as if read 30 s ago
+    assert book.current_lag() >= 30.0  # grows with the wait, not the last good batch's 8 s

@@ -22,7 +22,7 @@ def writer(es):
     index, pipeline, job_id = f"test-vw-{uuid.uuid4().hex[:8]}", f"test-vw-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     es.ingest.put_pipeline(id=pipeline, processors=[])  # this node has no ingest-common module
     es.indices.create(index=index, settings={"index": {"gc_deletes": "1h"}})
-    fn = _WriteVersionedFn(ElasticsearchConnection(hosts=(ES_URL,)), index, BulkSettings(), pipeline, job_id, 0.1)
+    fn = _WriteVersionedFn(ElasticsearchConnection(hosts=(ES_URL,)), index, BulkSettings(), pipeline, job_id)
     fn.setup()
     yield fn
     fn.teardown()
@@ -62,3 +62,18 @@ def test_versioned_writes_when_truncated_then_older_documents_go_and_later_ones_
     writer._remove(("sweep", None, b"{}", 450, None, 0))  # after a snapshot at 450: what it did not write goes
     es.indices.refresh(index=writer.index)
     assert not es.exists(index=writer.index, id="u1") and es.exists(index=writer.index, id="t2")
+
+
+def test_versioned_writes_when_a_bundle_ends_then_its_changes_are_sent_and_acknowledged(es, writer):
+    # The buffer is sent at max_docs and at the end of every bundle: nothing waits for a timer or
+    # for more changes (a stream gone idle still has its last changes written).
+    writer.settings = BulkSettings(max_docs=2)
+    book = ledger(writer.job_id)
+    writer.start_bundle()
+    for doc_id, position in (("x1", 10), ("x2", 11), ("x3", 12)):
+        book.emitted(position)
+        list(writer.process(_item("index", doc_id, position, name=doc_id)))
+    assert book.confirmable() == 11 and book.pending() == 1  # the first two went at max_docs
+    assert not es.exists(index=writer.index, id="x3")
+    assert list(writer.finish_bundle()) == []  # no dead letters
+    assert es.exists(index=writer.index, id="x3") and book.confirmable() == 12 and book.pending() == 0

@@ -28,7 +28,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch, NotFoundError
 
-__all__ = ["ProgressReporter", "read_progress", "delete_progress", "flush_all", "local_totals",
+__all__ = ["STREAM_RECORD", "ProgressReporter", "read_progress", "delete_progress", "flush_all", "local_totals",
            "write_job_record", "read_job_record", "PROGRESS_INDEX", "COUNTERS"]
 
 PROGRESS_INDEX = "elastic-ingest-progress"
@@ -195,6 +195,11 @@ def delete_progress(es: Elasticsearch, job_id: str) -> int:
         return 0
     es.bulk(operations=[{"delete": {"_index": PROGRESS_INDEX, "_id": hit["_id"]}} for hit in hits])
     return len(hits)
+
+
+#: The job record holding a continuous sync's position and lag (written by its reader,
+#: transforms/read_stream.py, read by the daemon: defined here, where the daemon imports no Beam).
+STREAM_RECORD = "stream"
 
 
 def write_job_record(es: Elasticsearch, job_id: str, name: str, value: Any) -> None:

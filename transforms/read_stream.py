@@ -54,7 +54,7 @@ from sources.errors import SourceError
 from sources.streaming import STREAM_OPS
 from transforms.es_client import ElasticsearchConnection
 from transforms.normalize import document_id
-from transforms.progress import write_job_record
+from transforms.progress import STREAM_RECORD, write_job_record
 from transforms.read_from_source import SourceSpec
 from transforms.stream_ledger import ledger, new_ledger
 from transforms.sync_rules import BasicRules
@@ -63,8 +63,6 @@ __all__ = ["ReadStream", "SWEEP", "STREAM_RECORD", "index_reader"]
 
 #: After a snapshot: remove every document of a version lower than the snapshot's position.
 SWEEP = "sweep"
-#: The job record (transforms.progress) holding the stream's position and lag.
-STREAM_RECORD = "stream"
 _LOGGER = logging.getLogger(__name__)
 _END = 2**62
 _SNAPSHOT_CHUNK = 2000  # snapshot documents per call

@@ -34,7 +34,10 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["StreamLedger", "ledger", "new_ledger"]
+__all__ = ["StreamLedger", "ledger", "new_ledger", "IDLE_AFTER"]
+
+#: Seconds after its last acknowledgement a stream with nothing outstanding reports lag 0.
+IDLE_AFTER = 5.0
 
 
 class StreamLedger:
@@ -177,11 +180,34 @@ class StreamLedger:
         with self._lock:
             return sum(self._outstanding.values())
 
+    def current_lag(self) -> float | None:
+        """How far behind the stream is now, in seconds (None: nothing measured yet). While changes
+        are outstanding: the last acknowledged batch's lag or, when longer, how long the oldest
+        outstanding change has waited since it was read (a stuck write shows a growing lag, not
+        the last good one). Caught up (nothing outstanding): the last batch's lag for
+        :data:`IDLE_AFTER` seconds after it was acknowledged, then 0 (an idle stream is not behind:
+        a spike measured long ago is not shown as the present)."""
+        with self._lock:
+            return self._current_lag()
+
+    def _current_lag(self) -> float | None:
+        oldest = next(iter(self._outstanding), None)
+        if oldest is not None:
+            waited = time.monotonic() - self._emitted_at.get(oldest, time.monotonic())
+            return max(self.lag_seconds or 0.0, waited)
+        if self.lag_seconds is None:
+            return None
+        if self.acknowledged_at is not None and time.time() - self.acknowledged_at > IDLE_AFTER:
+            return 0.0
+        return self.lag_seconds
+
     def state(self) -> dict[str, Any]:
         with self._lock:
             lags = sorted(self.lags)
+            lag = self._current_lag()
             return {
-                "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+                "lag_seconds": None if lag is None else round(lag, 3),
+                "last_batch_lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
                 "lag_p50_seconds": round(lags[len(lags) // 2], 3) if lags else None,
                 "lag_p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3) if lags else None,
                 "version_conflicts": self.version_conflicts,

@@ -1,18 +1,26 @@
 """WriteVersioned: a continuous sync's batched, versioned ``_bulk`` writes.
 
-Elements are ``(key, (op, doc_id, json_bytes_or_None, position, committed_at, generation))`` (one key
-per job: a stateful DoFn keeps the batch in Beam state). A batch is sent when it holds
-``max_docs`` changes, and otherwise on a processing-time timer ``flush_seconds`` after its
-first change. Every write carries ``version=<position>, version_type=external``: a change
-older than what the index holds (a replay after a crash, a reordering) is refused by
-Elasticsearch with a version conflict, counted (metric ``version_conflicts``, the job's
-``stream`` record) and dropped: the newer document stays. A ``delete`` leaves a tombstone of
-its version, which Elasticsearch keeps ``index.gc_deletes`` (the continuous sync sets it to
-:data:`GC_DELETES` on the content index), so an older insert replayed later does not bring
-the document back.
+Elements are ``(op, doc_id, json_bytes_or_None, position, committed_at, generation)``. Each
+worker instance buffers them and sends a ``_bulk`` request when it holds ``max_docs`` changes
+or ``max_bytes``, and at the end of each bundle (``finish_bundle``): a bundle ends only once
+Elasticsearch acknowledged its changes. Read, normalize and write have no shuffle between
+them, so the runner fuses them into one stage and a bundle is one read of the source (at most
+a poll's changes or a snapshot chunk): the changes of one read go out in one request, the
+next read starts after it (backpressure: the runner buffers nothing between the stages), and
+no batch waits in runner state for a timer. (A batch kept in keyed state and flushed by a
+processing-time timer was measured on Prism first: lost timers left batches unwritten until
+the ledger's 10 s stall rule read the stream again, a whole snapshot retaken at its end;
+Prism's memory held every batch.)
+
+Every write carries ``version=<position>, version_type=external``: a change older than what
+the index holds (a replay after a crash, a reordering) is refused by Elasticsearch with a
+version conflict, counted (metric ``version_conflicts``, the job's ``stream`` record) and
+dropped: the newer document stays. A ``delete`` leaves a tombstone of its version, which
+Elasticsearch keeps ``index.gc_deletes`` (the continuous sync sets it to :data:`GC_DELETES` on
+the content index), so an older insert replayed later does not bring the document back.
 
 ``truncate`` (``doc_id`` is None, the JSON holds ``{field: value}``) and ``sweep`` (after a
-snapshot) send the batch first, then find the documents concerned (a ``_source``-filtered
+snapshot) send the buffer first, then find the documents concerned (a ``_source``-filtered
 scroll with versions) and delete them with the version ``position - 1``: documents written
 later (a higher version) are kept, whatever the order. ``sweep`` removes documents whose
 version is lower than the snapshot's: those the snapshot did not write.
@@ -24,8 +32,8 @@ reader what the source may be acknowledged at, and counted in the job's progress
 
 Ingest pipelines: ``pipeline`` is named in each request; Elasticsearch runs it before the
 versioned write, so versions apply to what the pipeline produced. With ``shape`` each document
-records it (``_shape_digest``) as a full sync's do, so a full sync finds the stream's documents
-unchanged.
+records it (``_shape_digest``) as a full sync records it, so a full sync finds the stream's
+documents unchanged.
 """
 
 from __future__ import annotations
@@ -38,11 +46,9 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 from elasticsearch.helpers import scan
 
 from sources.streaming import OP_TRUNCATE
@@ -59,8 +65,6 @@ __all__ = ["WriteVersioned", "GC_DELETES"]
 #: How long Elasticsearch remembers a deleted document's version on a continuously synced index.
 GC_DELETES = "1h"
 _LOGGER = logging.getLogger(__name__)
-#: Seconds past its flush time after which a batch is sent by the next change (its timer was lost).
-_OVERDUE = 1.0
 
 Item = tuple[str, str | None, bytes | None, int, float | None, int]
 
@@ -77,14 +81,10 @@ def _body(items: list[Item], numbers: Any) -> bytes:
 
 
 class _WriteVersionedFn(beam.DoFn):
-    BATCH = BagStateSpec("batch", PickleCoder())
-    ARMED = ReadModifyWriteStateSpec("armed", PickleCoder())
-    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
-
     def __init__(self, conn: ElasticsearchConnection, index: str, settings: BulkSettings, pipeline: str | None,
-                 job_id: str, flush_seconds: float):
+                 job_id: str):
         self.conn, self.index, self.settings, self.pipeline = conn, index, settings, pipeline
-        self.job_id, self.flush_seconds = job_id, flush_seconds
+        self.job_id = job_id
         self.indexed = Metrics.counter("elastic_ingest", "indexed_document_count")
         self.indexed_bytes = Metrics.counter("elastic_ingest", "indexed_document_bytes")
         self.deleted = Metrics.counter("elastic_ingest", "deleted_document_count")
@@ -95,6 +95,8 @@ class _WriteVersionedFn(beam.DoFn):
     def setup(self) -> None:
         self.es = self.conn.client(max_retries=0)
         self.progress = ProgressReporter(self.es, self.job_id)
+        self._items: list[Item] = []
+        self._bytes = 0
 
     def teardown(self) -> None:
         if getattr(self, "progress", None):
@@ -102,37 +104,26 @@ class _WriteVersionedFn(beam.DoFn):
         if getattr(self, "es", None) is not None:
             self.es.close()
 
-    def process(self, element: tuple[str, Item], batch=beam.DoFn.StateParam(BATCH),
-                armed=beam.DoFn.StateParam(ARMED), flush=beam.DoFn.TimerParam(FLUSH)) -> Iterator[DeadLetter]:
-        _key, item = element
-        op = item[0]
-        if op in (OP_TRUNCATE, SWEEP):
-            yield from self._send(list(batch.read()))
-            batch.clear()
-            armed.clear()
+    def start_bundle(self) -> None:
+        self._items, self._bytes = [], 0
+
+    def process(self, item: Item) -> Iterator[DeadLetter]:
+        if item[0] in (OP_TRUNCATE, SWEEP):
+            yield from self._flush()
             self._remove(item)
             return
-        batch.add(item)
-        count, due = armed.read() or (0, None)
-        count += 1
-        now = time.time()
-        # Overdue: the runner lost the batch's timer (seen on Prism after a long blocked bundle).
-        if count >= self.settings.max_docs or (due is not None and now >= due + _OVERDUE):
-            yield from self._send(list(batch.read()))
-            batch.clear()
-            armed.clear()
-            return
-        if count == 1:
-            due = now + self.flush_seconds
-            flush.set(Timestamp.of(due))
-        armed.write((count, due))
+        self._items.append(item)
+        self._bytes += len(item[2] or b"")
+        if len(self._items) >= self.settings.max_docs or self._bytes >= self.settings.max_bytes:
+            yield from self._flush()
 
-    @on_timer(FLUSH)
-    def on_flush(self, batch=beam.DoFn.StateParam(BATCH), armed=beam.DoFn.StateParam(ARMED)) -> Iterator[DeadLetter]:
-        items = list(batch.read())
-        batch.clear()
-        armed.clear()
-        yield from self._send(items)
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for letter in self._flush():
+            yield GlobalWindows.windowed_value(letter)
+
+    def _flush(self) -> list[DeadLetter]:
+        items, self._items, self._bytes = self._items, [], 0
+        return self._send(items)
 
     # -- writing ---------------------------------------------------------------------
     def _send(self, items: list[Item]) -> list[DeadLetter]:
@@ -252,8 +243,8 @@ class _WriteVersionedFn(beam.DoFn):
 
 
 class _NormalizeChangeFn(beam.DoFn):
-    """``(op, doc, position, committed_at, generation)`` -> ``(key, (op, doc_id, json_bytes, position,
-    committed_at, generation))``,
+    """``(op, doc, position, committed_at, generation)`` -> ``(op, doc_id, json_bytes, position,
+    committed_at, generation)``,
     serialized as other syncs do (:mod:`transforms.normalize`); a document that cannot be is dead-lettered."""
 
     def __init__(self, job_id: str, pipeline_flags: dict[str, Any], max_document_bytes: int, extract_text: bool,
@@ -266,7 +257,7 @@ class _NormalizeChangeFn(beam.DoFn):
     def process(self, change: tuple[str, dict[str, Any], int, float | None, int]) -> Iterator[Any]:
         op, doc, position, committed_at, generation = change
         if op in (OP_TRUNCATE, SWEEP):
-            yield self.job_id, (op, None, orjson.dumps(doc), position, committed_at, generation)
+            yield op, None, orjson.dumps(doc), position, committed_at, generation
             return
         for out in self.inner.process((op, doc)):
             if isinstance(out, beam.pvalue.TaggedOutput):  # dead-lettered: done as far as the stream goes
@@ -275,7 +266,7 @@ class _NormalizeChangeFn(beam.DoFn):
                     book.done({position: 1})
                 yield beam.pvalue.TaggedOutput("dead_letters", out.value)
             else:
-                yield self.job_id, (out[0], out[1], out[2], position, committed_at, generation)
+                yield out[0], out[1], out[2], position, committed_at, generation
 
 
 class WriteVersioned(beam.PTransform):
@@ -283,19 +274,17 @@ class WriteVersioned(beam.PTransform):
 
     def __init__(self, conn: ElasticsearchConnection, index: str, *, job_id: str, settings: BulkSettings,
                  pipeline: str | None = None, pipeline_flags: dict[str, Any] | None = None,
-                 max_document_bytes: int = 20 * 1024 * 1024, extract_text: bool = True, flush_seconds: float = 0.2,
-                 shape: str | None = None):
+                 max_document_bytes: int = 20 * 1024 * 1024, extract_text: bool = True, shape: str | None = None):
         super().__init__()
         self.shape = shape
         self.conn, self.index, self.job_id, self.settings, self.pipeline = conn, index, job_id, settings, pipeline
         self.pipeline_flags = dict(pipeline_flags or {})
-        self.max_document_bytes, self.extract_text, self.flush_seconds = max_document_bytes, extract_text, flush_seconds
+        self.max_document_bytes, self.extract_text = max_document_bytes, extract_text
 
     def expand(self, changes: beam.PCollection) -> beam.PCollection:
         normalized = changes | "Normalize" >> beam.ParDo(_NormalizeChangeFn(
             self.job_id, self.pipeline_flags, self.max_document_bytes, self.extract_text, self.shape)).with_outputs(
             "dead_letters", main="changes")
         written = normalized.changes | "Bulk" >> beam.ParDo(_WriteVersionedFn(
-            self.conn, self.index, self.settings, self.pipeline, self.job_id, self.flush_seconds)
-        ).with_input_types(beam.typehints.Tuple[str, beam.typehints.Any])
+            self.conn, self.index, self.settings, self.pipeline, self.job_id))
         return (written, normalized.dead_letters) | "DeadLetters" >> beam.Flatten()
